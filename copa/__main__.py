@@ -1,0 +1,3 @@
+from copa.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""What every image source provides, and what every sink consumes.
+
+A *source* (registry, OCI layout, docker-archive) implements three calls: its root document, a child
+manifest by descriptor, and a verified blob stream by descriptor. Everything else derives from those.
+A *sink* is a function taking a `Bundle`: every manifest and blob the written image needs, plus a
+way to open each blob; sinks write blobs first, then child manifests, then the root (and a tag) last,
+so nothing points at content that is not in place.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+import zstandard
+
+from copa.errors import UnsupportedImageError
+from copa.oci.digest import Digest
+from copa.oci.model import Descriptor, ImageConfig, Index, Manifest, MediaType, Platform, layer_compression
+
+BlobOpener = Callable[[Descriptor], BinaryIO]
+
+
+class Source(Protocol):
+    """An image store we read from. `open_blob` returns a stream that verifies size and digest."""
+
+    @property
+    def description(self) -> str: ...
+
+    def root(self) -> Manifest | Index: ...
+
+    def fetch_manifest(self, desc: Descriptor) -> Manifest | Index: ...
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO: ...
+
+
+def read_blob(source: Source, desc: Descriptor, limit: int = 64 << 20) -> bytes:
+    """Read a small blob (config) whole; refuse absurd sizes rather than exhausting memory."""
+    if desc.size > limit:
+        raise UnsupportedImageError(f"blob {desc.digest} is {desc.size} bytes; too large for a config document")
+    with source.open_blob(desc) as f:
+        return f.read()
+
+
+def decompressed(stream: BinaryIO, media_type: str) -> BinaryIO:
+    """A streaming uncompressed view of a layer blob."""
+    kind = layer_compression(media_type)
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+    if kind == "zstd":
+        reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
+        return io.BufferedReader(reader, buffer_size=1 << 16)
+    return stream
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    descriptor: Descriptor
+    diff_id: Digest
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """One platform's image: manifest + config, blobs read lazily from `source`."""
+
+    source: Source
+    manifest: Manifest
+    config: ImageConfig
+
+    @classmethod
+    def load(cls, source: Source, manifest: Manifest) -> Image:
+        config = ImageConfig.parse(read_blob(source, manifest.config))
+        if len(config.diff_ids) != len(manifest.layers):
+            raise UnsupportedImageError(
+                f"{source.description}: manifest has {len(manifest.layers)} layers but config lists "
+                f"{len(config.diff_ids)} diff_ids; the image is malformed"
+            )
+        return cls(source, manifest, config)
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        return tuple(Layer(d, diff) for d, diff in zip(self.manifest.layers, self.config.diff_ids, strict=True))
+
+    def open_layer_tar(self, layer: Layer) -> BinaryIO:
+        """The layer's uncompressed tar stream (compressed bytes verified against the manifest digest)."""
+        return decompressed(self.source.open_blob(layer.descriptor), layer.descriptor.media_type)
+
+
+def resolve_platform(source: Source, root: Manifest | Index, wanted: Platform) -> tuple[Manifest, Platform | None]:
+    """Pick the manifest for `wanted` from an index (recursing into nested indexes)."""
+    if isinstance(root, Manifest):
+        return root, None
+    for entry in root.manifests:
+        if entry.platform is not None and wanted.matches(entry.platform):
+            child = source.fetch_manifest(entry)
+            if isinstance(child, Manifest):
+                return child, entry.platform
+            return resolve_platform(source, child, wanted)
+    available = ", ".join(str(e.platform) for e in root.manifests if e.platform) or "none"
+    raise UnsupportedImageError(
+        f"{source.description} has no {wanted} image (platforms: {available}); pass --platform with one of them"
+    )
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Everything a sink writes: `blobs` first, then `children` in order, then `root`.
+
+    `primary` is the single image a one-image sink (docker-archive) writes; `mount_from` names the
+    source registry repository so a registry sink can mount blobs instead of re-uploading them.
+    """
+
+    root: Manifest | Index
+    primary: Manifest
+    children: tuple[Manifest | Index, ...]
+    blobs: tuple[Descriptor, ...]
+    open_blob: BlobOpener
+    mount_from: object | None = None  # a Reference when the source is a registry
+
+    def iter_blobs(self) -> Iterator[Descriptor]:
+        seen: set[Digest] = set()
+        for desc in self.blobs:
+            if desc.digest not in seen:
+                seen.add(desc.digest)
+                yield desc
+
+
+def manifest_blobs(manifest: Manifest) -> tuple[Descriptor, ...]:
+    return (manifest.config, *manifest.layers)
+
+
+def is_docker(media_type: str) -> bool:
+    return media_type in (MediaType.DOCKER_MANIFEST, MediaType.DOCKER_LIST)

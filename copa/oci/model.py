@@ -1,0 +1,298 @@
+"""OCI / Docker manifest, index and config documents.
+
+JSON becomes these types here and nowhere else. Each document keeps its raw bytes: the digest of a
+manifest is the digest of exactly the bytes a registry served, and re-serialising could change it.
+Edits (appending a layer) go through the JSON of the original so that fields we do not model survive.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from copa.errors import UnsupportedImageError
+from copa.oci.digest import Digest, InvalidDigest
+
+
+class MediaType:
+    OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+    OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+    OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+    OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+    OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+    OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+    OCI_LAYER_NONDIST_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+    DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+    DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+    DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+    DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+    DOCKER_FOREIGN_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+
+    MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
+    INDEXES = (OCI_INDEX, DOCKER_LIST)
+    ALL_MANIFESTS = MANIFESTS + INDEXES
+
+
+def layer_compression(media_type: str) -> str:
+    """'gzip', 'zstd' or '' (uncompressed) for a layer media type."""
+    if media_type.endswith("+zstd") or media_type.endswith(".zstd"):
+        return "zstd"
+    if media_type.endswith("gzip"):
+        return "gzip"
+    return ""
+
+
+class ManifestFormatError(UnsupportedImageError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        parts = text.split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            from copa.errors import UsageError
+
+            raise UsageError(f"invalid platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/arm64")
+        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
+
+    def matches(self, other: Platform) -> bool:
+        if (self.os, self.architecture) != (other.os, other.architecture):
+            return False
+        # A wanted platform without a variant accepts any variant (linux/arm64 matches linux/arm64/v8).
+        return not self.variant or not other.variant or self.variant == other.variant
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    media_type: str
+    digest: Digest
+    size: int
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    platform: Platform | None = None
+    urls: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": str(self.digest), "size": self.size}
+        if self.urls:
+            out["urls"] = list(self.urls)
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        if self.platform is not None:
+            p: dict[str, str] = {"architecture": self.platform.architecture, "os": self.platform.os}
+            if self.platform.variant:
+                p["variant"] = self.platform.variant
+            out["platform"] = p
+        return out
+
+
+def _descriptor(obj: Any, where: str) -> Descriptor:
+    if not isinstance(obj, dict):
+        raise ManifestFormatError(f"{where}: descriptor is not an object")
+    try:
+        digest = Digest.parse(str(obj["digest"]))
+        size = int(obj["size"])
+        media_type = str(obj.get("mediaType", ""))
+    except (KeyError, ValueError, TypeError, InvalidDigest) as e:
+        raise ManifestFormatError(f"{where}: invalid descriptor ({e})") from None
+    plat = obj.get("platform")
+    platform = None
+    if isinstance(plat, dict) and plat.get("os") and plat.get("architecture"):
+        platform = Platform(str(plat["os"]), str(plat["architecture"]), str(plat.get("variant", "")))
+    annotations = obj.get("annotations") or {}
+    return Descriptor(
+        media_type=media_type,
+        digest=digest,
+        size=size,
+        annotations={str(k): str(v) for k, v in annotations.items()},
+        platform=platform,
+        urls=tuple(str(u) for u in obj.get("urls") or ()),
+    )
+
+
+def _load(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ManifestFormatError(f"{what} is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ManifestFormatError(f"{what} is not a JSON object")
+    return doc
+
+
+def _dump(doc: Mapping[str, Any]) -> bytes:
+    # Compact and key-ordered as written by most registries' clients; deterministic for equal input.
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    raw: bytes
+    media_type: str
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+    annotations: Mapping[str, str]
+
+    @property
+    def digest(self) -> Digest:
+        return Digest.of_bytes(self.raw)
+
+    def descriptor(self, platform: Platform | None = None, annotations: Mapping[str, str] | None = None) -> Descriptor:
+        return Descriptor(self.media_type, self.digest, len(self.raw), annotations or {}, platform)
+
+    def appended(self, config: Descriptor, layer: Descriptor, annotations: Mapping[str, str]) -> Manifest:
+        doc = _load(self.raw, "manifest")
+        doc["config"] = {**doc.get("config", {}), **config.to_json()}
+        doc["layers"] = [*doc.get("layers", []), layer.to_json()]
+        if annotations:
+            if self.media_type == MediaType.DOCKER_MANIFEST:
+                # Docker v2s2 has no annotations field; registries reject unknown fields only rarely,
+                # but keep the document within its schema and record the annotation in the config labels.
+                pass
+            else:
+                doc["annotations"] = {**doc.get("annotations", {}), **annotations}
+        return parse_manifest(_dump(doc), self.media_type)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    raw: bytes
+    media_type: str
+    manifests: tuple[Descriptor, ...]
+    annotations: Mapping[str, str]
+
+    @property
+    def digest(self) -> Digest:
+        return Digest.of_bytes(self.raw)
+
+    def descriptor(self, annotations: Mapping[str, str] | None = None) -> Descriptor:
+        return Descriptor(self.media_type, self.digest, len(self.raw), annotations or {})
+
+    def replaced(self, old: Digest, new: Descriptor, annotations: Mapping[str, str]) -> Index:
+        doc = _load(self.raw, "index")
+        entries = []
+        for entry in doc.get("manifests", []):
+            if entry.get("digest") == str(old):
+                entry = {**entry, "mediaType": new.media_type, "digest": str(new.digest), "size": new.size}
+            entries.append(entry)
+        doc["manifests"] = entries
+        if annotations and self.media_type == MediaType.OCI_INDEX:
+            doc["annotations"] = {**doc.get("annotations", {}), **annotations}
+        return parse_manifest(_dump(doc), self.media_type)  # type: ignore[return-value]
+
+
+def parse_manifest(raw: bytes, media_type: str = "") -> Manifest | Index:
+    """Parse a manifest or index; `media_type` is the Content-Type / descriptor type if known."""
+    doc = _load(raw, "manifest")
+    declared = str(doc.get("mediaType", ""))
+    mt = declared or media_type
+    if not mt:
+        # OCI allows omitting mediaType; tell the two apart by their fields.
+        mt = MediaType.OCI_INDEX if "manifests" in doc else MediaType.OCI_MANIFEST
+    if doc.get("schemaVersion") == 1 or mt.startswith("application/vnd.docker.distribution.manifest.v1"):
+        raise ManifestFormatError("Docker schema 1 manifests are not supported; re-push the image with a current tool")
+    annotations = {str(k): str(v) for k, v in (doc.get("annotations") or {}).items()}
+    if mt in MediaType.INDEXES:
+        entries = doc.get("manifests")
+        if not isinstance(entries, list):
+            raise ManifestFormatError("index has no 'manifests' list")
+        return Index(raw, mt, tuple(_descriptor(e, "index entry") for e in entries), annotations)
+    if mt in MediaType.MANIFESTS:
+        layers = doc.get("layers")
+        if "config" not in doc or not isinstance(layers, list):
+            raise ManifestFormatError("image manifest lacks 'config' or 'layers'")
+        return Manifest(
+            raw,
+            mt,
+            _descriptor(doc["config"], "manifest config"),
+            tuple(_descriptor(layer, "manifest layer") for layer in layers),
+            annotations,
+        )
+    raise ManifestFormatError(f"unsupported manifest media type {mt!r}: expected an OCI or Docker v2 image")
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    created_by: str
+    comment: str = ""
+    created: str = ""
+    empty_layer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ImageConfig:
+    raw: bytes
+    os: str
+    architecture: str
+    variant: str
+    diff_ids: tuple[Digest, ...]
+    labels: Mapping[str, str]
+    history: tuple[HistoryEntry, ...]
+
+    @property
+    def digest(self) -> Digest:
+        return Digest.of_bytes(self.raw)
+
+    @property
+    def platform(self) -> Platform:
+        return Platform(self.os, self.architecture, self.variant)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> ImageConfig:
+        doc = _load(raw, "image config")
+        rootfs = doc.get("rootfs") or {}
+        try:
+            diff_ids = tuple(Digest.parse(str(d)) for d in rootfs.get("diff_ids") or ())
+        except InvalidDigest as e:
+            raise ManifestFormatError(f"image config: {e}") from None
+        cfg = doc.get("config") or {}
+        labels = {str(k): str(v) for k, v in (cfg.get("Labels") or {}).items()}
+        history = tuple(
+            HistoryEntry(
+                created_by=str(h.get("created_by", "")),
+                comment=str(h.get("comment", "")),
+                created=str(h.get("created", "")),
+                empty_layer=bool(h.get("empty_layer", False)),
+            )
+            for h in doc.get("history") or ()
+            if isinstance(h, dict)
+        )
+        return cls(
+            raw,
+            str(doc.get("os", "")),
+            str(doc.get("architecture", "")),
+            str(doc.get("variant", "")),
+            diff_ids,
+            labels,
+            history,
+        )
+
+    def appended(self, diff_id: Digest, history: HistoryEntry, labels: Mapping[str, str]) -> ImageConfig:
+        doc = _load(self.raw, "image config")
+        rootfs = doc.setdefault("rootfs", {"type": "layers"})
+        rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), str(diff_id)]
+        entry: dict[str, Any] = {"created_by": history.created_by}
+        if history.created:
+            entry["created"] = history.created
+        if history.comment:
+            entry["comment"] = history.comment
+        # An image without history stays without it (adding one entry would mismatch the layer count).
+        if "history" in doc:
+            doc["history"] = [*doc["history"], entry]
+        if labels:
+            cfg = doc.setdefault("config", {})
+            cfg["Labels"] = {**(cfg.get("Labels") or {}), **labels}
+        if history.created:
+            doc["created"] = history.created
+        return ImageConfig.parse(_dump(doc))
