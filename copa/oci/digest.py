@@ -8,14 +8,14 @@ import re
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from copa.errors import CopaError, IntegrityError
+from copa.errors import IntegrityError, UsageError
 
 _HEX_LENGTH = {"sha256": 64, "sha512": 128}
 _DIGEST_RE = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
 
 
-class InvalidDigest(CopaError):
-    exit_code = 2
+class InvalidDigest(UsageError):
+    pass
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -151,18 +151,19 @@ class Manifest:
     def descriptor(self, platform: Platform | None = None, annotations: Mapping[str, str] | None = None) -> Descriptor:
         return Descriptor(self.media_type, self.digest, len(self.raw), annotations or {}, platform)
 
-    def appended(self, config: Descriptor, layer: Descriptor, annotations: Mapping[str, str]) -> Manifest:
+    def edited(self, config: Descriptor, layers: tuple[Descriptor, ...], annotations: Mapping[str, str]) -> Manifest:
+        """A new manifest with this one's other fields, the given config and layers, and added annotations.
+
+        Docker v2s2 has no annotations field, so for it annotations are dropped (the config labels carry
+        the same facts)."""
         doc = _load(self.raw, "manifest")
         doc["config"] = {**doc.get("config", {}), **config.to_json()}
-        doc["layers"] = [*doc.get("layers", []), layer.to_json()]
-        if annotations:
-            if self.media_type == MediaType.DOCKER_MANIFEST:
-                # Docker v2s2 has no annotations field; registries reject unknown fields only rarely,
-                # but keep the document within its schema and record the annotation in the config labels.
-                pass
-            else:
-                doc["annotations"] = {**doc.get("annotations", {}), **annotations}
-        return parse_manifest(_dump(doc), self.media_type)  # type: ignore[return-value]
+        doc["layers"] = [d.to_json() for d in layers]
+        if annotations and self.media_type != MediaType.DOCKER_MANIFEST:
+            doc["annotations"] = {**doc.get("annotations", {}), **annotations}
+        parsed = parse_manifest(_dump(doc), self.media_type)
+        assert isinstance(parsed, Manifest)
+        return parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +190,9 @@ class Index:
         doc["manifests"] = entries
         if annotations and self.media_type == MediaType.OCI_INDEX:
             doc["annotations"] = {**doc.get("annotations", {}), **annotations}
-        return parse_manifest(_dump(doc), self.media_type)  # type: ignore[return-value]
+        parsed = parse_manifest(_dump(doc), self.media_type)
+        assert isinstance(parsed, Index)
+        return parsed
 
 
 def parse_manifest(raw: bytes, media_type: str = "") -> Manifest | Index:
@@ -278,21 +281,36 @@ class ImageConfig:
             history,
         )
 
-    def appended(self, diff_id: Digest, history: HistoryEntry, labels: Mapping[str, str]) -> ImageConfig:
+    def edited(
+        self,
+        diff_ids: tuple[Digest, ...],
+        history: tuple[HistoryEntry, ...],
+        labels: Mapping[str, str],
+        created: str = "",
+    ) -> ImageConfig:
+        """A new config with the given layers and history, added labels, and other fields kept."""
         doc = _load(self.raw, "image config")
         rootfs = doc.setdefault("rootfs", {"type": "layers"})
-        rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), str(diff_id)]
-        entry: dict[str, Any] = {"created_by": history.created_by}
-        if history.created:
-            entry["created"] = history.created
-        if history.comment:
-            entry["comment"] = history.comment
-        # An image without history stays without it (adding one entry would mismatch the layer count).
-        if "history" in doc:
-            doc["history"] = [*doc["history"], entry]
+        rootfs["diff_ids"] = [str(d) for d in diff_ids]
+        old_history = doc.get("history")
+        if isinstance(old_history, list):
+            # Keep the original entries' JSON untouched; only entries past them are ours to write.
+            kept = old_history[: len(history)] if len(history) <= len(old_history) else old_history
+            doc["history"] = kept + [_history_json(h) for h in history[len(kept):]]
         if labels:
             cfg = doc.setdefault("config", {})
             cfg["Labels"] = {**(cfg.get("Labels") or {}), **labels}
-        if history.created:
-            doc["created"] = history.created
+        if created:
+            doc["created"] = created
         return ImageConfig.parse(_dump(doc))
+
+
+def _history_json(h: HistoryEntry) -> dict[str, Any]:
+    entry: dict[str, Any] = {"created_by": h.created_by}
+    if h.created:
+        entry["created"] = h.created
+    if h.comment:
+        entry["comment"] = h.comment
+    if h.empty_layer:
+        entry["empty_layer"] = True
+    return entry

@@ -1,0 +1,171 @@
+"""The library entry point: `copa.api.patch(...)`; the CLI is a thin layer over it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from copa.errors import ReportError
+from copa.oci.image import Bundle, Image, is_docker, resolve_platform
+from copa.oci.model import Index, Manifest, Platform
+from copa.oci.mutate import Original, append_layer, original_of
+from copa.oci.registry import RegistryClient, RegistryOptions
+from copa.oci.transport import Opened, open_image, plan_outputs, write_outputs
+from copa.pkg.base import ImageContext, LayerContent, RepositoryOptions, Skip, Update
+from copa.pkg.detect import adapter_for, detect
+from copa.pkg.layer import Compression, write_layer
+from copa.report.load import load_report
+from copa.report.model import Report
+
+Progress = Callable[[str], None]
+
+DEFAULT_PLATFORM = Platform("linux", "amd64")
+
+# Report OS families that name the same package world as an image's os-release ID.
+_FAMILY_ALIASES = {
+    "debian": {"debian"},
+    "ubuntu": {"ubuntu"},
+    "alpine": {"alpine"},
+    "wolfi": {"wolfi", "chainguard"},
+    "chainguard": {"wolfi", "chainguard"},
+    "cbl-mariner": {"mariner", "cbl-mariner"},
+    "azurelinux": {"azurelinux"},
+}
+
+
+@dataclass(frozen=True)
+class PatchOptions:
+    image: str
+    report: str | None = None
+    tag: str | None = None
+    tag_suffix: str = "patched"
+    push: bool = False
+    oci_dir: str | None = None
+    output_tar: str | None = None
+    platform: str | None = None
+    ignore_errors: bool = False
+    timeout: float = 300.0
+    insecure: tuple[str, ...] = ()
+    ca_bundle: str | None = None
+    compression: str = "gzip"
+    dry_run: bool = False
+    repos: RepositoryOptions = field(default_factory=RepositoryOptions)
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class PatchResult:
+    image: str
+    target: str | None
+    digest: str | None
+    os: str
+    updates: tuple[Update, ...]
+    skipped: tuple[Skip, ...]
+    unfixed: int  # report entries with no fixed version
+    up_to_date: bool
+    dry_run: bool
+    seconds: float
+
+
+def _created() -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = datetime.fromtimestamp(int(epoch), UTC) if epoch and epoch.isdigit() else datetime.now(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _check_report(report: Report, ctx: ImageContext) -> None:
+    family = report.os.family.lower()
+    accepted = _FAMILY_ALIASES.get(family, {family})
+    if not accepted & set(ctx.os_release.families):
+        raise ReportError(
+            f"report is for {report.os.family} {report.os.version} but the image is "
+            f"{ctx.os_release.pretty_name}; scan this image and pass that report"
+        )
+
+
+def _platform(options: PatchOptions, report: Report | None) -> Platform:
+    if options.platform:
+        return Platform.parse(options.platform)
+    if report is not None and report.arch:
+        return Platform("linux", report.arch)
+    return DEFAULT_PLATFORM
+
+
+def patch(options: PatchOptions, progress: Progress = lambda _m: None) -> PatchResult:
+    started = time.monotonic()
+    compression = Compression.parse(options.compression)
+    report = load_report(options.report) if options.report else None
+    client = RegistryClient(RegistryOptions(
+        insecure=frozenset(options.insecure), ca_bundle=options.ca_bundle, timeout=options.timeout
+    ))
+    opened = open_image(options.image, client)
+    outputs = None if options.dry_run else plan_outputs(
+        opened, options.tag, options.tag_suffix, options.push, options.oci_dir, options.output_tar
+    )
+    progress(f"reading {opened.name}")
+    root = opened.source.root()
+    manifest, _platform_found = resolve_platform(opened.source, root, _platform(options, report))
+    image = Image.load(opened.source, manifest)
+    original = original_of(image, opened.name)
+    if original.layers != len(image.layers):
+        progress(f"image was patched before; patching its original ({original.base_reference}) again")
+    detected = detect(image, original.layers)
+    adapter = adapter_for(detected)
+    with tempfile.TemporaryDirectory(prefix="copa-") as tmp:
+        ctx = ImageContext(
+            image=image,
+            layers=original.layers,
+            os_release=detected.os_release,
+            architecture=image.config.architecture or "amd64",
+            variant=image.config.variant,
+            workdir=Path(tmp),
+            repos=options.repos,
+            files=detected.files,
+            ignore_errors=options.ignore_errors,
+            cache_dir=Path(options.cache_dir) if options.cache_dir else None,
+        )
+        if report is not None:
+            _check_report(report, ctx)
+        progress(f"planning updates for {detected.os_release.pretty_name} ({adapter.name})")
+        plan = adapter.plan(ctx, report)
+        unfixed = len(report.unfixed) if report is not None else 0
+
+        def result(target: str | None, digest: str | None, updates: tuple[Update, ...]) -> PatchResult:
+            return PatchResult(opened.name, target, digest, detected.os_release.pretty_name, updates,
+                               plan.skipped, unfixed, not plan.updates, options.dry_run,
+                               time.monotonic() - started)
+
+        if not plan.updates or options.dry_run or outputs is None:
+            return result(None, None, plan.updates)
+        progress(f"building the patch layer ({len(plan.updates)} packages)")
+        content = adapter.build(ctx, plan)
+        bundle = _bundle(opened, root, image, original, content, compression, Path(tmp))
+        progress("writing " + ", ".join(
+            str(x) for x in (outputs.push, outputs.oci_dir, outputs.output_tar) if x is not None
+        ))
+        digest = write_outputs(outputs, bundle, client, opened.reference)
+        target = str(outputs.push) if outputs.push else outputs.tag
+        return result(target, str(digest), content.updates or plan.updates)
+
+
+def _bundle(opened: Opened, root: Manifest | Index, image: Image, original: Original, content: LayerContent,
+            compression: Compression, workdir: Path) -> Bundle:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    layer = write_layer(
+        content.entries,
+        workdir,
+        compression=compression,
+        docker=is_docker(image.manifest.media_type),
+        default_mtime=content.default_mtime,
+        clamp_mtime=int(epoch) if epoch and epoch.isdigit() else None,
+        is_base_symlink=content.is_base_symlink,
+    )
+    names = ", ".join(f"{u.name} {u.new_version}" for u in content.updates[:20])
+    bundle = append_layer(opened.source, root, image, layer, original, created=_created(), comment=names)
+    return dataclasses.replace(bundle, mount_from=opened.reference)

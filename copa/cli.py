@@ -1,0 +1,189 @@
+"""Command line: argument parsing and output. The only place that turns errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from copa import __version__
+from copa.api import PatchOptions, PatchResult, patch
+from copa.errors import CopaError, UsageError
+from copa.pkg.base import RepositoryOptions
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse's own errors become our one-line usage error with its exit code.
+        raise UsageError(f"{message} (see 'copa patch --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="copa", description="Patch OS-package vulnerabilities in container images, no daemon.")
+    parser.add_argument("--version", action="version", version=f"copa {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    p = sub.add_parser("patch", help="patch an image")
+    p.add_argument("-i", "--image", required=True,
+                   help="image to patch: REGISTRY/REPO:TAG, oci:DIR[:NAME] or docker-archive:FILE[:REPO:TAG]")
+    p.add_argument("-r", "--report", help="vulnerability report (Trivy JSON or copa v1alpha1)")
+    p.add_argument("-t", "--tag", help="tag for the patched image (a bare tag means the source repository)")
+    p.add_argument("--tag-suffix", default="patched", help="suffix for the default tag (default: patched)")
+    p.add_argument("--push", action="store_true", help="push the patched image to the registry")
+    p.add_argument("--oci-dir", help="write the patched image into this OCI layout directory")
+    p.add_argument("--output-tar", help="write the patched image as a docker-archive tar")
+    p.add_argument("--platform", help="platform to patch in a multi-platform image (default: linux/amd64)")
+    p.add_argument("--ignore-errors", action="store_true", help="skip packages that cannot be fixed")
+    p.add_argument("--timeout", type=float, default=300.0, help="network timeout in seconds (default 300)")
+    p.add_argument("--insecure", action="append", default=[], metavar="REGISTRY",
+                   help="speak plain HTTP to this registry (repeatable)")
+    p.add_argument("--ca-bundle", help="CA certificates file for registry TLS")
+    p.add_argument("--compression", default="gzip", choices=["gzip", "zstd"], help="patch layer compression")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("--repository", action="append", default=[], metavar="LINE",
+                   help="package repository replacing the image's own (repeatable), e.g. 'deb URL bookworm main'")
+    p.add_argument("--repositories-file", help="file of repositories replacing the image's own")
+    p.add_argument("--keyring", action="append", default=[], metavar="FILE",
+                   help="OpenPGP keyring (apt) or RSA public key (apk) to trust (repeatable)")
+    p.add_argument("--mirror", action="append", default=[], metavar="FROM=TO",
+                   help="rewrite repository URL prefix FROM to TO (repeatable)")
+    p.add_argument("--allow-unsigned-repositories", action="store_true",
+                   help="accept repositories whose index is unsigned or not signed by a trusted key")
+    p.add_argument("--cache-dir", help="package and index cache (default ~/.cache/copa)")
+    return parser
+
+
+def _mirrors(values: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for value in values:
+        src, sep, dst = value.partition("=")
+        if not sep or not src or not dst:
+            raise UsageError(f"invalid --mirror {value!r}: expected FROM=TO, e.g. http://a/debian=http://b/debian")
+        out.append((src, dst))
+    return tuple(out)
+
+
+def options_from(args: argparse.Namespace) -> PatchOptions:
+    return PatchOptions(
+        image=args.image,
+        report=args.report,
+        tag=args.tag,
+        tag_suffix=args.tag_suffix,
+        push=args.push,
+        oci_dir=args.oci_dir,
+        output_tar=args.output_tar,
+        platform=args.platform,
+        ignore_errors=args.ignore_errors,
+        timeout=args.timeout,
+        insecure=tuple(args.insecure),
+        ca_bundle=args.ca_bundle,
+        compression=args.compression,
+        dry_run=args.dry_run,
+        repos=RepositoryOptions(
+            repositories=tuple(args.repository),
+            repositories_file=Path(args.repositories_file) if args.repositories_file else None,
+            keyrings=tuple(Path(k) for k in args.keyring),
+            mirrors=_mirrors(args.mirror),
+            allow_unsigned=args.allow_unsigned_repositories,
+        ),
+        cache_dir=args.cache_dir,
+    )
+
+
+def result_json(result: PatchResult) -> dict[str, Any]:
+    return {
+        "image": result.image,
+        "target": result.target,
+        "digest": result.digest,
+        "os": result.os,
+        "upToDate": result.up_to_date,
+        "dryRun": result.dry_run,
+        "seconds": round(result.seconds, 3),
+        "updates": [
+            {"name": u.name, "architecture": u.architecture, "from": u.old_version, "to": u.new_version,
+             "kind": u.kind.value, "vulnerabilities": list(u.vulnerabilities),
+             **({"scripts": u.scripts_note} if u.scripts_note else {})}
+            for u in result.updates
+        ],
+        "skipped": [{"name": s.name, "reason": s.reason.value, "detail": s.detail} for s in result.skipped],
+        "unfixedInReport": result.unfixed,
+    }
+
+
+def print_summary(result: PatchResult, out: TextIO) -> None:
+    if result.up_to_date:
+        print(f"{result.image}: already up to date ({result.os}); nothing written", file=out)
+    else:
+        verb = "would update" if result.dry_run else "updated"
+        print(f"{result.image} ({result.os}): {verb} {len(result.updates)} packages", file=out)
+        width = max(len(u.name) for u in result.updates)
+        for u in result.updates:
+            cves = f"  [{', '.join(u.vulnerabilities)}]" if u.vulnerabilities else ""
+            old = u.old_version or "(new)"
+            kind = "" if u.kind.value == "reported" else f" ({u.kind.value})"
+            print(f"  {u.name:<{width}}  {old} -> {u.new_version}{kind}{cves}", file=out)
+            if u.scripts_note:
+                print(f"  {'':<{width}}  note: {u.scripts_note}", file=out)
+    for s in result.skipped:
+        detail = f": {s.detail}" if s.detail else ""
+        print(f"  not fixed: {s.name} ({s.reason.value}{detail})", file=out)
+    if result.unfixed:
+        print(f"  {result.unfixed} reported packages have no fixed version yet", file=out)
+    if result.target:
+        print(f"wrote {result.target} ({result.digest}) in {result.seconds:.1f}s", file=out)
+
+
+def _progress(stream: TextIO) -> Any:
+    tty = stream.isatty()
+
+    def show(message: str) -> None:
+        # A terminal gets an overwriting status line; logs get one plain line per step.
+        if tty:
+            stream.write(f"\r\x1b[2K==> {message}")
+            stream.flush()
+        else:
+            print(f"copa: {message}", file=stream)
+
+    def done() -> None:
+        if tty:
+            stream.write("\r\x1b[2K")
+            stream.flush()
+
+    show.done = done  # type: ignore[attr-defined]
+    return show
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    progress = _progress(sys.stderr)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command != "patch":
+            build_parser().print_help()
+            return 2
+        options = options_from(args)
+        result = patch(options, progress)
+        progress.done()
+        if args.json:
+            json.dump(result_json(result), sys.stdout, indent=2)
+            print()
+        else:
+            print_summary(result, sys.stdout)
+        return 0
+    except CopaError as e:
+        progress.done()
+        print(f"copa: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        progress.done()
+        print("copa: interrupted; nothing was tagged", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: one line by default, the traceback when debugging
+        progress.done()
+        if os.environ.get("COPA_DEBUG"):
+            raise
+        print(f"copa: internal error: {type(e).__name__}: {e} (set COPA_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,659 @@
+"""OCI distribution (registry) client: an image Source and a push sink, on `requests`.
+
+One `RegistryClient` holds one HTTP session and one authenticator per registry host. Transient
+failures (connection errors, 5xx, 429) are retried with exponential backoff; 4xx never are. Blob
+bodies are streamed both ways and verified against their digests; a push writes blobs, then child
+manifests, then the root manifest, so the tag appears last and a failed push leaves none.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import io
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, TypeVar
+from urllib.parse import quote, urljoin
+
+import requests
+import urllib3.exceptions
+
+from copa.errors import AuthError, IntegrityError, NotFoundError, RegistryError, UsageError
+from copa.oci.auth import Authenticator, Challenge, parse_www_authenticate, repository_scope
+from copa.oci.credentials import lookup
+from copa.oci.digest import Digest, verifying
+from copa.oci.image import Bundle
+from copa.oci.model import Descriptor, Index, Manifest, MediaType, parse_manifest
+from copa.oci.reference import Reference
+
+T = TypeVar("T")
+
+MANIFEST_ACCEPT = ", ".join(
+    (MediaType.OCI_INDEX, MediaType.OCI_MANIFEST, MediaType.DOCKER_LIST, MediaType.DOCKER_MANIFEST)
+)
+_MAX_MANIFEST = 8 << 20  # distribution refuses manifests over 4 MiB; anything far larger is not one
+_MAX_RETRY_AFTER = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryOptions:
+    """How to talk to registries.
+
+    `insecure` hosts speak plain HTTP (localhost and 127.0.0.0/8 always do). `auth_file` defaults
+    to $REGISTRY_AUTH_FILE, else ~/.docker/config.json. A blob larger than `chunk_size` is uploaded
+    in chunks of that size. `retries` is how many times a transient failure is retried, waiting
+    `backoff` * 2**attempt seconds (capped at `max_backoff`) unless the registry sends Retry-After.
+    """
+
+    insecure: frozenset[str] = field(default_factory=frozenset)
+    ca_bundle: str | None = None
+    timeout: float = 60.0
+    auth_file: str | None = None
+    retries: int = 4
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    chunk_size: int = 32 << 20
+    user_agent: str = "copa/0.1"
+
+
+class _Transient(RegistryError):
+    """A failure worth retrying; `retry_after` is the registry's requested wait, if any."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _error_detail(resp: requests.Response) -> tuple[str, str]:
+    """(code, message) from the registry's JSON errors body, else the HTTP reason."""
+    code, message = "", ""
+    try:
+        doc: Any = resp.json()
+        first = doc["errors"][0]
+        code, message = str(first.get("code", "")), str(first.get("message", ""))
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, requests.RequestException):
+        pass
+    return code or (resp.reason or "").upper().replace(" ", "_") or "ERROR", message
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return min(float(value), _MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, min(when.timestamp() - time.time(), _MAX_RETRY_AFTER))
+
+
+def _describe_connection_error(e: BaseException) -> str:
+    text = str(e).lower()
+    if isinstance(e, requests.exceptions.SSLError):
+        return "TLS handshake failed"
+    if "refused" in text:
+        return "connection refused"
+    if "name or service not known" in text or "failed to resolve" in text or "nodename nor servname" in text:
+        return "host name does not resolve"
+    if isinstance(e, requests.Timeout) or "timed out" in text:
+        return "timed out"
+    if "reset" in text or "aborted" in text or "remote end closed" in text or "remotedisconnected" in text:
+        return "connection dropped"
+    return type(e).__name__
+
+
+class RegistryClient:
+    """HTTP access to OCI distribution registries, with auth, retries and error mapping."""
+
+    def __init__(self, options: RegistryOptions | None = None) -> None:
+        self.options = options or RegistryOptions()
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = self.options.user_agent
+        self._auth: dict[str, Authenticator] = {}
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- addressing -------------------------------------------------------------------------
+
+    @property
+    def _verify(self) -> bool | str:
+        return self.options.ca_bundle or True
+
+    def base_url(self, ref: Reference) -> str:
+        plain = ref.is_local or ref.registry in self.options.insecure or ref.api_host in self.options.insecure
+        return f"{'http' if plain else 'https'}://{ref.api_host}"
+
+    def repo_url(self, ref: Reference, tail: str) -> str:
+        return f"{self.base_url(ref)}/v2/{ref.repository}/{tail}"
+
+    # -- retries ----------------------------------------------------------------------------
+
+    def retrying(self, fn: Callable[[], T]) -> T:
+        """Call `fn`, retrying on transient registry failures with exponential backoff."""
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except _Transient as e:
+                if attempt >= self.options.retries:
+                    suffix = f" (gave up after {attempt + 1} attempts)" if attempt else ""
+                    raise RegistryError(e.message + suffix) from None
+                if e.retry_after is not None:
+                    delay = e.retry_after
+                else:
+                    delay = min(self.options.max_backoff, self.options.backoff * (2**attempt))
+                    delay *= 1 + random.random() / 4  # jitter, so parallel clients do not retry in step
+                time.sleep(delay)
+                attempt += 1
+
+    # -- auth -------------------------------------------------------------------------------
+
+    def _authenticator(self, ref: Reference) -> Authenticator:
+        auth = self._auth.get(ref.registry)
+        if auth is None:
+            challenge = self.retrying(lambda: self._ping(ref))
+            auth = Authenticator(
+                ref.registry,
+                challenge,
+                lambda: lookup(ref.registry, self.options.auth_file),
+                self.session,
+                self.options.timeout,
+                self._verify,
+            )
+            self._auth[ref.registry] = auth
+        return auth
+
+    def _ping(self, ref: Reference) -> Challenge | None:
+        url = f"{self.base_url(ref)}/v2/"
+        try:
+            resp = self.session.get(url, timeout=self.options.timeout, verify=self._verify)
+        except requests.RequestException as e:
+            raise self._connection_error(ref, e) from None
+        with resp:
+            if resp.status_code == 200:
+                return None
+            if resp.status_code == 401:
+                return _pick_challenge(resp.headers.get("WWW-Authenticate", ""))
+            if resp.status_code == 429 or resp.status_code >= 500:
+                raise _Transient(
+                    f"registry {ref.registry} answered {resp.status_code} to GET /v2/; try again later",
+                    _retry_after(resp),
+                )
+            raise RegistryError(
+                f"registry {ref.registry} answered {resp.status_code} to GET /v2/: "
+                "it does not look like an OCI distribution registry; check the address"
+            )
+
+    def _connection_error(self, ref: Reference, e: BaseException) -> _Transient:
+        reason = _describe_connection_error(e)
+        hint = "check the address or --insecure"
+        if reason == "TLS handshake failed":
+            hint = "pass --insecure for a plain-HTTP registry, or a CA bundle for a private CA"
+        return _Transient(f"cannot reach registry {ref.registry}: {reason}; {hint}")
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def send(
+        self,
+        method: str,
+        ref: Reference,
+        url: str,
+        *,
+        actions: str = "pull",
+        extra_scopes: tuple[str, ...] = (),
+        headers: dict[str, str] | None = None,
+        data: bytes | _SizedBody | None = None,
+        stream: bool = False,
+        retry: bool = True,
+    ) -> requests.Response:
+        """One authenticated request. Raises AuthError on 401/403 and retries transient failures
+        (when `retry`); returns any other response for the caller to interpret.
+
+        `data` is bytes (replayable) or a one-shot streamed body, which callers retry themselves."""
+
+        def once() -> requests.Response:
+            return self._send_once(method, ref, url, actions, extra_scopes, headers, data, stream)
+
+        return self.retrying(once) if retry else once()
+
+    def _send_once(
+        self,
+        method: str,
+        ref: Reference,
+        url: str,
+        actions: str,
+        extra_scopes: tuple[str, ...],
+        headers: dict[str, str] | None,
+        data: bytes | _SizedBody | None,
+        stream: bool,
+    ) -> requests.Response:
+        auth = self._authenticator(ref)
+        scopes = (repository_scope(ref.repository, actions), *extra_scopes)
+        replayable = data is None or isinstance(data, bytes)
+        for attempt in (0, 1):
+            h = dict(headers or {})
+            value = auth.header(scopes, ref.repository)
+            if value:
+                h["Authorization"] = value
+            try:
+                resp = self.session.request(
+                    method, url, headers=h, data=data, stream=stream, timeout=self.options.timeout, verify=self._verify
+                )
+            except requests.RequestException as e:
+                raise self._connection_error(ref, e) from None
+            if resp.status_code == 401 and attempt == 0 and replayable:
+                if auth.challenge is None:
+                    # /v2/ was open but this repository is not: learn its challenge now.
+                    auth.challenge = _pick_challenge(resp.headers.get("WWW-Authenticate", ""))
+                    if auth.challenge is not None:
+                        resp.close()
+                        continue
+                elif auth.challenge.scheme == "bearer":
+                    # The token may have expired; a fresh one settles it either way.
+                    auth.invalidate(scopes)
+                    resp.close()
+                    continue
+            break
+        if resp.status_code in (401, 403):
+            code, _ = _error_detail(resp)
+            resp.close()
+            raise AuthError(
+                f"registry {ref.registry} refused credentials for repository {ref.repository} "
+                f"({resp.status_code} {code}): run docker login or set REGISTRY_AUTH_FILE"
+            )
+        if resp.status_code == 429 or resp.status_code >= 500:
+            code, message = _error_detail(resp)
+            retry_after = _retry_after(resp)
+            resp.close()
+            detail = f": {message}" if message else ""
+            raise _Transient(
+                f"registry {ref.registry} answered {method} for repository {ref.repository} with "
+                f"{resp.status_code} {code}{detail}; try again later",
+                retry_after,
+            )
+        return resp
+
+    def fail(self, resp: requests.Response, ref: Reference, what: str) -> RegistryError:
+        """The error for an unexpected response: NotFoundError for 404, else RegistryError."""
+        code, message = _error_detail(resp)
+        resp.close()
+        detail = f": {message}" if message else ""
+        if resp.status_code == 404:
+            return NotFoundError(
+                f"registry {ref.registry} has no {what} in repository {ref.repository} "
+                f"({resp.status_code} {code}): check the image name, tag and digest"
+            )
+        return RegistryError(
+            f"registry {ref.registry} rejected {what} in repository {ref.repository} "
+            f"({resp.status_code} {code}{detail}); check the image and the registry's limits"
+        )
+
+
+def _pick_challenge(header: str) -> Challenge | None:
+    challenges = parse_www_authenticate(header)
+    for scheme in ("bearer", "basic"):
+        for c in challenges:
+            if c.scheme == scheme:
+                return c
+    return challenges[0] if challenges else None
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+class _ResponseStream(io.RawIOBase):
+    """A streamed response body whose transport errors become RegistryError."""
+
+    def __init__(self, resp: requests.Response, what: str) -> None:
+        super().__init__()
+        self._resp = resp
+        self._what = what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer)
+        try:
+            chunk = self._resp.raw.read(len(view))
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise RegistryError(
+                f"lost the connection while reading {self._what} ({_describe_connection_error(e)}); try again"
+            ) from None
+        n = len(chunk)
+        view[:n] = chunk
+        return n
+
+    def close(self) -> None:
+        try:
+            self._resp.close()
+        finally:
+            super().close()
+
+
+def _read_limited(resp: requests.Response, limit: int, what: str) -> bytes:
+    out = bytearray()
+    try:
+        for chunk in resp.iter_content(1 << 16):
+            out += chunk
+            if len(out) > limit:
+                raise IntegrityError(f"{what} is larger than {limit} bytes; it is not a manifest")
+    except requests.RequestException as e:
+        raise RegistryError(
+            f"lost the connection while reading {what} ({_describe_connection_error(e)}); try again"
+        ) from None
+    finally:
+        resp.close()
+    return bytes(out)
+
+
+class RegistrySource:
+    """An image in a registry, read through `client`. Implements copa.oci.image.Source."""
+
+    def __init__(self, client: RegistryClient, ref: Reference) -> None:
+        self.client = client
+        self.ref = ref
+        self._root: Manifest | Index | None = None
+
+    @property
+    def description(self) -> str:
+        return str(self.ref)
+
+    def root(self) -> Manifest | Index:
+        if self._root is None:
+            self._root = self._get_manifest(self.ref.identifier, self.ref.digest, None)
+        return self._root
+
+    def fetch_manifest(self, desc: Descriptor) -> Manifest | Index:
+        return self._get_manifest(str(desc.digest), desc.digest, desc)
+
+    def _get_manifest(self, identifier: str, digest: Digest | None, desc: Descriptor | None) -> Manifest | Index:
+        ref = self.ref
+        what = f"tag {identifier}" if digest is None else f"manifest {identifier}"
+
+        def once() -> tuple[bytes, str, str]:
+            resp = self.client.send(
+                "GET",
+                ref,
+                self.client.repo_url(ref, f"manifests/{identifier}"),
+                headers={"Accept": MANIFEST_ACCEPT},
+                stream=True,
+                retry=False,
+            )
+            if resp.status_code != 200:
+                raise self.client.fail(resp, ref, what)
+            content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+            header_digest = resp.headers.get("Docker-Content-Digest", "")
+            try:
+                raw = _read_limited(resp, _MAX_MANIFEST, f"{what} from {ref.registry}")
+            except RegistryError as e:
+                raise _Transient(e.message) from None
+            return raw, content_type, header_digest
+
+        raw, content_type, header_digest = self.client.retrying(once)
+        if digest is not None:
+            actual = Digest.of_bytes(raw, digest.algorithm)
+            if actual != digest:
+                raise IntegrityError(
+                    f"registry {ref.registry} served {what} hashing to {actual}, not {digest}; the registry is corrupt"
+                )
+        elif header_digest.startswith("sha256:") and header_digest != str(Digest.of_bytes(raw)):
+            raise IntegrityError(
+                f"registry {ref.registry} served {what} hashing to {Digest.of_bytes(raw)} but announced "
+                f"{header_digest}; the registry or a proxy altered it"
+            )
+        if desc is not None and desc.size != len(raw):
+            raise IntegrityError(f"{what} from {ref.registry} is {len(raw)} bytes, expected {desc.size}")
+        media_type = content_type if content_type in MediaType.ALL_MANIFESTS else (desc.media_type if desc else "")
+        return parse_manifest(raw, media_type)
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        ref = self.ref
+        what = f"blob {desc.digest}"
+        resp = self.client.send(
+            "GET",
+            ref,
+            self.client.repo_url(ref, f"blobs/{desc.digest}"),
+            headers={"Accept-Encoding": "identity"},
+            stream=True,
+        )
+        if resp.status_code != 200:
+            raise self.client.fail(resp, ref, what)
+        resp.raw.decode_content = True
+        return verifying(
+            _ResponseStream(resp, f"{what} from {ref}"),  # type: ignore[arg-type]
+            desc.digest,
+            desc.size,
+            f"{what} from {ref}",
+        )
+
+
+def head_manifest(client: RegistryClient, ref: Reference) -> Descriptor | None:
+    """The descriptor of `ref`'s manifest (by tag or digest), or None when it does not exist."""
+    resp = client.send(
+        "HEAD", ref, client.repo_url(ref, f"manifests/{ref.identifier}"), headers={"Accept": MANIFEST_ACCEPT}
+    )
+    with resp:
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise client.fail(resp, ref, f"manifest {ref.identifier}")
+        digest_text = resp.headers.get("Docker-Content-Digest", "")
+        if not digest_text and ref.digest is None:
+            raise RegistryError(
+                f"registry {ref.registry} gave no Docker-Content-Digest for {ref}; fetch the manifest instead"
+            )
+        return Descriptor(
+            media_type=resp.headers.get("Content-Type", "").split(";")[0].strip(),
+            digest=Digest.parse(digest_text) if digest_text else ref.digest,  # type: ignore[arg-type]
+            size=int(resp.headers.get("Content-Length", "0") or 0),
+        )
+
+
+def tag_exists(client: RegistryClient, ref: Reference) -> bool:
+    return head_manifest(client, ref) is not None
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+class _SizedBody:
+    """Exactly `size` bytes of `stream`, with a length so requests sends Content-Length, not chunked.
+
+    With `final`, reading the last byte also reads past it, so a verifying stream checks its
+    digest before the last chunk leaves and a corrupt source fails the upload."""
+
+    def __init__(self, stream: BinaryIO, size: int, what: str, final: bool) -> None:
+        self._stream = stream
+        self._remaining = size
+        self._size = size
+        self._what = what
+        self._final = final
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(1 << 16):
+            yield chunk
+
+    def read(self, n: int = -1) -> bytes:
+        if self._remaining <= 0:
+            return b""
+        want = self._remaining if n is None or n < 0 else min(n, self._remaining)
+        chunk = self._stream.read(want)
+        if not chunk:
+            raise IntegrityError(f"{self._what}: source ended {self._remaining} bytes early; the source is truncated")
+        self._remaining -= len(chunk)
+        if self._remaining == 0 and self._final and self._stream.read(1):
+            raise IntegrityError(f"{self._what}: source has more bytes than its descriptor says; it is corrupt")
+        return chunk
+
+
+def _with_query(url: str, **params: str) -> str:
+    query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+    return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
+class _Pusher:
+    def __init__(self, client: RegistryClient, target: Reference, bundle: Bundle) -> None:
+        self.client = client
+        self.target = target
+        self.bundle = bundle
+        mount = bundle.mount_from
+        self.mount_from = (
+            mount
+            if isinstance(mount, Reference)
+            and mount.registry == target.registry
+            and mount.repository != target.repository
+            else None
+        )
+        self.extra_scopes = (
+            (repository_scope(self.mount_from.repository, "pull"),) if self.mount_from is not None else ()
+        )
+
+    def send(self, method: str, url: str, **kw: Any) -> requests.Response:
+        return self.client.send(method, self.target, url, actions="pull,push", extra_scopes=self.extra_scopes, **kw)
+
+    def blob_exists(self, desc: Descriptor) -> bool:
+        resp = self.send("HEAD", self.client.repo_url(self.target, f"blobs/{desc.digest}"))
+        with resp:
+            if resp.status_code == 200:
+                return True
+            if resp.status_code == 404:
+                return False
+            raise self.client.fail(resp, self.target, f"blob {desc.digest}")
+
+    def location(self, resp: requests.Response, what: str) -> str:
+        loc = resp.headers.get("Location", "")
+        if not loc:
+            raise RegistryError(
+                f"registry {self.target.registry} gave no upload Location for {what} in repository "
+                f"{self.target.repository}; the registry is not OCI-compliant"
+            )
+        return urljoin(resp.url, loc)
+
+    def mount(self, desc: Descriptor) -> str | None:
+        """Mount from `mount_from`; None when mounted, else the upload session the registry opened."""
+        assert self.mount_from is not None
+        url = _with_query(
+            self.client.repo_url(self.target, "blobs/uploads/"),
+            mount=str(desc.digest),
+            **{"from": self.mount_from.repository},
+        )
+        resp = self.send("POST", url, headers={"Content-Length": "0"})
+        with resp:
+            if resp.status_code == 201:
+                return None
+            if resp.status_code == 202:
+                return self.location(resp, f"blob {desc.digest}")
+            raise self.client.fail(resp, self.target, f"mount of blob {desc.digest}")
+
+    def start_upload(self, desc: Descriptor) -> str:
+        resp = self.send(
+            "POST", self.client.repo_url(self.target, "blobs/uploads/"), headers={"Content-Length": "0"}, retry=False
+        )
+        with resp:
+            if resp.status_code != 202:
+                raise self.client.fail(resp, self.target, f"upload of blob {desc.digest}")
+            return self.location(resp, f"blob {desc.digest}")
+
+    def upload(self, desc: Descriptor, session: str | None) -> None:
+        # A failed upload session cannot be trusted (part of the body may have landed), so each
+        # retry starts over with a fresh session and a fresh read of the blob.
+        pending = [session] if session else []
+
+        def once() -> None:
+            location = pending.pop() if pending else self.start_upload(desc)
+            stream = self.bundle.open_blob(desc)
+            try:
+                if desc.size > self.client.options.chunk_size:
+                    location = self.patch_chunks(desc, location, stream)
+                    self.finish(desc, location, b"", 0)
+                else:
+                    self.finish(desc, location, _SizedBody(stream, desc.size, f"blob {desc.digest}", True), desc.size)
+            finally:
+                stream.close()
+
+        self.client.retrying(once)
+
+    def patch_chunks(self, desc: Descriptor, location: str, stream: BinaryIO) -> str:
+        chunk_size = self.client.options.chunk_size
+        offset = 0
+        while offset < desc.size:
+            n = min(chunk_size, desc.size - offset)
+            final = offset + n == desc.size
+            body = _SizedBody(stream, n, f"blob {desc.digest}", final)
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(n),
+                "Content-Range": f"{offset}-{offset + n - 1}",
+            }
+            resp = self.send("PATCH", location, headers=headers, data=body, retry=False)
+            with resp:
+                if resp.status_code != 202:
+                    raise self.client.fail(resp, self.target, f"chunk {offset}-{offset + n - 1} of blob {desc.digest}")
+                location = self.location(resp, f"blob {desc.digest}")
+            offset += n
+        return location
+
+    def finish(self, desc: Descriptor, location: str, body: _SizedBody | bytes, size: int) -> None:
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        resp = self.send(
+            "PUT", _with_query(location, digest=str(desc.digest)), headers=headers, data=body, retry=False
+        )
+        with resp:
+            if resp.status_code != 201:
+                raise self.client.fail(resp, self.target, f"upload of blob {desc.digest}")
+
+    def put_manifest(self, identifier: str, doc: Manifest | Index) -> None:
+        resp = self.send(
+            "PUT",
+            self.client.repo_url(self.target, f"manifests/{identifier}"),
+            headers={"Content-Type": doc.media_type},
+            data=doc.raw,
+        )
+        with resp:
+            if resp.status_code != 201:
+                raise self.client.fail(resp, self.target, f"manifest {identifier}")
+            echoed = resp.headers.get("Docker-Content-Digest", "")
+            if echoed.startswith("sha256:") and echoed != str(doc.digest):
+                raise IntegrityError(
+                    f"registry {self.target.registry} stored manifest {identifier} as {echoed}, not {doc.digest}; "
+                    "a proxy or the registry altered it"
+                )
+
+
+def push(client: RegistryClient, target: Reference, bundle: Bundle) -> Digest:
+    """Write `bundle` to `target`: blobs (mounted or uploaded unless present), child manifests by
+    digest, then the root by tag (or digest) last. Returns the root manifest's digest."""
+    root_digest = bundle.root.digest
+    if target.digest is not None and target.digest != root_digest:
+        raise UsageError(f"cannot push to {target}: the image's digest is {root_digest}; drop the @digest")
+    pusher = _Pusher(client, target, bundle)
+    for desc in bundle.iter_blobs():
+        if desc.urls:
+            continue  # foreign (non-distributable) layers stay where their urls point
+        if pusher.blob_exists(desc):
+            continue
+        session = None
+        if pusher.mount_from is not None:
+            session = pusher.mount(desc)
+            if session is None:
+                continue
+        pusher.upload(desc, session)
+    for child in bundle.children:
+        pusher.put_manifest(str(child.digest), child)
+    pusher.put_manifest(target.tag or str(root_digest), bundle.root)
+    return root_digest

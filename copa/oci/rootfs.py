@@ -1,0 +1,266 @@
+"""A read-only merged view of an image's layers.
+
+Layers are read from the top down, applying OCI whiteouts (`.wh.<name>` hides a path in lower layers,
+`.wh..wh..opq` hides a directory's lower contents). Two uses:
+
+* `read_files`: fetch a few named files (and the files under a few directories), stopping as soon as
+  everything asked for is found; symlinks, including symlinked parent directories, are resolved
+  inside the image root and hardlinks followed.
+* `scan`: an index of every path's node (type, mode, owner, link target) without file contents, which
+  adapters use to map package paths through the image's directory symlinks and to see what exists.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from copa.errors import UnsafePathError, UnsupportedImageError
+from copa.oci.image import Image
+
+_MAX_LINK_DEPTH = 40
+_MAX_FILE = 256 << 20
+
+
+def _norm(name: str) -> str:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    return "/".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    path: str
+    kind: str  # "file", "dir", "symlink", "hardlink", "other"
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    linkname: str
+    layer: int  # index into image.layers of the layer that provides this path
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    if member.isreg():
+        return "file"
+    if member.isdir():
+        return "dir"
+    if member.issym():
+        return "symlink"
+    if member.islnk():
+        return "hardlink"
+    return "other"
+
+
+@dataclass
+class _Hiding:
+    """Whiteouts and opaque directories seen in the layers above the one being read."""
+
+    deleted: set[str] = field(default_factory=set)
+    opaque: set[str] = field(default_factory=set)
+    pending_deleted: set[str] = field(default_factory=set)
+    pending_opaque: set[str] = field(default_factory=set)
+
+    def note(self, path: str) -> bool:
+        """Record a whiteout entry; True if `path` was one (and so is not a real file)."""
+        base = posixpath.basename(path)
+        if not base.startswith(".wh."):
+            return False
+        parent = posixpath.dirname(path)
+        if base == ".wh..wh..opq":
+            self.pending_opaque.add(parent)
+        else:
+            self.pending_deleted.add(posixpath.join(parent, base[4:]))
+        return True
+
+    def hidden(self, path: str) -> bool:
+        if path in self.deleted:
+            return True
+        parent = posixpath.dirname(path)
+        while True:
+            if parent in self.opaque or parent in self.deleted:
+                return True
+            if not parent:
+                return False
+            parent = posixpath.dirname(parent)
+
+    def next_layer(self) -> None:
+        # Whiteouts only hide content in the layers *below* the one that carries them.
+        self.deleted |= self.pending_deleted
+        self.opaque |= self.pending_opaque
+        self.pending_deleted.clear()
+        self.pending_opaque.clear()
+
+
+def _members(image: Image, index: int) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    layer = image.layers[index]
+    with image.open_layer_tar(layer) as stream:
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:
+                    yield tar, member
+        except tarfile.TarError as e:
+            raise UnsupportedImageError(f"layer {layer.descriptor.digest} is not a valid tar stream: {e}") from None
+
+
+@dataclass(frozen=True)
+class View:
+    """The merged index of an image's paths (no contents)."""
+
+    nodes: dict[str, Node]
+
+    def get(self, path: str) -> Node | None:
+        return self.nodes.get(_norm(path))
+
+    def is_symlink(self, path: str) -> bool:
+        node = self.nodes.get(_norm(path))
+        return node is not None and node.kind == "symlink"
+
+    def resolve(self, path: str, follow_last: bool = True) -> str:
+        """The real path of `path` inside the root, following symlinks as the kernel would with the
+        image root as '/': absolute targets restart at the root and '..' never climbs above it."""
+        return resolve_path(path, self._link, follow_last)
+
+    def _link(self, path: str) -> str | None:
+        node = self.nodes.get(path)
+        return node.linkname if node is not None and node.kind == "symlink" else None
+
+
+def resolve_path(path: str, link_of: Callable[[str], str | None], follow_last: bool = True) -> str:
+    todo = [p for p in _norm(path).split("/") if p]
+    done: list[str] = []
+    depth = 0
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        candidate = "/".join([*done, part])
+        target = link_of(candidate) if (todo or follow_last) else None
+        if target is None:
+            done.append(part)
+            continue
+        depth += 1
+        if depth > _MAX_LINK_DEPTH:
+            raise UnsafePathError(f"too many levels of symlinks resolving {path!r} in the image")
+        if target.startswith("/"):
+            done = []
+        todo = [p for p in target.split("/") if p not in ("", ".")] + todo
+    return "/".join(done)
+
+
+def scan(image: Image, upto: int | None = None) -> View:
+    """Index every visible path of the image (layers [0, upto) when `upto` is given)."""
+    count = len(image.layers) if upto is None else upto
+    hiding = _Hiding()
+    nodes: dict[str, Node] = {}
+    for index in reversed(range(count)):
+        for _tar, member in _members(image, index):
+            path = _norm(member.name)
+            if not path or hiding.note(path) or path in nodes or hiding.hidden(path):
+                continue
+            nodes[path] = Node(path, _kind(member), member.mode, member.uid, member.gid, member.size,
+                               member.linkname, index)
+        hiding.next_layer()
+    return View(nodes)
+
+
+@dataclass(frozen=True)
+class Files:
+    """Contents read by `read_files`, keyed by the path that was asked for (or found under a prefix)."""
+
+    contents: dict[str, bytes]
+
+    def get(self, path: str) -> bytes | None:
+        return self.contents.get(_norm(path))
+
+    def under(self, prefix: str) -> dict[str, bytes]:
+        pre = _norm(prefix) + "/"
+        return {p: c for p, c in sorted(self.contents.items()) if p.startswith(pre)}
+
+
+def read_files(image: Image, paths: Iterable[str] = (), prefixes: Iterable[str] = (), upto: int | None = None) -> Files:
+    """Read the named files and every regular file under the named directories, merged across layers.
+
+    Each pass reads top-down; what turned out to be a symlink or hardlink is looked up again at its
+    real location in a further pass, and filed under the name that was asked for.
+    """
+    count = len(image.layers) if upto is None else upto
+    files = {_norm(p): _norm(p) for p in paths}  # asked-for name -> where to look now
+    dirs = {_norm(p): _norm(p) for p in prefixes}
+    out: dict[str, bytes] = {}
+    for _ in range(_MAX_LINK_DEPTH):
+        found, links, hardlinks = _read_pass(image, set(files.values()), set(dirs.values()), count)
+        next_files: dict[str, str] = {}
+        next_dirs: dict[str, str] = {}
+        for asked, where in files.items():
+            if where in found:
+                out[asked] = found[where]
+            elif where in hardlinks:
+                next_files[asked] = hardlinks[where]
+            elif (real := resolve_path(where, links.get)) != where:
+                next_files[asked] = real
+        for asked, where in dirs.items():
+            for path, content in found.items():
+                if path.startswith(where + "/"):
+                    out[asked + path[len(where):]] = content
+            for path, target in hardlinks.items():
+                if path.startswith(where + "/"):
+                    next_files[asked + path[len(where):]] = target
+            if (real := resolve_path(where, links.get)) != where:
+                next_dirs[asked] = real
+        if not next_files and not next_dirs:
+            break
+        files, dirs = next_files, next_dirs
+    return Files(out)
+
+
+def _under_any(path: str, dirs: set[str]) -> bool:
+    return any(path.startswith(d + "/") for d in dirs)
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    parent = posixpath.dirname(path)
+    while parent:
+        yield parent
+        parent = posixpath.dirname(parent)
+
+
+def _read_pass(
+    image: Image, wanted: set[str], dirs: set[str], count: int
+) -> tuple[dict[str, bytes], dict[str, str], dict[str, str]]:
+    """One top-down pass. Returns file contents, symlinks met on the way to what was asked, and
+    hardlinks (path -> target path) among what was asked."""
+    interesting = set(wanted) | dirs
+    for p in list(interesting):
+        interesting.update(_ancestors(p))
+    hiding = _Hiding()
+    seen: set[str] = set()
+    found: dict[str, bytes] = {}
+    links: dict[str, str] = {}
+    hardlinks: dict[str, str] = {}
+    for index in reversed(range(count)):
+        for tar, member in _members(image, index):
+            path = _norm(member.name)
+            if not path or hiding.note(path) or path in seen or hiding.hidden(path):
+                continue
+            asked = path in wanted or _under_any(path, dirs)
+            if not asked and path not in interesting:
+                continue
+            seen.add(path)
+            if member.issym():
+                links[path] = member.linkname
+            elif asked and member.islnk():
+                hardlinks[path] = _norm(member.linkname)
+            elif asked and member.isreg():
+                if member.size > _MAX_FILE:
+                    raise UnsupportedImageError(f"/{path} in the image is {member.size} bytes; too large to read")
+                f = tar.extractfile(member)
+                if f is not None:
+                    found[path] = f.read()
+        hiding.next_layer()
+        if not dirs and wanted <= seen:
+            break  # everything asked for is known: lower layers cannot change it
+    return found, links, hardlinks

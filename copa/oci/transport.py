@@ -1,0 +1,94 @@
+"""Turn the user's image argument into a Source, and the output flags into sink calls.
+
+Image arguments follow skopeo's transport names: `oci:DIR[:NAME]`, `docker-archive:FILE[:REPO:TAG]`,
+`docker://REF`, or a bare registry reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from copa.errors import UsageError
+from copa.oci.archive import ArchiveSource, write_archive
+from copa.oci.digest import Digest
+from copa.oci.image import Bundle, Source
+from copa.oci.layout import LayoutSource, write_layout
+from copa.oci.reference import Reference
+from copa.oci.registry import RegistryClient, RegistrySource, push
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    source: Source
+    reference: Reference | None  # set when the image came from a registry
+    name: str  # how the image is named in messages and in the BaseImage label
+    tag: str  # the tag (or layout ref name) the image was read by, for the default output tag
+
+
+def _split_path(rest: str) -> tuple[str, str]:
+    """'DIR:NAME' -> (DIR, NAME). A colon is part of the path unless what follows has no slash."""
+    path, sep, name = rest.rpartition(":")
+    if sep and path and "/" not in name:
+        return path, name
+    return rest, ""
+
+
+def open_image(text: str, client: RegistryClient) -> Opened:
+    if text.startswith("oci:"):
+        path, name = _split_path(text[4:])
+        return Opened(LayoutSource(Path(path), name or None), None, text, name)
+    if text.startswith("docker-archive:"):
+        rest = text[len("docker-archive:"):]
+        path, _, tag = rest.partition(":")
+        return Opened(ArchiveSource(Path(path), tag or None), None, text, tag.rpartition(":")[2] if tag else "")
+    if text.startswith("docker://"):
+        text = text[len("docker://"):]
+    ref = Reference.parse(text)
+    return Opened(RegistrySource(client, ref), ref, str(ref), ref.tag)
+
+
+@dataclass(frozen=True, slots=True)
+class Outputs:
+    push: Reference | None
+    oci_dir: Path | None
+    output_tar: Path | None
+    tag: str
+
+    @property
+    def any(self) -> bool:
+        return bool(self.push or self.oci_dir or self.output_tar)
+
+
+def plan_outputs(
+    opened: Opened, tag: str | None, suffix: str, push: bool, oci_dir: str | None, output_tar: str | None
+) -> Outputs:
+    if not (push or oci_dir or output_tar):
+        raise UsageError("no output named: pass --push (to the registry), --oci-dir DIR or --output-tar FILE")
+    if tag and ("/" in tag or "@" in tag):
+        full = Reference.parse(tag)
+    elif opened.reference is not None:
+        base_tag = opened.reference.tag or "latest"
+        full = opened.reference.with_tag(tag or f"{base_tag}-{suffix}")
+    else:
+        full = None
+    ref_name = full.tag if full is not None else (tag or f"{opened.tag or 'latest'}-{suffix}")
+    if push and full is None:
+        raise UsageError("--push needs -t REGISTRY/REPOSITORY:TAG when the image does not come from a registry")
+    return Outputs(full if push else None, Path(oci_dir) if oci_dir else None,
+                   Path(output_tar) if output_tar else None, ref_name)
+
+
+def write_outputs(outputs: Outputs, bundle: Bundle, client: RegistryClient, source_ref: Reference | None) -> Digest:
+    """Write to every named sink. Each sink writes blobs first and its tag or index last."""
+    digest = bundle.root.digest
+    if outputs.oci_dir is not None:
+        write_layout(outputs.oci_dir, bundle, outputs.tag)
+    if outputs.output_tar is not None:
+        tags = [str(outputs.push)] if outputs.push else [outputs.tag]
+        if source_ref is not None and not outputs.push:
+            tags = [str(source_ref.with_tag(outputs.tag))]
+        write_archive(outputs.output_tar, bundle, tags)
+    if outputs.push is not None:
+        digest = push(client, outputs.push, bundle)
+    return digest

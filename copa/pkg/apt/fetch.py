@@ -1,0 +1,189 @@
+"""HTTP(S) and file:// downloads into the content-addressed cache, with bounded retries and parallelism.
+
+Retries happen only where trying again can help: connection failures, timeouts, 5xx and 429. A 404 is a
+NotFoundError at once (callers use it to fall back, e.g. from InRelease to Release). Every download that has a
+known sha256 is streamed to disk and verified before it becomes visible in the cache.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
+from urllib.parse import unquote, urlparse
+
+import requests
+import urllib3.exceptions
+
+from copa.errors import LocalIOError, NotFoundError, RegistryError
+from copa.pkg.apt.cache import Cache
+
+if TYPE_CHECKING:
+    from copa.pkg.apt.packages import PackageRecord
+
+T = TypeVar("T")
+
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+_TRANSIENT = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.ReadTimeoutError,
+)
+
+
+class _Retryable(Exception):
+    """Internal: a transient failure worth another attempt."""
+
+
+@dataclass(frozen=True, slots=True)
+class FetchItem:
+    url: str
+    sha256: str
+    size: int | None
+    what: str
+
+
+class Fetcher:
+    def __init__(
+        self,
+        cache: Cache | None = None,
+        *,
+        session: requests.Session | None = None,
+        timeout: float = 30.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        workers: int = 6,
+    ) -> None:
+        self.cache = cache if cache is not None else Cache()
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.workers = workers
+        self._session = session
+        self._lock = threading.Lock()
+
+    @property
+    def session(self) -> requests.Session:
+        with self._lock:
+            if self._session is None:
+                s = requests.Session()
+                adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(self.workers, 10))
+                s.mount("http://", adapter)
+                s.mount("https://", adapter)
+                # Index files are checksummed as served; on-the-fly compression would break the sha256.
+                s.headers["Accept-Encoding"] = "identity"
+                s.headers["User-Agent"] = "copa-apt/0.1"
+                self._session = s
+            return self._session
+
+    @contextmanager
+    def _open(self, url: str, what: str) -> Iterator[BinaryIO]:
+        parsed = urlparse(url)
+        if parsed.scheme == "file":
+            path = Path(unquote(parsed.path))
+            try:
+                f = path.open("rb")
+            except FileNotFoundError as e:
+                raise NotFoundError(f"{what}: {path} does not exist; check the file: repository path") from e
+            except OSError as e:
+                raise LocalIOError(f"{what}: cannot read {path}: {e.strerror}") from e
+            with f:
+                yield f
+            return
+        if parsed.scheme not in ("http", "https"):
+            raise RegistryError(f"{what}: unsupported URL scheme in {url}; use http, https or file")
+        try:
+            resp = self.session.get(url, stream=True, timeout=self.timeout, allow_redirects=True)
+        except _TRANSIENT as e:
+            raise _Retryable(f"{type(e).__name__}: {e}") from e
+        except requests.RequestException as e:
+            raise RegistryError(f"{what}: request to {url} failed: {e}") from e
+        with resp:
+            if resp.status_code in _RETRY_STATUS:
+                raise _Retryable(f"HTTP {resp.status_code}")
+            if resp.status_code in (404, 410):
+                raise NotFoundError(f"{what}: {url} not found (HTTP {resp.status_code}); check the repository URL")
+            if resp.status_code != 200:
+                raise RegistryError(f"{what}: {url} returned HTTP {resp.status_code}")
+            # The raw stream: bytes exactly as stored on the server (no transparent decompression).
+            yield resp.raw  # type: ignore[misc]
+
+    def _with_retries(self, url: str, what: str, consume: Callable[[BinaryIO], T]) -> T:
+        delay = self.backoff
+        for attempt in range(1, self.retries + 1):
+            try:
+                with self._open(url, what) as stream:
+                    return consume(stream)
+            except _Retryable as e:
+                reason = str(e)
+            except _TRANSIENT as e:  # failure mid-stream: start the download over
+                reason = f"{type(e).__name__}: {e}"
+            if attempt < self.retries:
+                time.sleep(delay)
+                delay *= 2
+        raise RegistryError(f"{what}: {url} failed after {self.retries} attempts ({reason}); check the network")
+
+    def get_bytes(self, url: str, what: str, limit: int = 64 << 20) -> bytes:
+        """A small document (InRelease, Release.gpg) read whole, refusing anything absurdly large."""
+
+        def consume(stream: BinaryIO) -> bytes:
+            data = stream.read(limit + 1)
+            if len(data) > limit:
+                raise RegistryError(f"{what}: {url} is larger than {limit} bytes; refusing it")
+            return data
+
+        return self._with_retries(url, what, consume)
+
+    def fetch(self, item: FetchItem) -> Path:
+        """The verified cached file for `item`, downloading it only if the cache does not hold it."""
+        hit = self.cache.lookup(item.sha256, item.size)
+        if hit is not None:
+            return hit
+        return self._with_retries(
+            item.url, item.what, lambda s: self.cache.store_stream(s, item.sha256, item.size, item.what)
+        )
+
+    def fetch_all(self, items: Sequence[FetchItem]) -> list[Path]:
+        """Fetch in parallel; the first failure (in item order) is raised after all workers finish."""
+        if len(items) <= 1:
+            return [self.fetch(i) for i in items]
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="copa-fetch") as pool:
+            futures = [pool.submit(self.fetch, i) for i in items]
+        return [fut.result() for fut in futures]
+
+
+_default: Fetcher | None = None
+_default_lock = threading.Lock()
+
+
+def default_fetcher() -> Fetcher:
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Fetcher()
+        return _default
+
+
+def deb_item(record: PackageRecord) -> FetchItem:
+    return FetchItem(
+        url=f"{record.repository}/{record.filename}",
+        sha256=record.sha256,
+        size=record.size,
+        what=f"{record.package}_{record.version}_{record.architecture}.deb",
+    )
+
+
+def fetch_deb(record: PackageRecord, fetcher: Fetcher | None = None) -> Path:
+    """The .deb of `record` in the cache, verified against the signature-verified index's sha256 and size."""
+    return (fetcher or default_fetcher()).fetch(deb_item(record))
+
+
+def fetch_debs(records: Sequence[PackageRecord], fetcher: Fetcher | None = None) -> list[Path]:
+    return (fetcher or default_fetcher()).fetch_all([deb_item(r) for r in records])

@@ -1,0 +1,133 @@
+"""What a package-manager adapter is, and the values it shares with the rest of copa."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from copa.oci.image import Image
+from copa.oci.rootfs import Files
+from copa.pkg.layer import Entry
+from copa.report.model import Report
+
+
+@dataclass(frozen=True, slots=True)
+class OSRelease:
+    id: str
+    id_like: tuple[str, ...]
+    version_id: str
+    version_codename: str
+    pretty_name: str
+
+    @classmethod
+    def parse(cls, text: str) -> OSRelease:
+        values: dict[str, str] = {}
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#") or "=" not in line:
+                continue
+            key, _, value = line.partition("=")
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            values[key.strip()] = value
+        return cls(
+            id=values.get("ID", "").lower(),
+            id_like=tuple(values.get("ID_LIKE", "").lower().split()),
+            version_id=values.get("VERSION_ID", ""),
+            version_codename=values.get("VERSION_CODENAME", ""),
+            pretty_name=values.get("PRETTY_NAME", values.get("ID", "")),
+        )
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return (self.id, *self.id_like)
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryOptions:
+    """What the user says about package repositories; each adapter reads what applies to it."""
+
+    repositories: tuple[str, ...] = ()
+    repositories_file: Path | None = None
+    keyrings: tuple[Path, ...] = ()
+    mirrors: tuple[tuple[str, str], ...] = ()
+    allow_unsigned: bool = False
+
+
+@dataclass(frozen=True)
+class ImageContext:
+    """The image being patched, as an adapter sees it."""
+
+    image: Image
+    layers: int  # the original layers; a previous patch layer above them is ignored
+    os_release: OSRelease
+    architecture: str  # the image's (GOARCH-style) architecture, e.g. amd64, arm64
+    variant: str
+    workdir: Path
+    repos: RepositoryOptions
+    files: Files  # what detection already read: os-release and the package database files
+    ignore_errors: bool = False
+    cache_dir: Path | None = None
+
+
+class UpdateKind(enum.Enum):
+    REPORTED = "reported"  # named by the report
+    SIBLING = "sibling"  # same source package, pinned to move together
+    DEPENDENCY = "dependency"  # needed by a new version's dependencies
+    NEW = "new"  # newly installed, needed by a new version
+
+
+class SkipReason(enum.Enum):
+    NOT_INSTALLED = "not installed in the image"
+    NO_FIX_AVAILABLE = "no repository has the fixed version"
+    ALREADY_FIXED = "installed version already fixed"
+    HELD = "held by the image's package manager"
+    NO_FIXED_VERSION = "the report names no fixed version"
+    UNRESOLVABLE = "dependencies cannot be satisfied"
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    name: str
+    architecture: str
+    old_version: str  # "" for a newly installed package
+    new_version: str
+    kind: UpdateKind
+    vulnerabilities: tuple[str, ...] = ()
+    scripts_note: str = ""  # what the package's maintainer scripts do that the layer does not reproduce
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    name: str
+    reason: SkipReason
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    updates: tuple[Update, ...]
+    skipped: tuple[Skip, ...] = ()
+    # Adapter-specific data carried from planning to layer building (resolved package records).
+    payload: object = None
+
+
+@dataclass(frozen=True)
+class LayerContent:
+    entries: tuple[Entry, ...]
+    is_base_symlink: Callable[[str], bool]
+    updates: tuple[Update, ...] = ()
+    notes: Mapping[str, str] = field(default_factory=dict)
+    default_mtime: int = 0
+
+
+class PackageManager(Protocol):
+    name: str
+
+    def plan(self, ctx: ImageContext, report: Report | None) -> Plan: ...
+
+    def build(self, ctx: ImageContext, plan: Plan) -> LayerContent: ...

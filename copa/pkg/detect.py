@@ -1,0 +1,80 @@
+"""Which package manager an image uses: /etc/os-release plus which package database exists."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from copa.errors import UnsupportedImageError
+from copa.oci.image import Image
+from copa.oci.rootfs import Files, read_files
+from copa.pkg.base import OSRelease, PackageManager
+
+OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release")
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A package manager family: the database paths that prove it and the OS ids that use it."""
+
+    name: str
+    databases: tuple[str, ...]
+    database_dirs: tuple[str, ...]
+    os_ids: tuple[str, ...]
+
+
+KINDS = (
+    Kind("dpkg", ("var/lib/dpkg/status",), ("var/lib/dpkg/status.d",), ("debian", "ubuntu")),
+    Kind("apk", ("lib/apk/db/installed",), (), ("alpine", "wolfi", "chainguard")),
+    Kind(
+        "rpm",
+        ("var/lib/rpm/rpmdb.sqlite", "var/lib/rpm/Packages", "usr/lib/sysimage/rpm/rpmdb.sqlite"),
+        ("var/lib/rpmmanifest",),
+        ("rhel", "centos", "fedora", "rocky", "almalinux", "amzn", "mariner", "azurelinux", "ol", "sles", "opensuse"),
+    ),
+)
+
+def _dpkg() -> PackageManager:
+    from copa.pkg.dpkg.adapter import DpkgAdapter
+
+    return DpkgAdapter()
+
+
+# Adapters by kind name, imported only when used; a kind without one is detected but not yet supported.
+ADAPTERS: dict[str, Callable[[], PackageManager]] = {"dpkg": _dpkg}
+
+
+@dataclass(frozen=True)
+class Detected:
+    kind: Kind
+    os_release: OSRelease
+    files: Files
+
+
+def detect(image: Image, layers: int) -> Detected:
+    paths = [*OS_RELEASE_PATHS, *(db for k in KINDS for db in k.databases)]
+    dirs = [d for k in KINDS for d in k.database_dirs]
+    files = read_files(image, paths, dirs, upto=layers)
+    text = files.get(OS_RELEASE_PATHS[0]) or files.get(OS_RELEASE_PATHS[1]) or b""
+    os_release = OSRelease.parse(text.decode("utf-8", "replace"))
+    present = [k for k in KINDS if any(files.get(db) is not None for db in k.databases)
+               or any(files.under(d) for d in k.database_dirs)]
+    if not present:
+        name = os_release.pretty_name or "unknown OS"
+        raise UnsupportedImageError(
+            f"image ({name}) has no dpkg, apk or rpm package database; there is nothing copa can patch"
+        )
+    # Prefer the kind the OS names itself as; else the one whose database exists.
+    kind = next((k for k in present if set(k.os_ids) & set(os_release.families)), present[0])
+    return Detected(kind, os_release, files)
+
+
+def adapter_for(detected: Detected) -> PackageManager:
+    factory = ADAPTERS.get(detected.kind.name)
+    if factory is None:
+        name = detected.os_release.pretty_name or detected.kind.name
+        raise UnsupportedImageError(
+            f"{name} images ({detected.kind.name} packages) are not yet supported by this copa; "
+            "supported: " + (", ".join(sorted(ADAPTERS)) or "none yet")
+        )
+    return factory()

@@ -1,0 +1,140 @@
+"""The dpkg adapter: Debian and Ubuntu images, distroless ones included."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from copa.errors import ResolutionError
+from copa.oci.rootfs import read_files, scan
+from copa.pkg.apt.fetch import deb_item
+from copa.pkg.apt.packages import PackageRecord, RepositoryIndex
+from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, UpdateKind
+from copa.pkg.dpkg.database import INFO, STATUS_D, DpkgDatabase, info_name, read_database
+from copa.pkg.dpkg.debfile import read_deb
+from copa.pkg.dpkg.install import (
+    LayerPlan,
+    Unpacked,
+    database_entries,
+    install_package,
+    scripts_note,
+)
+from copa.pkg.dpkg.plan import Chosen, Installed, Wanted, resolve
+from copa.pkg.dpkg.repos import fetcher_for, load_index
+from copa.pkg.dpkg.status import entry_from_control
+from copa.pkg.dpkg.version import compare_versions
+from copa.report.model import Report
+
+
+@dataclass(frozen=True)
+class _Payload:
+    db: DpkgDatabase
+    chosen: tuple[Chosen, ...]
+
+
+def _wanted(report: Report | None, installed: dict[str, Installed], index: RepositoryIndex) -> list[Wanted]:
+    if report is not None:
+        return [Wanted(p.name, p.fixed_version, p.vulnerability_ids) for p in report.packages]
+    # No report: bring every installed package to the newest version the repositories have.
+    out = []
+    for name, inst in sorted(installed.items()):
+        newest = max((r.version for r in index.versions(name)), default=None,
+                     key=functools.cmp_to_key(compare_versions))
+        if newest is not None and compare_versions(newest, inst.version) > 0:
+            out.append(Wanted(name, newest))
+    return out
+
+
+class DpkgAdapter:
+    name = "dpkg"
+
+    def plan(self, ctx: ImageContext, report: Report | None) -> Plan:
+        db = read_database(ctx.files, ctx.architecture, ctx.variant)
+        installed = db.installed()
+        index = load_index(ctx, db.architecture)
+        wanted = _wanted(report, installed, index)
+        resolution = resolve(installed, wanted, index.versions, db.architecture, compare_versions)
+        if resolution.failures and not ctx.ignore_errors:
+            first = resolution.failures[0]
+            more = f" (and {len(resolution.failures) - 1} more)" if len(resolution.failures) > 1 else ""
+            raise ResolutionError(
+                f"cannot fix {first.name}: {first.detail}{more}; check the repositories or pass --ignore-errors"
+            )
+        updates = tuple(
+            Update(c.record.package, c.record.architecture, c.installed.version if c.installed else "",
+                   c.record.version, c.kind, c.vulnerabilities)
+            for c in resolution.chosen
+        )
+        skipped: tuple[Skip, ...] = resolution.skipped + resolution.failures
+        return Plan(updates, skipped, _Payload(db, resolution.chosen))
+
+    def build(self, ctx: ImageContext, plan: Plan) -> LayerContent:
+        payload = plan.payload
+        assert isinstance(payload, _Payload)
+        db = payload.db
+        records = [c.record for c in payload.chosen]
+        assert all(isinstance(r, PackageRecord) for r in records)
+        paths = fetcher_for(ctx).fetch_all([deb_item(r) for r in records])  # type: ignore[arg-type]
+        view = scan(ctx.image, ctx.layers)
+        old_files, old_info = self._old_state(ctx, db, payload.chosen, view.nodes)
+        unpacked: list[Unpacked] = []
+        for i, (chosen, deb) in enumerate(zip(payload.chosen, paths, strict=True)):
+            contents = read_deb(deb, ctx.workdir / "stage" / f"{i:04d}")
+            old = db.entry(chosen.installed.name) if chosen.installed else None
+            name = chosen.record.package
+            unpacked.append(Unpacked(contents, old, old_files.get(name, ()), old_info.get(name, ())))
+        conffiles = self._current_conffiles(ctx, unpacked, view.resolve)
+        mtime = max((f.mtime for u in unpacked for f in u.contents.files), default=0)
+        layer = LayerPlan(view, mtime)
+        status_entries = []
+        updates = []
+        for pkg, chosen, update in zip(unpacked, payload.chosen, plan.updates, strict=True):
+            recorded = install_package(layer, pkg, conffiles)
+            status_entries.append((pkg, entry_from_control(pkg.contents.control, recorded)))
+            updates.append(Update(update.name, update.architecture, update.old_version, update.new_version,
+                                  update.kind, update.vulnerabilities, scripts_note(pkg.contents)))
+            del chosen
+        database_entries(layer, db, status_entries)
+        return LayerContent(tuple(layer.entries.values()), view.is_symlink, tuple(updates), default_mtime=mtime)
+
+    def _old_state(
+        self, ctx: ImageContext, db: DpkgDatabase, chosen: Sequence[Chosen], nodes: Mapping[str, object]
+    ) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+        """Per package: the paths its installed version owns, and its info/ file names."""
+        files: dict[str, tuple[str, ...]] = {}
+        info: dict[str, tuple[str, ...]] = {}
+        stems: dict[str, str] = {}
+        for c in chosen:
+            entry = db.entry(c.installed.name) if c.installed else None
+            if entry is None:
+                continue
+            stems[c.record.package] = info_name(entry.package, entry.multi_arch, entry.architecture)
+        if db.distroless:
+            for name in stems:
+                file_name = db.status_d_name(name) or name
+                md5 = db.md5sums_d.get(f"{file_name}.md5sums", b"")
+                files[name] = tuple(line.split(None, 1)[1].strip() for line in md5.decode("utf-8", "replace")
+                                    .splitlines() if len(line.split(None, 1)) == 2)
+            return files, info
+        wanted = [f"{INFO}/{stem}.list" for stem in stems.values()]
+        lists = read_files(ctx.image, wanted, upto=ctx.layers)
+        for name, stem in stems.items():
+            content = lists.get(f"{INFO}/{stem}.list") or b""
+            files[name] = tuple(p.lstrip("/") for p in content.decode("utf-8", "replace").splitlines()
+                                if p.strip() and p != "/.")
+            prefix = f"{INFO}/{stem}."
+            info[name] = tuple(sorted(p[len(INFO) + 1:] for p in nodes if p.startswith(prefix)))
+        return files, info
+
+    def _current_conffiles(self, ctx: ImageContext, unpacked: Sequence[Unpacked], resolve: object) -> dict[str, bytes | None]:
+        from copa.pkg.dpkg.install import conffile_paths
+
+        wanted = {p for u in unpacked if u.old is not None for p in conffile_paths(u.contents)}
+        if not wanted:
+            return {}
+        found = read_files(ctx.image, [p.lstrip("/") for p in wanted], upto=ctx.layers)
+        return {p: found.get(p.lstrip("/")) for p in wanted}
+
+
+__all__ = ["STATUS_D", "DpkgAdapter", "UpdateKind"]

@@ -1,0 +1,110 @@
+"""The image's dpkg state: /var/lib/dpkg/status (or distroless status.d/), as read from its layers."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from copa.errors import UnsupportedImageError
+from copa.oci.rootfs import Files
+from copa.pkg.dpkg.plan import Installed
+from copa.pkg.dpkg.status import StatusEntry, parse_status
+
+STATUS = "var/lib/dpkg/status"
+STATUS_D = "var/lib/dpkg/status.d"
+INFO = "var/lib/dpkg/info"
+
+# Docker/OCI architecture names -> dpkg architecture names, for images whose database names none.
+_DEB_ARCH = {
+    ("amd64", ""): "amd64",
+    ("arm64", ""): "arm64",
+    ("arm64", "v8"): "arm64",
+    ("arm", "v7"): "armhf",
+    ("arm", "v6"): "armel",
+    ("arm", "v5"): "armel",
+    ("arm", ""): "armhf",
+    ("386", ""): "i386",
+    ("ppc64le", ""): "ppc64el",
+    ("s390x", ""): "s390x",
+    ("mips64le", ""): "mips64el",
+    ("riscv64", ""): "riscv64",
+}
+
+
+@dataclass(frozen=True)
+class DpkgDatabase:
+    entries: tuple[StatusEntry, ...]
+    status_raw: bytes | None  # None for distroless images
+    status_d: dict[str, StatusEntry]  # status.d file name -> its entry (distroless only)
+    md5sums_d: dict[str, bytes]  # status.d/<name>.md5sums contents (distroless only)
+    architecture: str
+
+    @property
+    def distroless(self) -> bool:
+        return self.status_raw is None
+
+    def installed(self) -> dict[str, Installed]:
+        """Installed packages by name; where a name is installed for several architectures, the native one."""
+        out: dict[str, Installed] = {}
+        for e in self.entries:
+            if not e.installed:
+                continue
+            if e.package in out and e.architecture not in (self.architecture, "all"):
+                continue
+            want = e.status[0]
+            out[e.package] = Installed(
+                name=e.package,
+                architecture=e.architecture,
+                version=e.version,
+                held=want == "hold",
+                source=e.source[0],
+                depends=e.depends,
+                pre_depends=e.pre_depends,
+                provides=e.get("Provides", "") or "",
+            )
+        return out
+
+    def entry(self, name: str) -> StatusEntry | None:
+        found = [e for e in self.entries if e.package == name and e.installed]
+        native = [e for e in found if e.architecture in (self.architecture, "all")]
+        best = native or found
+        return best[0] if best else None
+
+    def status_d_name(self, name: str) -> str | None:
+        for file_name, entry in self.status_d.items():
+            if entry.package == name:
+                return file_name
+        return None
+
+
+def read_database(files: Files, oci_arch: str, oci_variant: str) -> DpkgDatabase:
+    raw = files.get(STATUS)
+    status_d: dict[str, StatusEntry] = {}
+    md5sums: dict[str, bytes] = {}
+    if raw is not None:
+        entries = parse_status(raw, "/" + STATUS)
+    else:
+        found = files.under(STATUS_D)
+        if not found:
+            raise UnsupportedImageError("image has neither /var/lib/dpkg/status nor /var/lib/dpkg/status.d/")
+        collected: list[StatusEntry] = []
+        for path, content in found.items():
+            name = path[len(STATUS_D) + 1:]
+            if "/" in name:
+                continue
+            if name.endswith(".md5sums"):
+                md5sums[name] = content
+                continue
+            parsed = parse_status(content, "/" + path)
+            if len(parsed) == 1:
+                status_d[name] = parsed[0]
+            collected.extend(parsed)
+        entries = tuple(collected)
+    counts = Counter(e.architecture for e in entries if e.architecture not in ("", "all"))
+    arch = counts.most_common(1)[0][0] if counts else _DEB_ARCH.get((oci_arch, oci_variant), oci_arch)
+    return DpkgDatabase(entries, raw, status_d, md5sums, arch)
+
+
+def info_name(entry_package: str, multi_arch: str, architecture: str) -> str:
+    """dpkg's file name stem in info/: `libssl3:amd64` for Multi-Arch: same packages, else the name."""
+    return f"{entry_package}:{architecture}" if multi_arch == "same" else entry_package

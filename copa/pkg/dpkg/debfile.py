@@ -1,0 +1,196 @@
+"""Reading .deb files: an ar archive holding debian-binary, control.tar.* and data.tar.*.
+
+The control archive is small and read whole; the data archive is streamed member by member into a
+staging directory, from which the layer writer later copies each file. Every path is checked.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import lzma
+import posixpath
+import shutil
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, cast
+
+import zstandard
+
+from copa.errors import IntegrityError, UnsafePathError
+from copa.pkg.layer import clean_path
+
+_AR_MAGIC = b"!<arch>\n"
+_CONTROL_LIMIT = 64 << 20
+
+
+class BadDeb(IntegrityError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ArMember:
+    name: str
+    size: int
+
+
+class _Bounded(io.RawIOBase):
+    """Exactly `size` bytes of the underlying stream, then EOF."""
+
+    def __init__(self, raw: BinaryIO, size: int) -> None:
+        super().__init__()
+        self._raw, self._left = raw, size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._left <= 0:
+            return 0
+        view = memoryview(buffer)
+        chunk = self._raw.read(min(len(view), self._left))
+        if not chunk:
+            raise BadDeb("truncated .deb archive member")
+        view[: len(chunk)] = chunk
+        self._left -= len(chunk)
+        return len(chunk)
+
+    def skip_rest(self) -> None:
+        while self.read(1 << 16):
+            pass
+
+
+def _ar_members(f: BinaryIO, what: str) -> Iterator[tuple[ArMember, _Bounded]]:
+    if f.read(8) != _AR_MAGIC:
+        raise BadDeb(f"{what} is not a Debian package (no ar header)")
+    while True:
+        header = f.read(60)
+        if not header:
+            return
+        if len(header) != 60 or header[58:60] != b"`\n":
+            raise BadDeb(f"{what}: corrupt ar member header")
+        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        try:
+            size = int(header[48:58].decode("ascii").strip())
+        except ValueError:
+            raise BadDeb(f"{what}: corrupt ar member size") from None
+        body = _Bounded(f, size)
+        yield ArMember(name, size), body
+        body.skip_rest()
+        if size % 2:
+            f.read(1)  # ar pads members to even offsets
+
+
+def _decompress(name: str, stream: BinaryIO, what: str) -> BinaryIO:
+    if name.endswith(".xz"):
+        return cast(BinaryIO, lzma.LZMAFile(stream))
+    if name.endswith(".gz"):
+        return cast(BinaryIO, gzip.GzipFile(fileobj=stream))
+    if name.endswith(".zst"):
+        return cast(BinaryIO, io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(stream)))
+    if name.endswith(".tar"):
+        return stream
+    raise BadDeb(f"{what}: unsupported compression of member {name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class DataFile:
+    """One member of data.tar: where dpkg would put it (`path`, as in the package) and its metadata."""
+
+    path: str  # normalised, no leading slash; "" never appears
+    kind: str  # file, dir, symlink, hardlink
+    mode: int
+    uid: int
+    gid: int
+    uname: str
+    gname: str
+    size: int
+    mtime: int
+    linkname: str  # symlink target as written; for hardlinks a normalised package path
+    staged: Path | None  # extracted content, for regular files
+
+
+@dataclass(frozen=True)
+class DebContents:
+    control: bytes
+    control_files: dict[str, bytes]  # every control.tar member except ./control: md5sums, conffiles, scripts...
+    files: tuple[DataFile, ...]  # in archive order, which is the order dpkg lists them
+
+
+def read_deb(path: Path, stage: Path) -> DebContents:
+    """Read a .deb: control members in memory (small), data files staged under `stage`."""
+    what = path.name
+    control: bytes | None = None
+    control_files: dict[str, bytes] = {}
+    files: list[DataFile] | None = None
+    with path.open("rb") as f:
+        for member, body in _ar_members(cast(BinaryIO, f), what):
+            if member.name.startswith("control.tar"):
+                control, control_files = _read_control(_decompress(member.name, cast(BinaryIO, body), what), what)
+            elif member.name.startswith("data.tar"):
+                files = _stage_data(_decompress(member.name, cast(BinaryIO, body), what), stage, what)
+    if control is None or files is None:
+        raise BadDeb(f"{what} lacks a control or data archive; it is not a valid .deb")
+    return DebContents(control, control_files, tuple(files))
+
+
+def _read_control(stream: BinaryIO, what: str) -> tuple[bytes, dict[str, bytes]]:
+    control = b""
+    members: dict[str, bytes] = {}
+    total = 0
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for m in tar:
+            name = posixpath.normpath(m.name).lstrip("./")
+            if not m.isreg() or "/" in name:
+                continue
+            total += m.size
+            if total > _CONTROL_LIMIT:
+                raise BadDeb(f"{what}: control archive is implausibly large")
+            data = tar.extractfile(m)
+            content = data.read() if data else b""
+            if name == "control":
+                control = content
+            else:
+                members[name] = content
+    if not control:
+        raise BadDeb(f"{what}: control archive has no control file")
+    return control, members
+
+
+def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
+    out: list[DataFile] = []
+    stage.mkdir(parents=True, exist_ok=True)
+    counter = 0
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for m in tar:
+                path = clean_path(m.name, f"{what}: member")
+                if not path:
+                    continue
+                staged = None
+                kind = "file"
+                linkname = m.linkname
+                if m.isreg():
+                    counter += 1
+                    # Staged under a counter, never under the package's own path: no way out of `stage`.
+                    staged = stage / f"{counter:07d}"
+                    src = tar.extractfile(m)
+                    with staged.open("wb") as dst:
+                        if src is not None:
+                            shutil.copyfileobj(src, dst, 1 << 20)
+                elif m.isdir():
+                    kind = "dir"
+                elif m.issym():
+                    kind = "symlink"
+                elif m.islnk():
+                    kind = "hardlink"
+                    linkname = clean_path(m.linkname, f"{what}: hardlink target")
+                else:
+                    raise UnsafePathError(f"{what}: member {m.name!r} is a device or fifo; refusing it")
+                out.append(DataFile(path, kind, m.mode, m.uid, m.gid, m.uname, m.gname, m.size,
+                                    int(m.mtime), linkname, staged))
+    except (tarfile.TarError, lzma.LZMAError, EOFError, zstandard.ZstdError, OSError) as e:
+        raise BadDeb(f"{what}: data archive is corrupt ({e})") from None
+    return out

@@ -1,0 +1,289 @@
+"""The dpkg plan, pure: installed packages + reported fixes + repository versions -> what to install.
+
+Like `apt-get install --only-upgrade <reported>`: each reported package goes to the newest available
+version at or above its fixed version; then the new versions' Depends/Pre-Depends are closed
+transitively (upgrading or newly installing what they need), installed packages whose own
+dependencies the upgrade would break (binary packages of one source pinning each other with `=`) move
+along, and Breaks against installed versions are resolved by upgrading the broken package.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import networkx as nx
+
+from copa.pkg.base import Skip, SkipReason, UpdateKind
+from copa.pkg.dpkg.relations import Clause, Relation, parse_provides, parse_relations
+
+Compare = Callable[[str, str], int]
+
+
+class Candidate(Protocol):
+    @property
+    def package(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def architecture(self) -> str: ...
+    @property
+    def source_name(self) -> str: ...
+    @property
+    def depends(self) -> str: ...
+    @property
+    def pre_depends(self) -> str: ...
+    @property
+    def breaks(self) -> str: ...
+    @property
+    def provides(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    name: str
+    architecture: str
+    version: str
+    held: bool
+    source: str
+    depends: str = ""
+    pre_depends: str = ""
+    provides: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    name: str
+    fixed_version: str | None
+    vulnerabilities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Chosen:
+    record: Candidate
+    installed: Installed | None
+    kind: UpdateKind
+    vulnerabilities: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Resolution:
+    chosen: tuple[Chosen, ...]  # in unpack order: dependencies first
+    skipped: tuple[Skip, ...]
+    failures: tuple[Skip, ...]  # reported packages that cannot be fixed (an error unless --ignore-errors)
+
+
+class _World:
+    """Installed versions with the chosen ones laid over them: what dpkg's database would say afterwards."""
+
+    def __init__(self, installed: Mapping[str, Installed], chosen: Mapping[str, Chosen], compare: Compare) -> None:
+        self.compare = compare
+        self.version: dict[str, str] = {n: i.version for n, i in installed.items()}
+        self.provides: dict[str, list[str]] = {}
+        for name, inst in installed.items():
+            if name not in chosen:
+                self._add_provides(name, inst.provides)
+        for name, ch in chosen.items():
+            self.version[name] = ch.record.version
+            self._add_provides(name, ch.record.provides)
+
+    def _add_provides(self, name: str, text: str) -> None:
+        for p in parse_provides(text):
+            self.provides.setdefault(p.name, []).append(p.version)
+
+    def satisfies(self, rel: Relation) -> bool:
+        version = self.version.get(rel.name)
+        if version is not None and rel.version_ok(version, self.compare):
+            return True
+        # Virtual packages: unversioned relations accept any provider, versioned ones a versioned provide.
+        return any(
+            (not rel.op) or (v and rel.version_ok(v, self.compare)) for v in self.provides.get(rel.name, [])
+        )
+
+    def clause_ok(self, clause: Clause) -> bool:
+        return any(self.satisfies(rel) for rel in clause)
+
+
+def _relations(text: str, pre: str) -> tuple[Clause, ...]:
+    return parse_relations(pre) + parse_relations(text)
+
+
+def resolve(
+    installed: Mapping[str, Installed],
+    wanted: Sequence[Wanted],
+    versions_of: Callable[[str], Sequence[Candidate]],
+    architecture: str,
+    compare: Compare,
+) -> Resolution:
+    def usable(name: str) -> list[Candidate]:
+        inst = installed.get(name)
+        arches = {architecture, "all"} | ({inst.architecture} if inst else set())
+        return sorted((c for c in versions_of(name) if c.architecture in arches),
+                      key=_sort_key(compare), reverse=True)
+
+    chosen: dict[str, Chosen] = {}
+    skipped: list[Skip] = []
+    failures: list[Skip] = []
+
+    for want in wanted:
+        inst = installed.get(want.name)
+        if inst is None:
+            skipped.append(Skip(want.name, SkipReason.NOT_INSTALLED))
+            continue
+        if want.fixed_version is None:
+            skipped.append(Skip(want.name, SkipReason.NO_FIXED_VERSION))
+            continue
+        if compare(inst.version, want.fixed_version) >= 0:
+            skipped.append(Skip(want.name, SkipReason.ALREADY_FIXED, f"{inst.version} >= {want.fixed_version}"))
+            continue
+        if inst.held:
+            skipped.append(Skip(want.name, SkipReason.HELD, f"{inst.version} is on hold"))
+            continue
+        fixed = want.fixed_version
+        best = next((c for c in usable(want.name)
+                     if compare(c.version, fixed) >= 0 and compare(c.version, inst.version) > 0), None)
+        if best is None:
+            newest = next(iter(usable(want.name)), None)
+            seen = f"newest available is {newest.version}" if newest else "no repository has the package"
+            failures.append(Skip(want.name, SkipReason.NO_FIX_AVAILABLE, f"needs >= {fixed}; {seen}"))
+            continue
+        previous = chosen.get(want.name)
+        vulns = tuple(sorted({*want.vulnerabilities, *(previous.vulnerabilities if previous else ())}))
+        if previous is not None and compare(previous.record.version, best.version) > 0:
+            best = previous.record
+        chosen[want.name] = Chosen(best, inst, UpdateKind.REPORTED, vulns)
+
+    # Close the dependencies; a reported package whose closure cannot be met fails alone, and the
+    # closure is recomputed without it so the others still go through.
+    roots = dict(chosen)
+    while True:
+        chosen = dict(roots)
+        cause: dict[str, str] = {}
+        failed: tuple[str, Skip] | None = None
+        for _ in range(10_000):  # each round adds one package; the bound only guards against bugs
+            world = _World(installed, chosen, compare)
+            step = _next_fix(installed, chosen, world, usable, compare)
+            if step is None:
+                break
+            trigger, action = step
+            if isinstance(action, Skip):
+                failed = (trigger, action)
+                break
+            chosen[action.record.package] = action
+            cause.setdefault(action.record.package, trigger)
+        if failed is None:
+            break
+        root = failed[0]
+        while root not in roots and root in cause:
+            root = cause[root]
+        if root not in roots:
+            root = min(roots)
+        failures.append(Skip(root, SkipReason.UNRESOLVABLE, failed[1].detail))
+        del roots[root]
+    return Resolution(tuple(_unpack_order(chosen)), tuple(skipped), tuple(failures))
+
+
+def _sort_key(compare: Compare) -> Callable[[Candidate], Any]:
+    return functools.cmp_to_key(lambda a, b: compare(a.version, b.version))
+
+
+def _next_fix(
+    installed: Mapping[str, Installed],
+    chosen: Mapping[str, Chosen],
+    world: _World,
+    usable: Callable[[str], list[Candidate]],
+    compare: Compare,
+) -> tuple[str, Chosen | Skip] | None:
+    """The first unmet relation, as (the package whose relation it is, the change that meets it or why
+    none can); None when everything holds."""
+    # 1. What the new versions need.
+    for name, ch in sorted(chosen.items()):
+        for clause in _relations(ch.record.depends, ch.record.pre_depends):
+            if world.clause_ok(clause):
+                continue
+            fix = _satisfy(clause, installed, usable, compare, ch.record.source_name)
+            if fix is None:
+                return name, Skip(name, SkipReason.UNRESOLVABLE,
+                                  f"{name} {ch.record.version} needs {' | '.join(map(str, clause))}, "
+                                  "which no repository has")
+            return name, fix
+    # 2. Installed packages the new versions would break (exact pins between binaries of one source).
+    for name, inst in sorted(installed.items()):
+        if name in chosen:
+            continue
+        for clause in _relations(inst.depends, inst.pre_depends):
+            if world.clause_ok(clause):
+                continue
+            # The chosen package that broke this relation is the one it names.
+            trigger = next((r.name for r in clause if r.name in chosen), name)
+            upgraded = _upgrade_to_fit(inst, world, usable, compare)
+            if upgraded is None:
+                return trigger, Skip(name, SkipReason.UNRESOLVABLE,
+                                     f"installed {name} {inst.version} needs {' | '.join(map(str, clause))}")
+            return trigger, upgraded
+    # 3. Breaks declared by the new versions against what stays installed.
+    for name, ch in sorted(chosen.items()):
+        for clause in parse_relations(ch.record.breaks):
+            for rel in clause:
+                broken = installed.get(rel.name)
+                if broken is None or rel.name in chosen or not rel.version_ok(broken.version, compare):
+                    continue
+                best = next((c for c in usable(rel.name) if not rel.version_ok(c.version, compare)), None)
+                if best is None:
+                    return name, Skip(name, SkipReason.UNRESOLVABLE,
+                                      f"{name} breaks installed {rel.name} {broken.version}")
+                return name, Chosen(best, broken, _kind(broken, best, ch.record.source_name), ())
+    return None
+
+
+def _kind(inst: Installed | None, record: Candidate, source: str) -> UpdateKind:
+    if inst is None:
+        return UpdateKind.NEW
+    return UpdateKind.SIBLING if record.source_name == source else UpdateKind.DEPENDENCY
+
+
+def _satisfy(
+    clause: Clause,
+    installed: Mapping[str, Installed],
+    usable: Callable[[str], list[Candidate]],
+    compare: Compare,
+    source: str,
+) -> Chosen | None:
+    # Prefer upgrading something installed over installing something new, as apt does.
+    for prefer_installed in (True, False):
+        for rel in clause:
+            inst = installed.get(rel.name)
+            if (inst is not None) != prefer_installed:
+                continue
+            for cand in usable(rel.name):
+                if rel.version_ok(cand.version, compare) and (inst is None or compare(cand.version, inst.version) > 0):
+                    return Chosen(cand, inst, _kind(inst, cand, source), ())
+    return None
+
+
+def _upgrade_to_fit(
+    inst: Installed, world: _World, usable: Callable[[str], list[Candidate]], compare: Compare
+) -> Chosen | None:
+    for cand in usable(inst.name):
+        if compare(cand.version, inst.version) <= 0:
+            continue
+        if all(world.clause_ok(c) for c in _relations(cand.depends, cand.pre_depends)):
+            return Chosen(cand, inst, UpdateKind.SIBLING, ())
+    return None
+
+
+def _unpack_order(chosen: Mapping[str, Chosen]) -> Iterable[Chosen]:
+    """Dependencies before their dependents; cycles (common between sibling libraries) kept together."""
+    graph: nx.DiGraph = nx.DiGraph()
+    graph.add_nodes_from(chosen)
+    for name, ch in chosen.items():
+        for clause in _relations(ch.record.depends, ch.record.pre_depends):
+            for rel in clause:
+                if rel.name in chosen and rel.name != name:
+                    graph.add_edge(rel.name, name)
+    condensed = nx.condensation(graph)
+    for component in nx.lexicographical_topological_sort(condensed, key=lambda c: min(condensed.nodes[c]["members"])):
+        for name in sorted(condensed.nodes[component]["members"]):
+            yield chosen[name]

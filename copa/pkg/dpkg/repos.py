@@ -1,0 +1,96 @@
+"""Which apt repositories and keys to use: the image's own, or those the user names instead."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from copa.errors import LocalIOError, ResolutionError, UsageError
+from copa.oci.image import Image
+from copa.oci.rootfs import read_files
+from copa.pkg.apt.cache import Cache
+from copa.pkg.apt.fetch import Fetcher
+from copa.pkg.apt.openpgp import Keyring, keyring_for_source
+from copa.pkg.apt.packages import RepositoryIndex, load_indexes
+from copa.pkg.apt.sources import AptSource, apply_mirrors, parse_file, parse_repository_line
+from copa.pkg.base import ImageContext
+
+SOURCES_LIST = "etc/apt/sources.list"
+SOURCES_DIR = "etc/apt/sources.list.d"
+# Where apt looks for keys by default, and where Signed-By conventionally points.
+KEY_PATHS = ("etc/apt/trusted.gpg",)
+KEY_DIRS = ("etc/apt/trusted.gpg.d", "usr/share/keyrings", "etc/apt/keyrings")
+
+_HINT = "pass --repository 'deb URL SUITE COMPONENT' (or --repositories-file) and --keyring FILE"
+
+
+def _user_sources(ctx: ImageContext) -> list[AptSource]:
+    sources = [parse_repository_line(line) for line in ctx.repos.repositories]
+    if ctx.repos.repositories_file is not None:
+        path = ctx.repos.repositories_file
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise LocalIOError(f"cannot read --repositories-file {path}: {e.strerror}") from None
+        sources.extend(parse_file(text, str(path), UsageError))
+    return sources
+
+
+def image_sources(ctx: ImageContext) -> list[AptSource]:
+    files = read_files(ctx.image, [SOURCES_LIST], [SOURCES_DIR], upto=ctx.layers)
+    sources: list[AptSource] = []
+    listed = [(SOURCES_LIST, files.get(SOURCES_LIST))] + sorted(files.under(SOURCES_DIR).items())
+    for path, content in listed:
+        if content is None or not (path.endswith(".list") or path.endswith(".sources")):
+            continue
+        sources.extend(parse_file(content.decode("utf-8", "replace"), "/" + path))
+    return sources
+
+
+def select_sources(ctx: ImageContext) -> tuple[list[AptSource], bool]:
+    """The sources to use and whether they are the user's (True) or the image's own (False)."""
+    user = _user_sources(ctx)
+    sources = user or image_sources(ctx)
+    if not sources:
+        raise ResolutionError(f"image {ctx.os_release.pretty_name} lists no apt repositories; {_HINT}")
+    return apply_mirrors(sources, ctx.repos.mirrors), bool(user)
+
+
+def _image_key_root(ctx: ImageContext, sources: list[AptSource]) -> Path:
+    """Copy the keyrings the image trusts into a directory laid out like the image's root."""
+    root = ctx.workdir / "apt-keys-root"
+    paths = list(KEY_PATHS) + [s.lstrip("/") for src in sources for s in src.signed_by
+                               if s.startswith("/") and "\n" not in s]
+    files = read_files(ctx.image, paths, KEY_DIRS, upto=ctx.layers)
+    for path, content in files.contents.items():
+        target = root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def load_index(ctx: ImageContext, architecture: str) -> RepositoryIndex:
+    sources, _from_user = select_sources(ctx)
+    keyrings_for: Callable[[AptSource], Keyring]
+    if ctx.repos.keyrings:
+        user_ring = Keyring.merge(Keyring.from_file(p) for p in _existing(ctx.repos.keyrings))
+        keyrings_for = lambda _source: user_ring  # noqa: E731
+    else:
+        # Without --keyring, the image's own keys vouch for every source, the user's ones included
+        # (a mirror of the image's own archive is signed by the same keys).
+        root = _image_key_root(ctx, sources)
+        keyrings_for = lambda source: keyring_for_source(source, root)  # noqa: E731
+
+    return load_indexes(sources, architecture, keyrings_for, ctx.repos.allow_unsigned, fetcher=fetcher_for(ctx))
+
+
+def _existing(paths: tuple[Path, ...]) -> list[Path]:
+    for p in paths:
+        if not p.is_file():
+            raise LocalIOError(f"--keyring {p} does not exist or is not a file")
+    return list(paths)
+
+
+def fetcher_for(ctx: ImageContext) -> Fetcher:
+    return Fetcher(Cache(ctx.cache_dir) if ctx.cache_dir else None)

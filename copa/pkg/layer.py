@@ -1,0 +1,283 @@
+"""The deterministic tar layer writer every package adapter shares.
+
+Entries are sorted by path and written with fixed owners, modes and mtimes, so the same inputs give
+the same layer digest. The tar goes straight through the compressor into a temporary file while the
+uncompressed (diff_id) and compressed (digest) hashes are computed on the way: no layer is ever held
+in memory. Every path is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import hashlib
+import io
+import os
+import posixpath
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, cast
+
+import zstandard
+
+from copa.errors import UnsafePathError, UsageError
+from copa.oci.digest import Digest
+from copa.oci.model import MediaType
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE = ".wh..wh..opq"
+
+
+class Kind(enum.Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    HARDLINK = "hardlink"
+    WHITEOUT = "whiteout"
+
+
+class Compression(enum.Enum):
+    GZIP = "gzip"
+    ZSTD = "zstd"
+
+    @classmethod
+    def parse(cls, text: str) -> Compression:
+        try:
+            return cls(text)
+        except ValueError:
+            raise UsageError(f"unknown --compression {text!r}: use gzip or zstd") from None
+
+    def media_type(self, docker: bool) -> str:
+        if self is Compression.ZSTD:
+            if docker:
+                raise UsageError("--compression zstd needs an OCI image; this is a Docker v2s2 image, use gzip")
+            return MediaType.OCI_LAYER_ZSTD
+        return MediaType.DOCKER_LAYER_GZIP if docker else MediaType.OCI_LAYER_GZIP
+
+
+def clean_path(path: str, what: str = "path") -> str:
+    """Normalise a path inside the image root to 'a/b/c' form, refusing anything that could escape it."""
+    if "\x00" in path:
+        raise UnsafePathError(f"{what} {path!r} contains a NUL byte; refusing to write it")
+    stripped = path.lstrip("/")
+    while stripped.startswith("./"):
+        stripped = stripped[2:].lstrip("/")
+    parts = [p for p in stripped.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise UnsafePathError(f"{what} {path!r} climbs out of the image root with '..'; refusing to write it")
+    return "/".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One tar entry of a layer. `content` opens the file data (FILE only); `linkname` for links."""
+
+    path: str
+    kind: Kind
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    content: Callable[[], BinaryIO] | None = None
+    linkname: str = ""
+    mtime: int | None = None
+    uname: str = ""
+    gname: str = ""
+    pax: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def file(cls, path: str, data: bytes, mode: int = 0o644, mtime: int | None = None) -> Entry:
+        return cls(path, Kind.FILE, mode, size=len(data), content=lambda: io.BytesIO(data), mtime=mtime)
+
+    @classmethod
+    def whiteout(cls, path: str) -> Entry:
+        return cls(path, Kind.WHITEOUT, mode=0)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerBlob:
+    """A written layer: its compressed file on disk plus both digests."""
+
+    path: Path
+    digest: Digest
+    diff_id: Digest
+    size: int
+    media_type: str
+
+    def open(self) -> BinaryIO:
+        return open(self.path, "rb")
+
+
+class _HashingWriter(io.RawIOBase):
+    def __init__(self, out: BinaryIO) -> None:
+        super().__init__()
+        self._out = out
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self.hash.update(data)
+        self.size += len(data)
+        self._out.write(data)
+        return len(data)
+
+
+def _tarinfo(entry: Entry, name: str, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.mtime = mtime
+    info.mode = entry.mode & 0o7777
+    info.uid, info.gid = entry.uid, entry.gid
+    info.uname, info.gname = entry.uname, entry.gname
+    info.pax_headers = dict(entry.pax)
+    if entry.kind is Kind.FILE:
+        info.type, info.size = tarfile.REGTYPE, entry.size
+    elif entry.kind is Kind.DIR:
+        info.type = tarfile.DIRTYPE
+    elif entry.kind is Kind.SYMLINK:
+        info.type, info.linkname = tarfile.SYMTYPE, entry.linkname
+    elif entry.kind is Kind.HARDLINK:
+        info.type, info.linkname = tarfile.LNKTYPE, entry.linkname
+    else:  # whiteouts are empty regular files
+        info.type, info.size, info.mode = tarfile.REGTYPE, 0, 0
+    return info
+
+
+def check_entries(entries: Iterable[Entry], is_base_symlink: Callable[[str], bool]) -> list[Entry]:
+    """Clean every path, refuse duplicates, and refuse writing beneath a symlink.
+
+    A layer entry below a symlink (one in this layer or in the image underneath) would be created
+    wherever the link points when the runtime unpacks it: the classic tar escape. Adapters map package
+    paths to their real directories first (as dpkg follows /lib -> usr/lib), so a hit here is an attack
+    or a bug, never a normal package.
+    """
+    cleaned: dict[str, Entry] = {}
+    for entry in entries:
+        path = clean_path(entry.path)
+        if not path:
+            continue  # the root itself
+        if entry.kind is Kind.WHITEOUT:
+            # A deletion is written as an empty '.wh.<name>' file beside the deleted path.
+            path = posixpath.join(posixpath.dirname(path), WHITEOUT_PREFIX + posixpath.basename(path))
+        if path in cleaned:
+            raise UnsafePathError(f"layer path {path!r} appears twice; refusing an ambiguous layer")
+        linkname = entry.linkname
+        if entry.kind is Kind.HARDLINK:
+            linkname = clean_path(linkname, "hardlink target")
+        cleaned[path] = Entry(
+            path, entry.kind, entry.mode, entry.uid, entry.gid, entry.size, entry.content, linkname,
+            entry.mtime, entry.uname, entry.gname, entry.pax,
+        )
+    symlinks = {p for p, e in cleaned.items() if e.kind is Kind.SYMLINK}
+    for path, entry in cleaned.items():
+        parent = posixpath.dirname(path)
+        while parent:
+            if parent in symlinks or (parent not in cleaned and is_base_symlink(parent)):
+                raise UnsafePathError(
+                    f"layer path {path!r} would be written through the symlink {parent!r}; refusing it"
+                )
+            parent = posixpath.dirname(parent)
+        if entry.kind is Kind.HARDLINK and entry.linkname not in cleaned and is_base_symlink(entry.linkname):
+            raise UnsafePathError(f"hardlink {path!r} points at the symlink {entry.linkname!r}; refusing it")
+    return _links_after_targets([cleaned[p] for p in sorted(cleaned)])
+
+
+def _links_after_targets(ordered: list[Entry]) -> list[Entry]:
+    """Sorted order, except that a hardlink waits until its target is written (tar readers need the target)."""
+    paths = {e.path for e in ordered}
+    written: set[str] = set()
+    waiting: dict[str, list[Entry]] = {}
+    out: list[Entry] = []
+
+    def emit(entry: Entry) -> None:
+        out.append(entry)
+        written.add(entry.path)
+        for link in waiting.pop(entry.path, []):
+            emit(link)
+
+    for entry in ordered:
+        if entry.kind is Kind.HARDLINK and entry.linkname in paths and entry.linkname not in written:
+            waiting.setdefault(entry.linkname, []).append(entry)
+        else:
+            emit(entry)
+    if waiting:
+        raise UnsafePathError(f"hardlinks to {sorted(waiting)} form a cycle; refusing the layer")
+    return out
+
+
+def write_layer(
+    entries: Iterable[Entry],
+    directory: Path,
+    *,
+    compression: Compression = Compression.GZIP,
+    docker: bool = False,
+    default_mtime: int = 0,
+    clamp_mtime: int | None = None,
+    is_base_symlink: Callable[[str], bool] = lambda _p: False,
+) -> LayerBlob:
+    """Write `entries` as one compressed tar layer file in `directory` and return its digests."""
+    media_type = compression.media_type(docker)
+    ordered = check_entries(entries, is_base_symlink)
+    fd, tmp_name = tempfile.mkstemp(prefix="layer-", suffix=".tmp", dir=directory)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as raw_out:
+            compressed = _HashingWriter(raw_out)
+            sink = cast(BinaryIO, compressed)
+            comp_stream: BinaryIO
+            if compression is Compression.GZIP:
+                # mtime=0 and no file name in the gzip header: identical input -> identical bytes.
+                comp_stream = cast(BinaryIO, gzip.GzipFile(filename="", fileobj=sink, mode="wb", mtime=0))
+            else:
+                comp_stream = cast(BinaryIO, zstandard.ZstdCompressor(level=3).stream_writer(sink, closefd=False))
+            uncompressed = _HashingWriter(comp_stream)
+            with tarfile.open(fileobj=cast(BinaryIO, uncompressed), mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                for entry in ordered:
+                    mtime = entry.mtime if entry.mtime is not None else default_mtime
+                    if clamp_mtime is not None:
+                        mtime = min(mtime, clamp_mtime)
+                    info = _tarinfo(entry, entry.path, mtime)
+                    if entry.kind is Kind.FILE:
+                        if entry.content is None:
+                            raise ValueError(f"file entry {entry.path} has no content")
+                        with entry.content() as src:
+                            tar.addfile(info, _exact(src, entry.size, entry.path))
+                    else:
+                        tar.addfile(info)
+            comp_stream.close()
+        digest = Digest("sha256", compressed.hash.hexdigest())
+        final = directory / f"{digest.hex}.layer"
+        shutil.move(tmp, final)
+        return LayerBlob(final, digest, Digest("sha256", uncompressed.hash.hexdigest()), compressed.size, media_type)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class _exact(io.RawIOBase):
+    """Reads exactly `size` bytes from `src`; a short source is an error, not silent zero padding."""
+
+    def __init__(self, src: BinaryIO, size: int, name: str) -> None:
+        super().__init__()
+        self._src, self._left, self._name = src, size, name
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer)
+        want = min(len(view), self._left)
+        if want == 0:
+            return 0
+        chunk = self._src.read(want)
+        if not chunk:
+            raise UnsafePathError(f"content of {self._name!r} is shorter than its declared size")
+        view[: len(chunk)] = chunk
+        self._left -= len(chunk)
+        return len(chunk)
