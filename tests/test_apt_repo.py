@@ -23,7 +23,16 @@ from copa.pkg.apt.fetch import Fetcher, fetch_deb, fetch_debs
 from copa.pkg.apt.openpgp import Keyring, keyring_for_source, verify_clearsigned, verify_detached
 from copa.pkg.apt.packages import PackageRecord, RepositoryIndex, load_indexes
 from copa.pkg.apt.sources import AptSource, parse_file
-from tests.support.aptrepo import AptRepo, DebSpec, RepoServer, SigningKey, build_repo, copy_repo, make_key, write_release
+from tests.support.aptrepo import (
+    AptRepo,
+    DebSpec,
+    RepoServer,
+    SigningKey,
+    build_repo,
+    copy_repo,
+    make_key,
+    write_release,
+)
 
 DEBS = [
     DebSpec("hello", "1.0-1", files={"usr/bin/hello": "#!/bin/sh\necho hello\n"}, control={"Depends": "libc6"}),
@@ -177,7 +186,7 @@ def test_tampered_inrelease_rejected(repo: AptRepo, server: RepoServer, fetcher:
     inrelease = repo.dist / "InRelease"
     inrelease.write_bytes(inrelease.read_bytes().replace(b"Suite: stable", b"Suite: stabel"))
     assert _gpgv(repo.key.keyring, inrelease).returncode != 0  # type: ignore[union-attr]
-    with pytest.raises(IntegrityError, match="signature does not verify.*--keyring"):
+    with pytest.raises(IntegrityError, match=r"signature does not verify.*--keyring"):
         _load(repo, fetcher, server.url)
 
 
@@ -187,7 +196,7 @@ def test_content_outside_signed_message_rejected(repo: AptRepo, fetcher: Fetcher
     ring = Keyring.from_file(repo.key.keyring)  # type: ignore[union-attr]
     assert verify_clearsigned(data, ring, "t").startswith(b"Origin: copa-tests")
     for bad in (b"Suite: evil\n" + data, data + b"\nSuite: evil\n", data + data):
-        with pytest.raises(IntegrityError, match="(outside|clearsigned)"):
+        with pytest.raises(IntegrityError, match=r"(outside|clearsigned)"):
             verify_clearsigned(bad, ring, "t")
 
 
@@ -220,7 +229,7 @@ def test_insecure_still_checks_index_hashes(repo: AptRepo, server: RepoServer, f
 def test_expired_release(tmp_path: Path, key: SigningKey, fetcher: Fetcher) -> None:
     past = datetime.now(UTC) - timedelta(days=3)
     repo = build_repo(tmp_path / "r", DEBS, key=key, date=past, valid_until=past + timedelta(days=1))
-    with pytest.raises(IntegrityError, match="expired.*check-valid-until=no"):
+    with pytest.raises(IntegrityError, match=r"expired.*check-valid-until=no"):
         _load(repo, fetcher)
     assert len(_load(repo, fetcher, check_valid_until=False)) == 4
     src = repo.source(check_valid_until=False)
@@ -232,7 +241,7 @@ def test_deb_mismatch_rejected(repo: AptRepo, server: RepoServer, fetcher: Fetch
     (lib,) = index.versions("libfoo1")
     deb = repo.root / lib.filename
     deb.write_bytes(deb.read_bytes()[:-1] + b"X")  # same size, different content
-    with pytest.raises(IntegrityError, match="libfoo1_2.0-3\\+b1_amd64.deb: sha256 mismatch"):
+    with pytest.raises(IntegrityError, match=r"libfoo1_2\.0-3\+b1_amd64\.deb: sha256 mismatch"):
         fetch_deb(lib, fetcher)
     assert fetcher.cache.lookup(lib.sha256, lib.size) is None
     deb.write_bytes(deb.read_bytes() + b"extra")
@@ -343,7 +352,8 @@ def test_live_security_index_and_deb(security_source: AptSource, live_fetcher: F
     cached = live_fetcher.cache.lookup(release.files[name].sha256, release.files[name].size)
     assert cached is not None
     with lzma.open(cached, "rt", encoding="utf-8") as f:
-        expected = {(p["Package"], p["Version"], p["SHA256"]) for p in deb822.Packages.iter_paragraphs(f)}
+        paragraphs = deb822.Packages.iter_paragraphs(f, use_apt_pkg=False)
+        expected = {(p["Package"], p["Version"], p["SHA256"]) for p in paragraphs}
     assert {(r.package, r.version, r.sha256) for r in index} == expected
     smallest = min((r for r in index if r.architecture == "all"), key=lambda r: r.size)
     cache = Cache(tmp_path / "cache")

@@ -221,9 +221,10 @@ def test_docker_list_is_converted_with_its_children(images: Fixture, tmp_path: P
     out = tmp_path / "out"
     digest = write_layout(out, bundle, "list")
     index = json.loads(run_bytes("skopeo", "inspect", "--raw", f"oci:{out}:list"))
-    assert index["mediaType"] == MediaType.OCI_INDEX and Digest.of_bytes(
-        run_bytes("skopeo", "inspect", "--raw", f"oci:{out}:list")
-    ) == digest
+    assert (
+        index["mediaType"] == MediaType.OCI_INDEX
+        and Digest.of_bytes(run_bytes("skopeo", "inspect", "--raw", f"oci:{out}:list")) == digest
+    )
     assert index["manifests"][0]["mediaType"] == MediaType.OCI_MANIFEST
     validate(LayoutSource(out, "list"))
     run("skopeo", "--override-arch", "arm64", "copy", "-q", f"oci:{out}:list", f"oci:{tmp_path / 'one'}:x")

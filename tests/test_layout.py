@@ -90,8 +90,10 @@ def fixture_dir() -> Fixture:
         tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=".build-"))
         _build_fixture(tmp)
         (tmp / "done").write_text("")
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another test process finished first; its fixture is as good as ours
+            shutil.rmtree(tmp)
     return Fixture(out / "layout", {"amd": out / "trees/amd", "arm": out / "trees/arm"})
 
 
@@ -273,8 +275,11 @@ def test_validator_catches_inconsistent_images(images: Fixture, tmp_path: Path) 
         "diff_ids": (good.primary, config.edited((), config.history, {})),
         "history": (good.primary, config.edited(config.diff_ids, (*config.history, HistoryEntry("extra")), {})),
         "media type": (
-            good.primary.edited(good.primary.config, tuple(replace(d, media_type=MediaType.DOCKER_LAYER_GZIP)
-                                                           for d in good.primary.layers), {}),
+            good.primary.edited(
+                good.primary.config,
+                tuple(replace(d, media_type=MediaType.DOCKER_LAYER_GZIP) for d in good.primary.layers),
+                {},
+            ),
             config,
         ),
     }

@@ -24,17 +24,7 @@ from copa.oci.model import Descriptor, Index, Manifest, MediaType, Platform, par
 from copa.oci.reference import Reference
 from copa.oci.registry import RegistryClient, RegistryOptions, RegistrySource, head_manifest, push, tag_exists
 from tests.support.faultproxy import Fault, FaultProxy
-from tests.support.registry import (  # noqa: F401  (fixtures)
-    PASSWORD,
-    USER,
-    RunningRegistry,
-    anon_registry,
-    basic_registry,
-    free_port,
-    other_registry,
-    tiny_layout,
-    token_registry,
-)
+from tests.support.registry import PASSWORD, USER, RunningRegistry, free_port
 
 FAST = RegistryOptions(retries=3, backoff=0.05, timeout=20)
 
@@ -69,9 +59,8 @@ def inspect_raw(ref: Reference, *extra: str) -> bytes:
 def served_media_type(ref: Reference) -> str:
     """The Content-Type the registry serves the manifest with, asked without our client."""
     accept = ", ".join(MediaType.ALL_MANIFESTS)
-    req = urllib.request.Request(
-        f"http://{ref.registry}/v2/{ref.repository}/manifests/{ref.identifier}", method="HEAD", headers={"Accept": accept}
-    )
+    url = f"http://{ref.registry}/v2/{ref.repository}/manifests/{ref.identifier}"
+    req = urllib.request.Request(url, method="HEAD", headers={"Accept": accept})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return str(resp.headers["Content-Type"])
 
@@ -150,8 +139,8 @@ def test_read_matches_skopeo(
     pinned = RegistrySource(client, Reference(ref.registry, ref.repository, digest=root.digest))
     assert pinned.root().raw == root.raw
     assert source.fetch_manifest(root.descriptor()).raw == root.raw
-    desc = head_manifest(client, ref)
-    assert desc is not None and desc.digest == root.digest and desc.media_type == root.media_type
+    head = head_manifest(client, ref)
+    assert head is not None and head.digest == root.digest and head.media_type == root.media_type
 
 
 def test_missing_image_and_blob(anon_registry: RunningRegistry, oci_image: Reference, client: RegistryClient) -> None:
@@ -160,7 +149,7 @@ def test_missing_image_and_blob(anon_registry: RunningRegistry, oci_image: Refer
     message = str(e.value)
     assert e.value.exit_code == 4
     assert anon_registry.host in message and "src/app" in message and "404 MANIFEST_UNKNOWN" in message
-    with pytest.raises(NotFoundError, match="has no tag t in repository no/such/repo .404 "):
+    with pytest.raises(NotFoundError, match=r"has no tag t in repository no/such/repo \(404 "):
         RegistrySource(client, Reference.parse(f"{anon_registry.host}/no/such/repo:t")).root()
     fake = Descriptor(MediaType.OCI_LAYER_GZIP, Digest.of_bytes(b"absent"), 6)
     with pytest.raises(NotFoundError, match="404 BLOB_UNKNOWN"):
@@ -182,7 +171,8 @@ def test_dead_registry_fails_fast() -> None:
     with RegistryClient(RegistryOptions(retries=1, backoff=0.05, timeout=5)) as c, pytest.raises(RegistryError) as e:
         RegistrySource(c, Reference.parse(f"127.0.0.1:{port}/app:t")).root()
     assert time.monotonic() - start < 5
-    assert f"cannot reach registry 127.0.0.1:{port}: connection refused; check the address or --insecure" in str(e.value)
+    expected = f"cannot reach registry 127.0.0.1:{port}: connection refused; check the address or --insecure"
+    assert expected in str(e.value)
     assert e.value.exit_code == 4
 
 
@@ -323,8 +313,10 @@ def test_token_auth(
 ) -> None:
     issuer = token_registry.issuer
     assert issuer is not None
-    monkeypatch.setenv("REGISTRY_AUTH_FILE", auth_file(tmp_path, {"auths": {token_registry.host: {
-        "username": USER, "password": PASSWORD}}}))
+    monkeypatch.setenv(
+        "REGISTRY_AUTH_FILE",
+        auth_file(tmp_path, {"auths": {token_registry.host: {"username": USER, "password": PASSWORD}}}),
+    )
     first = Reference.parse(f"{token_registry.host}/{unique('tok')}:p")
     second = Reference.parse(f"{token_registry.host}/{unique('tok2')}:p")
     with RegistryClient(FAST) as c:
@@ -439,3 +431,16 @@ def test_persistent_500_names_status(proxy: FaultProxy, oci_image: Reference, cl
         RegistrySource(client, Reference(proxy.host, oci_image.repository, oci_image.tag)).root()
     assert not isinstance(e.value, (AuthError, NotFoundError))
     assert proxy.host in str(e.value) and "500 UNAVAILABLE" in str(e.value) and oci_image.repository in str(e.value)
+
+
+def test_corrupt_source_blob_fails_push_without_tag(
+    proxy: FaultProxy, other_registry: RunningRegistry, oci_image: Reference, client: RegistryClient
+) -> None:
+    source = RegistrySource(client, Reference(proxy.host, oci_image.repository, oci_image.tag))
+    bundle = bundle_of(source)
+    assert isinstance(bundle.root, Manifest)
+    proxy.add(Fault("corrupt", f"/blobs/{bundle.root.layers[-1].digest}$", method="GET"))
+    target = Reference.parse(f"{other_registry.host}/{unique('corrupt')}:p")
+    with pytest.raises(IntegrityError, match="digest mismatch"):
+        push(client, target, bundle)
+    assert not tag_exists(client, target)

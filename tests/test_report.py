@@ -73,7 +73,7 @@ def test_real_trivy_report(path: Path) -> None:
             for v in r.get("Vulnerabilities") or []
             if (v["PkgName"], v["InstalledVersion"]) == (p.name, p.installed_version) and v.get("FixedVersion")
         }
-        assert p.fixed_version in listed
+        assert p.fixed_version is not None and p.fixed_version in listed
         assert all(simple_compare(p.fixed_version, other) >= 0 for other in listed)
 
 
@@ -162,7 +162,8 @@ def test_register_comparator(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("a", "b"), [
-    ("3.3.2-r5", "3.3.3-r0"), ("1.2.5-r8", "1.2.5-r9"), ("2.35-5.cm2", "2.35-7.cm2"), ("1.1.1k-15.cm2", "1.1.1k-29.cm2"),
+    ("3.3.2-r5", "3.3.3-r0"), ("1.2.5-r8", "1.2.5-r9"), ("2.35-5.cm2", "2.35-7.cm2"),
+    ("1.1.1k-15.cm2", "1.1.1k-29.cm2"),
     ("1.0~rc1", "1.0"), ("9", "10"), ("1.0", "1.0a"), ("1.2.10", "1.2.9"),
 ])
 def test_simple_compare_agrees_with_dpkg(a: str, b: str) -> None:
@@ -185,7 +186,8 @@ def _trivy(**overrides: Any) -> dict[str, Any]:
 
 
 def _vuln(**fields: Any) -> dict[str, Any]:
-    v: dict[str, Any] = {"VulnerabilityID": "CVE-1", "PkgName": "p", "InstalledVersion": "1.0-1", "FixedVersion": "1.0-2"}
+    v: dict[str, Any] = {"VulnerabilityID": "CVE-1", "PkgName": "p", "InstalledVersion": "1.0-1",
+                         "FixedVersion": "1.0-2"}
     v.update(fields)
     return _trivy(Results=[{"Class": "os-pkgs", "Vulnerabilities": [v]}])
 
@@ -203,7 +205,8 @@ MALFORMED: list[tuple[str, bytes | None, str]] = [
     ("no-metadata", json.dumps({"SchemaVersion": 2, "Results": []}).encode(), "report has no OS metadata"),
     ("no-os", json.dumps(_trivy(Metadata={"ImageConfig": {}})).encode(), "was it made by `trivy image --format json`?"),
     ("os-not-object", json.dumps(_trivy(Metadata={"OS": "debian"})).encode(), "field Metadata.OS must be an object"),
-    ("results-not-list", json.dumps(_trivy(Results={"a": 1})).encode(), "field Results must be an array, not an object"),
+    ("results-not-list", json.dumps(_trivy(Results={"a": 1})).encode(),
+     "field Results must be an array, not an object"),
     ("result-not-object", json.dumps(_trivy(Results=[3])).encode(), "Results[0] must be an object"),
     ("vulns-not-list", json.dumps(_trivy(Results=[{"Class": "os-pkgs", "Vulnerabilities": "x"}])).encode(),
      "field Results[0].Vulnerabilities must be an array, not a string"),

@@ -148,8 +148,7 @@ class Authenticator:
                 resp = self._session.get(realm, params=params, auth=auth, timeout=self._timeout, verify=self._verify)
         except requests.RequestException as e:
             raise RegistryError(
-                f"cannot reach token server {realm} for registry {self.registry}: {type(e).__name__}; "
-                "check the network"
+                f"cannot reach token server {realm} for registry {self.registry}: {type(e).__name__}; check the network"
             ) from None
         if resp.status_code in (401, 403):
             raise AuthError(

@@ -89,9 +89,7 @@ class LayoutSource:
             )
         if len(entries) != 1:
             names = ", ".join(sorted({e.annotations.get(REF_NAME, str(e.digest)) for e in entries}))
-            raise LocalIOError(
-                f"{self._root} holds {len(entries)} images ({names or 'none'}); name one with DIR:NAME"
-            )
+            raise LocalIOError(f"{self._root} holds {len(entries)} images ({names or 'none'}); name one with DIR:NAME")
         return entries[0]
 
     def root(self) -> Manifest | Index:
@@ -136,6 +134,7 @@ def _copy_blob(root: Path, desc: Descriptor, bundle: Bundle) -> None:
                 f"blob {desc.digest}: wrote {count} bytes hashing to {desc.digest.algorithm}:{hasher.hexdigest()}, "
                 f"expected {desc.size} bytes; the source is corrupt"
             )
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a layout is meant to be shared with other tools/users
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -151,6 +150,7 @@ def _write_bytes_atomic(target: Path, data: bytes) -> None:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a layout is meant to be shared with other tools/users
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -610,9 +610,7 @@ class _Pusher:
 
     def finish(self, desc: Descriptor, location: str, body: _SizedBody | bytes, size: int) -> None:
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-        resp = self.send(
-            "PUT", _with_query(location, digest=str(desc.digest)), headers=headers, data=body, retry=False
-        )
+        resp = self.send("PUT", _with_query(location, digest=str(desc.digest)), headers=headers, data=body, retry=False)
         with resp:
             if resp.status_code != 201:
                 raise self.client.fail(resp, self.target, f"upload of blob {desc.digest}")

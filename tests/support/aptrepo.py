@@ -311,7 +311,9 @@ class RepoServer:
         self._server.requests = []
         self._server.failures = {}
         self._server.lock = threading.Lock()
-        self._thread = threading.Thread(target=self._server.serve_forever, name="aptrepo-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="aptrepo-http", daemon=True
+        )
 
     @property
     def url(self) -> str:

@@ -206,7 +206,9 @@ class RunningRegistry:
             self.issuer.stop()
 
 
-def start_registry(workdir: Path, auth: dict[str, Any] | None = None, issuer: TokenIssuer | None = None) -> RunningRegistry:
+def start_registry(
+    workdir: Path, auth: dict[str, Any] | None = None, issuer: TokenIssuer | None = None
+) -> RunningRegistry:
     """Start docker-registry on a free loopback port; `auth` is the config's `auth` section."""
     require_tool("docker-registry", "docker-registry")
     workdir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from copa.pkg.apt.sources import AptSource
 
 # The CLI owner may re-word this; it is appended to every signature failure.
 KEYRING_HINT = (
-    "pass --keyring FILE with the repository's signing key, or --allow-insecure-repositories to skip the check"
+    "pass --keyring FILE with the repository's signing key, or --allow-unsigned-repositories to skip the check"
 )
 
 _ARMOR_BEGIN = b"-----BEGIN PGP SIGNED MESSAGE-----"

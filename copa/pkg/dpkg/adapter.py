@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -10,12 +11,13 @@ from copa.errors import ResolutionError
 from copa.oci.rootfs import read_files, scan
 from copa.pkg.apt.fetch import deb_item
 from copa.pkg.apt.packages import PackageRecord, RepositoryIndex
-from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, UpdateKind
-from copa.pkg.dpkg.database import INFO, STATUS_D, DpkgDatabase, info_name, read_database
+from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update
+from copa.pkg.dpkg.database import INFO, DpkgDatabase, info_name, read_database
 from copa.pkg.dpkg.debfile import read_deb
 from copa.pkg.dpkg.install import (
     LayerPlan,
     Unpacked,
+    conffile_paths,
     database_entries,
     install_package,
     scripts_note,
@@ -84,17 +86,15 @@ class DpkgAdapter:
             old = db.entry(chosen.installed.name) if chosen.installed else None
             name = chosen.record.package
             unpacked.append(Unpacked(contents, old, old_files.get(name, ()), old_info.get(name, ())))
-        conffiles = self._current_conffiles(ctx, unpacked, view.resolve)
+        conffiles = self._current_conffiles(ctx, unpacked)
         mtime = max((f.mtime for u in unpacked for f in u.contents.files), default=0)
         layer = LayerPlan(view, mtime)
         status_entries = []
         updates = []
-        for pkg, chosen, update in zip(unpacked, payload.chosen, plan.updates, strict=True):
+        for pkg, update in zip(unpacked, plan.updates, strict=True):
             recorded = install_package(layer, pkg, conffiles)
             status_entries.append((pkg, entry_from_control(pkg.contents.control, recorded)))
-            updates.append(Update(update.name, update.architecture, update.old_version, update.new_version,
-                                  update.kind, update.vulnerabilities, scripts_note(pkg.contents)))
-            del chosen
+            updates.append(dataclasses.replace(update, scripts_note=scripts_note(pkg.contents)))
         database_entries(layer, db, status_entries)
         return LayerContent(tuple(layer.entries.values()), view.is_symlink, tuple(updates), default_mtime=mtime)
 
@@ -127,14 +127,11 @@ class DpkgAdapter:
             info[name] = tuple(sorted(p[len(INFO) + 1:] for p in nodes if p.startswith(prefix)))
         return files, info
 
-    def _current_conffiles(self, ctx: ImageContext, unpacked: Sequence[Unpacked], resolve: object) -> dict[str, bytes | None]:
-        from copa.pkg.dpkg.install import conffile_paths
-
+    def _current_conffiles(self, ctx: ImageContext, unpacked: Sequence[Unpacked]) -> dict[str, bytes | None]:
+        """The image's current content of the conffiles of packages being upgraded (None: deleted)."""
         wanted = {p for u in unpacked if u.old is not None for p in conffile_paths(u.contents)}
         if not wanted:
             return {}
         found = read_files(ctx.image, [p.lstrip("/") for p in wanted], upto=ctx.layers)
         return {p: found.get(p.lstrip("/")) for p in wanted}
 
-
-__all__ = ["STATUS_D", "DpkgAdapter", "UpdateKind"]

@@ -20,7 +20,7 @@ from typing import BinaryIO
 from copa.oci.rootfs import View
 from copa.pkg.dpkg.database import INFO, STATUS, STATUS_D, DpkgDatabase, info_name
 from copa.pkg.dpkg.debfile import DataFile, DebContents
-from copa.pkg.dpkg.status import StatusEntry, entry_from_control, format_entry, merge_status
+from copa.pkg.dpkg.status import StatusEntry, format_entry, merge_status
 from copa.pkg.layer import Entry, Kind
 
 SCRIPTS = ("preinst", "postinst", "prerm", "postrm", "config")
@@ -109,7 +109,9 @@ class LayerPlan:
         self.entries[path] = Entry.whiteout(path)
 
 
-def install_package(plan: LayerPlan, pkg: Unpacked, current_conffiles: dict[str, bytes | None]) -> list[tuple[str, str]]:
+def install_package(
+    plan: LayerPlan, pkg: Unpacked, current_conffiles: dict[str, bytes | None]
+) -> list[tuple[str, str]]:
     """Add one package's files to `plan`; returns its conffiles as (path, md5 as shipped) for the status."""
     old_md5 = {c.path: c.md5 for c in (pkg.old.conffiles if pkg.old else ())}
     conffiles = set(conffile_paths(pkg.contents))

@@ -158,13 +158,16 @@ def resolve(
     # Close the dependencies; a reported package whose closure cannot be met fails alone, and the
     # closure is recomputed without it so the others still go through.
     roots = dict(chosen)
+    # What the image already lacked stays lacking: distroless images drop dpkg and friends on purpose,
+    # and apt would not be asked to repair that either.
+    original = _World(installed, {}, compare)
     while True:
         chosen = dict(roots)
         cause: dict[str, str] = {}
         failed: tuple[str, Skip] | None = None
         for _ in range(10_000):  # each round adds one package; the bound only guards against bugs
             world = _World(installed, chosen, compare)
-            step = _next_fix(installed, chosen, world, usable, compare)
+            step = _next_fix(installed, chosen, world, original, usable, compare)
             if step is None:
                 break
             trigger, action = step
@@ -193,6 +196,7 @@ def _next_fix(
     installed: Mapping[str, Installed],
     chosen: Mapping[str, Chosen],
     world: _World,
+    original: _World,
     usable: Callable[[str], list[Candidate]],
     compare: Compare,
 ) -> tuple[str, Chosen | Skip] | None:
@@ -200,8 +204,9 @@ def _next_fix(
     none can); None when everything holds."""
     # 1. What the new versions need.
     for name, ch in sorted(chosen.items()):
+        already_unmet = _unmet_names(ch.installed, original)
         for clause in _relations(ch.record.depends, ch.record.pre_depends):
-            if world.clause_ok(clause):
+            if world.clause_ok(clause) or {r.name for r in clause} & already_unmet:
                 continue
             fix = _satisfy(clause, installed, usable, compare, ch.record.source_name)
             if fix is None:
@@ -214,7 +219,7 @@ def _next_fix(
         if name in chosen:
             continue
         for clause in _relations(inst.depends, inst.pre_depends):
-            if world.clause_ok(clause):
+            if world.clause_ok(clause) or not original.clause_ok(clause):
                 continue
             # The chosen package that broke this relation is the one it names.
             trigger = next((r.name for r in clause if r.name in chosen), name)
@@ -236,6 +241,14 @@ def _next_fix(
                                       f"{name} breaks installed {rel.name} {broken.version}")
                 return name, Chosen(best, broken, _kind(broken, best, ch.record.source_name), ())
     return None
+
+
+def _unmet_names(inst: Installed | None, original: _World) -> set[str]:
+    """Names in the installed version's relations that the image already failed to satisfy."""
+    if inst is None:
+        return set()
+    return {r.name for clause in _relations(inst.depends, inst.pre_depends) if not original.clause_ok(clause)
+            for r in clause}
 
 
 def _kind(inst: Installed | None, record: Candidate, source: str) -> UpdateKind:

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from copa.errors import LocalIOError, ResolutionError, UsageError
-from copa.oci.image import Image
 from copa.oci.rootfs import read_files
 from copa.pkg.apt.cache import Cache
 from copa.pkg.apt.fetch import Fetcher
@@ -39,7 +38,7 @@ def _user_sources(ctx: ImageContext) -> list[AptSource]:
 def image_sources(ctx: ImageContext) -> list[AptSource]:
     files = read_files(ctx.image, [SOURCES_LIST], [SOURCES_DIR], upto=ctx.layers)
     sources: list[AptSource] = []
-    listed = [(SOURCES_LIST, files.get(SOURCES_LIST))] + sorted(files.under(SOURCES_DIR).items())
+    listed = [(SOURCES_LIST, files.get(SOURCES_LIST)), *sorted(files.under(SOURCES_DIR).items())]
     for path, content in listed:
         if content is None or not (path.endswith(".list") or path.endswith(".sources")):
             continue

@@ -256,7 +256,8 @@ def normalize_dependency_field(name: str, value: str, path: str = "control") -> 
             if m is None:
                 raise StatusParseError(f"{path}: field {name}: cannot parse dependency {alt.strip()!r}")
             pkg, arch, op, ver = m.groups()
-            text = pkg + (f":{arch}" if arch else "")
+            # dpkg keys packages by lower-cased name and writes that name back (pkg_db_find_set).
+            text = pkg.lower() + (f":{arch}" if arch else "")
             if op:
                 try:
                     text += f" ({_RELATIONS.get(op, op)} {normalize_version(ver)})"
@@ -287,12 +288,16 @@ def entry_from_control(control: bytes, conffiles: Sequence[tuple[str, str]],
         canon = _NICKNAMES.get(low) or _KNOWN.get(low)
         if canon is None:
             others.append((name, value))
+        elif canon in DEPENDENCY_FIELDS and canon in known:
+            # an old nickname next to its canonical field (Optional + Suggests): dpkg joins the two lists
+            known[canon] = f"{known[canon]}, {value}"
         elif canon not in _NOT_FROM_CONTROL:
             known[canon] = value
     if not known.get("Package"):
         raise StatusParseError(f"{path}: control file has no Package field")
     if not known.get("Version"):
         raise StatusParseError(f"{path}: control file of {known['Package']} has no Version field")
+    known["Package"] = known["Package"].lower()  # as dpkg stores it
     try:
         known["Version"] = normalize_version(known["Version"])
     except InvalidVersionError as e:
