@@ -16,9 +16,10 @@ from copa.oci.image import Bundle, Image, is_docker, resolve_platform
 from copa.oci.model import Index, Manifest, Platform
 from copa.oci.mutate import Original, append_layer, original_of
 from copa.oci.registry import RegistryClient, RegistryOptions
+from copa.oci.rootfs import Files, scan
 from copa.oci.transport import Opened, open_image, plan_outputs, write_outputs
 from copa.pkg.base import ImageContext, LayerContent, RepositoryOptions, Skip, Update
-from copa.pkg.detect import adapter_for, detect
+from copa.pkg.detect import CAPTURE, adapter_for, detect
 from copa.pkg.layer import Compression, write_layer
 from copa.report.load import load_report
 from copa.report.model import Report
@@ -115,7 +116,9 @@ def patch(options: PatchOptions, progress: Progress = lambda _m: None) -> PatchR
     original = original_of(image, opened.name)
     if original.layers != len(image.layers):
         progress(f"image was patched before; patching its original ({original.base_reference}) again")
-    detected = detect(image, original.layers)
+    progress("reading the image's files")
+    root_view = scan(image, original.layers, CAPTURE)
+    detected = detect(root_view)
     adapter = adapter_for(detected)
     with tempfile.TemporaryDirectory(prefix="copa-") as tmp:
         ctx = ImageContext(
@@ -126,7 +129,8 @@ def patch(options: PatchOptions, progress: Progress = lambda _m: None) -> PatchR
             variant=image.config.variant,
             workdir=Path(tmp),
             repos=options.repos,
-            files=detected.files,
+            files=Files(root_view.contents),
+            root=root_view,
             ignore_errors=options.ignore_errors,
             cache_dir=Path(options.cache_dir) if options.cache_dir else None,
         )

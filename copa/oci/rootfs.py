@@ -22,6 +22,7 @@ from copa.oci.image import Image
 
 _MAX_LINK_DEPTH = 40
 _MAX_FILE = 256 << 20
+_MAX_CAPTURED = 16 << 20  # larger files under a captured path are indexed but not kept in memory
 
 
 def _norm(name: str) -> str:
@@ -74,6 +75,12 @@ class _Hiding:
             self.pending_deleted.add(posixpath.join(parent, base[4:]))
         return True
 
+    def replaced(self, member: tarfile.TarInfo, path: str) -> None:
+        """A visible non-directory hides whatever lower layers have below its path (a lower directory it
+        replaces and all its children), as overlayfs and every unpacker do."""
+        if not member.isdir():
+            self.pending_deleted.add(path)
+
     def hidden(self, path: str) -> bool:
         if path in self.deleted:
             return True
@@ -106,12 +113,34 @@ def _members(image: Image, index: int) -> Iterator[tuple[tarfile.TarFile, tarfil
 
 @dataclass(frozen=True)
 class View:
-    """The merged index of an image's paths (no contents)."""
+    """The merged index of an image's paths, with the contents of the files `scan` was asked to capture."""
 
     nodes: dict[str, Node]
+    contents: dict[str, bytes] = field(default_factory=dict)
 
     def get(self, path: str) -> Node | None:
         return self.nodes.get(_norm(path))
+
+    def read(self, path: str) -> bytes | None:
+        """Content of a captured file, following symlinks and hardlinks; None if absent (or not captured)."""
+        real = self.resolve(path)
+        node = self.nodes.get(real)
+        if node is None:
+            return None
+        if node.kind == "hardlink":
+            real = _norm(node.linkname)
+        return self.contents.get(real)
+
+    def under(self, prefix: str) -> dict[str, bytes]:
+        """Captured regular files below a directory, keyed as if read through `prefix`, sorted."""
+        asked = _norm(prefix)
+        real = self.resolve(asked)
+        out: dict[str, bytes] = {}
+        for path in sorted(p for p in self.nodes if p.startswith(real + "/")):
+            content = self.read(path)
+            if content is not None and self.nodes[path].kind in ("file", "hardlink"):
+                out[asked + path[len(real):]] = content
+        return out
 
     def is_symlink(self, path: str) -> bool:
         node = self.nodes.get(_norm(path))
@@ -151,20 +180,33 @@ def resolve_path(path: str, link_of: Callable[[str], str | None], follow_last: b
     return "/".join(done)
 
 
-def scan(image: Image, upto: int | None = None) -> View:
-    """Index every visible path of the image (layers [0, upto) when `upto` is given)."""
+def scan(image: Image, upto: int | None = None, capture: Iterable[str] = ()) -> View:
+    """Index every visible path of the image (layers [0, upto) when `upto` is given), keeping the contents
+    of regular files at or below the `capture` paths (package databases, /etc): one pass over each layer
+    serves every later lookup."""
     count = len(image.layers) if upto is None else upto
+    prefixes = tuple(_norm(p) for p in capture)
     hiding = _Hiding()
     nodes: dict[str, Node] = {}
+    contents: dict[str, bytes] = {}
     for index in reversed(range(count)):
-        for _tar, member in _members(image, index):
+        for tar, member in _members(image, index):
             path = _norm(member.name)
             if not path or hiding.note(path) or path in nodes or hiding.hidden(path):
                 continue
+            hiding.replaced(member, path)
             nodes[path] = Node(path, _kind(member), member.mode, member.uid, member.gid, member.size,
                                member.linkname, index)
+            if member.isreg() and member.size <= _MAX_CAPTURED and _at_or_under(path, prefixes):
+                f = tar.extractfile(member)
+                if f is not None:
+                    contents[path] = f.read()
         hiding.next_layer()
-    return View(nodes)
+    return View(nodes, contents)
+
+
+def _at_or_under(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in prefixes)
 
 
 @dataclass(frozen=True)
@@ -246,6 +288,7 @@ def _read_pass(
             path = _norm(member.name)
             if not path or hiding.note(path) or path in seen or hiding.hidden(path):
                 continue
+            hiding.replaced(member, path)
             asked = path in wanted or _under_any(path, dirs)
             if not asked and path not in interesting:
                 continue

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from copa.oci.image import Image
-from copa.oci.rootfs import Files
+from copa.oci.rootfs import Files, View
 from copa.pkg.layer import Entry
 from copa.report.model import Report
 
@@ -70,6 +70,7 @@ class ImageContext:
     workdir: Path
     repos: RepositoryOptions
     files: Files  # what detection already read: os-release and the package database files
+    root: View  # every path of the original layers, with the contents under detect.CAPTURE
     ignore_errors: bool = False
     cache_dir: Path | None = None
 

@@ -6,11 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from copa.errors import UnsupportedImageError
-from copa.oci.image import Image
-from copa.oci.rootfs import Files, read_files
+from copa.oci.rootfs import View
 from copa.pkg.base import OSRelease, PackageManager
 
 OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release")
+# What adapters read from an image (databases, repository configuration, keys, conffiles): captured in the one
+# full pass over the layers, so nothing needs a layer read twice.
+CAPTURE = ("etc", "usr/lib/os-release", "var/lib/dpkg", "usr/share/keyrings", "lib/apk/db", "usr/lib/apk/db")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,17 +50,14 @@ ADAPTERS: dict[str, Callable[[], PackageManager]] = {"dpkg": _dpkg}
 class Detected:
     kind: Kind
     os_release: OSRelease
-    files: Files
 
 
-def detect(image: Image, layers: int) -> Detected:
-    paths = [*OS_RELEASE_PATHS, *(db for k in KINDS for db in k.databases)]
-    dirs = [d for k in KINDS for d in k.database_dirs]
-    files = read_files(image, paths, dirs, upto=layers)
-    text = files.get(OS_RELEASE_PATHS[0]) or files.get(OS_RELEASE_PATHS[1]) or b""
+def detect(root: View) -> Detected:
+    """Detect from the merged view (os-release is usually a symlink into usr/lib; the view resolves it)."""
+    text = root.read(OS_RELEASE_PATHS[0]) or root.read(OS_RELEASE_PATHS[1]) or b""
     os_release = OSRelease.parse(text.decode("utf-8", "replace"))
-    present = [k for k in KINDS if any(files.get(db) is not None for db in k.databases)
-               or any(files.under(d) for d in k.database_dirs)]
+    present = [k for k in KINDS if any(root.get(db) is not None for db in k.databases)
+               or any(root.under(d) for d in k.database_dirs)]
     if not present:
         name = os_release.pretty_name or "unknown OS"
         raise UnsupportedImageError(
@@ -66,7 +65,7 @@ def detect(image: Image, layers: int) -> Detected:
         )
     # Prefer the kind the OS names itself as; else the one whose database exists.
     kind = next((k for k in present if set(k.os_ids) & set(os_release.families)), present[0])
-    return Detected(kind, os_release, files)
+    return Detected(kind, os_release)
 
 
 def adapter_for(detected: Detected) -> PackageManager:

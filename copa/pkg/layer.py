@@ -29,6 +29,8 @@ from copa.oci.digest import Digest
 from copa.oci.model import MediaType
 
 WHITEOUT_PREFIX = ".wh."
+# zlib's default (6), as docker and most registries' clients use; 9 costs ~3x the time for ~1% smaller layers.
+_GZIP_LEVEL = 6
 OPAQUE = ".wh..wh..opq"
 
 
@@ -233,7 +235,8 @@ def write_layer(
             comp_stream: BinaryIO
             if compression is Compression.GZIP:
                 # mtime=0 and no file name in the gzip header: identical input -> identical bytes.
-                comp_stream = cast(BinaryIO, gzip.GzipFile(filename="", fileobj=sink, mode="wb", mtime=0))
+                gz = gzip.GzipFile(filename="", fileobj=sink, mode="wb", mtime=0, compresslevel=_GZIP_LEVEL)
+                comp_stream = cast(BinaryIO, gz)
             else:
                 comp_stream = cast(BinaryIO, zstandard.ZstdCompressor(level=3).stream_writer(sink, closefd=False))
             uncompressed = _HashingWriter(comp_stream)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from copa.errors import ResolutionError
-from copa.oci.rootfs import read_files, scan
 from copa.pkg.apt.fetch import deb_item
 from copa.pkg.apt.packages import PackageRecord, RepositoryIndex
 from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update
@@ -56,7 +57,8 @@ class DpkgAdapter:
         installed = db.installed()
         index = load_index(ctx, db.architecture)
         wanted = _wanted(report, installed, index)
-        resolution = resolve(installed, wanted, index.versions, db.architecture, compare_versions)
+        resolution = resolve(installed, wanted, index.versions, db.architecture, compare_versions,
+                             index.providers)
         if resolution.failures and not ctx.ignore_errors:
             first = resolution.failures[0]
             more = f" (and {len(resolution.failures) - 1} more)" if len(resolution.failures) > 1 else ""
@@ -78,11 +80,14 @@ class DpkgAdapter:
         records = [c.record for c in payload.chosen]
         assert all(isinstance(r, PackageRecord) for r in records)
         paths = fetcher_for(ctx).fetch_all([deb_item(r) for r in records])  # type: ignore[arg-type]
-        view = scan(ctx.image, ctx.layers)
+        view = ctx.root
         old_files, old_info = self._old_state(ctx, db, payload.chosen, view.nodes)
+        # xz/zstd/gzip decompression releases the GIL: unpack the .debs on every core.
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            debs = list(pool.map(lambda i: read_deb(paths[i], ctx.workdir / "stage" / f"{i:04d}"),
+                                 range(len(paths))))
         unpacked: list[Unpacked] = []
-        for i, (chosen, deb) in enumerate(zip(payload.chosen, paths, strict=True)):
-            contents = read_deb(deb, ctx.workdir / "stage" / f"{i:04d}")
+        for chosen, contents in zip(payload.chosen, debs, strict=True):
             old = db.entry(chosen.installed.name) if chosen.installed else None
             name = chosen.record.package
             unpacked.append(Unpacked(contents, old, old_files.get(name, ()), old_info.get(name, ())))
@@ -117,10 +122,8 @@ class DpkgAdapter:
                 files[name] = tuple(line.split(None, 1)[1].strip() for line in md5.decode("utf-8", "replace")
                                     .splitlines() if len(line.split(None, 1)) == 2)
             return files, info
-        wanted = [f"{INFO}/{stem}.list" for stem in stems.values()]
-        lists = read_files(ctx.image, wanted, upto=ctx.layers)
         for name, stem in stems.items():
-            content = lists.get(f"{INFO}/{stem}.list") or b""
+            content = ctx.root.read(f"{INFO}/{stem}.list") or b""
             files[name] = tuple(p.lstrip("/") for p in content.decode("utf-8", "replace").splitlines()
                                 if p.strip() and p != "/.")
             prefix = f"{INFO}/{stem}."
@@ -130,8 +133,5 @@ class DpkgAdapter:
     def _current_conffiles(self, ctx: ImageContext, unpacked: Sequence[Unpacked]) -> dict[str, bytes | None]:
         """The image's current content of the conffiles of packages being upgraded (None: deleted)."""
         wanted = {p for u in unpacked if u.old is not None for p in conffile_paths(u.contents)}
-        if not wanted:
-            return {}
-        found = read_files(ctx.image, [p.lstrip("/") for p in wanted], upto=ctx.layers)
-        return {p: found.get(p.lstrip("/")) for p in wanted}
+        return {p: ctx.root.read(p) for p in wanted}
 

@@ -25,6 +25,7 @@ from copa.pkg.layer import Entry, Kind
 
 SCRIPTS = ("preinst", "postinst", "prerm", "postrm", "config")
 _TRIVIAL = re.compile(r"^\s*(#.*|set -e|set -eu|exit 0|)\s*$")
+_DELETED = "deleted"  # stands for the md5 of a conffile that is gone; never equal to a real md5
 
 
 @dataclass(frozen=True)
@@ -130,9 +131,10 @@ def install_package(
             current = current_conffiles.get(slash_path)
             before = old_md5.get(slash_path)
             if pkg.old is not None and before is not None:
-                if current is None:
-                    continue  # the admin deleted it; dpkg does not bring it back
-                current_md5 = hashlib.md5(current, usedforsecurity=False).hexdigest()
+                # A conffile the admin deleted counts as changed: dpkg does not bring it back, but (like
+                # for an edited one) ships a new version beside it as .dpkg-dist.
+                current_md5 = (_DELETED if current is None
+                               else hashlib.md5(current, usedforsecurity=False).hexdigest())
                 if current_md5 != before:
                     # Changed in the image: keep it (confold); ship the new one beside it if it changed too.
                     if shipped != before and shipped != current_md5:
@@ -146,6 +148,25 @@ def install_package(
         if old_path not in new_paths and "/" + old_path not in old_md5:
             plan.remove(plan.real(old_path))
     return recorded
+
+
+def md5sums(contents: DebContents) -> bytes | None:
+    """info/<pkg>.md5sums: the package's own, or (as dpkg does for a package shipping none) one computed
+    over its regular files and hard links, in archive order. None for a package with no such files."""
+    shipped = contents.control_files.get("md5sums")
+    if shipped is not None:
+        return shipped
+    sums: dict[str, str] = {}
+    lines = []
+    for f in contents.files:
+        if f.kind == "file" and f.staged is not None:
+            sums[f.path] = _md5(f.staged)
+        elif f.kind == "hardlink" and f.linkname in sums:
+            sums[f.path] = sums[f.linkname]
+        else:
+            continue
+        lines.append(f"{sums[f.path]}  {f.path}\n")
+    return "".join(lines).encode() if lines else None
 
 
 def list_file(contents: DebContents) -> bytes:
@@ -167,9 +188,9 @@ def database_entries(
         for pkg, entry in items:
             name = db.status_d_name(entry.package) or entry.package
             plan.add(Entry.file(f"{STATUS_D}/{name}", format_entry(entry), mtime=plan.mtime))
-            md5sums = pkg.contents.control_files.get("md5sums")
-            if md5sums is not None:
-                plan.add(Entry.file(f"{STATUS_D}/{name}.md5sums", md5sums, mtime=plan.mtime))
+            sums = md5sums(pkg.contents)
+            if sums is not None:
+                plan.add(Entry.file(f"{STATUS_D}/{name}.md5sums", sums, mtime=plan.mtime))
         return
     assert db.status_raw is not None
     new_status = merge_status(db.entries, [e for _, e in items], db.architecture)
@@ -179,7 +200,11 @@ def database_entries(
         stem = info_name(entry.package, entry.multi_arch, entry.architecture)
         written = {f"{stem}.list"}
         plan.add(Entry.file(f"{INFO}/{stem}.list", list_file(pkg.contents), mtime=plan.mtime))
-        for member, data in sorted(pkg.contents.control_files.items()):
+        members = dict(pkg.contents.control_files)
+        sums = md5sums(pkg.contents)
+        if sums is not None:
+            members["md5sums"] = sums
+        for member, data in sorted(members.items()):
             mode = 0o755 if member in SCRIPTS else 0o644
             written.add(f"{stem}.{member}")
             plan.add(Entry.file(f"{INFO}/{stem}.{member}", data, mode, mtime=plan.mtime))

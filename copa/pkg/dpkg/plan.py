@@ -116,11 +116,16 @@ def resolve(
     versions_of: Callable[[str], Sequence[Candidate]],
     architecture: str,
     compare: Compare,
+    providers_of: Callable[[str], Sequence[Candidate]] = lambda _name: (),
 ) -> Resolution:
     def usable(name: str) -> list[Candidate]:
         inst = installed.get(name)
         arches = {architecture, "all"} | ({inst.architecture} if inst else set())
         return sorted((c for c in versions_of(name) if c.architecture in arches),
+                      key=_sort_key(compare), reverse=True)
+
+    def usable_providers(name: str) -> list[Candidate]:
+        return sorted((c for c in providers_of(name) if c.architecture in (architecture, "all")),
                       key=_sort_key(compare), reverse=True)
 
     chosen: dict[str, Chosen] = {}
@@ -167,7 +172,7 @@ def resolve(
         failed: tuple[str, Skip] | None = None
         for _ in range(10_000):  # each round adds one package; the bound only guards against bugs
             world = _World(installed, chosen, compare)
-            step = _next_fix(installed, chosen, world, original, usable, compare)
+            step = _next_fix(installed, chosen, world, original, usable, compare, usable_providers)
             if step is None:
                 break
             trigger, action = step
@@ -199,6 +204,7 @@ def _next_fix(
     original: _World,
     usable: Callable[[str], list[Candidate]],
     compare: Compare,
+    providers: Callable[[str], list[Candidate]],
 ) -> tuple[str, Chosen | Skip] | None:
     """The first unmet relation, as (the package whose relation it is, the change that meets it or why
     none can); None when everything holds."""
@@ -208,7 +214,7 @@ def _next_fix(
         for clause in _relations(ch.record.depends, ch.record.pre_depends):
             if world.clause_ok(clause) or {r.name for r in clause} & already_unmet:
                 continue
-            fix = _satisfy(clause, installed, usable, compare, ch.record.source_name)
+            fix = _satisfy(clause, installed, usable, compare, ch.record.source_name, providers)
             if fix is None:
                 return name, Skip(name, SkipReason.UNRESOLVABLE,
                                   f"{name} {ch.record.version} needs {' | '.join(map(str, clause))}, "
@@ -263,6 +269,7 @@ def _satisfy(
     usable: Callable[[str], list[Candidate]],
     compare: Compare,
     source: str,
+    providers: Callable[[str], list[Candidate]] = lambda _name: [],
 ) -> Chosen | None:
     # Prefer upgrading something installed over installing something new, as apt does.
     for prefer_installed in (True, False):
@@ -272,6 +279,19 @@ def _satisfy(
                 continue
             for cand in usable(rel.name):
                 if rel.version_ok(cand.version, compare) and (inst is None or compare(cand.version, inst.version) > 0):
+                    return Chosen(cand, inst, _kind(inst, cand, source), ())
+    # Then a virtual package: the newest provider whose Provides meets the relation (an unversioned relation
+    # accepts any provide, a versioned one only a versioned provide), upgrading an installed provider first.
+    for prefer_installed in (True, False):
+        for rel in clause:
+            for cand in providers(rel.name):
+                inst = installed.get(cand.package)
+                if (inst is not None) != prefer_installed or cand.package == rel.name:
+                    continue
+                if inst is not None and compare(cand.version, inst.version) <= 0:
+                    continue
+                if any(p.name == rel.name and (not rel.op or (p.version and rel.version_ok(p.version, compare)))
+                       for p in parse_provides(cand.provides)):
                     return Chosen(cand, inst, _kind(inst, cand, source), ())
     return None
 

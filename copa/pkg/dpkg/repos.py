@@ -6,7 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from copa.errors import LocalIOError, ResolutionError, UsageError
-from copa.oci.rootfs import read_files
 from copa.pkg.apt.cache import Cache
 from copa.pkg.apt.fetch import Fetcher
 from copa.pkg.apt.openpgp import Keyring, keyring_for_source
@@ -36,9 +35,8 @@ def _user_sources(ctx: ImageContext) -> list[AptSource]:
 
 
 def image_sources(ctx: ImageContext) -> list[AptSource]:
-    files = read_files(ctx.image, [SOURCES_LIST], [SOURCES_DIR], upto=ctx.layers)
     sources: list[AptSource] = []
-    listed = [(SOURCES_LIST, files.get(SOURCES_LIST)), *sorted(files.under(SOURCES_DIR).items())]
+    listed = [(SOURCES_LIST, ctx.root.read(SOURCES_LIST)), *ctx.root.under(SOURCES_DIR).items()]
     for path, content in listed:
         if content is None or not (path.endswith(".list") or path.endswith(".sources")):
             continue
@@ -60,8 +58,10 @@ def _image_key_root(ctx: ImageContext, sources: list[AptSource]) -> Path:
     root = ctx.workdir / "apt-keys-root"
     paths = list(KEY_PATHS) + [s.lstrip("/") for src in sources for s in src.signed_by
                                if s.startswith("/") and "\n" not in s]
-    files = read_files(ctx.image, paths, KEY_DIRS, upto=ctx.layers)
-    for path, content in files.contents.items():
+    found = {p: c for p in paths if (c := ctx.root.read(p)) is not None}
+    for directory in KEY_DIRS:
+        found.update(ctx.root.under(directory))
+    for path, content in found.items():
         target = root / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)
