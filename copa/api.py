@@ -150,11 +150,12 @@ def patch(options: PatchOptions, progress: Progress = lambda _m: None) -> PatchR
         progress(f"building the patch layer ({len(plan.updates)} packages)")
         content = adapter.build(ctx, plan)
         bundle = _bundle(opened, root, image, original, content, compression, Path(tmp))
+        pushed = outputs.reference if outputs.push else None
         progress("writing " + ", ".join(
-            str(x) for x in (outputs.push, outputs.oci_dir, outputs.output_tar) if x is not None
+            str(x) for x in (pushed, outputs.oci_dir, outputs.output_tar) if x is not None
         ))
-        digest = write_outputs(outputs, bundle, client, opened.reference)
-        target = str(outputs.push) if outputs.push else outputs.tag
+        digest = write_outputs(outputs, bundle, client)
+        target = str(pushed or outputs.reference or outputs.tag)
         return result(target, str(digest), content.updates or plan.updates)
 
 

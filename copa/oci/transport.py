@@ -50,14 +50,11 @@ def open_image(text: str, client: RegistryClient) -> Opened:
 
 @dataclass(frozen=True, slots=True)
 class Outputs:
-    push: Reference | None
+    reference: Reference | None  # the full target name, when one can be formed
+    push: bool
     oci_dir: Path | None
     output_tar: Path | None
-    tag: str
-
-    @property
-    def any(self) -> bool:
-        return bool(self.push or self.oci_dir or self.output_tar)
+    tag: str  # the tag alone: a layout's ref name
 
 
 def plan_outputs(
@@ -75,20 +72,24 @@ def plan_outputs(
     ref_name = full.tag if full is not None else (tag or f"{opened.tag or 'latest'}-{suffix}")
     if push and full is None:
         raise UsageError("--push needs -t REGISTRY/REPOSITORY:TAG when the image does not come from a registry")
-    return Outputs(full if push else None, Path(oci_dir) if oci_dir else None,
-                   Path(output_tar) if output_tar else None, ref_name)
+    return Outputs(full, push, Path(oci_dir) if oci_dir else None, Path(output_tar) if output_tar else None, ref_name)
 
 
-def write_outputs(outputs: Outputs, bundle: Bundle, client: RegistryClient, source_ref: Reference | None) -> Digest:
+def archive_tags(outputs: Outputs) -> list[str]:
+    """The docker-archive RepoTags: the full name when there is one. An image read from a layout or archive
+    has no repository to name, so a bare ref name (not REPO:TAG) leaves the archive untagged, as skopeo does."""
+    if outputs.reference is not None:
+        return [str(outputs.reference)]
+    return [outputs.tag] if ":" in outputs.tag else []
+
+
+def write_outputs(outputs: Outputs, bundle: Bundle, client: RegistryClient) -> Digest:
     """Write to every named sink. Each sink writes blobs first and its tag or index last."""
     digest = bundle.root.digest
     if outputs.oci_dir is not None:
         write_layout(outputs.oci_dir, bundle, outputs.tag)
     if outputs.output_tar is not None:
-        tags = [str(outputs.push)] if outputs.push else [outputs.tag]
-        if source_ref is not None and not outputs.push:
-            tags = [str(source_ref.with_tag(outputs.tag))]
-        write_archive(outputs.output_tar, bundle, tags)
-    if outputs.push is not None:
-        digest = push(client, outputs.push, bundle)
+        write_archive(outputs.output_tar, bundle, archive_tags(outputs))
+    if outputs.push and outputs.reference is not None:
+        digest = push(client, outputs.reference, bundle)
     return digest

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import posixpath
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -81,10 +82,12 @@ class DpkgAdapter:
         assert all(isinstance(r, PackageRecord) for r in records)
         paths = fetcher_for(ctx).fetch_all([deb_item(r) for r in records])  # type: ignore[arg-type]
         view = ctx.root
+        names = [posixpath.basename(r.filename) for r in records if isinstance(r, PackageRecord)]
         old_files, old_info = self._old_state(ctx, db, payload.chosen, view.nodes)
         # xz/zstd/gzip decompression releases the GIL: unpack the .debs on every core.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            debs = list(pool.map(lambda i: read_deb(paths[i], ctx.workdir / "stage" / f"{i:04d}"),
+            debs = list(pool.map(lambda i: read_deb(paths[i], ctx.workdir / "stage" / f"{i:04d}",
+                                                    names[i]),
                                  range(len(paths))))
         unpacked: list[Unpacked] = []
         for chosen, contents in zip(payload.chosen, debs, strict=True):

@@ -119,9 +119,10 @@ class DebContents:
     files: tuple[DataFile, ...]  # in archive order, which is the order dpkg lists them
 
 
-def read_deb(path: Path, stage: Path) -> DebContents:
-    """Read a .deb: control members in memory (small), data files staged under `stage`."""
-    what = path.name
+def read_deb(path: Path, stage: Path, name: str | None = None) -> DebContents:
+    """Read a .deb: control members in memory (small), data files staged under `stage`. `name` is how errors
+    call it (cached files are named by digest, which tells the user nothing)."""
+    what = name or path.name
     control: bytes | None = None
     control_files: dict[str, bytes] = {}
     files: list[DataFile] | None = None
