@@ -42,8 +42,14 @@ def _dpkg() -> PackageManager:
     return DpkgAdapter()
 
 
+def _apk() -> PackageManager:
+    from copa.pkg.apk.adapter import ApkAdapter
+
+    return ApkAdapter()
+
+
 # Adapters by kind name, imported only when used; a kind without one is detected but not yet supported.
-ADAPTERS: dict[str, Callable[[], PackageManager]] = {"dpkg": _dpkg}
+ADAPTERS: dict[str, Callable[[], PackageManager]] = {"dpkg": _dpkg, "apk": _apk}
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from copa.errors import CopaError, ReportError
+from copa.pkg.apk.version import compare_versions as apk_compare
 from copa.pkg.dpkg.version import compare_versions as dpkg_compare
 
 Compare = Callable[[str, str], int]
@@ -109,7 +110,13 @@ def simple_compare(a: str, b: str) -> int:
     return 0
 
 
-_COMPARATORS: dict[str, Compare] = {"debian": dpkg_compare, "ubuntu": dpkg_compare}
+_COMPARATORS: dict[str, Compare] = {
+    "debian": dpkg_compare,
+    "ubuntu": dpkg_compare,
+    "alpine": apk_compare,
+    "wolfi": apk_compare,
+    "chainguard": apk_compare,
+}
 
 
 def register_comparator(families: Iterable[str], compare: Compare) -> None:

@@ -1,0 +1,153 @@
+"""The apk adapter: Alpine, Wolfi and Chainguard images."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from copa.errors import IntegrityError, ResolutionError, UnsupportedImageError
+from copa.pkg.apk.apkfile import read_apk
+from copa.pkg.apk.index import ApkRecord
+from copa.pkg.apk.install import DB_DIRS, Installing, LayerPlan, database_entries, install_package, scripts_note
+from copa.pkg.apk.installed import InstalledPackage, parse_installed
+from copa.pkg.apk.plan import Chosen, Installed, Wanted, resolve
+from copa.pkg.apk.repos import (
+    Repository,
+    fetcher_for,
+    image_arch,
+    load_indexes,
+    select_repositories,
+    trusted_keys,
+)
+from copa.pkg.apk.signing import Keys
+from copa.pkg.apk.version import compare_versions
+from copa.pkg.apt.fetch import Fetcher
+from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update
+from copa.report.model import Report
+
+
+@dataclass(frozen=True)
+class _Payload:
+    packages: tuple[InstalledPackage, ...]
+    chosen: tuple[Chosen, ...]
+    arch: str
+    repositories: tuple[Repository, ...]
+    keys: Keys
+
+
+def read_installed(ctx: ImageContext) -> list[InstalledPackage]:
+    for d in DB_DIRS:
+        data = ctx.root.read(f"{d}/installed")
+        if data is not None:
+            return parse_installed(data.decode("utf-8", "replace"), "/" + f"{d}/installed")
+    raise UnsupportedImageError("image has no /lib/apk/db/installed; it is not an apk-based image")
+
+
+def _wanted(report: Report | None, installed: dict[str, Installed], available: Sequence[ApkRecord]) -> list[Wanted]:
+    if report is not None:
+        return [Wanted(p.name, p.fixed_version, p.vulnerability_ids) for p in report.packages]
+    newest: dict[str, str] = {}
+    for r in available:
+        if r.name in installed and (r.name not in newest or compare_versions(r.version, newest[r.name]) > 0):
+            newest[r.name] = r.version
+    return [Wanted(n, v) for n, v in sorted(newest.items()) if compare_versions(v, installed[n].version) > 0]
+
+
+class ApkAdapter:
+    name = "apk"
+
+    def plan(self, ctx: ImageContext, report: Report | None) -> Plan:
+        packages = read_installed(ctx)
+        installed = {p.name: Installed(p.name, p.version, p.record.origin, p.record.depends, p.record.provides)
+                     for p in packages}
+        arch = image_arch(ctx)
+        pinned = {p.field("s"): p.name for p in packages if p.field("s")}
+        repos = select_repositories(ctx, arch, set(pinned))
+        keys = trusted_keys(ctx)
+        available: list[ApkRecord] = []
+        for repo, index in load_indexes(ctx, repos, keys, fetcher_for(ctx)):
+            for r in index.records:
+                if r.arch not in (arch, "noarch", ""):
+                    continue
+                # A tagged repository serves only the packages pinned to its tag.
+                if repo.tag and pinned.get(repo.tag) != r.name and not any(
+                        p.field("s") == repo.tag and p.name == r.name for p in packages):
+                    continue
+                available.append(r)
+        resolution = resolve(installed, _wanted(report, installed, available), available)
+        if resolution.failures and not ctx.ignore_errors:
+            first = resolution.failures[0]
+            more = f" (and {len(resolution.failures) - 1} more)" if len(resolution.failures) > 1 else ""
+            raise ResolutionError(
+                f"cannot fix {first.name}: {first.detail}{more}; check the repositories or pass --ignore-errors"
+            )
+        updates = tuple(
+            Update(c.record.name, c.record.arch or arch, c.installed.version if c.installed else "",
+                   c.record.version, c.kind, c.vulnerabilities)
+            for c in resolution.chosen
+        )
+        skipped: tuple[Skip, ...] = resolution.skipped + resolution.failures
+        return Plan(updates, skipped, _Payload(tuple(packages), resolution.chosen, arch, tuple(repos), keys))
+
+    def build(self, ctx: ImageContext, plan: Plan) -> LayerContent:
+        payload = plan.payload
+        assert isinstance(payload, _Payload)
+        fetcher = fetcher_for(ctx)
+        repos = {r.url: r for r in payload.repositories}
+        old = {p.name: p for p in payload.packages}
+        installing: list[Installing] = []
+        for i, chosen in enumerate(payload.chosen):
+            record = chosen.record
+            repo = repos[record.repository]
+            what = f"{record.name}-{record.version}.apk"
+            path = fetch_apk(fetcher, repo.package_url(payload.arch, record.filename), record, what)
+            contents = read_apk(path, ctx.workdir / "apk-stage" / f"{i:04d}", payload.keys, expected=record.checksum,
+                                require_signature=False, what=what)
+            installing.append(Installing(record, contents, old.get(record.name)))
+        mtime = max((p.record.build_time for p in installing), default=0)
+        layer = LayerPlan(ctx.root, mtime)
+        updates = []
+        for pkg, update in zip(installing, plan.updates, strict=True):
+            install_package(layer, pkg)
+            updates.append(dataclasses.replace(update, scripts_note=scripts_note(pkg.contents)))
+        database_entries(layer, payload.packages, installing)
+        return LayerContent(tuple(layer.entries.values()), ctx.root.is_symlink, tuple(updates), default_mtime=mtime)
+
+
+def fetch_apk(fetcher: Fetcher, url: str, record: ApkRecord, what: str) -> Path:
+    """The package file in the cache (keyed by its identity; the caller verifies it against C:)."""
+    ident = record.identity.hex()
+    final = fetcher.cache.named(f"apk/{ident}.apk")
+    if final.is_file() and (not record.size or final.stat().st_size == record.size):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+
+    def consume(stream: BinaryIO) -> Path:
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
+        try:
+            count = 0
+            with os.fdopen(fd, "wb") as out:
+                while chunk := stream.read(1 << 20):
+                    count += len(chunk)
+                    if record.size and count > record.size:
+                        raise IntegrityError(f"{what}: larger than the index's {record.size} bytes; the source "
+                                             "is corrupt")
+                    out.write(chunk)
+            if record.size and count != record.size:
+                raise IntegrityError(f"{what}: got {count} bytes, the index says {record.size}; the download is "
+                                     "truncated")
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return final
+
+    # The shared fetcher's retry loop (transient failures only); verification happens when the file is read.
+    return fetcher._with_retries(url, what, consume)
+
+

@@ -1,0 +1,201 @@
+"""APKINDEX.tar.gz: a signature gzip member, then one member holding DESCRIPTION and APKINDEX.
+
+APKINDEX is a list of records separated by blank lines, one `X:value` line per field (the letters
+apk-tools' apk_pkg_write_index_header writes). Records are parsed into `ApkRecord`; the raw lines are
+kept so the installed database can be written with exactly the text the repository has.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from copa.errors import IntegrityError
+from copa.pkg.apk.signing import Keys, find_signature, gunzip, split_members, tar_members, verify
+from copa.pkg.apk.version import satisfies
+
+_DEP_OPS = "<>=~"
+
+
+@dataclass(frozen=True, slots=True)
+class Dependency:
+    name: str
+    op: str = ""  # "", "<", "<=", "=", ">=", ">", "~", "><" (checksum)
+    version: str = ""
+    conflict: bool = False
+    tag: str = ""  # name@tag pins to a tagged repository
+
+    def matches(self, provided_version: str | None) -> bool:
+        """Whether a package/provides entry of that version satisfies the version part (conflicts aside)."""
+        if not self.op:
+            return True
+        if provided_version is None or self.op == "><":
+            return self.op == "><"
+        return satisfies(provided_version, self.op, self.version)
+
+    def __str__(self) -> str:
+        tag = f"@{self.tag}" if self.tag else ""
+        return f"{'!' if self.conflict else ''}{self.name}{tag}{self.op}{self.version}"
+
+
+def parse_dependency(word: str) -> Dependency:
+    conflict = word.startswith("!")
+    if conflict:
+        word = word[1:]
+    i = 0
+    while i < len(word) and word[i] not in _DEP_OPS:
+        i += 1
+    j = i
+    while j < len(word) and word[j] in _DEP_OPS:
+        j += 1
+    name, op, version = word[:i], word[i:j], word[j:]
+    name, _, tag = name.partition("@")
+    if not name or (op and not version) or (version and not op):
+        raise ValueError(f"bad apk dependency {word!r}")
+    return Dependency(name, op, version, conflict, tag)
+
+
+def parse_dependencies(text: str) -> tuple[Dependency, ...]:
+    return tuple(parse_dependency(w) for w in text.split())
+
+
+@dataclass(frozen=True, slots=True)
+class ApkRecord:
+    """One package of an index (or of the installed database's header)."""
+
+    checksum: str  # C: "Q1" + base64(sha1 of the control segment's gzip bytes)
+    name: str  # P:
+    version: str  # V:
+    arch: str = ""  # A:
+    size: int = 0  # S: the .apk file's size
+    installed_size: int = 0  # I:
+    description: str = ""  # T:
+    url: str = ""  # U:
+    license: str = ""  # L:
+    origin: str = ""  # o:
+    maintainer: str = ""  # m:
+    build_time: int = 0  # t:
+    commit: str = ""  # c:
+    depends: tuple[Dependency, ...] = ()  # D:
+    provides: tuple[Dependency, ...] = ()  # p:
+    install_if: tuple[Dependency, ...] = ()  # i:
+    provider_priority: int | None = None  # k:
+    lines: tuple[tuple[str, str], ...] = ()  # the record's raw (field, value) lines in order
+    repository: str = ""  # base URL of the repository it came from ("" for the installed database)
+
+    @property
+    def identity(self) -> bytes:
+        """The raw package hash C: encodes (sha1 for 'Q1')."""
+        return decode_hash(self.checksum)
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}-{self.version}.apk"
+
+    def provided(self) -> Iterator[tuple[str, str | None]]:
+        """(name, version or None) for the package itself and each p: entry."""
+        yield self.name, self.version
+        for p in self.provides:
+            yield p.name, p.version or None
+
+
+def decode_hash(text: str) -> bytes:
+    """apk's 'Q1<base64 sha1>' / 'Q2<base64 sha256>' encoding, or plain hex, to raw bytes."""
+    if text.startswith(("Q1", "Q2")):
+        try:
+            return base64.b64decode(text[2:], validate=True)
+        except ValueError:
+            raise IntegrityError(f"bad apk checksum {text!r}; the index is corrupt") from None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise IntegrityError(f"bad apk checksum {text!r}; the index is corrupt") from None
+
+
+def encode_hash(raw: bytes) -> str:
+    prefix = "Q1" if len(raw) == 20 else "Q2"
+    return prefix + base64.b64encode(raw).decode()
+
+
+def record_from_lines(lines: list[tuple[str, str]], repository: str = "") -> ApkRecord:
+    f: dict[str, str] = {}
+    for key, value in lines:
+        f.setdefault(key, value)
+    if "P" not in f or "V" not in f:
+        raise ValueError("record without P: or V:")
+    return ApkRecord(
+        checksum=f.get("C", ""), name=f["P"], version=f["V"], arch=f.get("A", ""),
+        size=int(f.get("S", "0") or 0), installed_size=int(f.get("I", "0") or 0), description=f.get("T", ""),
+        url=f.get("U", ""), license=f.get("L", ""), origin=f.get("o", ""), maintainer=f.get("m", ""),
+        build_time=int(f.get("t", "0") or 0), commit=f.get("c", ""),
+        depends=parse_dependencies(f.get("D", "")), provides=parse_dependencies(f.get("p", "")),
+        install_if=parse_dependencies(f.get("i", "")),
+        provider_priority=int(f["k"]) if f.get("k") else None,
+        lines=tuple(lines), repository=repository,
+    )
+
+
+def split_records(text: str) -> Iterator[list[tuple[str, str]]]:
+    """Blank-line separated blocks of `X:value` lines (a line without 'X:' is ignored, as apk does)."""
+    block: list[tuple[str, str]] = []
+    for line in text.split("\n"):
+        if not line:
+            if block:
+                yield block
+                block = []
+            continue
+        if len(line) >= 2 and line[1] == ":":
+            block.append((line[0], line[2:]))
+    if block:
+        yield block
+
+
+def parse_index(text: str, repository: str = "", what: str = "APKINDEX") -> list[ApkRecord]:
+    out = []
+    for n, block in enumerate(split_records(text), 1):
+        try:
+            out.append(record_from_lines(block, repository))
+        except ValueError as e:
+            raise IntegrityError(f"{what}: record {n} is malformed ({e}); the index is corrupt") from None
+    return out
+
+
+def format_record(lines: tuple[tuple[str, str], ...]) -> str:
+    return "".join(f"{k}:{v}\n" for k, v in lines)
+
+
+@dataclass(frozen=True)
+class RepositoryIndex:
+    url: str  # repository base URL (packages are at <url>/<arch>/<name>-<version>.apk)
+    description: str
+    records: tuple[ApkRecord, ...]
+    signed_by: str  # key name, "" if accepted unsigned
+
+
+def read_apkindex(data: bytes, keys: Keys, allow_unsigned: bool, url: str, what: str) -> RepositoryIndex:
+    """Verify and parse an APKINDEX.tar.gz held in memory (indexes are a few MB at most)."""
+    first, _ = split_members(data, 1, what)
+    first_files = tar_members(gunzip(first[0], what), what)
+    signature = find_signature(first_files)
+    # An unsigned index is just the gzip stream(s) holding DESCRIPTION and APKINDEX.
+    signed = data[len(first[0]):] if signature is not None else data
+    trusted = verify(signature, signed, keys, allow_unsigned, what)
+    # The index proper may span several gzip members (concatenated streams are one tar).
+    files = tar_members(_gunzip_all(signed, what), what)
+    if "APKINDEX" not in files:
+        raise IntegrityError(f"{what}: has no APKINDEX file; is the URL an apk repository?")
+    text = files["APKINDEX"].decode("utf-8", "replace")
+    description = files.get("DESCRIPTION", b"").decode("utf-8", "replace").strip()
+    return RepositoryIndex(url, description, tuple(parse_index(text, url, what)),
+                           signature.key_name if signature is not None and trusted else "")
+
+
+def _gunzip_all(data: bytes, what: str) -> bytes:
+    out = bytearray()
+    rest = data
+    while rest:
+        members, offset = split_members(rest, 1, what)
+        out += gunzip(members[0], what)
+        rest = rest[offset:]
+    return bytes(out)

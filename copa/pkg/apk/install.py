@@ -1,0 +1,233 @@
+"""Turn verified .apk contents into layer entries the way `apk upgrade` leaves the filesystem.
+
+What apk does that we reproduce: files land where the image's directory symlinks lead; existing
+directories are left alone; files the old version owned and the new one dropped are removed (whiteouts);
+a protected file under /etc that the image changed is kept and the new one lands as `<path>.apk-new`;
+tar user and group names are resolved in the image's /etc/passwd and /etc/group; the installed database,
+the scripts archive and the triggers file are rewritten as apk writes them. What we do not: run the
+package scripts or triggers (the summary names them).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from copa.oci.rootfs import View
+from copa.pkg.apk.apkfile import SCRIPT_NAMES, ApkContents, DataFile
+from copa.pkg.apk.index import ApkRecord, decode_hash
+from copa.pkg.apk.installed import InstalledPackage, format_installed, new_dirs, new_header, replace_packages
+from copa.pkg.layer import Entry, Kind
+
+DB_DIRS = ("lib/apk/db", "usr/lib/apk/db")
+# apk-tools' script type names, in the order apk_db_scriptdb_write writes them.
+SCRIPT_TYPES = ("pre-install", "post-install", "pre-deinstall", "post-deinstall", "pre-upgrade", "post-upgrade",
+                "trigger")
+
+
+@dataclass(frozen=True)
+class Installing:
+    """One package to install: its index record, verified contents, and the installed record it replaces."""
+
+    record: ApkRecord
+    contents: ApkContents
+    old: InstalledPackage | None
+
+
+def _opener(path: Path) -> Callable[[], BinaryIO]:
+    return lambda: path.open("rb")
+
+
+def _ids(text: bytes | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in (text or b"").decode("utf-8", "replace").splitlines():
+        parts = line.split(":")
+        if len(parts) >= 3 and parts[2].isdigit():
+            out.setdefault(parts[0], int(parts[2]))
+    return out
+
+
+class Owners:
+    """uname/gname -> ids as the image defines them (apk resolves tar names in the target root)."""
+
+    def __init__(self, view: View) -> None:
+        self.users = _ids(view.read("etc/passwd"))
+        self.groups = _ids(view.read("etc/group"))
+
+    def of(self, f: DataFile) -> tuple[int, int]:
+        return self.users.get(f.uname, f.uid), self.groups.get(f.gname, f.gid)
+
+
+def sha1_z(data: bytes) -> bytes:
+    return hashlib.sha1(data, usedforsecurity=False).digest()
+
+
+class LayerPlan:
+    def __init__(self, view: View, mtime: int) -> None:
+        self.view = view
+        self.mtime = mtime
+        self.entries: dict[str, Entry] = {}
+        self.owners = Owners(view)
+
+    def real(self, path: str) -> str:
+        return self.view.resolve(path, follow_last=False)
+
+    def add(self, entry: Entry) -> None:
+        self.entries[entry.path] = entry
+
+    def add_data(self, f: DataFile, path: str) -> None:
+        uid, gid = self.owners.of(f)
+        if f.kind == "dir":
+            if self.view.get(path) is None and path not in self.entries:
+                self.add(Entry(path, Kind.DIR, f.mode, uid, gid, mtime=f.mtime, uname=f.uname, gname=f.gname))
+            return
+        kind = {"file": Kind.FILE, "symlink": Kind.SYMLINK, "hardlink": Kind.HARDLINK}[f.kind]
+        linkname = self.real(f.linkname) if f.kind == "hardlink" else f.linkname
+        self.add(Entry(path, kind, f.mode, uid, gid, f.size if f.staged else 0,
+                       _opener(f.staged) if f.staged else None, linkname, f.mtime, f.uname, f.gname))
+
+    def remove(self, path: str) -> None:
+        node = self.view.get(path)
+        if node is None or node.kind == "dir" or path in self.entries:
+            return
+        self.entries[path] = Entry.whiteout(path)
+
+
+def _protected(path: str) -> bool:
+    # apk's default protected paths: /etc, except /etc/apk and the init.d symlinks.
+    return path.startswith("etc/") and not path.startswith(("etc/apk/", "etc/init.d/"))
+
+
+def install_package(plan: LayerPlan, pkg: Installing) -> None:
+    old_digest: dict[str, str] = {}
+    if pkg.old is not None:
+        for d in pkg.old.dirs:
+            for owned in d.files:
+                old_digest[f"{d.path}/{owned.name}" if d.path else owned.name] = owned.digest
+    new_paths: set[str] = set()
+    for f in pkg.contents.files:
+        new_paths.add(f.path)
+        path = plan.real(f.path)
+        if f.kind == "file" and _protected(f.path) and f.path in old_digest and f.staged is not None:
+            current = plan.view.read(path)
+            was = old_digest[f.path]
+            changed = current is None or not was or decode_hash(was) != sha1_z(current)
+            if changed:
+                # Modified in the image: keep it, and ship the new one beside it unless they are equal.
+                if current is None or f.sha1 != sha1_z(current):
+                    plan.add_data(f, path + ".apk-new")
+                continue
+        plan.add_data(f, path)
+    for old_path in old_digest:
+        if old_path not in new_paths:
+            plan.remove(plan.real(old_path))
+
+
+def db_dir(view: View) -> str:
+    for d in DB_DIRS:
+        if view.get(view.resolve(f"{d}/installed")) is not None:
+            return d
+    return DB_DIRS[0]
+
+
+def installed_package(pkg: Installing, owners: Owners) -> InstalledPackage:
+    ids = {f.path: owners.of(f) for f in pkg.contents.files}
+    return InstalledPackage(new_header(pkg.record, pkg.contents, pkg.old), new_dirs(pkg.contents.files, ids))
+
+
+def database_entries(plan: LayerPlan, packages: Sequence[InstalledPackage], installing: Sequence[Installing]) -> None:
+    """installed, scripts.tar(.gz) and triggers for the new packages."""
+    directory = db_dir(plan.view)
+    new = [installed_package(p, plan.owners) for p in installing]
+    result = replace_packages(packages, new)
+    plan.add(Entry.file(plan.real(f"{directory}/installed"), format_installed(result), mtime=plan.mtime))
+    old_ids = {decode_hash(p.old.field("C")).hex() for p in installing if p.old is not None}
+    _scripts(plan, directory, result, installing, old_ids)
+    _triggers(plan, directory, result, installing, old_ids)
+
+
+def _script_entries(pkg: Installing) -> list[tuple[str, bytes, int]]:
+    ident = pkg.contents.identity.hex()
+    out = []
+    for kind in SCRIPT_TYPES:
+        script = pkg.contents.scripts.get("." + kind)
+        if script is not None:
+            out.append((f"{pkg.record.name}-{pkg.record.version}.{ident}.{kind}", script, pkg.record.build_time))
+    return out
+
+
+def _read_tar(data: bytes) -> list[tuple[tarfile.TarInfo, bytes]]:
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        for m in tar:
+            if m.isreg():
+                f = tar.extractfile(m)
+                out.append((m, f.read() if f is not None else b""))
+    return out
+
+
+def _scripts(plan: LayerPlan, directory: str, result: Sequence[InstalledPackage], installing: Sequence[Installing],
+             old_ids: set[str]) -> None:
+    plain = plan.view.read(f"{directory}/scripts.tar")
+    packed = plan.view.read(f"{directory}/scripts.tar.gz") if plain is None else None
+    existing = _read_tar(plain if plain is not None else gzip.decompress(packed) if packed is not None else b"")
+    new_scripts = [s for p in installing for s in _script_entries(p)]
+    if not new_scripts and not any(m.name.split(".")[-2] in old_ids for m, _ in existing if "." in m.name):
+        return
+    by_id: dict[str, list[tuple[str, bytes, int]]] = {}
+    for m, data in existing:
+        parts = m.name.rsplit(".", 2)
+        if len(parts) == 3 and parts[1] not in old_ids:
+            by_id.setdefault(parts[1], []).append((m.name, data, int(m.mtime)))
+    for p in installing:
+        by_id[p.contents.identity.hex()] = _script_entries(p)
+    order = [decode_hash(p.field("C")).hex() for p in result if p.field("C")]
+    entries = [e for ident in order for e in by_id.pop(ident, [])]
+    entries += [e for rest in by_id.values() for e in rest]  # scripts of unknown packages stay, at the end
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data, mtime in entries:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o755, mtime
+            tar.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+    if plain is not None or packed is None:
+        plan.add(Entry.file(plan.real(f"{directory}/scripts.tar"), raw, mtime=plan.mtime))
+    else:
+        plan.add(Entry.file(plan.real(f"{directory}/scripts.tar.gz"), gzip.compress(raw, mtime=0),
+                            mtime=plan.mtime))
+
+
+def _triggers(plan: LayerPlan, directory: str, result: Sequence[InstalledPackage],
+              installing: Sequence[Installing], old_ids: set[str]) -> None:
+    path = f"{directory}/triggers"
+    current = plan.view.read(path)
+    lines: dict[str, str] = {}
+    for line in (current or b"").decode("utf-8", "replace").splitlines():
+        ident, _, rest = line.partition(" ")
+        if ident and decode_hash(ident).hex() not in old_ids:
+            lines[ident] = rest
+    new_lines = {p.record.checksum: " ".join(t for v in p.contents.pkginfo.get("triggers", ()) for t in v.split())
+                 for p in installing}
+    lines.update({k: v for k, v in new_lines.items() if v})
+    if current is None and not any(new_lines.values()):
+        return
+    order = [p.field("C") for p in result]
+    text = "".join(f"{c} {lines[c]}\n" for c in order if c in lines)
+    plan.add(Entry.file(plan.real(path), text.encode(), mtime=plan.mtime))
+
+
+def scripts_note(contents: ApkContents) -> str:
+    busy = [n.lstrip(".") for n in SCRIPT_NAMES if n in contents.scripts]
+    triggers = contents.pkginfo.get("triggers")
+    if triggers:
+        busy.append("trigger on " + " ".join(triggers))
+    return f"{', '.join(busy)} not run" if busy else ""
+
+

@@ -1,0 +1,135 @@
+"""Which apk repositories and keys to use: the image's /etc/apk/repositories, or the user's instead.
+
+A repositories line is `[@tag] URL`: the index is at URL/<arch>/APKINDEX.tar.gz (or URL itself when it
+names an index file) and packages beside it. Tagged repositories serve only packages pinned to them
+(`name@tag` in /etc/apk/world, `s:` in the installed database), so they are used only when an installed
+package is pinned to that tag.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from copa.errors import LocalIOError, NotFoundError, ResolutionError
+from copa.pkg.apk.index import RepositoryIndex, read_apkindex
+from copa.pkg.apk.signing import KEYS_DIR, Keys
+from copa.pkg.apt.cache import Cache
+from copa.pkg.apt.fetch import Fetcher
+from copa.pkg.base import ImageContext
+
+REPOSITORIES = "etc/apk/repositories"
+REPOSITORIES_DIR = "etc/apk/repositories.d"
+ARCH_FILE = "etc/apk/arch"
+INDEX_NAME = "APKINDEX.tar.gz"
+_GOARCH = {
+    ("amd64", ""): "x86_64", ("arm64", ""): "aarch64", ("arm64", "v8"): "aarch64", ("arm", "v7"): "armv7",
+    ("arm", "v6"): "armhf", ("arm", ""): "armhf", ("386", ""): "x86", ("ppc64le", ""): "ppc64le",
+    ("s390x", ""): "s390x", ("riscv64", ""): "riscv64", ("loong64", ""): "loongarch64",
+}
+_HINT = "pass --repository URL (e.g. the distribution's main repository) and --keyring FILE"
+
+
+@dataclass(frozen=True, slots=True)
+class Repository:
+    url: str  # base URL, without the arch
+    tag: str  # "" for untagged
+    index_url: str
+
+    def package_url(self, arch: str, filename: str) -> str:
+        return f"{self.url.rstrip('/')}/{arch}/{filename}"
+
+
+def parse_repositories(text: str, arch: str) -> list[Repository]:
+    out = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        words = line.split()
+        tag = ""
+        if words[0].startswith("@"):
+            tag, words = words[0][1:], words[1:]
+        # apk-tools 3 allows a type word ("v2"/"v3") before the URL; keep the URL.
+        if len(words) > 1 and words[0] in ("v2", "v3", "ndx"):
+            words = words[1:]
+        if not words:
+            continue
+        out.append(repository_for(words[0], arch, tag))
+    return out
+
+
+def repository_for(url: str, arch: str, tag: str = "") -> Repository:
+    if url.endswith((".tar.gz", ".adb")):
+        # An index file named directly: packages live beside it, without the arch directory.
+        base = posixpath.dirname(url)
+        return Repository(posixpath.dirname(base) if posixpath.basename(base) == arch else base, tag, url)
+    base = url.rstrip("/")
+    return Repository(base, tag, f"{base}/{arch}/{INDEX_NAME}")
+
+
+def image_arch(ctx: ImageContext) -> str:
+    text = (ctx.root.read(ARCH_FILE) or b"").decode("utf-8", "replace").split()
+    if text:
+        return text[0]
+    arch = _GOARCH.get((ctx.architecture, ctx.variant)) or _GOARCH.get((ctx.architecture, ""))
+    if arch is None:
+        raise ResolutionError(f"unknown apk architecture for {ctx.architecture}{ctx.variant and '/' + ctx.variant}; "
+                              "the image has no /etc/apk/arch")
+    return arch
+
+
+def apply_mirrors(url: str, mirrors: Iterable[tuple[str, str]]) -> str:
+    for old, new in mirrors:
+        if url.startswith(old):
+            return new + url[len(old):]
+    return url
+
+
+def select_repositories(ctx: ImageContext, arch: str, pinned_tags: set[str]) -> list[Repository]:
+    lines = list(ctx.repos.repositories)
+    if ctx.repos.repositories_file is not None:
+        try:
+            lines.append(ctx.repos.repositories_file.read_text())
+        except OSError as e:
+            raise LocalIOError(f"cannot read --repositories-file {ctx.repos.repositories_file}: {e.strerror}") from None
+    if lines:
+        repos = parse_repositories("\n".join(lines), arch)
+    else:
+        texts = [ctx.root.read(REPOSITORIES) or b"", *ctx.root.under(REPOSITORIES_DIR).values()]
+        repos = parse_repositories("\n".join(t.decode("utf-8", "replace") for t in texts), arch)
+    repos = [r for r in repos if not r.tag or r.tag in pinned_tags]
+    if not repos:
+        raise ResolutionError(f"image {ctx.os_release.pretty_name} lists no apk repositories; {_HINT}")
+    out = []
+    for r in repos:
+        url = apply_mirrors(r.url, ctx.repos.mirrors)
+        out.append(Repository(url, r.tag, apply_mirrors(r.index_url, ctx.repos.mirrors)))
+    return out
+
+
+def trusted_keys(ctx: ImageContext) -> Keys:
+    if ctx.repos.keyrings:
+        for p in ctx.repos.keyrings:
+            if not p.is_file():
+                raise LocalIOError(f"--keyring {p} does not exist or is not a file")
+        return Keys.from_files(ctx.repos.keyrings)
+    return Keys.from_image(ctx.root.under(KEYS_DIR))
+
+
+def fetcher_for(ctx: ImageContext) -> Fetcher:
+    return Fetcher(Cache(ctx.cache_dir) if ctx.cache_dir else None)
+
+
+def load_indexes(ctx: ImageContext, repos: list[Repository], keys: Keys, fetcher: Fetcher
+                 ) -> list[tuple[Repository, RepositoryIndex]]:
+    out = []
+    for repo in repos:
+        what = f"apk index {repo.index_url}"
+        try:
+            data = fetcher.get_bytes(repo.index_url, what)
+        except NotFoundError as e:
+            raise ResolutionError(f"{e.message}; {_HINT}") from None
+        out.append((repo, read_apkindex(data, keys, ctx.repos.allow_unsigned, repo.url, what)))
+    return out
