@@ -113,6 +113,8 @@ def patch(options: PatchOptions, progress: Progress = lambda _m: None) -> PatchR
     root = opened.source.root()
     manifest, _platform_found = resolve_platform(opened.source, root, _platform(options, report))
     image = Image.load(opened.source, manifest)
+    # Refuse a compression the image's format cannot carry (zstd in Docker v2s2) before any package work.
+    compression.media_type(is_docker(image.manifest.media_type))
     original = original_of(image, opened.name)
     if original.layers != len(image.layers):
         progress(f"image was patched before; patching its original ({original.base_reference}) again")
