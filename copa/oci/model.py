@@ -180,10 +180,16 @@ class Index:
     def descriptor(self, annotations: Mapping[str, str] | None = None) -> Descriptor:
         return Descriptor(self.media_type, self.digest, len(self.raw), annotations or {})
 
-    def replaced(self, old: Digest, new: Descriptor, annotations: Mapping[str, str]) -> Index:
+    def replaced(
+        self, old: Digest, new: Descriptor, annotations: Mapping[str, str], drop: frozenset[Digest] = frozenset()
+    ) -> Index:
+        """The index with the entry for `old` pointing at `new`, and the entries in `drop` removed."""
         doc = _load(self.raw, "index")
         entries = []
+        dropped = {str(d) for d in drop}
         for entry in doc.get("manifests", []):
+            if entry.get("digest") in dropped:
+                continue
             if entry.get("digest") == str(old):
                 entry = {**entry, "mediaType": new.media_type, "digest": str(new.digest), "size": new.size}
             entries.append(entry)

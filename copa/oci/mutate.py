@@ -15,6 +15,7 @@ from copa.pkg.layer import LayerBlob
 PATCHED_ANNOTATION = "sh.copa.image.patched"
 BASE_IMAGE_LABEL = "BaseImage"
 HISTORY_MARK = "copa patch"
+ATTESTATION_OF = "vnd.docker.reference.digest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,11 @@ def _replace_in_index(
     created: str,
 ) -> Index:
     replacement: Descriptor | None = None
+    # A buildx attestation (provenance, SBOM) describes the unpatched image; it would be false of the new one.
+    stale = frozenset(e.digest for e in index.manifests if e.annotations.get(ATTESTATION_OF) == str(old))
     for entry in index.manifests:
+        if entry.digest in stale:
+            continue
         if entry.digest == old:
             children.append(new)
             replacement = new.descriptor()
@@ -107,5 +112,5 @@ def _replace_in_index(
         children.append(child)
         blobs.extend(manifest_blobs(child))
     if replacement is not None:
-        index = index.replaced(old, replacement, {PATCHED_ANNOTATION: created})
+        index = index.replaced(old, replacement, {PATCHED_ANNOTATION: created}, stale)
     return index
