@@ -18,15 +18,17 @@ from copa.pkg.layer import Kind
 from tests.test_apk_index import DataEntry, make_apk, signing_key
 
 
-def _rec(name: str, version: str, origin: str = "", depends: str = "", provides: str = "") -> ApkRecord:
+def _rec(name: str, version: str, origin: str = "", depends: str = "", provides: str = "", install_if: str = ""
+         ) -> ApkRecord:
     text = f"C:Q1AAAAAAAAAAAAAAAAAAAAAAAAAAA=\nP:{name}\nV:{version}\nA:x86_64\no:{origin or name}\n"
     text += f"D:{depends}\n" if depends else ""
     text += f"p:{provides}\n" if provides else ""
+    text += f"i:{install_if}\n" if install_if else ""
     return parse_index(text, "https://r")[0]
 
 
 def _inst(r: ApkRecord) -> Installed:
-    return Installed(r.name, r.version, r.origin, r.depends, r.provides)
+    return Installed(r.name, r.version, r.origin, r.depends, r.provides, r.install_if)
 
 
 def test_plan_reported_dependencies_and_siblings() -> None:
@@ -91,7 +93,8 @@ def test_layer_replaces_files_database_and_scripts(tmp_path: Path) -> None:
     installed_text = (f"C:{old_id}\nP:tool\nV:1.0-r0\nA:x86_64\nS:1\nI:1\nT:t\nU:u\nL:MIT\nF:usr/bin\nR:tool\n"
                       "a:0:0:755\nZ:Q1AAAAAAAAAAAAAAAAAAAAAAAAAAA=\nR:gone\na:0:0:755\nZ:Q1AAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"
                       "F:etc\nR:tool.conf\nZ:Q1AAAAAAAAAAAAAAAAAAAAAAAAAAA=\n\n")
-    scripts = _db_tar({f"tool-1.0-r0.{old_hex}.post-install": b"#!/bin/sh\n"})
+    # apk-tools 3 names scripts <name>-<version>.X1<hex identity>.<type>.
+    scripts = _db_tar({f"tool-1.0-r0.X1{old_hex}.post-install": b"#!/bin/sh\n"})
     nodes = {p: Node(p, k, 0o755, 0, 0, 0, "", 0) for p, k in [
         ("usr", "dir"), ("usr/bin", "dir"), ("usr/bin/tool", "file"), ("usr/bin/gone", "file"), ("etc", "dir"),
         ("etc/tool.conf", "file"), ("lib", "dir"), ("lib/apk", "dir"), ("lib/apk/db", "dir"),
@@ -121,7 +124,7 @@ def test_layer_replaces_files_database_and_scripts(tmp_path: Path) -> None:
     scripts_entry = e["lib/apk/db/scripts.tar.gz"].content
     assert scripts_entry is not None
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(scripts_entry().read()))) as tar:
-        assert tar.getnames() == [f"tool-1.1-r0.{contents.identity.hex()}.post-upgrade"]
+        assert tar.getnames() == [f"tool-1.1-r0.X1{contents.identity.hex()}.post-upgrade"]
 
 
 def test_plan_brings_in_a_new_provider() -> None:
@@ -131,3 +134,33 @@ def test_plan_brings_in_a_new_provider() -> None:
     res = resolve({"libcrypto3": _inst(old[0])}, [Wanted("libcrypto3", "3.5.4-r0")], available)
     assert [(c.record.name, c.kind) for c in res.chosen] == [("libcrypto3", UpdateKind.REPORTED),
                                                             ("zlib", UpdateKind.NEW)]
+
+
+def test_plan_moves_a_package_whose_install_if_the_change_breaks() -> None:
+    """ssl_client is installed by install_if `busybox=<version> libssl3`: a busybox upgrade must take the
+    ssl_client built for the new busybox (apk would purge the old one otherwise)."""
+    old = [_rec("busybox", "1.37.0-r30"), _rec("libssl3", "3.5.8-r0"),
+           _rec("ssl_client", "1.37.0-r30", "busybox", install_if="busybox=1.37.0-r30 libssl3")]
+    installed = {r.name: _inst(r) for r in old}
+    new = [_rec("busybox", "1.37.0-r31"),
+           _rec("ssl_client", "1.37.0-r31", "busybox", install_if="busybox=1.37.0-r31 libssl3")]
+    res = resolve(installed, [Wanted("busybox", "1.37.0-r31")], [*old, *new])
+    assert {c.record.name: (c.record.version, c.kind) for c in res.chosen} == {
+        "busybox": ("1.37.0-r31", UpdateKind.REPORTED), "ssl_client": ("1.37.0-r31", UpdateKind.SIBLING)}
+    # No ssl_client whose condition holds again: copa leaves it (apk would purge it; copa never removes).
+    res = resolve(installed, [Wanted("busybox", "1.37.0-r31")], [*old, new[0]])
+    assert [c.record.name for c in res.chosen] == ["busybox"] and res.failures == ()
+
+
+def test_scripts_archive_is_written_as_apk_writes_it() -> None:
+    """Re-writing the real image's scripts.tar.gz entry by entry gives back apk-tools 3's exact bytes."""
+    from copa.pkg.apk.install import apk_gzip, apk_tar_member
+    from tests.support.alpine import alpine_rootfs
+
+    original = (alpine_rootfs() / "lib/apk/db/scripts.tar.gz").read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(original))) as tar:
+        entries = [(m, tar.extractfile(m).read()) for m in tar]  # type: ignore[union-attr]
+    assert entries and all(m.name.split(".")[-2].startswith("X1") for m, _ in entries)
+    raw = b"".join(apk_tar_member(m.name, data, m.mode, int(m.mtime)) for m, data in entries) + b"\0" * 1024
+    assert raw == gzip.decompress(original)
+    assert apk_gzip(raw) == original

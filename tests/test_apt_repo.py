@@ -124,7 +124,7 @@ def test_index_over_http_matches_debs(repo: AptRepo, server: RepoServer, fetcher
         assert rec.depends == control.get("Depends", "")
         assert rec.provides == control.get("Provides", "")
         assert rec.multi_arch == control.get("Multi-Arch", "no")
-        assert rec.field("Maintainer") == control["Maintainer"]
+        assert rec.size == deb.stat().st_size
     data = next(iter(index.versions("hello-data")))
     assert (data.source_name, data.source_version) == ("hello", "1:1.1-1")
     (lib,) = index.versions("libfoo1")

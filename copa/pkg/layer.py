@@ -17,7 +17,9 @@ import posixpath
 import shutil
 import tarfile
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -31,6 +33,7 @@ from copa.oci.model import MediaType
 WHITEOUT_PREFIX = ".wh."
 # zlib's default (6), as docker and most registries' clients use; 9 costs ~3x the time for ~1% smaller layers.
 _GZIP_LEVEL = 6
+_GZIP_BLOCK = 4 << 20
 OPAQUE = ".wh..wh..opq"
 
 
@@ -234,9 +237,7 @@ def write_layer(
             sink = cast(BinaryIO, compressed)
             comp_stream: BinaryIO
             if compression is Compression.GZIP:
-                # mtime=0 and no file name in the gzip header: identical input -> identical bytes.
-                gz = gzip.GzipFile(filename="", fileobj=sink, mode="wb", mtime=0, compresslevel=_GZIP_LEVEL)
-                comp_stream = cast(BinaryIO, gz)
+                comp_stream = cast(BinaryIO, _ParallelGzip(sink))
             else:
                 comp_stream = cast(BinaryIO, zstandard.ZstdCompressor(level=3).stream_writer(sink, closefd=False))
             uncompressed = _HashingWriter(comp_stream)
@@ -261,6 +262,51 @@ def write_layer(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class _ParallelGzip(io.RawIOBase):
+    """gzip on every core: the stream is cut into fixed-size blocks, each compressed as its own gzip member.
+
+    Concatenated members are one valid gzip stream (RFC 1952) that every layer reader accepts; fixed block
+    boundaries, mtime 0 and no file name keep the output identical for identical input. At most a few blocks
+    are in flight, so memory stays bounded whatever the layer size.
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        super().__init__()
+        self._out = out
+        self._buffer = bytearray()
+        self._workers = max(1, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="copa-gzip")
+        self._pending: deque[Future[bytes]] = deque()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self._buffer += data
+        while len(self._buffer) >= _GZIP_BLOCK:
+            self._submit(bytes(self._buffer[:_GZIP_BLOCK]))
+            del self._buffer[:_GZIP_BLOCK]
+        return len(data)
+
+    def _submit(self, block: bytes) -> None:
+        self._pending.append(self._pool.submit(gzip.compress, block, _GZIP_LEVEL, mtime=0))
+        while len(self._pending) > 2 * self._workers:
+            self._out.write(self._pending.popleft().result())
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if self._buffer or not self._pending:
+                self._submit(bytes(self._buffer))
+                self._buffer.clear()
+            while self._pending:
+                self._out.write(self._pending.popleft().result())
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            super().close()
 
 
 class _exact(io.RawIOBase):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from copa.errors import IntegrityError, ResolutionError, UnsupportedImageError
-from copa.pkg.apk.apkfile import read_apk
+from copa.pkg.apk.apkfile import ApkContents, read_apk
 from copa.pkg.apk.index import ApkRecord
 from copa.pkg.apk.install import DB_DIRS, Installing, LayerPlan, database_entries, install_package, scripts_note
 from copa.pkg.apk.installed import InstalledPackage, parse_installed
@@ -63,8 +63,8 @@ class ApkAdapter:
 
     def plan(self, ctx: ImageContext, report: Report | None) -> Plan:
         packages = read_installed(ctx)
-        installed = {p.name: Installed(p.name, p.version, p.record.origin, p.record.depends, p.record.provides)
-                     for p in packages}
+        installed = {p.name: Installed(p.name, p.version, p.record.origin, p.record.depends, p.record.provides,
+                                       p.record.install_if) for p in packages}
         arch = image_arch(ctx)
         pinned = {p.field("s"): p.name for p in packages if p.field("s")}
         repos = select_repositories(ctx, arch, set(pinned))
@@ -103,6 +103,12 @@ class ApkAdapter:
         installing: list[Installing] = []
         for i, chosen in enumerate(payload.chosen):
             record = chosen.record
+            if record.installed_size == 0:
+                # apk treats I:0 as a virtual package: it neither fetches nor unpacks it (apk_db_pkg_add marks it
+                # cached; no .PKGINFO is read), records it with no files, and the old version's files go.
+                installing.append(Installing(record, ApkContents(record.identity, {}, {}, (), ""),
+                                             old.get(record.name)))
+                continue
             repo = repos[record.repository]
             what = f"{record.name}-{record.version}.apk"
             path = fetch_apk(fetcher, repo.package_url(payload.arch, record.filename), record, what)

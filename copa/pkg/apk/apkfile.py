@@ -147,6 +147,16 @@ def read_apk(path: Path, stage: Path, keys: Keys, *, expected: str, require_sign
 
 
 def _unpack_data(f: BinaryIO, stage: Path, datahash: str, what: str) -> tuple[DataFile, ...]:
+    if datahash:
+        # Check the whole data member against the signed control segment before the tar parser sees any of it.
+        start = f.tell()
+        h = hashlib.sha256()
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+        if h.hexdigest() != datahash:
+            raise IntegrityError(f"{what}: data segment sha256 does not match .PKGINFO datahash; the package is "
+                                 "corrupt or tampered")
+        f.seek(start)
     stage.mkdir(parents=True, exist_ok=True)
     reader = _HashingReader(f)
     files: list[DataFile] = []

@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import io
 import tarfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,8 +153,24 @@ def database_entries(plan: LayerPlan, packages: Sequence[InstalledPackage], inst
     _triggers(plan, directory, result, installing, old_ids)
 
 
-def _script_entries(pkg: Installing) -> list[tuple[str, bytes, int]]:
-    ident = pkg.contents.identity.hex()
+def _script_ident(identity: bytes, apk3: bool) -> str:
+    """How the scripts archive names a package: apk-tools 3 (scripts.tar.gz) writes apk_blob_push_hash_hex,
+    'X1' + hex of the sha1 identity; apk-tools 2 (plain scripts.tar) writes the bare hex."""
+    if apk3:
+        return ("X1" if len(identity) == 20 else "X2") + identity.hex()
+    return identity.hex()
+
+
+def _parse_ident(text: str) -> bytes | None:
+    if text[:2] in ("X1", "X2"):
+        text = text[2:]
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return None
+
+
+def _script_entries(pkg: Installing, ident: str) -> list[tuple[str, bytes, int]]:
     out = []
     for kind in SCRIPT_TYPES:
         script = pkg.contents.scripts.get("." + kind)
@@ -172,36 +189,73 @@ def _read_tar(data: bytes) -> list[tuple[tarfile.TarInfo, bytes]]:
     return out
 
 
+def _octal(value: int, width: int, terminated: bool) -> bytes:
+    digits = width - 1 if terminated else width
+    return f"{value:0{digits}o}".encode() + (b"\0" if terminated else b"")
+
+
+def apk_tar_member(name: str, data: bytes, mode: int, mtime: int) -> bytes:
+    """One entry as apk-tools' apk_tar_write_entry writes it: GNU 'ustar  ' magic, root/root names, size and
+    mtime in all 12 octal digits without a terminator, data padded to 512 bytes."""
+    header = bytearray(512)
+    raw = name.encode()[:99]  # apk strlcpy()s the name into the 100-byte field: longer names are cut
+    header[0:len(raw)] = raw
+    header[100:108] = _octal(mode & 0o7777, 8, True)
+    header[108:116] = _octal(0, 8, True)
+    header[116:124] = _octal(0, 8, True)
+    header[124:136] = _octal(len(data), 12, False)
+    header[136:148] = _octal(mtime, 12, False)
+    header[148:156] = b" " * 8
+    header[156:157] = b"0"
+    header[257:265] = b"ustar  \0"
+    header[265:269] = b"root"
+    header[297:301] = b"root"
+    header[148:155] = _octal(sum(header), 7, True)
+    return bytes(header) + data + b"\0" * (-len(data) % 512)
+
+
+def apk_gzip(data: bytes) -> bytes:
+    """gzip as apk-tools' zlib ostream writes it (level 9, no name, mtime 0): the same bytes apk would."""
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    return z.compress(data) + z.flush()
+
+
 def _scripts(plan: LayerPlan, directory: str, result: Sequence[InstalledPackage], installing: Sequence[Installing],
              old_ids: set[str]) -> None:
+    """Rewrite the scripts archive: the replaced packages' scripts out, the new ones in, in database order.
+
+    apk_db_scriptdb_write walks the installed packages in database order and writes each one's scripts in
+    script-type order, named <name>-<version>.<identity>.<type>."""
     plain = plan.view.read(f"{directory}/scripts.tar")
     packed = plan.view.read(f"{directory}/scripts.tar.gz") if plain is None else None
     existing = _read_tar(plain if plain is not None else gzip.decompress(packed) if packed is not None else b"")
-    new_scripts = [s for p in installing for s in _script_entries(p)]
-    if not new_scripts and not any(m.name.split(".")[-2] in old_ids for m, _ in existing if "." in m.name):
-        return
-    by_id: dict[str, list[tuple[str, bytes, int]]] = {}
+    new_scripts = [s for p in installing for s in _script_entries(p, "")]
+    apk3 = plain is None  # with no archive yet, write what apk-tools 3 writes
+    old_raw = {bytes.fromhex(i) for i in old_ids}
+    by_id: dict[bytes, list[tuple[str, bytes, int]]] = {}
+    unknown: list[tuple[str, bytes, int]] = []
+    dropped = False
     for m, data in existing:
         parts = m.name.rsplit(".", 2)
-        if len(parts) == 3 and parts[1] not in old_ids:
-            by_id.setdefault(parts[1], []).append((m.name, data, int(m.mtime)))
+        ident = _parse_ident(parts[1]) if len(parts) == 3 else None
+        if ident is None:
+            unknown.append((m.name, data, int(m.mtime)))
+        elif ident in old_raw:
+            dropped = True
+        else:
+            by_id.setdefault(ident, []).append((m.name, data, int(m.mtime)))
+    if not new_scripts and not dropped:
+        return
     for p in installing:
-        by_id[p.contents.identity.hex()] = _script_entries(p)
-    order = [decode_hash(p.field("C")).hex() for p in result if p.field("C")]
+        by_id[p.contents.identity] = _script_entries(p, _script_ident(p.contents.identity, apk3))
+    order = [decode_hash(p.field("C")) for p in result if p.field("C")]
     entries = [e for ident in order for e in by_id.pop(ident, [])]
-    entries += [e for rest in by_id.values() for e in rest]  # scripts of unknown packages stay, at the end
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data, mtime in entries:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o755, mtime
-            tar.addfile(info, io.BytesIO(data))
-    raw = buf.getvalue()
-    if plain is not None or packed is None:
+    entries += [e for rest in by_id.values() for e in rest] + unknown  # scripts of unknown packages stay, at the end
+    raw = b"".join(apk_tar_member(name, data, 0o755, mtime) for name, data, mtime in entries) + b"\0" * 1024
+    if not apk3:
         plan.add(Entry.file(plan.real(f"{directory}/scripts.tar"), raw, mtime=plan.mtime))
     else:
-        plan.add(Entry.file(plan.real(f"{directory}/scripts.tar.gz"), gzip.compress(raw, mtime=0),
-                            mtime=plan.mtime))
+        plan.add(Entry.file(plan.real(f"{directory}/scripts.tar.gz"), apk_gzip(raw), mtime=plan.mtime))
 
 
 def _triggers(plan: LayerPlan, directory: str, result: Sequence[InstalledPackage],

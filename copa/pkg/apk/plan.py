@@ -3,7 +3,8 @@
 Like `apk add --upgrade <reported>`: each reported package goes to the newest version at or above its fixed
 version; then the new versions' D: dependencies (names, so:/cmd:/pc: providers from p:, with versions)
 are closed transitively, upgrading installed packages or adding new ones; installed packages whose own
-dependencies the change breaks (packages of one origin pinning each other with `=`) move along.
+dependencies the change breaks (packages of one origin pinning each other with `=`) move along, and so do
+installed packages whose install_if (i:) held before and no longer does (ssl_client's `busybox=<version>`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Installed:
     origin: str = ""
     depends: tuple[Dependency, ...] = ()
     provides: tuple[Dependency, ...] = ()
+    install_if: tuple[Dependency, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,3 +180,27 @@ def _close(state: _State) -> None:
             kind = UpdateKind.SIBLING if inst.origin and inst.origin in origins else UpdateKind.DEPENDENCY
             state.chosen[name] = Chosen(newer[0], inst, kind)
             changed = True
+        changed = _follow_install_if(state, before, origins) or changed
+
+
+def _install_if_holds(state: _State, conditions: Sequence[Dependency]) -> bool:
+    return all(state.satisfied(d) != d.conflict for d in conditions)
+
+
+def _follow_install_if(state: _State, before: _State, origins: set[str]) -> bool:
+    """apk keeps a package that install_if brought in only while its condition holds: when the change breaks
+    the condition, the newest version whose condition holds again replaces it (apk would purge it if there
+    were none; copa never removes packages, so it then stays as it is)."""
+    moved = False
+    for name, inst in state.installed.items():
+        if name in state.chosen or not inst.install_if:
+            continue
+        if not _install_if_holds(before, inst.install_if) or _install_if_holds(state, inst.install_if):
+            continue
+        newer = [r for r in state.by_name.get(name, []) if compare_versions(r.version, inst.version) > 0
+                 and _install_if_holds(state, r.install_if)]
+        if newer:
+            kind = UpdateKind.SIBLING if inst.origin and inst.origin in origins else UpdateKind.DEPENDENCY
+            state.chosen[name] = Chosen(newer[0], inst, kind)
+            moved = True
+    return moved

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -74,12 +75,16 @@ class Cache:
         return final
 
     def store_named(self, name: str, data: bytes) -> Path:
-        """Store a small derived artefact (e.g. a parsed index) under a caller-chosen name."""
+        """Store a small derived artefact under a caller-chosen name."""
+        return self.write_named(name, lambda out: out.write(data))
+
+    def write_named(self, name: str, write: Callable[[BinaryIO], object]) -> Path:
+        """Store a derived artefact (e.g. a parsed index) written by `write`, all or nothing."""
         final = self.root / "derived" / name
         fd, tmp = self._tmp_in(final.parent)
         try:
             with os.fdopen(fd, "wb") as out:
-                out.write(data)
+                write(out)
             os.replace(tmp, final)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from copa.errors import IntegrityError, NotFoundError
 from copa.pkg.apt.fetch import Fetcher, FetchItem, default_fetcher
@@ -28,7 +28,7 @@ from copa.pkg.apt.sources import AptSource
 
 log = logging.getLogger(__name__)
 
-_PARSER_VERSION = 1
+_PARSER_VERSION = 2
 _WANTED = (
     "Package",
     "Version",
@@ -48,7 +48,6 @@ _WANTED = (
 )
 _FIELD_RE = re.compile(r"^(" + "|".join(_WANTED) + r"):[ \t]*(.*(?:\n[ \t].*)*)", re.M)
 _SOURCE_RE = re.compile(r"^(\S+)(?:\s*\((\S+)\))?$")
-_CONTROL_FIELD_RE = re.compile(r"^([^\s:][^:]*):[ \t]*(.*(?:\n[ \t].*)*)", re.M)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,19 +73,6 @@ class PackageRecord:
     repository: str  # the source URI the Filename is relative to
     suite: str
     component: str
-    control: str  # the whole paragraph as published
-
-    @property
-    def fields(self) -> tuple[tuple[str, str], ...]:
-        """All control fields in order, continuation lines joined with newlines."""
-        return tuple((m.group(1), m.group(2).strip()) for m in _CONTROL_FIELD_RE.finditer(self.control))
-
-    def field(self, name: str) -> str | None:
-        low = name.lower()
-        for k, v in self.fields:
-            if k.lower() == low:
-                return v
-        return None
 
     @property
     def url(self) -> str:
@@ -94,7 +80,9 @@ class PackageRecord:
 
 
 # The cached tuple excludes the per-source values, so one parsed index serves every mirror that publishes it.
-_Row = tuple[str, str, str, str, str, str, str, str, str, str, str, str, bool, str, int, str, str]
+# The paragraph text itself is not kept: the .deb's own control file is what gets installed, and keeping
+# ~60k paragraphs doubled a patch run's peak memory.
+_Row = tuple[str, str, str, str, str, str, str, str, str, str, str, str, bool, str, int, str]
 
 
 def _row(paragraph: str, what: str) -> _Row | None:
@@ -126,7 +114,6 @@ def _row(paragraph: str, what: str) -> _Row | None:
         d.get("Filename", "").strip(),
         int(size) if size.isdigit() else 0,
         d.get("SHA256", "").strip().lower(),
-        paragraph.strip("\n") + "\n",
     )
 
 
@@ -216,7 +203,7 @@ class RepositoryIndex:
         for i, entry in enumerate(entries):
             if not isinstance(entry, PackageRecord):
                 r, source, component = entry
-                entries[i] = PackageRecord(*r[:16], source.uri, source.suite, component, r[16])
+                entries[i] = PackageRecord(*r, source.uri, source.suite, component)
         return tuple(e for e in entries if isinstance(e, PackageRecord))
 
     def providers(self, name: str) -> tuple[PackageRecord, ...]:
@@ -338,8 +325,8 @@ def _load_rows(fetcher: Fetcher, item: FetchItem, fallback: FetchItem, name: str
     cached = fetcher.cache.named(cache_name)
     if use_cache and cached.is_file():
         try:
-            rows = marshal.loads(cached.read_bytes())
-            if isinstance(rows, list) and all(type(r) is tuple and len(r) == 17 for r in rows):
+            rows = _read_marshalled(cached)
+            if all(type(r) is tuple and len(r) == 16 for r in rows):
                 return rows
             log.warning("ignoring malformed parsed-index cache %s", cached)
         except (ValueError, EOFError, TypeError, OSError):
@@ -352,8 +339,29 @@ def _load_rows(fetcher: Fetcher, item: FetchItem, fallback: FetchItem, name: str
         path = fetcher.fetch(fallback)
     rows = parse_packages_file(path, name, item.what)
     if use_cache:
-        fetcher.cache.store_named(cache_name, marshal.dumps(rows))
+        fetcher.cache.write_named(cache_name, lambda out: _write_marshalled(rows, out))
     return rows
+
+
+_CHUNK = 4096  # rows per marshal record: serialising all at once needed a copy of the whole index in memory
+
+
+def _write_marshalled(rows: list[_Row], out: BinaryIO) -> None:
+    for i in range(0, len(rows), _CHUNK):
+        marshal.dump(rows[i : i + _CHUNK], out)
+
+
+def _read_marshalled(path: Path) -> list[_Row]:
+    rows: list[_Row] = []
+    with path.open("rb") as f:
+        while True:
+            try:
+                chunk = marshal.load(f)
+            except EOFError:
+                return rows
+            if not isinstance(chunk, list):
+                raise ValueError("not a parsed index")
+            rows.extend(chunk)
 
 
 def load_indexes(

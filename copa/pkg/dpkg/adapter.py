@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import os
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -35,6 +35,7 @@ from copa.report.model import Report
 class _Payload:
     db: DpkgDatabase
     chosen: tuple[Chosen, ...]
+    records: tuple[PackageRecord, ...]  # the chosen versions' index records, in the same order
 
 
 def _wanted(report: Report | None, installed: dict[str, Installed], index: RepositoryIndex) -> list[Wanted]:
@@ -72,18 +73,17 @@ class DpkgAdapter:
             for c in resolution.chosen
         )
         skipped: tuple[Skip, ...] = resolution.skipped + resolution.failures
-        return Plan(updates, skipped, _Payload(db, resolution.chosen))
+        records = tuple(c.record for c in resolution.chosen if isinstance(c.record, PackageRecord))
+        return Plan(updates, skipped, _Payload(db, resolution.chosen, records))
 
     def build(self, ctx: ImageContext, plan: Plan) -> LayerContent:
         payload = plan.payload
         assert isinstance(payload, _Payload)
         db = payload.db
-        records = [c.record for c in payload.chosen]
-        assert all(isinstance(r, PackageRecord) for r in records)
-        paths = fetcher_for(ctx).fetch_all([deb_item(r) for r in records])  # type: ignore[arg-type]
+        paths = fetcher_for(ctx).fetch_all([deb_item(r) for r in payload.records])
         view = ctx.root
-        names = [posixpath.basename(r.filename) for r in records if isinstance(r, PackageRecord)]
-        old_files, old_info = self._old_state(ctx, db, payload.chosen, view.nodes)
+        names = [posixpath.basename(r.filename) for r in payload.records]
+        old_files, old_info = self._old_state(ctx, db, payload.chosen)
         # xz/zstd/gzip decompression releases the GIL: unpack the .debs on every core.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             debs = list(pool.map(lambda i: read_deb(paths[i], ctx.workdir / "stage" / f"{i:04d}",
@@ -107,7 +107,7 @@ class DpkgAdapter:
         return LayerContent(tuple(layer.entries.values()), view.is_symlink, tuple(updates), default_mtime=mtime)
 
     def _old_state(
-        self, ctx: ImageContext, db: DpkgDatabase, chosen: Sequence[Chosen], nodes: Mapping[str, object]
+        self, ctx: ImageContext, db: DpkgDatabase, chosen: Sequence[Chosen]
     ) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
         """Per package: the paths its installed version owns, and its info/ file names."""
         files: dict[str, tuple[str, ...]] = {}
@@ -130,7 +130,7 @@ class DpkgAdapter:
             files[name] = tuple(p.lstrip("/") for p in content.decode("utf-8", "replace").splitlines()
                                 if p.strip() and p != "/.")
             prefix = f"{INFO}/{stem}."
-            info[name] = tuple(sorted(p[len(INFO) + 1:] for p in nodes if p.startswith(prefix)))
+            info[name] = tuple(sorted(p[len(INFO) + 1:] for p in ctx.root.nodes if p.startswith(prefix)))
         return files, info
 
     def _current_conffiles(self, ctx: ImageContext, unpacked: Sequence[Unpacked]) -> dict[str, bytes | None]:

@@ -7,6 +7,7 @@ staging directory, from which the layer writer later copies each file. Every pat
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import lzma
 import posixpath
@@ -24,6 +25,8 @@ from copa.pkg.layer import clean_path
 
 _AR_MAGIC = b"!<arch>\n"
 _CONTROL_LIMIT = 64 << 20
+_INLINE_MAX = 256 << 10  # files up to this size stay in memory...
+_INLINE_BUDGET = 4 << 20  # ...up to this much per package; the rest is staged on disk
 
 
 class BadDeb(IntegrityError):
@@ -97,7 +100,10 @@ def _decompress(name: str, stream: BinaryIO, what: str) -> BinaryIO:
 
 @dataclass(frozen=True, slots=True)
 class DataFile:
-    """One member of data.tar: where dpkg would put it (`path`, as in the package) and its metadata."""
+    """One member of data.tar: where dpkg would put it (`path`, as in the package) and its metadata.
+
+    A regular file's content is kept in memory when small (most package files are) and staged on
+    disk otherwise, so the many small files cost no file system round trip and big ones no memory."""
 
     path: str  # normalised, no leading slash; "" never appears
     kind: str  # file, dir, symlink, hardlink
@@ -109,7 +115,26 @@ class DataFile:
     size: int
     mtime: int
     linkname: str  # symlink target as written; for hardlinks a normalised package path
-    staged: Path | None  # extracted content, for regular files
+    staged: Path | None = None  # content on disk, for large regular files
+    inline: bytes | None = None  # content in memory, for small regular files
+
+    @property
+    def has_content(self) -> bool:
+        return self.staged is not None or self.inline is not None
+
+    def open(self) -> BinaryIO:
+        if self.inline is not None:
+            return io.BytesIO(self.inline)
+        if self.staged is None:
+            raise ValueError(f"{self.path} has no content")
+        return self.staged.open("rb")
+
+    def md5(self) -> str:
+        h = hashlib.md5(usedforsecurity=False)
+        with self.open() as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -164,6 +189,7 @@ def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
     out: list[DataFile] = []
     stage.mkdir(parents=True, exist_ok=True)
     counter = 0
+    inline_budget = _INLINE_BUDGET
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for m in tar:
@@ -171,16 +197,21 @@ def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
                 if not path:
                     continue
                 staged = None
+                inline = None
                 kind = "file"
                 linkname = m.linkname
                 if m.isreg():
-                    counter += 1
-                    # Staged under a counter, never under the package's own path: no way out of `stage`.
-                    staged = stage / f"{counter:07d}"
                     src = tar.extractfile(m)
-                    with staged.open("wb") as dst:
-                        if src is not None:
-                            shutil.copyfileobj(src, dst, 1 << 20)
+                    if m.size <= _INLINE_MAX and inline_budget >= m.size:
+                        inline = src.read() if src is not None else b""
+                        inline_budget -= m.size
+                    else:
+                        counter += 1
+                        # Staged under a counter, never under the package's own path: no way out of `stage`.
+                        staged = stage / f"{counter:07d}"
+                        with staged.open("wb") as dst:
+                            if src is not None:
+                                shutil.copyfileobj(src, dst, 1 << 20)
                 elif m.isdir():
                     kind = "dir"
                 elif m.issym():
@@ -191,7 +222,7 @@ def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
                 else:
                     raise UnsafePathError(f"{what}: member {m.name!r} is a device or fifo; refusing it")
                 out.append(DataFile(path, kind, m.mode, m.uid, m.gid, m.uname, m.gname, m.size,
-                                    int(m.mtime), linkname, staged))
+                                    int(m.mtime), linkname, staged, inline))
     except (tarfile.TarError, lzma.LZMAError, EOFError, zstandard.ZstdError, OSError) as e:
         raise BadDeb(f"{what}: data archive is corrupt ({e})") from None
     return out

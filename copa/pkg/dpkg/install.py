@@ -12,10 +12,8 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
 
 from copa.oci.rootfs import View
 from copa.pkg.dpkg.database import INFO, STATUS, STATUS_D, DpkgDatabase, info_name
@@ -36,18 +34,6 @@ class Unpacked:
     old: StatusEntry | None
     old_files: tuple[str, ...]  # package paths the old version owned (from info/*.list or status.d md5sums)
     old_info: tuple[str, ...]  # info/ file names of the old version
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _opener(path: Path) -> Callable[[], BinaryIO]:
-    return lambda: path.open("rb")
 
 
 def conffile_paths(contents: DebContents) -> list[str]:
@@ -93,8 +79,8 @@ class LayerPlan:
     def add_file(self, f: DataFile, path: str) -> None:
         kind = {"file": Kind.FILE, "symlink": Kind.SYMLINK, "hardlink": Kind.HARDLINK}[f.kind]
         linkname = self.real(f.linkname) if f.kind == "hardlink" else f.linkname
-        self.add(Entry(path, kind, f.mode, f.uid, f.gid, f.size if f.staged else 0,
-                       _opener(f.staged) if f.staged else None, linkname, f.mtime, f.uname, f.gname))
+        self.add(Entry(path, kind, f.mode, f.uid, f.gid, f.size if f.has_content else 0,
+                       f.open if f.has_content else None, linkname, f.mtime, f.uname, f.gname))
 
     def add_dir(self, f: DataFile, path: str) -> None:
         node = self.view.get(path)
@@ -125,8 +111,8 @@ def install_package(
             plan.add_dir(f, path)
             continue
         slash_path = "/" + f.path
-        if slash_path in conffiles and f.staged is not None:
-            shipped = _md5(f.staged)
+        if slash_path in conffiles and f.has_content:
+            shipped = f.md5()
             recorded.append((slash_path, shipped))
             current = current_conffiles.get(slash_path)
             before = old_md5.get(slash_path)
@@ -159,8 +145,8 @@ def md5sums(contents: DebContents) -> bytes | None:
     sums: dict[str, str] = {}
     lines = []
     for f in contents.files:
-        if f.kind == "file" and f.staged is not None:
-            sums[f.path] = _md5(f.staged)
+        if f.kind == "file" and f.has_content:
+            sums[f.path] = f.md5()
         elif f.kind == "hardlink" and f.linkname in sums:
             sums[f.path] = sums[f.linkname]
         else:
