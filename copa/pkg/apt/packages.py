@@ -142,18 +142,16 @@ def _open_index(path: Path, name: str) -> TextIO:
     return path.open("r", encoding="utf-8", errors="replace")
 
 
-def parse_packages_file(path: Path, name: str, what: str) -> list[_Row]:
-    """Parse a (possibly compressed, as told by `name`) Packages file into rows."""
-    rows = []
+def parse_packages_file(path: Path, name: str, what: str) -> Iterator[_Row]:
+    """Parse a (possibly compressed, as told by `name`) Packages file into rows, streaming."""
     try:
         with _open_index(path, name) as stream:
             for paragraph in _paragraphs(stream):
                 row = _row(paragraph, what)
                 if row is not None:
-                    rows.append(row)
+                    yield row
     except (lzma.LZMAError, gzip.BadGzipFile, EOFError) as e:
         raise IntegrityError(f"{what}: cannot decompress {name}: {e}; the index is corrupt") from e
-    return rows
 
 
 def _provided_names(provides: str) -> Iterator[str]:
@@ -175,15 +173,27 @@ class LoadedSource:
 _Pending = tuple[_Row, AptSource, str]
 
 
-class RepositoryIndex:
-    """Every package version across the loaded sources, looked up by name (in source order)."""
+RowLoader = Callable[[], Iterable[_Row]]
 
-    def __init__(self, records: Iterable[PackageRecord] = (), sources: Sequence[LoadedSource] = ()) -> None:
+
+class RepositoryIndex:
+    """Every package version across the loaded sources, looked up by name (in source order).
+
+    With `keep`, only the rows of names it accepts are held in memory (a whole distribution's index is
+    ~60k rows; a patch looks at a few hundred); any other name is read from the parsed-index cache on first
+    lookup, so answers are the same, only the memory differs."""
+
+    def __init__(self, records: Iterable[PackageRecord] = (), sources: Sequence[LoadedSource] = (),
+                 keep: Callable[[str], bool] | None = None) -> None:
         self.sources = tuple(sources)
         self._by_name: dict[str, list[PackageRecord | _Pending]] = {}
         self._seen: set[tuple[str, str, str, str]] = set()
-        self._provides: dict[str, list[str]] | None = None
+        self._provides: dict[str, list[str]] = {}
+        self._keep = keep
+        self._loaders: list[tuple[RowLoader, AptSource, str]] = []
+        self._complete: set[str] = set()
         for rec in records:
+            self._note_provides(rec.package, rec.provides)
             self._add(rec.package, (rec.package, rec.version, rec.architecture, rec.sha256), rec)
 
     def _add(self, name: str, key: tuple[str, str, str, str], entry: PackageRecord | _Pending) -> None:
@@ -192,11 +202,33 @@ class RepositoryIndex:
         self._seen.add(key)
         self._by_name.setdefault(name, []).append(entry)
 
-    def _add_rows(self, rows: Iterable[_Row], source: AptSource, component: str) -> None:
-        for r in rows:
-            self._add(r[0], (r[0], r[1], r[2], r[15]), (r, source, component))
+    def _note_provides(self, package: str, provides: str) -> None:
+        for virtual in _provided_names(provides):
+            names = self._provides.setdefault(virtual, [])
+            if package not in names:
+                names.append(package)
+
+    def _add_rows(self, load: RowLoader, source: AptSource, component: str) -> None:
+        self._loaders.append((load, source, component))
+        for r in load():
+            if r[10]:
+                self._note_provides(r[0], r[10])
+            if self._keep is None or self._keep(r[0]):
+                self._add(r[0], (r[0], r[1], r[2], r[15]), (r, source, component))
+
+    def _fetch_name(self, name: str) -> None:
+        """Read the rows of a name `keep` turned away, from every source in order."""
+        self._complete.add(name)
+        if self._keep is None or self._keep(name):
+            return
+        for load, source, component in self._loaders:
+            for r in load():
+                if r[0] == name:
+                    self._add(r[0], (r[0], r[1], r[2], r[15]), (r, source, component))
 
     def versions(self, name: str) -> tuple[PackageRecord, ...]:
+        if name not in self._complete:
+            self._fetch_name(name)
         entries = self._by_name.get(name)
         if not entries:
             return ()
@@ -208,16 +240,6 @@ class RepositoryIndex:
 
     def providers(self, name: str) -> tuple[PackageRecord, ...]:
         """Records whose Provides names `name` (versioned provides included)."""
-        if self._provides is None:
-            table: dict[str, list[str]] = {}
-            for pkg, entries in self._by_name.items():
-                for entry in entries:
-                    provides = entry.provides if isinstance(entry, PackageRecord) else entry[0][10]
-                    for virtual in _provided_names(provides):
-                        names = table.setdefault(virtual, [])
-                        if pkg not in names:
-                            names.append(pkg)
-            self._provides = table
         return tuple(
             rec
             for pkg in self._provides.get(name, ())
@@ -320,15 +342,16 @@ def _fetch_item(source: AptSource, release: Release, path: str, entry: IndexFile
     return (by_hash if release.acquire_by_hash else plain), plain
 
 
-def _load_rows(fetcher: Fetcher, item: FetchItem, fallback: FetchItem, name: str, use_cache: bool) -> list[_Row]:
+def _load_rows(fetcher: Fetcher, item: FetchItem, fallback: FetchItem, name: str, use_cache: bool) -> RowLoader:
+    """A way to read the index's rows: from the parsed-index cache (written here on first use, chunk by chunk
+    as the index is parsed, so the whole index is never a list in memory), or parsed once into memory."""
     cache_name = f"packages-v{_PARSER_VERSION}-{item.sha256}.marshal"
     cached = fetcher.cache.named(cache_name)
     if use_cache and cached.is_file():
         try:
-            rows = _read_marshalled(cached)
-            if all(type(r) is tuple and len(r) == 16 for r in rows):
-                return rows
-            log.warning("ignoring malformed parsed-index cache %s", cached)
+            for _ in _read_marshalled(cached):
+                break  # readable: the file was written whole (tmp + rename), chunks are checked as read
+            return lambda: _read_marshalled(cached)
         except (ValueError, EOFError, TypeError, OSError):
             log.warning("ignoring unreadable parsed-index cache %s", cached)
     try:
@@ -337,31 +360,38 @@ def _load_rows(fetcher: Fetcher, item: FetchItem, fallback: FetchItem, name: str
         if fallback == item:
             raise
         path = fetcher.fetch(fallback)
-    rows = parse_packages_file(path, name, item.what)
-    if use_cache:
-        fetcher.cache.write_named(cache_name, lambda out: _write_marshalled(rows, out))
-    return rows
+    if not use_cache:
+        rows = list(parse_packages_file(path, name, item.what))
+        return lambda: rows
+    fetcher.cache.write_named(cache_name, lambda out: _write_marshalled(parse_packages_file(path, name, item.what),
+                                                                          out))
+    return lambda: _read_marshalled(cached)
 
 
 _CHUNK = 4096  # rows per marshal record: serialising all at once needed a copy of the whole index in memory
 
 
-def _write_marshalled(rows: list[_Row], out: BinaryIO) -> None:
-    for i in range(0, len(rows), _CHUNK):
-        marshal.dump(rows[i : i + _CHUNK], out)
+def _write_marshalled(rows: Iterable[_Row], out: BinaryIO) -> None:
+    chunk: list[_Row] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == _CHUNK:
+            marshal.dump(chunk, out)
+            chunk = []
+    if chunk:
+        marshal.dump(chunk, out)
 
 
-def _read_marshalled(path: Path) -> list[_Row]:
-    rows: list[_Row] = []
+def _read_marshalled(path: Path) -> Iterator[_Row]:
     with path.open("rb") as f:
         while True:
             try:
                 chunk = marshal.load(f)
             except EOFError:
-                return rows
-            if not isinstance(chunk, list):
-                raise ValueError("not a parsed index")
-            rows.extend(chunk)
+                return
+            if not isinstance(chunk, list) or not all(type(r) is tuple and len(r) == 16 for r in chunk):
+                raise ValueError(f"{path} is not a parsed index")
+            yield from chunk
 
 
 def load_indexes(
@@ -374,6 +404,7 @@ def load_indexes(
     check_valid_until: bool = True,
     now: datetime | None = None,
     use_parsed_cache: bool = True,
+    keep: Callable[[str], bool] | None = None,
 ) -> RepositoryIndex:
     """Verify each source's Release, fetch and check its Packages indexes for `arch`, and index every record."""
     f = fetcher or default_fetcher()
@@ -393,7 +424,7 @@ def load_indexes(
     # Downloads overlap; parsing is CPU-bound but decompression releases the GIL, so threads still help.
     with ThreadPoolExecutor(max_workers=f.workers, thread_name_prefix="copa-index") as pool:
         futures = [pool.submit(_load_rows, f, item, plain, path, use_parsed_cache) for _, _, path, item, plain in jobs]
-    index = RepositoryIndex(sources=loaded)
+    index = RepositoryIndex(sources=loaded, keep=keep)
     for (source, comp, _, _, _), fut in zip(jobs, futures, strict=True):
         index._add_rows(fut.result(), source, comp)
     return index

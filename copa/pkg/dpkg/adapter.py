@@ -25,6 +25,7 @@ from copa.pkg.dpkg.install import (
     scripts_note,
 )
 from copa.pkg.dpkg.plan import Chosen, Installed, Wanted, resolve
+from copa.pkg.dpkg.relations import parse_relations
 from copa.pkg.dpkg.repos import fetcher_for, load_index
 from copa.pkg.dpkg.status import entry_from_control
 from copa.pkg.dpkg.version import compare_versions
@@ -51,13 +52,25 @@ def _wanted(report: Report | None, installed: dict[str, Installed], index: Repos
     return out
 
 
+def _likely_names(installed: dict[str, Installed], report: Report | None) -> frozenset[str]:
+    """The names a plan will most likely look up; only their index rows are kept in memory (others are
+    read from the index cache if the resolver asks for them after all)."""
+    names = set(installed)
+    if report is not None:
+        names.update(p.name for p in report.packages)
+    for inst in installed.values():
+        for clause in parse_relations(inst.depends) + parse_relations(inst.pre_depends):
+            names.update(rel.name for rel in clause)
+    return frozenset(names)
+
+
 class DpkgAdapter:
     name = "dpkg"
 
     def plan(self, ctx: ImageContext, report: Report | None) -> Plan:
         db = read_database(ctx.files, ctx.architecture, ctx.variant)
         installed = db.installed()
-        index = load_index(ctx, db.architecture)
+        index = load_index(ctx, db.architecture, _likely_names(installed, report).__contains__)
         wanted = _wanted(report, installed, index)
         resolution = resolve(installed, wanted, index.versions, db.architecture, compare_versions,
                              index.providers)

@@ -25,8 +25,8 @@ from copa.pkg.layer import clean_path
 
 _AR_MAGIC = b"!<arch>\n"
 _CONTROL_LIMIT = 64 << 20
-_INLINE_MAX = 256 << 10  # files up to this size stay in memory...
-_INLINE_BUDGET = 4 << 20  # ...up to this much per package; the rest is staged on disk
+_INLINE_MAX = 64 << 10  # files up to this size stay in memory...
+_INLINE_BUDGET = 2 << 20  # ...up to this much per package; the rest is staged on disk
 
 
 class BadDeb(IntegrityError):

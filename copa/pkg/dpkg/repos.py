@@ -69,7 +69,7 @@ def _image_key_root(ctx: ImageContext, sources: list[AptSource]) -> Path:
     return root
 
 
-def load_index(ctx: ImageContext, architecture: str) -> RepositoryIndex:
+def load_index(ctx: ImageContext, architecture: str, keep: Callable[[str], bool] | None = None) -> RepositoryIndex:
     sources, _from_user = select_sources(ctx)
     keyrings_for: Callable[[AptSource], Keyring]
     if ctx.repos.keyrings:
@@ -81,7 +81,8 @@ def load_index(ctx: ImageContext, architecture: str) -> RepositoryIndex:
         root = _image_key_root(ctx, sources)
         keyrings_for = lambda source: keyring_for_source(source, root)  # noqa: E731
 
-    return load_indexes(sources, architecture, keyrings_for, ctx.repos.allow_unsigned, fetcher=fetcher_for(ctx))
+    return load_indexes(sources, architecture, keyrings_for, ctx.repos.allow_unsigned, fetcher=fetcher_for(ctx),
+                        keep=keep)
 
 
 def _existing(paths: tuple[Path, ...]) -> list[Path]:
