@@ -122,7 +122,9 @@ def test_deb_checksum_does_not_match_index(base: debimage.BaseImage, repo: AptRe
     data[-10] ^= 0xFF  # same size, different bytes: only the checksum can tell
     deb.write_bytes(bytes(data))
     with RepoServer(tampered.root) as server:
-        proc = patch(base, app_report, out, *debimage.copa_args(server.url, repo))
+        # A cache of its own: a good copy of the same .deb fetched by another test would (rightly) be used.
+        proc = patch(base, app_report, out, "--cache-dir", str(tmp_path / "cache"),
+                     *debimage.copa_args(server.url, repo))
     fails(proc, 5, "app")
 
 
