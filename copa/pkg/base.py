@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from copa.errors import ResolutionError
 from copa.oci.image import Image
 from copa.oci.rootfs import Files, View
 from copa.pkg.layer import Entry
@@ -107,6 +108,16 @@ class Skip:
     name: str
     reason: SkipReason
     detail: str = ""
+
+
+def check_failures(failures: tuple[Skip, ...], ignore_errors: bool) -> None:
+    """Reported packages that cannot be fixed stop the patch, unless --ignore-errors says to go on without them."""
+    if failures and not ignore_errors:
+        first = failures[0]
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise ResolutionError(
+            f"cannot fix {first.name}: {first.detail}{more}; check the repositories or pass --ignore-errors"
+        )
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from copa.errors import IntegrityError, ResolutionError, UnsupportedImageError
+from copa.errors import IntegrityError, UnsupportedImageError
 from copa.pkg.apk.apkfile import ApkContents, read_apk
 from copa.pkg.apk.index import ApkRecord
 from copa.pkg.apk.install import DB_DIRS, Installing, LayerPlan, database_entries, install_package, scripts_note
@@ -27,7 +27,7 @@ from copa.pkg.apk.repos import (
 from copa.pkg.apk.signing import Keys
 from copa.pkg.apk.version import compare_versions
 from copa.pkg.apt.fetch import Fetcher
-from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update
+from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, check_failures
 from copa.report.model import Report
 
 
@@ -80,12 +80,7 @@ class ApkAdapter:
                     continue
                 available.append(r)
         resolution = resolve(installed, _wanted(report, installed, available), available)
-        if resolution.failures and not ctx.ignore_errors:
-            first = resolution.failures[0]
-            more = f" (and {len(resolution.failures) - 1} more)" if len(resolution.failures) > 1 else ""
-            raise ResolutionError(
-                f"cannot fix {first.name}: {first.detail}{more}; check the repositories or pass --ignore-errors"
-            )
+        check_failures(resolution.failures, ctx.ignore_errors)
         updates = tuple(
             Update(c.record.name, c.record.arch or arch, c.installed.version if c.installed else "",
                    c.record.version, c.kind, c.vulnerabilities)

@@ -17,6 +17,7 @@ import pysequoia
 from pysequoia.packet import PacketPile
 
 from copa.errors import IntegrityError, LocalIOError
+from copa.oci.rootfs import resolve_path
 from copa.pkg.apt.sources import AptSource
 
 # The CLI owner may re-word this; it is appended to every signature failure.
@@ -140,27 +141,12 @@ def verify_detached(data: bytes, signature: bytes, keyring: Keyring, what: str) 
 
 def resolve_in_root(root: Path, path: str) -> Path:
     """`path` as seen from inside `root`: absolute symlink targets are re-rooted instead of escaping to the host."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = root.joinpath(*resolved, part)
-        if candidate.is_symlink():
-            hops += 1
-            if hops > 40:
-                raise LocalIOError(f"too many symlinks resolving {path} in {root}; the image is malformed")
-            target = str(candidate.readlink())
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        resolved.append(part)
-    return root.joinpath(*resolved)
+
+    def link_of(rel: str) -> str | None:
+        candidate = root / rel
+        return str(candidate.readlink()) if candidate.is_symlink() else None
+
+    return root / resolve_path(path, link_of)
 
 
 def keyring_for_source(source: AptSource, root: Path | None = None) -> Keyring:

@@ -10,10 +10,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from copa.errors import ResolutionError
 from copa.pkg.apt.fetch import deb_item
 from copa.pkg.apt.packages import PackageRecord, RepositoryIndex
-from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update
+from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, check_failures
 from copa.pkg.dpkg.database import INFO, DpkgDatabase, info_name, read_database
 from copa.pkg.dpkg.debfile import read_deb
 from copa.pkg.dpkg.install import (
@@ -74,12 +73,7 @@ class DpkgAdapter:
         wanted = _wanted(report, installed, index)
         resolution = resolve(installed, wanted, index.versions, db.architecture, compare_versions,
                              index.providers)
-        if resolution.failures and not ctx.ignore_errors:
-            first = resolution.failures[0]
-            more = f" (and {len(resolution.failures) - 1} more)" if len(resolution.failures) > 1 else ""
-            raise ResolutionError(
-                f"cannot fix {first.name}: {first.detail}{more}; check the repositories or pass --ignore-errors"
-            )
+        check_failures(resolution.failures, ctx.ignore_errors)
         updates = tuple(
             Update(c.record.package, c.record.architecture, c.installed.version if c.installed else "",
                    c.record.version, c.kind, c.vulnerabilities)
