@@ -112,13 +112,9 @@ def scripts(root: Path) -> list[tuple[str, bytes]]:
 
 @pytest.fixture(scope="module")
 def source_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The rootfs the repository is built from. ssl_client's install_if pins busybox=<version>; abuild writes the
-    new busybox version there, the fixture builder does not rewrite i:, so the copy's database carries it."""
-    base = alpine.alpine_rootfs()
-    root = alpine.copy_rootfs(base, tmp_path_factory.mktemp("src") / "root")
-    db = root / "lib/apk/db/installed"
-    old = alpine.installed_versions(base)["busybox"]
-    db.write_text(db.read_text().replace(f"i:busybox={old} ", f"i:busybox={apkrepo.bump_release(old)} "))
+    """The rootfs the repository is built from: the image's, with the configuration files the new busybox build
+    changes. (ssl_client's install_if pin busybox=<version> follows the rebuilt busybox in the builder itself.)"""
+    root = alpine.copy_rootfs(alpine.alpine_rootfs(), tmp_path_factory.mktemp("src") / "root")
     for path in REBUILT_CONFFILES:  # the new busybox ships changed configuration files
         with (root / path).open("ab") as f:
             f.write(b"# changed by the new busybox build\n")
@@ -152,10 +148,10 @@ UPDATES = (
     PackageUpdate("libssl3"),
     PackageUpdate("zlib"),
     # busybox had a trigger and scripts: both must leave the database. busybox-binsh (only the /bin/sh symlink)
-    # comes out of the fixture builder with I:0, which apk treats as a virtual package: nothing unpacked, the old
-    # /bin/sh removed. copa must do the same.
+    # is built with I:0 on purpose (abuild would write I:1), which apk treats as a virtual package: nothing
+    # unpacked, the old /bin/sh removed. copa must do the same. The I:1 case is test_symlink_only_package_*.
     PackageUpdate("busybox", scripts={"post-upgrade": BUSYBOX_SCRIPT}),
-    PackageUpdate("busybox-binsh"),
+    PackageUpdate("busybox-binsh", installed_size=0),
     PackageUpdate("ssl_client"),
 )
 
@@ -302,6 +298,48 @@ def test_push_and_syft(patched: Patched, layout: tuple[Path, str], report: Path,
     for p in repo.packages:
         assert (p.name, p.version) in found, f"syft does not see {p.name} {p.version}"
         assert p.old_version is None or (p.name, p.old_version) not in found
+
+
+# ------------------------------------------------------------------------------------------ the test repository
+
+
+def _record_fields(record: str) -> dict[str, str]:
+    return {ln[0]: ln[2:] for ln in record.splitlines() if ln[1:2] == ":"}
+
+
+def test_rebuilt_pins_follow_as_abuild_writes_them(repo: ApkRepo) -> None:
+    """Exact pins on a package rebuilt in the same repository name its new version (install_if and depends)."""
+    busybox = repo.package("busybox")
+    ssl_client = _record_fields(repo.package("ssl_client").index_record)
+    binsh = _record_fields(repo.package("busybox-binsh").index_record)
+    assert ssl_client["i"] == f"busybox={busybox.version} libssl3"
+    assert f"busybox={busybox.version}" in binsh["D"].split()
+    assert binsh["I"] == "0"  # the explicit virtual build
+    assert int(_record_fields(busybox.index_record)["I"]) > 1
+
+
+def test_symlink_only_package_is_not_virtual(tmp_path: Path) -> None:
+    """busybox-binsh (only the /bin/sh symlink) built as abuild builds it gets I:1 like Alpine's own: real apk
+    keeps /bin/sh, and copa does what apk does."""
+    base = alpine.alpine_rootfs()
+    built = apkrepo.build_repo(base, [PackageUpdate("busybox-binsh")], tmp_path / "repo")
+    assert _record_fields(built.package("busybox-binsh").index_record)["I"] == "1"
+    keys = tmp_path / "keys"
+    key = built.key.write_public(keys)
+    layout, ref = alpine.alpine_layout()
+    out = tmp_path / "out"
+    oracle = alpine.copy_rootfs(base, tmp_path / "oracle")
+    with apkrepo.serve(built.directory) as url:
+        alpine.oracle_upgrade(oracle, url, keys)
+        copa("patch", "-i", f"oci:{layout}:{ref}", "--oci-dir", str(out), "-t", "patched", "--repository", url,
+             "--keyring", str(key), "--cache-dir", str(tmp_path / "cache"))
+    rootfs = unpack(out, "patched", tmp_path / "bundle")
+    assert os.readlink(rootfs / "bin/sh") == os.readlink(oracle / "bin/sh") == "/bin/busybox"
+    assert records(rootfs)["busybox-binsh"] == records(oracle)["busybox-binsh"]
+    assert "I:1" in records(oracle)["busybox-binsh"].splitlines()
+    mine, theirs = tree(rootfs), tree(oracle)
+    assert {p: (mine.get(p), theirs.get(p)) for p in set(mine) | set(theirs)
+            if p not in NOT_REPRODUCED and mine.get(p) != theirs.get(p)} == {}
 
 
 # ------------------------------------------------------------------------------------------ distroless

@@ -164,3 +164,16 @@ def test_scripts_archive_is_written_as_apk_writes_it() -> None:
     raw = b"".join(apk_tar_member(m.name, data, m.mode, int(m.mtime)) for m, data in entries) + b"\0" * 1024
     assert raw == gzip.decompress(original)
     assert apk_gzip(raw) == original
+
+
+def test_plan_keeps_a_package_an_installed_one_pins() -> None:
+    """alpine-baselayout needs alpine-baselayout-data=<its version> and has no newer build: real apk leaves the data
+    package alone, so copa must not upgrade it either (it reports it as unfixable instead)."""
+    base = _rec("alpine-baselayout", "3.7.2-r0", "alpine-baselayout", depends="alpine-baselayout-data=3.7.2-r0")
+    data = _rec("alpine-baselayout-data", "3.7.2-r0", "alpine-baselayout")
+    newer_data = _rec("alpine-baselayout-data", "3.7.2-r1", "alpine-baselayout")
+    installed = {"alpine-baselayout": _inst(base), "alpine-baselayout-data": _inst(data)}
+    res = resolve(installed, [Wanted("alpine-baselayout-data", "3.7.2-r1")], [base, data, newer_data])
+    assert res.chosen == ()
+    assert [(f.name, f.reason) for f in res.failures] == [("alpine-baselayout-data", SkipReason.UNRESOLVABLE)]
+    assert "alpine-baselayout-3.7.2-r0 needs alpine-baselayout-data=3.7.2-r0" in res.failures[0].detail

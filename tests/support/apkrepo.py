@@ -192,9 +192,16 @@ class _Owners:
     groups: Mapping[int, str]
 
 
+def installed_size(regular_bytes: int, entries: int) -> int:
+    """abuild's installed size: the regular files' bytes, but at least 1 for a package with any content (a
+    symlink-only package such as busybox-binsh is I:1 in Alpine's index), because apk treats I:0 as a virtual
+    package and unpacks nothing. Only a package with an empty data segment gets 0."""
+    return max(regular_bytes, 1) if entries else regular_bytes
+
+
 def _data_tar(root: Path, paths: Sequence[DbFile], extra: Mapping[str, bytes], owners: _Owners, out: BinaryIO) -> int:
     """Write the data segment (one gzip member) for `paths` read from `root` plus `extra` files; returns the
-    installed size (sum of regular file sizes)."""
+    installed size (`installed_size`)."""
     size = 0
     with (
         gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as gz,
@@ -238,7 +245,7 @@ def _data_tar(root: Path, paths: Sequence[DbFile], extra: Mapping[str, bytes], o
             info.pax_headers = {"APK-TOOLS.checksum.SHA1": hashlib.sha1(data).hexdigest()}
             size += len(data)
             tar.addfile(info, io.BytesIO(data))
-    return size
+    return installed_size(size, len(paths) + len(extra))
 
 
 # ---------------------------------------------------------------------------------------------------- packages
@@ -252,6 +259,8 @@ class PackageUpdate:
     add_depends: extra `depend` entries (e.g. the name of a brand-new package built in the same repo).
     scripts: {"post-upgrade": b"#!/bin/sh\\n..."}; names from SCRIPT_NAMES.
     files: extra regular files {path: content} (the only content of a brand-new package).
+    installed_size: force the I:/size value instead of abuild's (`installed_size`); 0 makes a package apk treats
+        as virtual (installs its record, unpacks none of its files), which abuild never produces for one with files.
     """
 
     name: str
@@ -262,6 +271,7 @@ class PackageUpdate:
     new: bool = False
     new_version: str = "1.0-r0"
     files: Mapping[str, bytes] = field(default_factory=dict)
+    installed_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +316,19 @@ def _retarget(values: str, old: str, new: str) -> str:
     return " ".join(v[: -len(old)] + new if v.endswith(f"={old}") else v for v in values.split())
 
 
+def _follow(values: Sequence[str], bumped: Mapping[str, tuple[str, str]]) -> list[str]:
+    """Exact `other=OLD` pins on a package rebuilt in the same run follow it to its new version, as abuild writes
+    them from the subpackages it builds together (ssl_client's install_if `busybox=<ver> libssl3`, depends of
+    split packages on their origin's exact version)."""
+    out = []
+    for value in values:
+        name, sep, version = value.partition("=")
+        if sep and name in bumped and version == bumped[name][0]:
+            value = f"{name}={bumped[name][1]}"
+        out.append(value)
+    return out
+
+
 def build_package(
     root: Path, update: PackageUpdate, out_dir: Path, key: RepoKey, *, sha1_signature: bool = False,
     bumped: Mapping[str, tuple[str, str]] | None = None,
@@ -331,15 +354,16 @@ def build_package(
         fields["p"] = _retarget(fields.get("p", ""), old_version, version)
         drop = {p.strip("/") for p in update.drop_files}
         paths = [f for f in pkg.files if f.path not in drop]
-    depends = fields.get("D", "").split()
-    for other, (old, new) in (bumped or {}).items():
-        depends = [f"{other}={new}" if d == f"{other}={old}" else d for d in depends]
-    depends += list(update.add_depends)
+    depends = _follow(fields.get("D", "").split(), bumped or {}) + list(update.add_depends)
+    if fields.get("i"):
+        fields["i"] = " ".join(_follow(fields["i"].split(), bumped or {}))
     owners = _Owners(_names(root / "etc/passwd"), _names(root / "etc/group"))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=out_dir) as data:
         size = _data_tar(root, paths, update.files, owners, data)
+        if update.installed_size is not None:
+            size = update.installed_size
         data.seek(0)
         datahash = hashlib.file_digest(data, "sha256").hexdigest()
         pkginfo = "\n".join([*_pkginfo_lines(fields, version, size, depends), f"datahash = {datahash}"]) + "\n"

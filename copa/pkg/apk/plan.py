@@ -176,11 +176,28 @@ def _close(state: _State) -> None:
             records = state.by_name.get(name, [])
             newer = [r for r in records if compare_versions(r.version, inst.version) > 0]
             if not newer:
-                continue  # it was broken before the change too, or cannot move: leave it as apk would
+                # It cannot move, so its pin holds the other package back, as apk's solver would.
+                changed = _drop_breakers(state, before, inst) or changed
+                continue
             kind = UpdateKind.SIBLING if inst.origin and inst.origin in origins else UpdateKind.DEPENDENCY
             state.chosen[name] = Chosen(newer[0], inst, kind)
             changed = True
         changed = _follow_install_if(state, before, origins) or changed
+
+
+def _drop_breakers(state: _State, before: _State, inst: Installed) -> bool:
+    """Un-choose the packages whose change breaks a relation of `inst` that held before; True if any."""
+    dropped = False
+    for dep in inst.depends:
+        if dep.conflict or not before.satisfied(dep) or state.satisfied(dep):
+            continue
+        for name, chosen in list(state.chosen.items()):
+            if chosen.record.name == dep.name or any(p.name == dep.name for p in chosen.record.provides):
+                state.failures.append(Skip(name, SkipReason.UNRESOLVABLE,
+                                           f"installed {inst.name}-{inst.version} needs {dep}"))
+                del state.chosen[name]
+                dropped = True
+    return dropped
 
 
 def _install_if_holds(state: _State, conditions: Sequence[Dependency]) -> bool:
