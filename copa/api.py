@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,8 +18,8 @@ from copa.oci.model import Index, Manifest, Platform
 from copa.oci.mutate import Original, append_layer, original_of
 from copa.oci.registry import RegistryClient, RegistryOptions
 from copa.oci.rootfs import Files, scan
-from copa.oci.transport import Opened, open_image, plan_outputs, write_outputs
-from copa.pkg.base import ImageContext, LayerContent, RepositoryOptions, Skip, Update
+from copa.oci.transport import Opened, Written, open_image, plan_outputs, write_outputs
+from copa.pkg.base import ImageContext, LayerContent, OSRelease, RepositoryOptions, Skip, Update
 from copa.pkg.detect import CAPTURE, adapter_for, detect
 from copa.pkg.layer import Compression, write_layer
 from copa.report.load import load_report
@@ -72,6 +73,9 @@ class PatchResult:
     up_to_date: bool
     dry_run: bool
     seconds: float
+    # Every sink written, each with its own digest: a layout stores a Docker image's manifests as OCI ones
+    # (another digest), and a docker-archive's digest is the image ID.
+    outputs: tuple[Written, ...] = ()
 
 
 def _created() -> str:
@@ -80,13 +84,41 @@ def _created() -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _check_report(report: Report, ctx: ImageContext) -> None:
+_KNOWN_IDS = frozenset(i for ids in _FAMILY_ALIASES.values() for i in ids)
+# Families whose VERSION_ID names a release by major.minor (alpine 3.21, ubuntu 22.04); others by the major alone.
+_MINOR_MATTERS = frozenset({"alpine", "ubuntu"})
+# Rolling distributions: the version is a date or build number, not a release.
+_ROLLING = frozenset({"wolfi", "chainguard"})
+
+
+def _release(version: str, parts: int) -> str | None:
+    """'12.5' -> '12', '3.21.0' -> '3.21' (parts=2); None when the version does not start with a number."""
+    m = re.match(r"\d+(?:\.\d+)*", version.strip())
+    if m is None:
+        return None
+    return ".".join(m.group(0).split(".")[:parts])
+
+
+def _check_report(report: Report, os_release: OSRelease) -> None:
+    """The report must be for this image's distribution and release: a Debian report applied to Ubuntu, or a
+    bookworm report to bullseye, names versions from another package world."""
     family = report.os.family.lower()
     accepted = _FAMILY_ALIASES.get(family, {family})
-    if not accepted & set(ctx.os_release.families):
+    # ID_LIKE only speaks for a derivative we do not know by its own ID (ubuntu is ID_LIKE=debian, but not Debian).
+    ids = {os_release.id} if os_release.id in _KNOWN_IDS else set(os_release.families)
+    if not accepted & ids:
         raise ReportError(
             f"report is for {report.os.family} {report.os.version} but the image is "
-            f"{ctx.os_release.pretty_name}; scan this image and pass that report"
+            f"{os_release.pretty_name}; scan this image and pass that report"
+        )
+    if family in _ROLLING or os_release.id not in accepted:
+        return
+    parts = 2 if family in _MINOR_MATTERS else 1
+    wanted, actual = _release(report.os.version, parts), _release(os_release.version_id, parts)
+    if wanted is not None and actual is not None and wanted != actual:
+        raise ReportError(
+            f"report is for {report.os.family} {report.os.version} but the image is {os_release.pretty_name} "
+            f"(VERSION_ID {os_release.version_id}); scan this image and pass that report"
         )
 
 
@@ -94,7 +126,10 @@ def _platform(options: PatchOptions, report: Report | None) -> Platform:
     if options.platform:
         return Platform.parse(options.platform)
     if report is not None and report.arch:
-        return Platform("linux", report.arch)
+        # A report may name the variant with the architecture (arm/v7); without one, resolve_platform prefers
+        # the variant-less or usual entry over an arbitrary first variant.
+        arch, _, variant = report.arch.partition("/")
+        return Platform("linux", arch, variant)
     return DEFAULT_PLATFORM
 
 
@@ -102,9 +137,15 @@ def patch(options: PatchOptions, progress: Progress = lambda _m: None) -> PatchR
     started = time.monotonic()
     compression = Compression.parse(options.compression)
     report = load_report(options.report) if options.report else None
-    client = RegistryClient(RegistryOptions(
+    registry_options = RegistryOptions(
         insecure=frozenset(options.insecure), ca_bundle=options.ca_bundle, timeout=options.timeout
-    ))
+    )
+    with RegistryClient(registry_options) as client:
+        return _patch(options, progress, client, compression, report, started)
+
+
+def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, compression: Compression,
+           report: Report | None, started: float) -> PatchResult:
     opened = open_image(options.image, client)
     outputs = None if options.dry_run else plan_outputs(
         opened, options.tag, options.tag_suffix, options.push, options.oci_dir, options.output_tar
@@ -135,20 +176,24 @@ def patch(options: PatchOptions, progress: Progress = lambda _m: None) -> PatchR
             root=root_view,
             ignore_errors=options.ignore_errors,
             cache_dir=Path(options.cache_dir) if options.cache_dir else None,
+            timeout=options.timeout,
+            ca_bundle=options.ca_bundle,
         )
         if report is not None:
-            _check_report(report, ctx)
+            _check_report(report, ctx.os_release)
         progress(f"planning updates for {detected.os_release.pretty_name} ({adapter.name})")
         plan = adapter.plan(ctx, report)
         unfixed = len(report.unfixed) if report is not None else 0
 
-        def result(target: str | None, digest: str | None, updates: tuple[Update, ...]) -> PatchResult:
-            return PatchResult(opened.name, target, digest, detected.os_release.pretty_name, updates,
-                               plan.skipped, unfixed, not plan.updates, options.dry_run,
-                               time.monotonic() - started)
+        def result(written: tuple[Written, ...], updates: tuple[Update, ...]) -> PatchResult:
+            # The summary names the registry image when one was pushed, else the first sink written.
+            main = next((w for w in written if w.kind == "registry"), written[0] if written else None)
+            return PatchResult(opened.name, main.target if main else None, str(main.digest) if main else None,
+                               detected.os_release.pretty_name, updates, plan.skipped, unfixed, not plan.updates,
+                               options.dry_run, time.monotonic() - started, written)
 
         if not plan.updates or options.dry_run or outputs is None:
-            return result(None, None, plan.updates)
+            return result((), plan.updates)
         progress(f"building the patch layer ({len(plan.updates)} packages)")
         content = adapter.build(ctx, plan)
         bundle = _bundle(opened, root, image, original, content, compression, Path(tmp))
@@ -156,9 +201,7 @@ def patch(options: PatchOptions, progress: Progress = lambda _m: None) -> PatchR
         progress("writing " + ", ".join(
             str(x) for x in (pushed, outputs.oci_dir, outputs.output_tar) if x is not None
         ))
-        digest = write_outputs(outputs, bundle, client)
-        target = str(pushed or outputs.reference or outputs.tag)
-        return result(target, str(digest), content.updates or plan.updates)
+        return result(write_outputs(outputs, bundle, client), content.updates or plan.updates)
 
 
 def _bundle(opened: Opened, root: Manifest | Index, image: Image, original: Original, content: LayerContent,

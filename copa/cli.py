@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--push", action="store_true", help="push the patched image to the registry")
     p.add_argument("--oci-dir", help="write the patched image into this OCI layout directory")
     p.add_argument("--output-tar", help="write the patched image as a docker-archive tar")
-    p.add_argument("--platform", help="platform to patch in a multi-platform image (default: linux/amd64)")
+    p.add_argument("--platform", help="platform to patch in a multi-platform image, OS/ARCH[/VARIANT] "
+                   "(default: the report's architecture, else linux/amd64)")
     p.add_argument("--ignore-errors", action="store_true", help="skip packages that cannot be fixed")
     p.add_argument("--timeout", type=float, default=300.0, help="network timeout in seconds (default 300)")
     p.add_argument("--insecure", action="append", default=[], metavar="REGISTRY",
@@ -111,6 +112,7 @@ def result_json(result: PatchResult) -> dict[str, Any]:
         ],
         "skipped": [{"name": s.name, "reason": s.reason.value, "detail": s.detail} for s in result.skipped],
         "unfixedInReport": result.unfixed,
+        "outputs": [{"kind": w.kind, "target": w.target, "digest": str(w.digest)} for w in result.outputs],
     }
 
 
@@ -133,32 +135,36 @@ def print_summary(result: PatchResult, out: TextIO) -> None:
         print(f"  not fixed: {s.name} ({s.reason.value}{detail})", file=out)
     if result.unfixed:
         print(f"  {result.unfixed} reported packages have no fixed version yet", file=out)
-    if result.target:
-        print(f"wrote {result.target} ({result.digest}) in {result.seconds:.1f}s", file=out)
+    for w in result.outputs:
+        # A docker-archive has no manifest digest; what identifies its image is the config digest (the image ID).
+        what = "image ID" if w.kind == "output-tar" else "digest"
+        print(f"wrote {w.target} ({what} {w.digest})", file=out)
+    if result.outputs:
+        print(f"done in {result.seconds:.1f}s", file=out)
 
 
-def _progress(stream: TextIO) -> Any:
-    tty = stream.isatty()
+class _Progress:
+    """Progress on stderr: a terminal gets one overwriting status line; logs get one plain line per step."""
 
-    def show(message: str) -> None:
-        # A terminal gets an overwriting status line; logs get one plain line per step.
-        if tty:
-            stream.write(f"\r\x1b[2K==> {message}")
-            stream.flush()
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+
+    def __call__(self, message: str) -> None:
+        if self._tty:
+            self._stream.write(f"\r\x1b[2K==> {message}")
+            self._stream.flush()
         else:
-            print(f"copa: {message}", file=stream)
+            print(f"copa: {message}", file=self._stream)
 
-    def done() -> None:
-        if tty:
-            stream.write("\r\x1b[2K")
-            stream.flush()
-
-    show.done = done  # type: ignore[attr-defined]
-    return show
+    def done(self) -> None:
+        if self._tty:
+            self._stream.write("\r\x1b[2K")
+            self._stream.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    progress = _progress(sys.stderr)
+    progress = _Progress(sys.stderr)
     try:
         args = build_parser().parse_args(argv)
         if args.command != "patch":

@@ -37,7 +37,7 @@ def test_patch_as_a_library(server: tuple[RepoServer, AptRepo], tmp_path: Path) 
     report = write_report(tmp_path / "r.json", fixes)
     out = tmp_path / "layout"
     result = copa.patch(image=base.image_ref, report=str(report), oci_dir=str(out), tag="lib", repos=_repos(server))
-    assert not result.up_to_date and result.target == "lib" and result.digest
+    assert not result.up_to_date and result.target == f"oci:{out}:lib" and result.digest
     reported = {u.name: u for u in result.updates if u.kind is UpdateKind.REPORTED}
     for name, (old, new) in fixes.items():
         if name == debimage.HELD:

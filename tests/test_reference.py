@@ -54,3 +54,17 @@ def test_digest() -> None:
     for bad in ["sha256:abc", "md5:" + "a" * 32, "sha256:" + "A" * 64, "nocolon"]:
         with pytest.raises(InvalidDigest):
             Digest.parse(bad)
+
+
+def test_ipv6_loopback_is_local() -> None:
+    ref = Reference.parse("[::1]:5000/app:1")
+    assert (ref.registry, ref.repository, ref.tag) == ("[::1]:5000", "app", "1")
+    assert ref.is_local
+    assert Reference.parse("[::1]/app").is_local
+    assert not Reference.parse("[2001:db8::1]:5000/app").is_local
+
+
+@pytest.mark.parametrize("text", ["repo:t\u00e4g", "repo:" + "x" * 129, "repo:.x"])
+def test_tags_follow_the_distribution_grammar(text: str) -> None:
+    with pytest.raises(UsageError):
+        Reference.parse(text)

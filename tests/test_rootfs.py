@@ -166,6 +166,8 @@ def _layer_entries(members: list[tuple[str, str, bytes | str]]) -> list[Entry]:
             out.append(Entry(name, Kind.SYMLINK, 0o777, linkname=str(payload)))
         elif kind == "whiteout":
             out.append(Entry.whiteout(name))
+        elif kind == "hardlink":
+            out.append(Entry(name, Kind.HARDLINK, 0o644, linkname=str(payload)))
     return out
 
 
@@ -206,3 +208,20 @@ def test_upper_symlink_replacing_a_directory_hides_its_lower_children(tmp_path: 
     files = read_files(image, ["a/old.txt", "a/x"])
     assert files.get("a/old.txt") is None
     assert files.get("a/x") == b"x"
+
+
+def test_hardlink_content_comes_from_its_own_layer(tmp_path: Path) -> None:
+    """An upper layer replacing a hardlink's target path does not change the link's content (umoci agrees)."""
+    layout = _synthetic_layout(tmp_path, [
+        [("etc", "dir", ""), ("etc/a", "file", "one"), ("etc/link", "hardlink", "etc/a"),
+         ("usr", "dir", ""), ("usr/x", "file", "outside"), ("etc/out", "hardlink", "usr/x")],
+        [("etc", "dir", ""), ("etc/a", "file", "two"), ("usr", "dir", ""), ("usr/x", "file", "changed")],
+    ])
+    bundle = tmp_path / "bundle"
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:s", str(bundle)], check=True, capture_output=True)
+    rootfs = bundle / "rootfs"
+    view = scan(_image(layout, "s"), capture=["etc"])
+    for path in ("etc/a", "etc/link", "etc/out"):
+        assert view.read(path) == (rootfs / path).read_bytes(), path
+    assert view.read("etc/link") == b"one" and view.read("etc/out") == b"outside"
+    assert view.under("etc") == {p: (rootfs / p).read_bytes() for p in ("etc/a", "etc/link", "etc/out")}

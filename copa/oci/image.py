@@ -19,7 +19,8 @@ import zstandard
 
 from copa.errors import UnsupportedImageError
 from copa.oci.digest import Digest
-from copa.oci.model import Descriptor, ImageConfig, Index, Manifest, MediaType, Platform, layer_compression
+from copa.oci.model import Descriptor, Document, ImageConfig, Index, Manifest, MediaType, Platform, layer_compression
+from copa.oci.reference import Reference
 
 BlobOpener = Callable[[Descriptor], BinaryIO]
 
@@ -32,7 +33,7 @@ class Source(Protocol):
 
     def root(self) -> Manifest | Index: ...
 
-    def fetch_manifest(self, desc: Descriptor) -> Manifest | Index: ...
+    def fetch_manifest(self, desc: Descriptor) -> Document: ...
 
     def open_blob(self, desc: Descriptor) -> BinaryIO: ...
 
@@ -90,19 +91,74 @@ class Image:
 
 
 def resolve_platform(source: Source, root: Manifest | Index, wanted: Platform) -> tuple[Manifest, Platform | None]:
-    """Pick the manifest for `wanted` from an index (recursing into nested indexes)."""
+    """Pick the manifest for `wanted` from an index, searching nested indexes depth first in entry order.
+
+    An entry that points at another index usually carries no platform, so every index entry is entered;
+    only after the whole tree is searched is the platform missing."""
     if isinstance(root, Manifest):
         return root, None
-    for entry in root.manifests:
+    found = _find_platform(source, root, wanted, set())
+    if found is not None:
+        return found
+    available = ", ".join(sorted({str(p) for p in _platforms(source, root, set())})) or "none"
+    raise UnsupportedImageError(
+        f"{source.description} has no {wanted} image (platforms: {available}); pass --platform with one of them"
+    )
+
+
+def _may_be_index(entry: Descriptor) -> bool:
+    return entry.media_type in MediaType.INDEXES or (entry.platform is None and not entry.media_type)
+
+
+def _find_platform(
+    source: Source, index: Index, wanted: Platform, seen: set[Digest]
+) -> tuple[Manifest, Platform | None] | None:
+    seen.add(index.digest)
+    for entry in _by_preference(index.manifests, wanted):
+        if entry.digest in seen:
+            continue  # a cycle of indexes (only a hostile registry can make one) must not recurse forever
         if entry.platform is not None and wanted.matches(entry.platform):
             child = source.fetch_manifest(entry)
             if isinstance(child, Manifest):
                 return child, entry.platform
-            return resolve_platform(source, child, wanted)
-    available = ", ".join(str(e.platform) for e in root.manifests if e.platform) or "none"
-    raise UnsupportedImageError(
-        f"{source.description} has no {wanted} image (platforms: {available}); pass --platform with one of them"
-    )
+            if isinstance(child, Index) and (found := _find_platform(source, child, wanted, seen)) is not None:
+                return found
+        elif _may_be_index(entry):
+            child = source.fetch_manifest(entry)
+            if isinstance(child, Index) and (found := _find_platform(source, child, wanted, seen)) is not None:
+                return found
+    return None
+
+
+def _by_preference(entries: tuple[Descriptor, ...], wanted: Platform) -> list[Descriptor]:
+    """Entries in order, except that without a wanted variant an entry with no variant (or the usual one for the
+    architecture: arm64/v8) comes before one with another variant (linux/arm/v6 before v7 would be arbitrary)."""
+    if wanted.variant:
+        return list(entries)
+    usual = _DEFAULT_VARIANT.get(wanted.architecture, "")
+
+    def rank(entry: Descriptor) -> int:
+        variant = entry.platform.variant if entry.platform is not None else ""
+        return 0 if variant in ("", usual) else 1
+
+    return sorted(entries, key=rank)
+
+
+# The variant a platform without one means, as containerd's platform matcher assumes.
+_DEFAULT_VARIANT = {"arm64": "v8", "arm": "v7"}
+
+
+def _platforms(source: Source, index: Index, seen: set[Digest]) -> list[Platform]:
+    seen.add(index.digest)
+    out: list[Platform] = []
+    for entry in index.manifests:
+        if entry.platform is not None and entry.media_type not in MediaType.INDEXES:
+            out.append(entry.platform)
+        elif _may_be_index(entry) and entry.digest not in seen:
+            child = source.fetch_manifest(entry)
+            if isinstance(child, Index):
+                out.extend(_platforms(source, child, seen))
+    return out
 
 
 @dataclass(frozen=True)
@@ -115,10 +171,10 @@ class Bundle:
 
     root: Manifest | Index
     primary: Manifest
-    children: tuple[Manifest | Index, ...]
+    children: tuple[Document, ...]
     blobs: tuple[Descriptor, ...]
     open_blob: BlobOpener
-    mount_from: object | None = None  # a Reference when the source is a registry
+    mount_from: Reference | None = None  # set when the source is a registry
 
     def iter_blobs(self) -> Iterator[Descriptor]:
         seen: set[Digest] = set()

@@ -12,7 +12,17 @@ from typing import Any, BinaryIO
 from copa.errors import IntegrityError, LocalIOError, UnsupportedImageError
 from copa.oci.digest import Digest, verifying
 from copa.oci.image import Bundle
-from copa.oci.model import Descriptor, Index, Manifest, MediaType, parse_manifest
+from copa.oci.model import (
+    Descriptor,
+    Document,
+    Index,
+    Manifest,
+    ManifestFormatError,
+    MediaType,
+    Opaque,
+    parse_document,
+    parse_manifest,
+)
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_VERSION = "1.0.0"
@@ -93,14 +103,17 @@ class LayoutSource:
         return entries[0]
 
     def root(self) -> Manifest | Index:
-        return self.fetch_manifest(self.root_descriptor())
+        root = self.fetch_manifest(self.root_descriptor())
+        if isinstance(root, Opaque):
+            raise ManifestFormatError(f"{self.description} is a {root.media_type}, not a container image")
+        return root
 
-    def fetch_manifest(self, desc: Descriptor) -> Manifest | Index:
+    def fetch_manifest(self, desc: Descriptor) -> Document:
         if desc.size > _MANIFEST_LIMIT:
             raise UnsupportedImageError(f"{self.description}: manifest {desc.digest} claims {desc.size} bytes")
         with self.open_blob(desc) as f:
             raw = f.read()
-        return parse_manifest(raw, desc.media_type)
+        return parse_document(raw, desc.media_type)
 
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         path = blob_path(self._root, desc.digest)
@@ -158,7 +171,7 @@ def _write_bytes_atomic(target: Path, data: bytes) -> None:
         raise
 
 
-def _write_manifest_blob(root: Path, doc: Manifest | Index) -> None:
+def _write_manifest_blob(root: Path, doc: Document) -> None:
     target = blob_path(root, doc.digest)
     if not (target.exists() and target.stat().st_size == len(doc.raw)):
         _write_bytes_atomic(target, doc.raw)
@@ -174,9 +187,9 @@ _OCI_TYPES = {
 }
 
 
-def _oci_doc(doc: Manifest | Index, converted: dict[Digest, Manifest | Index]) -> Manifest | Index:
+def _oci_doc(doc: Document, converted: dict[Digest, Document]) -> Document:
     """`doc` with Docker media types replaced by their OCI equivalents; blob bytes are untouched."""
-    if doc.media_type not in _OCI_TYPES:
+    if isinstance(doc, Opaque) or doc.media_type not in _OCI_TYPES:
         return doc
     obj = json.loads(doc.raw)
     obj["mediaType"] = _OCI_TYPES[doc.media_type]
@@ -194,12 +207,13 @@ def oci_bundle(bundle: Bundle) -> Bundle:
 
     Needed because OCI-layout readers (skopeo 1.9, umoci) ignore index.json entries of Docker media types.
     Config and layer blobs are byte-identical; only manifest digests change."""
-    converted: dict[Digest, Manifest | Index] = {}
+    converted: dict[Digest, Document] = {}
     # Manifests before indexes, so an index can point at its children's new digests.
     ordered = sorted(bundle.children, key=lambda d: isinstance(d, Index))
     for doc in ordered:
         converted[doc.digest] = _oci_doc(doc, converted)
     root = _oci_doc(bundle.root, converted)
+    assert not isinstance(root, Opaque)  # an image's root is converted to an image document
     converted[bundle.root.digest] = root
     primary = converted.get(bundle.primary.digest, _oci_doc(bundle.primary, converted))
     assert isinstance(primary, Manifest)

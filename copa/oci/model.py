@@ -121,6 +121,16 @@ def _descriptor(obj: Any, where: str) -> Descriptor:
     )
 
 
+def _same(original: list[Any], i: int, desc: Descriptor) -> bool:
+    """Whether the manifest's i-th layer JSON describes exactly `desc` (so it can be kept as written)."""
+    if i >= len(original):
+        return False
+    try:
+        return _descriptor(original[i], "layer") == desc
+    except ManifestFormatError:
+        return False
+
+
 def _load(raw: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
@@ -158,7 +168,9 @@ class Manifest:
         the same facts)."""
         doc = _load(self.raw, "manifest")
         doc["config"] = {**doc.get("config", {}), **config.to_json()}
-        doc["layers"] = [d.to_json() for d in layers]
+        # A kept layer keeps its original JSON, fields we do not model included; only new layers are ours to write.
+        original = doc.get("layers") or []
+        doc["layers"] = [original[i] if _same(original, i, d) else d.to_json() for i, d in enumerate(layers)]
         if annotations and self.media_type != MediaType.DOCKER_MANIFEST:
             doc["annotations"] = {**doc.get("annotations", {}), **annotations}
         parsed = parse_manifest(_dump(doc), self.media_type)
@@ -201,6 +213,55 @@ class Index:
         return parsed
 
 
+@dataclass(frozen=True, slots=True)
+class Opaque:
+    """An index entry that is not an image (an artifact manifest, a Helm chart, a signature): kept byte for byte."""
+
+    raw: bytes
+    media_type: str
+
+    @property
+    def digest(self) -> Digest:
+        return Digest.of_bytes(self.raw)
+
+    def references(self) -> tuple[Descriptor, ...]:
+        """The blobs a JSON document of this kind names (an artifact's config, layers or blobs), so they can travel
+        with it; anything unreadable is simply not followed."""
+        try:
+            doc = json.loads(self.raw)
+        except (ValueError, UnicodeDecodeError):
+            return ()
+        if not isinstance(doc, dict):
+            return ()
+        lists = [doc.get(key) for key in ("layers", "blobs")]
+        found = [doc.get("config"), *(obj for items in lists if isinstance(items, list) for obj in items)]
+        out: list[Descriptor] = []
+        for obj in found:
+            try:
+                out.append(_descriptor(obj, "artifact"))
+            except ManifestFormatError:
+                continue
+        return tuple(out)
+
+
+Document = Manifest | Index | Opaque
+
+
+def parse_document(raw: bytes, media_type: str) -> Document:
+    """Like `parse_manifest`, but a document of another known type (`media_type`, e.g. from an index entry)
+    is returned as `Opaque` instead of refused: copa carries such entries along without reading them."""
+    if media_type and media_type not in MediaType.ALL_MANIFESTS and not media_type.startswith(_DOCKER_V1):
+        doc = _load(raw, "manifest")
+        declared = str(doc.get("mediaType", ""))
+        if declared in MediaType.ALL_MANIFESTS:
+            return parse_manifest(raw, declared)
+        return Opaque(raw, declared or media_type)
+    return parse_manifest(raw, media_type)
+
+
+_DOCKER_V1 = "application/vnd.docker.distribution.manifest.v1"
+
+
 def parse_manifest(raw: bytes, media_type: str = "") -> Manifest | Index:
     """Parse a manifest or index; `media_type` is the Content-Type / descriptor type if known."""
     doc = _load(raw, "manifest")
@@ -209,7 +270,7 @@ def parse_manifest(raw: bytes, media_type: str = "") -> Manifest | Index:
     if not mt:
         # OCI allows omitting mediaType; tell the two apart by their fields.
         mt = MediaType.OCI_INDEX if "manifests" in doc else MediaType.OCI_MANIFEST
-    if doc.get("schemaVersion") == 1 or mt.startswith("application/vnd.docker.distribution.manifest.v1"):
+    if doc.get("schemaVersion") == 1 or mt.startswith(_DOCKER_V1):
         raise ManifestFormatError("Docker schema 1 manifests are not supported; re-push the image with a current tool")
     annotations = {str(k): str(v) for k, v in (doc.get("annotations") or {}).items()}
     if mt in MediaType.INDEXES:

@@ -14,7 +14,12 @@ DOCKER_HUB = "docker.io"
 _API_HOSTS = {DOCKER_HUB: "registry-1.docker.io"}
 
 _REPO_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+# The distribution spec's tag grammar; ASCII only (a bare \w would admit any Unicode letter).
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def valid_tag(tag: str) -> bool:
+    return _TAG.fullmatch(tag) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +43,7 @@ class Reference:
         colon = text.rfind(":")
         if colon > slash:
             text, tag = text[:colon], text[colon + 1 :]
-            if not _TAG.match(tag):
+            if not valid_tag(tag):
                 raise UsageError(f"invalid tag {tag!r} in image reference {original!r}")
         first, _, rest = text.partition("/")
         if rest and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
@@ -66,11 +71,12 @@ class Reference:
     @property
     def is_local(self) -> bool:
         """localhost and 127.0.0.0/8 speak plain HTTP by default, as docker does."""
-        host = self.registry.rsplit(":", 1)[0] if not self.registry.startswith("[") else self.registry
+        bracketed = self.registry.startswith("[")  # an IPv6 literal, [::1] or [::1]:5000
+        host = self.registry[1:].partition("]")[0] if bracketed else self.registry.rsplit(":", 1)[0]
         if host == "localhost":
             return True
         try:
-            return ipaddress.ip_address(host.strip("[]")).is_loopback
+            return ipaddress.ip_address(host).is_loopback
         except ValueError:
             return False
 

@@ -25,7 +25,7 @@ from copa.oci.auth import Authenticator, Challenge, parse_www_authenticate, repo
 from copa.oci.credentials import lookup
 from copa.oci.digest import Digest, verifying
 from copa.oci.image import Bundle
-from copa.oci.model import Descriptor, Index, Manifest, MediaType, parse_manifest
+from copa.oci.model import Descriptor, Document, Index, Manifest, ManifestFormatError, MediaType, Opaque, parse_document
 from copa.oci.reference import Reference
 
 T = TypeVar("T")
@@ -372,22 +372,28 @@ class RegistrySource:
 
     def root(self) -> Manifest | Index:
         if self._root is None:
-            self._root = self._get_manifest(self.ref.identifier, self.ref.digest, None)
+            root = self._get_manifest(self.ref.identifier, self.ref.digest, None)
+            if isinstance(root, Opaque):
+                raise ManifestFormatError(f"{self.ref} is a {root.media_type}, not a container image")
+            self._root = root
         return self._root
 
-    def fetch_manifest(self, desc: Descriptor) -> Manifest | Index:
+    def fetch_manifest(self, desc: Descriptor) -> Document:
         return self._get_manifest(str(desc.digest), desc.digest, desc)
 
-    def _get_manifest(self, identifier: str, digest: Digest | None, desc: Descriptor | None) -> Manifest | Index:
+    def _get_manifest(self, identifier: str, digest: Digest | None, desc: Descriptor | None) -> Document:
         ref = self.ref
         what = f"tag {identifier}" if digest is None else f"manifest {identifier}"
+        # An index entry of another type (an artifact) is asked for by its own type as well.
+        extra = desc.media_type if desc is not None and desc.media_type not in MediaType.ALL_MANIFESTS else ""
+        accept = f"{MANIFEST_ACCEPT}, {extra}" if extra else MANIFEST_ACCEPT
 
         def once() -> tuple[bytes, str, str]:
             resp = self.client.send(
                 "GET",
                 ref,
                 self.client.repo_url(ref, f"manifests/{identifier}"),
-                headers={"Accept": MANIFEST_ACCEPT},
+                headers={"Accept": accept},
                 stream=True,
                 retry=False,
             )
@@ -416,7 +422,7 @@ class RegistrySource:
         if desc is not None and desc.size != len(raw):
             raise IntegrityError(f"{what} from {ref.registry} is {len(raw)} bytes, expected {desc.size}")
         media_type = content_type if content_type in MediaType.ALL_MANIFESTS else (desc.media_type if desc else "")
-        return parse_manifest(raw, media_type)
+        return parse_document(raw, media_type)
 
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         ref = self.ref
@@ -615,7 +621,7 @@ class _Pusher:
             if resp.status_code != 201:
                 raise self.client.fail(resp, self.target, f"upload of blob {desc.digest}")
 
-    def put_manifest(self, identifier: str, doc: Manifest | Index) -> None:
+    def put_manifest(self, identifier: str, doc: Document) -> None:
         resp = self.send(
             "PUT",
             self.client.repo_url(self.target, f"manifests/{identifier}"),

@@ -124,11 +124,9 @@ class View:
     def read(self, path: str) -> bytes | None:
         """Content of a captured file, following symlinks and hardlinks; None if absent (or not captured)."""
         real = self.resolve(path)
-        node = self.nodes.get(real)
-        if node is None:
+        if self.nodes.get(real) is None:
             return None
-        if node.kind == "hardlink":
-            real = _norm(node.linkname)
+        # A hardlink's content was captured under its own path, from its own layer (see `scan`).
         return self.contents.get(real)
 
     def under(self, prefix: str) -> dict[str, bytes]:
@@ -190,19 +188,49 @@ def scan(image: Image, upto: int | None = None, capture: Iterable[str] = ()) -> 
     nodes: dict[str, Node] = {}
     contents: dict[str, bytes] = {}
     for index in reversed(range(count)):
+        # A hardlink's content is its target's *in the same layer*: an upper layer may have replaced the target
+        # path in the merged view since. So this layer's captured files are kept, hidden or not, until it ends.
+        local: dict[str, bytes] = {}
+        elsewhere: dict[str, list[str]] = {}  # hardlink target outside the captured paths -> captured links
         for tar, member in _members(image, index):
             path = _norm(member.name)
-            if not path or hiding.note(path) or path in nodes or hiding.hidden(path):
+            if not path or hiding.note(path):
+                continue
+            captured = _at_or_under(path, prefixes)
+            if captured and member.isreg() and member.size <= _MAX_CAPTURED:
+                f = tar.extractfile(member)
+                if f is not None:
+                    local[path] = f.read()
+            if path in nodes or hiding.hidden(path):
                 continue
             hiding.replaced(member, path)
             nodes[path] = Node(path, _kind(member), member.mode, member.uid, member.gid, member.size,
                                member.linkname, index)
-            if member.isreg() and member.size <= _MAX_CAPTURED and _at_or_under(path, prefixes):
-                f = tar.extractfile(member)
-                if f is not None:
-                    contents[path] = f.read()
+            if path in local:
+                contents[path] = local[path]
+            elif captured and member.islnk():
+                target = _norm(member.linkname)
+                if target in local:
+                    contents[path] = local[target]
+                else:
+                    elsewhere.setdefault(target, []).append(path)
+        if elsewhere:
+            _capture_targets(image, index, elsewhere, contents)
         hiding.next_layer()
     return View(nodes, contents)
+
+
+def _capture_targets(image: Image, index: int, targets: dict[str, list[str]], contents: dict[str, bytes]) -> None:
+    """A second read of one layer for hardlink targets outside the captured paths (rare: links usually stay
+    within one directory tree)."""
+    for tar, member in _members(image, index):
+        links = targets.get(_norm(member.name))
+        if links and member.isreg() and member.size <= _MAX_CAPTURED:
+            f = tar.extractfile(member)
+            if f is not None:
+                data = f.read()
+                for link in links:
+                    contents[link] = data
 
 
 def _at_or_under(path: str, prefixes: tuple[str, ...]) -> bool:

@@ -14,7 +14,7 @@ from copa.oci.archive import ArchiveSource, write_archive
 from copa.oci.digest import Digest
 from copa.oci.image import Bundle, Source
 from copa.oci.layout import LayoutSource, write_layout
-from copa.oci.reference import Reference
+from copa.oci.reference import Reference, valid_tag
 from copa.oci.registry import RegistryClient, RegistrySource, push
 
 
@@ -57,22 +57,48 @@ class Outputs:
     tag: str  # the tag alone: a layout's ref name
 
 
+def check_tag(tag: str, what: str) -> None:
+    """A tag as the distribution spec allows it; checked before any work, not at the registry after all of it."""
+    if not valid_tag(tag):
+        raise UsageError(
+            f"invalid {what} {tag!r}: a tag is 1-128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+        )
+
+
 def plan_outputs(
     opened: Opened, tag: str | None, suffix: str, push: bool, oci_dir: str | None, output_tar: str | None
 ) -> Outputs:
     if not (push or oci_dir or output_tar):
         raise UsageError("no output named: pass --push (to the registry), --oci-dir DIR or --output-tar FILE")
+    if not tag:
+        check_tag(f"latest-{suffix}", "--tag-suffix (as part of a tag)")
     if tag and ("/" in tag or "@" in tag):
         full = Reference.parse(tag)
+    elif tag and ":" in tag:
+        # NAME:TAG names a docker-archive's RepoTag (or a layout ref) for an image that has no repository.
+        if opened.reference is not None:
+            raise UsageError(f"invalid -t {tag!r}: pass a bare TAG or a full REGISTRY/REPOSITORY:TAG")
+        Reference.parse(tag)
+        full = None
+    elif tag:
+        check_tag(tag, "-t tag")
+        full = opened.reference.with_tag(tag) if opened.reference is not None else None
     elif opened.reference is not None:
         base_tag = opened.reference.tag or "latest"
-        full = opened.reference.with_tag(tag or f"{base_tag}-{suffix}")
+        full = opened.reference.with_tag(_default_tag(base_tag, suffix))
     else:
         full = None
-    ref_name = full.tag if full is not None else (tag or f"{opened.tag or 'latest'}-{suffix}")
+    ref_name = full.tag if full is not None else (tag or _default_tag(opened.tag or "latest", suffix))
     if push and full is None:
         raise UsageError("--push needs -t REGISTRY/REPOSITORY:TAG when the image does not come from a registry")
     return Outputs(full, push, Path(oci_dir) if oci_dir else None, Path(output_tar) if output_tar else None, ref_name)
+
+
+def _default_tag(base: str, suffix: str) -> str:
+    tag = f"{base}-{suffix}"
+    if len(tag) > 128:
+        raise UsageError(f"the default tag {tag!r} is longer than 128 characters; pass -t TAG")
+    return tag
 
 
 def archive_tags(outputs: Outputs) -> list[str]:
@@ -83,13 +109,26 @@ def archive_tags(outputs: Outputs) -> list[str]:
     return [outputs.tag] if ":" in outputs.tag else []
 
 
-def write_outputs(outputs: Outputs, bundle: Bundle, client: RegistryClient) -> Digest:
+@dataclass(frozen=True, slots=True)
+class Written:
+    """One sink's result. The same image can have a different digest per sink: an OCI layout stores Docker v2s2
+    manifests converted to OCI ones, and a docker-archive has no manifest at all (its digest is the image ID,
+    the config's digest, as docker shows it)."""
+
+    kind: str  # "registry", "oci-dir" or "output-tar"
+    target: str
+    digest: Digest
+
+
+def write_outputs(outputs: Outputs, bundle: Bundle, client: RegistryClient) -> tuple[Written, ...]:
     """Write to every named sink. Each sink writes blobs first and its tag or index last."""
-    digest = bundle.root.digest
+    written: list[Written] = []
     if outputs.oci_dir is not None:
-        write_layout(outputs.oci_dir, bundle, outputs.tag)
+        digest = write_layout(outputs.oci_dir, bundle, outputs.tag)
+        written.append(Written("oci-dir", f"oci:{outputs.oci_dir}:{outputs.tag}", digest))
     if outputs.output_tar is not None:
         write_archive(outputs.output_tar, bundle, archive_tags(outputs))
+        written.append(Written("output-tar", f"docker-archive:{outputs.output_tar}", bundle.primary.config.digest))
     if outputs.push and outputs.reference is not None:
-        digest = push(client, outputs.reference, bundle)
-    return digest
+        written.append(Written("registry", str(outputs.reference), push(client, outputs.reference, bundle)))
+    return tuple(written)

@@ -74,6 +74,8 @@ class ImageContext:
     root: View  # every path of the original layers, with the contents under detect.CAPTURE
     ignore_errors: bool = False
     cache_dir: Path | None = None
+    timeout: float = 300.0  # --timeout, for package downloads as for the registry
+    ca_bundle: str | None = None  # --ca-bundle: CA certificates for HTTPS package repositories too
 
 
 class UpdateKind(enum.Enum):

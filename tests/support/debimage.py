@@ -116,11 +116,12 @@ ORACLE_DEBS: tuple[tuple[str, str], ...] = (
 @dataclass(frozen=True)
 class BaseImage:
     rootfs: Path  # shared, read-only: copy it (copy_rootfs) before changing anything
-    layout: Path  # shared, read-only OCI layout holding image REF
+    layout: Path  # shared, read-only OCI layout holding image `ref`
+    ref: str = REF
 
     @property
     def image_ref(self) -> str:
-        return f"oci:{self.layout}:{REF}"
+        return f"oci:{self.layout}:{self.ref}"
 
 
 def run(argv: Sequence[str], what: str) -> str:
@@ -257,3 +258,105 @@ def tree_diff(got: Mapping[str, Node], want: Mapping[str, Node]) -> list[str]:
         if a != b:
             lines.append(f"{path}: patched={a} dpkg={b}")
     return lines
+
+
+# --------------------------------------------------------------------------------------------- dpkg configuration
+# A second image for what the image's dpkg configuration changes about an upgrade: diversions and path filters.
+#
+#   man       /usr/bin/man and /usr/bin/old-man diverted by the admin (local, --rename) to *.REAL, a stub in their
+#             place, as Ubuntu's minimized images do; 2.0 must land in man.REAL, and dropping old-man removes
+#             old-man.REAL, not the stub.
+#   victim    /usr/bin/tool diverted to /usr/bin/tool.victim by the package `diverter`, which ships its own
+#             /usr/bin/tool: victim's file goes to tool.victim, diverter's own to tool.
+#   docs      docs, man pages and translations, installed before the slim image's path filters were set up.
+
+QUIRKS_REF = "quirks"
+QUIRKS_FILTERS = """# as in debian:bookworm-slim (/etc/dpkg/dpkg.cfg.d/docker)
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude=/usr/share/locale/*
+"""
+# dpkg ignores config files whose names have a dot (dpkg_options_load_dir): this one must change nothing.
+QUIRKS_IGNORED_CFG = ("etc/dpkg/dpkg.cfg.d/docker.dpkg-old", "path-include /usr/share/man/*\n")
+
+
+def _quirk_specs(version: str) -> list[DebSpec]:
+    man_files: dict[str, bytes | str] = {"usr/bin/man": f"man {version}\n",
+                                         "usr/share/man/man1/man.1": f"man page {version}\n"}
+    if version == "1.0":
+        man_files["usr/bin/old-man"] = "old-man 1.0\n"
+    return [
+        DebSpec("man", version, files=man_files),
+        # (a second file: dpkg deems a package whose every file another package took over gone, a case copa skips)
+        DebSpec("victim", version, files={"usr/bin/tool": f"victim's tool {version}\n",
+                                          "usr/share/victim/data": f"victim {version}\n"}),
+        DebSpec("diverter", version, files={"usr/bin/tool": f"diverter's tool {version}\n"}),
+        DebSpec("docs", version, files={
+            "usr/bin/docs": f"docs {version}\n",
+            "usr/share/doc/docs/README": f"readme {version}\n",
+            "usr/share/doc/docs/copyright": f"copyright {version}\n",
+            "usr/share/man/man1/docs.1": f"docs page {version}\n",
+            "usr/share/locale/de/LC_MESSAGES/docs.mo": f"mo {version}\n",
+        }),
+    ]
+
+
+QUIRKS_INSTALLED: tuple[DebSpec, ...] = tuple(_quirk_specs("1.0"))
+QUIRKS_UPGRADES: tuple[DebSpec, ...] = tuple(_quirk_specs("2.0"))
+QUIRKS_FIXES: dict[str, tuple[str, str]] = {s.name: ("1.0", "2.0") for s in QUIRKS_INSTALLED}
+STUB = "#!/bin/sh\necho 'this image is minimized'\n"
+
+
+def _divert(root: Path, path: str, divert_to: str, package: str | None = None) -> None:
+    who = ["--package", package] if package else ["--local"]
+    run(["dpkg-divert", f"--root={root}", *who, "--add", "--rename", "--divert", divert_to, path],
+        f"dpkg-divert {path}")
+
+
+def _build_quirks_image(entry: Path) -> None:
+    root = entry / "rootfs"
+    root.mkdir()
+    _skeleton(root)
+    debs = {spec.name: build_deb(spec, entry / "debs") for spec in QUIRKS_INSTALLED}
+    dpkg_install(root, [debs["man"], debs["victim"], debs["docs"]])
+    for name in ("man", "old-man"):
+        _divert(root, f"/usr/bin/{name}", f"/usr/bin/{name}.REAL")
+        (root / "usr/bin" / name).write_text(STUB)
+        (root / "usr/bin" / name).chmod(0o755)
+    _divert(root, "/usr/bin/tool", "/usr/bin/tool.victim", package="diverter")
+    dpkg_install(root, [debs["diverter"]])
+    cfg = root / "etc/dpkg/dpkg.cfg.d"
+    cfg.mkdir(parents=True)
+    (cfg / "docker").write_text(QUIRKS_FILTERS)
+    (root / QUIRKS_IGNORED_CFG[0]).write_text(QUIRKS_IGNORED_CFG[1])
+    for lock in ("lock", "lock-frontend"):
+        (root / "var/lib/dpkg" / lock).unlink(missing_ok=True)
+    shutil.rmtree(entry / "debs")
+    images.builder.make_oci_layout(root, entry / "layout", QUIRKS_REF, cmd=None)
+
+
+@functools.cache
+def quirks_image() -> BaseImage:
+    params = {"schema": SCHEMA, "installed": [_spec_doc(s) for s in QUIRKS_INSTALLED], "filters": QUIRKS_FILTERS,
+              "ignored": list(QUIRKS_IGNORED_CFG), "stub": STUB, "os_release": OS_RELEASE, "repo_url": REPO_URL}
+    entry = images.builder.cached("debimage-quirks", json.loads(json.dumps(params)), _build_quirks_image)
+    return BaseImage(entry / "rootfs", entry / "layout", QUIRKS_REF)
+
+
+@functools.cache
+def quirks_repo() -> AptRepo:
+    tmp = _tempdir("copa-quirks-repo-")
+    return build_repo(tmp / "repo", [*QUIRKS_INSTALLED, *QUIRKS_UPGRADES], key=make_key(tmp / "key"), suite=SUITE)
+
+
+def dpkg_oracle_with_image_config(base: Path, dest: Path, debs: Sequence[Path]) -> Path:
+    """Like dpkg_oracle, but dpkg reads its configuration (path filters) from the image's /etc/dpkg, as it would
+    running inside the image: `--root` does not move the configuration directory, so the image's is bind-mounted
+    over the host's in a private mount namespace."""
+    copy_rootfs(base, dest)
+    argv = ["dpkg", f"--root={dest}", "--force-confold", "-i", *map(str, debs)]
+    script = 'mount --bind "$1/etc/dpkg" /etc/dpkg && shift && exec "$@"'
+    run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(dest), *argv],
+        f"dpkg -i into {dest} with its own configuration")
+    return dest

@@ -7,6 +7,7 @@ cannot run code; the cache dir is trusted as much as the cached .debs in it are)
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import logging
@@ -19,11 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, TextIO
+from urllib.parse import urlsplit
 
 from copa.errors import IntegrityError, NotFoundError
 from copa.pkg.apt.fetch import Fetcher, FetchItem, default_fetcher
 from copa.pkg.apt.openpgp import Keyring, unverified_cleartext, verify_clearsigned, verify_detached
-from copa.pkg.apt.release import IndexFile, Release
+from copa.pkg.apt.release import IndexFile, Release, ReleaseInfo
 from copa.pkg.apt.sources import AptSource
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,9 @@ class PackageRecord:
     repository: str  # the source URI the Filename is relative to
     suite: str
     component: str
+    # Every release publishing this very version (the first is where it is downloaded from); apt's policy gives
+    # the version the highest priority of them.
+    releases: tuple[ReleaseInfo, ...] = ()
 
     @property
     def url(self) -> str:
@@ -169,8 +174,21 @@ class LoadedSource:
 
 
 # A row not yet turned into a PackageRecord: building ~60k frozen dataclasses costs over a second, and a patch
-# run looks at a few hundred, so records are materialized per name on first lookup.
-_Pending = tuple[_Row, AptSource, str]
+# run looks at a few hundred, so records are materialized per name on first lookup. The list collects the
+# releases that publish the same version.
+_Pending = tuple[_Row, AptSource, str, list[ReleaseInfo]]
+
+_NO_RELEASE = ReleaseInfo()
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9+.-]*")
+
+
+def _related_names(row: _Row) -> Iterator[str]:
+    """Package names in a row's Depends, Pre-Depends and Provides: the names a resolver asks about next."""
+    for text in (row[6], row[7], row[10]):
+        for alt in re.split(r"[,|]", text):
+            m = _NAME_RE.match(alt.strip())
+            if m:
+                yield m.group(0)
 
 
 RowLoader = Callable[[], Iterable[_Row]]
@@ -187,19 +205,25 @@ class RepositoryIndex:
                  keep: Callable[[str], bool] | None = None) -> None:
         self.sources = tuple(sources)
         self._by_name: dict[str, list[PackageRecord | _Pending]] = {}
-        self._seen: set[tuple[str, str, str, str]] = set()
+        self._seen: dict[tuple[str, str, str, str], list[ReleaseInfo] | None] = {}
         self._provides: dict[str, list[str]] = {}
         self._keep = keep
-        self._loaders: list[tuple[RowLoader, AptSource, str]] = []
+        self._loaders: list[tuple[RowLoader, AptSource, str, ReleaseInfo]] = []
+        self.passes = 0  # full reads of the loaded indexes after the first one (tests check misses are batched)
         self._complete: set[str] = set()
         for rec in records:
             self._note_provides(rec.package, rec.provides)
             self._add(rec.package, (rec.package, rec.version, rec.architecture, rec.sha256), rec)
 
     def _add(self, name: str, key: tuple[str, str, str, str], entry: PackageRecord | _Pending) -> None:
-        if key in self._seen:  # e.g. a package published unchanged in two suites: keep the first source's
+        if key in self._seen:
+            # e.g. a package published unchanged in two suites: download from the first source, but remember the
+            # other release too (its priority may be higher, e.g. bookworm's 500 over a NotAutomatic suite's 1).
+            releases = self._seen[key]
+            if releases is not None and not isinstance(entry, PackageRecord):
+                releases.extend(r for r in entry[3] if r not in releases)
             return
-        self._seen.add(key)
+        self._seen[key] = None if isinstance(entry, PackageRecord) else entry[3]
         self._by_name.setdefault(name, []).append(entry)
 
     def _note_provides(self, package: str, provides: str) -> None:
@@ -208,23 +232,34 @@ class RepositoryIndex:
             if package not in names:
                 names.append(package)
 
-    def _add_rows(self, load: RowLoader, source: AptSource, component: str) -> None:
-        self._loaders.append((load, source, component))
+    def _add_rows(self, load: RowLoader, source: AptSource, component: str, release: ReleaseInfo = _NO_RELEASE
+                  ) -> None:
+        self._loaders.append((load, source, component, release))
         for r in load():
             if r[10]:
                 self._note_provides(r[0], r[10])
             if self._keep is None or self._keep(r[0]):
-                self._add(r[0], (r[0], r[1], r[2], r[15]), (r, source, component))
+                self._add(r[0], (r[0], r[1], r[2], r[15]), (r, source, component, [release]))
 
     def _fetch_name(self, name: str) -> None:
-        """Read the rows of a name `keep` turned away, from every source in order."""
-        self._complete.add(name)
+        """Read the rows of a name `keep` turned away. Each read is a pass over every index, so one pass also
+        takes every other name the rows held so far relate to (Depends, Pre-Depends, Provides): those are
+        what a resolver asks about next."""
         if self._keep is None or self._keep(name):
+            self._complete.add(name)
             return
-        for load, source, component in self._loaders:
+        keep = self._keep
+        wanted = {name}
+        for entries in self._by_name.values():
+            for entry in entries:
+                row = entry[0] if not isinstance(entry, PackageRecord) else _record_row(entry)
+                wanted.update(n for n in _related_names(row) if n not in self._complete and not keep(n))
+        self._complete.update(wanted)
+        self.passes += 1
+        for load, source, component, release in self._loaders:
             for r in load():
-                if r[0] == name:
-                    self._add(r[0], (r[0], r[1], r[2], r[15]), (r, source, component))
+                if r[0] in wanted:
+                    self._add(r[0], (r[0], r[1], r[2], r[15]), (r, source, component, [release]))
 
     def versions(self, name: str) -> tuple[PackageRecord, ...]:
         if name not in self._complete:
@@ -234,8 +269,9 @@ class RepositoryIndex:
             return ()
         for i, entry in enumerate(entries):
             if not isinstance(entry, PackageRecord):
-                r, source, component = entry
-                entries[i] = PackageRecord(*r, source.uri, source.suite, component)
+                r, source, component, releases = entry
+                entries[i] = PackageRecord(*r, source.uri, source.suite, component, tuple(releases))
+                self._seen[(r[0], r[1], r[2], r[15])] = None  # frozen now: later duplicates are dropped
         return tuple(e for e in entries if isinstance(e, PackageRecord))
 
     def providers(self, name: str) -> tuple[PackageRecord, ...]:
@@ -259,6 +295,12 @@ class RepositoryIndex:
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_name.values())
+
+
+def _record_row(rec: PackageRecord) -> _Row:
+    return (rec.package, rec.version, rec.architecture, rec.multi_arch, rec.source_name, rec.source_version,
+            rec.depends, rec.pre_depends, rec.breaks, rec.conflicts, rec.provides, rec.replaces, rec.essential,
+            rec.filename, rec.size, rec.sha256)
 
 
 KeyringsFor = Callable[[AptSource], Keyring]
@@ -409,7 +451,7 @@ def load_indexes(
     """Verify each source's Release, fetch and check its Packages indexes for `arch`, and index every record."""
     f = fetcher or default_fetcher()
     loaded: list[LoadedSource] = []
-    jobs: list[tuple[AptSource, str, str, FetchItem, FetchItem]] = []
+    jobs: list[tuple[LoadedSource, str, str, FetchItem, FetchItem]] = []
     wanted = [s for s in sources if not s.architectures or arch in s.architectures]
     with ThreadPoolExecutor(max_workers=f.workers, thread_name_prefix="copa-release") as pool:
         release_futures = [pool.submit(fetch_release, s, keyrings_for, allow_insecure, f) for s in wanted]
@@ -420,11 +462,12 @@ def load_indexes(
         loaded.append(LoadedSource(source, release, verified))
         for comp, path, entry in _index_paths(source, release, arch):
             item, plain = _fetch_item(source, release, path, entry)
-            jobs.append((source, comp, path, item, plain))
+            jobs.append((loaded[-1], comp, path, item, plain))
     # Downloads overlap; parsing is CPU-bound but decompression releases the GIL, so threads still help.
     with ThreadPoolExecutor(max_workers=f.workers, thread_name_prefix="copa-index") as pool:
         futures = [pool.submit(_load_rows, f, item, plain, path, use_parsed_cache) for _, _, path, item, plain in jobs]
     index = RepositoryIndex(sources=loaded, keep=keep)
-    for (source, comp, _, _, _), fut in zip(jobs, futures, strict=True):
-        index._add_rows(fut.result(), source, comp)
+    for (src, comp, _, _, _), fut in zip(jobs, futures, strict=True):
+        info = dataclasses.replace(src.release.info, component=comp, site=urlsplit(src.source.uri).hostname or "")
+        index._add_rows(fut.result(), src.source, comp, info)
     return index

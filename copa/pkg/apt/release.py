@@ -17,6 +17,30 @@ class IndexFile:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleaseInfo:
+    """What apt's preferences can match a package file on (apt_preferences(5) `Pin: release` keys), and the
+    Release flags that set its default priority. Small and hashable: every PackageRecord carries one."""
+
+    origin: str = ""  # o=
+    label: str = ""  # l=
+    archive: str = ""  # a= (the Suite field)
+    codename: str = ""  # n=
+    version: str = ""  # v=
+    component: str = ""  # c= (set per index by the loader)
+    site: str = ""  # `Pin: origin` host (set per source by the loader)
+    not_automatic: bool = False
+    but_automatic_upgrades: bool = False
+
+    @property
+    def default_priority(self) -> int:
+        """apt's priority for a version from this release when no preference matches: 1 for NotAutomatic
+        (experimental, backports), 100 when it also says ButAutomaticUpgrades, else 500."""
+        if self.not_automatic:
+            return 100 if self.but_automatic_upgrades else 1
+        return 500
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     suite: str
     codename: str
@@ -65,6 +89,20 @@ class Release:
             acquire_by_hash=fields.get("Acquire-By-Hash", "no").lower() == "yes",
             files=files,
             fields=fields,
+        )
+
+    @property
+    def info(self) -> ReleaseInfo:
+        yes = {k for k in ("NotAutomatic", "ButAutomaticUpgrades") if self.fields.get(k, "").lower() == "yes"}
+        return ReleaseInfo(
+            origin=self.fields.get("Origin", ""),
+            label=self.fields.get("Label", ""),
+            archive=self.suite,
+            codename=self.codename,
+            version=self.fields.get("Version", ""),
+            not_automatic="NotAutomatic" in yes,
+            # apt ignores ButAutomaticUpgrades without NotAutomatic
+            but_automatic_upgrades="NotAutomatic" in yes and "ButAutomaticUpgrades" in yes,
         )
 
     def check_valid_until(self, what: str, now: datetime | None = None) -> None:

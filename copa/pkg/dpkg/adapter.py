@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import posixpath
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from copa.errors import ReportError
 from copa.pkg.apt.fetch import deb_item
-from copa.pkg.apt.packages import PackageRecord, RepositoryIndex
+from copa.pkg.apt.packages import PackageRecord
 from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, check_failures
+from copa.pkg.dpkg.config import DpkgConfig, read_config
 from copa.pkg.dpkg.database import INFO, DpkgDatabase, info_name, read_database
-from copa.pkg.dpkg.debfile import read_deb
+from copa.pkg.dpkg.debfile import BadDeb, read_deb
 from copa.pkg.dpkg.install import (
     LayerPlan,
     Unpacked,
@@ -23,10 +24,10 @@ from copa.pkg.dpkg.install import (
     install_package,
     scripts_note,
 )
-from copa.pkg.dpkg.plan import Chosen, Installed, Wanted, resolve
+from copa.pkg.dpkg.plan import Candidates, Chosen, Installed, Wanted, resolve
 from copa.pkg.dpkg.relations import parse_relations
-from copa.pkg.dpkg.repos import fetcher_for, load_index
-from copa.pkg.dpkg.status import entry_from_control
+from copa.pkg.dpkg.repos import fetcher_for, image_policy, load_index
+from copa.pkg.dpkg.status import StatusEntry, StatusParseError, entry_from_control
 from copa.pkg.dpkg.version import compare_versions
 from copa.report.model import Report
 
@@ -38,16 +39,35 @@ class _Payload:
     records: tuple[PackageRecord, ...]  # the chosen versions' index records, in the same order
 
 
-def _wanted(report: Report | None, installed: dict[str, Installed], index: RepositoryIndex) -> list[Wanted]:
+def _wanted(report: Report | None, installed: dict[str, Installed], usable: Candidates) -> list[Wanted]:
     if report is not None:
-        return [Wanted(p.name, p.fixed_version, p.vulnerability_ids) for p in report.packages]
-    # No report: bring every installed package to the newest version the repositories have.
+        return _reported(report, installed)
+    # No report: bring every installed package to apt's candidate, as `apt-get upgrade` would.
     out = []
     for name, inst in sorted(installed.items()):
-        newest = max((r.version for r in index.versions(name)), default=None,
-                     key=functools.cmp_to_key(compare_versions))
-        if newest is not None and compare_versions(newest, inst.version) > 0:
-            out.append(Wanted(name, newest))
+        candidate = next(iter(usable(name)), None)
+        if candidate is not None and compare_versions(candidate.version, inst.version) > 0:
+            out.append(Wanted(name, candidate.version))
+    return out
+
+
+def _reported(report: Report, installed: dict[str, Installed]) -> list[Wanted]:
+    """The report's packages; a name installed only as a source package (openssl, glibc) stands for the
+    installed binaries built from it, compared by source version (see Wanted.by_source)."""
+    by_source: dict[str, list[str]] = {}
+    for inst in installed.values():
+        by_source.setdefault(inst.source, []).append(inst.name)
+    out = []
+    for p in report.packages:
+        if p.name in installed or p.name not in by_source:
+            out.append(Wanted(p.name, p.fixed_version, p.vulnerability_ids))
+            continue
+        out.extend(Wanted(b, p.fixed_version, p.vulnerability_ids, by_source=True) for b in sorted(by_source[p.name]))
+    if report.packages and not any(p.name in installed or p.name in by_source for p in report.packages):
+        raise ReportError(
+            f"the report {report.source} does not describe this image: none of its {len(report.packages)} packages "
+            "is installed; scan this image and pass that report"
+        )
     return out
 
 
@@ -69,10 +89,14 @@ class DpkgAdapter:
     def plan(self, ctx: ImageContext, report: Report | None) -> Plan:
         db = read_database(ctx.files, ctx.architecture, ctx.variant)
         installed = db.installed()
+        if report is not None:
+            _reported(report, installed)  # a report for another image fails before any download
         index = load_index(ctx, db.architecture, _likely_names(installed, report).__contains__)
-        wanted = _wanted(report, installed, index)
+        policy = image_policy(ctx)
+        wanted = _wanted(report, installed, Candidates(installed, index.versions, db.architecture, compare_versions,
+                                                       policy))
         resolution = resolve(installed, wanted, index.versions, db.architecture, compare_versions,
-                             index.providers)
+                             index.providers, policy=policy, foreign=db.foreign())
         check_failures(resolution.failures, ctx.ignore_errors)
         updates = tuple(
             Update(c.record.package, c.record.architecture, c.installed.version if c.installed else "",
@@ -100,16 +124,19 @@ class DpkgAdapter:
         for chosen, contents in zip(payload.chosen, debs, strict=True):
             old = db.entry(chosen.installed.name) if chosen.installed else None
             name = chosen.record.package
-            unpacked.append(Unpacked(contents, old, old_files.get(name, ()), old_info.get(name, ())))
-        conffiles = self._current_conffiles(ctx, unpacked)
+            unpacked.append(Unpacked(name, contents, old, old_files.get(name, ()), old_info.get(name, ())))
+        config = read_config(view)
+        conffiles = self._current_conffiles(ctx, unpacked, config)
         mtime = max((f.mtime for u in unpacked for f in u.contents.files), default=0)
-        layer = LayerPlan(view, mtime)
+        layer = LayerPlan(view, mtime, config)
         status_entries = []
         updates = []
-        for pkg, update in zip(unpacked, plan.updates, strict=True):
+        for pkg, update, deb_name in zip(unpacked, plan.updates, names, strict=True):
             recorded = install_package(layer, pkg, conffiles)
-            status_entries.append((pkg, entry_from_control(pkg.contents.control, recorded)))
+            status_entries.append((pkg, _status_entry(pkg, recorded, deb_name)))
             updates.append(dataclasses.replace(update, scripts_note=scripts_note(pkg.contents)))
+        if not db.distroless:
+            layer.remove_dropped_dirs(self._other_owned(ctx, db, payload.chosen))
         database_entries(layer, db, status_entries)
         return LayerContent(tuple(layer.entries.values()), view.is_symlink, tuple(updates), default_mtime=mtime)
 
@@ -140,8 +167,31 @@ class DpkgAdapter:
             info[name] = tuple(sorted(p[len(INFO) + 1:] for p in ctx.root.nodes if p.startswith(prefix)))
         return files, info
 
-    def _current_conffiles(self, ctx: ImageContext, unpacked: Sequence[Unpacked]) -> dict[str, bytes | None]:
-        """The image's current content of the conffiles of packages being upgraded (None: deleted)."""
-        wanted = {p for u in unpacked if u.old is not None for p in conffile_paths(u.contents)}
-        return {p: ctx.root.read(p) for p in wanted}
+    def _other_owned(self, ctx: ImageContext, db: DpkgDatabase, chosen: Sequence[Chosen]) -> set[str]:
+        """Every path (with its leading slash) the info/*.list of a package not being updated names."""
+        updated = set()
+        for c in chosen:
+            entry = db.entry(c.installed.name) if c.installed else None
+            if entry is not None:
+                updated.add(f"{INFO}/{info_name(entry.package, entry.multi_arch, entry.architecture)}.list")
+        owned: set[str] = set()
+        for path, content in ctx.root.under(INFO).items():
+            if path.endswith(".list") and path not in updated:
+                owned.update(content.decode("utf-8", "surrogateescape").splitlines())
+        return owned
+
+    def _current_conffiles(self, ctx: ImageContext, unpacked: Sequence[Unpacked],
+                           config: DpkgConfig) -> dict[str, bytes | None]:
+        """The image's current content of the conffiles of packages being upgraded (None: deleted), read where
+        a diversion put them; keyed by the package's path."""
+        return {p: ctx.root.read(config.target(p.lstrip("/"), u.package))
+                for u in unpacked if u.old is not None for p in conffile_paths(u.contents)}
+
+
+def _status_entry(pkg: Unpacked, recorded: Sequence[tuple[str, str]], deb_name: str) -> StatusEntry:
+    """The new status entry; a control file dpkg would refuse makes the .deb, not the image, the culprit."""
+    try:
+        return entry_from_control(pkg.contents.control, recorded, path=f"{deb_name} control")
+    except StatusParseError as e:
+        raise BadDeb(f"{e}; the repository serves a broken package") from None
 

@@ -44,28 +44,32 @@ class DpkgDatabase:
         return self.status_raw is None
 
     def installed(self) -> dict[str, Installed]:
-        """Installed packages by name; where a name is installed for several architectures, the native one."""
+        """Installed packages by name; where a name is installed for several architectures, the native one
+        (the others are in `foreign()`)."""
         out: dict[str, Installed] = {}
         for e in self.entries:
             if not e.installed:
                 continue
             if e.package in out and e.architecture not in (self.architecture, "all"):
                 continue
-            want = e.status[0]
-            out[e.package] = Installed(
-                name=e.package,
-                architecture=e.architecture,
-                version=e.version,
-                held=want == "hold",
-                source=e.source[0],
-                depends=e.depends,
-                pre_depends=e.pre_depends,
-                provides=e.get("Provides", "") or "",
-            )
+            out[e.package] = _installed(e)
         return out
 
-    def entry(self, name: str) -> StatusEntry | None:
+    def foreign(self) -> dict[str, tuple[Installed, ...]]:
+        """Instances that `installed()` leaves out: Multi-Arch: same packages also installed for another
+        architecture, by name (dpkg requires them all at one version)."""
+        kept = self.installed()
+        out: dict[str, list[Installed]] = {}
+        for e in self.entries:
+            inst = kept.get(e.package)
+            if e.installed and inst is not None and e.architecture != inst.architecture:
+                out.setdefault(e.package, []).append(_installed(e))
+        return {name: tuple(v) for name, v in out.items()}
+
+    def entry(self, name: str, architecture: str | None = None) -> StatusEntry | None:
         found = [e for e in self.entries if e.package == name and e.installed]
+        if architecture is not None:
+            return next((e for e in found if e.architecture == architecture), None)
         native = [e for e in found if e.architecture in (self.architecture, "all")]
         best = native or found
         return best[0] if best else None
@@ -75,6 +79,21 @@ class DpkgDatabase:
             if entry.package == name:
                 return file_name
         return None
+
+
+def _installed(e: StatusEntry) -> Installed:
+    source, source_version = e.source
+    return Installed(
+        name=e.package,
+        architecture=e.architecture,
+        version=e.version,
+        held=e.status[0] == "hold",
+        source=source,
+        depends=e.depends,
+        pre_depends=e.pre_depends,
+        provides=e.get("Provides", "") or "",
+        source_version=source_version if source_version != e.version else "",
+    )
 
 
 def read_database(files: Files, oci_arch: str, oci_variant: str) -> DpkgDatabase:

@@ -13,6 +13,7 @@ import lzma
 import posixpath
 import shutil
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import BinaryIO, cast
 
 import zstandard
 
-from copa.errors import IntegrityError, UnsafePathError
+from copa.errors import IntegrityError, LocalIOError, UnsafePathError
 from copa.pkg.layer import clean_path
 
 _AR_MAGIC = b"!<arch>\n"
@@ -31,6 +32,11 @@ _INLINE_BUDGET = 2 << 20  # ...up to this much per package; the rest is staged o
 
 class BadDeb(IntegrityError):
     pass
+
+
+# What a damaged compressed tar stream raises while being read (gzip.BadGzipFile is an OSError: it must be named
+# here so that the remaining OSErrors can mean the local disk).
+_CORRUPT = (tarfile.TarError, lzma.LZMAError, zstandard.ZstdError, zlib.error, EOFError, gzip.BadGzipFile)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +98,9 @@ def _decompress(name: str, stream: BinaryIO, what: str) -> BinaryIO:
     if name.endswith(".gz"):
         return cast(BinaryIO, gzip.GzipFile(fileobj=stream))
     if name.endswith(".zst"):
-        return cast(BinaryIO, io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(stream)))
+        # A .zst member may hold several frames (pzstd, zstd --adapt...); libzstd, as dpkg uses it, reads them all.
+        reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
+        return cast(BinaryIO, io.BufferedReader(reader))
     if name.endswith(".tar"):
         return stream
     raise BadDeb(f"{what}: unsupported compression of member {name!r}")
@@ -163,6 +171,19 @@ def read_deb(path: Path, stage: Path, name: str | None = None) -> DebContents:
 
 
 def _read_control(stream: BinaryIO, what: str) -> tuple[bytes, dict[str, bytes]]:
+    try:
+        control, members = _control_members(stream, what)
+    except _CORRUPT as e:
+        raise BadDeb(f"{what}: control archive is corrupt ({e}); delete the cached copy or fix the repository") \
+            from None
+    except OSError as e:
+        raise LocalIOError(f"{what}: cannot read the downloaded package ({e})") from None
+    if not control:
+        raise BadDeb(f"{what}: control archive has no control file")
+    return control, members
+
+
+def _control_members(stream: BinaryIO, what: str) -> tuple[bytes, dict[str, bytes]]:
     control = b""
     members: dict[str, bytes] = {}
     total = 0
@@ -180,14 +201,42 @@ def _read_control(stream: BinaryIO, what: str) -> tuple[bytes, dict[str, bytes]]
                 control = content
             else:
                 members[name] = content
-    if not control:
-        raise BadDeb(f"{what}: control archive has no control file")
     return control, members
+
+
+class _StageFile:
+    """A staged file being written: a failed write is the local disk's fault (ENOSPC...), never the package's."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self._path, self._what = path, what
+        try:
+            self._f = path.open("wb")
+        except OSError as e:
+            raise self._error(e) from None
+
+    def _error(self, e: OSError) -> LocalIOError:
+        return LocalIOError(f"{self._what}: cannot stage package files under {self._path.parent} ({e.strerror or e});"
+                            " free space there or set TMPDIR to a larger file system")
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            raise self._error(e) from None
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        except OSError as e:
+            raise self._error(e) from None
 
 
 def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
     out: list[DataFile] = []
-    stage.mkdir(parents=True, exist_ok=True)
+    try:
+        stage.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LocalIOError(f"cannot create staging directory {stage} ({e.strerror or e})") from None
     counter = 0
     inline_budget = _INLINE_BUDGET
     try:
@@ -209,9 +258,12 @@ def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
                         counter += 1
                         # Staged under a counter, never under the package's own path: no way out of `stage`.
                         staged = stage / f"{counter:07d}"
-                        with staged.open("wb") as dst:
+                        dst = _StageFile(staged, what)
+                        try:
                             if src is not None:
                                 shutil.copyfileobj(src, dst, 1 << 20)
+                        finally:
+                            dst.close()
                 elif m.isdir():
                     kind = "dir"
                 elif m.issym():
@@ -223,6 +275,8 @@ def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
                     raise UnsafePathError(f"{what}: member {m.name!r} is a device or fifo; refusing it")
                 out.append(DataFile(path, kind, m.mode, m.uid, m.gid, m.uname, m.gname, m.size,
                                     int(m.mtime), linkname, staged, inline))
-    except (tarfile.TarError, lzma.LZMAError, EOFError, zstandard.ZstdError, OSError) as e:
+    except _CORRUPT as e:
         raise BadDeb(f"{what}: data archive is corrupt ({e})") from None
+    except OSError as e:
+        raise LocalIOError(f"{what}: cannot read the downloaded package ({e})") from None
     return out

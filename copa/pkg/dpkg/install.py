@@ -1,6 +1,7 @@
 """Turn unpacked .debs into layer entries the way `dpkg --unpack` + `--configure` leave the filesystem.
 
-What dpkg does that we reproduce: files land where the image's directory symlinks lead (merged /usr);
+What dpkg does that we reproduce: files land where the image's directory symlinks lead (merged /usr), or where
+a diversion sends them; files the image's path-exclude filters name are not unpacked (but still listed);
 existing directories are left alone; files the old version owned and the new one dropped are removed
 (whiteouts); a conffile the image changed is kept and the new one lands as `<path>.dpkg-dist` (confold);
 the status database and info/ files are rewritten as dpkg writes them. What we do not: run maintainer
@@ -9,6 +10,7 @@ scripts or triggers (the summary names the packages whose scripts do real work).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import posixpath
 import re
@@ -16,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from copa.oci.rootfs import View
+from copa.pkg.dpkg.config import DpkgConfig
 from copa.pkg.dpkg.database import INFO, STATUS, STATUS_D, DpkgDatabase, info_name
 from copa.pkg.dpkg.debfile import DataFile, DebContents
 from copa.pkg.dpkg.status import StatusEntry, format_entry, merge_status
@@ -30,6 +33,7 @@ _DELETED = "deleted"  # stands for the md5 of a conffile that is gone; never equ
 class Unpacked:
     """One package to install: its new contents and what the image had of it before."""
 
+    package: str  # the name being installed: a diversion set up by this package does not apply to its files
     contents: DebContents
     old: StatusEntry | None
     old_files: tuple[str, ...]  # package paths the old version owned (from info/*.list or status.d md5sums)
@@ -62,23 +66,35 @@ def scripts_note(contents: DebContents) -> str:
 class LayerPlan:
     """Accumulates entries; later packages' files replace earlier ones at the same path."""
 
-    def __init__(self, view: View, mtime: int) -> None:
+    def __init__(self, view: View, mtime: int, config: DpkgConfig | None = None) -> None:
         self.view = view
         self.mtime = mtime
+        self.config = config or DpkgConfig()
         self.entries: dict[str, Entry] = {}
         self.written: set[str] = set()
+        self.kept_dirs: set[str] = set()  # real paths of directories an updated package's new version ships
+        # real path -> (package path, package) of directories an old version owned and its new one does not ship
+        self.dropped_dirs: dict[str, tuple[str, str]] = {}
+        # real path -> packages whose new version lists the directory but does not unpack it (a path filter):
+        # dpkg still lists it, so to the other packages' removals it is a shared directory and stays.
+        self.filtered_dirs: dict[str, set[str]] = {}
 
     def real(self, package_path: str) -> str:
         """Where dpkg would put `package_path`: parent directories resolved through the image's symlinks."""
         return self.view.resolve(package_path, follow_last=False)
 
+    def target(self, package_path: str, package: str) -> str:
+        """Where dpkg puts `package`'s file `package_path`: through diversions, then the image's symlinks."""
+        return self.real(self.config.target(package_path, package))
+
     def add(self, entry: Entry) -> None:
         self.entries[entry.path] = entry
         self.written.add(entry.path)
 
-    def add_file(self, f: DataFile, path: str) -> None:
+    def add_file(self, f: DataFile, path: str, package: str) -> None:
         kind = {"file": Kind.FILE, "symlink": Kind.SYMLINK, "hardlink": Kind.HARDLINK}[f.kind]
-        linkname = self.real(f.linkname) if f.kind == "hardlink" else f.linkname
+        # A hard link's target goes through diversions too (tarobject: namenodetouse on the link name).
+        linkname = self.target(f.linkname, package) if f.kind == "hardlink" else f.linkname
         self.add(Entry(path, kind, f.mode, f.uid, f.gid, f.size if f.has_content else 0,
                        f.open if f.has_content else None, linkname, f.mtime, f.uname, f.gname))
 
@@ -95,6 +111,43 @@ class LayerPlan:
             return
         self.entries[path] = Entry.whiteout(path)
 
+    def remove_dropped_dirs(self, other_owned: set[str]) -> None:
+        """Remove the directories old versions owned and new ones dropped, where dpkg's rmdir would succeed: no
+        other package lists them (`other_owned`: package paths with a leading slash) and they end up empty."""
+        candidates = [(real, p) for real, (p, package) in self.dropped_dirs.items()
+                      if real not in self.kept_dirs and not self.filtered_dirs.get(real, set()) - {package}
+                      and "/" + p not in other_owned and "/" + real not in other_owned]
+        if not candidates:
+            return
+        paths = sorted(self.view.nodes)
+        # Deepest first, as dpkg walks its list backwards: a parent may become empty once its children are gone.
+        for real, _ in sorted(candidates, key=lambda rp: rp[0].count("/"), reverse=True):
+            node = self.view.get(real)
+            if node is None or node.kind != "dir" or real in self.entries:
+                continue
+            prefix = real + "/"
+            start = bisect.bisect_left(paths, prefix)
+            children = []
+            for child in paths[start:]:
+                if not child.startswith(prefix):
+                    break
+                children.append(child)
+            if any(not self._gone(c) for c in children):
+                continue
+            if any(e.startswith(prefix) and entry.kind != Kind.WHITEOUT for e, entry in self.entries.items()):
+                continue
+            for c in children:  # the directory's whiteout hides them all
+                self.entries.pop(c, None)
+            self.entries[real] = Entry.whiteout(real)
+
+    def _gone(self, path: str) -> bool:
+        entry = self.entries.get(path)
+        if entry is not None and entry.kind == Kind.WHITEOUT:
+            return True
+        # beneath a directory already whited out
+        return any(self.entries.get(a) is not None and self.entries[a].kind == Kind.WHITEOUT
+                   for a in _ancestors(path))
+
 
 def install_package(
     plan: LayerPlan, pkg: Unpacked, current_conffiles: dict[str, bytes | None]
@@ -105,9 +158,15 @@ def install_package(
     recorded: list[tuple[str, str]] = []
     new_paths = set()
     for f in pkg.contents.files:
+        if plan.config.excluded(f.path, f.kind in ("dir", "symlink")):
+            # Not unpacked, and (as in dpkg, which clears its in-archive flag) not protecting the old file either.
+            if f.kind == "dir":
+                plan.filtered_dirs.setdefault(plan.target(f.path, pkg.package), set()).add(pkg.package)
+            continue
         new_paths.add(f.path)
-        path = plan.real(f.path)
+        path = plan.target(f.path, pkg.package)
         if f.kind == "dir":
+            plan.kept_dirs.add(path)
             plan.add_dir(f, path)
             continue
         slash_path = "/" + f.path
@@ -124,27 +183,41 @@ def install_package(
                 if current_md5 != before:
                     # Changed in the image: keep it (confold); ship the new one beside it if it changed too.
                     if shipped != before and shipped != current_md5:
-                        plan.add_file(f, path + ".dpkg-dist")
+                        plan.add_file(f, path + ".dpkg-dist", pkg.package)
                     continue
-        plan.add_file(f, path)
+        plan.add_file(f, path, pkg.package)
     # Keep recorded conffiles in the order of the package's conffiles list, as dpkg does.
     order = {p: i for i, p in enumerate(conffile_paths(pkg.contents))}
     recorded.sort(key=lambda pm: order.get(pm[0], 0))
     for old_path in pkg.old_files:
         if old_path not in new_paths and "/" + old_path not in old_md5:
-            plan.remove(plan.real(old_path))
+            # Shared ownership does not save a file: dpkg removes it even if another package still lists it.
+            real = plan.target(old_path, pkg.package)
+            node = plan.view.get(real)
+            if node is not None and node.kind == "dir":
+                plan.dropped_dirs[real] = (old_path, pkg.package)
+            else:
+                plan.remove(real)
     return recorded
 
 
-def md5sums(contents: DebContents) -> bytes | None:
+def _ancestors(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def md5sums(contents: DebContents, config: DpkgConfig | None = None) -> bytes | None:
     """info/<pkg>.md5sums: the package's own, or (as dpkg does for a package shipping none) one computed
-    over its regular files and hard links, in archive order. None for a package with no such files."""
+    over its regular files and hard links that were unpacked (path filters apply), in archive order. None for
+    a package with no such files."""
     shipped = contents.control_files.get("md5sums")
     if shipped is not None:
         return shipped
     sums: dict[str, str] = {}
     lines = []
     for f in contents.files:
+        if config is not None and config.excluded(f.path, False):
+            continue
         if f.kind == "file" and f.has_content:
             sums[f.path] = f.md5()
         elif f.kind == "hardlink" and f.linkname in sums:
@@ -174,7 +247,7 @@ def database_entries(
         for pkg, entry in items:
             name = db.status_d_name(entry.package) or entry.package
             plan.add(Entry.file(f"{STATUS_D}/{name}", format_entry(entry), mtime=plan.mtime))
-            sums = md5sums(pkg.contents)
+            sums = md5sums(pkg.contents, plan.config)
             if sums is not None:
                 plan.add(Entry.file(f"{STATUS_D}/{name}.md5sums", sums, mtime=plan.mtime))
         return
@@ -187,7 +260,7 @@ def database_entries(
         written = {f"{stem}.list"}
         plan.add(Entry.file(f"{INFO}/{stem}.list", list_file(pkg.contents), mtime=plan.mtime))
         members = dict(pkg.contents.control_files)
-        sums = md5sums(pkg.contents)
+        sums = md5sums(pkg.contents, plan.config)
         if sums is not None:
             members["md5sums"] = sums
         for member, data in sorted(members.items()):

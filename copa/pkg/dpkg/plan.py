@@ -1,8 +1,9 @@
 """The dpkg plan, pure: installed packages + reported fixes + repository versions -> what to install.
 
-Like `apt-get install --only-upgrade <reported>`: each reported package goes to the newest available
-version at or above its fixed version; then the new versions' Depends/Pre-Depends are closed
-transitively (upgrading or newly installing what they need), installed packages whose own
+Like `apt-get install --only-upgrade <reported>`: each reported package goes to its apt candidate (the
+newest version of the highest priority: NotAutomatic releases such as backports, and apt preferences, count)
+if that is at or above its fixed version, and fails otherwise; then the new versions' Depends/Pre-Depends
+are closed transitively (upgrading or newly installing what they need), installed packages whose own
 dependencies the upgrade would break (binary packages of one source pinning each other with `=`) move
 along, and Breaks against installed versions are resolved by upgrading the broken package.
 """
@@ -32,6 +33,10 @@ class Candidate(Protocol):
     @property
     def source_name(self) -> str: ...
     @property
+    def source_version(self) -> str: ...
+    @property
+    def multi_arch(self) -> str: ...
+    @property
     def depends(self) -> str: ...
     @property
     def pre_depends(self) -> str: ...
@@ -51,6 +56,7 @@ class Installed:
     depends: str = ""
     pre_depends: str = ""
     provides: str = ""
+    source_version: str = ""  # "" when equal to version
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,28 @@ class Wanted:
     name: str
     fixed_version: str | None
     vulnerabilities: tuple[str, ...] = ()
+    # The report named the source package: fixed_version is a source version, compared with the installed
+    # binary's and the candidates' source versions (they differ from binary versions for binNMUs and for
+    # sources such as gcc whose binaries carry their own versions).
+    by_source: bool = False
+
+
+class Policy(Protocol):
+    """apt's version priorities (see copa.pkg.apt.preferences)."""
+
+    def priority(self, candidate: Candidate) -> int: ...
+
+    def installed_priority(self, installed: Installed) -> int: ...
+
+
+class DefaultPolicy:
+    """No preferences and every release automatic: each available version 500, the installed one 100."""
+
+    def priority(self, candidate: Candidate) -> int:
+        return 500
+
+    def installed_priority(self, installed: Installed) -> int:
+        return 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +138,53 @@ def _relations(text: str, pre: str) -> tuple[Clause, ...]:
     return parse_relations(pre) + parse_relations(text)
 
 
+class Candidates:
+    """The versions apt could pick for a name, newest first: its candidate (the newest version of the highest
+    priority; an older one than installed only at >= 1000, which we never want) and the other versions of that
+    priority or above. Versions of lower priority (a NotAutomatic suite's 1 under bookworm's 500) are not
+    usable, as for apt without an explicit version or release request. Cached per name."""
+
+    def __init__(self, installed: Mapping[str, Installed], versions_of: Callable[[str], Sequence[Candidate]],
+                 architecture: str, compare: Compare, policy: Policy | None = None) -> None:
+        self.installed = installed
+        self.versions_of = versions_of
+        self.architecture = architecture
+        self.compare = compare
+        self.policy = policy or DefaultPolicy()
+        self.cache: dict[str, list[Candidate]] = {}
+        self.hidden: dict[str, list[tuple[Candidate, int]]] = {}  # the versions left out, with their priority
+
+    def __call__(self, name: str) -> list[Candidate]:
+        if name in self.cache:
+            return self.cache[name]
+        compare, architecture = self.compare, self.architecture
+        inst = self.installed.get(name)
+        # An installed package keeps its architecture (a foreign-arch-only package is not cross-graded to the
+        # native one); "all" <-> native changes between versions are normal. A new package: native or all.
+        if inst is None or inst.architecture in (architecture, "all"):
+            arches = {architecture, "all"}
+        else:
+            arches = {inst.architecture, "all"}
+        found = sorted((c for c in self.versions_of(name) if c.architecture in arches), key=_sort_key(compare),
+                       reverse=True)
+        prio = [self.policy.priority(c) for c in found]
+        # apt's walk, newest first: a version becomes the candidate when its priority beats every newer one's.
+        best = 0  # apt skips versions of priority <= 0
+        candidate: Candidate | None = None
+        for c, p in zip(found, prio, strict=True):
+            if p > best and (inst is None or compare(c.version, inst.version) > 0):
+                best, candidate = p, c
+        if inst is not None:
+            # The installed version comes next in the walk (an older one wins only at >= 1000: a downgrade).
+            same = [p for c, p in zip(found, prio, strict=True) if compare(c.version, inst.version) == 0]
+            if max([self.policy.installed_priority(inst), *same]) > best:
+                candidate = None
+        out = [] if candidate is None else [c for c, p in zip(found, prio, strict=True) if p >= best]
+        self.cache[name] = out
+        self.hidden[name] = [(c, p) for c, p in zip(found, prio, strict=True) if c not in out]
+        return out
+
+
 def resolve(
     installed: Mapping[str, Installed],
     wanted: Sequence[Wanted],
@@ -117,16 +192,18 @@ def resolve(
     architecture: str,
     compare: Compare,
     providers_of: Callable[[str], Sequence[Candidate]] = lambda _name: (),
+    *,
+    policy: Policy | None = None,
+    foreign: Mapping[str, Sequence[Installed]] | None = None,
 ) -> Resolution:
-    def usable(name: str) -> list[Candidate]:
-        inst = installed.get(name)
-        arches = {architecture, "all"} | ({inst.architecture} if inst else set())
-        return sorted((c for c in versions_of(name) if c.architecture in arches),
-                      key=_sort_key(compare), reverse=True)
+    """`installed` holds one instance per name (the native one); `foreign` the other architectures' instances
+    of Multi-Arch: same packages, by name."""
+    usable = Candidates(installed, versions_of, architecture, compare, policy)
+    hidden = usable.hidden
+    others = foreign or {}
 
     def usable_providers(name: str) -> list[Candidate]:
-        return sorted((c for c in providers_of(name) if c.architecture in (architecture, "all")),
-                      key=_sort_key(compare), reverse=True)
+        return [c for c in providers_of(name) if c in usable(c.package)]
 
     chosen: dict[str, Chosen] = {}
     skipped: list[Skip] = []
@@ -140,19 +217,28 @@ def resolve(
         if want.fixed_version is None:
             skipped.append(Skip(want.name, SkipReason.NO_FIXED_VERSION))
             continue
-        if compare(inst.version, want.fixed_version) >= 0:
-            skipped.append(Skip(want.name, SkipReason.ALREADY_FIXED, f"{inst.version} >= {want.fixed_version}"))
+        have = (inst.source_version or inst.version) if want.by_source else inst.version
+        if compare(have, want.fixed_version) >= 0:
+            skipped.append(Skip(want.name, SkipReason.ALREADY_FIXED, f"{have} >= {want.fixed_version}"))
             continue
         if inst.held:
             skipped.append(Skip(want.name, SkipReason.HELD, f"{inst.version} is on hold"))
             continue
         fixed = want.fixed_version
-        best = next((c for c in usable(want.name)
-                     if compare(c.version, fixed) >= 0 and compare(c.version, inst.version) > 0), None)
-        if best is None:
-            newest = next(iter(usable(want.name)), None)
-            seen = f"newest available is {newest.version}" if newest else "no repository has the package"
-            failures.append(Skip(want.name, SkipReason.NO_FIX_AVAILABLE, f"needs >= {fixed}; {seen}"))
+
+        def fixes(c: Candidate, fixed: str = fixed, by_source: bool = want.by_source) -> bool:
+            return compare(c.source_version if by_source else c.version, fixed) >= 0
+
+        # The candidate is the first usable version; apt would install it or nothing (--only-upgrade).
+        best = next(iter(usable(want.name)), None)
+        if best is None or not fixes(best):
+            seen = f"apt's candidate is {best.version}" if best else f"apt's candidate is the installed {inst.version}"
+            lower = next((f"; {c.version} has apt priority {p} (a NotAutomatic release such as backports, or "
+                          "pinned): pin it in /etc/apt/preferences.d to use it"
+                          for c, p in hidden.get(want.name, []) if fixes(c)), "")
+            if best is None and not lower and not versions_of(want.name):
+                seen = "no repository has the package"
+            failures.append(Skip(want.name, SkipReason.NO_FIX_AVAILABLE, f"needs >= {fixed}; {seen}{lower}"))
             continue
         previous = chosen.get(want.name)
         vulns = tuple(sorted({*want.vulnerabilities, *(previous.vulnerabilities if previous else ())}))
@@ -172,7 +258,7 @@ def resolve(
         failed: tuple[str, Skip] | None = None
         for _ in range(10_000):  # each round adds one package; the bound only guards against bugs
             world = _World(installed, chosen, compare)
-            step = _next_fix(installed, chosen, world, original, usable, compare, usable_providers)
+            step = _next_fix(installed, chosen, world, original, usable, compare, usable_providers, others)
             if step is None:
                 break
             trigger, action = step
@@ -205,9 +291,18 @@ def _next_fix(
     usable: Callable[[str], list[Candidate]],
     compare: Compare,
     providers: Callable[[str], list[Candidate]],
+    foreign: Mapping[str, Sequence[Installed]],
 ) -> tuple[str, Chosen | Skip] | None:
     """The first unmet relation, as (the package whose relation it is, the change that meets it or why
     none can); None when everything holds."""
+    # 0. dpkg needs a Multi-Arch: same package at one version on every architecture it is installed for.
+    for name, ch in sorted(chosen.items()):
+        for other in foreign.get(name, ()):
+            if other.version != ch.record.version:
+                return name, Skip(name, SkipReason.UNRESOLVABLE,
+                                  f"{name}:{other.architecture} {other.version} is also installed and Multi-Arch: "
+                                  f"same needs it at {ch.record.version} too; copa does not yet upgrade "
+                                  "foreign-architecture packages")
     # 1. What the new versions need.
     for name, ch in sorted(chosen.items()):
         already_unmet = _unmet_names(ch.installed, original)

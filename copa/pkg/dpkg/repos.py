@@ -9,9 +9,11 @@ from copa.errors import LocalIOError, ResolutionError, UsageError
 from copa.pkg.apt.cache import Cache
 from copa.pkg.apt.fetch import Fetcher
 from copa.pkg.apt.openpgp import Keyring, keyring_for_source
-from copa.pkg.apt.packages import RepositoryIndex, load_indexes
+from copa.pkg.apt.packages import PackageRecord, RepositoryIndex, load_indexes
+from copa.pkg.apt.preferences import PREFERENCES, PREFERENCES_DIR, Preferences
 from copa.pkg.apt.sources import AptSource, apply_mirrors, parse_file, parse_repository_line
 from copa.pkg.base import ImageContext
+from copa.pkg.dpkg.plan import Candidate, Installed
 
 SOURCES_LIST = "etc/apt/sources.list"
 SOURCES_DIR = "etc/apt/sources.list.d"
@@ -94,3 +96,22 @@ def _existing(paths: tuple[Path, ...]) -> list[Path]:
 
 def fetcher_for(ctx: ImageContext) -> Fetcher:
     return Fetcher(Cache(ctx.cache_dir) if ctx.cache_dir else None)
+
+
+class AptPolicy:
+    """copa.pkg.dpkg.plan.Policy from the image's apt preferences and each record's releases."""
+
+    def __init__(self, preferences: Preferences) -> None:
+        self.preferences = preferences
+
+    def priority(self, candidate: Candidate) -> int:
+        releases = candidate.releases if isinstance(candidate, PackageRecord) else ()
+        return self.preferences.priority(candidate.package, candidate.source_name, candidate.version, releases)
+
+    def installed_priority(self, installed: Installed) -> int:
+        return self.preferences.installed_priority(installed.name, installed.source, installed.version)
+
+
+def image_policy(ctx: ImageContext) -> AptPolicy:
+    """What apt in the image would make of NotAutomatic releases and /etc/apt/preferences{,.d/*}."""
+    return AptPolicy(Preferences.from_files(ctx.root.read(PREFERENCES), ctx.root.under(PREFERENCES_DIR)))

@@ -14,12 +14,13 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from copa.errors import CopaError
+from copa.errors import UnsupportedImageError
 from copa.pkg.dpkg.version import InvalidVersionError, normalize_version
 
 
-class StatusParseError(CopaError):
-    """The status database (or a control file) is not in dpkg's format."""
+class StatusParseError(UnsupportedImageError):
+    """The status database (or a control file) is not in dpkg's format. A damaged database makes the image
+    unsupported (exit 6); the adapter turns one raised for a downloaded .deb's control file into BadDeb."""
 
 
 # lib/dpkg/parse.c `fieldinfos`, dpkg 1.21 (Protected came in 1.20). dpkg writes the known fields in
