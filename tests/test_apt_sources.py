@@ -205,3 +205,7 @@ def test_apply_mirrors_matches_whole_segments() -> None:
         "http://b.invalid/other",
     ]
     assert out[2] is srcs[2]
+    # `Pin: origin` preferences in the image name the image's hosts, not the mirror's.
+    assert [s.site for s in out] == ["a.invalid", "a.invalid", "b.invalid"]
+    again = apply_mirrors(out, [("file:///srv/mirror", "http://c.invalid/m")])
+    assert again[0].uri == "http://c.invalid/m/debian" and again[0].site == "a.invalid"

@@ -21,6 +21,7 @@ import requests
 import urllib3.exceptions
 
 from copa.errors import AuthError, IntegrityError, NotFoundError, RegistryError, UsageError
+from copa.net import describe_connection_error, is_permanent
 from copa.oci.auth import Authenticator, Challenge, parse_www_authenticate, repository_scope
 from copa.oci.credentials import lookup
 from copa.oci.digest import Digest, verifying
@@ -89,21 +90,6 @@ def _retry_after(resp: requests.Response) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, min(when.timestamp() - time.time(), _MAX_RETRY_AFTER))
-
-
-def _describe_connection_error(e: BaseException) -> str:
-    text = str(e).lower()
-    if isinstance(e, requests.exceptions.SSLError):
-        return "TLS handshake failed"
-    if "refused" in text:
-        return "connection refused"
-    if "name or service not known" in text or "failed to resolve" in text or "nodename nor servname" in text:
-        return "host name does not resolve"
-    if isinstance(e, requests.Timeout) or "timed out" in text:
-        return "timed out"
-    if "reset" in text or "aborted" in text or "remote end closed" in text or "remotedisconnected" in text:
-        return "connection dropped"
-    return type(e).__name__
 
 
 class RegistryClient:
@@ -195,12 +181,14 @@ class RegistryClient:
                 "it does not look like an OCI distribution registry; check the address"
             )
 
-    def _connection_error(self, ref: Reference, e: BaseException) -> _Transient:
-        reason = _describe_connection_error(e)
+    def _connection_error(self, ref: Reference, e: BaseException) -> RegistryError:
+        reason = describe_connection_error(e)
         hint = "check the address or --insecure"
         if reason == "TLS handshake failed":
-            hint = "pass --insecure for a plain-HTTP registry, or a CA bundle for a private CA"
-        return _Transient(f"cannot reach registry {ref.registry}: {reason}; {hint}")
+            hint = "pass --insecure for a plain-HTTP registry, or --ca-bundle for a private CA"
+        message = f"cannot reach registry {ref.registry}: {reason}; {hint}"
+        # Only what may pass is retried: a TLS failure or an unknown host fails the same way every time.
+        return RegistryError(message) if is_permanent(e) else _Transient(message)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -329,7 +317,7 @@ class _ResponseStream(io.RawIOBase):
             chunk = self._resp.raw.read(len(view))
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise RegistryError(
-                f"lost the connection while reading {self._what} ({_describe_connection_error(e)}); try again"
+                f"lost the connection while reading {self._what} ({describe_connection_error(e)}); try again"
             ) from None
         n = len(chunk)
         view[:n] = chunk
@@ -351,7 +339,7 @@ def _read_limited(resp: requests.Response, limit: int, what: str) -> bytes:
                 raise IntegrityError(f"{what} is larger than {limit} bytes; it is not a manifest")
     except requests.RequestException as e:
         raise RegistryError(
-            f"lost the connection while reading {what} ({_describe_connection_error(e)}); try again"
+            f"lost the connection while reading {what} ({describe_connection_error(e)}); try again"
         ) from None
     finally:
         resp.close()

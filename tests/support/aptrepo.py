@@ -171,8 +171,12 @@ def build_repo(
     compress: Sequence[str] = ("xz", "gz"),
     date: datetime | None = None,
     valid_until: datetime | None = None,
+    release_fields: Mapping[str, str] | None = None,
 ) -> AptRepo:
-    """Build debs into dest/pool, write Packages indexes, a Release, and sign it with `key` (unless None)."""
+    """Build debs into dest/pool, write Packages indexes, a Release, and sign it with `key` (unless None).
+
+    `release_fields` adds Release fields (e.g. {"NotAutomatic": "yes", "ButAutomaticUpgrades": "yes"}) or replaces
+    the defaults (Origin, Label...)."""
     dest.mkdir(parents=True, exist_ok=True)
     components = tuple(sorted({d.component for d in debs})) or ("main",)
     built: dict[str, Path] = {}
@@ -189,6 +193,7 @@ def build_repo(
         by_hash=by_hash,
         date=date,
         valid_until=valid_until,
+        fields=release_fields,
     )
     return repo
 
@@ -238,8 +243,10 @@ def write_release(
     by_hash: bool = False,
     date: datetime | None = None,
     valid_until: datetime | None = None,
+    fields: Mapping[str, str] | None = None,
 ) -> bytes:
-    """(Re)write dists/SUITE/Release over the current index files and sign it; returns the Release bytes."""
+    """(Re)write dists/SUITE/Release over the current index files and sign it; returns the Release bytes.
+    `fields` replace the default header fields of the same name, or are added after them."""
     dist = repo.dist
     for stale in ("Release", "InRelease", "Release.gpg"):
         (dist / stale).unlink(missing_ok=True)
@@ -247,22 +254,24 @@ def write_release(
     for f in sorted(dist.rglob("*")):
         if f.is_file() and "by-hash" not in f.parts:
             entries.append(f" {_sha256(f)} {f.stat().st_size:>16} {f.relative_to(dist).as_posix()}")
-    lines = [
-        "Origin: copa-tests",
-        "Label: copa-tests",
-        f"Suite: {repo.suite}",
-        f"Codename: {codename or repo.suite}",
-        f"Date: {format_datetime(date or datetime.now(UTC), usegmt=True)}",
-    ]
+    header = {
+        "Origin": "copa-tests",
+        "Label": "copa-tests",
+        "Suite": repo.suite,
+        "Codename": codename or repo.suite,
+        "Date": format_datetime(date or datetime.now(UTC), usegmt=True),
+    }
     if valid_until is not None:
-        lines.append(f"Valid-Until: {format_datetime(valid_until, usegmt=True)}")
-    lines += [
-        f"Architectures: {' '.join(repo.architectures)}",
-        f"Components: {' '.join(repo.components)}",
-        "Description: hermetic repository for copa tests",
-    ]
+        header["Valid-Until"] = format_datetime(valid_until, usegmt=True)
+    header |= {
+        "Architectures": " ".join(repo.architectures),
+        "Components": " ".join(repo.components),
+        "Description": "hermetic repository for copa tests",
+    }
     if by_hash:
-        lines.append("Acquire-By-Hash: yes")
+        header["Acquire-By-Hash"] = "yes"
+    header |= fields or {}
+    lines = [f"{k}: {v}" for k, v in header.items()]
     lines.append("SHA256:")
     release = ("\n".join(lines + entries) + "\n").encode()
     (dist / "Release").write_bytes(release)

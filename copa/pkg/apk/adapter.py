@@ -18,7 +18,6 @@ from copa.pkg.apk.installed import InstalledPackage, parse_installed
 from copa.pkg.apk.plan import Chosen, Installed, Wanted, resolve
 from copa.pkg.apk.repos import (
     Repository,
-    fetcher_for,
     image_arch,
     load_indexes,
     select_repositories,
@@ -26,7 +25,7 @@ from copa.pkg.apk.repos import (
 )
 from copa.pkg.apk.signing import Keys
 from copa.pkg.apk.version import compare_versions
-from copa.pkg.apt.fetch import Fetcher
+from copa.pkg.apt.fetch import Fetcher, fetcher_for
 from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, check_failures
 from copa.report.model import Report
 

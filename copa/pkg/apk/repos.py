@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from copa.errors import LocalIOError, NotFoundError, ResolutionError
 from copa.pkg.apk.index import RepositoryIndex, read_apkindex
 from copa.pkg.apk.signing import KEYS_DIR, Keys
-from copa.pkg.apt.cache import Cache
 from copa.pkg.apt.fetch import Fetcher
 from copa.pkg.base import ImageContext
 
@@ -116,10 +115,6 @@ def trusted_keys(ctx: ImageContext) -> Keys:
                 raise LocalIOError(f"--keyring {p} does not exist or is not a file")
         return Keys.from_files(ctx.repos.keyrings)
     return Keys.from_image(ctx.root.under(KEYS_DIR))
-
-
-def fetcher_for(ctx: ImageContext) -> Fetcher:
-    return Fetcher(Cache(ctx.cache_dir) if ctx.cache_dir else None)
 
 
 def load_indexes(ctx: ImageContext, repos: list[Repository], keys: Keys, fetcher: Fetcher

@@ -21,10 +21,12 @@ import requests
 import urllib3.exceptions
 
 from copa.errors import LocalIOError, NotFoundError, RegistryError
+from copa.net import describe_connection_error, is_permanent
 from copa.pkg.apt.cache import Cache
 
 if TYPE_CHECKING:
     from copa.pkg.apt.packages import PackageRecord
+    from copa.pkg.base import ImageContext
 
 T = TypeVar("T")
 
@@ -60,9 +62,11 @@ class Fetcher:
         retries: int = 4,
         backoff: float = 0.5,
         workers: int = 6,
+        verify: bool | str = True,
     ) -> None:
         self.cache = cache if cache is not None else Cache()
         self.timeout = timeout
+        self.verify = verify  # True, or a CA bundle file for repositories behind a private CA
         self.retries = retries
         self.backoff = backoff
         self.workers = workers
@@ -80,6 +84,7 @@ class Fetcher:
                 # Index files are checksummed as served; on-the-fly compression would break the sha256.
                 s.headers["Accept-Encoding"] = "identity"
                 s.headers["User-Agent"] = "copa-apt/0.1"
+                s.verify = self.verify
                 self._session = s
             return self._session
 
@@ -102,7 +107,11 @@ class Fetcher:
         try:
             resp = self.session.get(url, stream=True, timeout=self.timeout, allow_redirects=True)
         except _TRANSIENT as e:
-            raise _Retryable(f"{type(e).__name__}: {e}") from e
+            if is_permanent(e):
+                hint = "pass --ca-bundle for a private CA" if isinstance(e, requests.exceptions.SSLError) \
+                    else "check the repository URL"
+                raise RegistryError(f"{what}: cannot fetch {url}: {describe_connection_error(e)}; {hint}") from None
+            raise _Retryable(f"{describe_connection_error(e)}: {e}") from e
         except requests.RequestException as e:
             raise RegistryError(f"{what}: request to {url} failed: {e}") from e
         with resp:
@@ -187,3 +196,9 @@ def fetch_deb(record: PackageRecord, fetcher: Fetcher | None = None) -> Path:
 
 def fetch_debs(records: Sequence[PackageRecord], fetcher: Fetcher | None = None) -> list[Path]:
     return (fetcher or default_fetcher()).fetch_all([deb_item(r) for r in records])
+
+
+def fetcher_for(ctx: ImageContext) -> Fetcher:
+    """The fetcher a patch run uses: the user's cache directory, --timeout and --ca-bundle."""
+    return Fetcher(Cache(ctx.cache_dir) if ctx.cache_dir else None, timeout=ctx.timeout,
+                   verify=ctx.ca_bundle or True)

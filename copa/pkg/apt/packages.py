@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, TextIO
-from urllib.parse import urlsplit
 
 from copa.errors import IntegrityError, NotFoundError
 from copa.pkg.apt.fetch import Fetcher, FetchItem, default_fetcher
@@ -468,6 +467,6 @@ def load_indexes(
         futures = [pool.submit(_load_rows, f, item, plain, path, use_parsed_cache) for _, _, path, item, plain in jobs]
     index = RepositoryIndex(sources=loaded, keep=keep)
     for (src, comp, _, _, _), fut in zip(jobs, futures, strict=True):
-        info = dataclasses.replace(src.release.info, component=comp, site=urlsplit(src.source.uri).hostname or "")
+        info = dataclasses.replace(src.release.info, component=comp, site=src.source.site)
         index._add_rows(fut.result(), src.source, comp, info)
     return index

@@ -147,13 +147,16 @@ class Preferences:
             return pinned
         return max((self.release_priority(r) for r in releases), default=ReleaseInfo().default_priority)
 
-    def installed_priority(self, package: str, source: str, version: str) -> int:
-        """The installed version's priority from the status file. Matching it as STATUS_RELEASE (not as no
-        release at all) is what makes `Pin: release a=now` pins count, as they do for apt."""
-        pinned = self.specific(package, source, version, (STATUS_RELEASE,))
+    def installed_priority(self, package: str, source: str, version: str,
+                           releases: Sequence[ReleaseInfo] = ()) -> int:
+        """The installed version's priority. To apt it is one version found in the status file (STATUS_RELEASE,
+        which is what makes `Pin: release a=now` count) and in every repository still publishing it
+        (`releases`): a pin naming the package and matching any of them decides, else the highest of the status
+        file's priority (100) and those releases' priorities."""
+        pinned = self.specific(package, source, version, (STATUS_RELEASE, *releases))
         if pinned is not None:
             return pinned
-        for pin in self.pins:
-            if pin.general and pin.kind == "release" and pin.matches_release(STATUS_RELEASE):
-                return pin.priority
-        return INSTALLED_PRIORITY
+        status = next((pin.priority for pin in self.pins
+                       if pin.general and pin.kind == "release" and pin.matches_release(STATUS_RELEASE)),
+                      INSTALLED_PRIORITY)
+        return max([status, *(self.release_priority(r) for r in releases)])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
 
 from copa.errors import CopaError, UnsupportedImageError, UsageError
 
@@ -29,6 +30,13 @@ class AptSource:
     trusted: bool = False
     check_valid_until: bool = True
     origin: str = ""  # "file:line" where it was defined, for messages
+    # The URI as the image names it, when --mirror rewrote `uri`: apt in the image would see this host, so
+    # `Pin: origin` preferences match against it.
+    original_uri: str = ""
+
+    @property
+    def site(self) -> str:
+        return urlsplit(self.original_uri or self.uri).hostname or ""
 
     @property
     def flat(self) -> bool:
@@ -257,5 +265,5 @@ def apply_mirrors(sources: Sequence[AptSource], mirrors: Sequence[tuple[str, str
             if uri == old_n or uri.startswith(old_n + "/"):
                 uri = new.rstrip("/") + uri[len(old_n) :]
                 break
-        out.append(replace(src, uri=uri) if uri != src.uri else src)
+        out.append(replace(src, uri=uri, original_uri=src.original_uri or src.uri) if uri != src.uri else src)
     return out

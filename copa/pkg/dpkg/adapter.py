@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from copa.errors import ReportError
-from copa.pkg.apt.fetch import deb_item
+from copa.pkg.apt.fetch import deb_item, fetcher_for
 from copa.pkg.apt.packages import PackageRecord
 from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, check_failures
 from copa.pkg.dpkg.config import DpkgConfig, read_config
@@ -26,7 +26,7 @@ from copa.pkg.dpkg.install import (
 )
 from copa.pkg.dpkg.plan import Candidates, Chosen, Installed, Wanted, resolve
 from copa.pkg.dpkg.relations import parse_relations
-from copa.pkg.dpkg.repos import fetcher_for, image_policy, load_index
+from copa.pkg.dpkg.repos import image_policy, load_index
 from copa.pkg.dpkg.status import StatusEntry, StatusParseError, entry_from_control
 from copa.pkg.dpkg.version import compare_versions
 from copa.report.model import Report

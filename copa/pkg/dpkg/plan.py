@@ -75,7 +75,9 @@ class Policy(Protocol):
 
     def priority(self, candidate: Candidate) -> int: ...
 
-    def installed_priority(self, installed: Installed) -> int: ...
+    def installed_priority(self, installed: Installed, same: Sequence[Candidate]) -> int:
+        """The installed version's priority; `same` are the repository records of that very version."""
+        ...
 
 
 class DefaultPolicy:
@@ -84,8 +86,8 @@ class DefaultPolicy:
     def priority(self, candidate: Candidate) -> int:
         return 500
 
-    def installed_priority(self, installed: Installed) -> int:
-        return 100
+    def installed_priority(self, installed: Installed, same: Sequence[Candidate]) -> int:
+        return max([100, *(self.priority(c) for c in same)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +178,8 @@ class Candidates:
                 best, candidate = p, c
         if inst is not None:
             # The installed version comes next in the walk (an older one wins only at >= 1000: a downgrade).
-            same = [p for c, p in zip(found, prio, strict=True) if compare(c.version, inst.version) == 0]
-            if max([self.policy.installed_priority(inst), *same]) > best:
+            same = [c for c in found if compare(c.version, inst.version) == 0]
+            if self.policy.installed_priority(inst, same) > best:
                 candidate = None
         out = [] if candidate is None else [c for c, p in zip(found, prio, strict=True) if p >= best]
         self.cache[name] = out

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from copa.errors import LocalIOError, ResolutionError, UsageError
-from copa.pkg.apt.cache import Cache
-from copa.pkg.apt.fetch import Fetcher
+from copa.pkg.apt.fetch import fetcher_for
 from copa.pkg.apt.openpgp import Keyring, keyring_for_source
 from copa.pkg.apt.packages import PackageRecord, RepositoryIndex, load_indexes
 from copa.pkg.apt.preferences import PREFERENCES, PREFERENCES_DIR, Preferences
@@ -94,10 +93,6 @@ def _existing(paths: tuple[Path, ...]) -> list[Path]:
     return list(paths)
 
 
-def fetcher_for(ctx: ImageContext) -> Fetcher:
-    return Fetcher(Cache(ctx.cache_dir) if ctx.cache_dir else None)
-
-
 class AptPolicy:
     """copa.pkg.dpkg.plan.Policy from the image's apt preferences and each record's releases."""
 
@@ -108,8 +103,9 @@ class AptPolicy:
         releases = candidate.releases if isinstance(candidate, PackageRecord) else ()
         return self.preferences.priority(candidate.package, candidate.source_name, candidate.version, releases)
 
-    def installed_priority(self, installed: Installed) -> int:
-        return self.preferences.installed_priority(installed.name, installed.source, installed.version)
+    def installed_priority(self, installed: Installed, same: Sequence[Candidate]) -> int:
+        releases = [r for c in same if isinstance(c, PackageRecord) for r in c.releases]
+        return self.preferences.installed_priority(installed.name, installed.source, installed.version, releases)
 
 
 def image_policy(ctx: ImageContext) -> AptPolicy:
