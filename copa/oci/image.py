@@ -9,13 +9,13 @@ so nothing points at content that is not in place.
 
 from __future__ import annotations
 
-import gzip
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 import zstandard
+from isal import igzip
 
 from copa.errors import UnsupportedImageError
 from copa.oci.digest import Digest
@@ -50,7 +50,8 @@ def decompressed(stream: BinaryIO, media_type: str) -> BinaryIO:
     """A streaming uncompressed view of a layer blob."""
     kind = layer_compression(media_type)
     if kind == "gzip":
-        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+        # ISA-L inflates about twice as fast as zlib: every base layer is read through here.
+        return igzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[no-untyped-call, return-value]
     if kind == "zstd":
         reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
         return io.BufferedReader(reader, buffer_size=1 << 16)

@@ -9,7 +9,6 @@ in memory. Every path is checked before anything is written.
 from __future__ import annotations
 
 import enum
-import gzip
 import hashlib
 import io
 import os
@@ -25,14 +24,16 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 import zstandard
+from isal import igzip
 
 from copa.errors import UnsafePathError, UsageError
 from copa.oci.digest import Digest
 from copa.oci.model import MediaType
 
 WHITEOUT_PREFIX = ".wh."
-# zlib's default (6), as docker and most registries' clients use; 9 costs ~3x the time for ~1% smaller layers.
-_GZIP_LEVEL = 6
+# ISA-L's best level: 8x faster than zlib's default 6 (which docker uses) for a layer ~10% larger; the patch
+# layer's compression was a third of a patch run's CPU time with zlib.
+_GZIP_LEVEL = 3
 _GZIP_BLOCK = 1 << 20  # deflate looks back 32 KiB only: 1 MiB members cost <0.1% in size
 OPAQUE = ".wh..wh..opq"
 
@@ -291,7 +292,7 @@ class _ParallelGzip(io.RawIOBase):
         return len(data)
 
     def _submit(self, block: bytes) -> None:
-        self._pending.append(self._pool.submit(gzip.compress, block, _GZIP_LEVEL, mtime=0))
+        self._pending.append(self._pool.submit(igzip.compress, block, _GZIP_LEVEL, mtime=0))
         while len(self._pending) > 2 * self._workers:
             self._out.write(self._pending.popleft().result())
 

@@ -15,7 +15,7 @@ from copa.pkg.apt.packages import PackageRecord
 from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, check_failures
 from copa.pkg.dpkg.config import DpkgConfig, read_config
 from copa.pkg.dpkg.database import INFO, DpkgDatabase, info_name, read_database
-from copa.pkg.dpkg.debfile import BadDeb, read_deb
+from copa.pkg.dpkg.debfile import BadDeb, DebContents, read_deb
 from copa.pkg.dpkg.install import (
     LayerPlan,
     Unpacked,
@@ -111,15 +111,10 @@ class DpkgAdapter:
         payload = plan.payload
         assert isinstance(payload, _Payload)
         db = payload.db
-        paths = fetcher_for(ctx).fetch_all([deb_item(r) for r in payload.records])
+        debs = _download_and_read(ctx, payload.records)
         view = ctx.root
         names = [posixpath.basename(r.filename) for r in payload.records]
         old_files, old_info = self._old_state(ctx, db, payload.chosen)
-        # xz/zstd/gzip decompression releases the GIL: unpack the .debs on every core.
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            debs = list(pool.map(lambda i: read_deb(paths[i], ctx.workdir / "stage" / f"{i:04d}",
-                                                    names[i]),
-                                 range(len(paths))))
         unpacked: list[Unpacked] = []
         for chosen, contents in zip(payload.chosen, debs, strict=True):
             old = db.entry(chosen.installed.name) if chosen.installed else None
@@ -186,6 +181,24 @@ class DpkgAdapter:
         a diversion put them; keyed by the package's path."""
         return {p: ctx.root.read(config.target(p.lstrip("/"), u.package))
                 for u in unpacked if u.old is not None for p in conffile_paths(u.contents)}
+
+
+def _download_and_read(ctx: ImageContext, records: Sequence[PackageRecord]) -> list[DebContents]:
+    """Every .deb downloaded (verified against the index) and read, each read starting as soon as its download
+    is done, biggest first: decompression (which releases the GIL) runs on every core while the rest download.
+    The first failure in record order is raised once every worker has finished."""
+    fetcher = fetcher_for(ctx)
+    order = sorted(range(len(records)), key=lambda i: -records[i].size)
+    with ThreadPoolExecutor(max_workers=fetcher.workers, thread_name_prefix="copa-fetch") as fetch_pool, \
+            ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="copa-unpack") as read_pool:
+        fetched = {i: fetch_pool.submit(fetcher.fetch, deb_item(records[i])) for i in order}
+
+        def read(i: int) -> DebContents:
+            name = posixpath.basename(records[i].filename)
+            return read_deb(fetched[i].result(), ctx.workdir / "stage" / f"{i:04d}", name)
+
+        reads = {i: read_pool.submit(read, i) for i in order}
+    return [reads[i].result() for i in range(len(records))]
 
 
 def _status_entry(pkg: Unpacked, recorded: Sequence[tuple[str, str]], deb_name: str) -> StatusEntry:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 import zstandard
+from isal import igzip
 
 from copa.errors import IntegrityError, LocalIOError, UnsafePathError
 from copa.pkg.layer import clean_path
@@ -96,7 +97,7 @@ def _decompress(name: str, stream: BinaryIO, what: str) -> BinaryIO:
     if name.endswith(".xz"):
         return cast(BinaryIO, lzma.LZMAFile(stream))
     if name.endswith(".gz"):
-        return cast(BinaryIO, gzip.GzipFile(fileobj=stream))
+        return cast(BinaryIO, igzip.GzipFile(fileobj=stream))  # type: ignore[no-untyped-call]
     if name.endswith(".zst"):
         # A .zst member may hold several frames (pzstd, zstd --adapt...); libzstd, as dpkg uses it, reads them all.
         reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
@@ -106,12 +107,36 @@ def _decompress(name: str, stream: BinaryIO, what: str) -> BinaryIO:
     raise BadDeb(f"{what}: unsupported compression of member {name!r}")
 
 
+class _Slice(io.RawIOBase):
+    """`size` bytes of an open file from its current position; closing it closes the file."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        super().__init__()
+        self._f, self._left = f, size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer)
+        n: int = self._f.readinto(view[: min(len(view), self._left)])  # type: ignore[attr-defined]
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        finally:
+            super().close()
+
+
 @dataclass(frozen=True, slots=True)
 class DataFile:
     """One member of data.tar: where dpkg would put it (`path`, as in the package) and its metadata.
 
-    A regular file's content is kept in memory when small (most package files are) and staged on
-    disk otherwise, so the many small files cost no file system round trip and big ones no memory."""
+    A regular file's content is kept in memory when small (most package files are) and otherwise appended to
+    one spool file per package, so small files cost no file system round trip, big ones no memory, and a
+    package of thousands of files (perl-modules) not thousands of file creations."""
 
     path: str  # normalised, no leading slash; "" never appears
     kind: str  # file, dir, symlink, hardlink
@@ -123,8 +148,9 @@ class DataFile:
     size: int
     mtime: int
     linkname: str  # symlink target as written; for hardlinks a normalised package path
-    staged: Path | None = None  # content on disk, for large regular files
-    inline: bytes | None = None  # content in memory, for small regular files
+    staged: Path | None = None  # the package's spool file holding the content of its larger regular files...
+    inline: bytes | None = None  # ...or the content in memory, for small regular files
+    offset: int = 0  # where the content starts in `staged`
 
     @property
     def has_content(self) -> bool:
@@ -135,7 +161,9 @@ class DataFile:
             return io.BytesIO(self.inline)
         if self.staged is None:
             raise ValueError(f"{self.path} has no content")
-        return self.staged.open("rb")
+        f = self.staged.open("rb")
+        f.seek(self.offset)
+        return cast(BinaryIO, io.BufferedReader(_Slice(f, self.size), 1 << 16))
 
     def md5(self) -> str:
         h = hashlib.md5(usedforsecurity=False)
@@ -209,6 +237,7 @@ class _StageFile:
 
     def __init__(self, path: Path, what: str) -> None:
         self._path, self._what = path, what
+        self.position = 0
         try:
             self._f = path.open("wb")
         except OSError as e:
@@ -220,9 +249,11 @@ class _StageFile:
 
     def write(self, data: bytes) -> int:
         try:
-            return self._f.write(data)
+            n = self._f.write(data)
         except OSError as e:
             raise self._error(e) from None
+        self.position += n
+        return n
 
     def close(self) -> None:
         try:
@@ -237,8 +268,9 @@ def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
         stage.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise LocalIOError(f"cannot create staging directory {stage} ({e.strerror or e})") from None
-    counter = 0
     inline_budget = _INLINE_BUDGET
+    spool_path = stage / "spool"  # a name of ours, never the package's own paths: no way out of `stage`
+    spool: _StageFile | None = None
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for m in tar:
@@ -247,6 +279,7 @@ def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
                     continue
                 staged = None
                 inline = None
+                offset = 0
                 kind = "file"
                 linkname = m.linkname
                 if m.isreg():
@@ -255,15 +288,11 @@ def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
                         inline = src.read() if src is not None else b""
                         inline_budget -= m.size
                     else:
-                        counter += 1
-                        # Staged under a counter, never under the package's own path: no way out of `stage`.
-                        staged = stage / f"{counter:07d}"
-                        dst = _StageFile(staged, what)
-                        try:
-                            if src is not None:
-                                shutil.copyfileobj(src, dst, 1 << 20)
-                        finally:
-                            dst.close()
+                        if spool is None:
+                            spool = _StageFile(spool_path, what)
+                        staged, offset = spool_path, spool.position
+                        if src is not None:
+                            shutil.copyfileobj(src, spool, 1 << 20)
                 elif m.isdir():
                     kind = "dir"
                 elif m.issym():
@@ -274,9 +303,12 @@ def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
                 else:
                     raise UnsafePathError(f"{what}: member {m.name!r} is a device or fifo; refusing it")
                 out.append(DataFile(path, kind, m.mode, m.uid, m.gid, m.uname, m.gname, m.size,
-                                    int(m.mtime), linkname, staged, inline))
+                                    int(m.mtime), linkname, staged, inline, offset))
     except _CORRUPT as e:
         raise BadDeb(f"{what}: data archive is corrupt ({e})") from None
     except OSError as e:
         raise LocalIOError(f"{what}: cannot read the downloaded package ({e})") from None
+    finally:
+        if spool is not None:
+            spool.close()
     return out
