@@ -107,25 +107,12 @@ def _decompress(name: str, stream: BinaryIO, what: str) -> BinaryIO:
     raise BadDeb(f"{what}: unsupported compression of member {name!r}")
 
 
-class _Slice(io.RawIOBase):
-    """`size` bytes of an open file from its current position; closing it closes the file."""
-
-    def __init__(self, f: BinaryIO, size: int) -> None:
-        super().__init__()
-        self._f, self._left = f, size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        view = memoryview(buffer)
-        n: int = self._f.readinto(view[: min(len(view), self._left)])  # type: ignore[attr-defined]
-        self._left -= n
-        return n
+class _Slice(_Bounded):
+    """`size` bytes of an open spool file from its current position; closing it closes the file."""
 
     def close(self) -> None:
         try:
-            self._f.close()
+            self._raw.close()
         finally:
             super().close()
 
