@@ -9,13 +9,17 @@ so nothing points at content that is not in place.
 
 from __future__ import annotations
 
+import gzip
 import io
+import lzma
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 import zstandard
 from isal import igzip
+from isal.igzip_lib import IsalError
 
 from copa.errors import UnsupportedImageError
 from copa.oci.digest import Digest
@@ -44,6 +48,14 @@ def read_blob(source: Source, desc: Descriptor, limit: int = 64 << 20) -> bytes:
         raise UnsupportedImageError(f"blob {desc.digest} is {desc.size} bytes; too large for a config document")
     with source.open_blob(desc) as f:
         return f.read()
+
+
+# What reading a damaged compressed stream raises: zlib's and ISA-L's inflate errors, lzma's and zstd's, and a
+# gzip header or CRC error or a stream cut short (gzip.BadGzipFile is an OSError: name it, so that the remaining
+# OSErrors can still mean the local disk or the network).
+CORRUPT_STREAM: tuple[type[Exception], ...] = (
+    zlib.error, cast(type[Exception], IsalError), lzma.LZMAError, zstandard.ZstdError, EOFError, gzip.BadGzipFile,
+)
 
 
 def decompressed(stream: BinaryIO, media_type: str) -> BinaryIO:

@@ -17,8 +17,8 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from copa.errors import UnsafePathError, UnsupportedImageError
-from copa.oci.image import Image
+from copa.errors import IntegrityError, UnsafePathError, UnsupportedImageError
+from copa.oci.image import CORRUPT_STREAM, Image
 
 _MAX_LINK_DEPTH = 40
 _MAX_FILE = 256 << 20
@@ -109,6 +109,9 @@ def _members(image: Image, index: int) -> Iterator[tuple[tarfile.TarFile, tarfil
                     yield tar, member
         except tarfile.TarError as e:
             raise UnsupportedImageError(f"layer {layer.descriptor.digest} is not a valid tar stream: {e}") from None
+        except CORRUPT_STREAM as e:
+            raise IntegrityError(f"layer {layer.descriptor.digest} does not decompress ({e or type(e).__name__}); "
+                                 "the blob is damaged: push the image again") from None
 
 
 @dataclass(frozen=True)

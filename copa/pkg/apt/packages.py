@@ -10,7 +10,6 @@ costs ~0.2 s; parsing every paragraph cost ~2 s.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import io
 import logging
 import lzma
@@ -25,6 +24,7 @@ from typing import BinaryIO, cast
 from isal import igzip
 
 from copa.errors import IntegrityError, NotFoundError
+from copa.oci.image import CORRUPT_STREAM
 from copa.pkg.apt.fetch import Fetcher, FetchItem, default_fetcher
 from copa.pkg.apt.openpgp import Keyring, unverified_cleartext, verify_clearsigned, verify_detached
 from copa.pkg.apt.release import IndexFile, Release, ReleaseInfo
@@ -199,9 +199,14 @@ def _decompress(path: Path, name: str, out: BinaryIO, what: str) -> None:
     """Copy the index at `path` into `out`, decompressed as its `name` says."""
     try:
         with _open_compressed(path, name) as src:
+            # Lines end in LF from here on: paragraphs are found by b"\n\n", which a CRLF index never has.
+            carry = b""
             while chunk := src.read(1 << 20):
-                out.write(chunk)
-    except (lzma.LZMAError, gzip.BadGzipFile, EOFError) as e:
+                chunk = carry + chunk
+                carry = b"\r" if chunk.endswith(b"\r") else b""
+                out.write((chunk[:-1] if carry else chunk).replace(b"\r\n", b"\n"))
+            out.write(carry)
+    except CORRUPT_STREAM as e:
         raise IntegrityError(f"{what}: cannot decompress {name}: {e}; the index is corrupt") from e
 
 

@@ -6,14 +6,12 @@ staging directory, from which the layer writer later copies each file. Every pat
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import lzma
 import posixpath
 import shutil
 import tarfile
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import zstandard
 from isal import igzip
 
 from copa.errors import IntegrityError, LocalIOError, UnsafePathError
+from copa.oci.image import CORRUPT_STREAM
 from copa.pkg.layer import clean_path
 
 _AR_MAGIC = b"!<arch>\n"
@@ -35,9 +34,7 @@ class BadDeb(IntegrityError):
     pass
 
 
-# What a damaged compressed tar stream raises while being read (gzip.BadGzipFile is an OSError: it must be named
-# here so that the remaining OSErrors can mean the local disk).
-_CORRUPT = (tarfile.TarError, lzma.LZMAError, zstandard.ZstdError, zlib.error, EOFError, gzip.BadGzipFile)
+_CORRUPT: tuple[type[Exception], ...] = (tarfile.TarError, *CORRUPT_STREAM)
 
 
 @dataclass(frozen=True, slots=True)
