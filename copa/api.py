@@ -19,8 +19,11 @@ from copa.oci.mutate import Original, append_layer, original_of
 from copa.oci.registry import RegistryClient, RegistryOptions
 from copa.oci.rootfs import Files, scan
 from copa.oci.transport import Opened, Written, open_image, plan_outputs, write_outputs
+from copa.pkg.apt.fetch import make_fetcher
 from copa.pkg.base import ImageContext, LayerContent, OSRelease, RepositoryOptions, Skip, Update
 from copa.pkg.detect import CAPTURE, adapter_for, detect
+from copa.pkg.dpkg.prefetch import WATCH as PREFETCH_WATCH
+from copa.pkg.dpkg.prefetch import IndexPrefetch
 from copa.pkg.layer import Compression, write_layer
 from copa.report.load import load_report
 from copa.report.model import Report
@@ -160,7 +163,14 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
     if original.layers != len(image.layers):
         progress(f"image was patched before; patching its original ({original.base_reference}) again")
     progress("reading the image's files")
-    root_view = scan(image, original.layers, CAPTURE)
+    # apt indexes start downloading as soon as the base layer's /etc/apt has been read (see dpkg.prefetch).
+    prefetch = IndexPrefetch(options.repos, image.config.architecture or "amd64", image.config.variant,
+                             make_fetcher(Path(options.cache_dir) if options.cache_dir else None, options.timeout,
+                                          options.ca_bundle))
+    try:
+        root_view = scan(image, original.layers, CAPTURE, early=(PREFETCH_WATCH, prefetch.start))
+    finally:
+        prefetch.join()
     detected = detect(root_view)
     adapter = adapter_for(detected)
     with tempfile.TemporaryDirectory(prefix="copa-") as tmp:

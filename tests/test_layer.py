@@ -3,14 +3,16 @@
 import gzip
 import hashlib
 import io
+import os
 import subprocess
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
 import zstandard
 
-from copa.errors import UnsafePathError
+from copa.errors import LocalIOError, UnsafePathError
 from copa.pkg.layer import Compression, Entry, Kind, write_layer
 
 
@@ -89,3 +91,38 @@ def test_unsafe_paths_are_refused(tmp_path: Path, entries: list[Entry], message:
 def test_base_symlinks_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsafePathError, match="through the symlink 'lib'"):
         write_layer([Entry.file("lib/x.so", b"x")], tmp_path, is_base_symlink=lambda p: p == "lib")
+
+
+def _gzip_workers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("copa-gzip")]
+
+
+def _big(path: str, size: int, data: bytes | None = None) -> Entry:
+    payload = data if data is not None else os.urandom(size)  # incompressible: fills the disk as written
+    return Entry(path, Kind.FILE, 0o644, size=size, content=lambda: io.BytesIO(payload))
+
+
+def test_failed_layer_leaves_nothing_behind(tmp_path: Path) -> None:
+    # The second file is shorter than it claims: the write fails midway, after the gzip workers started.
+    entries = [_big("a/big", 3 << 20), _big("b/short", 100, b"only ten b")]
+    with pytest.raises(UnsafePathError, match="shorter"):
+        write_layer(entries, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    assert _gzip_workers() == []
+
+
+def test_full_disk_is_a_local_error(tmp_path: Path) -> None:
+    """A real full file system (a 1 MiB tmpfs): exit 8 with a hint, no half-written layer, no workers left."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        with pytest.raises(LocalIOError, match="free space") as err:
+            write_layer([_big("a/big", 4 << 20)], small)
+        assert err.value.exit_code == 8
+        assert list(small.iterdir()) == []
+        assert _gzip_workers() == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -225,3 +225,19 @@ def test_hardlink_content_comes_from_its_own_layer(tmp_path: Path) -> None:
         assert view.read(path) == (rootfs / path).read_bytes(), path
     assert view.read("etc/link") == b"one" and view.read("etc/out") == b"outside"
     assert view.under("etc") == {p: (rootfs / p).read_bytes() for p in ("etc/a", "etc/link", "etc/out")}
+
+
+def test_early_hook_fires_once_past_the_directory_with_its_files() -> None:
+    """On the real Debian fixture: the hook gets the final /etc/apt sources while var/ is still unread."""
+    layout, ref = images.debian_layout()
+    source = LayoutSource(layout, ref)
+    root = source.root()
+    assert isinstance(root, Manifest)
+    image = Image.load(source, root)
+    calls: list[dict[str, bytes]] = []
+    view = scan(image, None, ("etc/apt", "var/lib/dpkg/status"), early=("etc", lambda c: calls.append(dict(c))))
+    assert len(calls) == 1
+    seen = calls[0]
+    assert {p: c for p, c in view.contents.items() if p.startswith("etc/apt/")} == seen
+    assert any(p.startswith("etc/apt/sources.list") for p in seen)
+    assert "var/lib/dpkg/status" in view.contents and "var/lib/dpkg/status" not in seen

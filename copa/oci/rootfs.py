@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import posixpath
 import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from copa.errors import IntegrityError, UnsafePathError, UnsupportedImageError
@@ -181,11 +181,22 @@ def resolve_path(path: str, link_of: Callable[[str], str | None], follow_last: b
     return "/".join(done)
 
 
-def scan(image: Image, upto: int | None = None, capture: Iterable[str] = ()) -> View:
+# Called once with the files captured so far, when the bottom layer's stream has gone past a directory: the
+# caller can start work that needs that directory's files (e.g. repository downloads) while the scan goes on.
+EarlyHook = tuple[str, Callable[[Mapping[str, bytes]], None]]
+
+
+def scan(image: Image, upto: int | None = None, capture: Iterable[str] = (), early: EarlyHook | None = None
+         ) -> View:
     """Index every visible path of the image (layers [0, upto) when `upto` is given), keeping the contents
     of regular files at or below the `capture` paths (package databases, /etc): one pass over each layer
-    serves every later lookup."""
+    serves every later lookup.
+
+    `early`: (directory, callback). Layers are read top down, so once the bottom layer's members sort past the
+    directory the captured files under it are final, if the layer is in sorted order as build tools write
+    them; the callback must treat what it gets as a hint (the View returned is what counts)."""
     count = len(image.layers) if upto is None else upto
+    early_dir, early_call = (_norm(early[0]), early[1]) if early is not None else ("", None)
     prefixes = tuple(_norm(p) for p in capture)
     hiding = _Hiding()
     nodes: dict[str, Node] = {}
@@ -197,6 +208,9 @@ def scan(image: Image, upto: int | None = None, capture: Iterable[str] = ()) -> 
         elsewhere: dict[str, list[str]] = {}  # hardlink target outside the captured paths -> captured links
         for tar, member in _members(image, index):
             path = _norm(member.name)
+            if early_call is not None and index == 0 and path > early_dir and not path.startswith(early_dir + "/"):
+                early_call(dict(contents))
+                early_call = None
             if not path or hiding.note(path):
                 continue
             captured = _at_or_under(path, prefixes)

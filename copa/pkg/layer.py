@@ -26,7 +26,7 @@ from typing import BinaryIO, cast
 import zstandard
 from isal import igzip
 
-from copa.errors import UnsafePathError, UsageError
+from copa.errors import LocalIOError, UnsafePathError, UsageError
 from copa.oci.digest import Digest
 from copa.oci.model import MediaType
 
@@ -230,15 +230,20 @@ def write_layer(
     """Write `entries` as one compressed tar layer file in `directory` and return its digests."""
     media_type = compression.media_type(docker)
     ordered = check_entries(entries, is_base_symlink)
-    fd, tmp_name = tempfile.mkstemp(prefix="layer-", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix="layer-", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise _disk_error(directory, e) from None
     tmp = Path(tmp_name)
+    gz: _ParallelGzip | None = None
     try:
         with os.fdopen(fd, "wb") as raw_out:
             compressed = _HashingWriter(raw_out)
             sink = cast(BinaryIO, compressed)
             comp_stream: BinaryIO
             if compression is Compression.GZIP:
-                comp_stream = cast(BinaryIO, _ParallelGzip(sink))
+                gz = _ParallelGzip(sink)
+                comp_stream = cast(BinaryIO, gz)
             else:
                 comp_stream = cast(BinaryIO, zstandard.ZstdCompressor(level=3).stream_writer(sink, closefd=False))
             uncompressed = _HashingWriter(comp_stream)
@@ -260,9 +265,19 @@ def write_layer(
         final = directory / f"{digest.hex}.layer"
         shutil.move(tmp, final)
         return LayerBlob(final, digest, Digest("sha256", uncompressed.hash.hexdigest()), compressed.size, media_type)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    except OSError as e:
+        # Package content is read from our own staging files and the layer goes to our work directory: an OSError
+        # here is the local disk (ENOSPC, EIO), not bad input.
+        raise _disk_error(directory, e) from None
+    finally:
+        if gz is not None:
+            gz.abort()  # no-op after a clean close; after a failure, stops the workers without writing more
+        tmp.unlink(missing_ok=True)  # gone already after the move; a failure leaves nothing half-written
+
+
+def _disk_error(directory: Path, e: OSError) -> LocalIOError:
+    return LocalIOError(f"cannot write the patch layer under {directory} ({e.strerror or e}); free space there or "
+                        "set TMPDIR to a larger file system")
 
 
 class _ParallelGzip(io.RawIOBase):
@@ -296,6 +311,12 @@ class _ParallelGzip(io.RawIOBase):
         while len(self._pending) > 2 * self._workers:
             self._out.write(self._pending.popleft().result())
 
+    def abort(self) -> None:
+        """Stop the workers and drop what is pending (after a failure: the output is discarded anyway)."""
+        self._pending.clear()
+        self._buffer.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
     def close(self) -> None:
         if self.closed:
             return
@@ -325,9 +346,13 @@ class _exact(io.RawIOBase):
         want = min(len(view), self._left)
         if want == 0:
             return 0
-        chunk = self._src.read(want)
-        if not chunk:
-            raise UnsafePathError(f"content of {self._name!r} is shorter than its declared size")
-        view[: len(chunk)] = chunk
-        self._left -= len(chunk)
-        return len(chunk)
+        # Fill the request: tarfile takes a short read for the end of the data and fails with a bare OSError.
+        got = 0
+        while got < want:
+            chunk = self._src.read(want - got)
+            if not chunk:
+                raise UnsafePathError(f"content of {self._name!r} is shorter than its declared size")
+            view[got : got + len(chunk)] = chunk
+            got += len(chunk)
+        self._left -= got
+        return got

@@ -200,5 +200,8 @@ def fetch_debs(records: Sequence[PackageRecord], fetcher: Fetcher | None = None)
 
 def fetcher_for(ctx: ImageContext) -> Fetcher:
     """The fetcher a patch run uses: the user's cache directory, --timeout and --ca-bundle."""
-    return Fetcher(Cache(ctx.cache_dir) if ctx.cache_dir else None, timeout=ctx.timeout,
-                   verify=ctx.ca_bundle or True)
+    return make_fetcher(ctx.cache_dir, ctx.timeout, ctx.ca_bundle)
+
+
+def make_fetcher(cache_dir: Path | None, timeout: float, ca_bundle: str | None) -> Fetcher:
+    return Fetcher(Cache(cache_dir) if cache_dir else None, timeout=timeout, verify=ca_bundle or True)

@@ -23,7 +23,7 @@ from typing import BinaryIO, cast
 
 from isal import igzip
 
-from copa.errors import IntegrityError, NotFoundError
+from copa.errors import CopaError, IntegrityError, NotFoundError
 from copa.oci.image import CORRUPT_STREAM
 from copa.pkg.apt.fetch import Fetcher, FetchItem, default_fetcher
 from copa.pkg.apt.openpgp import Keyring, unverified_cleartext, verify_clearsigned, verify_detached
@@ -492,3 +492,30 @@ def load_indexes(
         info = dataclasses.replace(src.release.info, component=comp, site=src.source.site)
         index._add_rows(fut.result(), src.source, comp, info)
     return index
+
+
+def prefetch_indexes(sources: Sequence[AptSource], arch: str, fetcher: Fetcher) -> None:
+    """Download the sources' Packages indexes into the cache before their Release is verified: a warm-up while
+    the image is still being read. Nothing is trusted or even decompressed from here (an unverified index could
+    be a decompression bomb): files land in the cache under the sha256 the unverified Release names, checked
+    against it, and `load_indexes` verifies the Release and finds them by the hashes the verified one names."""
+    def one(source: AptSource) -> None:
+        release, _ = fetch_release(source, lambda _s: Keyring.merge(()), True, fetcher)
+        for _comp, path, entry in _index_paths(source, release, arch):
+            item, plain = _fetch_item(source, release, path, entry)
+            if fetcher.cache.named(f"packages-text-{item.sha256}").is_file():
+                continue  # decompressed before: nothing to download
+            try:
+                fetcher.fetch(item)
+            except NotFoundError:
+                if plain != item:
+                    fetcher.fetch(plain)
+
+    wanted = [s for s in sources if not s.architectures or arch in s.architectures]
+    with ThreadPoolExecutor(max_workers=fetcher.workers, thread_name_prefix="copa-prefetch") as pool:
+        futures = [pool.submit(one, s) for s in wanted]
+    for fut in futures:
+        try:
+            fut.result()
+        except (CopaError, OSError, ValueError) as e:  # the real, verified load reports what matters
+            log.debug("prefetch: %s", e)

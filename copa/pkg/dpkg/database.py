@@ -120,8 +120,13 @@ def read_database(files: Files, oci_arch: str, oci_variant: str) -> DpkgDatabase
             collected.extend(parsed)
         entries = tuple(collected)
     counts = Counter(e.architecture for e in entries if e.architecture not in ("", "all"))
-    arch = counts.most_common(1)[0][0] if counts else _DEB_ARCH.get((oci_arch, oci_variant), oci_arch)
+    arch = counts.most_common(1)[0][0] if counts else deb_architecture(oci_arch, oci_variant)
     return DpkgDatabase(entries, raw, status_d, md5sums, arch)
+
+
+def deb_architecture(oci_arch: str, oci_variant: str) -> str:
+    """dpkg's name for an OCI platform's architecture (arm/v7 -> armhf, 386 -> i386)."""
+    return _DEB_ARCH.get((oci_arch, oci_variant), oci_arch)
 
 
 def info_name(entry_package: str, multi_arch: str, architecture: str) -> str:

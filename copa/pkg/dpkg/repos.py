@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from copa.errors import LocalIOError, ResolutionError, UsageError
@@ -11,7 +11,7 @@ from copa.pkg.apt.openpgp import Keyring, keyring_for_source
 from copa.pkg.apt.packages import PackageRecord, RepositoryIndex, load_indexes
 from copa.pkg.apt.preferences import PREFERENCES, PREFERENCES_DIR, Preferences
 from copa.pkg.apt.sources import AptSource, apply_mirrors, parse_file, parse_repository_line
-from copa.pkg.base import ImageContext
+from copa.pkg.base import ImageContext, RepositoryOptions
 from copa.pkg.dpkg.plan import Candidate, Installed
 
 SOURCES_LIST = "etc/apt/sources.list"
@@ -23,10 +23,10 @@ KEY_DIRS = ("etc/apt/trusted.gpg.d", "usr/share/keyrings", "etc/apt/keyrings")
 _HINT = "pass --repository 'deb URL SUITE COMPONENT' (or --repositories-file) and --keyring FILE"
 
 
-def _user_sources(ctx: ImageContext) -> list[AptSource]:
-    sources = [parse_repository_line(line) for line in ctx.repos.repositories]
-    if ctx.repos.repositories_file is not None:
-        path = ctx.repos.repositories_file
+def user_sources(repos: RepositoryOptions) -> list[AptSource]:
+    sources = [parse_repository_line(line) for line in repos.repositories]
+    if repos.repositories_file is not None:
+        path = repos.repositories_file
         try:
             text = path.read_text()
         except OSError as e:
@@ -36,8 +36,13 @@ def _user_sources(ctx: ImageContext) -> list[AptSource]:
 
 
 def image_sources(ctx: ImageContext) -> list[AptSource]:
+    return sources_in(ctx.root.read(SOURCES_LIST), ctx.root.under(SOURCES_DIR))
+
+
+def sources_in(sources_list: bytes | None, sources_dir: Mapping[str, bytes]) -> list[AptSource]:
+    """The sources of an image's sources.list and sources.list.d/ files (path -> content)."""
     sources: list[AptSource] = []
-    listed = [(SOURCES_LIST, ctx.root.read(SOURCES_LIST)), *ctx.root.under(SOURCES_DIR).items()]
+    listed = [(SOURCES_LIST, sources_list), *sorted(sources_dir.items())]
     for path, content in listed:
         if content is None or not (path.endswith(".list") or path.endswith(".sources")):
             continue
@@ -47,7 +52,7 @@ def image_sources(ctx: ImageContext) -> list[AptSource]:
 
 def select_sources(ctx: ImageContext) -> tuple[list[AptSource], bool]:
     """The sources to use and whether they are the user's (True) or the image's own (False)."""
-    user = _user_sources(ctx)
+    user = user_sources(ctx.repos)
     sources = user or image_sources(ctx)
     if not sources:
         raise ResolutionError(f"image {ctx.os_release.pretty_name} lists no apt repositories; {_HINT}")
