@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from copa.errors import UnsupportedImageError
 from copa.oci.rootfs import Files
+from copa.pkg.dpkg.arch import deb_architecture
 from copa.pkg.dpkg.plan import Installed
 from copa.pkg.dpkg.status import StatusEntry, parse_status
 
@@ -14,21 +15,6 @@ STATUS = "var/lib/dpkg/status"
 STATUS_D = "var/lib/dpkg/status.d"
 INFO = "var/lib/dpkg/info"
 
-# Docker/OCI architecture names -> dpkg architecture names, for images whose database names none.
-_DEB_ARCH = {
-    ("amd64", ""): "amd64",
-    ("arm64", ""): "arm64",
-    ("arm64", "v8"): "arm64",
-    ("arm", "v7"): "armhf",
-    ("arm", "v6"): "armel",
-    ("arm", "v5"): "armel",
-    ("arm", ""): "armhf",
-    ("386", ""): "i386",
-    ("ppc64le", ""): "ppc64el",
-    ("s390x", ""): "s390x",
-    ("mips64le", ""): "mips64el",
-    ("riscv64", ""): "riscv64",
-}
 
 
 @dataclass(frozen=True)
@@ -122,11 +108,6 @@ def read_database(files: Files, oci_arch: str, oci_variant: str) -> DpkgDatabase
     counts = Counter(e.architecture for e in entries if e.architecture not in ("", "all"))
     arch = counts.most_common(1)[0][0] if counts else deb_architecture(oci_arch, oci_variant)
     return DpkgDatabase(entries, raw, status_d, md5sums, arch)
-
-
-def deb_architecture(oci_arch: str, oci_variant: str) -> str:
-    """dpkg's name for an OCI platform's architecture (arm/v7 -> armhf, 386 -> i386)."""
-    return _DEB_ARCH.get((oci_arch, oci_variant), oci_arch)
 
 
 def info_name(entry_package: str, multi_arch: str, architecture: str) -> str:

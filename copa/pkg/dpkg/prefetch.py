@@ -18,7 +18,7 @@ from copa.pkg.apt.fetch import Fetcher
 from copa.pkg.apt.packages import prefetch_indexes
 from copa.pkg.apt.sources import apply_mirrors
 from copa.pkg.base import RepositoryOptions
-from copa.pkg.dpkg.database import deb_architecture
+from copa.pkg.dpkg.arch import deb_architecture
 from copa.pkg.dpkg.repos import SOURCES_DIR, SOURCES_LIST, sources_in, user_sources
 
 log = logging.getLogger(__name__)
