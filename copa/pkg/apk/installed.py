@@ -8,12 +8,12 @@ Packages not being changed are written back exactly as read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from copa.errors import UnsupportedImageError
 from copa.pkg.apk.apkfile import ApkContents, DataFile
-from copa.pkg.apk.index import ApkRecord, encode_hash, record_from_lines
+from copa.pkg.apk.index import ApkRecord, encode_hash, record_from_lines, split_records
 
 INSTALLED_PATHS = ("lib/apk/db/installed", "usr/lib/apk/db/installed")
 # The header fields in the order apk_pkg_write_index_header writes them.
@@ -62,7 +62,7 @@ class InstalledPackage:
 
 
 def parse_installed(text: str, what: str = "/lib/apk/db/installed") -> list[InstalledPackage]:
-    return [_package(block, what) for block in _blocks(text)]
+    return [_package(block, what) for block in split_records(text)]
 
 
 def _package(block: list[tuple[str, str]], what: str) -> InstalledPackage:
@@ -89,19 +89,6 @@ def _package(block: list[tuple[str, str]], what: str) -> InstalledPackage:
     if not pkg.name or not pkg.version:
         raise UnsupportedImageError(f"{what}: a package record has no P: or V:; the apk database is damaged")
     return pkg
-
-
-def _blocks(text: str) -> Iterable[list[tuple[str, str]]]:
-    block: list[tuple[str, str]] = []
-    for line in text.split("\n"):
-        if not line:
-            if block:
-                yield block
-                block = []
-        elif len(line) >= 2 and line[1] == ":":
-            block.append((line[0], line[2:]))
-    if block:
-        yield block
 
 
 def format_package(pkg: InstalledPackage) -> str:
