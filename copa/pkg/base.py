@@ -80,9 +80,11 @@ class ImageContext:
 
 class UpdateKind(enum.Enum):
     REPORTED = "reported"  # named by the report
-    SIBLING = "sibling"  # same source package, pinned to move together
+    SIBLING = "sibling"  # same source package: moves with it (apt's Upgrade-By-Source-Package, or an exact pin)
+    CO_UPGRADE = "co-upgraded"  # installed package whose relations the new versions would break: moves along
     DEPENDENCY = "dependency"  # needed by a new version's dependencies
     NEW = "new"  # newly installed, needed by a new version
+    REMOVED = "removed"  # removed as the package manager would (only with --allow-remove); new_version is ""
 
 
 class SkipReason(enum.Enum):
@@ -103,6 +105,7 @@ class Update:
     kind: UpdateKind
     vulnerabilities: tuple[str, ...] = ()
     scripts_note: str = ""  # what the package's maintainer scripts do that the layer does not reproduce
+    reason: str = ""  # why a package the report did not name moves, e.g. "python3.11 pins libpython3.11 (= 1.2)"
 
 
 @dataclass(frozen=True, slots=True)
