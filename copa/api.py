@@ -55,6 +55,7 @@ class PatchOptions:
     output_tar: str | None = None
     platform: str | None = None
     ignore_errors: bool = False
+    allow_remove: bool = False
     timeout: float = 300.0
     insecure: tuple[str, ...] = ()
     ca_bundle: str | None = None
@@ -185,6 +186,7 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
             files=Files(root_view.contents),
             root=root_view,
             ignore_errors=options.ignore_errors,
+            allow_remove=options.allow_remove,
             cache_dir=Path(options.cache_dir) if options.cache_dir else None,
             timeout=options.timeout,
             ca_bundle=options.ca_bundle,

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", help="platform to patch in a multi-platform image, OS/ARCH[/VARIANT] "
                    "(default: the report's architecture, else linux/amd64)")
     p.add_argument("--ignore-errors", action="store_true", help="skip packages that cannot be fixed")
+    p.add_argument("--allow-remove", action="store_true",
+                   help="remove installed packages where the package manager would, to settle a conflict "
+                   "(without it such an upgrade fails, naming them)")
     p.add_argument("--timeout", type=float, default=300.0, help="network timeout in seconds (default 300)")
     p.add_argument("--insecure", action="append", default=[], metavar="REGISTRY",
                    help="speak plain HTTP to this registry (repeatable)")
@@ -79,6 +82,7 @@ def options_from(args: argparse.Namespace) -> PatchOptions:
         output_tar=args.output_tar,
         platform=args.platform,
         ignore_errors=args.ignore_errors,
+        allow_remove=args.allow_remove,
         timeout=args.timeout,
         insecure=tuple(args.insecure),
         ca_bundle=args.ca_bundle,
@@ -107,6 +111,7 @@ def result_json(result: PatchResult) -> dict[str, Any]:
         "updates": [
             {"name": u.name, "architecture": u.architecture, "from": u.old_version, "to": u.new_version,
              "kind": u.kind.value, "vulnerabilities": list(u.vulnerabilities),
+             **({"reason": u.reason} if u.reason else {}),
              **({"scripts": u.scripts_note} if u.scripts_note else {})}
             for u in result.updates
         ],
@@ -126,8 +131,8 @@ def print_summary(result: PatchResult, out: TextIO) -> None:
         for u in result.updates:
             cves = f"  [{', '.join(u.vulnerabilities)}]" if u.vulnerabilities else ""
             old = u.old_version or "(new)"
-            kind = "" if u.kind.value == "reported" else f" ({u.kind.value})"
-            print(f"  {u.name:<{width}}  {old} -> {u.new_version}{kind}{cves}", file=out)
+            kind = "" if u.kind.value == "reported" else f" ({u.kind.value}{': ' + u.reason if u.reason else ''})"
+            print(f"  {u.name:<{width}}  {old} -> {u.new_version or '(removed)'}{kind}{cves}", file=out)
             if u.scripts_note:
                 print(f"  {'':<{width}}  note: {u.scripts_note}", file=out)
     for s in result.skipped:

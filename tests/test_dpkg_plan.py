@@ -27,10 +27,16 @@ class Rec:
     provides: str = ""
     source_name: str = ""
     architecture: str = "amd64"
+    conflicts: str = ""
+    recommends: str = ""
+    source_version: str = ""
+    multi_arch: str = "no"
 
     def __post_init__(self) -> None:
         if not self.source_name:
             object.__setattr__(self, "source_name", self.package)
+        if not self.source_version:
+            object.__setattr__(self, "source_version", self.version)
 
 
 def inst(name: str, version: str, depends: str = "", *, source: str = "", held: bool = False,
@@ -59,8 +65,8 @@ def W(name: str, fixed: str | None, *cves: str) -> Wanted:
     return Wanted(name, fixed, tuple(cves))
 
 
-REPORTED, SIBLING, DEP, NEW = (k.value for k in (UpdateKind.REPORTED, UpdateKind.SIBLING, UpdateKind.DEPENDENCY,
-                                                  UpdateKind.NEW))
+REPORTED, SIBLING, DEP, NEW, CO = (k.value for k in (UpdateKind.REPORTED, UpdateKind.SIBLING, UpdateKind.DEPENDENCY,
+                                                      UpdateKind.NEW, UpdateKind.CO_UPGRADE))
 
 CASES = {
     "newest at or above fixed": (
@@ -120,13 +126,45 @@ CASES = {
         [W("a", "2.0")],
         {"a": ("2.0", REPORTED), "p": ("1", NEW)}, {}, {},
     ),
-    "siblings pinned with = move together, to the version that fits": (
+    "apt takes only candidates: a pinned sibling whose candidate does not fit would be removed": (
         [inst("libfoo1", "1.0", source="foo"), inst("foo-tools", "1.0", "libfoo1 (= 1.0)", source="foo")],
         [Rec("libfoo1", "2.0", source_name="foo"),
          Rec("foo-tools", "2.0", depends="libfoo1 (= 2.0)", source_name="foo"),
          Rec("foo-tools", "3.0", depends="libfoo1 (= 3.0)", source_name="foo")],
         [W("libfoo1", "2.0")],
-        {"libfoo1": ("2.0", REPORTED), "foo-tools": ("2.0", SIBLING)}, {}, {},
+        {}, {}, {"libfoo1": SkipReason.UNRESOLVABLE},
+    ),
+    "an installed package pinning the old version is co-upgraded, transitively": (
+        [inst("libpy", "1.0", source="py"), inst("py", "1.0", "libpy (= 1.0)", source="py"),
+         inst("app", "1.0", "py (<< 1.1)")],
+        [Rec("libpy", "1.1", source_name="py"), Rec("py", "1.1", depends="libpy (= 1.1)", source_name="py"),
+         Rec("app", "2.0", depends="py (>= 1.1)")],
+        [W("libpy", "1.1")],
+        {"libpy": ("1.1", REPORTED), "py": ("1.1", SIBLING), "app": ("2.0", CO)}, {}, {},
+    ),
+    "upper bound against another source: co-upgraded, not a sibling": (
+        [inst("lib", "1.0"), inst("tool", "1.0", "lib (<< 1.1)")],
+        [Rec("lib", "1.1"), Rec("tool", "1.1", depends="lib (>= 1.1)")],
+        [W("lib", "1.1")],
+        {"lib": ("1.1", REPORTED), "tool": ("1.1", CO)}, {}, {},
+    ),
+    "upgrade by source: every installed binary of the same source version moves": (
+        [inst("libssl3", "3.0.1", source="openssl"), inst("openssl", "3.0.1", "libssl3 (>= 3.0.0)")],
+        [Rec("libssl3", "3.0.2", source_name="openssl"), Rec("openssl", "3.0.2", depends="libssl3 (>= 3.0.2)")],
+        [W("libssl3", "3.0.2")],
+        {"libssl3": ("3.0.2", REPORTED), "openssl": ("3.0.2", SIBLING)}, {}, {},
+    ),
+    "a new Recommends is installed, an old unmet one is not": (
+        [inst("a", "1.0")],
+        [Rec("a", "2.0", recommends="newrec"), Rec("newrec", "1.0")],
+        [W("a", "2.0")],
+        {"a": ("2.0", REPORTED), "newrec": ("1.0", NEW)}, {}, {},
+    ),
+    "conflicts with an installed package that cannot move: apt would remove it": (
+        [inst("a", "1.0"), inst("old", "1.0")],
+        [Rec("a", "2.0", conflicts="old"), Rec("old", "1.0")],
+        [W("a", "2.0")],
+        {}, {}, {"a": SkipReason.UNRESOLVABLE},
     ),
     "sibling with no fitting version fails its root": (
         [inst("libfoo1", "1.0", source="foo"), inst("foo-tools", "1.0", "libfoo1 (= 1.0)", source="foo")],
@@ -174,7 +212,7 @@ CASES = {
         [inst("a", "1.0"), inst("b", "1.0")],
         [Rec("a", "2.0", breaks="b (<< 2.0)"), Rec("b", "2.0")],
         [W("a", "2.0")],
-        {"a": ("2.0", REPORTED), "b": ("2.0", DEP)}, {}, {},
+        {"a": ("2.0", REPORTED), "b": ("2.0", CO)}, {}, {},
     ),
     "breaks that cannot be resolved fail the root": (
         [inst("a", "1.0"), inst("b", "1.0")],
@@ -256,3 +294,22 @@ def test_dependency_cycle_between_siblings_terminates() -> None:
         [W("x", "2")],
     )
     assert picked(res) == {"x": ("2", REPORTED), "y": ("2", SIBLING)}
+
+
+def test_removal_only_with_allow_remove_and_never_essential() -> None:
+    installed = [inst("a", "1.0"), inst("old", "1.0"), inst("user", "1.0", "old")]
+    repo = [Rec("a", "2.0", conflicts="old"), Rec("old", "1.0"), Rec("user", "1.0")]
+    by_name: dict[str, list[Rec]] = {}
+    for r in repo:
+        by_name.setdefault(r.package, []).append(r)
+    res = resolve({i.name: i for i in installed}, [W("a", "2.0")], lambda n: by_name.get(n, []), "amd64",
+                  compare_versions, allow_remove=True)
+    assert picked(res) == {"a": ("2.0", REPORTED)}
+    # the conflict removes old; user depends on old and cannot move: apt's problem resolver removes it too
+    assert {r.installed.name for r in res.removals} == {"old", "user"}
+    refused = run(installed, repo, [W("a", "2.0")])
+    assert "--allow-remove" in refused.failures[0].detail and "old" in refused.failures[0].detail
+    essential = Installed("old", "amd64", "1.0", False, "old", essential=True)
+    res = resolve({"a": installed[0], "old": essential}, [W("a", "2.0")], lambda n: by_name.get(n, []), "amd64",
+                  compare_versions, allow_remove=True)
+    assert not res.chosen and "Essential" in res.failures[0].detail

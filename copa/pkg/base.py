@@ -73,6 +73,7 @@ class ImageContext:
     files: Files  # what detection already read: os-release and the package database files
     root: View  # every path of the original layers, with the contents under detect.CAPTURE
     ignore_errors: bool = False
+    allow_remove: bool = False  # --allow-remove: packages the package manager would remove may be removed
     cache_dir: Path | None = None
     timeout: float = 300.0  # --timeout, for package downloads as for the registry
     ca_bundle: str | None = None  # --ca-bundle: CA certificates for HTTPS package repositories too

@@ -32,7 +32,7 @@ from copa.pkg.apt.sources import AptSource
 
 log = logging.getLogger(__name__)
 
-_PARSER_VERSION = 2
+_PARSER_VERSION = 3  # 3: Recommends
 _WANTED = (
     "Package",
     "Version",
@@ -49,6 +49,7 @@ _WANTED = (
     "Filename",
     "Size",
     "SHA256",
+    "Recommends",
 )
 _FIELD_RE = re.compile(r"^(" + "|".join(_WANTED) + r"):[ \t]*(.*(?:\n[ \t].*)*)", re.M)
 _SOURCE_RE = re.compile(r"^(\S+)(?:\s*\((\S+)\))?$")
@@ -74,6 +75,7 @@ class PackageRecord:
     filename: str
     size: int
     sha256: str
+    recommends: str  # apt installs a new version's new Recommends (APT::Install-Recommends, on by default)
     repository: str  # the source URI the Filename is relative to
     suite: str
     component: str
@@ -89,7 +91,7 @@ class PackageRecord:
 # The cached tuple excludes the per-source values, so one parsed index serves every mirror that publishes it.
 # The paragraph text itself is not kept: the .deb's own control file is what gets installed, and keeping
 # ~60k paragraphs doubled a patch run's peak memory.
-_Row = tuple[str, str, str, str, str, str, str, str, str, str, str, str, bool, str, int, str]
+_Row = tuple[str, str, str, str, str, str, str, str, str, str, str, str, bool, str, int, str, str]
 
 
 def _row(paragraph: str, what: str) -> _Row | None:
@@ -121,6 +123,7 @@ def _row(paragraph: str, what: str) -> _Row | None:
         d.get("Filename", "").strip(),
         int(size) if size.isdigit() else 0,
         d.get("SHA256", "").strip().lower(),
+        d.get("Recommends", "").strip(),
     )
 
 
@@ -242,7 +245,7 @@ _NAME_RE = re.compile(r"[a-z0-9][a-z0-9+.-]*")
 
 def _related_names(row: _Row) -> Iterator[str]:
     """Package names in a row's Depends, Pre-Depends and Provides: the names a resolver asks about next."""
-    for text in (row[6], row[7], row[10]):
+    for text in (row[6], row[7], row[10], row[16]):
         for alt in re.split(r"[,|]", text):
             m = _NAME_RE.match(alt.strip())
             if m:
@@ -353,7 +356,7 @@ class RepositoryIndex:
 def _record_row(rec: PackageRecord) -> _Row:
     return (rec.package, rec.version, rec.architecture, rec.multi_arch, rec.source_name, rec.source_version,
             rec.depends, rec.pre_depends, rec.breaks, rec.conflicts, rec.provides, rec.replaces, rec.essential,
-            rec.filename, rec.size, rec.sha256)
+            rec.filename, rec.size, rec.sha256, rec.recommends)
 
 
 KeyringsFor = Callable[[AptSource], Keyring]
@@ -489,9 +492,16 @@ def load_indexes(
         futures = [pool.submit(_load_rows, f, item, plain, path, use_parsed_cache) for _, _, path, item, plain in jobs]
     index = RepositoryIndex(sources=loaded, keep=keep)
     for (src, comp, _, _, _), fut in zip(jobs, futures, strict=True):
-        info = dataclasses.replace(src.release.info, component=comp, site=src.source.site)
+        info = dataclasses.replace(src.release.info, component=comp, site=src.source.site,
+                                   architecture=_index_architecture(path, arch))
         index._add_rows(fut.result(), src.source, comp, info)
     return index
+
+
+def _index_architecture(path: str, arch: str) -> str:
+    """`main/binary-all/Packages.xz` -> all (apt's `b=`); a flat repository's index counts as the asked one."""
+    m = re.search(r"(?:^|/)binary-([^/]+)/", path)
+    return m.group(1) if m else arch
 
 
 def prefetch_indexes(sources: Sequence[AptSource], arch: str, fetcher: Fetcher) -> None:

@@ -5,7 +5,9 @@ with a=, n=, v=, o=, l=, c= (values may be globs or /regex/; a bare value is a r
 (glob) and `Pin: origin` (the repository's host name). A stanza naming packages is a specific pin (it decides the
 priority of the versions it matches); `Package: *` with a release or origin pin sets the priority of whole
 releases. The first matching stanza wins, as in apt.
-Not supported: APT::Default-Release (apt.conf), `Pin: release b=` (architecture).
+`Pin: release b=` matches the Packages index's architecture. APT::Default-Release (apt.conf) is a general release
+pin of priority 990 placed before every stanza, as apt's policy creates it. A bare `Pin: release` value is a
+release version when it starts with a digit, else an archive or codename, as apt's version matcher reads it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ INSTALLED_PRIORITY = 100  # apt's priority of the installed version (the dpkg st
 # the status file's priority instead of 100 (checked against apt 2.6: tests/test_apt_pinning.py).
 STATUS_RELEASE = ReleaseInfo(archive="now")
 _FILE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_RELEASE_KEYS = {"a": "archive", "n": "codename", "v": "version", "o": "origin", "l": "label", "c": "component"}
+_RELEASE_KEYS = {"a": "archive", "n": "codename", "v": "version", "o": "origin", "l": "label", "c": "component",
+                 "b": "architecture"}
+DEFAULT_RELEASE_PRIORITY = 990
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +63,15 @@ class Pin:
                 continue
             key, sep, value = term.partition("=")
             if not sep:
+                if not term[0].isdigit():
+                    # apt: a bare name is a release name, matching the archive (suite) or the codename
+                    if not any(_match(term, v) for v in (release.archive, release.codename) if v):
+                        return False
+                    continue
                 key, value = "v", term
             attr = _RELEASE_KEYS.get(key.strip())
             if attr is None:
-                return False  # b= and unknown keys: never match rather than over-match
+                return False  # unknown keys: never match rather than over-match
             actual = str(getattr(release, attr))
             # apt: a term on a field the release lacks never matches (`l=*` leaves the status file alone)
             if not actual or not _match(value.strip(), actual):
@@ -108,9 +117,9 @@ class Preferences:
     pins: tuple[Pin, ...] = ()
 
     @classmethod
-    def from_files(cls, main: bytes | None, directory: Mapping[str, bytes]) -> Preferences:
+    def from_files(cls, main: bytes | None, directory: Mapping[str, bytes], default_release: str = "") -> Preferences:
         """/etc/apt/preferences, then preferences.d/ files in name order; like apt, only files with no extension
-        or `.pref` and a plain name are read."""
+        or `.pref` and a plain name are read. `default_release` is APT::Default-Release: its pin comes first."""
         texts: list[tuple[str, bytes]] = [("/" + PREFERENCES, main)] if main is not None else []
         for path in sorted(directory):
             name = path.rsplit("/", 1)[-1]
@@ -120,6 +129,8 @@ class Preferences:
                 continue
             texts.append(("/" + path, directory[path]))
         pins = [p for what, content in texts for p in parse_preferences(content.decode("utf-8", "replace"), what)]
+        if default_release.strip():
+            pins.insert(0, Pin(("*",), "release", default_release.strip(), DEFAULT_RELEASE_PRIORITY))
         return cls(tuple(pins))
 
     def release_priority(self, release: ReleaseInfo) -> int:

@@ -27,6 +27,7 @@ class ReleaseInfo:
     codename: str = ""  # n=
     version: str = ""  # v=
     component: str = ""  # c= (set per index by the loader)
+    architecture: str = ""  # b= (the Packages index's architecture, e.g. amd64 or all; set per index by the loader)
     site: str = ""  # `Pin: origin` host (set per source by the loader)
     not_automatic: bool = False
     but_automatic_upgrades: bool = False

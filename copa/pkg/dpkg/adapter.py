@@ -5,14 +5,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from copa.errors import ReportError
+from copa.pkg.apt.conf import APT_CONF, APT_CONF_DIR, AptConfig
 from copa.pkg.apt.fetch import deb_item, fetcher_for
-from copa.pkg.apt.packages import PackageRecord
-from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, check_failures
+from copa.pkg.apt.packages import PackageRecord, RepositoryIndex
+from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, UpdateKind, check_failures
 from copa.pkg.dpkg.config import DpkgConfig, read_config
 from copa.pkg.dpkg.database import INFO, DpkgDatabase, info_name, read_database
 from copa.pkg.dpkg.debfile import BadDeb, DebContents, read_deb
@@ -22,14 +23,18 @@ from copa.pkg.dpkg.install import (
     conffile_paths,
     database_entries,
     install_package,
+    remove_package,
     scripts_note,
 )
-from copa.pkg.dpkg.plan import Candidates, Chosen, Installed, Wanted, resolve
+from copa.pkg.dpkg.plan import Candidate, Candidates, Chosen, Installed, Removal, Wanted, resolve
 from copa.pkg.dpkg.relations import parse_relations
 from copa.pkg.dpkg.repos import image_policy, load_index
 from copa.pkg.dpkg.status import StatusEntry, StatusParseError, entry_from_control
 from copa.pkg.dpkg.version import compare_versions
 from copa.report.model import Report
+
+# apt 2.5.2 began upgrading every installed binary of a source package it upgrades (Debian 12's apt is 2.6)
+_BY_SOURCE_SINCE = "2.5.2"
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,29 @@ class _Payload:
     db: DpkgDatabase
     chosen: tuple[Chosen, ...]
     records: tuple[PackageRecord, ...]  # the chosen versions' index records, in the same order
+    removals: tuple[Removal, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AptBehaviour:
+    """What the image's own apt would do differently from another apt: read from its version and apt.conf."""
+
+    by_source: bool  # APT::Get::Upgrade-By-Source-Package
+    install_recommends: bool  # APT::Install-Recommends
+    default_release: str  # APT::Default-Release
+
+
+def apt_behaviour(ctx: ImageContext, installed: dict[str, Installed]) -> AptBehaviour:
+    config = AptConfig.from_files(ctx.root.read(APT_CONF), ctx.root.under(APT_CONF_DIR))
+    apt = installed.get("apt")
+    # An image without apt (distroless) is patched as its release's apt would: every supported release's apt
+    # upgrades by source except the older ones that ship it.
+    by_source_default = apt is None or compare_versions(apt.version, _BY_SOURCE_SINCE) >= 0
+    return AptBehaviour(
+        by_source=config.flag("APT::Get::Upgrade-By-Source-Package", by_source_default),
+        install_recommends=config.flag("APT::Install-Recommends", True),
+        default_release=config.get("APT::Default-Release"),
+    )
 
 
 def _wanted(report: Report | None, installed: dict[str, Installed], usable: Candidates) -> list[Wanted]:
@@ -83,6 +111,21 @@ def _likely_names(installed: dict[str, Installed], report: Report | None) -> fro
     return frozenset(names)
 
 
+def _foreign_index(ctx: ImageContext, foreign: dict[str, tuple[Installed, ...]]
+                   ) -> Callable[[str, str], Sequence[Candidate]]:
+    """Repository versions for the other architectures the image has Multi-Arch: same packages of; each
+    architecture's indexes are read only when the plan asks for one of its packages."""
+    names = frozenset(foreign)
+    loaded: dict[str, RepositoryIndex] = {}
+
+    def versions(name: str, architecture: str) -> Sequence[Candidate]:
+        if architecture not in loaded:
+            loaded[architecture] = load_index(ctx, architecture, names.__contains__)
+        return [r for r in loaded[architecture].versions(name) if r.architecture == architecture]
+
+    return versions
+
+
 class DpkgAdapter:
     name = "dpkg"
 
@@ -92,20 +135,26 @@ class DpkgAdapter:
         if report is not None:
             _reported(report, installed)  # a report for another image fails before any download
         index = load_index(ctx, db.architecture, _likely_names(installed, report).__contains__)
-        policy = image_policy(ctx)
+        behaviour = apt_behaviour(ctx, installed)
+        policy = image_policy(ctx, behaviour.default_release)
         wanted = _wanted(report, installed, Candidates(installed, index.versions, db.architecture, compare_versions,
                                                        policy))
+        foreign = db.foreign()
         resolution = resolve(installed, wanted, index.versions, db.architecture, compare_versions,
-                             index.providers, policy=policy, foreign=db.foreign())
+                             index.providers, policy=policy, foreign=foreign,
+                             foreign_versions_of=_foreign_index(ctx, foreign),
+                             by_source=behaviour.by_source, install_recommends=behaviour.install_recommends,
+                             allow_remove=ctx.allow_remove)
         check_failures(resolution.failures, ctx.ignore_errors)
         updates = tuple(
             Update(c.record.package, c.record.architecture, c.installed.version if c.installed else "",
-                   c.record.version, c.kind, c.vulnerabilities)
+                   c.record.version, c.kind, c.vulnerabilities, reason=c.reason)
             for c in resolution.chosen
-        )
+        ) + tuple(Update(r.installed.name, r.installed.architecture, r.installed.version, "", UpdateKind.REMOVED,
+                         reason=r.reason) for r in resolution.removals)
         skipped: tuple[Skip, ...] = resolution.skipped + resolution.failures
         records = tuple(c.record for c in resolution.chosen if isinstance(c.record, PackageRecord))
-        return Plan(updates, skipped, _Payload(db, resolution.chosen, records))
+        return Plan(updates, skipped, _Payload(db, resolution.chosen, records, resolution.removals))
 
     def build(self, ctx: ImageContext, plan: Plan) -> LayerContent:
         payload = plan.payload
@@ -114,42 +163,49 @@ class DpkgAdapter:
         debs = _download_and_read(ctx, payload.records)
         view = ctx.root
         names = [posixpath.basename(r.filename) for r in payload.records]
-        old_files, old_info = self._old_state(ctx, db, payload.chosen)
+        olds = [_old_entry(db, c) for c in payload.chosen]
+        old_files, old_info = self._old_state(ctx, db, olds)
         unpacked: list[Unpacked] = []
-        for chosen, contents in zip(payload.chosen, debs, strict=True):
-            old = db.entry(chosen.installed.name) if chosen.installed else None
-            name = chosen.record.package
-            unpacked.append(Unpacked(name, contents, old, old_files.get(name, ()), old_info.get(name, ())))
+        for i, (chosen, contents) in enumerate(zip(payload.chosen, debs, strict=True)):
+            unpacked.append(Unpacked(chosen.record.package, contents, olds[i], old_files.get(i, ()),
+                                     old_info.get(i, ())))
         config = read_config(view)
         conffiles = self._current_conffiles(ctx, unpacked, config)
         mtime = max((f.mtime for u in unpacked for f in u.contents.files), default=0)
         layer = LayerPlan(view, mtime, config)
         status_entries = []
+        installs = [u for u in plan.updates if u.kind is not UpdateKind.REMOVED]
         updates = []
-        for pkg, update, deb_name in zip(unpacked, plan.updates, names, strict=True):
+        for pkg, update, deb_name in zip(unpacked, installs, names, strict=True):
             recorded = install_package(layer, pkg, conffiles)
             status_entries.append((pkg, _status_entry(pkg, recorded, deb_name)))
             updates.append(dataclasses.replace(update, scripts_note=scripts_note(pkg.contents)))
+        removed = [e for r in payload.removals if (e := db.entry(r.installed.name, r.installed.architecture))]
+        gone_files, gone_info = self._old_state(ctx, db, removed)
+        other_owned = self._other_owned(ctx, db, [*(e for e in olds if e is not None), *removed])
+        for i, entry in enumerate(removed):
+            remove_package(layer, entry, gone_files.get(i, ()), gone_info.get(i, ()), other_owned)
         if not db.distroless:
-            layer.remove_dropped_dirs(self._other_owned(ctx, db, payload.chosen))
-        database_entries(layer, db, status_entries)
+            layer.remove_dropped_dirs(other_owned)
+        database_entries(layer, db, status_entries, removed)
+        updates += [u for u in plan.updates if u.kind is UpdateKind.REMOVED]
         return LayerContent(tuple(layer.entries.values()), view.is_symlink, tuple(updates), default_mtime=mtime)
 
     def _old_state(
-        self, ctx: ImageContext, db: DpkgDatabase, chosen: Sequence[Chosen]
-    ) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
-        """Per package: the paths its installed version owns, and its info/ file names."""
-        files: dict[str, tuple[str, ...]] = {}
-        info: dict[str, tuple[str, ...]] = {}
-        stems: dict[str, str] = {}
-        for c in chosen:
-            entry = db.entry(c.installed.name) if c.installed else None
-            if entry is None:
-                continue
-            stems[c.record.package] = info_name(entry.package, entry.multi_arch, entry.architecture)
+        self, ctx: ImageContext, db: DpkgDatabase, entries: Sequence[StatusEntry | None]
+    ) -> tuple[dict[int, tuple[str, ...]], dict[int, tuple[str, ...]]]:
+        """By position in `entries`: the paths each installed version owns, and its info/ file names."""
+        files: dict[int, tuple[str, ...]] = {}
+        info: dict[int, tuple[str, ...]] = {}
+        stems: dict[int, str] = {}
+        for i, entry in enumerate(entries):
+            if entry is not None:
+                stems[i] = info_name(entry.package, entry.multi_arch, entry.architecture)
         if db.distroless:
             for name in stems:
-                file_name = db.status_d_name(name) or name
+                pkg = entries[name]
+                assert pkg is not None
+                file_name = db.status_d_name(pkg.package) or pkg.package
                 md5 = db.md5sums_d.get(f"{file_name}.md5sums", b"")
                 files[name] = tuple(line.split(None, 1)[1].strip() for line in md5.decode("utf-8", "replace")
                                     .splitlines() if len(line.split(None, 1)) == 2)
@@ -162,14 +218,17 @@ class DpkgAdapter:
             info[name] = tuple(sorted(p[len(INFO) + 1:] for p in ctx.root.nodes if p.startswith(prefix)))
         return files, info
 
-    def _other_owned(self, ctx: ImageContext, db: DpkgDatabase, chosen: Sequence[Chosen]) -> set[str]:
-        """Every path (with its leading slash) the info/*.list of a package not being updated names."""
-        updated = set()
-        for c in chosen:
-            entry = db.entry(c.installed.name) if c.installed else None
-            if entry is not None:
-                updated.add(f"{INFO}/{info_name(entry.package, entry.multi_arch, entry.architecture)}.list")
+    def _other_owned(self, ctx: ImageContext, db: DpkgDatabase, entries: Sequence[StatusEntry]) -> set[str]:
+        """Every path (with its leading slash) the info/*.list of a package not being updated or removed names."""
         owned: set[str] = set()
+        if db.distroless:
+            skip = {f"{db.status_d_name(e.package) or e.package}.md5sums" for e in entries}
+            for name, sums in db.md5sums_d.items():
+                if name not in skip:
+                    owned.update("/" + parts[1].strip() for line in sums.decode("utf-8", "replace").splitlines()
+                                 if len(parts := line.split(None, 1)) == 2)
+            return owned
+        updated = {f"{INFO}/{info_name(e.package, e.multi_arch, e.architecture)}.list" for e in entries}
         for path, content in ctx.root.under(INFO).items():
             if path.endswith(".list") and path not in updated:
                 owned.update(content.decode("utf-8", "surrogateescape").splitlines())
@@ -181,6 +240,14 @@ class DpkgAdapter:
         a diversion put them; keyed by the package's path."""
         return {p: ctx.root.read(config.target(p.lstrip("/"), u.package))
                 for u in unpacked if u.old is not None for p in conffile_paths(u.contents)}
+
+
+def _old_entry(db: DpkgDatabase, chosen: Chosen) -> StatusEntry | None:
+    """The status entry a chosen version replaces: the instance of the installed architecture (a Multi-Arch: same
+    package may be installed for several)."""
+    if chosen.installed is None:
+        return None
+    return db.entry(chosen.installed.name, chosen.installed.architecture) or db.entry(chosen.installed.name)
 
 
 def _download_and_read(ctx: ImageContext, records: Sequence[PackageRecord]) -> list[DebContents]:

@@ -79,6 +79,11 @@ def _installed(e: StatusEntry) -> Installed:
         pre_depends=e.pre_depends,
         provides=e.get("Provides", "") or "",
         source_version=source_version if source_version != e.version else "",
+        recommends=e.get("Recommends", "") or "",
+        breaks=e.get("Breaks", "") or "",
+        conflicts=e.get("Conflicts", "") or "",
+        essential=(e.get("Essential", "") or "").strip().lower() == "yes",
+        multi_arch=e.multi_arch or "no",
     )
 
 

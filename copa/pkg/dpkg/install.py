@@ -236,14 +236,63 @@ def list_file(contents: DebContents) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def remove_package(plan: LayerPlan, entry: StatusEntry, files: Iterable[str], info: Iterable[str],
+                   other_owned: set[str]) -> None:
+    """What `dpkg --remove` does to the filesystem (checked against dpkg): every file the package owns is
+    removed, except its conffiles (kept until a purge) and paths another package lists; directories it owned
+    go when nothing is left in them. Its info/ files go, except the .list (cut down to the conffiles and their
+    directories) and the postrm of a package that keeps conffiles."""
+    conffiles = {c.path.lstrip("/") for c in entry.conffiles}
+    keep_dirs = {d for c in conffiles for d in _ancestors(c)}
+    for path in sorted(files, reverse=True):  # children before their directories
+        if path in conffiles or path in keep_dirs or "/" + path in other_owned:
+            continue
+        real = plan.target(path, entry.package)
+        node = plan.view.get(real)
+        if node is not None and node.kind == "dir":
+            plan.dropped_dirs[real] = (path, entry.package)
+        else:
+            plan.remove(real)
+    stem = info_name(entry.package, entry.multi_arch, entry.architecture)
+    for name in info:
+        if conffiles and name in (f"{stem}.list", f"{stem}.postrm"):
+            continue
+        plan.remove(posixpath.join(INFO, name))
+    if conffiles:
+        kept = [p for p in ("/" + f for f in files) if p.lstrip("/") in conffiles | keep_dirs]
+        plan.add(Entry.file(f"{INFO}/{stem}.list", ("\n".join(kept) + "\n").encode(), mtime=plan.mtime))
+
+
+def removed_entry(entry: StatusEntry) -> StatusEntry | None:
+    """The status paragraph dpkg leaves after --remove: none, or `deinstall ok config-files` with a
+    Config-Version when conffiles stay behind."""
+    if not entry.conffiles:
+        return None
+    fields: list[tuple[str, str]] = []
+    for name, value in entry.fields:
+        if name.lower() == "config-version":
+            continue
+        fields.append(("Status", "deinstall ok config-files") if name.lower() == "status" else (name, value))
+        if name.lower() == "version":
+            fields.append(("Config-Version", value))
+    return StatusEntry(tuple(fields))
+
+
 def database_entries(
     plan: LayerPlan,
     db: DpkgDatabase,
     packages: Iterable[tuple[Unpacked, StatusEntry]],
+    removed: Iterable[StatusEntry] = (),
 ) -> None:
-    """The dpkg database files for the new packages."""
+    """The dpkg database files for the new packages (and those removed)."""
     items = list(packages)
+    gone = list(removed)
     if db.distroless:
+        for entry in gone:
+            name = db.status_d_name(entry.package) or entry.package
+            plan.remove(f"{STATUS_D}/{name}")
+            if f"{name}.md5sums" in db.md5sums_d:
+                plan.remove(f"{STATUS_D}/{name}.md5sums")
         for pkg, entry in items:
             name = db.status_d_name(entry.package) or entry.package
             plan.add(Entry.file(f"{STATUS_D}/{name}", format_entry(entry), mtime=plan.mtime))
@@ -252,7 +301,10 @@ def database_entries(
                 plan.add(Entry.file(f"{STATUS_D}/{name}.md5sums", sums, mtime=plan.mtime))
         return
     assert db.status_raw is not None
-    new_status = merge_status(db.entries, [e for _, e in items], db.architecture)
+    gone_keys = {e.key for e in gone}
+    kept = [e for e in db.entries if e.key not in gone_keys]
+    kept += [r for e in gone if (r := removed_entry(e)) is not None]
+    new_status = merge_status(kept, [e for _, e in items], db.architecture)
     plan.add(Entry.file(STATUS, new_status, mtime=plan.mtime))
     plan.add(Entry.file(STATUS + "-old", db.status_raw, mtime=plan.mtime))
     for pkg, entry in items:

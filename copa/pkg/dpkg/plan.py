@@ -1,11 +1,23 @@
 """The dpkg plan, pure: installed packages + reported fixes + repository versions -> what to install.
 
-Like `apt-get install --only-upgrade <reported>`: each reported package goes to its apt candidate (the
-newest version of the highest priority: NotAutomatic releases such as backports, and apt preferences, count)
-if that is at or above its fixed version, and fails otherwise; then the new versions' Depends/Pre-Depends
-are closed transitively (upgrading or newly installing what they need), installed packages whose own
-dependencies the upgrade would break (binary packages of one source pinning each other with `=`) move
-along, and Breaks against installed versions are resolved by upgrading the broken package.
+What `apt-get install --only-upgrade <reported>` does, following apt's own marking (pkgDepCache::MarkInstall and the
+problem resolver that runs after it): each reported package goes to its apt candidate (the newest version of the
+highest priority: NotAutomatic releases such as backports, APT::Default-Release and apt preferences count) if that
+is at or above its fixed version, and fails otherwise. Marking a package for its candidate then, as apt does:
+
+* Breaks/Conflicts of the new version against what stays installed: the hit package moves to its candidate when
+  that escapes the relation, else it would be removed;
+* installed packages whose Depends/Pre-Depends (or Recommends) the old version met and the new one does not (an
+  exact `=` pin, an upper bound `<<`/`<=`) move to their candidates ("co-upgraded"); one that cannot move would be
+  removed;
+* with APT::Get::Upgrade-By-Source-Package (apt >= 2.5.2, on by default) every installed binary whose candidate
+  comes from the same source version moves too;
+* the new version's unmet Depends/Pre-Depends are installed or upgraded (installed alternatives first), and its
+  new Recommends when APT::Install-Recommends is on (a failing Recommends is not an error).
+
+A marking that fails is undone as a whole. apt removes packages to settle conflicts; copa only plans removals with
+--allow-remove (`allow_remove`), else the reported package that would cause them fails, naming them. Only
+candidates are ever installed, as with apt without an explicit version request.
 """
 
 from __future__ import annotations
@@ -44,6 +56,10 @@ class Candidate(Protocol):
     def breaks(self) -> str: ...
     @property
     def provides(self) -> str: ...
+    @property
+    def conflicts(self) -> str: ...
+    @property
+    def recommends(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +73,11 @@ class Installed:
     pre_depends: str = ""
     provides: str = ""
     source_version: str = ""  # "" when equal to version
+    recommends: str = ""
+    breaks: str = ""
+    conflicts: str = ""
+    essential: bool = False
+    multi_arch: str = "no"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +117,13 @@ class Chosen:
     installed: Installed | None
     kind: UpdateKind
     vulnerabilities: tuple[str, ...]
+    reason: str = ""  # why a package the report did not name moves
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    installed: Installed
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -103,37 +131,7 @@ class Resolution:
     chosen: tuple[Chosen, ...]  # in unpack order: dependencies first
     skipped: tuple[Skip, ...]
     failures: tuple[Skip, ...]  # reported packages that cannot be fixed (an error unless --ignore-errors)
-
-
-class _World:
-    """Installed versions with the chosen ones laid over them: what dpkg's database would say afterwards."""
-
-    def __init__(self, installed: Mapping[str, Installed], chosen: Mapping[str, Chosen], compare: Compare) -> None:
-        self.compare = compare
-        self.version: dict[str, str] = {n: i.version for n, i in installed.items()}
-        self.provides: dict[str, list[str]] = {}
-        for name, inst in installed.items():
-            if name not in chosen:
-                self._add_provides(name, inst.provides)
-        for name, ch in chosen.items():
-            self.version[name] = ch.record.version
-            self._add_provides(name, ch.record.provides)
-
-    def _add_provides(self, name: str, text: str) -> None:
-        for p in parse_provides(text):
-            self.provides.setdefault(p.name, []).append(p.version)
-
-    def satisfies(self, rel: Relation) -> bool:
-        version = self.version.get(rel.name)
-        if version is not None and rel.version_ok(version, self.compare):
-            return True
-        # Virtual packages: unversioned relations accept any provider, versioned ones a versioned provide.
-        return any(
-            (not rel.op) or (v and rel.version_ok(v, self.compare)) for v in self.provides.get(rel.name, [])
-        )
-
-    def clause_ok(self, clause: Clause) -> bool:
-        return any(self.satisfies(rel) for rel in clause)
+    removals: tuple[Removal, ...] = ()  # only with allow_remove
 
 
 def _relations(text: str, pre: str) -> tuple[Clause, ...]:
@@ -197,19 +195,20 @@ def resolve(
     *,
     policy: Policy | None = None,
     foreign: Mapping[str, Sequence[Installed]] | None = None,
+    foreign_versions_of: Callable[[str, str], Sequence[Candidate]] | None = None,
+    by_source: bool = True,
+    install_recommends: bool = True,
+    allow_remove: bool = False,
 ) -> Resolution:
     """`installed` holds one instance per name (the native one); `foreign` the other architectures' instances
-    of Multi-Arch: same packages, by name."""
+    of Multi-Arch: same packages, by name, and `foreign_versions_of(name, arch)` their repository versions."""
     usable = Candidates(installed, versions_of, architecture, compare, policy)
-    hidden = usable.hidden
+    solver = _Solver(installed, usable, compare, providers_of, by_source, install_recommends)
     others = foreign or {}
-
-    def usable_providers(name: str) -> list[Candidate]:
-        return [c for c in providers_of(name) if c in usable(c.package)]
-
-    chosen: dict[str, Chosen] = {}
     skipped: list[Skip] = []
     failures: list[Skip] = []
+    vulns: dict[str, set[str]] = {}
+    reported: list[str] = []
 
     for want in wanted:
         inst = installed.get(want.name)
@@ -228,8 +227,8 @@ def resolve(
             continue
         fixed = want.fixed_version
 
-        def fixes(c: Candidate, fixed: str = fixed, by_source: bool = want.by_source) -> bool:
-            return compare(c.source_version if by_source else c.version, fixed) >= 0
+        def fixes(c: Candidate, fixed: str = fixed, by_src: bool = want.by_source) -> bool:
+            return compare(c.source_version if by_src else c.version, fixed) >= 0
 
         # The candidate is the first usable version; apt would install it or nothing (--only-upgrade).
         best = next(iter(usable(want.name)), None)
@@ -237,171 +236,352 @@ def resolve(
             seen = f"apt's candidate is {best.version}" if best else f"apt's candidate is the installed {inst.version}"
             lower = next((f"; {c.version} has apt priority {p} (a NotAutomatic release such as backports, or "
                           "pinned): pin it in /etc/apt/preferences.d to use it"
-                          for c, p in hidden.get(want.name, []) if fixes(c)), "")
+                          for c, p in usable.hidden.get(want.name, []) if fixes(c)), "")
             if best is None and not lower and not versions_of(want.name):
                 seen = "no repository has the package"
             failures.append(Skip(want.name, SkipReason.NO_FIX_AVAILABLE, f"needs >= {fixed}; {seen}{lower}"))
             continue
-        previous = chosen.get(want.name)
-        vulns = tuple(sorted({*want.vulnerabilities, *(previous.vulnerabilities if previous else ())}))
-        if previous is not None and compare(previous.record.version, best.version) > 0:
-            best = previous.record
-        chosen[want.name] = Chosen(best, inst, UpdateKind.REPORTED, vulns)
+        vulns.setdefault(want.name, set()).update(want.vulnerabilities)
+        if want.name in solver.chosen:  # reported twice, or already moved along with an earlier one
+            reported.append(want.name)
+            continue
+        snapshot = solver.snapshot()
+        removed_before = set(solver.removed)
+        error = solver.mark_install(want.name, UpdateKind.REPORTED, "", 0, from_user=True)
+        if error is None:
+            error = solver.fix_broken()
+        if error is None:
+            error = solver.multi_arch_same(others, foreign_versions_of)
+        if error is None and not allow_remove and set(solver.removed) - removed_before:
+            gone = sorted(set(solver.removed) - removed_before)
+            first = gone[0]
+            error = (f"apt would remove {', '.join(gone)} to upgrade it ({first}: {solver.removed[first]}); pass "
+                     "--allow-remove to let copa remove them as apt does")
+        if error is not None:
+            solver.restore(snapshot)
+            failures.append(Skip(want.name, SkipReason.UNRESOLVABLE, error))
+            continue
+        reported.append(want.name)
 
-    # Close the dependencies; a reported package whose closure cannot be met fails alone, and the
-    # closure is recomputed without it so the others still go through.
-    roots = dict(chosen)
-    # What the image already lacked stays lacking: distroless images drop dpkg and friends on purpose,
-    # and apt would not be asked to repair that either.
-    original = _World(installed, {}, compare)
-    while True:
-        chosen = dict(roots)
-        cause: dict[str, str] = {}
-        failed: tuple[str, Skip] | None = None
-        for _ in range(10_000):  # each round adds one package; the bound only guards against bugs
-            world = _World(installed, chosen, compare)
-            step = _next_fix(installed, chosen, world, original, usable, compare, usable_providers, others)
-            if step is None:
-                break
-            trigger, action = step
-            if isinstance(action, Skip):
-                failed = (trigger, action)
-                break
-            chosen[action.record.package] = action
-            cause.setdefault(action.record.package, trigger)
-        if failed is None:
-            break
-        root = failed[0]
-        while root not in roots and root in cause:
-            root = cause[root]
-        if root not in roots:
-            root = min(roots)
-        failures.append(Skip(root, SkipReason.UNRESOLVABLE, failed[1].detail))
-        del roots[root]
-    return Resolution(tuple(_unpack_order(chosen)), tuple(skipped), tuple(failures))
+    chosen = dict(solver.chosen)
+    for name in reported:
+        ch = chosen[name]
+        chosen[name] = Chosen(ch.record, ch.installed, UpdateKind.REPORTED, tuple(sorted(vulns.get(name, ()))))
+    removals = tuple(Removal(installed[n], why) for n, why in sorted(solver.removed.items()))
+    return Resolution(tuple(_unpack_order(chosen)), tuple(skipped), tuple(failures), removals)
+
+
+_MAX_DEPTH = 64  # apt's marking recursion on real archives stays far below this; it only guards against loops
+
+# A state: chosen, removed, world versions, world provides (virtual -> provider -> provided version or "").
+_Snapshot = tuple[dict[str, Chosen], dict[str, str], dict[str, str], dict[str, dict[str, str]]]
+
+
+class _Solver:
+    """The state apt's depcache would be in: installed versions with the marked ones laid over them."""
+
+    def __init__(self, installed: Mapping[str, Installed], usable: Candidates, compare: Compare,
+                 providers_of: Callable[[str], Sequence[Candidate]], by_source: bool, recommends: bool) -> None:
+        self.installed = installed
+        self.usable = usable
+        self.compare = compare
+        self.providers_of = providers_of
+        self.by_source = by_source
+        self.recommends = recommends
+        self.chosen: dict[str, Chosen] = {}
+        self.removed: dict[str, str] = {}  # name -> why apt would remove it
+        self.protected: set[str] = set()  # what the user asked for: never removed, never kept back
+        self.version: dict[str, str] = {n: i.version for n, i in installed.items()}
+        self.provides: dict[str, dict[str, str]] = {}
+        for name, inst in installed.items():
+            self._add_provides(name, inst.provides)
+        # The image as it is: what it already failed to satisfy is not ours to repair (distroless images drop
+        # dpkg and friends on purpose, and apt would not be asked to repair that either).
+        self.original_version = dict(self.version)
+        self.original_provides = {k: dict(v) for k, v in self.provides.items()}
+        self.rdeps: dict[str, list[tuple[str, Relation]]] = {}
+        self.binaries: dict[str, list[str]] = {}
+        for name, inst in sorted(installed.items()):
+            for clause in _relations(inst.depends, inst.pre_depends) + parse_relations(inst.recommends):
+                for rel in clause:
+                    self.rdeps.setdefault(rel.name, []).append((name, rel))
+            self.binaries.setdefault(inst.source, []).append(name)
+
+    # ------------------------------------------------------------------ the world
+
+    def _add_provides(self, name: str, text: str) -> None:
+        for p in parse_provides(text):
+            self.provides.setdefault(p.name, {})[name] = p.version
+
+    def _set(self, name: str, record: Candidate | None) -> None:
+        for providers in self.provides.values():
+            providers.pop(name, None)
+        if record is None:
+            self.version.pop(name, None)
+        else:
+            self.version[name] = record.version
+            self._add_provides(name, record.provides)
+
+    def satisfies(self, rel: Relation, original: bool = False) -> bool:
+        versions = self.original_version if original else self.version
+        provides = self.original_provides if original else self.provides
+        version = versions.get(rel.name)
+        if version is not None and rel.version_ok(version, self.compare):
+            return True
+        # Virtual packages: unversioned relations accept any provider, versioned ones a versioned provide.
+        return any((not rel.op) or (v and rel.version_ok(v, self.compare))
+                   for v in provides.get(rel.name, {}).values())
+
+    def clause_ok(self, clause: Clause, original: bool = False) -> bool:
+        return any(self.satisfies(rel, original) for rel in clause)
+
+    def snapshot(self) -> _Snapshot:
+        return (dict(self.chosen), dict(self.removed), dict(self.version),
+                {k: dict(v) for k, v in self.provides.items()})
+
+    def restore(self, snap: _Snapshot) -> None:
+        chosen, removed, version, provides = snap
+        self.chosen, self.removed, self.version = dict(chosen), dict(removed), dict(version)
+        self.provides = {k: dict(v) for k, v in provides.items()}
+
+    def candidate(self, name: str) -> Candidate | None:
+        return next(iter(self.usable(name)), None)
+
+    # ------------------------------------------------------------------ apt's marking
+
+    def mark_install(self, name: str, kind: UpdateKind, reason: str, depth: int, from_user: bool = False
+                     ) -> str | None:
+        """Mark `name` for its candidate with everything that entails; None on success, else why not (and the
+        state is as before). An installed package whose candidate is its installed version is left alone."""
+        if name in self.chosen:
+            return None
+        if name in self.removed:
+            return f"{name} would have to be removed ({self.removed[name]})"
+        if depth > _MAX_DEPTH:
+            return f"dependency chain through {name} is too deep"
+        inst = self.installed.get(name)
+        cand = self.candidate(name)
+        if cand is None:
+            return None if inst is not None else f"no repository has {name}"
+        if inst is not None and inst.held and not from_user:
+            return f"{name} {inst.version} is on hold"
+        snap = self.snapshot()
+        self.chosen[name] = Chosen(cand, inst, kind, (), reason)
+        self._set(name, cand)
+        if from_user:
+            self.protected.add(name)
+        error = self._entail(name, cand, inst, depth)
+        if error is not None:
+            self.restore(snap)
+            if from_user:
+                self.protected.discard(name)
+        return error
+
+    def _entail(self, name: str, cand: Candidate, inst: Installed | None, depth: int) -> str | None:
+        to_upgrade: list[tuple[str, str]] = []
+        # 1. The new version's Breaks/Conflicts against what stays installed.
+        for field, conflicts in ((cand.breaks, False), (cand.conflicts, True)):
+            for clause in parse_relations(field):
+                for rel in clause:
+                    for victim, version in self._hit(rel, conflicts):
+                        if victim == name:
+                            continue
+                        why = f"{name} {cand.version} {'conflicts with' if conflicts else 'breaks'} {victim} {version}"
+                        if victim in self.chosen:
+                            return why + ", which is to be installed"
+                        victim_cand = self.candidate(victim)
+                        if victim_cand is not None and not rel.version_ok(victim_cand.version, self.compare):
+                            to_upgrade.append((victim, why))
+                        else:
+                            error = self.mark_delete(victim, why)
+                            if error is not None:
+                                return error
+        # 2. Installed packages whose relations the old version met and the new one does not.
+        if inst is not None:
+            for dependent, rel in self.rdeps.get(name, ()):
+                if dependent in self.chosen or dependent in self.removed or dependent == name:
+                    continue
+                if rel.version_ok(inst.version, self.compare) and not rel.version_ok(cand.version, self.compare):
+                    to_upgrade.append((dependent, f"{dependent} {self.installed[dependent].version} needs {rel}"))
+        # 3. Binaries of the same source at the same source version (apt >= 2.5.2).
+        if self.by_source:
+            siblings = []
+            for other in self.binaries.get(cand.source_name, ()):
+                if other == name or other in self.chosen or other in self.removed:
+                    continue
+                other_cand = self.candidate(other)
+                if (other_cand is not None and other_cand.source_name == cand.source_name
+                        and other_cand.source_version == cand.source_version):
+                    siblings.append(other)
+            for other in siblings:
+                # apt ignores a sibling that cannot move: it is an extra, not a requirement
+                self.mark_install(other, UpdateKind.SIBLING,
+                                  f"built from {cand.source_name} {cand.source_version} like {name}", depth + 1)
+        for other, why in to_upgrade:
+            if other in self.chosen:
+                continue
+            error = self.mark_install(other, UpdateKind.CO_UPGRADE, why, depth + 1)
+            if error is not None:
+                error = self.mark_delete(other, f"{why}, and it cannot be upgraded ({error})")
+                if error is not None:
+                    return error
+        # 4. What the new version needs.
+        return self._install_dependencies(name, cand, inst, depth)
+
+    def _install_dependencies(self, name: str, cand: Candidate, inst: Installed | None, depth: int) -> str | None:
+        already_unmet = _unmet_names(inst, self)
+        clauses = [(c, True) for c in _relations(cand.depends, cand.pre_depends)]
+        if self.recommends:
+            clauses += [(c, False) for c in parse_relations(cand.recommends)]
+        for clause, critical in clauses:
+            if self.clause_ok(clause):
+                continue
+            if critical and {r.name for r in clause} & already_unmet:
+                continue
+            if not critical and inst is not None and not self._new_or_previously_met(clause, inst):
+                continue  # apt: an old Recommends the image did without stays without
+            found = False
+            for solution, kind in self._solutions(clause, cand.source_name):
+                if self.mark_install(solution, kind, f"{name} {cand.version} needs {' | '.join(map(str, clause))}",
+                                     depth + 1) is None and solution in self.chosen:
+                    found = True
+                    break
+            if not found and critical:
+                return f"{name} {cand.version} needs {' | '.join(map(str, clause))}, which no repository has " \
+                       "in an installable version"
+        return None
+
+    def _new_or_previously_met(self, clause: Clause, inst: Installed) -> bool:
+        target = clause[0].name
+        old = [c for c in parse_relations(inst.recommends) if any(r.name == target for r in c)]
+        return not old or any(self.clause_ok(c, original=True) for c in old)
+
+    def _solutions(self, clause: Clause, source: str) -> list[tuple[str, UpdateKind]]:
+        """Packages whose candidate meets one of the alternatives, installed ones (to upgrade) before new ones,
+        as apt orders them."""
+        upgrades: list[tuple[str, UpdateKind]] = []
+        new: list[tuple[str, UpdateKind]] = []
+        for rel in clause:
+            names = [rel.name] + [c.package for c in self.providers_of(rel.name) if c.package != rel.name]
+            for pkg in dict.fromkeys(names):
+                if pkg in self.removed:
+                    continue
+                cand = self.candidate(pkg)
+                if cand is None or not self._meets(cand, rel):
+                    continue
+                inst = self.installed.get(pkg)
+                if inst is not None and self.compare(cand.version, inst.version) <= 0:
+                    continue
+                kind = _kind(inst, cand, source)
+                (upgrades if inst is not None else new).append((pkg, kind))
+        return list(dict.fromkeys(upgrades + new))
+
+    def _meets(self, cand: Candidate, rel: Relation) -> bool:
+        if cand.package == rel.name and rel.version_ok(cand.version, self.compare):
+            return True
+        return any(p.name == rel.name and (not rel.op or (p.version and rel.version_ok(p.version, self.compare)))
+                   for p in parse_provides(cand.provides))
+
+    def _hit(self, rel: Relation, conflicts: bool) -> list[tuple[str, str]]:
+        """Packages present in the world that a Breaks/Conflicts relation matches, with their version."""
+        out = []
+        version = self.version.get(rel.name)
+        if version is not None and rel.version_ok(version, self.compare):
+            out.append((rel.name, version))
+        if conflicts and not rel.op:
+            # An unversioned Conflicts on a virtual package hits every provider of it.
+            out.extend((p, self.version.get(p, "")) for p in self.provides.get(rel.name, {}) if p != rel.name)
+        return out
+
+    def mark_delete(self, name: str, why: str) -> str | None:
+        if name in self.protected:
+            return f"{why}, and {name} was asked for"
+        inst = self.installed.get(name)
+        if inst is None:
+            return why
+        if inst.essential:
+            return f"{why}, and {name} is Essential: apt would not remove it either"
+        self.removed[name] = why
+        self.chosen.pop(name, None)
+        self._set(name, None)
+        return None
+
+    def fix_broken(self) -> str | None:
+        """apt's problem resolver, for what marking left broken: installed packages whose relations no longer
+        hold (a removal, a provide that went away) or whose own Breaks/Conflicts now hit a new version move to
+        their candidates, or would be removed."""
+        for _ in range(len(self.installed) + 1):
+            changed = False
+            for name, inst in sorted(self.installed.items()):
+                if name in self.chosen or name in self.removed:
+                    continue
+                why = self._broken(inst)
+                if why is None:
+                    continue
+                changed = True
+                # Marking checks the candidate's own relations: a success means the package is whole again.
+                if self.mark_install(name, UpdateKind.CO_UPGRADE, why, 0) is None and name in self.chosen:
+                    continue
+                error = self.mark_delete(name, f"{why}, and it cannot be upgraded")
+                if error is not None:
+                    return error
+            if not changed:
+                return None
+        return None
+
+    def _broken(self, inst: Installed) -> str | None:
+        for clause in _relations(inst.depends, inst.pre_depends):
+            if not self.clause_ok(clause) and self.clause_ok(clause, original=True):
+                return f"{inst.name} {inst.version} needs {' | '.join(map(str, clause))}"
+        for field, is_conflicts in ((inst.breaks, False), (inst.conflicts, True)):
+            for clause in parse_relations(field):
+                for rel in clause:
+                    for victim, v in self._hit(rel, is_conflicts):
+                        if victim != inst.name and victim in self.chosen:
+                            verb = "conflicts with" if is_conflicts else "breaks"
+                            return f"{inst.name} {inst.version} {verb} {victim} {v}"
+        return None
+
+    def multi_arch_same(self, foreign: Mapping[str, Sequence[Installed]],
+                        versions_of: Callable[[str, str], Sequence[Candidate]] | None) -> str | None:
+        """dpkg needs a Multi-Arch: same package at one version on every architecture it is installed for: apt
+        moves the other architectures' instances in step, to the same version."""
+        for name, ch in sorted(self.chosen.items()):
+            if ":" in name:
+                continue
+            for other in foreign.get(name, ()):
+                if self.compare(other.version, ch.record.version) == 0:
+                    continue
+                key = f"{name}:{other.architecture}"
+                if key in self.chosen:
+                    continue
+                twin = next((c for c in (versions_of(name, other.architecture) if versions_of else ())
+                             if c.architecture == other.architecture
+                             and self.compare(c.version, ch.record.version) == 0), None)
+                if twin is None:
+                    return (f"{name}:{other.architecture} {other.version} is also installed and Multi-Arch: same needs "
+                            f"it at {ch.record.version} too, which no repository has for {other.architecture}")
+                self.chosen[key] = Chosen(twin, other, UpdateKind.SIBLING, (),
+                                          f"Multi-Arch: same, kept in step with {name}:{ch.record.architecture}")
+        return None
 
 
 def _sort_key(compare: Compare) -> Callable[[Candidate], Any]:
     return functools.cmp_to_key(lambda a, b: compare(a.version, b.version))
 
 
-def _next_fix(
-    installed: Mapping[str, Installed],
-    chosen: Mapping[str, Chosen],
-    world: _World,
-    original: _World,
-    usable: Callable[[str], list[Candidate]],
-    compare: Compare,
-    providers: Callable[[str], list[Candidate]],
-    foreign: Mapping[str, Sequence[Installed]],
-) -> tuple[str, Chosen | Skip] | None:
-    """The first unmet relation, as (the package whose relation it is, the change that meets it or why
-    none can); None when everything holds."""
-    # 0. dpkg needs a Multi-Arch: same package at one version on every architecture it is installed for.
-    for name, ch in sorted(chosen.items()):
-        for other in foreign.get(name, ()):
-            if other.version != ch.record.version:
-                return name, Skip(name, SkipReason.UNRESOLVABLE,
-                                  f"{name}:{other.architecture} {other.version} is also installed and Multi-Arch: "
-                                  f"same needs it at {ch.record.version} too; copa does not yet upgrade "
-                                  "foreign-architecture packages")
-    # 1. What the new versions need.
-    for name, ch in sorted(chosen.items()):
-        already_unmet = _unmet_names(ch.installed, original)
-        for clause in _relations(ch.record.depends, ch.record.pre_depends):
-            if world.clause_ok(clause) or {r.name for r in clause} & already_unmet:
-                continue
-            fix = _satisfy(clause, installed, usable, compare, ch.record.source_name, providers)
-            if fix is None:
-                return name, Skip(name, SkipReason.UNRESOLVABLE,
-                                  f"{name} {ch.record.version} needs {' | '.join(map(str, clause))}, "
-                                  "which no repository has")
-            return name, fix
-    # 2. Installed packages the new versions would break (exact pins between binaries of one source).
-    for name, inst in sorted(installed.items()):
-        if name in chosen:
-            continue
-        for clause in _relations(inst.depends, inst.pre_depends):
-            if world.clause_ok(clause) or not original.clause_ok(clause):
-                continue
-            # The chosen package that broke this relation is the one it names.
-            trigger = next((r.name for r in clause if r.name in chosen), name)
-            upgraded = _upgrade_to_fit(inst, world, usable, compare)
-            if upgraded is None:
-                return trigger, Skip(name, SkipReason.UNRESOLVABLE,
-                                     f"installed {name} {inst.version} needs {' | '.join(map(str, clause))}")
-            return trigger, upgraded
-    # 3. Breaks declared by the new versions against what stays installed.
-    for name, ch in sorted(chosen.items()):
-        for clause in parse_relations(ch.record.breaks):
-            for rel in clause:
-                broken = installed.get(rel.name)
-                if broken is None or rel.name in chosen or not rel.version_ok(broken.version, compare):
-                    continue
-                best = next((c for c in usable(rel.name) if not rel.version_ok(c.version, compare)), None)
-                if best is None:
-                    return name, Skip(name, SkipReason.UNRESOLVABLE,
-                                      f"{name} breaks installed {rel.name} {broken.version}")
-                return name, Chosen(best, broken, _kind(broken, best, ch.record.source_name), ())
-    return None
-
-
-def _unmet_names(inst: Installed | None, original: _World) -> set[str]:
+def _unmet_names(inst: Installed | None, solver: _Solver) -> set[str]:
     """Names in the installed version's relations that the image already failed to satisfy."""
     if inst is None:
         return set()
-    return {r.name for clause in _relations(inst.depends, inst.pre_depends) if not original.clause_ok(clause)
-            for r in clause}
+    return {r.name for clause in _relations(inst.depends, inst.pre_depends)
+            if not solver.clause_ok(clause, original=True) for r in clause}
 
 
 def _kind(inst: Installed | None, record: Candidate, source: str) -> UpdateKind:
     if inst is None:
         return UpdateKind.NEW
     return UpdateKind.SIBLING if record.source_name == source else UpdateKind.DEPENDENCY
-
-
-def _satisfy(
-    clause: Clause,
-    installed: Mapping[str, Installed],
-    usable: Callable[[str], list[Candidate]],
-    compare: Compare,
-    source: str,
-    providers: Callable[[str], list[Candidate]] = lambda _name: [],
-) -> Chosen | None:
-    # Prefer upgrading something installed over installing something new, as apt does.
-    for prefer_installed in (True, False):
-        for rel in clause:
-            inst = installed.get(rel.name)
-            if (inst is not None) != prefer_installed:
-                continue
-            for cand in usable(rel.name):
-                if rel.version_ok(cand.version, compare) and (inst is None or compare(cand.version, inst.version) > 0):
-                    return Chosen(cand, inst, _kind(inst, cand, source), ())
-    # Then a virtual package: the newest provider whose Provides meets the relation (an unversioned relation
-    # accepts any provide, a versioned one only a versioned provide), upgrading an installed provider first.
-    for prefer_installed in (True, False):
-        for rel in clause:
-            for cand in providers(rel.name):
-                inst = installed.get(cand.package)
-                if (inst is not None) != prefer_installed or cand.package == rel.name:
-                    continue
-                if inst is not None and compare(cand.version, inst.version) <= 0:
-                    continue
-                if any(p.name == rel.name and (not rel.op or (p.version and rel.version_ok(p.version, compare)))
-                       for p in parse_provides(cand.provides)):
-                    return Chosen(cand, inst, _kind(inst, cand, source), ())
-    return None
-
-
-def _upgrade_to_fit(
-    inst: Installed, world: _World, usable: Callable[[str], list[Candidate]], compare: Compare
-) -> Chosen | None:
-    for cand in usable(inst.name):
-        if compare(cand.version, inst.version) <= 0:
-            continue
-        if all(world.clause_ok(c) for c in _relations(cand.depends, cand.pre_depends)):
-            return Chosen(cand, inst, UpdateKind.SIBLING, ())
-    return None
 
 
 def _unpack_order(chosen: Mapping[str, Chosen]) -> Iterable[Chosen]:

@@ -116,6 +116,8 @@ class AptPolicy:
         return self.preferences.installed_priority(installed.name, installed.source, installed.version, releases)
 
 
-def image_policy(ctx: ImageContext) -> AptPolicy:
-    """What apt in the image would make of NotAutomatic releases and /etc/apt/preferences{,.d/*}."""
-    return AptPolicy(Preferences.from_files(ctx.root.read(PREFERENCES), ctx.root.under(PREFERENCES_DIR)))
+def image_policy(ctx: ImageContext, default_release: str = "") -> AptPolicy:
+    """What apt in the image would make of NotAutomatic releases, APT::Default-Release and
+    /etc/apt/preferences{,.d/*}."""
+    return AptPolicy(Preferences.from_files(ctx.root.read(PREFERENCES), ctx.root.under(PREFERENCES_DIR),
+                                            default_release))
