@@ -199,9 +199,10 @@ def installed_size(regular_bytes: int, entries: int) -> int:
     return max(regular_bytes, 1) if entries else regular_bytes
 
 
-def _data_tar(root: Path, paths: Sequence[DbFile], extra: Mapping[str, bytes], owners: _Owners, out: BinaryIO) -> int:
+def _data_tar(root: Path, paths: Sequence[DbFile], extra: Mapping[str, bytes], owners: _Owners, out: BinaryIO,
+              dirs: Mapping[str, tuple[int, int, int]] | None = None) -> int:
     """Write the data segment (one gzip member) for `paths` read from `root` plus `extra` files; returns the
-    installed size (`installed_size`)."""
+    installed size (`installed_size`). `dirs` overrides directories' (mode, uid, gid)."""
     size = 0
     with (
         gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as gz,
@@ -213,6 +214,8 @@ def _data_tar(root: Path, paths: Sequence[DbFile], extra: Mapping[str, bytes], o
                 raise ApkRepoError(f"{entry.path} is in the installed database but not in {root}; rebuild the rootfs")
             info = tar.gettarinfo(str(src), arcname=entry.path)
             info.mtime = BUILD_DATE
+            if info.isdir() and dirs and entry.path in dirs:
+                info.mode, info.uid, info.gid = dirs[entry.path]
             info.uname = owners.users.get(info.uid, "")
             info.gname = owners.groups.get(info.gid, "")
             if info.islnk():  # apk packages carry hard-linked files as plain copies here; keep it simple
@@ -238,6 +241,10 @@ def _data_tar(root: Path, paths: Sequence[DbFile], extra: Mapping[str, bytes], o
                     dinfo = tarfile.TarInfo(parent)
                     dinfo.type, dinfo.mode, dinfo.mtime = tarfile.DIRTYPE, 0o755, BUILD_DATE
                     dinfo.uname = dinfo.gname = "root"
+                    if dirs and parent in dirs:
+                        dinfo.mode, dinfo.uid, dinfo.gid = dirs[parent]
+                        dinfo.uname = owners.users.get(dinfo.uid, "")
+                        dinfo.gname = owners.groups.get(dinfo.gid, "")
                     tar.addfile(dinfo)
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o644, BUILD_DATE
@@ -261,6 +268,11 @@ class PackageUpdate:
     files: extra regular files {path: content} (the only content of a brand-new package).
     installed_size: force the I:/size value instead of abuild's (`installed_size`); 0 makes a package apk treats
         as virtual (installs its record, unpacks none of its files), which abuild never produces for one with files.
+    version: the new version itself instead of a release bump (e.g. a new upstream "1.35.0-r0").
+    depends: the new version's whole `depend` list instead of the installed one's (e.g. ("libcurl~8.22",));
+        `add_depends` still adds to it.
+    dirs: directory metadata in the data tar {path: (mode, uid, gid)}, overriding what the rootfs has (a
+        directory whose mode or owner changes in the new build).
     """
 
     name: str
@@ -272,6 +284,12 @@ class PackageUpdate:
     new_version: str = "1.0-r0"
     files: Mapping[str, bytes] = field(default_factory=dict)
     installed_size: int | None = None
+    version: str = ""
+    depends: tuple[str, ...] | None = None
+    dirs: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+
+    def new_version_of(self, old: str) -> str:
+        return self.version or bump_release(old, self.bump)
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,18 +368,20 @@ def build_package(
         pkg = installed[update.name]
         fields = dict(pkg.fields)
         old_version = pkg.version
-        version = bump_release(old_version, update.bump)
+        version = update.new_version_of(old_version)
         fields["p"] = _retarget(fields.get("p", ""), old_version, version)
         drop = {p.strip("/") for p in update.drop_files}
         paths = [f for f in pkg.files if f.path not in drop]
-    depends = _follow(fields.get("D", "").split(), bumped or {}) + list(update.add_depends)
+    # Explicit depends are taken as written (a pin on an older version stays one); inherited ones follow.
+    inherited = _follow(fields.get("D", "").split(), bumped or {})
+    depends = (inherited if update.depends is None else list(update.depends)) + list(update.add_depends)
     if fields.get("i"):
         fields["i"] = " ".join(_follow(fields["i"].split(), bumped or {}))
     owners = _Owners(_names(root / "etc/passwd"), _names(root / "etc/group"))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=out_dir) as data:
-        size = _data_tar(root, paths, update.files, owners, data)
+        size = _data_tar(root, paths, update.files, owners, data, update.dirs)
         if update.installed_size is not None:
             size = update.installed_size
         data.seek(0)
@@ -442,11 +462,10 @@ def build_repo(
     """Build newer versions of `updates` from `root` (plus brand-new packages) into directory/<arch>/, signed."""
     key = key or test_key()
     installed = read_installed(root)
-    bumped = {
-        u.name: (installed[u.name].version, bump_release(installed[u.name].version, u.bump))
-        for u in updates
-        if not u.new and u.name in installed
-    }
+    bumped: dict[str, tuple[str, str]] = {}
+    for u in updates:  # with several new versions of one name, pins follow the first
+        if not u.new and u.name in installed:
+            bumped.setdefault(u.name, (installed[u.name].version, u.new_version_of(installed[u.name].version)))
     arch_dir = directory / ARCH
     built = tuple(build_package(root, u, arch_dir, key, sha1_signature=sha1_signature, bumped=bumped) for u in updates)
     write_index(arch_dir, [p.index_record for p in built], key, sha1_signature=sha1_signature)

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from copa.errors import IntegrityError, UnsupportedImageError
 from copa.pkg.apk.apkfile import ApkContents, read_apk
-from copa.pkg.apk.index import ApkRecord
+from copa.pkg.apk.index import ApkRecord, Dependency, parse_dependency
 from copa.pkg.apk.install import DB_DIRS, Installing, LayerPlan, database_entries, install_package, scripts_note
 from copa.pkg.apk.installed import InstalledPackage, parse_installed
 from copa.pkg.apk.plan import Chosen, Installed, Wanted, resolve
@@ -47,11 +47,30 @@ def read_installed(ctx: ImageContext) -> list[InstalledPackage]:
     raise UnsupportedImageError("image has no /lib/apk/db/installed; it is not an apk-based image")
 
 
-def _wanted(report: Report | None, installed: dict[str, Installed], available: Sequence[ApkRecord]) -> list[Wanted]:
+WORLD = "etc/apk/world"
+
+
+def read_world(ctx: ImageContext) -> tuple[Dependency, ...]:
+    """/etc/apk/world: the image's top-level constraints (`zlib<1.3.2-r2`, `busybox=1.37.0-r30`, `curl@edge`).
+    A word apk could not parse either is left out (apk reports it and goes on without it too)."""
+    out = []
+    for word in (ctx.root.read(WORLD) or b"").decode("utf-8", "replace").split():
+        try:
+            out.append(parse_dependency(word))
+        except ValueError:
+            continue
+    return tuple(out)
+
+
+def _wanted(report: Report | None, installed: dict[str, Installed], available: Sequence[ApkRecord],
+            world: Sequence[Dependency] = ()) -> list[Wanted]:
     if report is not None:
         return [Wanted(p.name, p.fixed_version, p.vulnerability_ids) for p in report.packages]
+    # Without a report, like `apk upgrade`: each package's newest version the world allows.
     newest: dict[str, str] = {}
     for r in available:
+        if any(d.name == r.name and d.op and not d.conflict and not d.matches(r.version) for d in world):
+            continue
         if r.name in installed and (r.name not in newest or compare_versions(r.version, newest[r.name]) > 0):
             newest[r.name] = r.version
     return [Wanted(n, v) for n, v in sorted(newest.items()) if compare_versions(v, installed[n].version) > 0]
@@ -65,7 +84,9 @@ class ApkAdapter:
         installed = {p.name: Installed(p.name, p.version, p.record.origin, p.record.depends, p.record.provides,
                                        p.record.install_if) for p in packages}
         arch = image_arch(ctx)
+        world = read_world(ctx)
         pinned = {p.field("s"): p.name for p in packages if p.field("s")}
+        pinned.update({d.tag: d.name for d in world if d.tag})
         repos = select_repositories(ctx, arch, set(pinned))
         keys = trusted_keys(ctx)
         available: list[ApkRecord] = []
@@ -75,14 +96,15 @@ class ApkAdapter:
                     continue
                 # A tagged repository serves only the packages pinned to its tag.
                 if repo.tag and pinned.get(repo.tag) != r.name and not any(
-                        p.field("s") == repo.tag and p.name == r.name for p in packages):
+                        p.field("s") == repo.tag and p.name == r.name for p in packages) and not any(
+                        d.tag == repo.tag and d.name == r.name for d in world):
                     continue
                 available.append(r)
-        resolution = resolve(installed, _wanted(report, installed, available), available)
+        resolution = resolve(installed, _wanted(report, installed, available, world), available, world)
         check_failures(resolution.failures, ctx.ignore_errors)
         updates = tuple(
             Update(c.record.name, c.record.arch or arch, c.installed.version if c.installed else "",
-                   c.record.version, c.kind, c.vulnerabilities)
+                   c.record.version, c.kind, c.vulnerabilities, reason=c.reason)
             for c in resolution.chosen
         )
         skipped: tuple[Skip, ...] = resolution.skipped + resolution.failures

@@ -1,16 +1,26 @@
-"""The apk plan, pure: installed packages + reported fixes + repository records -> what to install.
+"""The apk plan, pure: installed packages + reported fixes + world + repository records -> what to install.
 
-Like `apk add --upgrade <reported>`: each reported package goes to the newest version at or above its fixed
-version; then the new versions' D: dependencies (names, so:/cmd:/pc: providers from p:, with versions)
-are closed transitively, upgrading installed packages or adding new ones; installed packages whose own
-dependencies the change breaks (packages of one origin pinning each other with `=`) move along, and so do
-installed packages whose install_if (i:) held before and no longer does (ssl_client's `busybox=<version>`).
+The semantics are those of `apk upgrade NAMES` with `NAME>=FIXED` added to /etc/apk/world (checked against real
+apk in tests/test_apk_solver_oracle.py): each reported package goes to the newest version at or above its fixed
+version that the world allows; every other package keeps its installed version unless it must move, and then
+takes the newest version that fits, as apk's solver does for names without the upgrade flag:
+
+* a new version's D: dependencies (names, so:/cmd:/pc: providers from p:, with versions, `~` fuzzy, `<` upper
+  bounds) are closed transitively, upgrading installed packages or adding new ones;
+* an installed package whose own dependency the change breaks (`libssl3` pins `libcrypto3=<version>`) moves to
+  the newest version whose dependencies hold again (a co-upgrade);
+* a package that install_if (i:) brought in moves when its condition no longer holds (ssl_client's
+  `busybox=<version>`).
+
+When something cannot move (no version fits, /etc/apk/world holds it), the version that needed it is rejected and
+the plan is made again without it: the package falls back to an older candidate, as apk's solver would pick it,
+or, when no candidate at or above the fixed version is left, the reported package fails with the blocker named.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from copa.pkg.apk.index import ApkRecord, Dependency
@@ -41,6 +51,9 @@ class Chosen:
     installed: Installed | None
     kind: UpdateKind
     vulnerabilities: tuple[str, ...] = ()
+    reason: str = ""  # why a package the report did not name moves
+    # The record whose change made this one move ((name, version)); None for a reported package.
+    cause: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -50,13 +63,45 @@ class Resolution:
     failures: tuple[Skip, ...] = ()
 
 
+class _Reject(Exception):
+    """A record that cannot be part of the plan (name, version): the plan is made again without it."""
+
+    def __init__(self, name: str, version: str, detail: str) -> None:
+        super().__init__(detail)
+        self.key = (name, version)
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class _Universe:
+    """What does not change while planning: the image, the repositories, the world, the fixes asked for."""
+
+    installed: Mapping[str, Installed]
+    by_name: Mapping[str, list[ApkRecord]]  # newest first
+    providers: Mapping[str, list[ApkRecord]]  # newest first
+    world: tuple[Dependency, ...]
+
+    def world_on(self, name: str) -> list[Dependency]:
+        return [d for d in self.world if d.name == name and not d.conflict and d.op]
+
+    def world_allows(self, record: ApkRecord) -> Dependency | None:
+        """The world constraint `record` breaks, if any (`zlib<1.3.2-r2`, `busybox=1.37.0-r30`)."""
+        for dep in self.world_on(record.name):
+            if not dep.matches(record.version):
+                return dep
+        return None
+
+
 @dataclass
 class _State:
-    installed: Mapping[str, Installed]
-    by_name: dict[str, list[ApkRecord]]
-    providers: dict[str, list[ApkRecord]]
+    universe: _Universe
+    fixed: Mapping[str, str]  # reported name -> the version it must reach
+    rejected: set[tuple[str, str]]
     chosen: dict[str, Chosen] = field(default_factory=dict)
-    failures: list[Skip] = field(default_factory=list)
+
+    @property
+    def installed(self) -> Mapping[str, Installed]:
+        return self.universe.installed
 
     def current(self) -> list[tuple[str, str, tuple[Dependency, ...]]]:
         """(name, version, provides) of every package after the planned changes."""
@@ -65,18 +110,52 @@ class _State:
         return out
 
     def satisfied(self, dep: Dependency) -> bool:
-        for name, version, provides in self.current():
-            if name == dep.name and dep.matches(version):
-                return True
-            if any(p.name == dep.name and dep.matches(p.version or None) for p in provides):
-                return True
-        return False
+        return any(_provides(name, version, provides, dep) for name, version, provides in self.current())
+
+    def usable(self, record: ApkRecord) -> bool:
+        """Not rejected, allowed by the world, and at or above the fixed version for a reported package."""
+        if (record.name, record.version) in self.rejected or self.universe.world_allows(record) is not None:
+            return False
+        fixed = self.fixed.get(record.name)
+        return fixed is None or compare_versions(record.version, fixed) >= 0
+
+    def constraints_on(self, name: str) -> list[tuple[str, Dependency]]:
+        """The planned new versions' dependencies on `name`, with who has them."""
+        return [(f"{c.record.name}-{c.record.version}", d) for c in self.chosen.values() for d in c.record.depends
+                if d.name == name and not d.conflict]
+
+    def fits(self, record: ApkRecord) -> bool:
+        """Whether `record` keeps every planned new version's dependency on its name (or a name it provides)."""
+        for _, dep in self.constraints_on(record.name):
+            if not dep.matches(record.version):
+                return False
+        for p in record.provides:
+            for _, dep in self.constraints_on(p.name):
+                if not dep.matches(p.version or None):
+                    return False
+        return True
+
+
+def _provides(name: str, version: str, provides: Iterable[Dependency], dep: Dependency) -> bool:
+    if name == dep.name and dep.matches(version):
+        return True
+    return any(p.name == dep.name and dep.matches(p.version or None) for p in provides)
+
+
+def _provides_record(record: ApkRecord, dep: Dependency) -> bool:
+    return _provides(record.name, record.version, record.provides, dep)
+
+
+def _has_name(name: str, provides: Iterable[Dependency], dep: Dependency) -> bool:
+    """Whether a package is what `dep` is about (its name, or a name it provides), whatever the versions."""
+    return name == dep.name or any(p.name == dep.name for p in provides)
 
 
 def _newest_first(records: Sequence[ApkRecord]) -> list[ApkRecord]:
-    seen: dict[str, ApkRecord] = {}
+    seen: dict[tuple[str, str], ApkRecord] = {}
     for r in records:  # the first repository listing a version wins, as in apk
-        seen.setdefault(r.version, r)
+        seen.setdefault((r.name, r.version), r)
+
     def cmp(a: ApkRecord, b: ApkRecord) -> int:
         return compare_versions(a.version, b.version)
 
@@ -91,133 +170,244 @@ def _index(available: Sequence[ApkRecord]) -> tuple[dict[str, list[ApkRecord]], 
         for p in r.provides:
             providers.setdefault(p.name, []).append(r)
     return ({n: _newest_first(rs) for n, rs in by_name.items()},
-            {n: rs for n, rs in providers.items()})
+            {n: _newest_first(rs) for n, rs in providers.items()})
 
 
-def _provides_match(record: ApkRecord, dep: Dependency) -> bool:
-    if record.name == dep.name and dep.matches(record.version):
-        return True
-    return any(p.name == dep.name and dep.matches(p.version or None) for p in record.provides)
+def _label(c: Chosen | Installed | ApkRecord) -> str:
+    if isinstance(c, Chosen):
+        c = c.record
+    return f"{c.name}-{c.version}"
 
 
-def _fix_dependency(state: _State, dep: Dependency) -> tuple[ApkRecord, Installed | None] | None:
-    """The record to install so that `dep` holds: an upgrade of an installed package if one can do it."""
-    candidates = [r for r in state.by_name.get(dep.name, []) if dep.matches(r.version)]
-    candidates += [r for r in _newest_first(state.providers.get(dep.name, [])) if _provides_match(r, dep)]
-    installed = [r for r in candidates if r.name in state.installed
-                 and compare_versions(r.version, state.installed[r.name].version) > 0]
-    if installed:
-        return installed[0], state.installed[installed[0].name]
-    fresh = [r for r in candidates if r.name not in state.installed and r.name not in state.chosen]
-    if not fresh:
-        return None
-    # Among new providers apk prefers the highest provider_priority (k:), then the package's own name.
-    best = max(fresh, key=lambda r: (r.name == dep.name, r.provider_priority or 0))
-    return best, None
+def _kind(state: _State, name: str, inst: Installed | None, fallback: UpdateKind) -> UpdateKind:
+    if inst is None:
+        return UpdateKind.NEW
+    origins = {c.record.origin for c in state.chosen.values() if c.record.origin and c.record.name != name}
+    return UpdateKind.SIBLING if inst.origin and inst.origin in origins else fallback
 
 
-def resolve(installed: Mapping[str, Installed], wanted: Sequence[Wanted], available: Sequence[ApkRecord]
-            ) -> Resolution:
+def resolve(installed: Mapping[str, Installed], wanted: Sequence[Wanted], available: Sequence[ApkRecord],
+            world: Sequence[Dependency] = ()) -> Resolution:
     by_name, providers = _index(available)
-    state = _State(installed, by_name, providers)
+    universe = _Universe(installed, by_name, providers, tuple(world))
     skipped: list[Skip] = []
+    failures: dict[str, Skip] = {}
+    asked: dict[str, Wanted] = {}
     for w in wanted:
         inst = installed.get(w.name)
         if inst is None:
             skipped.append(Skip(w.name, SkipReason.NOT_INSTALLED))
-            continue
-        if w.fixed_version is None:
+        elif w.fixed_version is None:
             skipped.append(Skip(w.name, SkipReason.NO_FIXED_VERSION))
-            continue
-        if compare_versions(inst.version, w.fixed_version) >= 0:
+        elif compare_versions(inst.version, w.fixed_version) >= 0:
             skipped.append(Skip(w.name, SkipReason.ALREADY_FIXED, f"{inst.version} >= {w.fixed_version}"))
+        elif w.name in asked:  # named twice (two report entries): the higher fix and every vulnerability
+            prev = asked[w.name]
+            assert prev.fixed_version is not None
+            higher = max(prev.fixed_version, w.fixed_version, key=functools.cmp_to_key(compare_versions))
+            asked[w.name] = Wanted(w.name, higher, tuple(sorted(set(prev.vulnerabilities) | set(w.vulnerabilities))))
+        else:
+            asked[w.name] = Wanted(w.name, w.fixed_version, tuple(sorted(set(w.vulnerabilities))))
+    rejected: dict[tuple[str, str], str] = {}
+    while True:
+        fixed = {n: w.fixed_version for n, w in asked.items() if n not in failures and w.fixed_version}
+        state = _State(universe, fixed, set(rejected))
+        try:
+            for w in asked.values():
+                if w.name not in failures:
+                    failure = _choose_reported(state, w, rejected)
+                    if failure is not None:
+                        failures[w.name] = failure
+            _close(state)
+        except _Reject as r:
+            if r.key in rejected:  # cannot happen (rejected records are never chosen); guard against a loop
+                raise AssertionError(f"apk plan: {r.key} rejected twice") from None
+            rejected[r.key] = r.detail
             continue
-        records = by_name.get(w.name, [])
-        best = records[0] if records else None
-        if best is None or compare_versions(best.version, w.fixed_version) < 0:
-            have = f"newest available is {best.version}" if best else "no repository has it"
-            state.failures.append(Skip(w.name, SkipReason.NO_FIX_AVAILABLE, f"needs {w.fixed_version}, {have}"))
-            continue
-        prev = state.chosen.get(w.name)
-        vulns = tuple(sorted(set(w.vulnerabilities) | set(prev.vulnerabilities if prev else ())))
-        state.chosen[w.name] = Chosen(best, inst, UpdateKind.REPORTED, vulns)
-    _close(state)
+        break
     order = sorted(state.chosen.values(), key=lambda c: c.record.name)
-    return Resolution(tuple(order), tuple(skipped), tuple(state.failures))
+    return Resolution(tuple(order), tuple(skipped), tuple(failures[n] for n in sorted(failures)))
+
+
+def _choose_reported(state: _State, w: Wanted, rejected: Mapping[tuple[str, str], str]) -> Skip | None:
+    """Choose the newest usable version of a reported package, or say why there is none."""
+    assert w.fixed_version is not None
+    records = state.universe.by_name.get(w.name, [])
+    for r in records:
+        if state.usable(r):
+            state.chosen[w.name] = Chosen(r, state.installed[w.name], UpdateKind.REPORTED, w.vulnerabilities)
+            return None
+    fixes = [r for r in records if compare_versions(r.version, w.fixed_version) >= 0]
+    if not fixes:
+        have = f"newest available is {records[0].version}" if records else "no repository has it"
+        return Skip(w.name, SkipReason.NO_FIX_AVAILABLE, f"needs {w.fixed_version}, {have}")
+    held = [d for r in fixes if (d := state.universe.world_allows(r)) is not None]
+    if len(held) == len(fixes):
+        return Skip(w.name, SkipReason.HELD, f"needs {w.fixed_version}, but /etc/apk/world holds it at {held[0]}")
+    why = next((rejected[(r.name, r.version)] for r in fixes if (r.name, r.version) in rejected), "")
+    return Skip(w.name, SkipReason.UNRESOLVABLE, why or f"no version at or above {w.fixed_version} can be installed")
 
 
 def _close(state: _State) -> None:
-    before = _State(state.installed, state.by_name, state.providers)  # the image as it is
     changed = True
     while changed:
         changed = False
         for chosen in list(state.chosen.values()):
             for dep in chosen.record.depends:
-                if dep.conflict or state.satisfied(dep):
-                    continue
-                fix = _fix_dependency(state, dep)
-                if fix is None:
-                    state.failures.append(Skip(chosen.record.name, SkipReason.UNRESOLVABLE,
-                                               f"{chosen.record.name}-{chosen.record.version} needs {dep}, "
-                                               "which no repository provides"))
-                    del state.chosen[chosen.record.name]
+                if not dep.conflict and not state.satisfied(dep):
+                    _meet(state, chosen, dep)
                     changed = True
                     break
-                record, inst = fix
-                kind = UpdateKind.DEPENDENCY if inst is not None else UpdateKind.NEW
-                state.chosen[record.name] = Chosen(record, inst, kind)
-                changed = True
-        origins = {c.record.origin for c in state.chosen.values() if c.record.origin}
-        for name, inst in state.installed.items():
-            if name in state.chosen or not any(not d.conflict and before.satisfied(d) and not state.satisfied(d)
-                                               for d in inst.depends):
-                continue
-            # The change breaks this installed package (e.g. it pins a sibling with '='): move it along.
-            records = state.by_name.get(name, [])
-            newer = [r for r in records if compare_versions(r.version, inst.version) > 0]
-            if not newer:
-                # It cannot move, so its pin holds the other package back, as apk's solver would.
-                changed = _drop_breakers(state, before, inst) or changed
-                continue
-            kind = UpdateKind.SIBLING if inst.origin and inst.origin in origins else UpdateKind.DEPENDENCY
-            state.chosen[name] = Chosen(newer[0], inst, kind)
-            changed = True
-        changed = _follow_install_if(state, before, origins) or changed
-
-
-def _drop_breakers(state: _State, before: _State, inst: Installed) -> bool:
-    """Un-choose the packages whose change breaks a relation of `inst` that held before; True if any."""
-    dropped = False
-    for dep in inst.depends:
-        if dep.conflict or not before.satisfied(dep) or state.satisfied(dep):
+            if changed:
+                break
+        if changed:
             continue
-        for name, chosen in list(state.chosen.items()):
-            if chosen.record.name == dep.name or any(p.name == dep.name for p in chosen.record.provides):
-                state.failures.append(Skip(name, SkipReason.UNRESOLVABLE,
-                                           f"installed {inst.name}-{inst.version} needs {dep}"))
-                del state.chosen[name]
-                dropped = True
-    return dropped
+        changed = _move_dependants(state) or _follow_install_if(state)
 
 
-def _install_if_holds(state: _State, conditions: Sequence[Dependency]) -> bool:
+def _meet(state: _State, needer: Chosen, dep: Dependency) -> None:
+    """Make `dep` of a planned new version hold: move the package that has the name (or provides it), or
+    install a new provider; reject the needer when neither can be done."""
+    u = state.universe
+    present = [name for name, _, provides in state.current() if _has_name(name, provides, dep)]
+    who = _label(needer)
+    for name in present:
+        if name == needer.record.name:
+            continue
+        candidates = [r for r in u.by_name.get(name, []) if _provides_record(r, dep) and state.usable(r)]
+        # A reported package re-chosen to fit keeps its kind; others take the newest version that also keeps
+        # what the other new versions need of them.
+        fitting = [r for r in candidates if state.fits(r)]
+        if fitting:
+            record = fitting[0]
+            current = state.chosen.get(name)
+            if current is not None and current.kind is UpdateKind.REPORTED:
+                if compare_versions(record.version, current.record.version) != 0:
+                    # The newest version conflicts with this dependency: take the one that fits instead.
+                    raise _Reject(name, current.record.version, f"{who} needs {dep}")
+                continue
+            inst = state.installed.get(name)
+            kind = UpdateKind.CO_UPGRADE if dep.op else UpdateKind.DEPENDENCY
+            state.chosen[name] = Chosen(record, inst, _kind(state, name, inst, kind), (),
+                                        f"{who} needs {dep}", (needer.record.name, needer.record.version))
+            return
+        blocker = _blocker(state, name, dep)
+        raise _Reject(needer.record.name, needer.record.version, f"{who} needs {dep}, {blocker}")
+    fresh = [r for r in u.by_name.get(dep.name, []) + u.providers.get(dep.name, [])
+             if r.name not in state.installed and r.name not in state.chosen and _provides_record(r, dep)
+             and state.usable(r) and state.fits(r)]
+    if not fresh:
+        raise _Reject(needer.record.name, needer.record.version,
+                      f"{who} needs {dep}, which no repository provides")
+    # Among new providers apk prefers the package of that name, then the highest provider_priority (k:), then the
+    # newest version.
+    best = max(fresh, key=lambda r: (r.name == dep.name, r.provider_priority or 0,
+                                     functools.cmp_to_key(compare_versions)(r.version)))
+    state.chosen[best.name] = Chosen(best, None, UpdateKind.NEW, (), f"{who} needs {dep}",
+                                     (needer.record.name, needer.record.version))
+
+
+def _blocker(state: _State, name: str, dep: Dependency) -> str:
+    """Why no version of `name` can satisfy `dep`, naming what holds it (world, another new version)."""
+    u = state.universe
+    matching = [r for r in u.by_name.get(name, []) if _provides_record(r, dep)]
+    if not matching:
+        return f"which no version of {name} in the repositories provides"
+    for r in matching:
+        held = u.world_allows(r)
+        if held is not None:
+            return f"but /etc/apk/world holds {name} at {held}"
+        for who, other in state.constraints_on(name):
+            if not other.matches(r.version):
+                return f"but {who} needs {other}"
+    return f"but no version of {name} that provides it can be installed"
+
+
+def _broken(state: _State, inst: Installed) -> list[Dependency]:
+    """Dependencies of an installed package that held in the image and do not after the planned changes."""
+    before = state.installed
+    out = []
+    for dep in inst.depends:
+        if dep.conflict:
+            continue
+        held = any(_provides(i.name, i.version, i.provides, dep) for i in before.values())
+        if held and not state.satisfied(dep):
+            out.append(dep)
+    return out
+
+
+def _move_dependants(state: _State) -> bool:
+    """Move the installed packages whose dependencies the planned changes break; True if any moved."""
+    for name, inst in state.installed.items():
+        if name in state.chosen:
+            continue
+        broken = _broken(state, inst)
+        if not broken:
+            continue
+        dep = broken[0]
+        breaker = next((c for c in state.chosen.values() if _has_name(c.record.name, c.record.provides, dep)), None)
+        assert breaker is not None  # only a planned change can break what held before
+        record = _newest_consistent(state, name)
+        if record is None:
+            # It cannot move, so its pin holds the package that broke it, as apk's solver holds it.
+            newer = [r for r in state.universe.by_name.get(name, [])
+                     if compare_versions(r.version, inst.version) > 0]
+            held = next((h for r in newer if (h := state.universe.world_allows(r)) is not None), None)
+            why = (f"and /etc/apk/world holds {name} at {held}" if held is not None and newer else
+                   f"and no version of {name} in the repositories fits {_label(breaker)}" if newer else
+                   "which has no newer version")
+            raise _Reject(breaker.record.name, breaker.record.version,
+                          f"installed {_label(inst)} needs {dep}, {why}")
+        reason = f"{_label(inst)} pins {dep}, which moves to {breaker.record.version}" if dep.op else \
+            f"{_label(inst)} needs {dep}, which {_label(breaker)} no longer provides"
+        state.chosen[name] = Chosen(record, inst, _kind(state, name, inst, UpdateKind.CO_UPGRADE), (), reason,
+                                    (breaker.record.name, breaker.record.version))
+        return True
+    return False
+
+
+def _newest_consistent(state: _State, name: str) -> ApkRecord | None:
+    """The newest usable version of an installed package whose dependencies on the planned new versions hold
+    (what apk's solver takes for a name without the upgrade flag once the installed version is out)."""
+    inst = state.installed[name]
+    planned = {c.record.name for c in state.chosen.values()}
+    for r in state.universe.by_name.get(name, []):
+        if compare_versions(r.version, inst.version) <= 0 or not state.usable(r) or not state.fits(r):
+            continue
+        ok = True
+        for dep in r.depends:
+            if dep.conflict:
+                continue
+            on_planned = any(_has_name(n, pv, dep) for n, _, pv in state.current() if n in planned)
+            if on_planned and not state.satisfied(dep):
+                ok = False
+                break
+        if ok:
+            return r
+    return None
+
+
+def _install_if_holds(state: _State, conditions: Sequence[Dependency], before: bool = False) -> bool:
+    if before:
+        inst = state.installed.values()
+        return all(any(_provides(i.name, i.version, i.provides, d) for i in inst) != d.conflict for d in conditions)
     return all(state.satisfied(d) != d.conflict for d in conditions)
 
 
-def _follow_install_if(state: _State, before: _State, origins: set[str]) -> bool:
+def _follow_install_if(state: _State) -> bool:
     """apk keeps a package that install_if brought in only while its condition holds: when the change breaks
     the condition, the newest version whose condition holds again replaces it (apk would purge it if there
     were none; copa never removes packages, so it then stays as it is)."""
-    moved = False
     for name, inst in state.installed.items():
         if name in state.chosen or not inst.install_if:
             continue
-        if not _install_if_holds(before, inst.install_if) or _install_if_holds(state, inst.install_if):
+        if not _install_if_holds(state, inst.install_if, before=True) or _install_if_holds(state, inst.install_if):
             continue
-        newer = [r for r in state.by_name.get(name, []) if compare_versions(r.version, inst.version) > 0
-                 and _install_if_holds(state, r.install_if)]
+        newer = [r for r in state.universe.by_name.get(name, []) if compare_versions(r.version, inst.version) > 0
+                 and state.usable(r) and state.fits(r) and _install_if_holds(state, r.install_if)]
         if newer:
-            kind = UpdateKind.SIBLING if inst.origin and inst.origin in origins else UpdateKind.DEPENDENCY
-            state.chosen[name] = Chosen(newer[0], inst, kind)
-            moved = True
-    return moved
+            cond = " ".join(str(d) for d in inst.install_if)
+            state.chosen[name] = Chosen(newer[0], inst, _kind(state, name, inst, UpdateKind.CO_UPGRADE), (),
+                                        f"{_label(inst)} is installed if {cond}, which no longer holds")
+            return True
+    return False
