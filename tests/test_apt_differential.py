@@ -21,6 +21,7 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from tests.support.trivy import write_report
 
 pytestmark = pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt on the host as the oracle")
 
+ROOT = Path(__file__).resolve().parents[1]
 REF = "differential"
 SUBSETS = 30
 SEED = 20261130
@@ -245,3 +247,40 @@ def test_configs_change_apts_answer(world: World, tmp_path: Path) -> None:
     assert answers["by-source-off"]["libssl"] != answers["apt-defaults"]["libssl"]
     assert answers["default-release"]["libssl"] != answers["apt-defaults"]["libssl"]
     assert answers["no-recommends"]["rec"] != answers["apt-defaults"]["rec"]
+
+
+def test_allow_remove_leaves_what_dpkg_leaves(world: World, tmp_path: Path) -> None:
+    """libc 1.1 conflicts with old-c, on which needs-old-c depends: apt removes both. With --allow-remove, copa's
+    image equals the real dpkg's `--remove old-c needs-old-c` then `-i libc_1.1`; without it, the patch fails
+    with exit 7, naming them."""
+    root, layout = make_image(world, tmp_path / "image", "")
+    conffile = DebSpec("old-c", "1.0", files={"etc/old-c.conf": "keep me\n", "usr/share/old-c/data": "x\n"},
+                       conffiles=("/etc/old-c.conf",))
+    # Reinstall old-c with a conffile, so the removal has one to keep (dpkg: `deinstall ok config-files`).
+    debimage.dpkg_install(root, [build_deb(conffile, tmp_path / "debs")])
+    images.builder.make_oci_layout(root, tmp_path / "layout2", REF, cmd=None)
+    layout = tmp_path / "layout2"
+    report = write_report(tmp_path / "report.json", {"libc": ("1.0", "1.1")})
+    refused = subprocess.run([sys.executable, "-m", "copa", "patch", "-i", f"oci:{layout}:{REF}", "-r", str(report),
+                              "--keyring", str(world.key.keyring), "--oci-dir", str(tmp_path / "refused")],
+                             capture_output=True, text=True, cwd=ROOT)
+    assert refused.returncode == 7, refused.stderr
+    assert "old-c" in refused.stderr and "--allow-remove" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "refused" / "index.json").exists()
+
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "copa", "patch", "-i", f"oci:{layout}:{REF}", "-r", str(report),
+                           "--keyring", str(world.key.keyring), "--oci-dir", str(out), "--allow-remove", "--json",
+                           "-t", "patched"], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "SOURCE_DATE_EPOCH": "1704067200"})
+    assert proc.returncode == 0, proc.stderr
+    patched = debimage.unpack_layout(out, "patched", tmp_path / "bundle")
+
+    oracle = debimage.copy_rootfs(root, tmp_path / "oracle")
+    debimage.run(["dpkg", f"--root={oracle}", "--remove", "needs-old-c", "old-c"], "dpkg --remove")
+    new_libc = next(s for s in STABLE if s.name == "libc" and s.version == "1.1")
+    debimage.dpkg_install(oracle, [build_deb(new_libc, tmp_path / "debs")])
+    for lock in ("lock", "lock-frontend"):
+        (oracle / "var/lib/dpkg" / lock).unlink(missing_ok=True)
+    diff = debimage.tree_diff(debimage.tree(patched), debimage.tree(oracle))
+    assert not diff, "\n".join(diff)
