@@ -313,3 +313,19 @@ def test_removal_only_with_allow_remove_and_never_essential() -> None:
     res = resolve({"a": installed[0], "old": essential}, [W("a", "2.0")], lambda n: by_name.get(n, []), "amd64",
                   compare_versions, allow_remove=True)
     assert not res.chosen and "Essential" in res.failures[0].detail
+
+
+def test_multi_arch_same_instances_move_in_step() -> None:
+    """libfoo is installed for amd64 and i386 (Multi-Arch: same): the i386 instance goes to the same version, or
+    the root fails when no repository has that version for i386."""
+    native = Installed("libfoo", "amd64", "1.0", False, "foo", multi_arch="same")
+    other = Installed("libfoo", "i386", "1.0", False, "foo", multi_arch="same")
+    repo = {"libfoo": [Rec("libfoo", "1.1", source_name="foo")]}
+    twins = {"i386": [Rec("libfoo", "1.1", source_name="foo", architecture="i386")]}
+    res = resolve({"libfoo": native}, [W("libfoo", "1.1")], lambda n: repo.get(n, []), "amd64", compare_versions,
+                  foreign={"libfoo": (other,)}, foreign_versions_of=lambda _n, arch: twins.get(arch, []))
+    assert sorted((c.record.package, c.record.architecture, c.record.version) for c in res.chosen) == [
+        ("libfoo", "amd64", "1.1"), ("libfoo", "i386", "1.1")]
+    res = resolve({"libfoo": native}, [W("libfoo", "1.1")], lambda n: repo.get(n, []), "amd64", compare_versions,
+                  foreign={"libfoo": (other,)}, foreign_versions_of=lambda _n, _arch: [])
+    assert not res.chosen and "i386" in res.failures[0].detail
