@@ -211,3 +211,19 @@ def test_what_cannot_move_fails_naming_the_blocker(universe: Universe, fixes: di
     assert problem is None, problem
     assert not theirs.ok and len(mine.failures) == 1
     assert mine.failures[0].reason is reason and blocker in mine.failures[0].detail, mine.failures
+
+
+def test_no_report_upgrades_what_apk_upgrade_does(universe: Universe) -> None:
+    """Without a report copa asks for every package's newest version the world allows, like a bare `apk upgrade`:
+    the same plan, except that what apk silently keeps (alpine-baselayout-data, pinned by an installed package
+    with no newer build) copa names as unfixable."""
+    from copa.pkg.apk.adapter import _wanted
+
+    wanted = _wanted(None, universe.installed, universe.available, universe.world)
+    # Each package's least newer version the world allows; the plan takes the newest that fits.
+    assert {w.name: w.fixed_version for w in wanted}["c-ares"] == "1.34.8-r1"
+    mine = resolve(universe.installed, wanted, universe.available, universe.world)
+    theirs = simulate_upgrade(universe.root, universe.repo.directory, universe.keys, {}, universe.base_world)
+    assert theirs.ok, theirs.output
+    assert {c.record.name: c.record.version for c in mine.chosen} == theirs.versions()
+    assert [(f.name, f.reason) for f in mine.failures] == [("alpine-baselayout-data", SkipReason.UNRESOLVABLE)]

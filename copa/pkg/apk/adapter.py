@@ -66,14 +66,18 @@ def _wanted(report: Report | None, installed: dict[str, Installed], available: S
             world: Sequence[Dependency] = ()) -> list[Wanted]:
     if report is not None:
         return [Wanted(p.name, p.fixed_version, p.vulnerability_ids) for p in report.packages]
-    # Without a report, like `apk upgrade`: each package's newest version the world allows.
-    newest: dict[str, str] = {}
+    # Without a report, like `apk upgrade`: every package with a newer version the world allows moves, to the
+    # newest one that fits (the oldest newer version is the least it must reach: a newest version that another new
+    # version's upper bound excludes gives way, as in apk's solver).
+    least: dict[str, str] = {}
     for r in available:
+        if r.name not in installed or compare_versions(r.version, installed[r.name].version) <= 0:
+            continue
         if any(d.name == r.name and d.op and not d.conflict and not d.matches(r.version) for d in world):
             continue
-        if r.name in installed and (r.name not in newest or compare_versions(r.version, newest[r.name]) > 0):
-            newest[r.name] = r.version
-    return [Wanted(n, v) for n, v in sorted(newest.items()) if compare_versions(v, installed[n].version) > 0]
+        if r.name not in least or compare_versions(r.version, least[r.name]) < 0:
+            least[r.name] = r.version
+    return [Wanted(n, v) for n, v in sorted(least.items())]
 
 
 class ApkAdapter:
