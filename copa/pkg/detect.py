@@ -12,7 +12,9 @@ from copa.pkg.base import OSRelease, PackageManager
 OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release")
 # What adapters read from an image (databases, repository configuration, keys, conffiles): captured in the one
 # full pass over the layers, so nothing needs a layer read twice.
-CAPTURE = ("etc", "usr/lib/os-release", "var/lib/dpkg", "usr/share/keyrings", "lib/apk/db", "usr/lib/apk/db")
+CAPTURE = ("etc", "usr/lib/os-release", "var/lib/dpkg", "usr/share/keyrings", "lib/apk/db", "usr/lib/apk/db",
+           # for copa/pkg/effects: the certificates update-ca-certificates bundles, and debconf's answers
+           "usr/share/ca-certificates", "usr/local/share/ca-certificates", "var/cache/debconf/config.dat")
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from typing import BinaryIO
 from copa.errors import IntegrityError, UnsupportedImageError
 from copa.pkg.apk.apkfile import ApkContents, read_apk
 from copa.pkg.apk.index import ApkRecord, Dependency, parse_dependency
-from copa.pkg.apk.install import DB_DIRS, Installing, LayerPlan, database_entries, install_package, scripts_note
+from copa.pkg.apk.install import DB_DIRS, Installing, LayerPlan, database_entries, install_package
 from copa.pkg.apk.installed import InstalledPackage, parse_installed
 from copa.pkg.apk.plan import Chosen, Installed, Wanted, resolve
 from copa.pkg.apk.repos import (
@@ -27,6 +27,7 @@ from copa.pkg.apk.signing import Keys
 from copa.pkg.apk.version import compare_versions
 from copa.pkg.apt.fetch import Fetcher, fetcher_for
 from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, check_failures
+from copa.pkg.effects import Package, apply, note
 from copa.report.model import Report
 
 
@@ -137,11 +138,15 @@ class ApkAdapter:
             installing.append(Installing(record, contents, old.get(record.name)))
         mtime = max((p.record.build_time for p in installing), default=0)
         layer = LayerPlan(ctx.root, mtime)
-        updates = []
-        for pkg, update in zip(installing, plan.updates, strict=True):
+        for pkg in installing:
             install_package(layer, pkg)
-            updates.append(dataclasses.replace(update, scripts_note=scripts_note(pkg.contents)))
         database_entries(layer, payload.packages, installing)
+        # What the package scripts and triggers would have done (copa/pkg/effects); its entries win at their paths.
+        outcome = apply(layer.entries, ctx.root, [Package(p.record.name, p.old.version if p.old else "",
+                                                          p.record.version, p.contents.scripts,
+                                                          tuple(p.contents.pkginfo.get("triggers", ())))
+                                                  for p in installing], "apk", payload.arch, mtime)
+        updates = [dataclasses.replace(u, scripts_note=note(outcome, u.name)) for u in plan.updates]
         return LayerContent(tuple(layer.entries.values()), ctx.root.is_symlink, tuple(updates), default_mtime=mtime)
 
 

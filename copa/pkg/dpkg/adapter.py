@@ -24,13 +24,13 @@ from copa.pkg.dpkg.install import (
     database_entries,
     install_package,
     remove_package,
-    scripts_note,
 )
 from copa.pkg.dpkg.plan import Candidate, Candidates, Chosen, Installed, Removal, Wanted, resolve
 from copa.pkg.dpkg.relations import parse_relations
 from copa.pkg.dpkg.repos import image_policy, load_index
 from copa.pkg.dpkg.status import StatusEntry, StatusParseError, entry_from_control
 from copa.pkg.dpkg.version import compare_versions
+from copa.pkg.effects import Package, apply, note
 from copa.report.model import Report
 
 # apt 2.5.2 began upgrading every installed binary of a source package it upgrades (Debian 12's apt is 2.6)
@@ -179,7 +179,7 @@ class DpkgAdapter:
         for pkg, update, deb_name in zip(unpacked, installs, names, strict=True):
             recorded = install_package(layer, pkg, conffiles)
             status_entries.append((pkg, _status_entry(pkg, recorded, deb_name)))
-            updates.append(dataclasses.replace(update, scripts_note=scripts_note(pkg.contents)))
+            updates.append(update)
         removed = [e for r in payload.removals if (e := db.entry(r.installed.name, r.installed.architecture))]
         gone_files, gone_info = self._old_state(ctx, db, removed)
         other_owned = self._other_owned(ctx, db, [*(e for e in olds if e is not None), *removed])
@@ -188,6 +188,9 @@ class DpkgAdapter:
         if not db.distroless:
             layer.remove_dropped_dirs(other_owned)
         database_entries(layer, db, status_entries, removed)
+        # What the maintainer scripts and triggers would have done (copa/pkg/effects); its entries win at their paths.
+        outcome = apply(layer.entries, view, [_effects_package(u) for u in unpacked], "dpkg", db.architecture, mtime)
+        updates = [dataclasses.replace(u, scripts_note=note(outcome, u.name)) for u in updates]
         updates += [u for u in plan.updates if u.kind is UpdateKind.REMOVED]
         return LayerContent(tuple(layer.entries.values()), view.is_symlink, tuple(updates), default_mtime=mtime)
 
@@ -266,6 +269,14 @@ def _download_and_read(ctx: ImageContext, records: Sequence[PackageRecord]) -> l
 
         reads = {i: read_pool.submit(read, i) for i in order}
     return [reads[i].result() for i in range(len(records))]
+
+
+def _effects_package(pkg: Unpacked) -> Package:
+    control = pkg.contents.control_files
+    triggers = control.get("triggers", b"").decode("utf-8", "replace").splitlines()
+    return Package(pkg.package, pkg.old.version if pkg.old else "", "",
+                   {k: v for k, v in control.items() if k in ("preinst", "postinst", "prerm", "postrm", "config")},
+                   tuple(t.strip() for t in triggers if t.strip() and not t.lstrip().startswith("#")))
 
 
 def _status_entry(pkg: Unpacked, recorded: Sequence[tuple[str, str]], deb_name: str) -> StatusEntry:
