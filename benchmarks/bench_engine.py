@@ -4,7 +4,7 @@
 For each image (the Debian fixture, ~30 MB compressed, and a generated image of >= 1 GiB of random content)
 the image is pushed to a source registry; then, each into a FRESH destination registry so every blob really
 crosses the wire:
-  copa    read the source (manifest, config), write a one-file layer (copa.pkg.layer.write_layer), append it
+  copa    read the source (manifest, config), write a one-file layer (copa.oci.layer.write_layer), append it
           (copa.oci.mutate.append_layer) and push everything (copa.oci.registry.push) -- in a child process
   skopeo  `skopeo copy docker://SRC docker://DST` of the same image
 Wall time and the peak RSS of the child process tree come from GNU time. The large image shows memory stays
@@ -143,11 +143,11 @@ def blob_bytes(layout: Path) -> int:
 def copa_append_and_push(source_ref: str, target_ref: str) -> None:
     """What the child process measures: copa's library reading, appending one layer, pushing elsewhere."""
     from copa.oci.image import Image, resolve_platform
+    from copa.oci.layer import Entry, write_layer
     from copa.oci.model import Platform
     from copa.oci.mutate import append_layer, original_of
     from copa.oci.reference import Reference
     from copa.oci.registry import RegistryClient, RegistrySource, push
-    from copa.pkg.layer import Entry, write_layer
 
     source_reference = Reference.parse(source_ref)
     with RegistryClient() as client, tempfile.TemporaryDirectory(prefix="bench-layer-") as tmp:

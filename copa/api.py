@@ -14,6 +14,7 @@ from pathlib import Path
 
 from copa.errors import ReportError
 from copa.oci.image import Bundle, Image, is_docker, resolve_platform
+from copa.oci.layer import Compression, write_layer
 from copa.oci.model import Index, Manifest, Platform
 from copa.oci.mutate import Original, append_layer, original_of
 from copa.oci.registry import RegistryClient, RegistryOptions
@@ -24,7 +25,6 @@ from copa.pkg.base import ImageContext, LayerContent, OSRelease, RepositoryOptio
 from copa.pkg.detect import CAPTURE, adapter_for, detect
 from copa.pkg.dpkg.prefetch import WATCH as PREFETCH_WATCH
 from copa.pkg.dpkg.prefetch import IndexPrefetch
-from copa.pkg.layer import Compression, write_layer
 from copa.report.load import load_report
 from copa.report.model import Report
 

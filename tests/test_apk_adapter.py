@@ -7,6 +7,7 @@ import io
 import tarfile
 from pathlib import Path
 
+from copa.oci.layer import Kind
 from copa.oci.rootfs import Node, View
 from copa.pkg.apk.apkfile import read_apk
 from copa.pkg.apk.index import ApkRecord, parse_index
@@ -14,7 +15,6 @@ from copa.pkg.apk.install import Installing, LayerPlan, database_entries, instal
 from copa.pkg.apk.installed import parse_installed
 from copa.pkg.apk.plan import Installed, Wanted, resolve
 from copa.pkg.base import SkipReason, UpdateKind
-from copa.pkg.layer import Kind
 from tests.test_apk_index import DataEntry, make_apk, signing_key
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from copa.oci.layer import Entry, Kind
 from copa.pkg.effects import ldcache, libraries, scripts, shells
 from copa.pkg.effects.merged import Merged
 from copa.pkg.effects.subject_hash import canonical_string, load_single, subject_hash
-from copa.pkg.layer import Entry, Kind
 from tests.support.rootview import apply, view_of
 
 MOZILLA = Path("/usr/share/ca-certificates/mozilla")

@@ -12,10 +12,10 @@ import pytest
 from copa.errors import UnsupportedImageError
 from copa.oci.digest import Digest
 from copa.oci.image import Image, resolve_platform
+from copa.oci.layer import Entry, write_layer
 from copa.oci.layout import LayoutSource, write_layout
 from copa.oci.model import ImageConfig, Index, Manifest, MediaType, Opaque, Platform
 from copa.oci.mutate import PATCH_LAYER_LABEL, append_layer, original_of
-from copa.pkg.layer import Entry, write_layer
 from tests.test_layout import Fixture, fixture_dir
 
 ARTIFACT = "application/vnd.oci.artifact.manifest.v1+json"

@@ -13,7 +13,7 @@ import pytest
 import zstandard
 
 from copa.errors import LocalIOError, UnsafePathError
-from copa.pkg.layer import Compression, Entry, Kind, write_layer
+from copa.oci.layer import Compression, Entry, Kind, write_layer
 
 
 def _entries() -> list[Entry]:

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from copa.oci.image import Image, Source
+from copa.oci.layer import Entry, Kind, write_layer
 from copa.oci.layout import LayoutSource
 from copa.oci.model import Manifest
 from copa.oci.rootfs import Node, read_files, scan
-from copa.pkg.layer import Entry, Kind, write_layer
 from tests.support import images
 
 pytestmark = [pytest.mark.slow]

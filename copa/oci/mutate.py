@@ -9,8 +9,8 @@ from typing import BinaryIO
 
 from copa.oci.digest import Digest
 from copa.oci.image import Bundle, Image, Source, manifest_blobs
+from copa.oci.layer import LayerBlob
 from copa.oci.model import Descriptor, Document, HistoryEntry, ImageConfig, Index, Manifest, Opaque
-from copa.pkg.layer import LayerBlob
 
 PATCHED_ANNOTATION = "sh.copa.image.patched"
 BASE_IMAGE_LABEL = "BaseImage"

@@ -10,8 +10,8 @@ from typing import Protocol
 
 from copa.errors import ResolutionError
 from copa.oci.image import Image
+from copa.oci.layer import Entry
 from copa.oci.rootfs import Files, View
-from copa.pkg.layer import Entry
 from copa.report.model import Report
 
 

@@ -9,8 +9,8 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from copa.oci.layer import Entry, Kind
 from copa.oci.rootfs import Node, View
-from copa.pkg.layer import Entry, Kind
 
 CAPTURE = ("etc", "usr/share/ca-certificates", "usr/local/share/ca-certificates", "var/lib/dpkg",
            "var/cache/debconf/config.dat")

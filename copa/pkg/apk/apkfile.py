@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from copa.errors import IntegrityError, UnsafePathError
+from copa.oci.layer import clean_path
 from copa.pkg.apk.index import decode_hash
 from copa.pkg.apk.signing import Keys, find_signature, tar_members, verify
-from copa.pkg.layer import clean_path
 
 CHECKSUM_PAX = "APK-TOOLS.checksum.SHA1"
 SCRIPT_NAMES = (".pre-install", ".post-install", ".pre-upgrade", ".post-upgrade", ".pre-deinstall",

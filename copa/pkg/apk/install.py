@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from copa.oci.layer import Entry, Kind
 from copa.oci.rootfs import View
 from copa.pkg.apk.apkfile import SCRIPT_NAMES, ApkContents, DataFile
 from copa.pkg.apk.index import ApkRecord, decode_hash
 from copa.pkg.apk.installed import InstalledPackage, format_installed, new_dirs, new_header, replace_packages
-from copa.pkg.layer import Entry, Kind
 
 DB_DIRS = ("lib/apk/db", "usr/lib/apk/db")
 # apk-tools' script type names, in the order apk_db_scriptdb_write writes them.

@@ -22,7 +22,7 @@ from isal import igzip
 
 from copa.errors import IntegrityError, LocalIOError, UnsafePathError
 from copa.oci.image import CORRUPT_STREAM
-from copa.pkg.layer import clean_path
+from copa.oci.layer import clean_path
 
 _AR_MAGIC = b"!<arch>\n"
 _CONTROL_LIMIT = 64 << 20

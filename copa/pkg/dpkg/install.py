@@ -17,12 +17,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from copa.oci.layer import Entry, Kind
 from copa.oci.rootfs import View
 from copa.pkg.dpkg.config import DpkgConfig
 from copa.pkg.dpkg.database import INFO, STATUS, STATUS_D, DpkgDatabase, info_name
 from copa.pkg.dpkg.debfile import DataFile, DebContents
 from copa.pkg.dpkg.status import StatusEntry, format_entry, merge_status
-from copa.pkg.layer import Entry, Kind
 
 SCRIPTS = ("preinst", "postinst", "prerm", "postrm", "config")
 _TRIVIAL = re.compile(r"^\s*(#.*|set -e|set -eu|exit 0|)\s*$")

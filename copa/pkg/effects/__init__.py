@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, MutableMapping, Sequence
 
+from copa.oci.layer import Entry, clean_path
 from copa.oci.rootfs import View
 from copa.pkg.effects import bytecode, certificates, libraries, scripts, shells
 from copa.pkg.effects.merged import Merged
 from copa.pkg.effects.model import Outcome, Package
-from copa.pkg.layer import Entry, clean_path
 
 __all__ = ["Outcome", "Package", "apply", "reproduce"]
 

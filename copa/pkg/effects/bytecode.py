@@ -9,8 +9,8 @@ from __future__ import annotations
 import posixpath
 import re
 
+from copa.oci.layer import Entry, Kind
 from copa.pkg.effects.merged import Merged
-from copa.pkg.layer import Entry, Kind
 
 _PYC = re.compile(r"^(?P<stem>.+)\.(cpython|pypy)[0-9a-z_-]*(\.opt-[12])?\.pyc$")
 

@@ -13,10 +13,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from copa.oci.layer import Entry, Kind
 from copa.pkg.effects.merged import Merged
 from copa.pkg.effects.model import Package
 from copa.pkg.effects.subject_hash import fingerprint, load_single, subject_hash
-from copa.pkg.layer import Entry, Kind
 
 CONF = "etc/ca-certificates.conf"
 CERTSDIR = "/usr/share/ca-certificates"

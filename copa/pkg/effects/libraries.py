@@ -15,10 +15,10 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from copa.oci.layer import Entry, Kind
 from copa.pkg.effects import elf, ldcache
 from copa.pkg.effects.merged import Merged
 from copa.pkg.effects.model import Package
-from copa.pkg.layer import Entry, Kind
 
 CACHE = "etc/ld.so.cache"
 CONF = "etc/ld.so.conf"

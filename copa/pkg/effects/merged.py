@@ -8,8 +8,8 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterable, Iterator
 
+from copa.oci.layer import Entry, Kind, clean_path
 from copa.oci.rootfs import View, resolve_path
-from copa.pkg.layer import Entry, Kind, clean_path
 
 _READ_LIMIT = 256 << 20  # a layer file larger than this is not read by an effect (no library or cert is)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from copa.pkg.layer import Entry
+from copa.oci.layer import Entry
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import posixpath
 
+from copa.oci.layer import Entry
 from copa.pkg.effects.merged import Merged
-from copa.pkg.layer import Entry
 
 SHELLS = "etc/shells"
 
