@@ -32,6 +32,7 @@ from copa.api import PatchOptions, patch
 from copa.errors import ResolutionError
 from copa.pkg.base import RepositoryOptions, UpdateKind
 from tests.support import debimage, images
+from tests.support.aptoracle import apt
 from tests.support.aptrepo import DebSpec, RepoServer, SigningKey, build_deb, build_repo, make_key
 from tests.support.trivy import write_report
 
@@ -135,38 +136,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         state = tmp / "apt-update"
         apt(state, root, None, "apt-get", "update")
         yield World(key, server, root, state / "var/lib/apt/lists", sources)
-
-
-def apt(state: Path, rootfs: Path, lists: Path | None, *argv: str, check: bool = True
-        ) -> subprocess.CompletedProcess[str]:
-    """The host's apt on the image's sources.list, apt.conf.d, preferences and dpkg status, with state and caches
-    private to `state` (APT_CONFIG sets Dir before apt reads any apt.conf.d)."""
-    for d in ("var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "dpkg"):
-        (state / d).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(rootfs / "var/lib/dpkg/status", state / "dpkg/status")
-    options = {
-        "Dir": f"{state}/",
-        "Dir::State::status": f"{state}/dpkg/status",
-        "Dir::State::lists": f"{lists or state / 'var/lib/apt/lists'}/",
-        "Dir::Cache::pkgcache": "",
-        "Dir::Cache::srcpkgcache": "",
-        "Dir::Etc::sourcelist": f"{rootfs}/etc/apt/sources.list",
-        "Dir::Etc::sourceparts": f"{state}/sources.list.d",
-        "Dir::Etc::parts": f"{rootfs}/etc/apt/apt.conf.d",
-        "Dir::Etc::preferences": f"{rootfs}/etc/apt/preferences",
-        "Dir::Etc::preferencesparts": f"{rootfs}/etc/apt/preferences.d",
-        "APT::Architecture": "amd64",
-        "Debug::NoLocking": "1",
-    }
-    if os.geteuid() == 0:
-        options["APT::Sandbox::User"] = "root"
-    conf = state / "apt.conf"
-    conf.write_text("".join(f'{k} "{v}";\n' for k, v in options.items()) + 'APT::Architectures { "amd64"; };\n')
-    proc = subprocess.run(argv, capture_output=True, text=True,
-                          env={**os.environ, "APT_CONFIG": str(conf), "LC_ALL": "C"})
-    if check:
-        assert proc.returncode == 0, f"{' '.join(argv)}: {proc.stderr}"
-    return proc
 
 
 @dataclass(frozen=True)

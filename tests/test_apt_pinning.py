@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from tests.support import debimage, images
+from tests.support.aptoracle import apt
 from tests.support.aptrepo import AptRepo, DebSpec, RepoServer, SigningKey, build_deb, build_repo, make_key
 from tests.support.trivy import dpkg_versions, write_report
 
@@ -214,7 +215,7 @@ def base_rootfs(repos: Repos, sources_list: str, tmp_path_factory: pytest.TempPa
 def apt_lists(base_rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One `apt-get update` for every scenario: preferences only matter when apt builds its policy."""
     state = tmp_path_factory.mktemp("apt-update")
-    apt(state, base_rootfs, None, "apt-get", "update")
+    apt(state, base_rootfs, None, "apt-get", "update", image_conf=False, refuse_warnings=True)
     return state / "var/lib/apt/lists"
 
 
@@ -239,37 +240,6 @@ def make_image(base: Path, dest: Path, scenario: Scenario) -> Image:
     return Image(root, dest / "layout")
 
 
-def apt(state: Path, rootfs: Path, lists: Path | None, *argv: str) -> str:
-    """Run the host's apt on the image's sources.list, preferences{,.d} and dpkg status, with state, caches and
-    configuration private to `state` (APT_CONFIG sets Dir before apt reads any apt.conf.d)."""
-    for d in ("etc/apt/apt.conf.d", "var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "dpkg"):
-        (state / d).mkdir(parents=True, exist_ok=True)
-    # apt locks the directory of the status file: give it a copy, so nothing is written into the image.
-    shutil.copyfile(rootfs / "var/lib/dpkg/status", state / "dpkg/status")
-    options = {
-        "Dir": f"{state}/",
-        "Dir::State::status": f"{state}/dpkg/status",
-        "Dir::State::lists": f"{lists or state / 'var/lib/apt/lists'}/",
-        "Dir::Cache::pkgcache": "",  # no cache files: the policy is computed afresh each time anyway
-        "Dir::Cache::srcpkgcache": "",
-        "Dir::Etc::sourcelist": f"{rootfs}/etc/apt/sources.list",
-        "Dir::Etc::sourceparts": f"{state}/sources.list.d",  # absent: only the image's sources.list
-        "Dir::Etc::preferences": f"{rootfs}/etc/apt/preferences",
-        "Dir::Etc::preferencesparts": f"{rootfs}/etc/apt/preferences.d",
-        "APT::Architecture": "amd64",
-        "Debug::NoLocking": "1",
-    }
-    if os.geteuid() == 0:
-        options["APT::Sandbox::User"] = "root"  # the private directory is not _apt's to write
-    conf = state / "apt.conf"
-    conf.write_text("".join(f'{k} "{v}";\n' for k, v in options.items()) + 'APT::Architectures { "amd64"; };\n')
-    proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "APT_CONFIG": str(conf),
-                                                                      "LC_ALL": "C"})
-    assert proc.returncode == 0, f"{' '.join(argv)}: {proc.stderr}"
-    assert not re.search(r"^[WE]:", proc.stderr, re.M), proc.stderr  # ("N: Ignoring file" is expected)
-    return proc.stdout
-
-
 @dataclass(frozen=True)
 class Outcome:
     scenario: Scenario
@@ -280,9 +250,11 @@ class Outcome:
 
 
 def apt_oracle(state: Path, rootfs: Path, lists: Path) -> tuple[dict[str, str], dict[str, str]]:
-    sim = apt(state, rootfs, lists, "apt-get", "-s", "install", "--only-upgrade", *REPORTED)
+    sim = apt(state, rootfs, lists, "apt-get", "-s", "install", "--only-upgrade", *REPORTED, image_conf=False,
+              refuse_warnings=True).stdout
     installs = {m[1]: m[2] for m in re.finditer(r"^Inst (\S+) (?:\[\S+\] )?\((\S+) ", sim, re.M)}
-    policy = apt(state, rootfs, lists, "apt-cache", "policy", *REPORTED, "libdep")
+    policy = apt(state, rootfs, lists, "apt-cache", "policy", *REPORTED, "libdep", image_conf=False,
+                 refuse_warnings=True).stdout
     candidates = {m[1]: m[2] for m in re.finditer(r"^(\S+):\n(?:  .*\n)*?  Candidate: (\S+)", policy, re.M)}
     assert set(candidates) == {*REPORTED, "libdep"}, policy
     return installs, candidates
