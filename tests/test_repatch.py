@@ -109,11 +109,6 @@ def test_repatch_equals_a_single_full_patch(chain: dict[str, Any]) -> None:
     assert {k: v for k, v in a.items() if k != "history"} == {k: v for k, v in b.items() if k != "history"}
 
 
-# copa bug, found by this test: on a re-patch ImageConfig.edited (copa/oci/model.py) keeps old_history[:len(history)];
-# the new history has as many entries as the old one, so the previous patch's "copa patch: ..." entry is kept and
-# the new one dropped. Strict: when copa is fixed this XPASSes and fails, so the marker gets removed.
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="re-patch keeps the previous patch's history entry (ImageConfig.edited)")
 def test_repatch_history_describes_the_new_layer(chain: dict[str, Any]) -> None:
     """The patch layer's history entry names what the layer holds now, as the single full patch's does."""
     again, once = config(f"{chain['base']}-again"), config(f"{chain['base']}-once")

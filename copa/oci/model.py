@@ -354,16 +354,20 @@ class ImageConfig:
         history: tuple[HistoryEntry, ...],
         labels: Mapping[str, str],
         created: str = "",
+        kept_history: int | None = None,
     ) -> ImageConfig:
-        """A new config with the given layers and history, added labels, and other fields kept."""
+        """A new config with the given layers and history, added labels, and other fields kept. The first
+        `kept_history` entries of `history` are the config's own (default: as many as it has): their JSON is kept
+        byte for byte, the entries after them are written."""
         doc = _load(self.raw, "image config")
         rootfs = doc.setdefault("rootfs", {"type": "layers"})
         rootfs["diff_ids"] = [str(d) for d in diff_ids]
         old_history = doc.get("history")
         if isinstance(old_history, list):
             # Keep the original entries' JSON untouched; only entries past them are ours to write.
-            kept = old_history[: len(history)] if len(history) <= len(old_history) else old_history
-            doc["history"] = kept + [_history_json(h) for h in history[len(kept):]]
+            # A re-patch passes fewer of the old entries than the config has: the previous patch's entry goes.
+            keep = min(len(old_history), len(history) if kept_history is None else kept_history)
+            doc["history"] = old_history[:keep] + [_history_json(h) for h in history[keep:]]
         if labels:
             cfg = doc.setdefault("config", {})
             cfg["Labels"] = {**(cfg.get("Labels") or {}), **labels}

@@ -62,6 +62,7 @@ def append_layer(
         new_history,
         {BASE_IMAGE_LABEL: original.base_reference, PATCH_LAYER_LABEL: str(layer.diff_id)},
         created,
+        kept_history=len(history),
     )
     config_desc = Descriptor(image.manifest.config.media_type, config.digest, len(config.raw))
     layer_desc = Descriptor(layer.media_type, layer.digest, layer.size)
