@@ -20,11 +20,11 @@ from copa.oci.mutate import Original, append_layer, original_of
 from copa.oci.registry import RegistryClient, RegistryOptions
 from copa.oci.rootfs import Files, scan
 from copa.oci.transport import Opened, Written, open_image, plan_outputs, write_outputs
-from copa.pkg.apt.fetch import make_fetcher
 from copa.pkg.base import ImageContext, LayerContent, OSRelease, RepositoryOptions, Skip, Update
 from copa.pkg.detect import CAPTURE, adapter_for, detect
 from copa.pkg.dpkg.prefetch import WATCH as PREFETCH_WATCH
 from copa.pkg.dpkg.prefetch import IndexPrefetch
+from copa.pkg.fetch import make_fetcher
 from copa.report.load import load_report
 from copa.report.model import Report
 

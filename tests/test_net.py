@@ -15,8 +15,8 @@ from copa.errors import RegistryError
 from copa.net import describe_connection_error, is_permanent
 from copa.oci.reference import Reference
 from copa.oci.registry import RegistryClient
-from copa.pkg.apt.cache import Cache
-from copa.pkg.apt.fetch import Fetcher
+from copa.pkg.cache import Cache
+from copa.pkg.fetch import Fetcher
 
 _ANSWER = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 

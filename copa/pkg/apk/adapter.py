@@ -25,9 +25,9 @@ from copa.pkg.apk.repos import (
 )
 from copa.pkg.apk.signing import Keys
 from copa.pkg.apk.version import compare_versions
-from copa.pkg.apt.fetch import Fetcher, fetcher_for
 from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, check_failures
 from copa.pkg.effects import Package, apply, note
+from copa.pkg.fetch import Fetcher, fetcher_for
 from copa.report.model import Report
 
 

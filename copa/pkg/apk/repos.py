@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from copa.errors import LocalIOError, NotFoundError, ResolutionError
 from copa.pkg.apk.index import RepositoryIndex, read_apkindex
 from copa.pkg.apk.signing import KEYS_DIR, Keys
-from copa.pkg.apt.fetch import Fetcher
 from copa.pkg.base import ImageContext
+from copa.pkg.fetch import Fetcher
 
 REPOSITORIES = "etc/apk/repositories"
 REPOSITORIES_DIR = "etc/apk/repositories.d"

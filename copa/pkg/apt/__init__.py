@@ -1,7 +1,6 @@
 """Reading APT repositories: sources, signed Release files, Packages indexes, cached .deb downloads."""
 
-from copa.pkg.apt.cache import Cache, default_cache_dir
-from copa.pkg.apt.fetch import Fetcher, FetchItem, default_fetcher, fetch_deb, fetch_debs
+from copa.pkg.apt.debs import fetch_deb, fetch_debs
 from copa.pkg.apt.openpgp import Keyring, keyring_for_source, verify_clearsigned, verify_detached
 from copa.pkg.apt.packages import LoadedSource, PackageRecord, RepositoryIndex, fetch_release, load_indexes
 from copa.pkg.apt.release import IndexFile, Release
@@ -16,9 +15,6 @@ from copa.pkg.apt.sources import (
 
 __all__ = [
     "AptSource",
-    "Cache",
-    "FetchItem",
-    "Fetcher",
     "IndexFile",
     "Keyring",
     "LoadedSource",
@@ -26,8 +22,6 @@ __all__ = [
     "Release",
     "RepositoryIndex",
     "apply_mirrors",
-    "default_cache_dir",
-    "default_fetcher",
     "fetch_deb",
     "fetch_debs",
     "fetch_release",

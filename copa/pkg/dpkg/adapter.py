@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from copa.errors import ReportError
 from copa.pkg.apt.conf import APT_CONF, APT_CONF_DIR, AptConfig
-from copa.pkg.apt.fetch import deb_item, fetcher_for
+from copa.pkg.apt.debs import deb_item
 from copa.pkg.apt.packages import PackageRecord, RepositoryIndex
 from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, UpdateKind, check_failures
 from copa.pkg.dpkg.config import DpkgConfig, read_config
@@ -31,6 +31,7 @@ from copa.pkg.dpkg.repos import image_policy, load_index
 from copa.pkg.dpkg.status import StatusEntry, StatusParseError, entry_from_control
 from copa.pkg.dpkg.version import compare_versions
 from copa.pkg.effects import Package, apply, note
+from copa.pkg.fetch import fetcher_for
 from copa.report.model import Report
 
 # apt 2.5.2 began upgrading every installed binary of a source package it upgrades (Debian 12's apt is 2.6)

@@ -14,12 +14,12 @@ import threading
 from collections.abc import Mapping
 
 from copa.errors import CopaError
-from copa.pkg.apt.fetch import Fetcher
 from copa.pkg.apt.packages import prefetch_indexes
 from copa.pkg.apt.sources import apply_mirrors
 from copa.pkg.base import RepositoryOptions
 from copa.pkg.dpkg.arch import deb_architecture
 from copa.pkg.dpkg.repos import SOURCES_DIR, SOURCES_LIST, sources_in, user_sources
+from copa.pkg.fetch import Fetcher
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""HTTP(S) and file:// downloads into the content-addressed cache, with bounded retries and parallelism.
+"""HTTP(S) and file:// downloads into the content-addressed cache, with bounded retries and parallelism: what
+every package adapter downloads (indexes, packages) goes through here.
 
 Retries happen only where trying again can help: connection failures, timeouts, 5xx and 429. A 404 is a
 NotFoundError at once (callers use it to fall back, e.g. from InRelease to Release). Every download that has a
@@ -22,10 +23,9 @@ import urllib3.exceptions
 
 from copa.errors import LocalIOError, NotFoundError, RegistryError
 from copa.net import describe_connection_error, is_permanent
-from copa.pkg.apt.cache import Cache
+from copa.pkg.cache import Cache
 
 if TYPE_CHECKING:
-    from copa.pkg.apt.packages import PackageRecord
     from copa.pkg.base import ImageContext
 
 T = TypeVar("T")
@@ -178,24 +178,6 @@ def default_fetcher() -> Fetcher:
         if _default is None:
             _default = Fetcher()
         return _default
-
-
-def deb_item(record: PackageRecord) -> FetchItem:
-    return FetchItem(
-        url=f"{record.repository}/{record.filename}",
-        sha256=record.sha256,
-        size=record.size,
-        what=f"{record.package}_{record.version}_{record.architecture}.deb",
-    )
-
-
-def fetch_deb(record: PackageRecord, fetcher: Fetcher | None = None) -> Path:
-    """The .deb of `record` in the cache, verified against the signature-verified index's sha256 and size."""
-    return (fetcher or default_fetcher()).fetch(deb_item(record))
-
-
-def fetch_debs(records: Sequence[PackageRecord], fetcher: Fetcher | None = None) -> list[Path]:
-    return (fetcher or default_fetcher()).fetch_all([deb_item(r) for r in records])
 
 
 def fetcher_for(ctx: ImageContext) -> Fetcher:
