@@ -171,7 +171,7 @@ def copa_plan(layout: Path, report: Path, key: SigningKey, cache: Path) -> Outco
 
 def subsets() -> list[tuple[str, ...]]:
     rng = random.Random(SEED)
-    out = [(name,) for name in REPORTABLE]  # every single package once
+    out: list[tuple[str, ...]] = [(name,) for name in REPORTABLE]  # every single package once
     while len(out) < len(REPORTABLE) + SUBSETS:
         out.append(tuple(sorted(rng.sample(REPORTABLE, rng.randint(2, 6)))))
     return out

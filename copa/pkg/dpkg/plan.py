@@ -545,7 +545,9 @@ class _Solver:
     def multi_arch_same(self, foreign: Mapping[str, Sequence[Installed]],
                         versions_of: Callable[[str, str], Sequence[Candidate]] | None) -> str | None:
         """dpkg needs a Multi-Arch: same package at one version on every architecture it is installed for: apt
-        moves the other architectures' instances in step, to the same version."""
+        moves the other architectures' instances in step, to the same version, and each of them then needs its
+        Depends/Pre-Depends met on its own architecture (a Multi-Arch: foreign package of any architecture
+        meets them), which apt installs or upgrades there."""
         for name, ch in sorted(self.chosen.items()):
             if ":" in name:
                 continue
@@ -563,7 +565,88 @@ class _Solver:
                             f"it at {ch.record.version} too, which no repository has for {other.architecture}")
                 self.chosen[key] = Chosen(twin, other, UpdateKind.SIBLING, (),
                                           f"Multi-Arch: same, kept in step with {name}:{ch.record.architecture}")
+                error = self._foreign_dependencies(twin, other.architecture, foreign, versions_of, 0)
+                if error is not None:
+                    return error
         return None
+
+    def _foreign_instance(self, name: str, arch: str, foreign: Mapping[str, Sequence[Installed]]
+                          ) -> tuple[str, str] | None:
+        """(version, Multi-Arch) of `name` for `arch` as the world has it after the marking, if present."""
+        key = f"{name}:{arch}"
+        if key in self.chosen:
+            record = self.chosen[key].record
+            return record.version, record.multi_arch or "no"
+        inst = self.installed.get(name)
+        if inst is not None and inst.architecture == arch and name not in self.removed:
+            return self.version[name], (self.chosen[name].record.multi_arch if name in self.chosen
+                                        else inst.multi_arch) or "no"
+        other = next((i for i in foreign.get(name, ()) if i.architecture == arch), None)
+        return None if other is None else (other.version, other.multi_arch or "no")
+
+    def _foreign_ok(self, rel: Relation, arch: str, foreign: Mapping[str, Sequence[Installed]]) -> bool:
+        """Whether a relation of an `arch` package holds: an instance of that architecture, or a Multi-Arch:
+        foreign one of any (dpkg's archsatisfied), or (unversioned) a provider the native world has."""
+        native = rel.arch in ("native", self.usable.architecture)
+        mine = None if native else self._foreign_instance(rel.name, arch, foreign)
+        if mine is not None and rel.version_ok(mine[0], self.compare):
+            return True
+        version = self.version.get(rel.name)
+        if version is not None and rel.version_ok(version, self.compare):
+            record = self.chosen[rel.name].record if rel.name in self.chosen else self.installed.get(rel.name)
+            accepts = {"foreign", "allowed"} if rel.arch == "any" else {"foreign"}
+            if native or (record is not None and record.multi_arch in accepts):
+                return True
+        return False
+
+    def _foreign_dependencies(self, record: Candidate, arch: str, foreign: Mapping[str, Sequence[Installed]],
+                              versions_of: Callable[[str, str], Sequence[Candidate]] | None, depth: int
+                              ) -> str | None:
+        """Install or upgrade, for `arch`, what `record` (of that architecture) needs and the world lacks."""
+        if depth > _MAX_DEPTH:
+            return f"dependency chain through {record.package}:{arch} is too deep"
+        for clause in _relations(record.depends, record.pre_depends):
+            if any(self._foreign_ok(rel, arch, foreign) for rel in clause):
+                continue
+            if any(rel.name in self.provides and not rel.op for rel in clause):
+                continue  # a virtual package: left to the native world's providers
+            found = None
+            for rel in clause:
+                found = self._foreign_candidate(rel, arch, foreign, versions_of)
+                if found is not None:
+                    break
+            if found is None:
+                return (f"{record.package}:{arch} {record.version} needs {' | '.join(map(str, clause))}, which no "
+                        f"repository has for {arch} in an installable version")
+            inst = next((i for i in foreign.get(found.package, ()) if i.architecture == arch), None)
+            if inst is None:
+                native = self.installed.get(found.package)
+                inst = native if native is not None and native.architecture == arch else None
+            key = f"{found.package}:{arch}"
+            self.chosen[key] = Chosen(found, inst, UpdateKind.DEPENDENCY if inst else UpdateKind.NEW, (),
+                                      f"{record.package}:{arch} {record.version} needs "
+                                      f"{' | '.join(map(str, clause))}")
+            error = self._foreign_dependencies(found, arch, foreign, versions_of, depth + 1)
+            if error is not None:
+                return error
+        return None
+
+    def _foreign_candidate(self, rel: Relation, arch: str, foreign: Mapping[str, Sequence[Installed]],
+                           versions_of: Callable[[str, str], Sequence[Candidate]] | None) -> Candidate | None:
+        """apt's candidate of `rel.name` for `arch` (the newest version of the highest priority, never older
+        than the installed one), if it meets the relation."""
+        if versions_of is None:
+            return None
+        found = sorted((c for c in versions_of(rel.name, arch) if c.architecture == arch), key=_sort_key(self.compare),
+                       reverse=True)
+        if not found:
+            return None
+        best = max(self.usable.policy.priority(c) for c in found)
+        cand = next(c for c in found if self.usable.policy.priority(c) == best)
+        mine = self._foreign_instance(rel.name, arch, foreign)
+        if mine is not None and self.compare(cand.version, mine[0]) <= 0:
+            return None
+        return cand if rel.version_ok(cand.version, self.compare) else None
 
 
 def _sort_key(compare: Compare) -> Callable[[Candidate], Any]:
