@@ -21,9 +21,7 @@ from copa.oci.registry import RegistryClient, RegistryOptions
 from copa.oci.rootfs import Files, scan
 from copa.oci.transport import Opened, Written, open_image, plan_outputs, write_outputs
 from copa.pkg.base import ImageContext, LayerContent, OSRelease, RepositoryOptions, Skip, Update
-from copa.pkg.detect import CAPTURE, adapter_for, detect
-from copa.pkg.dpkg.prefetch import WATCH as PREFETCH_WATCH
-from copa.pkg.dpkg.prefetch import IndexPrefetch
+from copa.pkg.detect import CAPTURE, PREFETCH_WATCH, EarlyDownloads, adapter_for, detect
 from copa.pkg.fetch import make_fetcher
 from copa.report.load import load_report
 from copa.report.model import Report
@@ -164,8 +162,8 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
     if original.layers != len(image.layers):
         progress(f"image was patched before; patching its original ({original.base_reference}) again")
     progress("reading the image's files")
-    # apt indexes start downloading as soon as the base layer's /etc/apt has been read (see dpkg.prefetch).
-    prefetch = IndexPrefetch(options.repos, image.config.architecture or "amd64", image.config.variant,
+    # Repository indexes start downloading as soon as the base layer's /etc has been read (see detect.EarlyDownloads).
+    prefetch = EarlyDownloads(options.repos, image.config.architecture or "amd64", image.config.variant,
                              make_fetcher(Path(options.cache_dir) if options.cache_dir else None, options.timeout,
                                           options.ca_bundle))
     try:
@@ -228,6 +226,8 @@ def _bundle(opened: Opened, root: Manifest | Index, image: Image, original: Orig
         clamp_mtime=int(epoch) if epoch and epoch.isdigit() else None,
         is_base_symlink=content.is_base_symlink,
     )
-    names = ", ".join(f"{u.name} {u.new_version}" for u in content.updates[:20])
+    names = ", ".join(f"{u.name} {u.new_version or '(removed)'}" for u in content.updates[:20])
+    if len(content.updates) > 20:
+        names += f" and {len(content.updates) - 20} more"
     bundle = append_layer(opened.source, root, image, layer, original, created=_created(), comment=names)
     return dataclasses.replace(bundle, mount_from=opened.reference)

@@ -12,6 +12,7 @@ from copa.errors import ResolutionError
 from copa.oci.image import Image
 from copa.oci.layer import Entry
 from copa.oci.rootfs import Files, View
+from copa.pkg.fetch import Fetcher
 from copa.report.model import Report
 
 
@@ -141,6 +142,18 @@ class LayerContent:
     updates: tuple[Update, ...] = ()
     notes: Mapping[str, str] = field(default_factory=dict)
     default_mtime: int = 0
+
+
+class Prefetcher(Protocol):
+    """An adapter's early download: built before the image's kind is known, started (from a thread of the layer
+    scan) with the files captured under /etc so far, and joined before planning. It may only warm the
+    checksum-addressed cache: nothing it fetches is trusted until the plan verifies it."""
+
+    def __init__(self, repos: RepositoryOptions, oci_arch: str, oci_variant: str, fetcher: Fetcher) -> None: ...
+
+    def start(self, captured: Mapping[str, bytes]) -> None: ...
+
+    def join(self) -> None: ...
 
 
 class PackageManager(Protocol):

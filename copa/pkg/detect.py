@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from copa.errors import UnsupportedImageError
 from copa.oci.rootfs import View
-from copa.pkg.base import OSRelease, PackageManager
+from copa.pkg.base import OSRelease, PackageManager, Prefetcher, RepositoryOptions
+from copa.pkg.fetch import Fetcher
+from copa.report.model import Compare
 
 OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release")
 # What adapters read from an image (databases, repository configuration, keys, conffiles): captured in the one
@@ -50,8 +52,70 @@ def _apk() -> PackageManager:
     return ApkAdapter()
 
 
-# Adapters by kind name, imported only when used; a kind without one is detected but not yet supported.
-ADAPTERS: dict[str, Callable[[], PackageManager]] = {"dpkg": _dpkg, "apk": _apk}
+def _dpkg_order() -> Compare:
+    from copa.pkg.dpkg.version import compare_versions
+
+    return compare_versions
+
+
+def _apk_order() -> Compare:
+    from copa.pkg.apk.version import compare_versions
+
+    return compare_versions
+
+
+def _apt_prefetch() -> type[Prefetcher]:
+    from copa.pkg.dpkg.prefetch import IndexPrefetch
+
+    return IndexPrefetch
+
+
+@dataclass(frozen=True)
+class Family:
+    """What an adapter contributes before it is chosen, each part imported only when used: the adapter itself,
+    the version order of the report OS families it serves, and an optional early download (Prefetcher)."""
+
+    adapter: Callable[[], PackageManager]
+    report_families: tuple[str, ...]
+    version_order: Callable[[], Compare]
+    prefetch: Callable[[], type[Prefetcher]] | None = None
+
+
+# Adapters by kind name; a kind without one is detected but not yet supported.
+FAMILIES: dict[str, Family] = {
+    "dpkg": Family(_dpkg, ("debian", "ubuntu"), _dpkg_order, _apt_prefetch),
+    "apk": Family(_apk, ("alpine", "wolfi", "chainguard"), _apk_order),
+}
+
+
+def version_order(report_family: str) -> Compare | None:
+    """The version order for a report's OS family (Trivy's `Metadata.OS.Family`), None if no adapter serves it."""
+    low = report_family.lower()
+    for family in FAMILIES.values():
+        if low in family.report_families:
+            return family.version_order()
+    return None
+
+
+# Every family's early download starts once the base layer's stream has gone past etc/ (repository configuration
+# lives there); each one decides from the captured files whether the image is its kind.
+PREFETCH_WATCH = "etc"
+
+
+class EarlyDownloads:
+    """The families' Prefetchers together: `start` is a rootfs.scan early hook, `join` waits for all of them."""
+
+    def __init__(self, repos: RepositoryOptions, oci_arch: str, oci_variant: str, fetcher: Fetcher) -> None:
+        self._parts = [f.prefetch()(repos, oci_arch, oci_variant, fetcher)
+                       for f in FAMILIES.values() if f.prefetch is not None]
+
+    def start(self, captured: Mapping[str, bytes]) -> None:
+        for part in self._parts:
+            part.start(captured)
+
+    def join(self) -> None:
+        for part in self._parts:
+            part.join()
 
 
 @dataclass(frozen=True)
@@ -77,11 +141,11 @@ def detect(root: View) -> Detected:
 
 
 def adapter_for(detected: Detected) -> PackageManager:
-    factory = ADAPTERS.get(detected.kind.name)
-    if factory is None:
+    family = FAMILIES.get(detected.kind.name)
+    if family is None:
         name = detected.os_release.pretty_name or detected.kind.name
         raise UnsupportedImageError(
             f"{name} images ({detected.kind.name} packages) are not yet supported by this copa; "
-            "supported: " + (", ".join(sorted(ADAPTERS)) or "none yet")
+            "supported: " + (", ".join(sorted(FAMILIES)) or "none yet")
         )
-    return factory()
+    return family.adapter()

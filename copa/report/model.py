@@ -12,8 +12,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from copa.errors import CopaError, ReportError
-from copa.pkg.apk.version import compare_versions as apk_compare
-from copa.pkg.dpkg.version import compare_versions as dpkg_compare
 
 Compare = Callable[[str, str], int]
 
@@ -110,13 +108,7 @@ def simple_compare(a: str, b: str) -> int:
     return 0
 
 
-_COMPARATORS: dict[str, Compare] = {
-    "debian": dpkg_compare,
-    "ubuntu": dpkg_compare,
-    "alpine": apk_compare,
-    "wolfi": apk_compare,
-    "chainguard": apk_compare,
-}
+_COMPARATORS: dict[str, Compare] = {}
 
 
 def register_comparator(families: Iterable[str], compare: Compare) -> None:
@@ -126,7 +118,14 @@ def register_comparator(families: Iterable[str], compare: Compare) -> None:
 
 
 def comparator_for(family: str) -> Compare:
-    return _COMPARATORS.get(family.lower(), simple_compare)
+    """The version order of a report's OS family: one registered here, else the one the package-manager family
+    serving it declares (copa.pkg.detect, which loads only that adapter's version module), else simple_compare."""
+    found = _COMPARATORS.get(family.lower())
+    if found is not None:
+        return found
+    from copa.pkg.detect import version_order  # deferred: the package families sit above the report types
+
+    return version_order(family) or simple_compare
 
 
 # --- merging findings --------------------------------------------------------------------------------

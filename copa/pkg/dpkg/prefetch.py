@@ -23,14 +23,11 @@ from copa.pkg.fetch import Fetcher
 
 log = logging.getLogger(__name__)
 
-# The prefetch needs etc/apt's files; it starts once the base layer has gone past all of etc/, which holds in
-# both orders build tools write (directory walk, or plain path sort) unless a root entry sorts between etc and
-# etc/ (etc-x): then it just starts early, with fewer sources.
-WATCH = "etc"
-
-
 class IndexPrefetch:
-    """`start` is a rootfs.scan early hook; `join` waits for the downloads (call it before the plan ends)."""
+    """The apt family's Prefetcher (copa.pkg.base). It needs etc/apt's files and is started once the base layer
+    has gone past all of etc/ (copa.pkg.detect.PREFETCH_WATCH), which holds in both orders build tools write
+    (directory walk, or plain path sort) unless a root entry sorts between etc and etc/ (etc-x): then it just
+    starts early, with fewer sources."""
 
     def __init__(self, repos: RepositoryOptions, oci_arch: str, oci_variant: str, fetcher: Fetcher) -> None:
         self._repos = repos
