@@ -39,6 +39,14 @@ _FAMILY_ALIASES = {
     "chainguard": {"wolfi", "chainguard"},
     "cbl-mariner": {"mariner", "cbl-mariner"},
     "azurelinux": {"azurelinux"},
+    # Trivy's RPM families: "redhat" is RHEL and UBI only (CentOS, Rocky, Alma... are reported as themselves).
+    "redhat": {"rhel"},
+    "centos": {"centos"},
+    "rocky": {"rocky"},
+    "alma": {"almalinux"},
+    "oracle": {"ol"},
+    "amazon": {"amzn"},
+    "fedora": {"fedora"},
 }
 
 
@@ -94,8 +102,9 @@ _ROLLING = frozenset({"wolfi", "chainguard"})
 
 
 def _release(version: str, parts: int) -> str | None:
-    """'12.5' -> '12', '3.21.0' -> '3.21' (parts=2); None when the version does not start with a number."""
-    m = re.match(r"\d+(?:\.\d+)*", version.strip())
+    """'12.5' -> '12', '3.21.0' -> '3.21' (parts=2), '2 (Karoo)' -> '2'; None when the version does not start
+    with a number. Trivy names Amazon Linux 1 "AMI release 2018.03": the words before the number go."""
+    m = re.match(r"\d+(?:\.\d+)*", version.strip().removeprefix("AMI release "))
     if m is None:
         return None
     return ".".join(m.group(0).split(".")[:parts])
