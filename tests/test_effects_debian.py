@@ -8,6 +8,8 @@ python3.11 in a chroot) and becomes an OCI image. A hermetic signed repository h
     libcopa1         2.0 adds libcopa.so.1.0.0 (built by gcc) without its soname link, with the ldconfig trigger
     python3-copamod  2.0 changes a module whose .pyc the image has
     copa-shell       2.0's postinst runs add-shell
+    copa-tool        2.0's postinst creates a system user and group (adduser --system --group, with a home) and
+                     registers an alternative with a slave (update-alternatives --install)
 
 copa patches the image (OCI layout -> OCI layout); the real apt upgrades the same packages in a chroot copy of the
 same rootfs, running the real postinsts and triggers (update-ca-certificates, openssl rehash, ldconfig, add-shell).
@@ -57,7 +59,9 @@ EXCLUDED = (
     "etc/apt/",  # the oracle's repository source and key, put there for apt and removed again
     "dev/",  # /dev/null, made for apt inside the chroot
     "tmp/",
+    "run/",  # adduser's lock file /run/adduser: run-time state (a tmpfs in a running container)
 )
+ALTERNATIVES = "var/lib/dpkg/alternatives"  # update-alternatives' state is the scripts' doing: compared
 # Accepted difference: apt leaves a changed module's old bytecode (no py3compile here) where copa deletes it; Python
 # regenerates either on import.
 PYC = re.compile(r"(^|/)__pycache__/[^/]+\.pyc$")
@@ -160,11 +164,22 @@ def _with_triggers(deb: Path, triggers: str) -> None:
     shutil.rmtree(tree)
 
 
+TOOL_POSTINST = """#!/bin/sh
+set -e
+if [ "$1" = configure ]; then
+    adduser --system --group --home /var/lib/copa-tool --quiet copa-tool
+    update-alternatives --install /usr/bin/copa-tool copa-tool /usr/bin/copa-tool-2 20 \\
+        --slave /usr/share/man/man1/copa-tool.1.gz copa-tool.1.gz /usr/share/man/man1/copa-tool-2.1.gz
+fi
+"""
+
+
 def _specs(libso: bytes) -> tuple[list[DebSpec], list[DebSpec]]:
     old = [
         DebSpec("libcopa1", "1.0", files={"usr/share/doc/libcopa1/README": "1.0\n"}),
         DebSpec("python3-copamod", "1.0", files={MODULE: "VALUE = 1\n"}),
         DebSpec("copa-shell", "1.0", files={"usr/bin/copash": "#!/bin/sh\nexec /bin/sh \"$@\"\n"}),
+        DebSpec("copa-tool", "1.0", files={"usr/bin/copa-tool-1": "#!/bin/sh\n"}),
     ]
     new = [
         DebSpec("libcopa1", "2.0", files={"usr/share/doc/libcopa1/README": "2.0\n", f"{MULTIARCH}/libcopa.so.1.0.0":
@@ -173,6 +188,9 @@ def _specs(libso: bytes) -> tuple[list[DebSpec], list[DebSpec]]:
         DebSpec("copa-shell", "2.0", files={"usr/bin/copash": "#!/bin/sh\nexec /bin/sh \"$@\"  # 2.0\n"},
                 scripts={"postinst": "#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n"
                                      "    add-shell /bin/copash\nfi\n"}),
+        DebSpec("copa-tool", "2.0", files={"usr/bin/copa-tool-2": "#!/bin/sh\n# 2.0\n",
+                                           "usr/share/man/man1/copa-tool-2.1.gz": "man\n"},
+                scripts={"postinst": TOOL_POSTINST}),
     ]
     return old, new
 
@@ -213,7 +231,7 @@ def server(setup: Setup) -> Iterator[RepoServer]:
         yield s
 
 
-UPGRADED = ("ca-certificates", "libcopa1", "python3-copamod", "copa-shell")
+UPGRADED = ("ca-certificates", "libcopa1", "python3-copamod", "copa-shell", "copa-tool")
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +272,7 @@ def _snapshot(root: Path) -> dict[str, tuple[object, ...]]:
         for name in dirnames + filenames:
             full = Path(dirpath) / name
             rel = full.relative_to(root).as_posix()
-            if rel.startswith(EXCLUDED) or f"{rel}/".startswith(EXCLUDED):
+            if (rel.startswith(EXCLUDED) or f"{rel}/".startswith(EXCLUDED)) and not rel.startswith(ALTERNATIVES):
                 continue
             st = full.lstat()
             if full.is_symlink():
@@ -273,6 +291,9 @@ def test_versions(patched: dict[str, object], setup: Setup) -> None:
     assert updates["ca-certificates"]["to"] == setup.ca_version
     note = updates["ca-certificates"].get("scripts", "")
     assert "update-ca-certificates" in note, updates
+    tool = updates["copa-tool"].get("scripts", "")
+    assert "adduser --system copa-tool" in tool and "update-alternatives --install copa-tool" in tool, tool
+    assert "not reproduced" not in tool, tool
 
 
 def test_changes_equal_apts(patched: dict[str, object], oracle: Path, setup: Setup) -> None:
@@ -283,6 +304,8 @@ def test_changes_equal_apts(patched: dict[str, object], oracle: Path, setup: Set
     assert "etc/ssl/certs/ca-certificates.crt" in apt_changed and "etc/ld.so.cache" in apt_changed
     assert f"{MULTIARCH}/libcopa.so.1" in apt_changed and "etc/shells" in apt_changed
     assert "etc/ca-certificates.conf" in apt_changed
+    assert {f"{ALTERNATIVES}/copa-tool", "etc/passwd", "etc/shadow", "etc/group", "etc/gshadow", "var/lib/copa-tool",
+            "usr/bin/copa-tool", "etc/alternatives/copa-tool", "etc/alternatives/copa-tool.1.gz"} <= apt_changed
     diffs = [f"{p}: copa={mine.get(p)} apt={theirs.get(p)}" for p in sorted(apt_changed | copa_changed)
              if not PYC.search(p) and mine.get(p) != theirs.get(p)]
     assert not diffs, "copa's image differs from apt's:\n" + "\n".join(diffs)

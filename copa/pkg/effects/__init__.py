@@ -2,9 +2,9 @@
 
 copa unpacks packages but runs none of their scripts. `reproduce` takes the image's merged view and the patch
 layer's entries and returns the extra entries that make the result look as if the scripts and triggers had run
-(the CA bundle and its links, ldconfig's links and cache, stale bytecode gone, /etc/shells), plus per package a
-note of what its scripts do that is still not reproduced. Each effect works on the merged result of the upgrade,
-so it does not matter which package or trigger asked for it."""
+(the CA bundle and its links, ldconfig's links and cache, stale bytecode gone, /etc/shells, alternatives, system
+users and groups), plus per package a note of what its scripts do that is still not reproduced. Each effect works on
+the merged result of the upgrade, so it does not matter which package or trigger asked for it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Iterable, MutableMapping, Sequence
 
 from copa.oci.layer import Entry, clean_path
 from copa.oci.rootfs import View
-from copa.pkg.effects import bytecode, certificates, libraries, scripts, shells
+from copa.pkg.effects import alternatives, bytecode, certificates, libraries, scripts, shells, users
 from copa.pkg.effects.merged import Merged
 from copa.pkg.effects.model import Outcome, Package
 
@@ -67,6 +67,24 @@ def reproduce(view: View, entries: Iterable[Entry], packages: Sequence[Package],
         for p in compilers:
             done[p.name].append(f"{len(pyc)} stale .pyc of changed modules removed (not recompiled: Python writes "
                                 "them on import)")
+
+    alt = alternatives.Alternatives(merged, mtime)
+    accounts = users.Accounts(merged, family, mtime)
+    for p in packages:
+        for script in _RUN.get(family, ()):
+            cmds = scripts.commands(p.scripts.get(script, b"").decode("utf-8", "replace"))
+            if family == "dpkg" and script in ("preinst", "postinst"):
+                calls = [alternatives.parse_call(c.argv) for c in cmds if c.name == "update-alternatives"]
+                if calls and all(c is not None for c in calls):
+                    applied = [c for c in calls if c is not None and alt.apply(c)]
+                    done[p.name].extend(f"update-alternatives --{c.action} {c.name} {c.path}" for c in applied)
+                    handled[p.name].add("update-alternatives")
+            made = accounts.run(cmds)
+            if made is not None:
+                done[p.name].extend(made)
+                handled[p.name].update(users.COMMANDS)
+    take(alt.entries())
+    take(accounts.entries())
 
     for p in packages:
         text = "\n".join(p.scripts.get(s, b"").decode("utf-8", "replace") for s in _RUN.get(family, ()))

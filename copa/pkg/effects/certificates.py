@@ -3,8 +3,8 @@ and `update-ca-certificates` (bundle, NAME.pem links, `openssl rehash`) leave in
 
 Reproduced from the scripts' text (bookworm's ca-certificates 20230311 config/postinst and
 /usr/sbin/update-ca-certificates; OpenSSL 3's apps/rehash.c for the hash links), run on the merged result of the
-upgrade. Alpine's C update-ca-certificates is not reproduced; Alpine's `ca-certificates-bundle` ships the bundle
-itself, so nothing is left to do there."""
+upgrade. Alpine's C update-ca-certificates (run by the ca-certificates trigger) is reproduced too (`alpine_update`),
+and on a distroless Debian image (no update-ca-certificates) an existing bundle is rebuilt (`_distroless`)."""
 
 from __future__ import annotations
 
@@ -385,9 +385,9 @@ def _local_dir_entry(merged: Merged) -> Entry | None:
 def reproduce(merged: Merged, packages: Sequence[Package], family: str, mtime: int | None) -> dict[str, Result]:
     """Per responsible package, what its scripts/triggers did to the certificate store."""
     if family != "dpkg":
-        return _apk(merged, packages)
+        return _apk(merged, packages, mtime)
     if merged.target_kind(TOOL) is None:
-        return {}
+        return _distroless(merged, packages, mtime)
     owner = next((p for p in packages if p.name == "ca-certificates"), None)
     touched = [p for p in merged.layer_paths()
                if p.startswith((CERTSDIR.lstrip("/") + "/", LOCALCERTSDIR.lstrip("/") + "/")) or p == CONF]
@@ -423,10 +423,78 @@ def reproduce(merged: Merged, packages: Sequence[Package], family: str, mtime: i
     return {who: Result(tuple(entries), tuple(done), tuple(notes))}
 
 
-def _apk(merged: Merged, packages: Sequence[Package]) -> dict[str, Result]:
-    out: dict[str, Result] = {}
-    for p in packages:
-        if p.name == "ca-certificates" and ".trigger" in p.scripts:
-            out[p.name] = Result((), (), ("trigger update-ca-certificates (/etc/ssl/certs not regenerated)",))
-    del merged
-    return out
+def _distroless(merged: Merged, packages: Sequence[Package], mtime: int | None) -> dict[str, Result]:
+    """An image without update-ca-certificates (distroless Debian) whose ca-certificates is upgraded: the bundle it
+    has is rebuilt as the postinst would have built it: the image's /etc/ca-certificates.conf if it has one, else
+    every certificate of /usr/share/ca-certificates (debconf's default: trust them all), then the local ones. Only
+    the bundle: NAME.pem and hash links are made only where the image has links of its own."""
+    owner = next((p for p in packages if p.name == "ca-certificates"), None)
+    bundle = f"{ETCCERTSDIR}/{BUNDLE}"
+    if owner is None or merged.kind(bundle) not in ("file", "hardlink"):
+        return {}
+    conf_bytes = merged.read(CONF)
+    if conf_bytes is not None:
+        conf = rewrite_conf(merged, owner) or conf_bytes.decode("utf-8", "surrogateescape")
+    else:
+        certs = _c_sorted([c for c in _dir_files(merged, CERTSDIR.lstrip("/")) if c.endswith(".crt")])
+        conf = "".join(c + "\n" for c in certs)
+    if not conf.strip():
+        return {owner.name: Result((), (), ("no update-ca-certificates in the image and no certificates: "
+                                            f"/{bundle} left stale",))}
+    links = any(merged.kind(f"{ETCCERTSDIR}/{n}") == "symlink" for n in merged.listdir(ETCCERTSDIR))
+    entries, _, _ = update_ca_certificates(merged, conf, mtime)
+    kept = [e for e in entries if links or e.path == bundle]
+    return {owner.name: Result(tuple(kept), ("CA bundle rebuilt (no update-ca-certificates in the image)",), ())}
+
+
+# Alpine (ca-certificates 2025x, update-ca.c): the certificates /etc/ca-certificates.conf selects under
+# /usr/share/ca-certificates, in the file's order, then the files of /usr/local/share/ca-certificates; each
+# linked as /etc/ssl/certs/ca-cert-NAME.pem (NAME: the file name without .crt) and copied into the bundle followed
+# by a newline; then the update.d hook runs c_rehash /etc/ssl/certs (hash links to the .pem links).
+_ALPINE_TRIGGER = "update-ca-certificates"
+
+
+def _apk(merged: Merged, packages: Sequence[Package], mtime: int | None) -> dict[str, Result]:
+    owner = next((p for p in packages if p.name == "ca-certificates" and _ALPINE_TRIGGER in
+                  p.scripts.get(".trigger", b"").decode("utf-8", "replace")), None)
+    if owner is None:
+        return {}
+    if merged.target_kind(TOOL) is None:
+        return {owner.name: Result((), (), ("trigger update-ca-certificates (no tool in the image: "
+                                            "/etc/ssl/certs not regenerated)",))}
+    entries = alpine_update(merged, mtime)
+    return {owner.name: Result(tuple(entries), ("trigger update-ca-certificates",), ())}
+
+
+def alpine_update(merged: Merged, mtime: int | None) -> list[Entry]:
+    certs = _CertsDir(merged)
+    conf = (merged.read(CONF) or b"").decode("utf-8", "surrogateescape")
+    chosen: list[tuple[str, str]] = []
+    for line in conf.split("\n"):
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        cert = f"{CERTSDIR}/{line}"
+        if merged.target_kind(cert) in ("file", "hardlink"):
+            chosen.append((cert, posixpath.basename(line)))
+    local = LOCALCERTSDIR.lstrip("/")
+    if merged.target_kind(local) == "dir":
+        for name in merged.listdir(local):
+            if merged.target_kind(f"{local}/{name}") in ("file", "hardlink"):
+                chosen.append((f"{LOCALCERTSDIR}/{name}", name))
+    bundle = bytearray()
+    wanted: dict[str, str] = {}
+    for cert, name in chosen:
+        pem = "ca-cert-" + (name[:-4] if name.endswith(".crt") else name) + ".pem"
+        wanted[pem] = cert
+        bundle.extend((merged.read(cert) or b"") + b"\n")
+    for name in list(certs.now):  # links update-ca made before and no longer wants, and dangling ones, go
+        target = certs.link_target(name)
+        if target is not None and ((name.startswith("ca-cert-") and name not in wanted)
+                                   or (not _HASHLINK.match(name) and not certs.exists(name))):
+            del certs.now[name]
+    for pem, cert in wanted.items():
+        certs.now[pem] = ("link", cert)
+    certs.now[BUNDLE] = ("file", bytes(bundle))
+    rehash(certs)
+    return certs.entries(mtime)
