@@ -13,12 +13,13 @@ from pathlib import Path
 
 def apt(state: Path, rootfs: Path, lists: Path | None, *argv: str, image_conf: bool = True,
         refuse_warnings: bool = False, check: bool = True, architectures: Sequence[str] = ("amd64",),
-        ) -> subprocess.CompletedProcess[str]:
+        sources_list: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run `argv` (apt-get, apt-cache) with APT_CONFIG pointing at a private configuration, which sets Dir before
     apt reads any apt.conf.d. `image_conf`: apt reads the image's etc/apt/apt.conf.d (else an empty one of its
     own). `refuse_warnings`: W:/E: lines on stderr fail the call ("N: Ignoring file" is expected). `check`: a
     non-zero exit fails it. `architectures`: APT::Architectures, the first the native one; apt also reads the
-    image's var/lib/dpkg/arch through dpkg, which is not asked here."""
+    image's var/lib/dpkg/arch through dpkg, which is not asked here. `sources_list`: read instead of the image's
+    etc/apt/sources.list."""
     for d in ("etc/apt/apt.conf.d", "var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "dpkg"):
         (state / d).mkdir(parents=True, exist_ok=True)
     # apt locks the directory of the status file: give it a copy.
@@ -29,7 +30,7 @@ def apt(state: Path, rootfs: Path, lists: Path | None, *argv: str, image_conf: b
         "Dir::State::lists": f"{lists or state / 'var/lib/apt/lists'}/",
         "Dir::Cache::pkgcache": "",  # no cache files: the policy is computed afresh each time anyway
         "Dir::Cache::srcpkgcache": "",
-        "Dir::Etc::sourcelist": f"{rootfs}/etc/apt/sources.list",
+        "Dir::Etc::sourcelist": str(sources_list or rootfs / "etc/apt/sources.list"),
         "Dir::Etc::sourceparts": f"{state}/sources.list.d",  # absent: only the image's sources.list
         "Dir::Etc::parts": f"{rootfs if image_conf else state}/etc/apt/apt.conf.d",
         "Dir::Etc::preferences": f"{rootfs}/etc/apt/preferences",
