@@ -1,0 +1,97 @@
+"""rpmdb.sqlite (rpm >= 4.16): read the headers, and write an upgrade as rpm's sqlite backend does.
+
+The database is the image's file as bytes. Reading copies it (and a non-empty -wal beside it, whose transactions
+rpm had not checkpointed) to a private temporary directory and opens it there: sqlite then replays the WAL
+itself, and nothing of the image is ever opened in place. Writing works on that copy with rpm's own statements
+(Packages rows by AUTOINCREMENT hnum, index rows (key, hnum, idx)) in one transaction; closing the last
+connection checkpoints the WAL into the main file, whose bytes are the result. No VACUUM: rpm never runs one,
+freed pages stay on sqlite's free list, and PRAGMA integrity_check is content with that.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from copa.errors import UnsupportedImageError
+from copa.pkg.rpm.rpmdb.indexes import INDEXES, Tags, index_keys
+
+_MAGIC = b"SQLite format 3\x00"
+
+
+def _damaged(what: str, detail: object) -> UnsupportedImageError:
+    return UnsupportedImageError(f"{what}: the rpm database is damaged ({detail}); rebuild it in the image "
+                                 "(rpmdb --rebuilddb) and try again")
+
+
+def _open(directory: Path, db: bytes, wal: bytes | None, what: str) -> sqlite3.Connection:
+    if not db.startswith(_MAGIC):
+        raise _damaged(what, "not an sqlite database")
+    path = directory / "rpmdb.sqlite"
+    path.write_bytes(db)
+    if wal:
+        (directory / "rpmdb.sqlite-wal").write_bytes(wal)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.text_factory = bytes
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise _damaged(what, e) from None
+    return conn
+
+
+def read_headers(db: bytes, wal: bytes | None = None, what: str = "/var/lib/rpm/rpmdb.sqlite") -> dict[int, bytes]:
+    """The installed header blobs by hnum."""
+    with tempfile.TemporaryDirectory(prefix="copa-rpmdb-") as tmp:
+        conn = _open(Path(tmp), db, wal, what)
+        try:
+            rows = conn.execute("SELECT hnum, blob FROM Packages ORDER BY hnum").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise _damaged(what, e) from None
+        finally:
+            conn.close()
+    out: dict[int, bytes] = {}
+    for hnum, blob in rows:
+        if not isinstance(hnum, int) or not isinstance(blob, bytes):
+            raise _damaged(what, f"Packages row {hnum!r} is not (integer, blob)")
+        out[hnum] = blob
+    return out
+
+
+def write_upgrade(db: bytes, wal: bytes | None, removed: Iterable[int], added: Sequence[tuple[bytes, Tags]],
+                  what: str = "/var/lib/rpm/rpmdb.sqlite") -> tuple[bytes, list[int]]:
+    """The database with the headers `removed` (hnums) erased and `added` (installed blob, its tags) installed,
+    in rpm -U's order: each new header is added (taking the next hnum) before the old ones go.
+    Returns the new main file (WAL checkpointed into it) and the hnums given to the new headers."""
+    with tempfile.TemporaryDirectory(prefix="copa-rpmdb-") as tmp:
+        conn = _open(Path(tmp), db, wal, what)
+        try:
+            tables = {r[0].decode() for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "Packages" not in tables:
+                raise _damaged(what, "no Packages table")
+            indexes = [ix for ix in INDEXES if ix.name in tables]
+            conn.execute("BEGIN IMMEDIATE")
+            hnums: list[int] = []
+            for blob, tags in added:
+                cur = conn.execute("INSERT INTO Packages (hnum, blob) VALUES (NULL, ?)", (blob,))
+                hnum = cur.lastrowid
+                assert hnum is not None
+                hnums.append(hnum)
+                for ix in indexes:
+                    # CAST keeps a TEXT key's bytes as they are: rpm binds raw strings, not necessarily UTF-8.
+                    value = "?" if ix.binary else "CAST(? AS TEXT)"
+                    conn.executemany(f"INSERT INTO '{ix.name}' (key, hnum, idx) VALUES ({value}, ?, ?)",
+                                     [(key, hnum, idx) for key, idx in index_keys(tags, ix)])
+            for hnum in removed:
+                for ix in indexes:
+                    conn.execute(f"DELETE FROM '{ix.name}' WHERE hnum = ?", (hnum,))
+                if conn.execute("DELETE FROM Packages WHERE hnum = ?", (hnum,)).rowcount != 1:
+                    raise _damaged(what, f"no installed header {hnum} to remove")
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as e:
+            raise _damaged(what, e) from None
+        finally:
+            conn.close()
+        return (Path(tmp) / "rpmdb.sqlite").read_bytes(), hnums
