@@ -618,6 +618,10 @@ class _Solver:
             if found is None:
                 return (f"{record.package}:{arch} {record.version} needs {' | '.join(map(str, clause))}, which no "
                         f"repository has for {arch} in an installable version")
+            native_arch = self._native_arch(found.package)
+            if found.multi_arch != "same" and native_arch not in (None, arch):
+                return (f"{record.package}:{arch} {record.version} needs {found.package}:{arch}, which would "
+                        f"replace {found.package}:{native_arch} (not Multi-Arch: same)")
             inst = next((i for i in foreign.get(found.package, ()) if i.architecture == arch), None)
             if inst is None:
                 native = self.installed.get(found.package)
@@ -630,6 +634,13 @@ class _Solver:
             if error is not None:
                 return error
         return None
+
+    def _native_arch(self, name: str) -> str | None:
+        """The architecture of the instance of `name` the world holds in `installed`'s place, if any."""
+        if name in self.chosen:
+            return self.chosen[name].record.architecture
+        inst = self.installed.get(name)
+        return inst.architecture if inst is not None and name not in self.removed else None
 
     def _foreign_candidate(self, rel: Relation, arch: str, foreign: Mapping[str, Sequence[Installed]],
                            versions_of: Callable[[str, str], Sequence[Candidate]] | None) -> Candidate | None:
