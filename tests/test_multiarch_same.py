@@ -113,6 +113,15 @@ def _apt_plan(world: World, tmp: Path) -> frozenset[tuple[str, str]]:
     return simulated_installs(sim.stdout)
 
 
+def _copa_plan(world: World, tmp: Path, subset: tuple[str, ...]) -> frozenset[tuple[str, str]]:
+    """copa's dry-run plan, named as apt prints it (a foreign-architecture package as name:arch)."""
+    report = write_report(tmp / "report.json", dict.fromkeys(subset, ("1.0", "1.1")))
+    result = patch(PatchOptions(image=f"oci:{world.layout}:{REF}", report=str(report), dry_run=True,
+                                repos=RepositoryOptions(keyrings=(world.key.keyring,)), cache_dir=str(tmp / "cache")))
+    return frozenset((u.name if u.architecture in ("amd64", "all") else f"{u.name}:{u.architecture}", u.new_version)
+                     for u in result.updates if u.kind is not UpdateKind.REMOVED)
+
+
 def test_image_has_both_architectures(world: World) -> None:
     status = (world.root / "var/lib/dpkg/status").read_text()
     assert "Package: libfoo\n" in status and "Architecture: i386" in status
@@ -126,12 +135,17 @@ def test_plan_equals_apt(world: World, tmp_path: Path) -> None:
     # apt moves both twins, each with its own architecture's dependencies; the M-A: foreign tool once.
     assert want == {("libfoo", "1.1"), ("libfoo:i386", "1.1"), ("libfoo-dep", "1.1"), ("libfoo-dep:i386", "1.1"),
                     ("libbar", "1.0"), ("libbar:i386", "1.0"), ("foo-tool", "1.1")}, sorted(want)
-    report = write_report(tmp_path / "report.json", {"libfoo": ("1.0", "1.1")})
-    result = patch(PatchOptions(image=f"oci:{world.layout}:{REF}", report=str(report), dry_run=True,
-                                repos=RepositoryOptions(keyrings=(world.key.keyring,)),
-                                cache_dir=str(tmp_path / "cache")))
-    got = frozenset((u.name if u.architecture in ("amd64", "all") else f"{u.name}:{u.architecture}", u.new_version)
-                    for u in result.updates if u.kind is not UpdateKind.REMOVED)
+    got = _copa_plan(world, tmp_path, ("libfoo",))
+    assert got == want, f"\n    apt:  {sorted(want)}\n    copa: {sorted(got)}"
+
+
+@pytest.mark.parametrize("subset", [("libfoo-dep",), ("foo-tool",), ("libfoo-dep", "foo-tool"),
+                                    ("libfoo", "libfoo-dep", "foo-tool")])
+def test_other_reports_plan_what_apt_does(world: World, tmp_path: Path, subset: tuple[str, ...]) -> None:
+    sim = apt(tmp_path / "apt", world.root, world.lists, "apt-get", "-s", "install", "--only-upgrade", *subset,
+              architectures=ARCHES, refuse_warnings=True)
+    want = simulated_installs(sim.stdout)
+    got = _copa_plan(world, tmp_path, subset)
     assert got == want, f"\n    apt:  {sorted(want)}\n    copa: {sorted(got)}"
 
 
