@@ -38,6 +38,14 @@ CALLS = [
     "adduser --system --group --home /nonexistent svc5",
     "adduser --system --home /srv/deep/svc6 svc6",
     "addgroup --system grp4",
+    "groupadd -r g1",
+    "useradd -r u1",
+    'useradd -r -g g1 -d /var/lib/u2 -s /bin/false -c "U two" u2',
+    "useradd --system -M u3",
+    "groupadd -r g2",
+    "useradd -r -g g1 u5",
+    "useradd -r -g 999 u6",
+    "useradd -r u7",  # its uid is free as a gid, below the highest free gid: taken as the gid
 ]
 
 
@@ -87,12 +95,13 @@ def test_same_as_adduser(root: Path) -> None:
         after = _state(root)
         assert ours == after, line
         changed += before != after
-    assert changed == 6  # the calls mean something: all but the two repeats changed the tree
+    assert changed == len(CALLS) - 2  # the calls mean something: all but the two repeats changed the tree
 
 
 def test_what_is_not_reproduced() -> None:
     for line in ("adduser --system $NAME", "useradd -r svc", "adduser --system --uid 500 svc",
-                 "adduser --system --gecos 'a,b' svc", "adduser svc", "adduser -S -D svc", "addgroup -S grp"):
+                 "adduser --system --gecos 'a,b' svc", "adduser svc", "adduser -S -D svc", "addgroup -S grp",
+                 "useradd -m -r svc", "useradd svc", "groupadd -g 5 -r grp"):
         merged = Merged(view_of(Path("/nonexistent-root"), ()), [])
         assert users.Accounts(merged, "dpkg", 0).run(scripts.commands(line)) is None, line
     for line in ("adduser -S svc", "adduser -S -D $USER", "adduser -D svc", "adduser -S -D -u 5 svc"):

@@ -14,8 +14,12 @@ against busybox 1.37 in a chroot): the first free gid / uid from 100 upward; a u
 user is added to its group's member list; home /home/NAME and shell /sbin/nologin by default; `name:!:DAY:0:99999:7:::`
 in /etc/shadow; the home, unless -H or present, made 02755 and owned by the user. Backups `FILE-` as above.
 
-useradd/groupadd -r are left as not reproduced, like any call with a word the shell would expand or an option not
-listed here (--uid, --gid, a --gecos with commas, adduser without -D)."""
+shadow's `groupadd -r NAME` and `useradd -r [-g G] [-d H] [-s S] [-c C] [-M] NAME` (bookworm's shadow 4.13): ids from
+SYS_UID_MAX / SYS_GID_MAX (999, or login.defs) downward, the first free; without -g a group of the user's name, with
+the uid as gid when that is free; home /home/NAME (not created) and the shell of /etc/default/useradd (/bin/sh).
+
+Left as not reproduced, like any call with a word the shell would expand: an option not listed here (--uid, --gid,
+useradd -m, a --gecos with commas, busybox adduser without -D)."""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from copa.oci.layer import Entry, Kind
 from copa.pkg.effects.merged import Merged
 from copa.pkg.effects.scripts import Command
 
-COMMANDS = {"adduser", "addgroup"}
+COMMANDS = {"adduser", "addgroup", "useradd", "groupadd"}
 _NAME = re.compile(r"^[a-z_][a-z0-9_.-]*\$?$")
 _FLAGS = {"--system", "--group", "--no-create-home", "--quiet", "--disabled-password", "--disabled-login",
           "--force-badname", "--allow-badname"}
@@ -72,6 +76,35 @@ def _parse_busybox(c: Command) -> dict[str, str] | None:
     if c.name == "adduser" and "-D" not in opts:
         return None  # busybox would ask for a password
     if c.name == "addgroup" and set(opts) - {"cmd", "--system"}:
+        return None
+    opts["name"] = names[0]
+    return opts
+
+
+_SHADOW_FLAGS = {"-r": "--system", "--system": "--system", "-M": "-M", "--no-create-home": "-M"}
+_SHADOW_VALUED = {"-g": "--ingroup", "--gid": "--ingroup", "-d": "--home", "--home-dir": "--home", "-s": "--shell",
+                  "--shell": "--shell", "-c": "--gecos", "--comment": "--gecos"}
+
+
+def _parse_shadow(c: Command) -> dict[str, str] | None:
+    opts: dict[str, str] = {"cmd": c.name}
+    args = list(c.argv)
+    names = []
+    while args:
+        a = args.pop(0)
+        if a in _SHADOW_FLAGS:
+            opts[_SHADOW_FLAGS[a]] = ""
+        elif a in _SHADOW_VALUED and args:
+            opts[_SHADOW_VALUED[a]] = args.pop(0)
+        elif a.startswith("-"):
+            return None
+        else:
+            names.append(a)
+    if any(ch in v for v in [*opts.values(), *names] for ch in "$`*?"):
+        return None
+    if "--system" not in opts or len(names) != 1 or not _NAME.match(names[0]):
+        return None
+    if c.name == "groupadd" and set(opts) - {"cmd", "--system"}:
         return None
     opts["name"] = names[0]
     return opts
@@ -179,6 +212,55 @@ class Accounts:
             self._dir(Entry(path, Kind.DIR, 0o2755, uid, gid, mtime=self.mtime))
         return True
 
+    def _login_defs(self, key: str, default: int) -> int:
+        text = (self.merged.read("etc/login.defs") or b"").decode("utf-8", "replace")
+        m = re.search(rf"^\s*{key}\s+(\d+)\s*$", text, re.M)
+        return int(m.group(1)) if m else default
+
+    def _down(self, table: list[list[str]], key: str, low: int) -> int | None:
+        used = {int(f[2]) for f in table if len(f) > 2 and f[2].isdigit()}
+        return next((i for i in range(self._login_defs(key, 999), low - 1, -1) if i not in used), None)
+
+    def _shadow_group(self, name: str, prefer: int | None = None) -> int | None:
+        groups = self._table("etc/group")
+        if groups is None:
+            return None
+        if any(g[0] == name for g in groups):
+            return None  # groupadd fails: the group exists
+        used = {int(g[2]) for g in groups if len(g) > 2 and g[2].isdigit()}
+        gid = prefer if prefer is not None and prefer not in used else self._down(groups, "SYS_GID_MAX", 101)
+        if gid is None:
+            return None
+        self._append("etc/group", f"{name}:x:{gid}:")
+        self._append("etc/gshadow", f"{name}:!::")
+        return gid
+
+    def _shadow_user(self, o: dict[str, str]) -> bool:
+        users = self._table("etc/passwd")
+        groups = self._table("etc/group")
+        if users is None or groups is None:
+            return False
+        name = o["name"]
+        if any(u[0] == name for u in users):
+            return True  # useradd fails ("already exists"), which scripts guard against: the user is there
+        uid = self._down(users, "SYS_UID_MAX", 101)
+        if uid is None:
+            return False
+        if "--ingroup" in o:
+            group = o["--ingroup"]
+            gid = next((int(g[2]) for g in groups if (g[0] == group or g[2] == group) and g[2].isdigit()), None)
+        else:
+            gid = self._shadow_group(name, uid)
+        if gid is None:
+            return False
+        default = (self.merged.read("etc/default/useradd") or b"").decode("utf-8", "replace")
+        m = re.search(r"^SHELL=(\S+)\s*$", default, re.M)
+        shell = o.get("--shell", m.group(1) if m else "/bin/sh")
+        home = o.get("--home", f"/home/{name}")
+        self._append("etc/passwd", f"{name}:x:{uid}:{gid}:{o.get('--gecos', '')}:{home}:{shell}")
+        self._append("etc/shadow", f"{name}:!:{(self.mtime or 0) // 86400}::::::")
+        return True
+
     def _group(self, name: str) -> int | None:
         """The gid of an existing or new system group (None: copa cannot tell)."""
         groups = self._table("etc/group")
@@ -247,12 +329,19 @@ class Accounts:
         if self.family not in ("dpkg", "apk") or not calls:
             return None
         busybox = self.family == "apk"
-        parsed = [(_parse_busybox if busybox else _parse)(c) for c in calls]
+        parsed = [_parse_shadow(c) if c.name in ("useradd", "groupadd") else
+                  (_parse_busybox if busybox else _parse)(c) for c in calls]
         if any(p is None for p in parsed):
             return None
         done = []
         for o in parsed:
             assert o is not None
+            if o["cmd"] in ("useradd", "groupadd"):
+                ok = self._shadow_user(o) if o["cmd"] == "useradd" else self._shadow_group(o["name"]) is not None
+                if not ok:
+                    return None
+                done.append(f"{o['cmd']} -r {o['name']}")
+                continue
             if o["cmd"] == "addgroup":
                 ok = self._group(o["name"]) is not None
             else:
