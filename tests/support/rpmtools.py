@@ -1,0 +1,194 @@
+"""Real .rpm packages, signatures, rpm databases and repositories for the RPM family's tests, made by the real
+tools (rpmbuild, rpmsign with gpg, rpm --root, createrepo_c), never by copa's own code.
+
+    spec = RpmSpec("hello", "1.0", "1", files=(RpmFile("/usr/bin/hello", b"#!/bin/sh\\n", 0o755),))
+    rpm = build_rpm(spec, tmp_path)                       # tmp_path/hello-1.0-1.noarch.rpm
+    key = make_gpg_key(tmp_path / "gpg", "ed25519")
+    sign_rpms([rpm], key)                                 # rpmsign --addsign, in place
+    init_root(tmp_path / "root", [rpm])                   # rpm --root ... -i: files and rpmdb.sqlite
+    createrepo(tmp_path)                                  # repodata/ for dnf
+
+Builds are reproducible: SOURCE_DATE_EPOCH fixes build time and clamps mtimes; no brp scripts, no build-id
+links, no automatic dependencies, so the header holds only what the spec says.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BUILD_DATE = 1704067200  # 2024-01-01, as the other fixtures
+PAYLOADS = {"gzip": "w9.gzdio", "xz": "w6.xzdio", "zstd": "w19.zstdio", "bzip2": "w9.bzdio", "none": "w0.ufdio"}
+
+
+@dataclass(frozen=True, slots=True)
+class RpmFile:
+    """One %files entry. `path` is absolute as in the package; `kind` is file, dir, symlink or hardlink (then
+    `target` is the path of the file it links to, which must come earlier); `attr` is a %files directive such as
+    "%config(noreplace)", "%config", "%ghost", "%doc", "%license", "%dir" (implied for dirs) or ""."""
+
+    path: str
+    content: bytes = b""
+    mode: int = 0o644
+    kind: str = "file"
+    target: str = ""
+    attr: str = ""
+    owner: str = "root"
+    group: str = "root"
+    caps: str = ""  # %caps(...) text, e.g. "cap_net_raw=ep"
+
+
+@dataclass(frozen=True, slots=True)
+class RpmSpec:
+    name: str
+    version: str
+    release: str = "1"
+    epoch: int | None = None
+    arch: str = "noarch"  # or x86_64 (built with --target)
+    summary: str = "copa test package"
+    files: tuple[RpmFile, ...] = ()
+    requires: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
+    obsoletes: tuple[str, ...] = ()
+    recommends: tuple[str, ...] = ()
+    scripts: tuple[tuple[str, str], ...] = ()  # ("post", "echo hi"), ("preun", ...) ...
+    payload: str = "gzip"  # a key of PAYLOADS
+    license: str = "MIT"
+    extra: tuple[str, ...] = field(default=())  # more preamble lines, verbatim
+
+    @property
+    def nevra(self) -> str:
+        evr = f"{self.epoch}:{self.version}" if self.epoch is not None else self.version
+        return f"{self.name}-{evr}-{self.release}.{self.arch}"
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}-{self.version}-{self.release}.{self.arch}.rpm"
+
+
+def _run(args: Sequence[str], env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(list(args), capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def _spec_text(spec: RpmSpec, src: Path) -> str:
+    lines = [f"Name: {spec.name}", f"Version: {spec.version}", f"Release: {spec.release}",
+             f"Summary: {spec.summary}", f"License: {spec.license}"]
+    if spec.epoch is not None:
+        lines.append(f"Epoch: {spec.epoch}")
+    if spec.arch == "noarch":
+        lines.append("BuildArch: noarch")
+    lines.append("AutoReqProv: no")
+    for tag, values in (("Requires", spec.requires), ("Provides", spec.provides), ("Conflicts", spec.conflicts),
+                        ("Obsoletes", spec.obsoletes), ("Recommends", spec.recommends)):
+        lines += [f"{tag}: {v}" for v in values]
+    lines += list(spec.extra)
+    lines += ["", "%description", spec.summary, "", "%install", f"cp -a {src}/. %{{buildroot}}/", ""]
+    for which, body in spec.scripts:
+        lines += [f"%{which}", body, ""]
+    lines.append("%files")
+    for f in spec.files:
+        attr = f"%attr({f.mode & 0o7777:o},{f.owner},{f.group})" if f.kind != "symlink" else ""
+        caps = f"%caps({f.caps}) " if f.caps else ""
+        directive = f.attr or ("%dir" if f.kind == "dir" else "")
+        lines.append(" ".join(x for x in (directive, attr, caps + f.path) if x))
+    return "\n".join(lines) + "\n"
+
+
+def _stage(spec: RpmSpec, src: Path) -> None:
+    for f in spec.files:
+        p = src / f.path.lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if f.kind == "dir":
+            p.mkdir(exist_ok=True)
+        elif f.kind == "symlink":
+            p.symlink_to(f.target)
+        elif f.kind == "hardlink":
+            os.link(src / f.target.lstrip("/"), p)
+        else:
+            p.write_bytes(f.content)
+        if f.kind != "symlink":
+            os.utime(p, (BUILD_DATE, BUILD_DATE))
+
+
+def build_rpm(spec: RpmSpec, out_dir: Path) -> Path:
+    """rpmbuild -bb of a generated .spec in a private %_topdir; the package lands in out_dir/<filename>."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    top = out_dir / f".rpmbuild-{spec.name}-{spec.version}-{spec.release}"
+    shutil.rmtree(top, ignore_errors=True)
+    src = top / "SRC"
+    src.mkdir(parents=True)
+    _stage(spec, src)
+    spec_path = top / f"{spec.name}.spec"
+    spec_path.write_text(_spec_text(spec, src))
+    defines = {
+        "_topdir": str(top), "_binary_payload": PAYLOADS[spec.payload], "__os_install_post": "%{nil}",
+        "_build_id_links": "none", "debug_package": "%{nil}", "_buildhost": "copa-test",
+        "use_source_date_epoch_as_buildtime": "1", "clamp_mtime_to_source_date_epoch": "1",
+        "source_date_epoch_from_changelog": "0", "_rpmfilename": "%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}.rpm",
+        "_rpmdir": str(out_dir),
+    }
+    args = ["rpmbuild", "-bb", "--quiet"]
+    for k, v in defines.items():
+        args += ["--define", f"{k} {v}"]
+    if spec.arch != "noarch":
+        args += ["--target", spec.arch]
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(BUILD_DATE), "LC_ALL": "C"}
+    _run([*args, str(spec_path)], env)
+    shutil.rmtree(top, ignore_errors=True)
+    return out_dir / spec.filename
+
+
+@dataclass(frozen=True, slots=True)
+class GpgKey:
+    home: Path  # GNUPGHOME holding the secret key
+    uid: str
+    fingerprint: str
+    public: Path  # armored public key, as an RPM-GPG-KEY-* file
+
+
+def make_gpg_key(home: Path, algo: str = "rsa3072", uid: str = "copa test <rpm@copa.test>") -> GpgKey:
+    """A throwaway signing key without a passphrase (`algo` as gpg's --quick-gen-key takes it: rsa3072,
+    ed25519...); the armored public key is written next to it."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    _run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, algo, "sign", "never"], env)
+    listing = _run(["gpg", "--batch", "--with-colons", "--list-secret-keys"], env)
+    fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+    public = home / "RPM-GPG-KEY-copa-test"
+    public.write_text(_run(["gpg", "--batch", "--armor", "--export", fingerprint], env))
+    return GpgKey(home, uid, fingerprint, public)
+
+
+def sign_rpms(paths: Iterable[Path], key: GpgKey) -> None:
+    """rpmsign --addsign in place: an OpenPGP signature over the main header (RSAHEADER or, for RSA keys...,
+    whichever tag rpm picks for the key's algorithm)."""
+    args = ["rpmsign", "--addsign", "--define", f"_gpg_name {key.fingerprint}", "--define", f"_gpg_path {key.home}",
+            "--define", "__gpg /usr/bin/gpg"]
+    _run([*args, *map(str, paths)], {**os.environ, "GNUPGHOME": str(key.home)})
+
+
+def rpm_root_args(root: Path) -> list[str]:
+    return ["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", "--define", "_db_backend sqlite"]
+
+
+def init_root(root: Path, rpms: Sequence[Path], *extra: str) -> None:
+    """A root with an rpm database (var/lib/rpm/rpmdb.sqlite) and the packages' files really installed, their
+    scripts not run (`extra`: more rpm flags)."""
+    root.mkdir(parents=True, exist_ok=True)
+    _run([*rpm_root_args(root), "--initdb"])
+    if rpms:
+        _run([*rpm_root_args(root), "-i", "--nodeps", "--noscripts", "--notriggers", *extra, *map(str, rpms)])
+
+
+def createrepo(directory: Path) -> Path:
+    """repodata/ for the .rpm files under `directory` (createrepo_c); returns the repodata directory."""
+    _run(["createrepo_c", "--quiet", str(directory)])
+    return directory / "repodata"
