@@ -4,9 +4,12 @@ update-ca-certificates (distroless) against the bundle the real postinst made in
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -15,8 +18,10 @@ from copa.oci.layer import Entry, Kind
 from copa.pkg.effects import certificates
 from copa.pkg.effects.merged import Merged
 from copa.pkg.effects.model import Package
-from tests.support import alpine, images
+from tests.support import alpine, apkrepo, images
+from tests.support.apkrepo import PackageUpdate
 from tests.support.rootview import apply, view_of
+from tests.support.trivy import write_report
 
 pytestmark = [
     pytest.mark.slow,
@@ -96,3 +101,58 @@ def test_distroless_bundle_rebuilt_as_the_postinst_did(tmp_path: Path) -> None:
     # No bundle in the image: nothing to rebuild.
     merged = Merged(view, [*hidden[:2], Entry.whiteout(f"{CERTS}/ca-certificates.crt")])
     assert certificates.reproduce(merged, [pkg], "dpkg", None) == {}
+
+
+def test_alpine_upgrade_end_to_end(tmp_path: Path) -> None:
+    """A newer ca-certificates built with apkrepo (one root removed, one added, its conf listing it, the real trigger)
+    patched into the Alpine image by `copa patch`; the oracle is real apk upgrading a copy of the rootfs, then the
+    real update-ca-certificates run in a chroot as the trigger would."""
+    base = alpine.alpine_rootfs()
+    trigger = next(m for m in _scripts(base) if m[0].startswith("ca-certificates-") and m[0].endswith(".trigger"))[1]
+    conf = (base / "etc/ca-certificates.conf").read_text()
+    new_conf = conf.replace("mozilla/ACCVRAIZ1.crt\n", "") + "mozilla/Copa_Alpine_E2E_Root.crt\n"
+    update = PackageUpdate("ca-certificates", drop_files=("usr/share/ca-certificates/mozilla/ACCVRAIZ1.crt",
+                                                          "etc/ca-certificates.conf"),
+                           files={"usr/share/ca-certificates/mozilla/Copa_Alpine_E2E_Root.crt":
+                                  _self_signed(tmp_path, "Copa Alpine E2E Root"),
+                                  "etc/ca-certificates.conf": new_conf.encode()},
+                           scripts={"trigger": trigger})
+    repo = apkrepo.build_repo(base, [update], tmp_path / "repo")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    repo.key.write_public(keys)
+    built = repo.package("ca-certificates")
+    report = write_report(tmp_path / "trivy.json", {"ca-certificates": (built.old_version or "", built.version)},
+                          os_version="3.23.6", family="alpine")
+    with apkrepo.serve(repo.directory) as url:
+        src, ref = alpine.alpine_layout()
+        layout = images.copy_layout(src, tmp_path / "layout")
+        apkrepo.add_key_layer(layout, ref, base, repo.key, url)
+        proc = subprocess.run([sys.executable, "-m", "copa", "patch", "-i", f"oci:{layout}:{ref}", "-r", str(report),
+                               "--oci-dir", str(tmp_path / "out"), "-t", "patched", "--json"],
+                              cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        oracle = alpine.copy_rootfs(base, tmp_path / "oracle")
+        alpine.oracle_upgrade(oracle, url, keys)
+    result = json.loads(proc.stdout)
+    note = next(u for u in result["updates"] if u["name"] == "ca-certificates").get("scripts", "")
+    assert "update-ca-certificates" in note and "not" not in note, note
+    run = subprocess.run(["chroot", str(oracle), "/usr/sbin/update-ca-certificates"], capture_output=True, text=True,
+                         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    assert run.returncode == 0, run.stderr
+    subprocess.run(["umoci", "unpack", "--image", f"{tmp_path / 'out'}:patched", str(tmp_path / "bundle")],
+                   check=True, capture_output=True)
+    patched = tmp_path / "bundle/rootfs"
+    theirs = _certs_tree(oracle)
+    assert theirs != _certs_tree(base)  # the trigger changed the store
+    assert _certs_tree(patched) == theirs
+
+
+def _scripts(root: Path) -> list[tuple[str, bytes]]:
+    with tarfile.open(root / "lib/apk/db/scripts.tar.gz") as tar:
+        out = []
+        for m in tar.getmembers():
+            f = tar.extractfile(m)
+            if f is not None:
+                out.append((m.name, f.read()))
+        return out

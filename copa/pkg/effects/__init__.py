@@ -25,8 +25,8 @@ _RUN = {"dpkg": ("preinst", "postinst", "config"), "apk": (".pre-install", ".pos
 _NO_EFFECT = {"systemctl", "deb-systemd-helper", "deb-systemd-invoke", "invoke-rc.d", "update-rc.d", "service",
               "rc-update", "rc-service", "update-menus", "udevadm", "systemd-tmpfiles", "systemd-sysusers",
               "start-stop-daemon"}
-_CERTS = {"debconf", "update-ca-certificates", "dpkg-trigger", "mkdir", "chgrp", "chmod", "chown",
-          "dpkg-statoverride", "mv", "rm"}
+_CERTS = {"debconf", "update-ca-certificates", "/usr/sbin/update-ca-certificates", "dpkg-trigger", "mkdir", "chgrp",
+          "chmod", "chown", "dpkg-statoverride", "mv", "rm"}
 _PYTHON = {"py3compile", "py3clean", "pycompile", "pyclean", "pypy3compile", "pypy3clean"}
 
 
