@@ -1,0 +1,225 @@
+"""Reading .rpm files against rpm 4.18: what copa reads from rpmbuild's packages (every payload compressor) equals
+what `rpm -i` puts on disk and what `rpm -qp` says about each file; damaged and tampered packages are refused
+with a copa error naming the package; the cpio reader on hostile and stripped archives."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from copa.errors import IntegrityError, UnsupportedImageError
+from copa.pkg.rpm.cpio import BadCpio, CpioReader
+from copa.pkg.rpm.header import Header
+from copa.pkg.rpm.rpmfile import BadRpm, RpmContents, UnsupportedRpm, read_headers, read_rpm
+from copa.pkg.rpm.tags import DigestAlgo, FileFlag, Tag
+from tests.support.rpmtools import PAYLOADS, RpmFile, RpmSpec, build_rpm, init_root
+
+pytestmark = pytest.mark.skipif(shutil.which("rpmbuild") is None, reason="rpmbuild not installed")
+
+BIG = bytes(range(256)) * 1024  # 256 KiB: spooled, not inline
+
+
+def _files(tag: str) -> tuple[RpmFile, ...]:
+    return (
+        RpmFile("/usr/bin/hello", b"#!/bin/sh\necho " + tag.encode() + b"\n", 0o755),
+        RpmFile("/usr/bin/suid", b"s", 0o4755),
+        RpmFile("/etc/hello.conf", b"a=1\n", attr="%config(noreplace)"),
+        RpmFile("/etc/hello.d", kind="dir", mode=0o750),
+        RpmFile("/etc/hello.d/plain.conf", b"b=1\n", attr="%config"),
+        RpmFile("/var/log/hello.log", attr="%ghost"),
+        RpmFile("/usr/share/hello", kind="dir", mode=0o755),
+        RpmFile("/usr/share/hello/big", BIG),
+        RpmFile("/usr/share/hello/big2", BIG[::-1]),
+        RpmFile("/usr/share/hello/hard", kind="hardlink", target="/usr/share/hello/big"),
+        RpmFile("/usr/share/hello/link", kind="symlink", target="big"),
+        RpmFile("/usr/share/hello/abs", kind="symlink", target="/etc/hello.conf"),
+        RpmFile("/usr/share/hello/empty", b""),
+        RpmFile("/usr/share/hello/nonascii-\u00e9", b"e"),
+        RpmFile("/usr/share/doc/hello/README", b"readme", attr="%doc"),
+        RpmFile("/usr/share/licenses/hello/COPYING", b"MIT", attr="%license"),
+        RpmFile("/usr/sbin/ping2", b"\x7fELF", 0o755, caps="cap_net_raw=ep"),
+        RpmFile("/opt/owned", b"o", owner="nobody", group="nogroup"),
+    )
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("rpms")
+    return {comp: build_rpm(RpmSpec(f"hello-{comp}", "1.0", "1", epoch=1, arch="x86_64" if comp == "xz" else "noarch",
+                                    files=_files(comp), payload=comp), out) for comp in PAYLOADS}
+
+
+def _read(path: Path, tmp: Path, name: str | None = None) -> RpmContents:
+    return read_rpm(path, tmp / "stage" / path.stem, name)
+
+
+def _query_files(path: Path) -> list[list[str]]:
+    fmt = "[%{FILENAMES}|%{FILEFLAGS}|%{FILEMODES}|%{FILEUSERNAME}|%{FILEGROUPNAME}|%{FILEMTIMES}|%{FILESIZES}|" \
+          "%{FILELINKTOS}|%{FILEDIGESTS}|%{FILECAPS}|%{FILEINODES}\n]"
+    out = subprocess.run(["rpm", "-qp", "--nosignature", "--qf", fmt, str(path)], capture_output=True, check=True)
+    return [line.split("|") for line in out.stdout.decode("utf-8", "surrogateescape").splitlines()]
+
+
+@pytest.mark.parametrize("comp", list(PAYLOADS))
+def test_files_match_rpm_query(packages: dict[str, Path], tmp_path: Path, comp: str) -> None:
+    contents = _read(packages[comp], tmp_path)
+    assert contents.headers.nevra == f"hello-{comp}-1:1.0-1.{'x86_64' if comp == 'xz' else 'noarch'}"
+    assert contents.digest_algo == DigestAlgo.SHA256
+    rows = _query_files(packages[comp])
+    assert [f"/{f.path}" for f in contents.files] == [r[0] for r in rows]
+    for f, (_n, flags, mode, user, group, mtime, size, link, digest, caps, inode) in zip(contents.files, rows,
+                                                                                       strict=True):
+        assert (int(flags), stat.S_IMODE(int(mode)), f.user, f.group) == (f.flags, f.mode, user, group)
+        assert (f.mtime, f.size, f.linkname if f.kind == "symlink" else "") == (int(mtime), int(size), link)
+        assert (f.digest, f.caps, f.inode) == (digest, caps, int(inode))
+    by = {f.path: f for f in contents.files}
+    assert by["etc/hello.conf"].config and by["etc/hello.conf"].noreplace
+    assert by["etc/hello.d/plain.conf"].config and not by["etc/hello.d/plain.conf"].noreplace
+    assert by["var/log/hello.log"].ghost and not by["var/log/hello.log"].has_content
+    assert by["usr/share/doc/hello/README"].flags & FileFlag.DOC
+    assert by["usr/share/licenses/hello/COPYING"].flags & FileFlag.LICENSE
+    assert by["usr/sbin/ping2"].caps == "cap_net_raw=ep"
+    assert (by["usr/share/hello/hard"].kind, by["usr/share/hello/hard"].linkname) == ("hardlink", "usr/share/hello/big")
+    assert by["usr/share/hello/big"].staged is not None and by["usr/share/hello/big"].inline is None  # spooled
+    assert by["usr/bin/hello"].inline is not None  # small: in memory
+    assert by["usr/bin/suid"].mode == 0o4755
+    assert (by["opt/owned"].user, by["opt/owned"].group) == ("nobody", "nogroup")
+
+
+def test_contents_equal_what_rpm_installs(packages: dict[str, Path], tmp_path: Path) -> None:
+    for comp, path in packages.items():
+        root = tmp_path / f"root-{comp}"
+        init_root(root, [path])
+        contents = _read(path, tmp_path)
+        for f in contents.files:
+            target = root / f.path
+            if f.ghost:
+                assert not os.path.lexists(target), f.path  # rpm creates no %ghost file
+                continue
+            st = target.lstat()
+            assert stat.S_IMODE(st.st_mode) == f.mode, f.path
+            if f.kind == "symlink":
+                assert stat.S_ISLNK(st.st_mode) and os.readlink(target) == f.linkname
+            elif f.kind == "dir":
+                assert stat.S_ISDIR(st.st_mode)
+            elif f.kind == "hardlink":
+                assert st.st_ino == (root / f.linkname).stat().st_ino
+            else:
+                assert stat.S_ISREG(st.st_mode) and int(st.st_mtime) == f.mtime
+                with f.open() as src:
+                    assert src.read() == target.read_bytes(), f.path
+
+
+def _reseal(src: Path, dst: Path, edit: bytes, replacement: bytes) -> Path:
+    """A copy of `src` whose main header has `edit` replaced (same length) and whose signature header's
+    SHA1HEADER/SHA256HEADER are recomputed: a package that passes the header digests but lies elsewhere."""
+    assert len(edit) == len(replacement)
+    blob = bytearray(src.read_bytes())
+    with src.open("rb") as f:
+        headers = read_headers(f, src.name)
+    start = blob.index(headers.header_bytes)
+    old = headers.header_bytes
+    new = old.replace(edit, replacement, 1)
+    assert new != old
+    blob[start:start + len(old)] = new
+    for algo in ("sha1", "sha256"):
+        before = hashlib.new(algo, old).hexdigest().encode()
+        at = blob.index(before)
+        blob[at:at + len(before)] = hashlib.new(algo, new).hexdigest().encode()
+    dst.write_bytes(bytes(blob))
+    return dst
+
+
+def test_tampered_packages_are_refused(packages: dict[str, Path], tmp_path: Path) -> None:
+    good = packages["gzip"].read_bytes()
+    with packages["gzip"].open("rb") as f:
+        headers = read_headers(f, "x")
+    payload_at = good.index(headers.header_bytes) + len(headers.header_bytes)
+
+    def damaged(name: str, blob: bytes) -> Path:
+        path = tmp_path / name
+        path.write_bytes(blob)
+        return path
+
+    cases = {
+        "payload": (good[:payload_at + 40] + bytes([good[payload_at + 40] ^ 1]) + good[payload_at + 41:], "payload"),
+        "truncated": (good[:-30], ""),
+        "header": (good[:payload_at - 20] + bytes([good[payload_at - 20] ^ 1]) + good[payload_at - 19:], "digest"),
+        "lead": (b"\0" + good[1:], "not an rpm package"),
+        "short": (good[:200], "ends inside"),
+    }
+    for case, (blob, message) in cases.items():
+        with pytest.raises(IntegrityError) as info:
+            _read(damaged(f"{case}.rpm", blob), tmp_path, "hello-gzip-1.0-1.noarch.rpm")
+        assert "hello-gzip-1.0-1.noarch.rpm" in str(info.value) and message in str(info.value), case
+        assert info.value.exit_code == 5
+
+
+def test_resealed_header_lies_are_caught(packages: dict[str, Path], tmp_path: Path) -> None:
+    src = packages["gzip"]
+    digest = hashlib.sha256(b"#!/bin/sh\necho gzip\n").hexdigest().encode()
+    # a file's digest in the header no longer matches its content
+    lie = _reseal(src, tmp_path / "digest.rpm", digest, digest[:-1] + (b"0" if digest[-1:] != b"0" else b"1"))
+    with pytest.raises(BadRpm, match="does not match its digest"):
+        _read(lie, tmp_path)
+    # the payload has a file the header does not list
+    lie = _reseal(src, tmp_path / "name.rpm", b"suid\0", b"suix\0")
+    with pytest.raises(BadRpm, match="not a file of the header"):
+        _read(lie, tmp_path)
+    # an unknown compressor: unsupported (exit 6), not corrupt
+    lie = _reseal(src, tmp_path / "comp.rpm", b"cpio\0gzip\0", b"cpio\0gzap\0")
+    with pytest.raises(UnsupportedRpm) as info:
+        _read(lie, tmp_path)
+    assert isinstance(info.value, UnsupportedImageError) and info.value.exit_code == 6
+    assert "gzap" in str(info.value)
+
+
+def test_headers_only(packages: dict[str, Path]) -> None:
+    with packages["zstd"].open("rb") as f:
+        headers = read_headers(f, "p")
+    assert headers.header.string(Tag.PAYLOADCOMPRESSOR) == "zstd"
+    assert headers.lead.type == 0 and headers.lead.major == 3
+    assert Header.parse(headers.header_bytes) == headers.header
+
+
+# --- cpio -------------------------------------------------------------------------------------------------------
+
+
+def _newc(name: str, data: bytes, mode: int = 0o100644, ino: int = 1) -> bytes:
+    fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
+    head = b"070701" + b"".join(b"%08x" % v for v in fields) + name.encode() + b"\0"
+    head += b"\0" * (-len(head) % 4)
+    return head + data + b"\0" * (-len(data) % 4)
+
+
+_TRAILER = _newc("TRAILER!!!", b"", 0)
+
+
+def test_cpio_newc_and_stripped() -> None:
+    stripped = b"07070X" + b"%08x" % 1 + b"\0\0" + b"abcde" + b"\0\0\0"
+    archive = _newc("./a", b"xyz") + stripped + _TRAILER
+    sizes = {1: 5}
+    entries = [(e, body.read()) for e, body in CpioReader(io.BytesIO(archive), "t", sizes.__getitem__)]
+    assert [(e.name, e.index, data) for e, data in entries] == [("./a", -1, b"xyz"), ("", 1, b"abcde")]
+
+
+@pytest.mark.parametrize(("archive", "problem"), [
+    (b"070707" + b"0" * 100, "not a cpio newc"),
+    (_newc("./a", b"xyz")[:-8], "truncated"),
+    (_newc("./a", b"xyz"), "truncated"),  # no trailer
+    (_newc("./a", b"xyz").replace(b"00000004", b"0000zz04", 1) + _TRAILER, "not hexadecimal"),
+    (_newc("./a", b"x").replace(b"./a\0", b"./ab", 1) + _TRAILER, "not NUL-terminated"),
+    (_newc("./a", b"x")[:-3] + b"\1\1\1" + _TRAILER, "padding"),
+    (b"07070X00000001\0\0abc\0" + _TRAILER, "stripped cpio entry without a header"),
+])
+def test_cpio_hostile(archive: bytes, problem: str) -> None:
+    with pytest.raises(BadCpio, match=problem):
+        for _entry, body in CpioReader(io.BytesIO(archive), "t"):
+            body.read()
