@@ -122,7 +122,7 @@ def _report(world: World, tmp: Path, i: int, subset: tuple[str, ...]) -> Path:
 
 def test_copa_plans_what_apt_does_live(world: World, tmp_path: Path) -> None:
     cases = subsets(world)
-    assert 20 <= len(cases) <= 40, len(cases)
+    assert any(len(c) == 1 for c in cases), "no multi-binary source in the report: the fixture image changed"
     disagreements = []
     for i, subset in enumerate(cases):
         want = apt_plan(world, tmp_path / "apt", subset)
