@@ -1,0 +1,709 @@
+"""rpm-md repository metadata: repomd.xml (optionally signed), primary and filelists, read into frozen records.
+
+Order of trust: repomd.xml is verified against `repomd.xml.asc` with the repository's keys when repo_gpgcheck=1
+(and against a metalink's hashes when it came through one); every file it lists is then fetched through the
+checksum-addressed Fetcher under the checksum repomd names (sha256 directly; sha1/sha224/sha384/sha512 are
+checked here and the file is filed under its sha256), decompressed as a stream (gz, xz, zst, bz2) no larger than
+repomd's open-size, and parsed as a stream: each <package> element is turned into types and dropped.
+
+All XML is read here and only here, with the same guards: a DOCTYPE (and so any entity declaration) is refused
+before the parser sees it, so nothing is expanded or fetched; undefined entities are expat errors.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import io
+import logging
+import lzma
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+from urllib.parse import urljoin
+
+import pysequoia
+import zstandard
+from isal import igzip
+from pysequoia.packet import PacketPile
+
+from copa.errors import CopaError, IntegrityError, NotFoundError, RegistryError
+from copa.pkg.apt.openpgp import Keyring
+from copa.pkg.fetch import Fetcher, FetchItem
+from copa.pkg.rpm.deps import EQUAL, GREATER, LESS, Dep
+from copa.pkg.rpm.repos import RpmRepository, expand, mirror_url
+
+log = logging.getLogger(__name__)
+
+REPOMD = "repodata/repomd.xml"
+_HASHES = ("sha256", "sha512", "sha384", "sha224", "sha1", "md5")
+_CHUNK = 1 << 20
+_MAX_PROLOG = 64 << 10
+_MAX_OPEN = 8 << 30  # decompressed size when repomd states none
+_FLAGS = {"EQ": EQUAL, "LT": LESS, "LE": LESS | EQUAL, "GT": GREATER, "GE": GREATER | EQUAL}
+_KEY_HINT = "pass --keyring FILE with the repository's signing key, or --allow-unsigned-repositories"
+# "unknown encoding", "not well-formed" and friends: everything expat reports
+XMLError = ET.ParseError
+
+
+# --------------------------------------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True, slots=True)
+class Checksum:
+    type: str  # sha256, sha512, sha1, ... ("sha" is sha1, as createrepo wrote it once)
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class RepomdEntry:
+    """One <data> of repomd.xml."""
+
+    type: str  # primary, filelists, other, modules, updateinfo, group, ...
+    href: str  # relative to the repository's base (or to `base`)
+    checksum: Checksum
+    size: int | None
+    open_checksum: Checksum | None = None
+    open_size: int | None = None
+    base: str = ""  # xml:base of <location>, when the file lives elsewhere
+
+    @property
+    def compression(self) -> str:
+        for ext in ("gz", "xz", "zst", "bz2"):
+            if self.href.endswith("." + ext):
+                return ext
+        return ""
+
+
+@dataclass(frozen=True, slots=True)
+class Repomd:
+    revision: str
+    entries: Mapping[str, RepomdEntry]
+    sha256: str  # of repomd.xml as fetched: what cached parses are keyed by
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    """One <rpm:entry>: a capability, as primary.xml states it."""
+
+    name: str
+    flags: str = ""  # "", EQ, LT, LE, GT, GE
+    epoch: str = ""
+    ver: str = ""
+    rel: str = ""
+    pre: bool = False  # Requires(pre) / (post)...: needed while the package's scripts run
+
+    @property
+    def evr(self) -> str:
+        if not self.ver:
+            return ""
+        epoch = f"{self.epoch}:" if self.epoch and self.epoch != "0" else ""
+        return f"{epoch}{self.ver}-{self.rel}" if self.rel else f"{epoch}{self.ver}"
+
+    @property
+    def dep(self) -> Dep:
+        return Dep(self.name, _FLAGS.get(self.flags, 0), self.evr) if self.flags else Dep(self.name)
+
+    def __str__(self) -> str:
+        return str(self.dep)
+
+
+@dataclass(frozen=True, slots=True)
+class RpmPackage:
+    """One <package type="rpm"> of primary.xml."""
+
+    name: str
+    arch: str
+    epoch: str
+    version: str
+    release: str
+    checksum: Checksum  # of the .rpm file
+    href: str  # location, relative to the repository base (or to `base`)
+    base: str  # xml:base of <location>, "" when none
+    size: int  # bytes of the .rpm
+    installed_size: int
+    time: int  # build time
+    sourcerpm: str
+    header_start: int
+    header_end: int
+    provides: tuple[Relation, ...] = ()
+    requires: tuple[Relation, ...] = ()
+    conflicts: tuple[Relation, ...] = ()
+    obsoletes: tuple[Relation, ...] = ()
+    recommends: tuple[Relation, ...] = ()
+    suggests: tuple[Relation, ...] = ()
+    supplements: tuple[Relation, ...] = ()
+    enhances: tuple[Relation, ...] = ()
+    files: tuple[str, ...] = ()  # primary's subset (/etc/*, */bin/*, /usr/lib/sendmail); filelists has all
+    repo_id: str = ""
+    repo_base: str = ""  # the base URL the metadata came from; `url` joins the location to it
+
+    @property
+    def evr(self) -> str:
+        epoch = f"{self.epoch}:" if self.epoch and self.epoch != "0" else ""
+        return f"{epoch}{self.version}-{self.release}"
+
+    @property
+    def nevra(self) -> str:
+        return f"{self.name}-{self.evr}.{self.arch}"
+
+    @property
+    def url(self) -> str:
+        base = self.base or self.repo_base
+        return urljoin(base.rstrip("/") + "/", self.href)
+
+
+# --------------------------------------------------------------------------------------------------- safe parsing
+
+
+def _check_prolog(head: bytes, what: str) -> bool:
+    """True once the prolog is known to hold no DOCTYPE; False if more bytes are needed. A DOCTYPE raises."""
+    data = head.lstrip(b"\xef\xbb\xbf")
+    pos = 0
+    while True:
+        while pos < len(data) and data[pos:pos + 1] in b" \t\r\n":
+            pos += 1
+        if pos >= len(data):
+            return False
+        rest = data[pos:]
+        if rest.startswith(b"<?"):
+            end = data.find(b"?>", pos)
+            if end < 0:
+                return False
+            pos = end + 2
+        elif rest.startswith(b"<!--"):
+            end = data.find(b"-->", pos)
+            if end < 0:
+                return False
+            pos = end + 3
+        elif rest.startswith(b"<!") or (len(rest) < 9 and b"<!DOCTYPE".startswith(rest)):
+            if len(rest) < 9:
+                return False
+            raise IntegrityError(f"{what}: the XML carries a DOCTYPE (entity declarations); refusing it")
+        else:
+            return True
+
+
+def iter_elements(stream: BinaryIO, what: str, tag: str) -> Iterator[ET.Element]:
+    """Each complete element named `tag` (local name), streamed; the caller reads it before the next one, then it
+    is cleared from the tree so memory stays that of one element."""
+    parser: Any = ET.XMLPullParser(events=("start", "end"))  # typeshed types its events too loosely
+    root: ET.Element | None = None
+    head = b""
+    checked = False
+    try:
+        while chunk := stream.read(_CHUNK):
+            if not checked:
+                head += chunk
+                checked = _check_prolog(head, what)
+                if not checked:
+                    if len(head) > _MAX_PROLOG:
+                        raise IntegrityError(f"{what}: no XML root element in the first {_MAX_PROLOG} bytes")
+                    continue
+                chunk, head = head, b""
+            parser.feed(chunk)
+            for event, elem in parser.read_events():
+                if event == "start":
+                    if root is None:
+                        root = cast(ET.Element, elem)
+                    continue
+                element = cast(ET.Element, elem)
+                if _local(element.tag) == tag:
+                    yield element
+                    if root is not None:
+                        root.clear()  # drops every finished child, this one included
+        if not checked:
+            if head.strip():
+                parser.feed(head)
+            else:
+                raise IntegrityError(f"{what}: empty document")
+        parser.close()
+        for event, elem in parser.read_events():
+            element = cast(ET.Element, elem)
+            if event == "end" and _local(element.tag) == tag:
+                yield element
+    except XMLError as e:
+        raise IntegrityError(f"{what}: malformed XML ({e}); the repository metadata is corrupt") from None
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _child(elem: ET.Element, name: str) -> ET.Element | None:
+    for c in elem:
+        if _local(c.tag) == name:
+            return c
+    return None
+
+
+def _int(value: str | None, default: int = 0) -> int:
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        return default
+
+
+_XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
+
+
+# ------------------------------------------------------------------------------------------------------ repomd.xml
+
+
+def parse_repomd(data: bytes, what: str) -> Repomd:
+    entries: dict[str, RepomdEntry] = {}
+    revision = ""
+    for elem in iter_elements(io.BytesIO(data), what, "data"):
+        kind = elem.get("type", "")
+        location = _child(elem, "location")
+        checksum = _child(elem, "checksum")
+        if not kind or location is None or checksum is None or not location.get("href"):
+            raise IntegrityError(f"{what}: a <data> entry lacks type, location or checksum")
+        open_ck = _child(elem, "open-checksum")
+        size = _child(elem, "size")
+        open_size = _child(elem, "open-size")
+        entries[kind] = RepomdEntry(
+            type=kind,
+            href=location.get("href", ""),
+            checksum=_checksum(checksum, what),
+            size=_int(size.text, -1) if size is not None else None,
+            open_checksum=_checksum(open_ck, what) if open_ck is not None else None,
+            open_size=_int(open_size.text, -1) if open_size is not None else None,
+            base=location.get(_XML_BASE, "") or location.get("base", ""),
+        )
+    m = re.search(rb"<revision>([^<]*)</revision>", data)
+    if m:
+        revision = m.group(1).decode("utf-8", "replace").strip()
+    return Repomd(revision, entries, hashlib.sha256(data).hexdigest())
+
+
+def _checksum(elem: ET.Element, what: str) -> Checksum:
+    kind = (elem.get("type") or "").lower()
+    kind = "sha1" if kind == "sha" else kind
+    value = (elem.text or "").strip().lower()
+    if kind not in _HASHES or not re.fullmatch(r"[0-9a-f]+", value):
+        raise IntegrityError(f"{what}: unsupported checksum {kind!r} {value[:20]!r}")
+    return Checksum(kind, value)
+
+
+def verify_repomd_signature(data: bytes, signature: bytes, keyring: Keyring, what: str) -> None:
+    """repomd.xml against repomd.xml.asc: at least one signature must verify with one of the keys."""
+    if not keyring.certs:
+        raise IntegrityError(f"{what}: repo_gpgcheck is on but no key is known to check repomd.xml; {_KEY_HINT}")
+    try:
+        packets = [bytes(p) for p in PacketPile.from_bytes(signature) if str(p.tag).endswith("Signature")]
+    except Exception as e:  # pysequoia: any parse failure
+        raise IntegrityError(f"{what}: repomd.xml.asc is not an OpenPGP signature; {_KEY_HINT}") from e
+    certs = list(keyring.certs)
+    for packet in packets:
+        try:
+            result = pysequoia.verify(bytes=data, store=lambda _ids: certs, signature=pysequoia.Sig.from_bytes(packet))
+        except Exception:  # this signature does not verify; another may
+            continue
+        if result.valid_sigs:
+            return
+    raise IntegrityError(f"{what}: repomd.xml's signature does not verify with {keyring.description}; {_KEY_HINT}")
+
+
+# ----------------------------------------------------------------------------------------- mirrorlist and metalink
+
+
+@dataclass(frozen=True, slots=True)
+class Mirrors:
+    """Where a repository's metadata can be fetched from, in order, and the repomd hashes a metalink vouches
+    for (empty: none to check)."""
+
+    urls: tuple[str, ...]
+    repomd_hashes: tuple[Checksum, ...] = ()
+
+
+def parse_metalink(data: bytes, what: str) -> Mirrors:
+    """A metalink (MirrorManager's): the <file name="repomd.xml"> hashes (alternates included: a mirror may still
+    serve the previous repomd) and its <url>s, which end in repodata/repomd.xml."""
+    hashes: list[Checksum] = []
+    urls: list[tuple[int, int, str]] = []
+    for elem in iter_elements(io.BytesIO(data), what, "file"):
+        if elem.get("name") != "repomd.xml":
+            continue
+        for node in elem.iter():
+            tag = _local(node.tag)
+            if tag == "hash" and (node.get("type") or "").lower() in _HASHES and node.text:
+                hashes.append(Checksum(node.get("type", "").lower(), node.text.strip().lower()))
+            elif tag == "url" and node.text:
+                url = node.text.strip()
+                if url.startswith(("http://", "https://")) and url.endswith(REPOMD):
+                    # MirrorManager ranks by preference (higher first); document order breaks ties
+                    urls.append((-_int(node.get("preference"), 0), len(urls), url[: -len(REPOMD)].rstrip("/")))
+    if not urls:
+        raise NotFoundError(f"{what}: the metalink lists no http(s) mirror of repomd.xml")
+    return Mirrors(tuple(u for _, _, u in sorted(urls)), tuple(hashes))
+
+
+def parse_mirrorlist(text: str, variables: Mapping[str, str]) -> tuple[str, ...]:
+    """One URL per line, '#' comments; librepo expands the repository variables in them."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and line.startswith(("http://", "https://")):
+            out.append(expand(line, variables).rstrip("/"))
+    return tuple(out)
+
+
+def resolve_mirrors(repo: RpmRepository, fetcher: Fetcher, variables: Mapping[str, str],
+                    mirrors: Sequence[tuple[str, str]] = ()) -> Mirrors:
+    """baseurls first (dnf prefers them), then the metalink's or the mirrorlist's mirrors. A mirrorlist whose
+    document is a metalink is read as one (dnf does the same for e.g. `mirrorlist=...metalink?repo=...`)."""
+    if repo.baseurls:
+        return Mirrors(repo.baseurls)
+    link = repo.metalink or repo.mirrorlist
+    data = fetcher.get_bytes(link, f"{repo.description}: {'metalink' if repo.metalink else 'mirrorlist'}",
+                             limit=4 << 20)
+    if repo.metalink or data.lstrip().startswith(b"<"):
+        found = parse_metalink(data, f"{repo.description}: metalink {link}")
+    else:
+        found = Mirrors(parse_mirrorlist(data.decode("utf-8", "replace"), variables))
+    if not found.urls:
+        raise NotFoundError(f"{repo.description}: {link} names no mirror; pass --repository URL")
+    return Mirrors(tuple(mirror_url(u, mirrors) for u in found.urls), found.repomd_hashes)
+
+
+# ------------------------------------------------------------------------------------------------------- fetching
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedRepomd:
+    repo: RpmRepository
+    base_url: str  # the mirror that served repomd.xml
+    repomd: Repomd
+    signed: bool  # verified against repomd.xml.asc
+
+
+def fetch_repomd(repo: RpmRepository, fetcher: Fetcher, keyring_for: Callable[[RpmRepository], Keyring],
+                 variables: Mapping[str, str] = {}, mirrors: Sequence[tuple[str, str]] = (),
+                 verify: bool = True) -> LoadedRepomd:
+    """repomd.xml from the first mirror that serves it, checked against a metalink's hashes and, with
+    repo_gpgcheck (and `verify`), against repomd.xml.asc."""
+    found = resolve_mirrors(repo, fetcher, variables, mirrors)
+    what = repo.description
+    last: CopaError | None = None
+    mismatch: IntegrityError | None = None
+    for base in found.urls:
+        try:
+            data = fetcher.get_bytes(f"{base}/{REPOMD}", f"{what}: repomd.xml", limit=16 << 20)
+        except (NotFoundError, RegistryError) as e:  # dnf goes on to the next mirror too
+            last = e
+            continue
+        if found.repomd_hashes and not any(hashlib.new(h.type, data).hexdigest() == h.value
+                                           for h in found.repomd_hashes):
+            mismatch = last = IntegrityError(f"{what}: repomd.xml from {base} matches none of the metalink's "
+                                             "hashes; the mirror is stale or tampered")
+            continue
+        signed = False
+        if repo.repo_gpgcheck and verify:
+            try:
+                signature = fetcher.get_bytes(f"{base}/{REPOMD}.asc", f"{what}: repomd.xml.asc", limit=1 << 20)
+            except NotFoundError:
+                raise IntegrityError(f"{what}: repo_gpgcheck=1 but {base}/{REPOMD}.asc does not exist; "
+                                     f"{_KEY_HINT}") from None
+            verify_repomd_signature(data, signature, keyring_for(repo), f"{what}: {base}")
+            signed = True
+        return LoadedRepomd(repo, base, parse_repomd(data, f"{what}: repomd.xml"), signed)
+    assert last is not None
+    raise mismatch or last  # a mirror serving the wrong repomd says more than one that is down
+
+
+def entry_url(loaded: LoadedRepomd, entry: RepomdEntry) -> str:
+    base = entry.base or loaded.base_url
+    return urljoin(base.rstrip("/") + "/", entry.href)
+
+
+def fetch_entry(loaded: LoadedRepomd, entry: RepomdEntry, fetcher: Fetcher) -> Path:
+    """The file of a repomd entry in the cache, verified against the checksum repomd names."""
+    url = entry_url(loaded, entry)
+    what = f"{loaded.repo.description}: {entry.type}"
+    size = entry.size if entry.size is not None and entry.size >= 0 else None
+    if entry.checksum.type == "sha256":
+        return fetcher.fetch(FetchItem(url, entry.checksum.value, size, what))
+    # The cache is addressed by sha256: remember which sha256 the other checksum's file has.
+    alias = fetcher.cache.named(f"rpm-{entry.checksum.type}-{entry.checksum.value}")
+    if alias.is_file():
+        hit = fetcher.cache.lookup(alias.read_text().strip(), size)
+        if hit is not None:
+            return hit
+    data = fetcher.get_bytes(url, what, limit=size if size is not None else 1 << 30)
+    actual = hashlib.new(entry.checksum.type, data).hexdigest()
+    if actual != entry.checksum.value or (size is not None and len(data) != size):
+        raise IntegrityError(f"{what}: {entry.checksum.type} mismatch, expected {entry.checksum.value} but got "
+                             f"{actual}; the repository or mirror serves corrupt or tampered content")
+    sha256 = hashlib.sha256(data).hexdigest()
+    path = fetcher.cache.store_stream(io.BytesIO(data), sha256, len(data), what)
+    fetcher.cache.store_named(alias.name, sha256.encode())
+    return path
+
+
+class _Bounded(io.RawIOBase):
+    """A decompressed stream that fails past `limit` bytes (a decompression bomb, or a lying open-size)."""
+
+    def __init__(self, inner: BinaryIO, limit: int, what: str) -> None:
+        self._inner = inner
+        self._left = limit
+        self._what = what
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._inner.read(min(len(buffer), self._left + 1))
+        if len(data) > self._left:
+            raise IntegrityError(f"{self._what}: decompresses to more than repomd's open-size; refusing it")
+        self._left -= len(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+
+_MAGIC = ((b"\x1f\x8b", "gz"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zst"), (b"BZh", "bz2"))
+
+
+def open_decompressed(path: Path, entry: RepomdEntry, what: str) -> BinaryIO:
+    """The file's decompressed bytes, streamed and bounded by the entry's open-size."""
+    with path.open("rb") as f:
+        magic = f.read(6)
+    kind = next((k for m, k in _MAGIC if magic.startswith(m)), "")
+    raw: BinaryIO
+    if kind == "gz":
+        raw = cast(BinaryIO, igzip.open(path, "rb"))  # type: ignore[no-untyped-call]
+    elif kind == "xz":
+        raw = cast(BinaryIO, lzma.open(path, "rb"))  # noqa: SIM115 (closed by the returned reader)
+    elif kind == "bz2":
+        raw = cast(BinaryIO, bz2.open(path, "rb"))  # noqa: SIM115 (closed by the returned reader)
+    elif kind == "zst":
+        raw = cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True))
+    else:
+        raw = path.open("rb")
+    limit = entry.open_size if entry.open_size is not None and entry.open_size >= 0 else _MAX_OPEN
+    return cast(BinaryIO, io.BufferedReader(_Bounded(raw, limit, what), _CHUNK))
+
+
+# ---------------------------------------------------------------------------------------------------- primary.xml
+
+
+_DEP_KINDS = ("provides", "requires", "conflicts", "obsoletes", "recommends", "suggests", "supplements",
+              "enhances")
+
+
+def _relations(elem: ET.Element | None) -> tuple[Relation, ...]:
+    if elem is None:
+        return ()
+    return tuple(
+        Relation(e.get("name", ""), e.get("flags", ""), e.get("epoch", ""), e.get("ver", ""), e.get("rel", ""),
+                 e.get("pre", "0") in ("1", "true"))
+        for e in elem if _local(e.tag) == "entry"
+    )
+
+
+def package_from(elem: ET.Element, what: str) -> RpmPackage:
+    """One <package> element turned into a record (the single place primary's XML becomes types)."""
+    name = _child(elem, "name")
+    version = _child(elem, "version")
+    if name is None or not name.text or version is None:
+        raise IntegrityError(f"{what}: a <package> without <name> or <version>")
+    location = _child(elem, "location")
+    checksum = _child(elem, "checksum")
+    size = _child(elem, "size")
+    time = _child(elem, "time")
+    fmt = _child(elem, "format")
+    deps: dict[str, tuple[Relation, ...]] = {}
+    files: list[str] = []
+    sourcerpm = ""
+    header = (0, 0)
+    if fmt is not None:
+        for c in fmt:
+            tag = _local(c.tag)
+            if tag in _DEP_KINDS:
+                deps[tag] = _relations(c)
+            elif tag == "file" and c.text:
+                files.append(c.text)
+            elif tag == "sourcerpm":
+                sourcerpm = c.text or ""
+            elif tag == "header-range":
+                header = (_int(c.get("start")), _int(c.get("end")))
+    arch = _child(elem, "arch")
+    return RpmPackage(
+        name=name.text.strip(),
+        arch=(arch.text or "").strip() if arch is not None else "",
+        epoch=version.get("epoch", "0") or "0",
+        version=version.get("ver", ""),
+        release=version.get("rel", ""),
+        checksum=_checksum(checksum, what) if checksum is not None else Checksum("sha256", ""),
+        href=location.get("href", "") if location is not None else "",
+        base=(location.get(_XML_BASE, "") or location.get("base", "")) if location is not None else "",
+        size=_int(size.get("package")) if size is not None else 0,
+        installed_size=_int(size.get("installed")) if size is not None else 0,
+        time=_int(time.get("build")) if time is not None else 0,
+        sourcerpm=sourcerpm,
+        header_start=header[0],
+        header_end=header[1],
+        provides=deps.get("provides", ()),
+        requires=deps.get("requires", ()),
+        conflicts=deps.get("conflicts", ()),
+        obsoletes=deps.get("obsoletes", ()),
+        recommends=deps.get("recommends", ()),
+        suggests=deps.get("suggests", ()),
+        supplements=deps.get("supplements", ()),
+        enhances=deps.get("enhances", ()),
+        files=tuple(files),
+    )
+
+
+def iter_packages(stream: BinaryIO, what: str, want: Callable[[str], bool] | None = None) -> Iterator[RpmPackage]:
+    """primary.xml's packages (only those whose name `want` accepts, if given), streamed."""
+    for elem in iter_elements(stream, what, "package"):
+        if elem.get("type", "rpm") != "rpm":
+            continue
+        if want is not None:
+            name = _child(elem, "name")
+            if name is None or not want((name.text or "").strip()):
+                continue
+        yield package_from(elem, what)
+
+
+def iter_filelists(stream: BinaryIO, what: str, want: Callable[[str], bool]) -> Iterator[tuple[str, str, str]]:
+    """(pkgid, name, path) of filelists.xml's files that `want` accepts (a file dependency's path)."""
+    for elem in iter_elements(stream, what, "package"):
+        pkgid, name = elem.get("pkgid", ""), elem.get("name", "")
+        for c in elem:
+            if _local(c.tag) == "file" and c.text and want(c.text):
+                yield pkgid, name, c.text
+
+
+# -------------------------------------------------------------------------------------------------------- indexes
+
+
+@dataclass
+class RepoIndex:
+    """One repository's packages by name. With `keep`, only kept names are parsed into records at load time; the
+    names of every package's provides and primary files are indexed so that a later lookup of another name (a
+    dependency) knows which packages to read, in one more pass over the cached primary."""
+
+    loaded: LoadedRepomd
+    primary: Path  # the verified, compressed primary in the cache
+    keep: Callable[[str], bool] | None = None
+    passes: int = 0  # extra passes over primary after the first (tests check misses are batched)
+    _by_name: dict[str, list[RpmPackage]] = field(default_factory=dict)
+    _names: set[str] = field(default_factory=set)
+    _providers: dict[str, set[str]] = field(default_factory=dict)  # capability or file -> package names
+    _complete: set[str] = field(default_factory=set)
+
+    @property
+    def repo(self) -> RpmRepository:
+        return self.loaded.repo
+
+    def _read(self, want: Callable[[str], bool] | None, first: bool) -> None:
+        entry = self.loaded.repomd.entries["primary"]
+        what = f"{self.repo.description}: primary"
+        with open_decompressed(self.primary, entry, what) as stream:
+            for elem in iter_elements(stream, what, "package"):
+                if elem.get("type", "rpm") != "rpm":
+                    continue
+                name_el = _child(elem, "name")
+                name = (name_el.text or "").strip() if name_el is not None else ""
+                if first:
+                    self._names.add(name)
+                    fmt = _child(elem, "format")
+                    for c in fmt if fmt is not None else ():
+                        tag = _local(c.tag)
+                        if tag == "provides":
+                            for e in c:
+                                self._providers.setdefault(e.get("name", ""), set()).add(name)
+                        elif tag == "file" and c.text:
+                            self._providers.setdefault(c.text, set()).add(name)
+                if want is None or want(name):
+                    pkg = package_from(elem, what)
+                    self._by_name.setdefault(name, []).append(_placed(pkg, self.loaded))
+
+    def load(self) -> RepoIndex:
+        self._read(self.keep, first=True)
+        if self.keep is None:
+            self._complete = set(self._names)
+        else:
+            self._complete = {n for n in self._names if self.keep(n)}
+        return self
+
+    def _fetch(self, names: Iterable[str]) -> None:
+        wanted = {n for n in names if n in self._names and n not in self._complete}
+        if not wanted:
+            return
+        # Batch: also read what the already-read packages require, which a resolver asks about next.
+        for pkgs in list(self._by_name.values()):
+            for pkg in pkgs:
+                for rel in pkg.requires:
+                    wanted.update(n for n in self._providers.get(rel.name, ()) if n not in self._complete)
+        self.passes += 1
+        self._read(wanted.__contains__, first=False)
+        self._complete |= wanted
+
+    def versions(self, name: str) -> tuple[RpmPackage, ...]:
+        if name not in self._complete:
+            self._fetch((name,))
+        return tuple(self._by_name.get(name, ()))
+
+    def providers(self, capability: str) -> tuple[RpmPackage, ...]:
+        """Packages whose provides (or primary file list) name `capability`."""
+        names = sorted(self._providers.get(capability, ()))
+        self._fetch(names)
+        return tuple(p for n in names for p in self._by_name.get(n, ())
+                     if any(r.name == capability for r in p.provides) or capability in p.files)
+
+    def names(self) -> frozenset[str]:
+        return frozenset(self._names)
+
+    def __iter__(self) -> Iterator[RpmPackage]:
+        self._fetch(self._names)
+        for pkgs in self._by_name.values():
+            yield from pkgs
+
+    def filelist_providers(self, path: str, fetcher: Fetcher) -> tuple[RpmPackage, ...]:
+        """Packages owning `path` by filelists.xml: for a file dependency primary's subset does not answer."""
+        entry = self.loaded.repomd.entries.get("filelists")
+        if entry is None:
+            return ()
+        what = f"{self.repo.description}: filelists"
+        local = fetch_entry(self.loaded, entry, fetcher)
+        with open_decompressed(local, entry, what) as stream:
+            owners = {name for _, name, _ in iter_filelists(stream, what, path.__eq__)}
+        self._fetch(owners)
+        return tuple(p for n in sorted(owners) for p in self._by_name.get(n, ()))
+
+
+def _placed(pkg: RpmPackage, loaded: LoadedRepomd) -> RpmPackage:
+    from dataclasses import replace
+
+    return replace(pkg, repo_id=loaded.repo.id, repo_base=loaded.base_url)
+
+
+def load_repository(repo: RpmRepository, fetcher: Fetcher, keyring_for: Callable[[RpmRepository], Keyring], *,
+                    variables: Mapping[str, str] = {}, mirrors: Sequence[tuple[str, str]] = (),
+                    keep: Callable[[str], bool] | None = None) -> RepoIndex:
+    """repomd (verified as configured), then primary (checksum-verified) indexed."""
+    loaded = fetch_repomd(repo, fetcher, keyring_for, variables, mirrors)
+    entry = loaded.repomd.entries.get("primary")
+    if entry is None:
+        raise IntegrityError(f"{repo.description}: repomd.xml lists no primary metadata")
+    primary = fetch_entry(loaded, entry, fetcher)
+    return RepoIndex(loaded, primary, keep).load()
+
+
+def prefetch_repository(repo: RpmRepository, fetcher: Fetcher, variables: Mapping[str, str],
+                        mirrors: Sequence[tuple[str, str]]) -> None:
+    """repomd.xml and primary into the cache, nothing verified or parsed beyond repomd's checksums: a warm-up."""
+    loaded = fetch_repomd(repo, fetcher, lambda _r: Keyring((), ""), variables, mirrors, verify=False)
+    entry = loaded.repomd.entries.get("primary")
+    if entry is not None:
+        fetch_entry(loaded, entry, fetcher)
