@@ -1,6 +1,7 @@
 """Reading .rpm files against rpm 4.18: what copa reads from rpmbuild's packages (every payload compressor) equals
 what `rpm -i` puts on disk and what `rpm -qp` says about each file; damaged and tampered packages are refused
-with a copa error naming the package; the cpio reader on hostile and stripped archives."""
+with a copa error naming the package; the cpio reader on hostile and stripped archives; header signatures by
+RSA and Ed25519 keys (rpmsign) verified as rpmkeys -K verifies them."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from copa.errors import IntegrityError, UnsupportedImageError
+from copa.errors import IntegrityError, LocalIOError, UnsupportedImageError
 from copa.pkg.rpm.cpio import BadCpio, CpioReader
 from copa.pkg.rpm.header import Header
-from copa.pkg.rpm.rpmfile import BadRpm, RpmContents, UnsupportedRpm, read_headers, read_rpm
+from copa.pkg.rpm.rpmfile import BadRpm, RpmContents, RpmHeaders, UnsupportedRpm, read_headers, read_rpm
+from copa.pkg.rpm.signature import BadSignature, RpmKeys, UnsignedPackage, checker, verify_headers
 from copa.pkg.rpm.tags import DigestAlgo, FileFlag, Tag
-from tests.support.rpmtools import PAYLOADS, RpmFile, RpmSpec, build_rpm, init_root
+from tests.support.rpmtools import PAYLOADS, GpgKey, RpmFile, RpmSpec, build_rpm, init_root, make_gpg_key, sign_rpms
 
 pytestmark = pytest.mark.skipif(shutil.which("rpmbuild") is None, reason="rpmbuild not installed")
 
@@ -223,3 +225,94 @@ def test_cpio_hostile(archive: bytes, problem: str) -> None:
     with pytest.raises(BadCpio, match=problem):
         for _entry, body in CpioReader(io.BytesIO(archive), "t"):
             body.read()
+
+
+# --- OpenPGP signatures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, GpgKey]]:
+    """The same package signed with an RSA key and with an Ed25519 key, and left unsigned."""
+    out = tmp_path_factory.mktemp("signed")
+    keys = {"rsa": make_gpg_key(out / "gpg-rsa", "rsa3072"), "ed25519": make_gpg_key(out / "gpg-ed", "ed25519")}
+    result = {}
+    for algo, key in keys.items():
+        path = build_rpm(RpmSpec(f"signed-{algo}", "1.0", "1", files=_files(algo)), out)
+        sign_rpms([path], key)
+        result[algo] = (path, key)
+    return result
+
+
+def _rpm_says(path: Path, key: GpgKey, tmp: Path) -> str:
+    """rpm's own verdict (rpmkeys -K) with only `key` imported."""
+    db = tmp / f"keydb-{key.fingerprint[-8:]}"
+    if not db.exists():
+        db.mkdir()
+        subprocess.run(["rpm", "--dbpath", str(db), "--initdb"], check=True)
+        subprocess.run(["rpmkeys", "--dbpath", str(db), "--import", str(key.public)], check=True)
+    proc = subprocess.run(["rpmkeys", "--dbpath", str(db), "-Kv", str(path)], capture_output=True, text=True)
+    return proc.stdout
+
+
+def _headers_of(path: Path) -> RpmHeaders:
+    with path.open("rb") as f:
+        return read_headers(f, path.name)
+
+
+@pytest.mark.parametrize("algo", ["rsa", "ed25519"])
+def test_signature_verifies_as_rpm_says(signed: dict[str, tuple[Path, GpgKey]], tmp_path: Path, algo: str) -> None:
+    path, key = signed[algo]
+    other_path, other = signed["ed25519" if algo == "rsa" else "rsa"]
+    assert "Signature, key ID" in _rpm_says(path, key, tmp_path) and ": OK" in _rpm_says(path, key, tmp_path)
+    signer = verify_headers(_headers_of(path), RpmKeys.from_files([key.public]))
+    assert signer.certificate == key.fingerprint.lower()
+    # both keys trusted: still the right one
+    both = RpmKeys.from_files([other.public, key.public])
+    assert verify_headers(_headers_of(path), both).certificate == key.fingerprint.lower()
+    # only the other key: rpm says NOKEY, copa refuses
+    assert "NOKEY" in _rpm_says(path, other, tmp_path)
+    with pytest.raises(BadSignature) as info:
+        verify_headers(_headers_of(path), RpmKeys.from_files([other.public]))
+    assert path.name in str(info.value) and key.fingerprint[-16:].upper() in str(info.value)
+    assert info.value.exit_code == 5
+    # read_rpm with the check: the whole package, verified
+    contents = read_rpm(path, tmp_path / "stage", check=checker(RpmKeys.from_files([key.public])))
+    assert contents.headers.nevra == f"signed-{algo}-1.0-1.noarch"
+    with pytest.raises(BadSignature):
+        read_rpm(other_path, tmp_path / "stage2", check=checker(RpmKeys.from_files([key.public])))
+
+
+def test_unsigned_and_tampered_signatures(signed: dict[str, tuple[Path, GpgKey]], packages: dict[str, Path],
+                                          tmp_path: Path) -> None:
+    path, key = signed["rsa"]
+    keys = RpmKeys.from_files([key.public])
+    with pytest.raises(UnsignedPackage) as info:
+        verify_headers(_headers_of(packages["gzip"]), keys)
+    assert "not signed" in str(info.value) and info.value.exit_code == 5
+    # the header changed and its digests recomputed: only the signature can tell
+    resealed = _reseal(path, tmp_path / "resealed.rpm", b"copa test package", b"copa test packagf")
+    _headers_of(resealed)  # digests pass
+    assert "BAD" in _rpm_says(resealed, key, tmp_path)
+    with pytest.raises(BadSignature, match="does not verify"):
+        verify_headers(_headers_of(resealed), keys)
+    # a damaged signature packet (the signature header has no digest of its own)
+    blob = bytearray(path.read_bytes())
+    packet = _headers_of(path).signature.bin(Tag.RSAHEADER)
+    assert packet is not None
+    at = blob.index(packet) + len(packet) - 10
+    blob[at] ^= 0xFF
+    damaged = tmp_path / "damaged.rpm"
+    damaged.write_bytes(bytes(blob))
+    with pytest.raises(BadSignature):
+        verify_headers(_headers_of(damaged), keys)
+
+
+def test_key_files(tmp_path: Path, signed: dict[str, tuple[Path, GpgKey]]) -> None:
+    both = tmp_path / "both.asc"
+    both.write_bytes(signed["rsa"][1].public.read_bytes() + signed["ed25519"][1].public.read_bytes())
+    assert len(RpmKeys.from_files([both]).certs) == 2
+    (tmp_path / "junk").write_bytes(b"not a key")
+    with pytest.raises(IntegrityError):
+        RpmKeys.from_files([tmp_path / "junk"])
+    with pytest.raises(LocalIOError):
+        RpmKeys.from_files([tmp_path / "missing"])

@@ -402,7 +402,8 @@ def _read_payload(f: BinaryIO, headers: RpmHeaders, stage: Path) -> RpmContents:
     decompressed = _decompressor(compressor, cast(BinaryIO, buffered), what)
     alt = [_hasher(digest_algo, what)] if payload_alt else []
     archive = _Hashing(decompressed, alt)
-    files = _unpack(cast(BinaryIO, io.BufferedReader(archive, _CHUNK)), h, stage, what)
+    # Without a payload digest in the (signed) header, the per-file digests are what vouch for the contents.
+    files = _unpack(cast(BinaryIO, io.BufferedReader(archive, _CHUNK)), h, stage, what, not payload_digest)
     archive.drain()
     raw.drain()
     if payload_digest and compressed[0].hexdigest() != payload_digest[0].lower():
@@ -419,7 +420,7 @@ def _read_payload(f: BinaryIO, headers: RpmHeaders, stage: Path) -> RpmContents:
     return RpmContents(headers, files, DigestAlgo(file_algo) if file_algo in _HASHES else DigestAlgo.MD5)
 
 
-def _unpack(stream: BinaryIO, h: Header, stage: Path, what: str) -> tuple[RpmFile, ...]:
+def _unpack(stream: BinaryIO, h: Header, stage: Path, what: str, need_digests: bool) -> tuple[RpmFile, ...]:
     meta = _file_meta(h, what)
     n = len(meta.paths)
     clean = [clean_path(p, f"{what}: file") for p in meta.paths]
@@ -471,6 +472,8 @@ def _unpack(stream: BinaryIO, h: Header, stage: Path, what: str) -> tuple[RpmFil
                     spool.write(chunk)
             if meta.digests[i] and hasher.hexdigest() != meta.digests[i].lower():
                 raise BadRpm(f"{what}: {clean[i]} does not match its digest in the header; the package is corrupt")
+            if not meta.digests[i] and need_digests:
+                raise BadRpm(f"{what}: {clean[i]} has no digest and the package no payload digest; refusing it")
             content[leader[i]] = stored
     finally:
         spool.close()
