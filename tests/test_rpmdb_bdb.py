@@ -122,7 +122,7 @@ def test_upgrade_equals_rpm_U(roots: tuple[Path, Path], tmp_path: Path) -> None:
     new = read_database(view_of(after))
     foo1 = next(h for h, b in db.headers.items() if BlobTags(b).string(1000) == "foo")
     blob = new.headers[max(new.headers)]
-    change = db.upgrade([foo1], [(blob, BlobTags(blob))])
+    change = db.upgrade([foo1], [blob])
     assert change.hnums == (3,)
     assert change.deleted == (f"{DBDIR}/__db.001",)
     ours = tmp_path / "ours"

@@ -20,6 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from copa.pkg.rpm.header import Header
+from copa.pkg.rpm.tags import Type
+
 NAME = 1000
 GROUP = 1016
 PROVIDENAME = 1047
@@ -85,6 +88,25 @@ class Tags(Protocol):
     tag as one bytes value."""
 
     def index_values(self, tag: int) -> Sequence[bytes] | Sequence[int] | None: ...
+
+
+@dataclass(frozen=True)
+class HeaderTags:
+    """A parsed header's values as the index layer takes them."""
+
+    header: Header
+
+    def index_values(self, tag: int) -> Sequence[bytes] | Sequence[int] | None:
+        entry = self.header.entry(tag)
+        if entry is None:
+            return None
+        if entry.type in (Type.STRING, Type.STRING_ARRAY, Type.I18NSTRING):
+            # Header decodes with surrogateescape: encoding the same way gives back the stored bytes.
+            found = [s.encode("utf-8", "surrogateescape") for s in self.header.strings(tag)]
+            return found[:1] if entry.type == Type.I18NSTRING else found
+        if entry.type == Type.BIN:
+            return [self.header.bin(tag) or b""]
+        return self.header.ints(tag)
 
 
 def index_keys(tags: Tags, index: Index) -> list[tuple[bytes, int]]:

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from copa.errors import UnsupportedImageError
 from copa.oci.layer import Entry
 from copa.oci.rootfs import View
+from copa.pkg.rpm.header import Header
 from copa.pkg.rpm.rpmdb import bdb, sqlite
-from copa.pkg.rpm.rpmdb.indexes import INDEXES, Tags, index_keys
+from copa.pkg.rpm.rpmdb.indexes import INDEXES, HeaderTags, Tags, index_keys
 
 DB_DIRS = ("var/lib/rpm", "usr/lib/sysimage/rpm")
 SQLITE = "rpmdb.sqlite"
@@ -56,15 +57,18 @@ class RpmDatabase:
     headers: Mapping[int, bytes]  # installed header blobs by hnum
     endian: str = "<"  # BerkeleyDB: the byte order of the files (and of the keys and index values rpm wrote)
 
-    def upgrade(self, removed: Sequence[int], added: Sequence[tuple[bytes, Tags]]) -> Change:
-        """The database with the headers `removed` (hnums) erased and `added` (installed header blob, its tag
-        values) installed, as rpm -U leaves it."""
+    def upgrade(self, removed: Sequence[int], added: Sequence[bytes]) -> Change:
+        """The database with the headers `removed` (hnums) erased and `added` (installed header blobs, as
+        copa.pkg.rpm.header.installed_header makes them) installed, as rpm -U leaves it: each new header takes
+        the next instance number, in order."""
         unknown = [h for h in removed if h not in self.headers]
         if unknown:
             raise UnsupportedImageError(f"/{self.directory}: no installed header {unknown[0]} to remove")
+        tagged: list[tuple[bytes, Tags]] = [(blob, HeaderTags(Header.parse(blob, "new installed header")))
+                                            for blob in added]
         if self.backend == "sqlite":
-            return self._upgrade_sqlite(removed, added)
-        return self._upgrade_bdb(removed, added)
+            return self._upgrade_sqlite(removed, tagged)
+        return self._upgrade_bdb(removed, tagged)
 
     def _path(self, name: str) -> str:
         return f"{self.directory}/{name}"
@@ -72,7 +76,7 @@ class RpmDatabase:
     def _upgrade_sqlite(self, removed: Sequence[int], added: Sequence[tuple[bytes, Tags]]) -> Change:
         wal = self.files.get(SQLITE + "-wal")
         data, hnums = sqlite.write_upgrade(self.files[SQLITE], wal, removed, added, "/" + self._path(SQLITE))
-        gone = tuple(self._path(n) for n in (SQLITE + "-wal", SQLITE + "-shm") if n in self.others)
+        gone = tuple(self._path(n) for n in (SQLITE + "-shm", SQLITE + "-wal") if n in self.others or n in self.files)
         return Change(((self._path(SQLITE), data, self.modes.get(SQLITE, 0o644)),), gone, tuple(hnums))
 
     def _upgrade_bdb(self, removed: Sequence[int], added: Sequence[tuple[bytes, Tags]]) -> Change:
