@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from copa.oci.layer import Kind
-from copa.pkg.effects import scripts, users
+from copa.pkg.effects import reproduce, scripts, users
 from copa.pkg.effects.merged import Merged
+from copa.pkg.effects.model import Package
 from tests.support import alpine
 from tests.support.images import debian_rootfs
 from tests.support.rootview import view_of
@@ -146,3 +147,16 @@ def test_same_as_busybox(tmp_path: Path) -> None:
         assert ours == after, line
         changed += before != after
     assert changed == len(BUSYBOX_CALLS)
+
+
+def test_apk_scripts_run_as_apk_runs_them() -> None:
+    """apk runs .pre-install on a new install only and .pre-upgrade on an upgrade only: a user the new version's
+    .pre-install would create is not created by an upgrade."""
+    view = view_of(alpine.alpine_rootfs(), ("etc",))
+    script = {".pre-install": b"#!/bin/sh\naddgroup -S copasvc 2>/dev/null\nadduser -S -D -H -G copasvc copasvc\n"}
+    for old, created in (("1.0-r0", False), ("", True)):
+        outcome = reproduce(view, [], [Package("copa-svc", old, "1.1-r0", script)], "apk", "x86_64", 0)
+        paths = {e.path for e in outcome.entries}
+        assert ("etc/passwd" in paths) == created, old
+        assert ("addgroup -S copasvc" in " ".join(outcome.done.get("copa-svc", ()))) == created, old
+        assert not outcome.notes.get("copa-svc"), outcome.notes  # done, or not run at all: nothing left undone

@@ -21,6 +21,7 @@ __all__ = ["Outcome", "Package", "apply", "reproduce"]
 # The scripts that run when a package is upgraded or installed, by family (the new version's).
 _RUN = {"dpkg": ("preinst", "postinst", "config"), "apk": (".pre-install", ".post-install", ".pre-upgrade",
                                                              ".post-upgrade", ".trigger")}
+_APK_SKIPPED = {False: (".pre-upgrade", ".post-upgrade"), True: (".pre-install", ".post-install")}
 # Commands whose work has no meaning in a container image: services and boot-time state.
 _NO_EFFECT = {"systemctl", "deb-systemd-helper", "deb-systemd-invoke", "invoke-rc.d", "update-rc.d", "service",
               "rc-update", "rc-service", "update-menus", "udevadm", "systemd-tmpfiles", "systemd-sysusers",
@@ -72,6 +73,8 @@ def reproduce(view: View, entries: Iterable[Entry], packages: Sequence[Package],
     accounts = users.Accounts(merged, family, mtime)
     for p in packages:
         for script in _RUN.get(family, ()):
+            if family == "apk" and script in _APK_SKIPPED[bool(p.old_version)]:
+                continue  # apk runs .pre/.post-install on a new install only, .pre/.post-upgrade on an upgrade only
             cmds = scripts.commands(p.scripts.get(script, b"").decode("utf-8", "replace"))
             if family == "dpkg" and script in ("preinst", "postinst"):
                 calls = [alternatives.parse_call(c.argv) for c in cmds if c.name == "update-alternatives"]
@@ -103,6 +106,8 @@ def reproduce(view: View, entries: Iterable[Entry], packages: Sequence[Package],
             if entry is not None:
                 take([entry])
         for script in _RUN.get(family, ()):
+            if family == "apk" and script in _APK_SKIPPED[bool(p.old_version)]:
+                continue  # not run by this upgrade (or install): nothing of it is left undone
             body = p.scripts.get(script)
             if body is not None:
                 notes[p.name].extend(_script_notes(script.lstrip("."), body.decode("utf-8", "replace"),
