@@ -15,6 +15,7 @@ OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release")
 # What adapters read from an image (databases, repository configuration, keys, conffiles): captured in the one
 # full pass over the layers, so nothing needs a layer read twice.
 CAPTURE = ("etc", "usr/lib/os-release", "var/lib/dpkg", "usr/share/keyrings", "lib/apk/db", "usr/lib/apk/db",
+           "var/lib/rpm", "usr/lib/sysimage/rpm",
            # for copa/pkg/effects: the certificates update-ca-certificates bundles, and debconf's answers
            "usr/share/ca-certificates", "usr/local/share/ca-certificates", "var/cache/debconf/config.dat")
 
@@ -53,13 +54,9 @@ def _apk() -> PackageManager:
 
 
 def _rpm() -> PackageManager:
-    try:
-        from copa.pkg.rpm.adapter import RpmAdapter  # type: ignore[import-not-found, unused-ignore]
-    except ModuleNotFoundError as e:  # the RPM adapter is still being written; its version order already works
-        if e.name != "copa.pkg.rpm.adapter":
-            raise
-        raise UnsupportedImageError("RPM images (rpm packages) are not yet supported by this copa") from None
-    return RpmAdapter()  # type: ignore[no-any-return, unused-ignore]
+    from copa.pkg.rpm.adapter import RpmAdapter
+
+    return RpmAdapter()
 
 
 def _dpkg_order() -> Compare:
@@ -78,6 +75,12 @@ def _rpm_order() -> Compare:
     from copa.pkg.rpm.version import compare_versions
 
     return compare_versions
+
+
+def _rpm_prefetch() -> type[Prefetcher]:
+    from copa.pkg.rpm.prefetch import MetadataPrefetch
+
+    return MetadataPrefetch
 
 
 def _apt_prefetch() -> type[Prefetcher]:
@@ -101,7 +104,8 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "dpkg": Family(_dpkg, ("debian", "ubuntu"), _dpkg_order, _apt_prefetch),
     "apk": Family(_apk, ("alpine", "wolfi", "chainguard"), _apk_order),
-    "rpm": Family(_rpm, ("redhat", "centos", "rocky", "alma", "oracle", "amazon", "fedora"), _rpm_order),
+    "rpm": Family(_rpm, ("redhat", "centos", "rocky", "alma", "oracle", "amazon", "fedora"), _rpm_order,
+                  _rpm_prefetch),
 }
 
 

@@ -1,0 +1,285 @@
+"""The rpm adapter: RHEL/UBI, CentOS, Rocky, Alma, Oracle, Amazon Linux and Fedora images, with or without a
+package manager inside (ubi-micro, distroless-style roots): nothing of the image is run.
+
+plan: the rpm database (sqlite or BerkeleyDB) -> installed packages; the image's dnf/yum repositories (or the
+user's) -> verified metadata; the dnf-like resolver (plan.py). build: each chosen .rpm downloaded (checksum from
+the verified metadata), its header signature checked against the repository's keys when gpgcheck is on, read and
+turned into layer entries (install.py), and the rpm database rewritten in the image's own format with the headers
+rpm would store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+
+from copa.errors import IntegrityError, ReportError, ResolutionError
+from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, UpdateKind, check_failures
+from copa.pkg.fetch import FetchItem, fetcher_for
+from copa.pkg.rpm.deps import Dep
+from copa.pkg.rpm.header import Header, installed_header
+from copa.pkg.rpm.install import LayerPlan, install_package, other_owned, owned_files, scripts_note
+from copa.pkg.rpm.plan import Chosen, Installed, Policy, Wanted, resolve
+from copa.pkg.rpm.repomd import RepoIndex, RpmPackage, load_repository
+from copa.pkg.rpm.repos import RepoSetup, RpmRepository, Tree, read_setup, repository_keyring
+from copa.pkg.rpm.rpmdb.installed import RpmDatabase, read_database
+from copa.pkg.rpm.rpmfile import RpmContents, read_rpm
+from copa.pkg.rpm.signature import RpmKeys, checker
+from copa.pkg.rpm.tags import Tag
+from copa.pkg.rpm.version import compare_versions, rpmvercmp
+from copa.report.model import Report
+
+_PSEUDO = frozenset({"gpg-pubkey"})  # keys imported into the rpmdb: not packages anyone upgrades
+
+
+def _deps(h: Header, names: Tag, flags: Tag, versions: Tag) -> tuple[Dep, ...]:
+    n, f, v = h.strings(names), h.ints(flags), h.strings(versions)
+    return tuple(Dep(name, (f[i] if i < len(f) else 0) & 14, v[i] if i < len(v) else "") for i, name in enumerate(n))
+
+
+def installed_of(h: Header) -> Installed:
+    epoch = h.integer(Tag.EPOCH)
+    evr = f"{epoch}:" if epoch else ""
+    evr += f"{h.string(Tag.VERSION) or ''}-{h.string(Tag.RELEASE) or ''}"
+    return Installed(
+        name=h.string(Tag.NAME) or "",
+        arch=h.string(Tag.ARCH) or "noarch",
+        evr=evr,
+        provides=_deps(h, Tag.PROVIDENAME, Tag.PROVIDEFLAGS, Tag.PROVIDEVERSION),
+        requires=_deps(h, Tag.REQUIRENAME, Tag.REQUIREFLAGS, Tag.REQUIREVERSION),
+        conflicts=_deps(h, Tag.CONFLICTNAME, Tag.CONFLICTFLAGS, Tag.CONFLICTVERSION),
+        obsoletes=_deps(h, Tag.OBSOLETENAME, Tag.OBSOLETEFLAGS, Tag.OBSOLETEVERSION),
+        recommends=_deps(h, Tag.RECOMMENDNAME, Tag.RECOMMENDFLAGS, Tag.RECOMMENDVERSION),
+        sourcerpm=h.string(Tag.SOURCERPM) or "",
+    )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A repository package as the resolver sees it (copa.pkg.rpm.plan.Candidate)."""
+
+    package: RpmPackage
+    priority: int
+
+    @property
+    def name(self) -> str:
+        return self.package.name
+
+    @property
+    def arch(self) -> str:
+        return self.package.arch
+
+    @property
+    def evr(self) -> str:
+        return self.package.evr
+
+    @property
+    def sourcerpm(self) -> str:
+        return self.package.sourcerpm
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return self.package.files
+
+    @cached_property
+    def provides(self) -> tuple[Dep, ...]:
+        return tuple(r.dep for r in self.package.provides)
+
+    @cached_property
+    def requires(self) -> tuple[Dep, ...]:
+        return tuple(r.dep for r in self.package.requires)
+
+    @cached_property
+    def conflicts(self) -> tuple[Dep, ...]:
+        return tuple(r.dep for r in self.package.conflicts)
+
+    @cached_property
+    def obsoletes(self) -> tuple[Dep, ...]:
+        return tuple(r.dep for r in self.package.obsoletes)
+
+    @cached_property
+    def recommends(self) -> tuple[Dep, ...]:
+        return tuple(r.dep for r in self.package.recommends)
+
+
+@dataclass(frozen=True)
+class _Payload:
+    db: RpmDatabase
+    headers: dict[int, Header]
+    hnums: dict[tuple[str, str], int]  # (name, arch) -> hnum of the installed header
+    chosen: tuple[Chosen, ...]
+    setup: RepoSetup
+    erased: tuple[int, ...]
+    repos: _Repositories
+
+
+class _Repositories:
+    """Every enabled repository's index, and lookups across them as the resolver needs them."""
+
+    def __init__(self, ctx: ImageContext, setup: RepoSetup, keep: frozenset[str]) -> None:
+        self.setup = setup
+        self.tree = Tree(ctx.root.read, ctx.root.under)
+        self.fetcher = fetcher_for(ctx)
+        self.ctx = ctx
+        self.indexes: list[RepoIndex] = []
+        for repo in setup.repos:
+            self.indexes.append(load_repository(
+                repo, self.fetcher, lambda r: repository_keyring(r, self.tree, ctx.repos, self.fetcher),
+                variables=setup.variables, mirrors=ctx.repos.mirrors, keep=keep.__contains__))
+
+    def _wrap(self, index: RepoIndex, packages: Sequence[RpmPackage]) -> list[Candidate]:
+        repo = index.repo
+        return [Candidate(p, repo.priority) for p in packages
+                if self.setup.visible(repo, p.name, (p.epoch or "0", p.version, p.release), p.arch)]
+
+    def versions(self, name: str) -> list[Candidate]:
+        return [c for ix in self.indexes for c in self._wrap(ix, ix.versions(name))]
+
+    def providers(self, capability: str) -> list[Candidate]:
+        found = [c for ix in self.indexes for c in self._wrap(ix, ix.providers(capability))]
+        if not found and capability.startswith("/"):
+            found = [c for ix in self.indexes for c in self._wrap(ix, ix.filelist_providers(capability, self.fetcher))]
+        return found
+
+    def repo_of(self, pkg: RpmPackage) -> RpmRepository:
+        return next(ix.repo for ix in self.indexes if ix.repo.id == pkg.repo_id)
+
+
+def _wanted(report: Report | None, installed: Sequence[Installed], repos: _Repositories) -> list[Wanted]:
+    if report is not None:
+        return [Wanted(p.name, p.fixed_version, p.vulnerability_ids) for p in report.packages]
+    # No report: every installed package with a newer version, as `dnf upgrade` would.
+    out = []
+    for inst in installed:
+        newer = [c for c in repos.versions(inst.name) if compare_versions(c.evr, inst.evr) > 0]
+        if newer:
+            out.append(Wanted(inst.name, min((c.evr for c in newer), key=functools.cmp_to_key(compare_versions))))
+    return out
+
+
+class RpmAdapter:
+    name = "rpm"
+
+    def plan(self, ctx: ImageContext, report: Report | None) -> Plan:
+        db = read_database(ctx.root)
+        headers = {hnum: Header.parse(blob, f"/{db.directory} header {hnum}", IntegrityError)
+                   for hnum, blob in db.headers.items()}
+        by_key: dict[tuple[str, str], int] = {}
+        installed: list[Installed] = []
+        for hnum, h in sorted(headers.items()):
+            inst = installed_of(h)
+            if inst.name in _PSEUDO:
+                continue
+            installed.append(inst)
+            by_key[inst.key] = hnum
+        names = {i.name for i in installed}
+        if report is not None and report.packages and not any(p.name in names for p in report.packages):
+            raise ReportError(
+                f"the report {report.source} does not describe this image: none of its {len(report.packages)} "
+                "packages is installed; scan this image and pass that report")
+        tree = Tree(ctx.root.read, ctx.root.under)
+        setup = read_setup(tree, ctx.os_release, ctx.architecture, ctx.variant, ctx.repos)
+        if not setup.repos:
+            raise ResolutionError(f"image {ctx.os_release.pretty_name} has no enabled rpm repositories; pass "
+                                  "--repository URL (a baseurl) and --keyring FILE")
+        keep = frozenset({i.name for i in installed} | {d.name for i in installed for d in i.requires}
+                         | ({p.name for p in report.packages} if report is not None else set()))
+        repos = _Repositories(ctx, setup, keep)
+        files = frozenset("/" + f.path for h in headers.values() for f in owned_files(h))
+        resolution = resolve(installed, _wanted(report, installed, repos), repos.versions, repos.providers,
+                             rpmvercmp, files.__contains__,
+                             Policy())
+        check_failures(resolution.failures, ctx.ignore_errors)
+        updates = tuple(Update(c.record.name, c.record.arch, c.installed.evr if c.installed else "", c.record.evr,
+                               c.kind, c.vulnerabilities, reason=c.reason) for c in resolution.chosen)
+        updates += tuple(Update(e.installed.name, e.installed.arch, e.installed.evr, "", UpdateKind.REMOVED,
+                                reason=e.reason) for e in resolution.erased)
+        skipped: tuple[Skip, ...] = resolution.skipped + resolution.failures
+        erased = tuple(by_key[e.installed.key] for e in resolution.erased)
+        return Plan(updates, skipped, _Payload(db, headers, by_key, resolution.chosen, setup, erased, repos))
+
+    def build(self, ctx: ImageContext, plan: Plan) -> LayerContent:
+        payload = plan.payload
+        assert isinstance(payload, _Payload)
+        repos = payload.repos
+        contents = _download_and_read(ctx, repos, payload.chosen)
+        mtime = max((f.mtime for c in contents for f in c.files), default=0)
+        layer = LayerPlan.of(ctx.root, mtime)
+        replaced = [payload.hnums[c.installed.key] for c in payload.chosen if c.installed is not None]
+        owned = other_owned(payload.headers, [*replaced, *payload.erased])
+        notes: dict[str, list[str]] = {}
+        for chosen, new in zip(payload.chosen, contents, strict=True):
+            old = payload.headers[payload.hnums[chosen.installed.key]] if chosen.installed else None
+            notes[chosen.record.name] = install_package(layer, new, old, owned)
+        for hnum in payload.erased:
+            for f in owned_files(payload.headers[hnum]):
+                if "/" + f.path not in owned:
+                    real = layer.real(f.path)
+                    node = ctx.root.get(real)
+                    if node is not None and node.kind != "dir":
+                        layer.remove(real)
+        install_time = _install_time(contents)
+        blobs = [installed_header(c.headers.header, c.headers.signature, install_time=install_time,
+                                  install_tid=install_time).to_bytes(magic=False) for c in contents]
+        change = payload.db.upgrade([*replaced, *payload.erased], blobs)
+        for entry in change.entries():
+            layer.entries[entry.path] = entry
+        updates = []
+        for u in plan.updates:
+            if u.kind is UpdateKind.REMOVED:
+                updates.append(u)
+                continue
+            new = next(c for c, ch in zip(contents, payload.chosen, strict=True) if ch.record.name == u.name
+                       and ch.record.arch == u.architecture)
+            note = "; ".join([*notes.get(u.name, []), scripts_note(new.header)] if scripts_note(new.header)
+                             else notes.get(u.name, []))
+            updates.append(dataclasses.replace(u, scripts_note=note))
+        return LayerContent(tuple(layer.entries.values()), ctx.root.is_symlink, tuple(updates), default_mtime=mtime)
+
+
+def _install_time(contents: Sequence[RpmContents]) -> int:
+    """rpm records when it installed; copa records the newest build time of what it installs (or
+    SOURCE_DATE_EPOCH), so the same patch gives the same layer."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and epoch.isdigit():
+        return int(epoch)
+    return max((c.header.integer(Tag.BUILDTIME) or 0 for c in contents), default=0)
+
+
+def _download_and_read(ctx: ImageContext, repos: _Repositories, chosen: Sequence[Chosen]) -> list[RpmContents]:
+    fetcher = repos.fetcher
+    items = []
+    for c in chosen:
+        assert isinstance(c.record, Candidate)
+        pkg = c.record.package
+        if pkg.checksum.type != "sha256":
+            raise IntegrityError(f"{pkg.nevra}: the repository names a {pkg.checksum.type} checksum; copa verifies "
+                                 "packages by sha256 only")
+        items.append(FetchItem(url=pkg.url, sha256=pkg.checksum.value, size=pkg.size, what=f"{pkg.nevra}.rpm"))
+    keys: dict[str, RpmKeys | None] = {}
+
+    def check_for(c: Chosen) -> object:
+        assert isinstance(c.record, Candidate)
+        repo = repos.repo_of(c.record.package)
+        if repo.id not in keys:
+            keys[repo.id] = None
+            if repo.gpgcheck:
+                ring = repository_keyring(repo, repos.tree, ctx.repos, fetcher)
+                keys[repo.id] = RpmKeys(ring.certs, ring.description)
+        found = keys[repo.id]
+        return checker(found) if found is not None else None
+
+    checks = [check_for(c) for c in chosen]
+    with ThreadPoolExecutor(max_workers=fetcher.workers, thread_name_prefix="copa-fetch") as pool:
+        paths = list(pool.map(fetcher.fetch, items))
+    out = []
+    for i, (path, c) in enumerate(zip(paths, chosen, strict=True)):
+        assert isinstance(c.record, Candidate)
+        out.append(read_rpm(path, ctx.workdir / "stage" / f"{i:04d}", f"{c.record.package.nevra}.rpm",
+                            checks[i]))  # type: ignore[arg-type]
+    return out
