@@ -316,3 +316,24 @@ def test_key_files(tmp_path: Path, signed: dict[str, tuple[Path, GpgKey]]) -> No
         RpmKeys.from_files([tmp_path / "junk"])
     with pytest.raises(LocalIOError):
         RpmKeys.from_files([tmp_path / "missing"])
+
+
+@pytest.mark.slow
+def test_huge_file_stripped_cpio(tmp_path: Path) -> None:
+    """A file of 4 GiB and more: rpmbuild writes LONGFILESIZES and rpm's stripped cpio entries ("07070X" + the
+    file's header index); its zeros are staged as a sparse hole."""
+    size = (4 << 30) + 5
+    path = build_rpm(RpmSpec("huge", "1", "1", payload="w1.zstdio", files=(
+        RpmFile("/opt/a", b"a"), RpmFile("/opt/huge", sparse_size=size), RpmFile("/opt/z", b"zz"))), tmp_path)
+    headers = _headers_of(path)
+    assert Tag.LONGFILESIZES in headers.header
+    contents = read_rpm(path, tmp_path / "stage")
+    by = {f.path: f for f in contents.files}
+    assert (by["opt/huge"].size, by["opt/a"].inline, by["opt/z"].inline) == (size, b"a", b"zz")
+    staged = by["opt/huge"].staged
+    assert staged is not None and staged.stat().st_size == size and staged.stat().st_blocks * 512 < 1 << 20
+    with staged.open("rb") as f:
+        f.seek(by["opt/huge"].offset + size - 3)
+        assert f.read() == b"\0\0\0"
+    with by["opt/huge"].open() as f:
+        assert f.read(1 << 20) == bytes(1 << 20)

@@ -40,6 +40,7 @@ class RpmFile:
     owner: str = "root"
     group: str = "root"
     caps: str = ""  # %caps(...) text, e.g. "cap_net_raw=ep"
+    sparse_size: int = 0  # instead of `content`: a file of this many zero bytes, sparse on disk (huge files)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ class RpmSpec:
     obsoletes: tuple[str, ...] = ()
     recommends: tuple[str, ...] = ()
     scripts: tuple[tuple[str, str], ...] = ()  # ("post", "echo hi"), ("preun", ...) ...
-    payload: str = "gzip"  # a key of PAYLOADS
+    payload: str = "gzip"  # a key of PAYLOADS, or rpm's own spelling ("w1.zstdio")
     license: str = "MIT"
     extra: tuple[str, ...] = field(default=())  # more preamble lines, verbatim
 
@@ -112,6 +113,9 @@ def _stage(spec: RpmSpec, src: Path) -> None:
             p.symlink_to(f.target)
         elif f.kind == "hardlink":
             os.link(src / f.target.lstrip("/"), p)
+        elif f.sparse_size:
+            with p.open("wb") as out:
+                out.truncate(f.sparse_size)
         else:
             p.write_bytes(f.content)
         if f.kind != "symlink":
@@ -129,7 +133,7 @@ def build_rpm(spec: RpmSpec, out_dir: Path) -> Path:
     spec_path = top / f"{spec.name}.spec"
     spec_path.write_text(_spec_text(spec, src))
     defines = {
-        "_topdir": str(top), "_binary_payload": PAYLOADS[spec.payload], "__os_install_post": "%{nil}",
+        "_topdir": str(top), "_binary_payload": PAYLOADS.get(spec.payload, spec.payload), "__os_install_post": "%{nil}",
         "_build_id_links": "none", "debug_package": "%{nil}", "_buildhost": "copa-test",
         "use_source_date_epoch_as_buildtime": "1", "clamp_mtime_to_source_date_epoch": "1",
         "source_date_epoch_from_changelog": "0", "_rpmfilename": "%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}.rpm",

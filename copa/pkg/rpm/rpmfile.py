@@ -344,7 +344,10 @@ class _Spool:
             if self._f is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._f = cast(BinaryIO, self.path.open("wb"))
-            self._f.write(data)
+            if data.count(0) == len(data):
+                self._f.seek(len(data), io.SEEK_CUR)  # zeros become a hole: a huge empty image costs no disk
+            else:
+                self._f.write(data)
         except OSError as e:
             raise self._error(e) from None
         self.position += len(data)
@@ -352,6 +355,7 @@ class _Spool:
     def close(self) -> None:
         if self._f is not None:
             try:
+                self._f.truncate(self.position)  # a trailing hole still counts
                 self._f.close()
             except OSError as e:
                 raise self._error(e) from None
