@@ -21,7 +21,17 @@ from copa.pkg.rpm.header import Header
 from copa.pkg.rpm.rpmfile import BadRpm, RpmContents, RpmHeaders, UnsupportedRpm, read_headers, read_rpm
 from copa.pkg.rpm.signature import BadSignature, RpmKeys, UnsignedPackage, checker, verify_headers
 from copa.pkg.rpm.tags import DigestAlgo, FileFlag, Tag
-from tests.support.rpmtools import PAYLOADS, GpgKey, RpmFile, RpmSpec, build_rpm, init_root, make_gpg_key, sign_rpms
+from tests.support.rpmtools import (
+    PAYLOADS,
+    GpgKey,
+    RpmFile,
+    RpmSpec,
+    build_rpm,
+    createrepo,
+    init_root,
+    make_gpg_key,
+    sign_rpms,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("rpmbuild") is None, reason="rpmbuild not installed")
 
@@ -337,3 +347,28 @@ def test_huge_file_stripped_cpio(tmp_path: Path) -> None:
         assert f.read() == b"\0\0\0"
     with by["opt/huge"].open() as f:
         assert f.read(1 << 20) == bytes(1 << 20)
+
+
+def test_rpmtools_builds_what_the_spec_says(tmp_path: Path) -> None:
+    """tests/support/rpmtools, which the RPM tests build on: relations, scripts, epoch, arch, repodata."""
+    spec = RpmSpec("tool", "2.0", "3.el9", epoch=4, arch="x86_64", requires=("bash >= 4", "(a or b)"),
+                   provides=("tool-api = 2",), conflicts=("oldtool < 1",), obsoletes=("tool-legacy",),
+                   recommends=("tool-doc",), scripts=(("post", "echo configured"),),
+                   files=(RpmFile("/usr/bin/tool", b"t", 0o755),))
+    path = build_rpm(spec, tmp_path / "repo")
+    assert path.name == spec.filename == "tool-2.0-3.el9.x86_64.rpm"
+    h = _headers_of(path).header
+    assert (h.integer(Tag.EPOCH), h.string(Tag.ARCH)) == (4, "x86_64")
+    assert {"bash", "(a or b)", "/bin/sh"} <= set(h.strings(Tag.REQUIRENAME))
+    assert "tool-api" in h.strings(Tag.PROVIDENAME) and h.strings(Tag.CONFLICTNAME) == ("oldtool",)
+    assert h.strings(Tag.OBSOLETENAME) == ("tool-legacy",) and h.strings(Tag.RECOMMENDNAME) == ("tool-doc",)
+    assert h.string(Tag.POSTIN) == "echo configured"
+    assert spec.nevra == "tool-4:2.0-3.el9.x86_64"
+    repodata = createrepo(tmp_path / "repo")
+    assert (repodata / "repomd.xml").is_file()
+    if shutil.which("dnf"):
+        out = subprocess.run(["dnf", "-q", "--releasever=9", "--setopt=reposdir=/nonexistent",
+                              f"--setopt=cachedir={tmp_path / 'cache'}", f"--repofrompath=t,file://{tmp_path / 'repo'}",
+                              "--repo=t", "repoquery", "--qf", "%{name}-%{evr}.%{arch}"],
+                             capture_output=True, text=True, check=True).stdout.split()
+        assert out == ["tool-4:2.0-3.el9.x86_64"]
