@@ -24,9 +24,9 @@ from copa.oci.rootfs import Node, View
 from copa.pkg.rpm.rpmdb import bdb
 from copa.pkg.rpm.rpmdb.indexes import INDEXES
 from copa.pkg.rpm.rpmdb.installed import read_database
-from tests.test_rpmdb_sqlite import DBPATH, BlobTags, install, packages, qa, rpm
+from tests.test_rpmdb_sqlite import DBPATH, BlobTags, fast_tmp, install, packages, qa, rpm
 
-__all__ = ["packages"]  # the session fixture, shared with the sqlite tests
+__all__ = ["fast_tmp", "packages"]  # fixtures shared with the sqlite tests
 
 pytestmark = pytest.mark.skipif(shutil.which("db5.3_load") is None or shutil.which("rpmbuild") is None,
                                 reason="needs db5.3-util, rpm and rpmbuild (scripts/setup installs them)")
@@ -90,10 +90,10 @@ def inspector_rpm() -> Path | None:
 
 
 @pytest.fixture()
-def roots(tmp_path: Path, packages: dict[str, Path]) -> tuple[Path, Path]:
-    before = tmp_path / "before"
+def roots(fast_tmp: Path, packages: dict[str, Path]) -> tuple[Path, Path]:
+    before = fast_tmp / "before"
     install(before, packages["bar"], packages["foo1"])
-    after = tmp_path / "after"
+    after = fast_tmp / "after"
     shutil.copytree(before, after, symlinks=True)
     install(after, packages["foo2"], upgrade=True)
     for root in (before, after):
@@ -116,7 +116,7 @@ def test_read_matches_rpm_qa(roots: tuple[Path, Path]) -> None:
         assert sorted(out.split()) == ["bar-1.0-1.noarch", "foo-1.0-1.noarch"]
 
 
-def test_upgrade_equals_rpm_U(roots: tuple[Path, Path], tmp_path: Path) -> None:
+def test_upgrade_equals_rpm_U(roots: tuple[Path, Path], fast_tmp: Path) -> None:
     before, after = roots
     db = read_database(view_of(before))
     new = read_database(view_of(after))
@@ -125,7 +125,7 @@ def test_upgrade_equals_rpm_U(roots: tuple[Path, Path], tmp_path: Path) -> None:
     change = db.upgrade([foo1], [blob])
     assert change.hnums == (3,)
     assert change.deleted == (f"{DBDIR}/__db.001",)
-    ours = tmp_path / "ours"
+    ours = fast_tmp / "ours"
     shutil.copytree(after, ours, symlinks=True)
     for path, data, mode in change.files:
         (ours / path).write_bytes(data)

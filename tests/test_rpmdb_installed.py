@@ -13,9 +13,9 @@ from copa.pkg.rpm.header import Header
 from copa.pkg.rpm.rpmdb.indexes import HeaderTags, all_keys
 from copa.pkg.rpm.rpmdb.installed import read_database
 from tests.test_rpmdb_bdb import view_of
-from tests.test_rpmdb_sqlite import BlobTags, install, packages, qa
+from tests.test_rpmdb_sqlite import BlobTags, fast_tmp, install, packages, qa
 
-__all__ = ["packages"]
+__all__ = ["fast_tmp", "packages"]
 
 SYSIMAGE = "usr/lib/sysimage/rpm"
 
@@ -28,12 +28,12 @@ def _install(root: Path, *pkgs: Path, upgrade: bool = False) -> None:
                     "--noscripts", "--notriggers", *map(str, pkgs)], check=True, capture_output=True)
 
 
-def test_sysimage_behind_a_symlink(tmp_path: Path, packages: dict[str, Path]) -> None:
-    before = tmp_path / "before"
+def test_sysimage_behind_a_symlink(fast_tmp: Path, packages: dict[str, Path]) -> None:
+    before = fast_tmp / "before"
     _install(before, packages["bar"], packages["foo1"])
     (before / "var/lib").mkdir(parents=True)
     (before / "var/lib/rpm").symlink_to("../../usr/lib/sysimage/rpm")
-    after = tmp_path / "after"
+    after = fast_tmp / "after"
     shutil.copytree(before, after, symlinks=True)
     _install(after, packages["foo2"], upgrade=True)
     db = read_database(view_of(before))
@@ -51,11 +51,11 @@ def test_sysimage_behind_a_symlink(tmp_path: Path, packages: dict[str, Path]) ->
     assert qa(after) == {("bar", "", "1.0", "1", "noarch"), ("foo", "", "2.0", "1", "noarch")}
 
 
-def test_uncheckpointed_wal_is_read_and_folded_in(tmp_path: Path, packages: dict[str, Path]) -> None:
-    root = tmp_path / "root"
+def test_uncheckpointed_wal_is_read_and_folded_in(fast_tmp: Path, packages: dict[str, Path]) -> None:
+    root = fast_tmp / "root"
     install(root, packages["bar"], packages["foo1"])
     dbdir = root / "var/lib/rpm"
-    snapshot = tmp_path / "snapshot"
+    snapshot = fast_tmp / "snapshot"
     # A transaction still in the WAL when the image was built: bar erased (as rpm -e would, every table).
     conn = sqlite3.connect(dbdir / "rpmdb.sqlite", isolation_level=None)
     conn.execute("PRAGMA wal_autocheckpoint = 0")

@@ -7,11 +7,13 @@ verify it. This module also holds the rpmbuild/rpm helpers and a private header 
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import struct
 import subprocess
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -54,7 +56,10 @@ echo v%{ver} > %{buildroot}/usr/bin/foo
 echo conf > %{buildroot}/etc/foo/foo.conf
 echo a > %{buildroot}/usr/share/foo/a/same
 echo b > %{buildroot}/usr/share/foo/b/same
-%{?extra:for i in $(seq 1 %{extra}); do echo $i > %{buildroot}/usr/share/foo/a/file-with-a-long-name-$i; done}
+for i in $(seq 1 0%{?extra}); do
+  echo $i > %{buildroot}/usr/share/foo/a/file-with-a-long-name-$i
+  mkdir %{buildroot}/usr/share/foo/d$i && echo $i > %{buildroot}/usr/share/foo/d$i/same
+done
 %triggerin -- bar
 true
 %triggerun -- bar
@@ -118,14 +123,26 @@ def install(root: Path, *packages: Path, upgrade: bool = False) -> None:
     rpm(root, "-U" if upgrade else "-i", "--nodeps", "--noscripts", "--notriggers", *map(str, packages))
 
 
+def _memory_dir() -> str | None:
+    # rpm and rpmbuild fsync every file and database page: on a tmpfs the roots cost a tenth of the time.
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+@pytest.fixture()
+def fast_tmp(tmp_path: Path) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="copa-rpmdb-", dir=_memory_dir() or tmp_path) as d:
+        yield Path(d)
+
+
 @pytest.fixture(scope="session")
-def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    top = tmp_path_factory.mktemp("rpmbuild")
-    return {
-        "bar": rpmbuild(top, BAR_SPEC, "bar"),
-        "foo1": rpmbuild(top, FOO_SPEC, "foo", ver="1.0", extra="60"),
-        "foo2": rpmbuild(top, FOO_SPEC, "foo", ver="2.0", extra="20"),
-    }
+def packages() -> Iterator[dict[str, Path]]:
+    with tempfile.TemporaryDirectory(prefix="copa-rpmbuild-", dir=_memory_dir()) as d:
+        top = Path(d)
+        yield {
+            "bar": rpmbuild(top, BAR_SPEC, "bar"),
+            "foo1": rpmbuild(top, FOO_SPEC, "foo", ver="1.0", extra="150"),
+            "foo2": rpmbuild(top, FOO_SPEC, "foo", ver="2.0", extra="20"),
+        }
 
 
 # A private, minimal reader of installed header blobs for the tests: copa's own is copa.pkg.rpm.header.
@@ -190,11 +207,11 @@ def table_rows(db: Path) -> dict[str, set[tuple[object, ...]]]:
 
 
 @pytest.fixture()
-def roots(tmp_path: Path, packages: dict[str, Path]) -> tuple[Path, Path]:
+def roots(fast_tmp: Path, packages: dict[str, Path]) -> tuple[Path, Path]:
     """(before, after): bar and foo-1.0 installed; the same upgraded to foo-2.0 by rpm -U."""
-    before = tmp_path / "before"
+    before = fast_tmp / "before"
     install(before, packages["bar"], packages["foo1"])
-    after = tmp_path / "after"
+    after = fast_tmp / "after"
     shutil.copytree(before, after, symlinks=True)
     install(after, packages["foo2"], upgrade=True)
     return before, after
@@ -208,7 +225,7 @@ def test_read_matches_rpm_qa(roots: tuple[Path, Path]) -> None:
     assert {BlobTags(b).nevra() for b in headers.values()} == qa(before)
 
 
-def test_upgrade_equals_rpm_U(roots: tuple[Path, Path], tmp_path: Path) -> None:
+def test_upgrade_equals_rpm_U(roots: tuple[Path, Path], fast_tmp: Path) -> None:
     before, after = roots
     dbdir = DBPATH.lstrip("/")
     old = rpmsqlite.read_headers((before / dbdir / "rpmdb.sqlite").read_bytes())
@@ -219,7 +236,7 @@ def test_upgrade_equals_rpm_U(roots: tuple[Path, Path], tmp_path: Path) -> None:
                                           [(blob, BlobTags(blob))])
     assert hnums == [3]
     # The patched root: rpm -U's files with copa's database.
-    ours = tmp_path / "ours"
+    ours = fast_tmp / "ours"
     shutil.copytree(after, ours, symlinks=True)
     for f in (ours / dbdir).iterdir():
         f.unlink()
@@ -233,7 +250,7 @@ def test_upgrade_equals_rpm_U(roots: tuple[Path, Path], tmp_path: Path) -> None:
     assert rpm(ours, "-q", "--whatrequires", "bar").split() == ["foo-2.0-1.noarch"]
     assert rpm(ours, "-qf", "/usr/share/foo/b/same").split() == ["foo-2.0-1.noarch"]
     assert rpm(ours, "-qf", "/usr/share/foo/a/file-with-a-long-name-20").split() == ["foo-2.0-1.noarch"]
-    assert "foo" not in rpm(ours, "-qf", "/usr/share/foo/a/file-with-a-long-name-60", check=False)
+    assert "foo" not in rpm(ours, "-qf", "/usr/share/foo/a/file-with-a-long-name-150", check=False)
     rpm(ours, "-V", "--nodeps", "foo", "bar")
     subprocess.run(["rpmdb", "--root", str(ours), "--dbpath", DBPATH, "--verifydb"], check=True)
     # rpm's own reopen leaves the tables as they were.

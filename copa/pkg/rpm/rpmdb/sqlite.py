@@ -36,6 +36,10 @@ def _open(directory: Path, db: bytes, wal: bytes | None, what: str) -> sqlite3.C
     try:
         conn = sqlite3.connect(path, isolation_level=None)
         conn.text_factory = bytes
+        # The file is the image's: its schema's triggers and views must not run functions, and a damaged page
+        # should fail as damaged rather than be trusted.
+        conn.execute("PRAGMA trusted_schema = OFF")
+        conn.execute("PRAGMA cell_size_check = ON")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as e:
         raise _damaged(what, e) from None
