@@ -139,12 +139,20 @@ def test_upgrade_equals_rpm_U(roots: tuple[Path, Path], fast_tmp: Path) -> None:
     assert rpm(ours, "-qf", "/usr/share/foo/b/same", backend=BDB).split() == ["foo-2.0-1.noarch"]
     assert rpm(ours, "-q", "--whatrequires", "bar", backend=BDB).split() == ["foo-2.0-1.noarch"]
     rpm(ours, "-V", "--nodeps", "foo", "bar", backend=BDB)
+    subprocess.run(["rpmdb", "--root", str(ours), "--dbpath", DBPATH, "--define", f"_db_backend {BDB}",
+                    "--verifydb"], check=True)
     inspector = inspector_rpm()
     if inspector is not None:
         out = subprocess.run([str(inspector), "--rcfile", str(inspector.parent / "rpmrc"), "--root", str(ours),
                               "--dbpath", DBPATH, "--define", "_db_backend bdb_ro", "-q", "--whatprovides",
                               "foo-cap"], capture_output=True, text=True, check=True).stdout
         assert out.split() == ["foo-2.0-1.noarch"]
+    # rpm converts it to sqlite as it would the image's own (what a later dnf in the image may do).
+    converted = fast_tmp / "converted"
+    shutil.copytree(ours, converted, symlinks=True)
+    subprocess.run(["rpmdb", "--root", str(converted), "--dbpath", DBPATH, "--rebuilddb"], check=True,
+                   capture_output=True)
+    assert (converted / DBDIR / "rpmdb.sqlite").exists() and qa(converted) == qa(ours, BDB)
     # Entries for the layer: the files, and a whiteout for the stale environment.
     kinds = {(e.path, e.kind.value) for e in change.entries()}
     assert (f"{DBDIR}/__db.001", "whiteout") in kinds and (f"{DBDIR}/Packages", "file") in kinds
@@ -167,6 +175,12 @@ def test_large_databases_round_trip(tmp_path: Path) -> None:
         assert sorted(dump(ours)) == sorted(dump(theirs))
         reader = bdb.read_btree if kind == "btree" else bdb.read_hash
         assert reader(theirs.read_bytes(), name) == items
+        # BerkeleyDB itself goes on from our layout (as rpm in the patched image will): hash buckets split
+        # into new doublings, btree pages split, and the result verifies and reads back.
+        more = {b"more-%05d" % i: b"x" * (i % 700) for i in range(2000)}
+        db_load(ours, kind, more)
+        subprocess.run(["db5.3_verify", "-q", str(ours)], check=True)
+        assert reader(ours.read_bytes(), name) == items | more
     assert (tmp_path / "ours-Bt").read_bytes()[512 + 24] >= 3  # the root's level: a three-level tree at least
 
 

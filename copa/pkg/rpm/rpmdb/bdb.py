@@ -270,6 +270,9 @@ class _Writer:
     """Pages of a new file: page 0 (meta) is filled last."""
 
     def __init__(self, meta: Meta) -> None:
+        if meta.version != 9:  # BerkeleyDB >= 4.6 (RHEL 6 and later): an older rpm could not read what we write
+            raise BdbError(f"the rpm database is BerkeleyDB {meta.kind} version {meta.version}, older than copa "
+                           "writes (9); patch images of RHEL/CentOS 6 or later")
         self.meta = meta
         self.pages: list[bytearray] = [bytearray(meta.pagesize)]
 
