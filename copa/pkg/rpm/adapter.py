@@ -24,6 +24,17 @@ from copa.pkg.fetch import FetchItem, fetcher_for
 from copa.pkg.rpm.deps import Dep
 from copa.pkg.rpm.header import Header, installed_header
 from copa.pkg.rpm.install import LayerPlan, install_package, other_owned, owned_files, scripts_note
+from copa.pkg.rpm.modules import (
+    DEFAULTS_DIR,
+    MODULES_DIR,
+    ModularFilter,
+    ModuleMetadata,
+    build_filter,
+    load_modules,
+    local_defaults,
+    parse_module_states,
+    platform_of,
+)
 from copa.pkg.rpm.plan import Chosen, Installed, Policy, Wanted, resolve
 from copa.pkg.rpm.repomd import RepoIndex, RpmPackage, load_repository
 from copa.pkg.rpm.repos import RepoSetup, RpmRepository, Tree, read_setup, repository_keyring
@@ -131,11 +142,27 @@ class _Repositories:
             self.indexes.append(load_repository(
                 repo, self.fetcher, lambda r: repository_keyring(r, self.tree, ctx.repos, self.fetcher),
                 variables=setup.variables, mirrors=ctx.repos.mirrors, keep=keep.__contains__))
+        self.modular = self._modular_filter()
+
+    def _modular_filter(self) -> ModularFilter | None:
+        """dnf 4's modular filtering (copa/pkg/rpm/modules.py), when some repository lists `modules`: the
+        repositories' streams and defaults, the image's /etc/dnf/modules.defaults.d over them, its
+        /etc/dnf/modules.d states, and the platform stream of its os-release's PLATFORM_ID."""
+        meta = ModuleMetadata()
+        for ix in self.indexes:
+            meta = meta.merged(load_modules(ix.loaded, self.fetcher))
+        if not meta.streams:
+            return None
+        meta = ModuleMetadata(meta.streams, {**meta.defaults, **local_defaults(self.tree.under(DEFAULTS_DIR))})
+        states = parse_module_states(self.tree.under(MODULES_DIR))
+        os_release = self.tree.read("etc/os-release") or self.tree.read("usr/lib/os-release") or b""
+        return build_filter(meta, states, platform_of(os_release.decode("utf-8", "replace")))
 
     def _wrap(self, index: RepoIndex, packages: Sequence[RpmPackage]) -> list[Candidate]:
         repo = index.repo
         return [Candidate(p, repo.priority) for p in packages
-                if self.setup.visible(repo, p.name, (p.epoch or "0", p.version, p.release), p.arch)]
+                if self.setup.visible(repo, p.name, (p.epoch or "0", p.version, p.release), p.arch)
+                and (self.modular is None or self.modular.visible(p, repo))]
 
     def versions(self, name: str) -> list[Candidate]:
         return [c for ix in self.indexes for c in self._wrap(ix, ix.versions(name))]
