@@ -19,6 +19,8 @@ error class (BadHeader, exit 5, unless the caller names another) and never an In
 
 from __future__ import annotations
 
+import functools
+import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -106,8 +108,10 @@ class Header:
     error: type[CopaError] = field(default=BadHeader, compare=False, repr=False)
     _by_tag: dict[int, Entry] = field(init=False, compare=False, repr=False)
     _region: Region | None = field(init=False, compare=False, repr=False)
+    _ends: dict[tuple[int, int], int] = field(init=False, compare=False, repr=False)  # string data ends, memoised
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_ends", {})
         by_tag: dict[int, Entry] = {}
         for i, entry in enumerate(self.entries):
             self._check(entry, i)
@@ -180,13 +184,14 @@ class Header:
 
     def _string_end(self, e: Entry) -> int:
         """Where the entry's last string's NUL ends; every string must end inside the data."""
-        pos = e.offset
-        for _ in range(e.count):
-            nul = self.data.find(b"\0", pos)
-            if nul < 0:
+        key = (e.offset, e.count)
+        end = self._ends.get(key)
+        if end is None:
+            found = _strings_pattern(e.count).match(self.data, e.offset)
+            if found is None:
                 raise self._fail(f"string tag {e.tag} is not NUL-terminated")
-            pos = nul + 1
-        return pos
+            end = self._ends[key] = found.end()
+        return end
 
     def _find_region(self) -> Region | None:
         if not self.entries or self.entries[0].tag not in REGION_TAGS:
@@ -241,7 +246,7 @@ class Header:
         if e.type not in (Type.STRING, Type.STRING_ARRAY, Type.I18NSTRING):
             raise self._fail(f"tag {tag} is {e.type.name}, not strings")
         raw = self.data[e.offset:self._string_end(e) - 1]
-        return tuple(_decode(s) for s in raw.split(b"\0"))
+        return tuple(_decode(raw).split("\0"))  # one decode: NUL is NUL in UTF-8
 
     def string(self, tag: int) -> str | None:
         """A STRING, or an I18NSTRING's first (the C locale's) text; None when absent."""
@@ -304,6 +309,12 @@ class Header:
             entries.append(Entry(v.tag, v.type, len(data), v.count))
             data += v.raw
         return Header(tuple(entries), bytes(data), self.what, self.error)
+
+
+@functools.lru_cache(maxsize=64)
+def _strings_pattern(count: int) -> re.Pattern[bytes]:
+    # `count` NUL-terminated strings, matched in C: headers of big packages hold arrays of 100k names.
+    return re.compile(rb"(?:[^\0]*\0){%d}" % count)
 
 
 def _check_sizes(il: int, dl: int, what: str, error: type[CopaError]) -> None:
