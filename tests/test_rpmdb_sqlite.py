@@ -257,6 +257,19 @@ def test_upgrade_equals_rpm_U(roots: tuple[Path, Path], fast_tmp: Path) -> None:
     assert table_rows(ours / dbdir / "rpmdb.sqlite") == table_rows(after / dbdir / "rpmdb.sqlite")
 
 
+def test_instance_numbers_are_never_reused(roots: tuple[Path, Path], packages: dict[str, Path]) -> None:
+    """rpm -e of the newest package leaves its number used: the next install takes the one after (sqlite's
+    AUTOINCREMENT sequence, not MAX(hnum) + 1), as rpm does."""
+    before, after = roots
+    dbdir = DBPATH.lstrip("/")
+    rpm(before, "-e", "--nodeps", "--noscripts", "foo")
+    blob = rpmsqlite.read_headers((after / dbdir / "rpmdb.sqlite").read_bytes())[3]
+    _data, hnums = rpmsqlite.write_upgrade((before / dbdir / "rpmdb.sqlite").read_bytes(), None, [],
+                                           [(blob, BlobTags(blob))])
+    install(before, packages["foo2"])
+    assert hnums == [3] and sorted(rpmsqlite.read_headers((before / dbdir / "rpmdb.sqlite").read_bytes())) == [1, 3]
+
+
 def test_damaged_database_is_exit_6() -> None:
     with pytest.raises(UnsupportedImageError) as err:
         rpmsqlite.read_headers(b"SQLite format 3\x00" + b"\xff" * 5000)

@@ -94,6 +94,9 @@ def write_upgrade(db: bytes, wal: bytes | None, removed: Iterable[int], added: S
                 if conn.execute("DELETE FROM Packages WHERE hnum = ?", (hnum,)).rowcount != 1:
                     raise _damaged(what, f"no installed header {hnum} to remove")
             conn.execute("COMMIT")
+            # What rpm's sqlite backend runs when it closes a database it wrote.
+            conn.execute("PRAGMA optimize")
+            conn.execute("PRAGMA wal_checkpoint = TRUNCATE")
         except sqlite3.DatabaseError as e:
             raise _damaged(what, e) from None
         finally:
