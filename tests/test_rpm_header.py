@@ -37,6 +37,8 @@ SPECS = (
     RpmSpec("meta", "3.0.7", "27.el9", files=(), requires=("hello",)),
     RpmSpec("archpkg", "2.28", "225.el8_8.6", arch="x86_64", payload="zstd",
             files=(RpmFile("/usr/lib64/libx.so.1", b"\x7fELF" + bytes(range(256)) * 40, 0o755),)),
+    RpmSpec("reloc", "1", "1", files=(RpmFile("/opt/reloc/a", b"a"), RpmFile("/srv/s/b", b"b")),
+            extra=("Prefix: /opt/reloc", "Prefix: /srv/s")),  # rpm records INSTPREFIXES
     RpmSpec("signedrsa", "1", "1", files=(RpmFile("/opt/r", b"r"),), payload="gzip"),
     RpmSpec("signeded", "1", "1", files=(RpmFile("/opt/e", b"e"),), payload="bzip2"),
 )

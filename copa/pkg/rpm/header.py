@@ -356,7 +356,8 @@ def installed_header(main: Header, signature: Header, *, install_time: int, inst
                      file_states: Sequence[int] | None = None, install_color: int = 3) -> Header:
     """The header rpm 4.18 stores in its database for a package it installs: the main header's immutable region
     verbatim, then the signature header's digests and signatures (see merged_signature_values), INSTALLTIME,
-    FILESTATES (one per file; all NORMAL unless given), INSTALLCOLOR (the transaction's color: 3 on 64-bit
+    FILESTATES (one per file; all NORMAL unless given), INSTPREFIXES (a relocatable package's PREFIXES, as copa
+    never relocates), INSTALLCOLOR (the transaction's color: 3 on 64-bit
     hosts with multilib, ELF32|ELF64) and INSTALLTID (the transaction id, a timestamp), sorted by tag."""
     base = main.immutable()
     if base.region is None or base.region.tag != Tag.HEADERIMMUTABLE:
@@ -364,6 +365,10 @@ def installed_header(main: Header, signature: Header, *, install_time: int, inst
     values = merged_signature_values(base, signature)
     values += [Value.int32(Tag.INSTALLTIME, install_time), Value.int32(Tag.INSTALLCOLOR, install_color),
                Value.int32(Tag.INSTALLTID, install_tid)]
+    prefixes = base.strings(Tag.PREFIXES)
+    if prefixes:
+        # A relocatable package records where its prefixes went (rpmRelocateFileList): where they were, unrelocated.
+        values.append(Value.strings(Tag.INSTPREFIXES, prefixes))
     files = len(base.strings(Tag.BASENAMES)) or len(base.strings(Tag.OLDFILENAMES))
     if files:
         states = list(file_states) if file_states is not None else [FileState.NORMAL] * files
