@@ -29,7 +29,8 @@ from copa.pkg.base import UpdateKind
 from copa.pkg.rpm.deps import Dep, compare_evr
 from copa.pkg.rpm.plan import Installed, Wanted, resolve
 from copa.pkg.rpm.version import rpmvercmp
-from tests.support.rpmtools import RpmFile, RpmSpec, build_rpm, createrepo, init_root, rpm_root_args
+from tests.support.rpmrepo import createrepo
+from tests.support.rpmtools import RpmFile, RpmSpec, build_rpm, init_root, rpm_root_args
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("dnf") is None or shutil.which("rpmbuild") is None,

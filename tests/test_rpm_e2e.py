@@ -23,12 +23,12 @@ import pytest
 
 from tests.support import debimage, images
 from tests.support.aptrepo import RepoServer
+from tests.support.rpmrepo import createrepo
 from tests.support.rpmtools import (
     GpgKey,
     RpmFile,
     RpmSpec,
     build_rpm,
-    createrepo,
     init_root,
     make_gpg_key,
     rpm_root_args,

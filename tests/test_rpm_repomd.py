@@ -39,7 +39,9 @@ from copa.pkg.rpm.repomd import (
     parse_repomd,
 )
 from copa.pkg.rpm.repos import RpmRepository
-from tests.support.rpmrepo import GpgKey, Pkg, RepoServer, RpmRepo, build_repo, dnf_query, make_gpg_key
+from tests.support.rpmrepo import RepoServer, RpmRepo, build_repo, dnf_query
+from tests.support.rpmtools import GpgKey, make_gpg_key
+from tests.support.rpmtools import rpm_spec as Pkg
 
 pytestmark = pytest.mark.skipif(shutil.which("createrepo_c") is None or shutil.which("dnf") is None,
                                 reason="createrepo_c and dnf build and check the repositories")
@@ -82,7 +84,7 @@ def _fetcher(tmp_path: Path) -> Fetcher:
 
 
 def _ring(key: GpgKey) -> Keyring:
-    return Keyring.from_file(key.armored)
+    return Keyring.from_file(key.public)
 
 
 def _load(url: str, tmp_path: Path, key: GpgKey | None = None, **kw: object) -> RepoIndex:
@@ -187,7 +189,7 @@ def test_wrong_checksum_is_an_integrity_error(repo: RpmRepo, tmp_path: Path) -> 
 
 
 def test_repomd_signature(repo: RpmRepo, key: GpgKey, tmp_path: Path) -> None:
-    other = make_gpg_key(tmp_path / "other", "other <other@example.invalid>")
+    other = make_gpg_key(tmp_path / "other", uid="other <other@example.invalid>")
     root = _copy(repo, tmp_path / "repo")
     with RepoServer(root) as s:
         with pytest.raises(IntegrityError, match="does not verify") as e:

@@ -220,14 +220,14 @@ def test_user_repositories_mirrors_and_unsigned(tmp_path: Path) -> None:
 
 
 def test_keys(tmp_path: Path) -> None:
-    from tests.support.rpmrepo import make_gpg_key
+    from tests.support.rpmtools import make_gpg_key
 
     key = make_gpg_key(tmp_path / "gpg")
-    other = make_gpg_key(tmp_path / "gpg2", "other <o@example.invalid>")
+    other = make_gpg_key(tmp_path / "gpg2", uid="other <o@example.invalid>")
     served = tmp_path / "served"
     served.mkdir()
-    (served / "k.asc").write_bytes(other.armored.read_bytes())
-    tree = _write(tmp_path / "root", {"etc/pki/rpm-gpg/RPM-GPG-KEY-test": key.armored.read_text()})
+    (served / "k.asc").write_bytes(other.public.read_bytes())
+    tree = _write(tmp_path / "root", {"etc/pki/rpm-gpg/RPM-GPG-KEY-test": key.public.read_text()})
     from copa.pkg.fetch import Fetcher
 
     with RepoServer(served) as server:
@@ -236,7 +236,7 @@ def test_keys(tmp_path: Path) -> None:
         ring = repository_keyring(repo, tree, RepositoryOptions(), Fetcher())
         assert sorted(ring.fingerprints) == sorted([key.fingerprint.lower(), other.fingerprint.lower()])
     # file: keys are the image's, never the host's; a missing one is an integrity failure (exit 5)
-    escaping = RpmRepository("r", "r", ("http://127.0.0.1:9/",), gpgkeys=(f"file://{key.armored}",))
+    escaping = RpmRepository("r", "r", ("http://127.0.0.1:9/",), gpgkeys=(f"file://{key.public}",))
     with pytest.raises(IntegrityError) as e:
         repository_keyring(escaping, tree, RepositoryOptions(), None)
     assert e.value.exit_code == 5
@@ -246,7 +246,7 @@ def test_keys(tmp_path: Path) -> None:
     # --keyring replaces the image's keys; a user --repository without --keyring trusts /etc/pki/rpm-gpg
     user = RpmRepository("copa-repository-1", "u", ("http://127.0.0.1:9/",), from_user=True)
     assert repository_keyring(user, tree, RepositoryOptions(), None).fingerprints == (key.fingerprint.lower(),)
-    replaced = repository_keyring(escaping, tree, RepositoryOptions(keyrings=(other.armored,)), None)
+    replaced = repository_keyring(escaping, tree, RepositoryOptions(keyrings=(other.public,)), None)
     assert replaced.fingerprints == (other.fingerprint.lower(),)
 
 

@@ -1,12 +1,14 @@
-"""Real .rpm packages, signatures, rpm databases and repositories for the RPM family's tests, made by the real
-tools (rpmbuild, rpmsign with gpg, rpm --root, createrepo_c), never by copa's own code.
+"""Real .rpm packages, signing keys, signatures and rpm databases for the RPM family's tests, made by the real
+tools (rpmbuild, gpg, rpmsign, rpm --root), never by copa's own code. Repositories (createrepo_c, modules,
+signed repomd.xml), serving them and dnf as their oracle are tests/support/rpmrepo.py's, built on this module.
 
     spec = RpmSpec("hello", "1.0", "1", files=(RpmFile("/usr/bin/hello", b"#!/bin/sh\\n", 0o755),))
+    same = rpm_spec("hello", "1.0", "1", files={"/usr/bin/hello": "#!/bin/sh\\n"})  # the short form
     rpm = build_rpm(spec, tmp_path)                       # tmp_path/hello-1.0-1.noarch.rpm
     key = make_gpg_key(tmp_path / "gpg", "ed25519")
     sign_rpms([rpm], key)                                 # rpmsign --addsign, in place
+    key.sign_detached(tmp_path / "file")                  # tmp_path/file.asc, armored
     init_root(tmp_path / "root", [rpm])                   # rpm --root ... -i: files and rpmdb.sqlite
-    createrepo(tmp_path)                                  # repodata/ for dnf
 
 Builds are reproducible: SOURCE_DATE_EPOCH fixes build time and clamps mtimes; no brp scripts, no build-id
 links, no automatic dependencies, so the header holds only what the spec says.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +74,17 @@ class RpmSpec:
         return f"{self.name}-{self.version}-{self.release}.{self.arch}.rpm"
 
 
-def _run(args: Sequence[str], env: dict[str, str] | None = None) -> str:
+def rpm_spec(name: str, version: str, release: str = "1", *, epoch: int | None = None, arch: str = "noarch",
+             lines: Sequence[str] = (), files: Mapping[str, bytes | str] | None = None) -> RpmSpec:
+    """The short form the repository tests write: preamble lines verbatim ("Requires: x >= 1",
+    "Requires(pre): y", "Suggests: z"...) and files as {path: content}, each a plain 0644 file."""
+    return RpmSpec(name, version, release, epoch=epoch, arch=arch, extra=tuple(lines),
+                   files=tuple(RpmFile(path, content.encode() if isinstance(content, str) else content)
+                               for path, content in (files or {}).items()))
+
+
+def run(args: Sequence[str], env: dict[str, str] | None = None) -> str:
+    """The command's stdout; a failure raises with its output."""
     proc = subprocess.run(list(args), capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -145,7 +157,7 @@ def build_rpm(spec: RpmSpec, out_dir: Path) -> Path:
     if spec.arch != "noarch":
         args += ["--target", spec.arch]
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(BUILD_DATE), "LC_ALL": "C"}
-    _run([*args, str(spec_path)], env)
+    run([*args, str(spec_path)], env)
     shutil.rmtree(top, ignore_errors=True)
     return out_dir / spec.filename
 
@@ -157,17 +169,24 @@ class GpgKey:
     fingerprint: str
     public: Path  # armored public key, as an RPM-GPG-KEY-* file
 
+    def sign_detached(self, path: Path) -> Path:
+        """gpg --detach-sign --armor: path.asc next to `path` (as repomd.xml.asc)."""
+        run(["gpg", "--homedir", str(self.home), "--batch", "--yes", "--local-user", self.fingerprint,
+              "--detach-sign", "--armor", str(path)])
+        return path.with_name(path.name + ".asc")
 
-def make_gpg_key(home: Path, algo: str = "rsa3072", uid: str = "copa test <rpm@copa.test>") -> GpgKey:
-    """A throwaway signing key without a passphrase (`algo` as gpg's --quick-gen-key takes it: rsa3072,
-    ed25519...); the armored public key is written next to it."""
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+def make_gpg_key(home: Path, algo: str = "ed25519", uid: str = "copa test <rpm@copa.test>") -> GpgKey:
+    """A throwaway signing key without a passphrase (`algo` as gpg's --quick-gen-key takes it: ed25519,
+    rsa3072...); the armored public key is written next to it."""
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)
     env = {**os.environ, "GNUPGHOME": str(home)}
-    _run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, algo, "sign", "never"], env)
-    listing = _run(["gpg", "--batch", "--with-colons", "--list-secret-keys"], env)
+    run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, algo, "sign", "never"], env)
+    listing = run(["gpg", "--batch", "--with-colons", "--list-secret-keys"], env)
     fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
     public = home / "RPM-GPG-KEY-copa-test"
-    public.write_text(_run(["gpg", "--batch", "--armor", "--export", fingerprint], env))
+    public.write_text(run(["gpg", "--batch", "--armor", "--export", fingerprint], env))
     return GpgKey(home, uid, fingerprint, public)
 
 
@@ -176,7 +195,7 @@ def sign_rpms(paths: Iterable[Path], key: GpgKey) -> None:
     whichever tag rpm picks for the key's algorithm)."""
     args = ["rpmsign", "--addsign", "--define", f"_gpg_name {key.fingerprint}", "--define", f"_gpg_path {key.home}",
             "--define", "__gpg /usr/bin/gpg"]
-    _run([*args, *map(str, paths)], {**os.environ, "GNUPGHOME": str(key.home)})
+    run([*args, *map(str, paths)], {**os.environ, "GNUPGHOME": str(key.home)})
 
 
 def rpm_root_args(root: Path) -> list[str]:
@@ -187,12 +206,7 @@ def init_root(root: Path, rpms: Sequence[Path], *extra: str) -> None:
     """A root with an rpm database (var/lib/rpm/rpmdb.sqlite) and the packages' files really installed, their
     scripts not run (`extra`: more rpm flags)."""
     root.mkdir(parents=True, exist_ok=True)
-    _run([*rpm_root_args(root), "--initdb"])
+    run([*rpm_root_args(root), "--initdb"])
     if rpms:
-        _run([*rpm_root_args(root), "-i", "--nodeps", "--noscripts", "--notriggers", *extra, *map(str, rpms)])
+        run([*rpm_root_args(root), "-i", "--nodeps", "--noscripts", "--notriggers", *extra, *map(str, rpms)])
 
-
-def createrepo(directory: Path) -> Path:
-    """repodata/ for the .rpm files under `directory` (createrepo_c); returns the repodata directory."""
-    _run(["createrepo_c", "--quiet", str(directory)])
-    return directory / "repodata"
