@@ -18,6 +18,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from copa.errors import UnsupportedImageError
 from copa.oci.rootfs import Node, View
@@ -191,3 +193,51 @@ def test_damaged_files_are_exit_6(roots: tuple[Path, Path]) -> None:
         with pytest.raises(UnsupportedImageError) as err:
             bdb.read_hash(bad, "/var/lib/rpm/Packages")
         assert err.value.exit_code == 6 and "\n" not in err.value.message
+
+
+def _sample_files() -> dict[str, bytes]:
+    btree = {b"/usr/lib/%05d/" % i: struct.pack("<II", i, 0) * (1 + (i % 50 == 0) * 30) for i in range(300)}
+    hashed = {struct.pack("<I", i): bytes([i % 251]) * (20 + (i * 37) % 1500) for i in range(60)}
+    return {"btree": bdb.write_btree(btree, bdb.new_meta("btree", pagesize=512)),
+            "hash": bdb.write_hash(hashed, bdb.new_meta("hash", pagesize=512))}
+
+
+_SAMPLES = _sample_files()
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(["btree", "hash"]), flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)),
+                                                                min_size=1, max_size=6),
+       cut=st.integers(0, 1 << 20) | st.none())
+def test_damage_is_an_unsupported_image_not_a_crash(kind: str, flips: list[tuple[int, int]], cut: int | None) -> None:
+    data = bytearray(_SAMPLES[kind])
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    if cut is not None:
+        data = data[:cut % len(data)]
+    reader = bdb.read_btree if kind == "btree" else bdb.read_hash
+    try:
+        reader(bytes(data), "/var/lib/rpm/X")
+    except UnsupportedImageError as e:
+        assert "\n" not in e.message
+
+
+def test_big_endian_files_keep_their_byte_order(tmp_path: Path) -> None:
+    """An s390x image's rpmdb is big-endian (BerkeleyDB's byte order is the writer's): read as it is, written
+    back in the same order."""
+    for kind, items in (("hash", {struct.pack(">I", i): b"h" * (i * 97 % 3000) for i in range(40)}),
+                        ("btree", {b"k%04d" % i: struct.pack(">II", i, 1) * (1 + i % 200) for i in range(300)})):
+        theirs = tmp_path / f"theirs-{kind}"
+        text = "".join(f"{_escape(k)}\n{_escape(v)}\n" for k, v in items.items())
+        subprocess.run(["db5.3_load", "-T", "-t", kind, "-c", "db_lorder=4321", str(theirs)], input=text.encode(),
+                       check=True)
+        meta = bdb.read_meta(theirs.read_bytes(), kind)
+        assert meta.endian == ">"
+        reader = bdb.read_btree if kind == "btree" else bdb.read_hash
+        assert reader(theirs.read_bytes(), kind) == items
+        writer = bdb.write_btree if kind == "btree" else bdb.write_hash
+        ours = tmp_path / f"ours-{kind}"
+        ours.write_bytes(writer(items, meta))
+        subprocess.run(["db5.3_verify", "-q", str(ours)], check=True)
+        assert bdb.read_meta(ours.read_bytes(), kind).endian == ">"
+        assert sorted(dump(ours)) == sorted(dump(theirs))

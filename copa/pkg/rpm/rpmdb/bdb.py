@@ -169,6 +169,13 @@ class _Pages:
 
 def read_hash(data: bytes, what: str) -> dict[bytes, bytes]:
     """Every key/data pair of a hash database, walking the buckets."""
+    try:
+        return _read_hash(data, what)
+    except (struct.error, IndexError, ValueError) as e:  # a field pointing past what it should: damage
+        raise _damaged(what, str(e) or type(e).__name__) from None
+
+
+def _read_hash(data: bytes, what: str) -> dict[bytes, bytes]:
     meta = read_meta(data, what)
     if meta.kind != "hash":
         raise _damaged(what, "a btree where rpm keeps a hash database")
@@ -208,6 +215,13 @@ def read_hash(data: bytes, what: str) -> dict[bytes, bytes]:
 
 def read_btree(data: bytes, what: str) -> dict[bytes, bytes]:
     """Every key/data pair of a btree database, from the leftmost leaf along the leaf chain."""
+    try:
+        return _read_btree(data, what)
+    except (struct.error, IndexError, ValueError) as e:  # a field pointing past what it should: damage
+        raise _damaged(what, str(e) or type(e).__name__) from None
+
+
+def _read_btree(data: bytes, what: str) -> dict[bytes, bytes]:
     meta = read_meta(data, what)
     if meta.kind != "btree":
         raise _damaged(what, "a hash where rpm keeps a btree database")
