@@ -7,6 +7,7 @@ verify it. This module also holds the rpmbuild/rpm helpers and a private header 
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sqlite3
@@ -134,15 +135,26 @@ def fast_tmp(tmp_path: Path) -> Iterator[Path]:
         yield Path(d)
 
 
-@pytest.fixture(scope="session")
-def packages() -> Iterator[dict[str, Path]]:
-    with tempfile.TemporaryDirectory(prefix="copa-rpmbuild-", dir=_memory_dir()) as d:
-        top = Path(d)
-        yield {
+_BUILT: dict[str, Path] = {}
+
+
+def _build_packages() -> dict[str, Path]:
+    """Built once per test process: the three rpm test modules import this fixture, and pytest would give each
+    module its own copy of a session fixture."""
+    if not _BUILT:
+        top = Path(tempfile.mkdtemp(prefix="copa-rpmbuild-", dir=_memory_dir()))
+        atexit.register(shutil.rmtree, top, True)
+        _BUILT.update({
             "bar": rpmbuild(top, BAR_SPEC, "bar"),
             "foo1": rpmbuild(top, FOO_SPEC, "foo", ver="1.0", extra="150"),
             "foo2": rpmbuild(top, FOO_SPEC, "foo", ver="2.0", extra="20"),
-        }
+        })
+    return dict(_BUILT)
+
+
+@pytest.fixture(scope="session")
+def packages() -> dict[str, Path]:
+    return _build_packages()
 
 
 # A private, minimal reader of installed header blobs for the tests: copa's own is copa.pkg.rpm.header.
