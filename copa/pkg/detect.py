@@ -15,7 +15,7 @@ OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release")
 # What adapters read from an image (databases, repository configuration, keys, conffiles): captured in the one
 # full pass over the layers, so nothing needs a layer read twice.
 CAPTURE = ("etc", "usr/lib/os-release", "var/lib/dpkg", "usr/share/keyrings", "lib/apk/db", "usr/lib/apk/db",
-           "var/lib/rpm", "usr/lib/sysimage/rpm",
+           "var/lib/rpm", "usr/lib/sysimage/rpm", "usr/lib/rpm/macros.d",  # rpm: macros that filter installs
            # for copa/pkg/effects: the certificates update-ca-certificates bundles, and debconf's answers
            "usr/share/ca-certificates", "usr/local/share/ca-certificates", "var/cache/debconf/config.dat")
 

@@ -252,7 +252,8 @@ class RpmAdapter:
                         layer.remove(real)
         install_time = _install_time(contents)
         blobs = [installed_header(c.headers.header, c.headers.signature, install_time=install_time,
-                                  install_tid=install_time).to_bytes(magic=False) for c in contents]
+                                  install_tid=install_time, file_states=layer.file_states(c)).to_bytes(magic=False)
+                 for c in contents]
         change = payload.db.upgrade([*replaced, *payload.erased], blobs)
         for entry in change.entries():
             layer.entries[entry.path] = entry

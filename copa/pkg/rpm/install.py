@@ -8,6 +8,10 @@ are removed (unless another installed package still owns them); %config files fo
 an unmodified one is replaced, a modified one is kept with the new one beside it as `.rpmnew`
 (%config(noreplace)) or moved aside as `.rpmsave` with the new one installed (%config), and left alone when the
 package did not change it.
+
+The image's rpm macros (macros.py: %_excludedocs, %_install_langs, %_netsharedpath, dnf's tsflags=nodocs) keep
+files out as rpm's skipInstallFiles does: such a file is neither written nor removed when an older version left
+it on disk, and the installed header records it as NOTINSTALLED or NETSHARED (`LayerPlan.states`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from dataclasses import dataclass, field
 from copa.oci.layer import Entry, Kind
 from copa.oci.rootfs import View
 from copa.pkg.rpm.header import Header
+from copa.pkg.rpm.macros import InstallPolicy, read_policy
 from copa.pkg.rpm.rpmfile import RpmContents, RpmFile
-from copa.pkg.rpm.tags import FileFlag, Tag
+from copa.pkg.rpm.tags import FileFlag, FileState, Tag
 
 # FILEDIGESTALGO (OpenPGP hash ids) -> hashlib names; a header without it uses MD5 (rpm < 4.6 packages).
 _DIGESTS = {1: "md5", 2: "sha1", 8: "sha256", 9: "sha384", 10: "sha512", 11: "sha224"}
@@ -35,6 +40,7 @@ class OwnedFile:
     flags: int
     digest: str
     mode: int
+    state: int = FileState.NORMAL  # FILESTATES of an installed header: NOTINSTALLED/NETSHARED ones are not on disk
 
 
 def owned_files(h: Header) -> tuple[OwnedFile, ...]:
@@ -44,12 +50,18 @@ def owned_files(h: Header) -> tuple[OwnedFile, ...]:
     flags = h.ints(Tag.FILEFLAGS)
     digests = h.strings(Tag.FILEDIGESTS)
     modes = h.ints(Tag.FILEMODES)
+    states = h.ints(Tag.FILESTATES)
     out = []
     for i, base in enumerate(names):
         d = dirs[index[i]] if i < len(index) and index[i] < len(dirs) else "/"
         out.append(OwnedFile(posixpath.normpath(d + base).lstrip("/"), flags[i] if i < len(flags) else 0,
-                             digests[i] if i < len(digests) else "", modes[i] & 0xFFFF if i < len(modes) else 0))
+                             digests[i] if i < len(digests) else "", modes[i] & 0xFFFF if i < len(modes) else 0,
+                             _signed_char(states[i]) if i < len(states) else FileState.NORMAL))
     return tuple(out)
+
+
+def _signed_char(value: int) -> int:
+    return value - 256 if value > 127 else value
 
 
 def digest_algorithm(h: Header) -> str:
@@ -75,10 +87,17 @@ class LayerPlan:
     users: dict[str, int] = field(default_factory=dict)
     groups: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    policy: InstallPolicy = field(default_factory=InstallPolicy)
+    states: dict[str, list[int]] = field(default_factory=dict)  # per package (NEVRA): FILESTATES to record
 
     @classmethod
-    def of(cls, view: View, mtime: int) -> LayerPlan:
-        return cls(view, mtime, users=_ids(view.read("etc/passwd")), groups=_ids(view.read("etc/group")))
+    def of(cls, view: View, mtime: int, arch: str = "x86_64") -> LayerPlan:
+        return cls(view, mtime, users=_ids(view.read("etc/passwd")), groups=_ids(view.read("etc/group")),
+                   policy=read_policy(view.read, lambda d: _listdir(view, d), arch))
+
+    def file_states(self, contents: RpmContents) -> list[int] | None:
+        """The FILESTATES of the installed header for a package `install_package` placed (None: all NORMAL)."""
+        return self.states.get(contents.headers.nevra)
 
     def real(self, path: str) -> str:
         """Where rpm writes a package path: through the image's directory symlinks, never through the last part."""
@@ -106,15 +125,105 @@ class LayerPlan:
         return Entry(path, Kind.FILE, mode, uid, gid, f.size, f.open, mtime=f.mtime)
 
 
+def _listdir(view: View, directory: str) -> list[str]:
+    try:
+        real = view.resolve(directory)
+    except Exception:  # a symlink loop
+        return []
+    return sorted(posixpath.basename(p) for p in view.nodes if posixpath.dirname(p) == real)
+
+
+def _lang_skipped(langs: tuple[str, ...], flangs: str) -> bool:
+    """skipInstallFiles: a file is kept when one of its '|'-separated languages is a prefix (strncmp over the
+    file language's length) of one installed language."""
+    return not any(lang[:len(fl)] == fl for lang in langs for fl in flangs.split("|") if fl)
+
+
+def _netshared(paths: tuple[str, ...], dn: str, bn: str) -> bool:
+    """matchNetsharedpath: `dn` with its trailing slash; a directory or a complete file path matches."""
+    for nsp in paths:
+        if len(dn) >= len(nsp):
+            if dn.startswith(nsp) and (len(dn) == len(nsp) or dn[len(nsp)] == "/"):
+                return True
+        elif len(nsp) >= len(dn) + len(bn) and nsp.startswith(dn):
+            rest = nsp[len(dn):]
+            slash = rest.find("/")
+            if slash != -1 and slash + 1 < len(rest):
+                continue
+            if rest.startswith(bn) and rest[len(bn):] in ("", "/"):
+                return True
+    return False
+
+
+def skipped_files(contents: RpmContents, policy: InstallPolicy) -> list[int]:
+    """FILESTATES for a package as lib/transaction.c skipInstallFiles leaves them: NETSHARED for a net shared
+    path, NOTINSTALLED for a language not installed or (with %_excludedocs) a %doc file, then NOTINSTALLED for a
+    listed directory all of whose files were skipped (deepest first, the parent counting it as skipped)."""
+    h = contents.header
+    n = len(contents.files)
+    states = [int(FileState.NORMAL)] * n
+    if not policy.filters or not n:
+        return states
+    dirnames = list(h.strings(Tag.DIRNAMES))
+    dirindexes = h.ints(Tag.DIRINDEXES)
+    if len(dirindexes) != n:  # OLDFILENAMES headers: directories from the paths
+        dirnames = sorted({posixpath.dirname("/" + f.path).rstrip("/") + "/" for f in contents.files})
+        dirindexes = tuple(dirnames.index(posixpath.dirname("/" + f.path).rstrip("/") + "/") for f in contents.files)
+    count = [0] * len(dirnames)
+    emptied = [False] * len(dirnames)
+    for i, f in enumerate(contents.files):
+        ix = dirindexes[i]
+        count[ix] += 1
+        state = None
+        if policy.netshared and _netshared(policy.netshared, dirnames[ix], posixpath.basename(f.path)):
+            state = FileState.NETSHARED
+        elif ((policy.install_langs is not None and f.lang and _lang_skipped(policy.install_langs, f.lang))
+              or (policy.excludedocs and f.flags & FileFlag.DOC)):
+            state = FileState.NOTINSTALLED  # a language not installed, or %doc with %_excludedocs
+        if state is not None:
+            states[i] = int(state)
+            count[ix] -= 1
+            emptied[ix] = True
+    for j in range(len(dirnames) - 1, -1, -1):
+        if count[j] or not emptied[j]:
+            continue
+        want = dirnames[j].rstrip("/")
+        for i, f in enumerate(contents.files):
+            if states[i] == FileState.NORMAL and f.kind == "dir" and "/" + f.path == want:
+                states[i] = int(FileState.NOTINSTALLED)
+                count[dirindexes[i]] -= 1
+                emptied[dirindexes[i]] = True
+                break
+    return states
+
+
 def install_package(plan: LayerPlan, new: RpmContents, old: Header | None, other_owned: set[str]) -> list[str]:
-    """Add one package's files to `plan`; returns what is worth noting (.rpmnew/.rpmsave made)."""
+    """Add one package's files to `plan`; returns what is worth noting (.rpmnew/.rpmsave made, files the image's
+    rpm configuration keeps out)."""
     notes: list[str] = []
     before = {f.path: f for f in owned_files(old)} if old is not None else {}
     algo = digest_algorithm(new.header)
     old_algo = digest_algorithm(old) if old is not None else algo
     kept: set[str] = set()
-    for f in new.files:
+    states = skipped_files(new, plan.policy)
+    if any(states):
+        plan.states[new.headers.nevra] = states
+        notes.append(f"{sum(1 for s in states if s)} files not installed (the image's rpm macros: "
+                     f"{_policy_text(plan.policy)})")
+    skipped_dirs: list[str] = []
+    for f, state in zip(new.files, states, strict=True):
         kept.add(f.path)
+        if state != FileState.NORMAL:
+            # Skipped as rpm skips it: not written; what the old version installed there is erased.
+            was = before.get(f.path)
+            if was is not None and was.state == FileState.NORMAL and "/" + f.path not in other_owned:
+                real = plan.real(f.path)
+                node = plan.view.get(real)
+                if node is not None and node.kind == "dir":
+                    skipped_dirs.append(real)
+                elif node is not None:
+                    plan.remove(real)
+            continue
         if f.ghost or f.kind in ("chardev", "blockdev", "fifo"):
             continue  # %ghost: recorded in the database, never written; device nodes cannot live in a layer
         path = plan.real(f.path)
@@ -140,8 +249,8 @@ def install_package(plan: LayerPlan, new: RpmContents, old: Header | None, other
                     notes.append(f"/{path} replaced, the modified one saved as .rpmsave")
         plan.add(plan.file_entry(f, path))
     for gone in before.values():
-        if gone.path in kept or "/" + gone.path in other_owned:
-            continue
+        if gone.path in kept or "/" + gone.path in other_owned or gone.state != FileState.NORMAL:
+            continue  # (rpm erases only the files an installed header says it installed)
         real = plan.real(gone.path)
         node = plan.view.get(real)
         if node is None or node.kind == "dir":
@@ -152,7 +261,34 @@ def install_package(plan: LayerPlan, new: RpmContents, old: Header | None, other
                 plan.add(Entry.file(real + ".rpmsave", content, node.mode & 0o7777, mtime=plan.mtime))
                 notes.append(f"/{real} (modified, no longer shipped) saved as .rpmsave")
         plan.remove(real)
+    for real in sorted(skipped_dirs, reverse=True):  # deepest first: rpm erases a directory once it is empty
+        if _empty_after(plan, real):
+            plan.remove(real)
     return notes
+
+
+def _empty_after(plan: LayerPlan, directory: str) -> bool:
+    """Whether nothing is left in `directory` once the layer's whiteouts and files are applied."""
+    prefix = directory + "/"
+    for path, entry in plan.entries.items():
+        if path.startswith(prefix) and entry.kind is not Kind.WHITEOUT:
+            return False
+    gone = [p for p, e in plan.entries.items() if e.kind is Kind.WHITEOUT and p.startswith(prefix)]
+    for path in plan.view.nodes:
+        if path.startswith(prefix) and not any(path == g or path.startswith(g + "/") for g in gone):
+            return False
+    return True
+
+
+def _policy_text(policy: InstallPolicy) -> str:
+    parts = []
+    if policy.excludedocs:
+        parts.append("%_excludedocs")
+    if policy.install_langs is not None:
+        parts.append("%_install_langs " + ":".join(policy.install_langs))
+    if policy.netshared:
+        parts.append("%_netsharedpath " + ":".join(policy.netshared))
+    return ", ".join(parts)
 
 
 def _digest(data: bytes, algo: str) -> str:
