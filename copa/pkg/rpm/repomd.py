@@ -15,6 +15,7 @@ from __future__ import annotations
 import bz2
 import hashlib
 import io
+import json
 import logging
 import lzma
 import re
@@ -32,6 +33,7 @@ from pysequoia.packet import PacketPile
 
 from copa.errors import CopaError, IntegrityError, NotFoundError, RegistryError
 from copa.pkg.apt.openpgp import Keyring
+from copa.pkg.cache import Cache
 from copa.pkg.fetch import Fetcher, FetchItem
 from copa.pkg.rpm.deps import EQUAL, GREATER, LESS, Dep
 from copa.pkg.rpm.repos import RpmRepository, expand, mirror_url
@@ -188,10 +190,11 @@ def _check_prolog(head: bytes, what: str) -> bool:
 
 
 def iter_elements(stream: BinaryIO, what: str, tag: str) -> Iterator[ET.Element]:
-    """Each complete element named `tag` (local name), streamed; the caller reads it before the next one, then it
-    is cleared from the tree so memory stays that of one element."""
-    parser: Any = ET.XMLPullParser(events=("start", "end"))  # typeshed types its events too loosely
-    root: ET.Element | None = None
+    """Each complete element named `tag` (local name), streamed; the caller reads it before asking for the next
+    one, then it is emptied, so memory stays that of one element (plus an empty husk per element in the root)."""
+    # Only "end" events: "start" ones would double the per-event cost, which is most of the parse time.
+    parser: Any = ET.XMLPullParser(events=("end",))  # typeshed types its events too loosely
+    suffix = "}" + tag
     head = b""
     checked = False
     try:
@@ -205,25 +208,18 @@ def iter_elements(stream: BinaryIO, what: str, tag: str) -> Iterator[ET.Element]
                     continue
                 chunk, head = head, b""
             parser.feed(chunk)
-            for event, elem in parser.read_events():
-                if event == "start":
-                    if root is None:
-                        root = cast(ET.Element, elem)
-                    continue
-                element = cast(ET.Element, elem)
-                if _local(element.tag) == tag:
+            for _event, element in parser.read_events():
+                if element.tag == tag or element.tag.endswith(suffix):
                     yield element
-                    if root is not None:
-                        root.clear()  # drops every finished child, this one included
+                    element.clear()
         if not checked:
             if head.strip():
                 parser.feed(head)
             else:
                 raise IntegrityError(f"{what}: empty document")
         parser.close()
-        for event, elem in parser.read_events():
-            element = cast(ET.Element, elem)
-            if event == "end" and _local(element.tag) == tag:
+        for _event, element in parser.read_events():
+            if element.tag == tag or element.tag.endswith(suffix):
                 yield element
     except XMLError as e:
         raise IntegrityError(f"{what}: malformed XML ({e}); the repository metadata is corrupt") from None
@@ -498,68 +494,72 @@ _DEP_KINDS = ("provides", "requires", "conflicts", "obsoletes", "recommends", "s
               "enhances")
 
 
-def _relations(elem: ET.Element | None) -> tuple[Relation, ...]:
-    if elem is None:
-        return ()
-    return tuple(
-        Relation(e.get("name", ""), e.get("flags", ""), e.get("epoch", ""), e.get("ver", ""), e.get("rel", ""),
-                 e.get("pre", "0") in ("1", "true"))
-        for e in elem if _local(e.tag) == "entry"
+_RPM_NS = "{http://linux.duke.edu/metadata/rpm}"
+_COMMON_NS = "{http://linux.duke.edu/metadata/common}"
+_DEP_TAGS = {_RPM_NS + k: i for i, k in enumerate(_DEP_KINDS)}
+
+
+def _relations(elem: ET.Element) -> list[list[Any]]:
+    return [[e.get("name", ""), e.get("flags", ""), e.get("epoch", ""), e.get("ver", ""), e.get("rel", ""),
+             e.get("pre", "0") in ("1", "true")] for e in elem]
+
+
+def _element_row(elem: ET.Element, what: str) -> list[Any]:
+    """A <package> element as a row of plain values (what the parse cache stores, one JSON line each): the one
+    place primary's XML is read. Children are found by their namespaced tags, and by local name for a primary
+    written without namespaces."""
+    fields: dict[str, ET.Element] = {}
+    for c in elem:
+        fields.setdefault(_local(c.tag), c)
+    name, version = fields.get("name"), fields.get("version")
+    if name is None or not name.text or version is None:
+        raise IntegrityError(f"{what}: a <package> without <name> or <version>")
+    location, checksum, size = fields.get("location"), fields.get("checksum"), fields.get("size")
+    time, fmt, arch = fields.get("time"), fields.get("format"), fields.get("arch")
+    deps: list[list[list[Any]]] = [[] for _ in _DEP_KINDS]
+    files: list[str] = []
+    sourcerpm = ""
+    header = (0, 0)
+    for c in fmt if fmt is not None else ():
+        tag = c.tag
+        kind = _DEP_TAGS.get(tag)
+        if kind is None and not tag.startswith("{"):
+            kind = _DEP_TAGS.get(_RPM_NS + tag)
+        if kind is not None:
+            deps[kind] = _relations(c)
+            continue
+        local = _local(tag)
+        if local == "file" and c.text:
+            files.append(c.text)
+        elif local == "sourcerpm":
+            sourcerpm = c.text or ""
+        elif local == "header-range":
+            header = (_int(c.get("start")), _int(c.get("end")))
+    ck = _checksum(checksum, what) if checksum is not None else Checksum("sha256", "")
+    return [
+        name.text.strip(), (arch.text or "").strip() if arch is not None else "",
+        version.get("epoch", "0") or "0", version.get("ver", ""), version.get("rel", ""), ck.type, ck.value,
+        location.get("href", "") if location is not None else "",
+        (location.get(_XML_BASE, "") or location.get("base", "")) if location is not None else "",
+        _int(size.get("package")) if size is not None else 0, _int(size.get("installed")) if size is not None else 0,
+        _int(time.get("build")) if time is not None else 0, sourcerpm, header[0], header[1], files, *deps,
+    ]
+
+
+def _row_package(r: list[Any], repo_id: str = "", repo_base: str = "") -> RpmPackage:
+    rel = [tuple(Relation(*e) for e in rels) for rels in r[16:]]
+    return RpmPackage(
+        name=r[0], arch=r[1], epoch=r[2], version=r[3], release=r[4], checksum=Checksum(r[5], r[6]), href=r[7],
+        base=r[8], size=r[9], installed_size=r[10], time=r[11], sourcerpm=r[12], header_start=r[13],
+        header_end=r[14], files=tuple(r[15]), provides=rel[0], requires=rel[1], conflicts=rel[2],
+        obsoletes=rel[3], recommends=rel[4], suggests=rel[5], supplements=rel[6], enhances=rel[7],
+        repo_id=repo_id, repo_base=repo_base,
     )
 
 
 def package_from(elem: ET.Element, what: str) -> RpmPackage:
-    """One <package> element turned into a record (the single place primary's XML becomes types)."""
-    name = _child(elem, "name")
-    version = _child(elem, "version")
-    if name is None or not name.text or version is None:
-        raise IntegrityError(f"{what}: a <package> without <name> or <version>")
-    location = _child(elem, "location")
-    checksum = _child(elem, "checksum")
-    size = _child(elem, "size")
-    time = _child(elem, "time")
-    fmt = _child(elem, "format")
-    deps: dict[str, tuple[Relation, ...]] = {}
-    files: list[str] = []
-    sourcerpm = ""
-    header = (0, 0)
-    if fmt is not None:
-        for c in fmt:
-            tag = _local(c.tag)
-            if tag in _DEP_KINDS:
-                deps[tag] = _relations(c)
-            elif tag == "file" and c.text:
-                files.append(c.text)
-            elif tag == "sourcerpm":
-                sourcerpm = c.text or ""
-            elif tag == "header-range":
-                header = (_int(c.get("start")), _int(c.get("end")))
-    arch = _child(elem, "arch")
-    return RpmPackage(
-        name=name.text.strip(),
-        arch=(arch.text or "").strip() if arch is not None else "",
-        epoch=version.get("epoch", "0") or "0",
-        version=version.get("ver", ""),
-        release=version.get("rel", ""),
-        checksum=_checksum(checksum, what) if checksum is not None else Checksum("sha256", ""),
-        href=location.get("href", "") if location is not None else "",
-        base=(location.get(_XML_BASE, "") or location.get("base", "")) if location is not None else "",
-        size=_int(size.get("package")) if size is not None else 0,
-        installed_size=_int(size.get("installed")) if size is not None else 0,
-        time=_int(time.get("build")) if time is not None else 0,
-        sourcerpm=sourcerpm,
-        header_start=header[0],
-        header_end=header[1],
-        provides=deps.get("provides", ()),
-        requires=deps.get("requires", ()),
-        conflicts=deps.get("conflicts", ()),
-        obsoletes=deps.get("obsoletes", ()),
-        recommends=deps.get("recommends", ()),
-        suggests=deps.get("suggests", ()),
-        supplements=deps.get("supplements", ()),
-        enhances=deps.get("enhances", ()),
-        files=tuple(files),
-    )
+    """One <package> element turned into a record."""
+    return _row_package(_element_row(elem, what))
 
 
 def iter_packages(stream: BinaryIO, what: str, want: Callable[[str], bool] | None = None) -> Iterator[RpmPackage]:
@@ -586,67 +586,104 @@ def iter_filelists(stream: BinaryIO, what: str, want: Callable[[str], bool]) -> 
 # -------------------------------------------------------------------------------------------------------- indexes
 
 
+_ROWS_VERSION = 1
+_ROW_NAME = re.compile(r'^\["((?:[^"\\]|\\.)*)"')
+
+
+def _from_row(line: str, loaded: LoadedRepomd) -> RpmPackage:
+    return _row_package(json.loads(line), loaded.repo.id, loaded.base_url)
+
+
 @dataclass
 class RepoIndex:
-    """One repository's packages by name. With `keep`, only kept names are parsed into records at load time; the
-    names of every package's provides and primary files are indexed so that a later lookup of another name (a
-    dependency) knows which packages to read, in one more pass over the cached primary."""
+    """One repository's packages by name.
+
+    primary.xml is parsed (streamed, ~5 s for 30k packages here) once per checksum into a cache file of one JSON
+    line per package, and an index of every capability and primary file to the names providing it. A lookup scans
+    the lines (fast: a regex on each line's first field) and decodes only the names asked for; with `keep`, only
+    kept names are decoded at load time, and a later miss is one more scan that also takes the providers of what
+    the decoded packages require, which a resolver asks about next."""
 
     loaded: LoadedRepomd
     primary: Path  # the verified, compressed primary in the cache
     keep: Callable[[str], bool] | None = None
-    passes: int = 0  # extra passes over primary after the first (tests check misses are batched)
+    cache: Cache | None = None
+    passes: int = 0  # scans after the first (tests check misses are batched)
     _by_name: dict[str, list[RpmPackage]] = field(default_factory=dict)
     _names: set[str] = field(default_factory=set)
-    _providers: dict[str, set[str]] = field(default_factory=dict)  # capability or file -> package names
+    _providers: dict[str, list[str]] = field(default_factory=dict)  # capability or file -> package names
     _complete: set[str] = field(default_factory=set)
+    _rows: Path | None = None
+    _lines: list[str] | None = None  # without a cache
 
     @property
     def repo(self) -> RpmRepository:
         return self.loaded.repo
 
-    def _read(self, want: Callable[[str], bool] | None, first: bool) -> None:
+    def _parse(self) -> None:
+        """primary.xml -> rows (to the cache when there is one) and the providers index."""
         entry = self.loaded.repomd.entries["primary"]
         what = f"{self.repo.description}: primary"
+        key = f"rpm-primary-v{_ROWS_VERSION}-{entry.checksum.type}-{entry.checksum.value}"
+        if self.cache is not None:
+            rows, index = self.cache.named(key + ".rows"), self.cache.named(key + ".provides")
+            if rows.is_file() and index.is_file():
+                self._providers = json.loads(index.read_text())
+                self._names = set(self._providers.pop("", []))
+                self._rows = rows
+                return
+        lines: list[str] = []
+        providers: dict[str, list[str]] = {}
+        provides = _DEP_KINDS.index("provides") + 16
         with open_decompressed(self.primary, entry, what) as stream:
             for elem in iter_elements(stream, what, "package"):
                 if elem.get("type", "rpm") != "rpm":
                     continue
-                name_el = _child(elem, "name")
-                name = (name_el.text or "").strip() if name_el is not None else ""
-                if first:
-                    self._names.add(name)
-                    fmt = _child(elem, "format")
-                    for c in fmt if fmt is not None else ():
-                        tag = _local(c.tag)
-                        if tag == "provides":
-                            for e in c:
-                                self._providers.setdefault(e.get("name", ""), set()).add(name)
-                        elif tag == "file" and c.text:
-                            self._providers.setdefault(c.text, set()).add(name)
-                if want is None or want(name):
-                    pkg = package_from(elem, what)
-                    self._by_name.setdefault(name, []).append(_placed(pkg, self.loaded))
+                row = _element_row(elem, what)
+                lines.append(json.dumps(row, separators=(",", ":")))
+                name = row[0]
+                self._names.add(name)
+                for cap in {e[0] for e in row[provides]} | set(row[15]):
+                    names = providers.setdefault(cap, [])
+                    if name not in names:
+                        names.append(name)
+        self._providers = providers
+        if self.cache is None:
+            self._lines = lines
+            return
+        self._rows = self.cache.write_named(key + ".rows", lambda out: out.write("\n".join(lines).encode()))
+        body = {"": sorted(self._names), **providers}
+        self.cache.write_named(key + ".provides", lambda out: out.write(json.dumps(body).encode()))
+
+    def _scan(self, want: Callable[[str], bool]) -> None:
+        if self._rows is not None:
+            with self._rows.open(encoding="utf-8") as f:
+                lines: Iterable[str] = list(f)
+        else:
+            lines = self._lines or ()
+        for line in lines:
+            m = _ROW_NAME.match(line)
+            if m and want(json.loads(f'"{m.group(1)}"')):
+                pkg = _from_row(line, self.loaded)
+                self._by_name.setdefault(pkg.name, []).append(pkg)
 
     def load(self) -> RepoIndex:
-        self._read(self.keep, first=True)
-        if self.keep is None:
-            self._complete = set(self._names)
-        else:
-            self._complete = {n for n in self._names if self.keep(n)}
+        self._parse()
+        keep = self.keep
+        self._complete = {n for n in self._names if keep is None or keep(n)}
+        self._scan(self._complete.__contains__)
         return self
 
     def _fetch(self, names: Iterable[str]) -> None:
         wanted = {n for n in names if n in self._names and n not in self._complete}
         if not wanted:
             return
-        # Batch: also read what the already-read packages require, which a resolver asks about next.
         for pkgs in list(self._by_name.values()):
             for pkg in pkgs:
                 for rel in pkg.requires:
                     wanted.update(n for n in self._providers.get(rel.name, ()) if n not in self._complete)
         self.passes += 1
-        self._read(wanted.__contains__, first=False)
+        self._scan(wanted.__contains__)
         self._complete |= wanted
 
     def versions(self, name: str) -> tuple[RpmPackage, ...]:
@@ -682,12 +719,6 @@ class RepoIndex:
         return tuple(p for n in sorted(owners) for p in self._by_name.get(n, ()))
 
 
-def _placed(pkg: RpmPackage, loaded: LoadedRepomd) -> RpmPackage:
-    from dataclasses import replace
-
-    return replace(pkg, repo_id=loaded.repo.id, repo_base=loaded.base_url)
-
-
 def load_repository(repo: RpmRepository, fetcher: Fetcher, keyring_for: Callable[[RpmRepository], Keyring], *,
                     variables: Mapping[str, str] = {}, mirrors: Sequence[tuple[str, str]] = (),
                     keep: Callable[[str], bool] | None = None) -> RepoIndex:
@@ -697,7 +728,7 @@ def load_repository(repo: RpmRepository, fetcher: Fetcher, keyring_for: Callable
     if entry is None:
         raise IntegrityError(f"{repo.description}: repomd.xml lists no primary metadata")
     primary = fetch_entry(loaded, entry, fetcher)
-    return RepoIndex(loaded, primary, keep).load()
+    return RepoIndex(loaded, primary, keep, fetcher.cache).load()
 
 
 def prefetch_repository(repo: RpmRepository, fetcher: Fetcher, variables: Mapping[str, str],
