@@ -88,3 +88,27 @@ def test_ndb_and_missing_databases_are_exit_6(tmp_path: Path) -> None:
     (tmp_path / "none/var/lib/rpm").mkdir(parents=True)
     with pytest.raises(UnsupportedImageError, match="no rpm database"):
         read_database(view_of(tmp_path / "none"))
+
+
+def test_indexes_copa_does_not_know_are_refused(fast_tmp: Path, packages: dict[str, Path]) -> None:
+    """An index of a newer (sqlite) or older (BerkeleyDB) rpm would go stale: refused, exit 6."""
+    from tests.test_rpmdb_bdb import db_load, to_bdb
+
+    root = fast_tmp / "root"
+    install(root, packages["bar"])
+    conn = sqlite3.connect(root / "var/lib/rpm/rpmdb.sqlite")
+    conn.execute("CREATE TABLE 'Newindex' (key TEXT NOT NULL, hnum INTEGER NOT NULL, idx INTEGER NOT NULL)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(UnsupportedImageError, match="Newindex") as err:
+        read_database(view_of(root)).upgrade([1], [])
+    assert err.value.exit_code == 6
+    old = fast_tmp / "old"
+    install(old, packages["bar"])
+    to_bdb(old)
+    db_load(old / "var/lib/rpm/Filedigests", "btree", {b"\x01" * 16: bytes(8)})
+    with pytest.raises(UnsupportedImageError, match="Filedigests"):
+        read_database(view_of(old)).upgrade([1], [])
+    (old / "var/lib/rpm/Filedigests").unlink()
+    (old / "var/lib/rpm/.dbenv.lock").write_bytes(b"")
+    assert read_database(view_of(old)).upgrade([1], []).hnums == ()

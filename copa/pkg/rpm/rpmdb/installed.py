@@ -18,7 +18,7 @@ from __future__ import annotations
 import posixpath
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from copa.errors import UnsupportedImageError
 from copa.oci.layer import Entry
@@ -56,6 +56,7 @@ class RpmDatabase:
     others: tuple[str, ...]  # other file names in the directory (environment, locks)
     headers: Mapping[int, bytes]  # installed header blobs by hnum
     endian: str = "<"  # BerkeleyDB: the byte order of the files (and of the keys and index values rpm wrote)
+    others_heads: Mapping[str, bytes] = field(default_factory=dict)  # first bytes of `others`, where captured
 
     def upgrade(self, removed: Sequence[int], added: Sequence[bytes]) -> Change:
         """The database with the headers `removed` (hnums) erased and `added` (installed header blobs, as
@@ -69,6 +70,11 @@ class RpmDatabase:
         if self.backend == "sqlite":
             return self._upgrade_sqlite(removed, tagged)
         return self._upgrade_bdb(removed, tagged)
+
+    def _is_bdb(self, name: str) -> bool:
+        head = self.others_heads.get(name, b"")
+        return len(head) >= 16 and any(struct.unpack_from(e + "I", head, 12)[0] in (bdb.HASH_MAGIC, bdb.BTREE_MAGIC)
+                                       for e in "<>")
 
     def _path(self, name: str) -> str:
         return f"{self.directory}/{name}"
@@ -122,6 +128,12 @@ class RpmDatabase:
                     items.pop(key, None)
             out.append((self._path(ix.name), bdb.write_btree(items, bdb.read_meta(raw, ix_what)),
                         self.modes.get(ix.name, 0o644)))
+        known = {PACKAGES} | {ix.name for ix in INDEXES}
+        for name in self.others:
+            if name not in known and not name.startswith("__db.") and self._is_bdb(name):
+                # An index only an older rpm kept (Filedigests, Pubkeys, ...): it would go stale.
+                raise UnsupportedImageError(f"/{self._path(name)}: an rpm index copa does not know; the image's "
+                                            "rpm is older than copa supports (RHEL/CentOS 7 and later are)")
         env = tuple(self._path(n) for n in self.others if n.startswith("__db."))
         return Change(tuple(out), env, tuple(hnums))
 
@@ -175,6 +187,7 @@ def read_database(view: View) -> RpmDatabase:
             hnum = struct.unpack(meta.endian + "I", key)[0]
             if hnum:  # key 0 holds the last instance number, not a header
                 headers[hnum] = blob
-        return RpmDatabase(directory, "bdb", files, modes, tuple(n for n in names if n not in files), headers,
-                           meta.endian)
+        others = tuple(n for n in names if n not in files)
+        heads = {n: (view.read(f"{directory}/{n}") or b"")[:64] for n in others}
+        return RpmDatabase(directory, "bdb", files, modes, others, headers, meta.endian, heads)
     raise UnsupportedImageError(f"/{directory}/{NDB}: rpm's ndb database (SUSE) is not supported yet")

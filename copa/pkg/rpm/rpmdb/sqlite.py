@@ -76,6 +76,12 @@ def write_upgrade(db: bytes, wal: bytes | None, removed: Iterable[int], added: S
             if "Packages" not in tables:
                 raise _damaged(what, "no Packages table")
             indexes = [ix for ix in INDEXES if ix.name in tables]
+            known = {ix.name for ix in INDEXES} | {"Packages"}
+            for table in sorted(tables - known):
+                columns = {r[1] for r in conn.execute(f"PRAGMA table_info('{table}')")}
+                if b"hnum" in columns:  # an index of a newer rpm: its rows for the new headers are unknown to us
+                    raise UnsupportedImageError(f"{what}: index table {table!r} is unknown to copa; the image's "
+                                                "rpm is newer than copa supports")
             conn.execute("BEGIN IMMEDIATE")
             hnums: list[int] = []
             for blob, tags in added:
