@@ -126,6 +126,7 @@ def test_upgrade_equals_rpm_U(roots: tuple[Path, Path], fast_tmp: Path) -> None:
     blob = new.headers[max(new.headers)]
     change = db.upgrade([foo1], [blob])
     assert change.hnums == (3,)
+    assert db.upgrade([foo1], [blob]) == change  # same inputs, same bytes
     assert change.deleted == (f"{DBDIR}/__db.001",)
     ours = fast_tmp / "ours"
     shutil.copytree(after, ours, symlinks=True)

@@ -247,6 +247,10 @@ def test_upgrade_equals_rpm_U(roots: tuple[Path, Path], fast_tmp: Path) -> None:
     data, hnums = rpmsqlite.write_upgrade((before / dbdir / "rpmdb.sqlite").read_bytes(), None, [foo1],
                                           [(blob, BlobTags(blob))])
     assert hnums == [3]
+    # Same inputs, same bytes: the layer's digest depends on it.
+    again = rpmsqlite.write_upgrade((before / dbdir / "rpmdb.sqlite").read_bytes(), None, [foo1],
+                                    [(blob, BlobTags(blob))])
+    assert again == (data, hnums)
     # The patched root: rpm -U's files with copa's database.
     ours = fast_tmp / "ours"
     shutil.copytree(after, ours, symlinks=True)
