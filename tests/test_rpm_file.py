@@ -14,8 +14,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from copa.errors import IntegrityError, LocalIOError, UnsupportedImageError
+from copa.errors import CopaError, IntegrityError, LocalIOError, UnsupportedImageError
 from copa.pkg.rpm.cpio import BadCpio, CpioReader
 from copa.pkg.rpm.header import Header
 from copa.pkg.rpm.rpmfile import BadRpm, RpmContents, RpmHeaders, UnsupportedRpm, read_headers, read_rpm
@@ -372,3 +374,26 @@ def test_rpmtools_builds_what_the_spec_says(tmp_path: Path) -> None:
                               "--repo=t", "repoquery", "--qf", "%{name}-%{evr}.%{arch}"],
                              capture_output=True, text=True, check=True).stdout.split()
         assert out == ["tool-4:2.0-3.el9.x86_64"]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_mutated_packages_fail_with_copa_errors(packages: dict[str, Path], tmp_path: Path,
+                                               data: st.DataObject) -> None:
+    """Any damage to any part of a package (every compressor) is a copa error, never a stray exception."""
+    comp = data.draw(st.sampled_from(sorted(packages) + ["bzip2"] * 3))
+    blob = bytearray(packages[comp].read_bytes())
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(blob) - 1))
+        blob[pos] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        del blob[data.draw(st.integers(0, len(blob) - 1)):]
+    path = tmp_path / f"mutant-{comp}.rpm"
+    path.write_bytes(bytes(blob))
+    try:
+        read_rpm(path, tmp_path / "stage-mutant")
+    except CopaError as e:
+        assert path.name in str(e)
+        # damage is the package's fault (5), or makes it look like a format copa does not read (6); never the
+        # local disk's (a bz2 "Invalid data stream" is an OSError without errno)
+        assert isinstance(e, IntegrityError | UnsupportedRpm), e

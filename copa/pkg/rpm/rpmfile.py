@@ -370,14 +370,16 @@ def read_rpm(path: Path, stage: Path, name: str | None = None, check: HeaderChec
     except OSError as e:
         raise LocalIOError(f"cannot read package {what} ({e.strerror or e})") from None
     with f:
-        headers = read_headers(cast(BinaryIO, f), what)
-        if check is not None:
-            check(headers)
         try:
+            headers = read_headers(cast(BinaryIO, f), what)
+            if check is not None:
+                check(headers)
             return _read_payload(cast(BinaryIO, f), headers, stage)
         except _CORRUPT as e:
             raise BadRpm(f"{what}: payload is corrupt ({e}); the package is damaged") from None
         except OSError as e:
+            if e.errno is None:  # a decompressor's complaint about the data (bz2: "Invalid data stream")
+                raise BadRpm(f"{what}: payload is corrupt ({e}); the package is damaged") from None
             raise LocalIOError(f"{what}: cannot read the package ({e.strerror or e})") from None
 
 
