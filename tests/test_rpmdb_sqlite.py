@@ -286,6 +286,25 @@ def test_instance_numbers_are_never_reused(roots: tuple[Path, Path], packages: d
     assert hnums == [3] and sorted(rpmsqlite.read_headers((before / dbdir / "rpmdb.sqlite").read_bytes())) == [1, 3]
 
 
+def test_integer_keys_follow_the_images_byte_order(roots: tuple[Path, Path]) -> None:
+    """An s390x image's rpm wrote Installtid keys big-endian: new rows follow the rows already there."""
+    before, after = roots
+    db = before / DBPATH.lstrip("/") / "rpmdb.sqlite"
+    conn = sqlite3.connect(db)
+    for key, hnum in conn.execute("SELECT key, hnum FROM Installtid").fetchall():
+        conn.execute("UPDATE Installtid SET key = ? WHERE hnum = ?", (bytes(reversed(key)), hnum))
+    conn.commit()
+    conn.close()
+    blob = rpmsqlite.read_headers((after / DBPATH.lstrip("/") / "rpmdb.sqlite").read_bytes())[3]
+    tid = BlobTags(blob).index_values(1128)
+    assert tid and isinstance(tid[0], int)
+    data, _ = rpmsqlite.write_upgrade(db.read_bytes(), None, [], [(blob, BlobTags(blob))])
+    db.write_bytes(data)
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT key FROM Installtid WHERE hnum = 3").fetchall() == [(struct.pack(">I", tid[0]),)]
+    conn.close()
+
+
 def test_damaged_database_is_exit_6() -> None:
     with pytest.raises(UnsupportedImageError) as err:
         rpmsqlite.read_headers(b"SQLite format 3\x00" + b"\xff" * 5000)

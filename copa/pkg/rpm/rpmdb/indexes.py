@@ -9,8 +9,8 @@ compares every table with what rpm -U wrote):
   find the package by them after installation; a requirement also needed at erase time stays;
 * Triggername keeps only the first of equal names (one row per triggering package, whatever the trigger types).
 
-Keys are raw bytes: strings as stored (rpm does not require UTF-8), Installtid as the 4-byte native (here
-little-endian) integer, Sigmd5 as its 16 raw bytes.
+Keys are raw bytes: strings as stored (rpm does not require UTF-8), Installtid as the 4-byte integer in the
+native order of the image's machine (big-endian on s390x), Sigmd5 as its 16 raw bytes.
 """
 
 from __future__ import annotations
@@ -109,8 +109,9 @@ class HeaderTags:
         return self.header.ints(tag)
 
 
-def index_keys(tags: Tags, index: Index) -> list[tuple[bytes, int]]:
-    """(key, idx) rows of one installed header in one index, in the order rpm adds them."""
+def index_keys(tags: Tags, index: Index, endian: str = "<") -> list[tuple[bytes, int]]:
+    """(key, idx) rows of one installed header in one index, in the order rpm adds them; integer keys in the
+    byte order of the machine that runs the image's rpm (`endian`: "<" or ">")."""
     values: Sequence[bytes | int] | None = tags.index_values(index.tag)
     if not values:
         return []
@@ -120,7 +121,7 @@ def index_keys(tags: Tags, index: Index) -> list[tuple[bytes, int]]:
     rows: list[tuple[bytes, int]] = []
     seen: set[bytes] = set()
     for i, value in enumerate(values):
-        key: bytes = struct.pack("<I", value & 0xFFFFFFFF) if isinstance(value, int) else value
+        key: bytes = struct.pack(endian + "I", value & 0xFFFFFFFF) if isinstance(value, int) else value
         if index.tag == REQUIRENAME and i < len(flags):
             flag = flags[i]
             if isinstance(flag, int) and flag & _INSTALL_ONLY and not flag & _ERASE_ONLY:

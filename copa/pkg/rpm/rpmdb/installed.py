@@ -117,7 +117,7 @@ class RpmDatabase:
                 if len(kept) != len(pairs):
                     changed[key] = kept
             for hnum, (_blob, tags) in zip(hnums, added, strict=True):
-                for key, idx in index_keys(tags, ix):
+                for key, idx in index_keys(tags, ix, e):
                     if key not in changed:
                         changed[key] = list(bdb.pairs(items.get(key, b""), e, ix_what))
                     changed[key].append((hnum, idx))

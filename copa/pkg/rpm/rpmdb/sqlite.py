@@ -11,12 +11,14 @@ freed pages stay on sqlite's free list, and PRAGMA integrity_check is content wi
 from __future__ import annotations
 
 import sqlite3
+import struct
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from copa.errors import UnsupportedImageError
-from copa.pkg.rpm.rpmdb.indexes import INDEXES, Tags, index_keys
+from copa.errors import CopaError, UnsupportedImageError
+from copa.pkg.rpm.header import Header
+from copa.pkg.rpm.rpmdb.indexes import INDEXES, INSTALLTID, Tags, index_keys
 
 _MAGIC = b"SQLite format 3\x00"
 
@@ -44,6 +46,20 @@ def _open(directory: Path, db: bytes, wal: bytes | None, what: str) -> sqlite3.C
     except sqlite3.DatabaseError as e:
         raise _damaged(what, e) from None
     return conn
+
+
+def _int_order(conn: sqlite3.Connection) -> str:
+    """The byte order rpm wrote integer keys in (its machine's: big-endian for s390x images), from an installed
+    header's INSTALLTID and its Installtid row."""
+    row = conn.execute("SELECT i.key, p.blob FROM Installtid AS i JOIN Packages AS p ON i.hnum = p.hnum "
+                       "LIMIT 1").fetchone()
+    if row is None or not isinstance(row[0], bytes) or not isinstance(row[1], bytes) or len(row[0]) != 4:
+        return "<"
+    try:
+        tid = Header.parse(row[1], "installed header").integer(INSTALLTID)
+    except CopaError:
+        return "<"
+    return ">" if tid is not None and row[0] == struct.pack(">I", tid) != struct.pack("<I", tid) else "<"
 
 
 def read_headers(db: bytes, wal: bytes | None = None, what: str = "/var/lib/rpm/rpmdb.sqlite") -> dict[int, bytes]:
@@ -82,6 +98,7 @@ def write_upgrade(db: bytes, wal: bytes | None, removed: Iterable[int], added: S
                 if b"hnum" in columns:  # an index of a newer rpm: its rows for the new headers are unknown to us
                     raise UnsupportedImageError(f"{what}: index table {table!r} is unknown to copa; the image's "
                                                 "rpm is newer than copa supports")
+            endian = _int_order(conn) if "Installtid" in tables else "<"
             conn.execute("BEGIN IMMEDIATE")
             hnums: list[int] = []
             for blob, tags in added:
@@ -93,7 +110,7 @@ def write_upgrade(db: bytes, wal: bytes | None, removed: Iterable[int], added: S
                     # CAST keeps a TEXT key's bytes as they are: rpm binds raw strings, not necessarily UTF-8.
                     value = "?" if ix.binary else "CAST(? AS TEXT)"
                     conn.executemany(f"INSERT INTO '{ix.name}' (key, hnum, idx) VALUES ({value}, ?, ?)",
-                                     [(key, hnum, idx) for key, idx in index_keys(tags, ix)])
+                                     [(key, hnum, idx) for key, idx in index_keys(tags, ix, endian)])
             for hnum in removed:
                 for ix in indexes:
                     conn.execute(f"DELETE FROM '{ix.name}' WHERE hnum = ?", (hnum,))
