@@ -6,12 +6,16 @@ database and `rpm -V` must be equal."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 
+from copa.oci.layer import Compression, write_layer
+from copa.pkg.rpm import caps
 from copa.pkg.rpm.header import Header, installed_header
 from copa.pkg.rpm.install import LayerPlan, install_package, skipped_files
 from copa.pkg.rpm.macros import InstallPolicy, expand, parse_macros, read_policy
@@ -160,3 +164,57 @@ def test_skip_rules_match_rpm_on_edge_cases(rpms: tuple[Path, Path], tmp_path: P
     assert skipped(InstallPolicy(netshared=("/srv/shared",))) == {"/srv/shared", "/srv/shared/data"}
     assert skipped(InstallPolicy(netshared=("/srv/shar",))) == set()
     assert Tag.FILELANGS in contents.header
+
+
+# ---------------------------------------------------------------------------------------------------- %caps
+
+CAP_TEXTS = ["cap_net_raw=ep", "=p", "all=ep", "cap_setuid,cap_net_admin+ep", "cap_chown=i cap_kill+p",
+             "=ep cap_sys_admin-ep", "cap_net_raw=p", "CAP_SYS_NICE,7=eip", "cap_bpf+p cap_bpf+i",
+             "cap_checkpoint_restore,cap_perfmon=ep", "cap_kill=p cap_net_raw+ep", "cap_chown=+p"]
+
+
+def _setcap(path: Path, text: str) -> bytes | None:
+    proc = subprocess.run(["setcap", text, str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    return os.getxattr(path, caps.XATTR)
+
+
+@pytest.mark.skipif(shutil.which("setcap") is None or os.geteuid() != 0, reason="needs setcap as root")
+@pytest.mark.parametrize("text", CAP_TEXTS)
+def test_caps_encoding_is_setcaps(text: str, tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    target.write_bytes(b"x")
+    assert caps.vfs_cap_data(text) == _setcap(target, text)
+
+
+def test_caps_refused_as_libcap_refuses() -> None:
+    assert caps.vfs_cap_data("") is None
+    with pytest.raises(caps.CapsError):
+        caps.parse("cap_nonexistent=ep")
+    with pytest.raises(caps.CapsError):
+        caps.parse("+ep")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="rpm sets capabilities only as root")
+def test_caps_land_in_the_layer_as_rpm_sets_them(tmp_path: Path) -> None:
+    """A package with %caps placed by copa and written as a layer: each file's PAX record holds the bytes that
+    rpm -i (as root, through libcap) leaves in the file's security.capability."""
+    files = (RpmFile("/usr/bin/ping2", b"\x7fELF ping", 0o755, caps="cap_net_raw=ep"),
+             RpmFile("/usr/bin/both", b"\x7fELF both", 0o755, caps="cap_setuid,cap_net_bind_service=ep"),
+             RpmFile("/usr/bin/inh", b"\x7fELF inh", 0o755, caps="cap_kill=ip"),
+             RpmFile("/usr/bin/plain", b"\x7fELF plain", 0o755))
+    rpm = build_rpm(RpmSpec("capped", "1.0", "1", files=files), tmp_path / "rpms")
+    oracle = tmp_path / "oracle"
+    init_root(oracle, [rpm])
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    layer = LayerPlan.of(rootview.view_of(root, CAPTURE), 1704067200)
+    install_package(layer, read_rpm(rpm, tmp_path / "stage"), None, set())
+    blob = write_layer(layer.entries.values(), tmp_path, compression=Compression.GZIP)
+    with tarfile.open(blob.path) as tar:
+        got = {m.name: m.pax_headers.get(caps.PAX_KEY) for m in tar.getmembers() if m.isfile()}
+    for f in files:
+        want = os.getxattr(oracle / f.path.lstrip("/"), caps.XATTR) if f.caps else None
+        value = got[f.path.lstrip("/")]
+        assert (value.encode("utf-8", "surrogateescape") if value is not None else None) == want, f.path

@@ -3,15 +3,15 @@
 What rpm does that we reproduce: files land where the image's directory symlinks lead (a package's /lib/x goes to
 usr/lib/x when /lib -> usr/lib); modes from FILEMODES and owners from FILEUSERNAME/FILEGROUPNAME (mapped to the
 image's /etc/passwd and /etc/group ids, root when unknown, as rpm does); symlinks from FILELINKTOS; hard links;
-directories the image lacks; %ghost files are not written; files the old version owned and the new one dropped
-are removed (unless another installed package still owns them); %config files follow rpm's rules (rpmfiDecideFate):
-an unmodified one is replaced, a modified one is kept with the new one beside it as `.rpmnew`
-(%config(noreplace)) or moved aside as `.rpmsave` with the new one installed (%config), and left alone when the
-package did not change it.
+directories the image lacks; %caps as the security.capability xattr (caps.py; a PAX record in the layer); %ghost
+files are not written; files the old version owned and the new one dropped are removed (unless another installed
+package still owns them); %config files follow rpm's rules (rpmfiDecideFate): an unmodified one is replaced, a
+modified one is kept with the new one beside it as `.rpmnew` (%config(noreplace)) or moved aside as `.rpmsave` with
+the new one installed (%config), and left alone when the package did not change it.
 
 The image's rpm macros (macros.py: %_excludedocs, %_install_langs, %_netsharedpath, dnf's tsflags=nodocs) keep
-files out as rpm's skipInstallFiles does: such a file is neither written nor removed when an older version left
-it on disk, and the installed header records it as NOTINSTALLED or NETSHARED (`LayerPlan.states`).
+files out as rpm's skipInstallFiles does: such a file is not written (an older version's copy of it is erased, an
+emptied directory too), and the installed header records it as NOTINSTALLED or NETSHARED (`LayerPlan.states`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from copa.oci.layer import Entry, Kind
 from copa.oci.rootfs import View
+from copa.pkg.rpm import caps
 from copa.pkg.rpm.header import Header
 from copa.pkg.rpm.macros import InstallPolicy, read_policy
 from copa.pkg.rpm.rpmfile import RpmContents, RpmFile
@@ -122,7 +123,18 @@ class LayerPlan:
             return Entry(path, Kind.SYMLINK, 0o777, uid, gid, linkname=f.linkname, mtime=f.mtime)
         if f.kind == "hardlink":
             return Entry(path, Kind.HARDLINK, mode, uid, gid, linkname=self.real(f.linkname), mtime=f.mtime)
-        return Entry(path, Kind.FILE, mode, uid, gid, f.size, f.open, mtime=f.mtime)
+        return Entry(path, Kind.FILE, mode, uid, gid, f.size, f.open, mtime=f.mtime, pax=self.caps_pax(f))
+
+    def caps_pax(self, f: RpmFile) -> dict[str, str]:
+        """%caps: the security.capability xattr rpm sets (cap_set_file), as the PAX record runtimes apply."""
+        if not f.caps:
+            return {}
+        try:
+            raw = caps.vfs_cap_data(f.caps)
+        except caps.CapsError as e:
+            raw = None
+            self.notes.append(f"/{f.path}: capabilities {f.caps!r} not understood ({e}): not set")
+        return {caps.PAX_KEY: caps.pax_value(raw)} if raw is not None else {}
 
 
 def _listdir(view: View, directory: str) -> list[str]:
@@ -264,6 +276,8 @@ def install_package(plan: LayerPlan, new: RpmContents, old: Header | None, other
     for real in sorted(skipped_dirs, reverse=True):  # deepest first: rpm erases a directory once it is empty
         if _empty_after(plan, real):
             plan.remove(real)
+    notes.extend(plan.notes)
+    plan.notes.clear()
     return notes
 
 
