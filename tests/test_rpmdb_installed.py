@@ -88,6 +88,8 @@ def test_ndb_and_missing_databases_are_exit_6(tmp_path: Path) -> None:
     (tmp_path / "none/var/lib/rpm").mkdir(parents=True)
     with pytest.raises(UnsupportedImageError, match="no rpm database"):
         read_database(view_of(tmp_path / "none"))
+    with pytest.raises(UnsupportedImageError, match="no rpm database in /usr/lib/sysimage/rpm"):
+        read_database(view_of(tmp_path / "ndb"), dbpath="/usr/lib/sysimage/rpm")
 
 
 def test_indexes_copa_does_not_know_are_refused(fast_tmp: Path, packages: dict[str, Path]) -> None:

@@ -138,20 +138,22 @@ class RpmDatabase:
         return Change(tuple(out), env, tuple(hnums))
 
 
-def find_directory(view: View) -> str:
-    """The real path of the directory holding the image's rpm database."""
-    for d in DB_DIRS:
+def find_directory(view: View, dbpath: str | None = None) -> str:
+    """The real path of the directory holding the image's rpm database: `dbpath` when the caller knows it (the
+    image's %_dbpath), else the first of DB_DIRS that has one."""
+    for d in (dbpath.strip("/"),) if dbpath else DB_DIRS:
         real = view.resolve(d)
         node = view.get(real)
         if node is None or node.kind != "dir":
             continue
         if any(view.get(f"{real}/{n}") is not None for n in (SQLITE, PACKAGES, NDB)):
             return real
-    raise UnsupportedImageError("image has no rpm database in /var/lib/rpm or /usr/lib/sysimage/rpm")
+    where = f"/{dbpath.strip('/')}" if dbpath else "/var/lib/rpm or /usr/lib/sysimage/rpm"
+    raise UnsupportedImageError(f"image has no rpm database in {where}")
 
 
-def read_database(view: View) -> RpmDatabase:
-    directory = find_directory(view)
+def read_database(view: View, dbpath: str | None = None) -> RpmDatabase:
+    directory = find_directory(view, dbpath)
     names = sorted(posixpath.basename(p) for p in view.nodes
                    if posixpath.dirname(p) == directory and view.nodes[p].kind in ("file", "hardlink"))
     files: dict[str, bytes] = {}
