@@ -201,13 +201,10 @@ class Header:
         n = -offset // 16 if offset < 0 and offset % 16 == 0 else 0
         if tag != first.tag or type_code != Type.BIN or count != 16 or not 1 <= n <= len(self.entries):
             raise self._fail(f"region trailer of tag {first.tag} is malformed")
-        length = first.offset + 16
-        # Every entry the region covers keeps its data inside the region, or the signed part would not be
-        # self-contained.
-        for e in self.entries[1:n]:
-            if e.offset + self._length(e) > first.offset:
-                raise self._fail(f"tag {e.tag} lies outside the header's immutable region")
-        return Region(first.tag, n, length)
+        # Entries the region counts normally keep their data before the trailer; rpm may have appended data of
+        # tags it changed after loading ("dribbles") behind it. Such a header is read as it is; only cutting out
+        # its region (immutable()) fails.
+        return Region(first.tag, n, first.offset + 16)
 
     def _length(self, e: Entry) -> int:
         if e.type in (Type.STRING, Type.STRING_ARRAY, Type.I18NSTRING):
@@ -290,6 +287,9 @@ class Header:
                              "copa cannot use it")
         if region.entries == len(self.entries) and region.data_length == len(self.data):
             return self
+        for e in self.entries[1:region.entries]:
+            if e.offset + self._length(e) > region.data_length - 16:
+                raise self._fail(f"tag {e.tag} lies outside the header's immutable region")
         return Header(self.entries[:region.entries], self.data[:region.data_length], self.what, self.error)
 
     def to_bytes(self, magic: bool = True) -> bytes:
