@@ -149,6 +149,21 @@ def test_installed_header_equals_rpms_database_blob(built: dict[str, Built], rpm
         assert hashlib.sha256(theirs.immutable().to_bytes()).hexdigest() == theirs.string(Tag.SHA256HEADER)
 
 
+def test_relocated_install(built: dict[str, Built], tmp_path: Path) -> None:
+    """rpm -i --relocate rewrites the file names: the new ones follow the region (with ORIG* copies of the old),
+    the region stays the package's header, and the later entries are the ones that count."""
+    root = tmp_path / "root"
+    init_root(root, [built["reloc"].path], "--relocate", "/opt/reloc=/opt/moved")
+    with sqlite3.connect(root / "var/lib/rpm/rpmdb.sqlite") as db:
+        blob = bytes(db.execute("select blob from Packages").fetchone()[0])
+    h = Header.parse(blob)
+    assert h.tags.count(Tag.DIRNAMES) == 2
+    assert h.strings(Tag.DIRNAMES) == ("/opt/moved/", "/srv/s/")
+    assert h.strings(Tag.INSTPREFIXES) == ("/opt/moved", "/srv/s")
+    assert h.immutable().to_bytes() == built["reloc"].main_raw
+    assert h.immutable().strings(Tag.DIRNAMES) == ("/opt/reloc/", "/srv/s/")
+
+
 def test_merged_signature_tags(built: dict[str, Built]) -> None:
     tags = {v.tag for v in merged_signature_values(built["signedrsa"].main, built["signedrsa"].signature)}
     assert tags == {Tag.SIGSIZE, Tag.SIGMD5, Tag.RSAHEADER, Tag.SHA1HEADER, Tag.SHA256HEADER, Tag.ARCHIVESIZE}

@@ -115,7 +115,9 @@ class Header:
         by_tag: dict[int, Entry] = {}
         for i, entry in enumerate(self.entries):
             self._check(entry, i)
-            by_tag.setdefault(entry.tag, entry)  # rpm's lookup finds the first of duplicate tags
+            # A tag again after the region replaces the region's one: rpm writes a tag it changed after loading
+            # (relocated file names) behind the region and, reading the header, lets it win (headerImport).
+            by_tag[entry.tag] = entry
         object.__setattr__(self, "_by_tag", by_tag)
         object.__setattr__(self, "_region", self._find_region())
 
