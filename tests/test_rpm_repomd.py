@@ -415,3 +415,79 @@ def test_prefetch_fills_the_cache_only(server: RepoServer, repo: RpmRepo, tmp_pa
     assert idle.setup({"etc/apt/sources.list": b"deb http://127.0.0.1:9/ x main\n"}) is None
     idle.start({})
     idle.join()
+
+
+PLATFORM_MODULES = """\
+---
+document: modulemd
+version: 2
+data:
+  name: m
+  stream: "1"
+  version: 1
+  context: c8
+  arch: noarch
+  summary: s
+  description: d
+  license: {module: [MIT]}
+  dependencies:
+  - requires: {platform: [el8]}
+  artifacts: {rpms: [a-0:1-1.noarch]}
+...
+---
+document: modulemd
+version: 2
+data:
+  name: m
+  stream: "1"
+  version: 1
+  context: c9
+  arch: noarch
+  summary: s
+  description: d
+  license: {module: [MIT]}
+  dependencies:
+  - requires: {platform: [el9]}
+  artifacts: {rpms: [a-0:2-1.noarch]}
+...
+---
+document: modulemd-defaults
+version: 1
+data: {module: m, stream: "1"}
+...
+"""
+
+
+@pytest.mark.parametrize(("platform", "expected"), [("el8", ["a-1-1.noarch", "a-2-1.noarch"]),
+                                                     (None, ["a-0.5-1.noarch"])])
+def test_module_platform_matches_dnf(platform: str | None, expected: list[str], tmp_path: Path) -> None:
+    """The image's PLATFORM_ID decides which streams can be active (dnf 4.14 on an el9 platform here activates
+    neither context: a case copa does not copy, as no real repository mixes platforms in one stream)."""
+    from copa.pkg.rpm.modules import platform_of
+
+    built = build_repo(tmp_path / "repo", [Pkg("a", "1"), Pkg("a", "2"), Pkg("a", "0.5")],
+                       modules_yaml=PLATFORM_MODULES)
+    os_release = "ID=rhel\nVERSION_ID=8\n" + (f'PLATFORM_ID="platform:{platform}"\n' if platform else "")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/os-release").write_text(os_release)
+    with RepoServer(built.root) as s:
+        index = _load(s.url, tmp_path)
+        filt = build_filter(load_modules(index.loaded, _fetcher(tmp_path)), {}, platform_of(os_release))
+        ours = sorted(p.nevra for p in index if filt.visible(p, index.repo))
+        theirs = dnf_query(s.url, tmp_path / "dnf", "--available", "--qf", "%{name}-%{evr}.%{arch}", root=root)
+        assert ours == sorted(theirs) == expected
+
+
+def test_parsed_primary_is_cached(server: RepoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import copa.pkg.rpm.repomd as repomd
+
+    first = sorted(_load(f"{server.url}/repo", tmp_path), key=lambda p: p.nevra)
+    assert len(list((tmp_path / "cache" / "derived").glob("rpm-primary-*.rows"))) == 1
+
+    def no_xml(*_args: object) -> None:
+        raise AssertionError("primary.xml parsed again")
+
+    monkeypatch.setattr(repomd, "_element_row", no_xml)
+    again = sorted(_load(f"{server.url}/repo", tmp_path), key=lambda p: p.nevra)
+    assert again == first

@@ -9,7 +9,7 @@ dnf 4's modular filtering, as libdnf applies it to every available package:
 * a stream is active when its module is enabled with that stream, or when the module has no state (neither
   enabled nor disabled) and the stream is the default; a disabled module has no active stream;
 * a package whose NEVRA is an artifact of some module is offered only if one of its modules' active streams
-  (any version, any context whose platform requirement the image meets) lists it;
+  (any version, and any context once one of them fits the image's platform) lists it;
 * a package listed by no module is hidden when an active stream ships a package of the same name (the "ursine"
   package would otherwise win over the module's);
 * packages of a repository with module_hotfixes=1 are never filtered.
@@ -246,13 +246,16 @@ def active_streams(metadata: ModuleMetadata, states: Mapping[str, ModuleState]) 
 
 
 def _platform_ok(stream: ModuleStream, platform: str | None) -> bool:
-    """Whether one of the stream's dependency alternatives accepts the image's platform stream (e.g. el8)."""
-    if platform is None or not stream.requires:
+    """Whether one of the stream's dependency alternatives accepts the image's platform stream (e.g. el8). With
+    no platform known (no PLATFORM_ID), dnf activates no stream that requires one."""
+    if not stream.requires:
         return True
     for alt in stream.requires:
         wanted = alt.get("platform")
         if wanted is None or not wanted:
             return True
+        if platform is None:
+            continue
         excluded = {w[1:] for w in wanted if w.startswith("-")}
         included = [w for w in wanted if not w.startswith("-")]
         if platform in excluded:
@@ -264,13 +267,18 @@ def _platform_ok(stream: ModuleStream, platform: str | None) -> bool:
 
 def build_filter(metadata: ModuleMetadata, states: Mapping[str, ModuleState], platform: str | None = None
                  ) -> ModularFilter:
-    """`platform` is the image's platform stream (os-release PLATFORM_ID "platform:el8" -> "el8"); None: any."""
-    active = active_streams(metadata, states)
+    """`platform` is the image's platform stream (os-release PLATFORM_ID "platform:el8" -> "el8", see
+    `platform_of`); None when the image names none."""
+    chosen = active_streams(metadata, states)
+    # A chosen stream is active when one of its contexts fits the platform; dnf then offers the artifacts of all
+    # its contexts (checked against dnf with two contexts for el8 and el9 on an el8 image).
+    active = {(s.name, s.stream) for s in metadata.streams
+              if (s.name, s.stream) in chosen and _platform_ok(s, platform)}
     modular: set[str] = set()
     active_artifacts: set[str] = set()
     for stream in metadata.streams:
         modular |= stream.artifacts
-        if (stream.name, stream.stream) in active and _platform_ok(stream, platform):
+        if (stream.name, stream.stream) in active:
             active_artifacts |= stream.artifacts
     hidden = {split_nevra(n)[0] for n in active_artifacts if not n.endswith((".src", ".nosrc"))}
     return ModularFilter(frozenset(active), frozenset(active_artifacts), frozenset(modular), frozenset(hidden))
