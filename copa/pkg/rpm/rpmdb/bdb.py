@@ -111,6 +111,8 @@ def read_meta(data: bytes, what: str) -> Meta:
             raise _damaged(what, f"hash version {version}")
         max_bucket, high, low, ffactor, _nelem, charkey = struct.unpack_from(endian + "6I", data, 72)
         spares = struct.unpack_from(endian + "32I", data, 96)
+        if max_bucket >= last_pgno:  # every bucket has a page of its own
+            raise _damaged(what, f"{max_bucket + 1} buckets in {last_pgno} pages")
         if flags:  # duplicates or subdatabases: nothing rpm asks for
             raise _damaged(what, f"hash flags {flags:#x}")
         if charkey != fnv1(_CHARKEY):
