@@ -243,9 +243,12 @@ class RpmAdapter:
         for chosen, new in zip(payload.chosen, contents, strict=True):
             old = payload.headers[payload.hnums[chosen.installed.key]] if chosen.installed else None
             notes[chosen.record.name] = install_package(layer, new, old, owned)
+        # An obsoleted package's files go, except those another package still owns or a new package installs
+        # (a replacement often ships the same paths: rpm -e of the obsoleted one skips files shared with it).
+        installed_now = {f.path for c in contents for f in c.files}
         for hnum in payload.erased:
             for f in owned_files(payload.headers[hnum]):
-                if "/" + f.path not in owned:
+                if "/" + f.path not in owned and f.path not in installed_now:
                     real = layer.real(f.path)
                     node = ctx.root.get(real)
                     if node is not None and node.kind != "dir":

@@ -152,6 +152,18 @@ def resolve(
                 vulns.setdefault(inst.key, set()).update(want.vulnerabilities)
                 continue
             best = solver.best(inst.name, inst.arch)
+            replacement = solver.obsoleter(inst) if best is None else None
+            if replacement is not None:
+                # `dnf upgrade NAME` with no NAME update takes the package that obsoletes it (libsolv's update
+                # candidates include obsoleters); _entail erases the installed one.
+                new_key = (replacement.name, replacement.arch)
+                why = solver.mark(new_key, replacement, UpdateKind.REPORTED, f"obsoletes {inst.name}-{inst.evr}", 0)
+                if why is not None:
+                    error = (SkipReason.UNRESOLVABLE, why)
+                    break
+                reported.add(new_key)
+                vulns.setdefault(new_key, set()).update(want.vulnerabilities)
+                continue
             if best is None or compare_evr(best.evr, inst.evr, compare) <= 0:
                 error = (SkipReason.NO_FIX_AVAILABLE, f"needs >= {fixed}; the best available is the installed "
                          f"{inst.evr}" if best is None or not solver.versions(inst.name) else
@@ -229,6 +241,20 @@ class _Solver:
         """dnf's candidate for an installed (name, arch): the newest of the best-priority repositories that have
         the name for a compatible architecture."""
         found = [c for c in self.versions(name) if _arch_ok(arch, c.arch)]
+        if not found:
+            return None
+        top = min(c.priority for c in found)
+        return _newest([c for c in found if c.priority == top], self.compare)
+
+    def obsoleter(self, inst: Installed) -> Candidate | None:
+        """The package dnf would replace `inst` with when its name has no update: one whose Obsoletes names it
+        (found among the providers of its name, as packaging guidelines pair Obsoletes with a Provides), from the
+        best-priority repository, newest first."""
+        found = [c for c in self._providers_of(inst.name)
+                 if c.name != inst.name and _arch_ok(inst.arch, c.arch)
+                 and not any(fnmatch.fnmatchcase(c.name, g) for g in self.policy.excludes)
+                 and any(o.name == inst.name and overlaps(Dep(inst.name, 8, inst.evr), o, self.compare)
+                         for o in c.obsoletes)]
         if not found:
             return None
         top = min(c.priority for c in found)
