@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 from pathlib import Path
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from copa.errors import CopaError, IntegrityError, LocalIOError, UnsupportedImageError
 from copa.pkg.rpm.cpio import BadCpio, CpioReader
-from copa.pkg.rpm.header import Header
+from copa.pkg.rpm.header import Header, installed_header
 from copa.pkg.rpm.rpmfile import BadRpm, RpmContents, RpmHeaders, UnsupportedRpm, read_headers, read_rpm
 from copa.pkg.rpm.signature import BadSignature, RpmKeys, UnsignedPackage, checker, verify_headers
 from copa.pkg.rpm.tags import DigestAlgo, FileFlag, Tag
@@ -33,6 +34,7 @@ from tests.support.rpmtools import (
     init_root,
     make_gpg_key,
     sign_rpms,
+    upstream_test_data,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("rpmbuild") is None, reason="rpmbuild not installed")
@@ -397,3 +399,38 @@ def test_mutated_packages_fail_with_copa_errors(packages: dict[str, Path], tmp_p
         # damage is the package's fault (5), or makes it look like a format copa does not read (6); never the
         # local disk's (a bz2 "Invalid data stream" is an OSError without errno)
         assert isinstance(e, IntegrityError | UnsupportedRpm), e
+
+
+@pytest.mark.live
+def test_rpm_upstream_test_packages(tmp_path: Path) -> None:
+    """rpm's own test packages (made by older rpms: no payload digest, legacy signatures, i386/ppc64, IMA file
+    signatures in the signature header): read as rpm reads them, the corrupted one refused, source packages
+    unsupported, the signed one verified with rpm's test key, and each installed header equal to rpm's."""
+    data = upstream_test_data()
+    key = RpmKeys.from_files([data / "keys/rpm.org-rsa-2048-test.pub"])
+    for path in sorted((data / "SRPMS").glob("*.rpm")):
+        with pytest.raises(UnsupportedRpm, match="source package"):
+            read_rpm(path, tmp_path / "stage")
+    with pytest.raises(BadRpm):
+        read_rpm(data / "RPMS/hello-2.0-1.x86_64-corrupted.rpm", tmp_path / "stage")
+    packages = [p for p in sorted((data / "RPMS").glob("*.rpm")) if "corrupted" not in p.name]
+    assert len(packages) >= 8
+    for path in packages:
+        contents = read_rpm(path, tmp_path / "stage" / path.stem)
+        rows = _query_files(path)
+        assert [f"/{f.path}" for f in contents.files] == [r[0] for r in rows if r[0]], path.name
+        for f, row in zip(contents.files, rows, strict=False):
+            assert (f.digest, int(row[1])) == (row[8], f.flags), (path.name, f.path)
+        root = tmp_path / f"root-{path.stem}"
+        init_root(root, [path], "--ignorearch", "--ignoreos", "--nosignature")
+        with sqlite3.connect(root / "var/lib/rpm/rpmdb.sqlite") as db:
+            blob = bytes(db.execute("select blob from Packages").fetchone()[0])
+        theirs = Header.parse(blob)
+        headers = contents.headers
+        ours = installed_header(headers.header, headers.signature, install_time=theirs.integer(Tag.INSTALLTIME) or 0,
+                                install_tid=theirs.integer(Tag.INSTALLTID) or 0)
+        assert ours.to_bytes(magic=False) == blob, path.name
+    signed = data / "RPMS/hello-2.0-1.x86_64-signed.rpm"
+    assert verify_headers(_headers_of(signed), key).certificate == "771b18d3d7baa28734333c424344591e1964c5fc"
+    with pytest.raises(UnsignedPackage):
+        verify_headers(_headers_of(data / "RPMS/hello-2.0-1.x86_64.rpm"), key)

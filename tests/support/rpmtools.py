@@ -210,3 +210,50 @@ def init_root(root: Path, rpms: Sequence[Path], *extra: str) -> None:
     if rpms:
         run([*rpm_root_args(root), "-i", "--nodeps", "--noscripts", "--notriggers", *extra, *map(str, rpms)])
 
+
+
+# rpm's own test suite packages (built by many rpm versions over the years: old gzip payloads without payload
+# digests, a signed one and its key, a corrupted one, hard links, caps, IMA signatures, source packages), taken
+# from Debian's source of rpm 4.18 at test time, never stored in this repository.
+UPSTREAM_TARBALL = "pool/main/r/rpm/rpm_4.18.0+dfsg.orig.tar.xz"
+UPSTREAM_SHA256 = "d0d9c58c036bc6308de6e195e898c10bf53eaef6f962c48b403e7cd262f4eb4d"
+
+
+def upstream_test_data() -> Path:
+    """rpm-4.18.0/tests/data (RPMS/, SRPMS/, keys/), downloaded once from the Debian archive into
+    ~/.cache/copa-tests and checked by sha256."""
+    import hashlib
+    import tarfile
+
+    import requests
+
+    from tests.support.mirror import debian_mirror
+
+    cache = Path(os.environ.get("COPA_TEST_CACHE", Path.home() / ".cache" / "copa-tests"))
+    data = cache / "rpm-4.18.0-testdata"
+    if (data / "RPMS").is_dir():
+        return data
+    cache.mkdir(parents=True, exist_ok=True)
+    tarball = cache / "rpm_4.18.0+dfsg.orig.tar.xz"
+    if not tarball.is_file():
+        with requests.get(f"{debian_mirror()}/{UPSTREAM_TARBALL}", timeout=120, stream=True) as response:
+            response.raise_for_status()
+            part = tarball.with_suffix(".part")
+            with part.open("wb") as out:
+                for chunk in response.iter_content(1 << 20):
+                    out.write(chunk)
+            part.rename(tarball)
+    if hashlib.sha256(tarball.read_bytes()).hexdigest() != UPSTREAM_SHA256:
+        tarball.unlink()
+        raise RuntimeError(f"{tarball} has an unexpected sha256; deleted it, run again")
+    staging = cache / "rpm-4.18.0-testdata.part"
+    shutil.rmtree(staging, ignore_errors=True)
+    prefix = "rpm-4.18.0/tests/data/"
+    with tarfile.open(tarball) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile()
+                   and m.name[len(prefix):].split("/")[0] in ("RPMS", "SRPMS", "keys")]
+        for m in members:
+            m.name = m.name[len(prefix):]
+        tar.extractall(staging, members=members, filter="data")
+    staging.rename(data)
+    return data
