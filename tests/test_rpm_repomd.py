@@ -143,6 +143,10 @@ def test_keep_reads_other_names_on_demand(server: RepoServer, tmp_path: Path) ->
     # a file primary does not list: filelists answers
     owners = index.filelist_providers("/usr/share/hello/data", _fetcher(tmp_path))
     assert {p.version for p in owners} == {"1.0", "1.1"}
+    only_old = index.filelist_providers("/etc/hello.conf", _fetcher(tmp_path))  # in filelists too
+    assert [p.version for p in only_old] == ["1.0"]
+    assert index.filelist_providers("/usr/share/hello/data", _fetcher(tmp_path)) == owners
+    assert index.filelist_passes == 2  # answers are kept
 
 
 @pytest.mark.parametrize(("compress", "checksum"), [("bz2", "sha1"), ("xz", "sha512"), ("gz", "sha384")])

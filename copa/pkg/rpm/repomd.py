@@ -615,6 +615,8 @@ class RepoIndex:
     _complete: set[str] = field(default_factory=set)
     _rows: Path | None = None
     _lines: list[str] | None = None  # without a cache
+    _file_owners: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # path -> (name, pkgid)
+    filelist_passes: int = 0
 
     @property
     def repo(self) -> RpmRepository:
@@ -707,16 +709,29 @@ class RepoIndex:
             yield from pkgs
 
     def filelist_providers(self, path: str, fetcher: Fetcher) -> tuple[RpmPackage, ...]:
-        """Packages owning `path` by filelists.xml: for a file dependency primary's subset does not answer."""
+        """Packages owning `path` by filelists.xml: for a file dependency primary's subset does not answer.
+        filelists is large (every file of every package), so one pass answers `path` and every other file
+        dependency of the packages read so far that primary does not answer, and answers are kept."""
         entry = self.loaded.repomd.entries.get("filelists")
         if entry is None:
             return ()
-        what = f"{self.repo.description}: filelists"
-        local = fetch_entry(self.loaded, entry, fetcher)
-        with open_decompressed(local, entry, what) as stream:
-            owners = {name for _, name, _ in iter_filelists(stream, what, path.__eq__)}
-        self._fetch(owners)
-        return tuple(p for n in sorted(owners) for p in self._by_name.get(n, ()))
+        if path not in self._file_owners:
+            wanted = {path} | {r.name for pkgs in self._by_name.values() for p in pkgs for r in p.requires
+                               if r.name.startswith("/") and r.name not in self._providers
+                               and r.name not in self._file_owners}
+            for w in wanted:
+                self._file_owners[w] = set()
+            what = f"{self.repo.description}: filelists"
+            local = fetch_entry(self.loaded, entry, fetcher)
+            self.filelist_passes += 1
+            with open_decompressed(local, entry, what) as stream:
+                for pkgid, name, file in iter_filelists(stream, what, wanted.__contains__):
+                    self._file_owners[file].add((name, pkgid))
+        owners = self._file_owners[path]
+        self._fetch(n for n, _ in owners)
+        # filelists names packages by pkgid (their checksum): only the versions that own the path
+        return tuple(p for n in sorted({n for n, _ in owners}) for p in self._by_name.get(n, ())
+                     if (n, p.checksum.value) in owners)
 
 
 def load_repository(repo: RpmRepository, fetcher: Fetcher, keyring_for: Callable[[RpmRepository], Keyring], *,
