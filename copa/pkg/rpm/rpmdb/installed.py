@@ -5,7 +5,7 @@ Where: /var/lib/rpm (RHEL/UBI 8 and 9, Amazon Linux, CentOS) or /usr/lib/sysimag
 some images /var/lib/rpm is a symlink to it: the files are written at their real path, never through a link).
 
 Which backend: rpmdb.sqlite (rpm >= 4.16), BerkeleyDB Packages + index btrees (rpm <= 4.16 as RHEL 8,
-Amazon Linux 2 and CentOS 7 ship it), ndb Packages.db (SUSE): refused, with a one-line message.
+Amazon Linux 2 and CentOS 7 ship it), ndb Packages.db (SUSE; its Index.db is deleted for rpm to rebuild).
 
 What else is in the directory: BerkeleyDB's `__db.*` environment files (shared-memory regions with cached pages
 of the old files: left in place they could hand rpm stale pages, so the layer deletes them, as
@@ -24,13 +24,14 @@ from copa.errors import UnsupportedImageError
 from copa.oci.layer import Entry
 from copa.oci.rootfs import View
 from copa.pkg.rpm.header import Header
-from copa.pkg.rpm.rpmdb import bdb, sqlite
+from copa.pkg.rpm.rpmdb import bdb, ndb, sqlite
 from copa.pkg.rpm.rpmdb.indexes import INDEXES, HeaderTags, Tags, index_keys
 
 DB_DIRS = ("var/lib/rpm", "usr/lib/sysimage/rpm")
 SQLITE = "rpmdb.sqlite"
 PACKAGES = "Packages"
 NDB = "Packages.db"
+NDB_INDEX = "Index.db"
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Change:
 @dataclass(frozen=True)
 class RpmDatabase:
     directory: str  # the real directory in the image, e.g. "var/lib/rpm"
-    backend: str  # "sqlite" or "bdb"
+    backend: str  # "sqlite", "bdb" or "ndb"
     files: Mapping[str, bytes]  # the database files read (name in the directory -> contents)
     modes: Mapping[str, int]
     others: tuple[str, ...]  # other file names in the directory (environment, locks)
@@ -69,6 +70,8 @@ class RpmDatabase:
                                             for blob in added]
         if self.backend == "sqlite":
             return self._upgrade_sqlite(removed, tagged)
+        if self.backend == "ndb":
+            return self._upgrade_ndb(removed, added)
         return self._upgrade_bdb(removed, tagged)
 
     def _is_bdb(self, name: str) -> bool:
@@ -84,6 +87,17 @@ class RpmDatabase:
         data, hnums = sqlite.write_upgrade(self.files[SQLITE], wal, removed, added, "/" + self._path(SQLITE))
         gone = tuple(self._path(n) for n in (SQLITE + "-shm", SQLITE + "-wal") if n in self.others or n in self.files)
         return Change(((self._path(SQLITE), data, self.modes.get(SQLITE, 0o644)),), gone, tuple(hnums))
+
+    def _upgrade_ndb(self, removed: Sequence[int], added: Sequence[bytes]) -> Change:
+        blobs, generation, next_index = ndb.read_packages(self.files[NDB], "/" + self._path(NDB))
+        for hnum in removed:
+            del blobs[hnum]
+        hnums = list(range(next_index, next_index + len(added)))
+        blobs.update(zip(hnums, added, strict=True))
+        data = ndb.write_packages(blobs, generation + 1, next_index + len(added))
+        # Index.db is stamped with the generation it was built from: rpm rebuilds it when it is missing.
+        gone = tuple(self._path(n) for n in (NDB_INDEX,) if n in self.others)
+        return Change(((self._path(NDB), data, self.modes.get(NDB, 0o644)),), gone, tuple(hnums))
 
     def _upgrade_bdb(self, removed: Sequence[int], added: Sequence[tuple[bytes, Tags]]) -> Change:
         e = self.endian
@@ -192,4 +206,6 @@ def read_database(view: View, dbpath: str | None = None) -> RpmDatabase:
         others = tuple(n for n in names if n not in files)
         heads = {n: (view.read(f"{directory}/{n}") or b"")[:64] for n in others}
         return RpmDatabase(directory, "bdb", files, modes, others, headers, meta.endian, heads)
-    raise UnsupportedImageError(f"/{directory}/{NDB}: rpm's ndb database (SUSE) is not supported yet")
+    need(NDB)
+    blobs, _generation, _next = ndb.read_packages(files[NDB], f"/{directory}/{NDB}")
+    return RpmDatabase(directory, "ndb", files, modes, tuple(n for n in names if n not in files), blobs)
