@@ -82,7 +82,7 @@ def test_uncheckpointed_wal_is_read_and_folded_in(fast_tmp: Path, packages: dict
 def test_damaged_ndb_and_missing_databases_are_exit_6(tmp_path: Path) -> None:
     (tmp_path / "ndb/var/lib/rpm").mkdir(parents=True)
     (tmp_path / "ndb/var/lib/rpm/Packages.db").write_bytes(b"RpmP" + bytes(60))
-    with pytest.raises(UnsupportedImageError, match="ndb. is damaged") as err:
+    with pytest.raises(UnsupportedImageError, match=r"\(ndb\) is damaged") as err:
         read_database(view_of(tmp_path / "ndb"))
     assert err.value.exit_code == 6
     (tmp_path / "none/var/lib/rpm").mkdir(parents=True)
