@@ -260,3 +260,42 @@ def test_visible_excludes() -> None:
     assert setup.visible(repo, "kernel", ("0", "6.1", "1"), "x86_64")
     only = RpmRepository("o", "o", ("http://x.example.invalid",), includepkgs=("bash", "glibc*"))
     assert setup.visible(only, "glibc-common") and not setup.visible(only, "zsh")
+
+
+def test_detect_releasever_as_dnf() -> None:
+    from copa.pkg.rpm.deps import Dep
+    from copa.pkg.rpm.repos import detect_releasever
+
+    rocky = ("rocky-release", "9.3", [Dep("rocky-release", 8, "9.3-1.2.el9"),
+                                      Dep("system-release(releasever)", 8, "9")])
+    al2023 = ("system-release", "2023.6.20241010", [Dep("system-release(releasever)", 8, "2023.6.20241010")])
+    bare = ("redhat-release", "8.9", [Dep("redhat-release", 8, "8.9-0.1.el8")])
+    assert detect_releasever([("bash", "5.1", [Dep("bash", 8, "5.1")]), rocky]) == "9"
+    assert detect_releasever([al2023]) == "2023.6.20241010"
+    assert detect_releasever([bare]) == "8.9"  # provides itself: the package's version
+    assert detect_releasever([("x", "1", [Dep("system-release(releasever)")])]) == "1"
+    assert detect_releasever([("bash", "5.1", [])]) is None
+
+
+@pytest.mark.parametrize(("name", "version", "provides"), [
+    ("rocky-release", "9.3", ("system-release(releasever) = 9", "system-release = 9.3-1.el9")),
+    ("system-release", "2023.6.20241010", ("system-release(releasever) = 2023.6.20241010",)),
+    ("redhat-release", "8.9", ()),  # found by its own name: the package's version
+    ("centos-release", "7", ("system-release(releasever) >= 7",)),  # not '=': the package's version
+])
+def test_detect_releasever_against_dnf(name: str, version: str, provides: tuple[str, ...], tmp_path: Path) -> None:
+    """dnf.rpm.detect_releasever on an rpm --root database of the same package is the oracle."""
+    from copa.pkg.rpm.deps import Dep
+    from copa.pkg.rpm.repos import detect_releasever
+    from tests.support.rpmtools import build_rpm, init_root, rpm_spec
+
+    rpm = build_rpm(rpm_spec(name, version, lines=tuple(f"Provides: {p}" for p in provides)), tmp_path)
+    init_root(tmp_path / "root", [rpm])
+    # Debian's rpm keeps its database elsewhere by default; the image's is at /var/lib/rpm
+    script = ("import sys, rpm, dnf.rpm; rpm.addMacro('_dbpath', '/var/lib/rpm'); "
+              "print(dnf.rpm.detect_releasever(sys.argv[1]))")
+    theirs = subprocess.run(["/usr/bin/python3", "-c", script, str(tmp_path / "root")],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    # rpm adds the package's own `name = version-release` provide
+    deps = [Dep.parse(p) for p in provides] + [Dep(name, 8, f"{version}-1")]
+    assert detect_releasever([(name, version, deps)]) == theirs

@@ -34,6 +34,7 @@ from copa.errors import IntegrityError, LocalIOError, NotFoundError, UsageError
 from copa.pkg.apt.openpgp import Keyring
 from copa.pkg.base import OSRelease, RepositoryOptions
 from copa.pkg.fetch import Fetcher
+from copa.pkg.rpm.deps import EQUAL, Dep
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +316,28 @@ def releasever_for(os_release: OSRelease, provided: str | None = None) -> str:
     if os_release.id in ("fedora", "amzn"):
         return version
     return version.split(".", 1)[0]
+
+
+# What dnf 4 asks the rpmdb for, in this order, to find $releasever (dnf.const.DISTROVERPKG).
+DISTROVERPKG = ("system-release(releasever)", "system-release", "distribution-release(releasever)",
+                "distribution-release", "redhat-release", "suse-release")
+
+
+def detect_releasever(installed: Iterable[tuple[str, str, Iterable[Dep]]]) -> str | None:
+    """$releasever as dnf's detect_releasever finds it in the image's rpmdb: the first package (database order)
+    providing one of DISTROVERPKG; the provide's version when it is `= version` and the package is not named as
+    the provide, else the package's version. `installed` is (name, version, provides) per installed package;
+    pass the result to `read_setup` as `provided_releasever`."""
+    packages = list(installed)
+    for wanted in DISTROVERPKG:
+        for name, version, provides in packages:
+            match = next((d for d in provides if d.name == wanted), None)
+            if match is None:
+                continue
+            if match.flags == EQUAL and match.evr and name != wanted:
+                return match.evr
+            return version
+    return None
 
 
 def variables_for(tree: Tree, os_release: OSRelease, oci_arch: str, oci_variant: str = "",
