@@ -189,12 +189,13 @@ def _check_prolog(head: bytes, what: str) -> bool:
             return True
 
 
-def iter_elements(stream: BinaryIO, what: str, tag: str) -> Iterator[ET.Element]:
-    """Each complete element named `tag` (local name), streamed; the caller reads it before asking for the next
+def iter_elements(stream: BinaryIO, what: str, *tags: str) -> Iterator[ET.Element]:
+    """Each complete element named one of `tags` (local names), streamed; the caller reads it before asking for the next
     one, then it is emptied, so memory stays that of one element (plus an empty husk per element in the root)."""
     # Only "end" events: "start" ones would double the per-event cost, which is most of the parse time.
     parser: Any = ET.XMLPullParser(events=("end",))  # typeshed types its events too loosely
-    suffix = "}" + tag
+    wanted = frozenset(tags)
+    suffixes = tuple("}" + t for t in tags)
     head = b""
     checked = False
     try:
@@ -209,7 +210,7 @@ def iter_elements(stream: BinaryIO, what: str, tag: str) -> Iterator[ET.Element]
                 chunk, head = head, b""
             parser.feed(chunk)
             for _event, element in parser.read_events():
-                if element.tag == tag or element.tag.endswith(suffix):
+                if element.tag in wanted or element.tag.endswith(suffixes):
                     yield element
                     element.clear()
         if not checked:
@@ -219,7 +220,7 @@ def iter_elements(stream: BinaryIO, what: str, tag: str) -> Iterator[ET.Element]
                 raise IntegrityError(f"{what}: empty document")
         parser.close()
         for _event, element in parser.read_events():
-            if element.tag == tag or element.tag.endswith(suffix):
+            if element.tag in wanted or element.tag.endswith(suffixes):
                 yield element
     except XMLError as e:
         raise IntegrityError(f"{what}: malformed XML ({e}); the repository metadata is corrupt") from None
@@ -252,7 +253,10 @@ _XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
 def parse_repomd(data: bytes, what: str) -> Repomd:
     entries: dict[str, RepomdEntry] = {}
     revision = ""
-    for elem in iter_elements(io.BytesIO(data), what, "data"):
+    for elem in iter_elements(io.BytesIO(data), what, "data", "revision"):
+        if _local(elem.tag) == "revision":
+            revision = (elem.text or "").strip()
+            continue
         kind = elem.get("type", "")
         location = _child(elem, "location")
         checksum = _child(elem, "checksum")
@@ -270,9 +274,6 @@ def parse_repomd(data: bytes, what: str) -> Repomd:
             open_size=_int(open_size.text, -1) if open_size is not None else None,
             base=location.get(_XML_BASE, "") or location.get("base", ""),
         )
-    m = re.search(rb"<revision>([^<]*)</revision>", data)
-    if m:
-        revision = m.group(1).decode("utf-8", "replace").strip()
     return Repomd(revision, entries, hashlib.sha256(data).hexdigest())
 
 
