@@ -18,7 +18,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from copa.errors import IntegrityError
-from copa.pkg.rpm.header import MAGIC, BadHeader, Entry, Header, Value, installed_header, merged_signature_values
+from copa.pkg.rpm.header import (
+    MAGIC,
+    BadHeader,
+    Entry,
+    Header,
+    Value,
+    installed_header,
+    merged_signature_values,
+    transaction_color,
+)
 from copa.pkg.rpm.tags import Sig, Tag, Type
 from tests.support.rpmtools import RpmFile, RpmSpec, build_rpm, init_root, make_gpg_key, sign_rpms
 
@@ -271,3 +280,15 @@ def test_mutated_headers_parse_or_fail_cleanly(built: dict[str, Built], data: st
             with contextlib.suppress(BadHeader):
                 call(e.tag)
     assert isinstance(h.entries[0], Entry)
+
+
+def test_transaction_color_as_rpms_platform_macros() -> None:
+    platforms = Path("/usr/lib/rpm/platform")
+    seen = 0
+    for macros in sorted(platforms.glob("*-linux/macros")):
+        for line in macros.read_text().splitlines():
+            if line.startswith("%_transaction_color"):
+                arch = macros.parent.name.removesuffix("-linux")
+                assert transaction_color(arch) == int(line.split()[1]), arch
+                seen += 1
+    assert seen > 20

@@ -354,13 +354,26 @@ def merged_signature_values(main: Header, signature: Header) -> list[Value]:
     return out
 
 
+# rpm's %_transaction_color per host architecture (its platform macros): 64-bit multilib hosts 3 (ELF32|ELF64),
+# ia64 2, every other (32-bit) one 0. The INSTALLCOLOR rpm records is the color of the rpm that installed it.
+_COLOR_3 = frozenset({"x86_64", "amd64", "ia32e", "aarch64", "ppc64", "ppc64le", "ppc64p7", "s390x", "riscv64",
+                      "loongarch64", "mips64", "mips64el", "mips64r6", "mips64r6el", "sparc64", "sparc64v"})
+
+
+def transaction_color(rpm_arch: str) -> int:
+    """The INSTALLCOLOR rpm writes on a host of this (rpm-spelled) architecture: x86_64, aarch64... -> 3."""
+    if rpm_arch in _COLOR_3:
+        return 3
+    return 2 if rpm_arch == "ia64" else 0
+
+
 def installed_header(main: Header, signature: Header, *, install_time: int, install_tid: int,
                      file_states: Sequence[int] | None = None, install_color: int = 3) -> Header:
     """The header rpm 4.18 stores in its database for a package it installs: the main header's immutable region
     verbatim, then the signature header's digests and signatures (see merged_signature_values), INSTALLTIME,
     FILESTATES (one per file; all NORMAL unless given), INSTPREFIXES (a relocatable package's PREFIXES, as copa
-    never relocates), INSTALLCOLOR (the transaction's color: 3 on 64-bit
-    hosts with multilib, ELF32|ELF64) and INSTALLTID (the transaction id, a timestamp), sorted by tag."""
+    never relocates), INSTALLCOLOR (the transaction's color: see transaction_color) and INSTALLTID (the
+    transaction id, a timestamp), sorted by tag."""
     base = main.immutable()
     if base.region is None or base.region.tag != Tag.HEADERIMMUTABLE:
         raise base.error(f"{base.what}: main header has no HEADERIMMUTABLE region; copa cannot install it")
