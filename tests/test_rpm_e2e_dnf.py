@@ -202,3 +202,27 @@ def test_plan_names_the_replacement(patched: Patched) -> None:
         "libfoo": ("1.0-1.el9", "1.1-1.el9", "reported"), "foo-tools": ("1.0-1.el9", "1.1-1.el9", "co-upgraded"),
         "app": ("1.0-1.el9", "1.1-1.el9", "reported"), "libdep": ("1.0-1.el9", "2.0-1.el9", "dependency"),
         "modern": ("", "2.0-1.el9", "reported"), "legacy": ("1.0-1.el9", "", "removed")}, updates
+
+
+def test_no_report_plans_dnf_upgrade(world: World, tmp_path: Path) -> None:
+    """Without a report: `dnf upgrade` of everything (the obsoleted package replaced too)."""
+    proc = subprocess.run(
+        ["dnf", "--installroot", str(world.root), f"--setopt=cachedir={tmp_path}/cache", "--releasever=9",
+         "--disableplugin=*", "--assumeno", "upgrade"],
+        capture_output=True, text=True, env={**os.environ, "HOME": str(world.home), "LC_ALL": "C"})
+    text = proc.stdout + proc.stderr
+    assert "Operation aborted" in text, text
+    want, section = set(), ""
+    for line in text.splitlines():
+        if line and not line.startswith(" "):
+            section = line.split(":")[0]
+            continue
+        m = line.split()
+        if len(m) >= 4 and section.startswith(("Upgrading", "Installing")):
+            want.add((m[0], m[2]))
+    got = subprocess.run([sys.executable, "-m", "copa", "patch", "-i", f"oci:{world.layout}:{REF}", "--dry-run",
+                          "--json"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "COPA_CACHE_DIR": str(tmp_path / "copa-cache"), "COPA_DEBUG": ""})
+    assert got.returncode == 0, got.stderr
+    plan = {(u["name"], u["to"]) for u in json.loads(got.stdout)["updates"] if u["kind"] != "removed"}
+    assert plan == want, text

@@ -20,10 +20,12 @@ from functools import cached_property
 
 from copa.errors import IntegrityError, ReportError, ResolutionError
 from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, UpdateKind, check_failures
+from copa.pkg.effects import apply
+from copa.pkg.effects import note as effects_note
 from copa.pkg.fetch import FetchItem, fetcher_for
-from copa.pkg.rpm.deps import Dep
+from copa.pkg.rpm.deps import EQUAL, Dep, overlaps
 from copa.pkg.rpm.header import Header, installed_header
-from copa.pkg.rpm.install import LayerPlan, install_package, other_owned, owned_files, scripts_note
+from copa.pkg.rpm.install import LayerPlan, effects_package, install_package, other_owned, owned_files
 from copa.pkg.rpm.modules import (
     DEFAULTS_DIR,
     MODULES_DIR,
@@ -180,12 +182,25 @@ class _Repositories:
 def _wanted(report: Report | None, installed: Sequence[Installed], repos: _Repositories) -> list[Wanted]:
     if report is not None:
         return [Wanted(p.name, p.fixed_version, p.vulnerability_ids) for p in report.packages]
-    # No report: every installed package with a newer version, as `dnf upgrade` would.
+    # No report: every installed package with a newer version, as `dnf upgrade` would; and, as dnf does, one
+    # without a newer version that a repository package obsoletes (the resolver takes the obsoleter for it; the
+    # version asked for is what the obsoleter provides of the name).
     out = []
     for inst in installed:
         newer = [c for c in repos.versions(inst.name) if compare_versions(c.evr, inst.evr) > 0]
         if newer:
             out.append(Wanted(inst.name, min((c.evr for c in newer), key=functools.cmp_to_key(compare_versions))))
+            continue
+        if repos.versions(inst.name):
+            continue  # older builds only: nothing to do (the resolver takes an obsoleter only for a name without any)
+        obsoleted = Dep(inst.name, EQUAL, inst.evr)
+        for c in repos.providers(inst.name):
+            if c.name != inst.name and any(o.name == inst.name and overlaps(obsoleted, o, rpmvercmp)
+                                           for o in c.obsoletes):
+                evr = next((p.evr for p in c.provides if p.name == inst.name and p.evr), c.evr)
+                if compare_versions(evr, inst.evr) > 0:
+                    out.append(Wanted(inst.name, evr))
+                    break
     return out
 
 
@@ -260,15 +275,17 @@ class RpmAdapter:
         change = payload.db.upgrade([*replaced, *payload.erased], blobs)
         for entry in change.entries():
             layer.entries[entry.path] = entry
+        # What the scriptlets and triggers would have done (copa/pkg/effects); its entries win at their paths.
+        outcome = apply(layer.entries, ctx.root, [effects_package(c, payload.headers[payload.hnums[ch.installed.key]]
+                                                                  if ch.installed else None)
+                                                  for c, ch in zip(contents, payload.chosen, strict=True)],
+                        "rpm", ctx.architecture, mtime)
         updates = []
         for u in plan.updates:
             if u.kind is UpdateKind.REMOVED:
                 updates.append(u)
                 continue
-            new = next(c for c, ch in zip(contents, payload.chosen, strict=True) if ch.record.name == u.name
-                       and ch.record.arch == u.architecture)
-            note = "; ".join([*notes.get(u.name, []), scripts_note(new.header)] if scripts_note(new.header)
-                             else notes.get(u.name, []))
+            note = "; ".join([*notes.get(u.name, []), *filter(None, [effects_note(outcome, u.name)])])
             updates.append(dataclasses.replace(u, scripts_note=note))
         return LayerContent(tuple(layer.entries.values()), ctx.root.is_symlink, tuple(updates), default_mtime=mtime)
 
