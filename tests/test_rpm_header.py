@@ -292,3 +292,38 @@ def test_transaction_color_as_rpms_platform_macros() -> None:
                 assert transaction_color(arch) == int(line.split()[1]), arch
                 seen += 1
     assert seen > 20
+
+
+_TEXT = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=12)
+_VALUES = st.one_of(
+    st.tuples(st.just(Type.INT16), st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=5)),
+    st.tuples(st.just(Type.INT32), st.lists(st.integers(0, 0xFFFFFFFF), min_size=1, max_size=5)),
+    st.tuples(st.just(Type.INT64), st.lists(st.integers(0, (1 << 64) - 1), min_size=1, max_size=3)),
+    st.tuples(st.just(Type.CHAR), st.lists(st.integers(0, 255), min_size=1, max_size=7)),
+    st.tuples(st.just(Type.STRING), _TEXT),
+    st.tuples(st.just(Type.STRING_ARRAY), st.lists(_TEXT, min_size=1, max_size=5)),
+    st.tuples(st.just(Type.BIN), st.binary(min_size=1, max_size=9)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.integers(1100, 6000), _VALUES, min_size=1, max_size=8))
+def test_append_round_trip(values: dict[int, tuple[Type, object]]) -> None:
+    base = Header.parse(_blob([(1000, 6, 0, 1)], b"name\0"))
+    made = []
+    for tag, (type_, v) in values.items():
+        if type_ == Type.STRING:
+            made.append(Value.string(tag, str(v)))
+        elif type_ == Type.STRING_ARRAY:
+            made.append(Value.strings(tag, list(v)))
+        elif type_ == Type.BIN:
+            made.append(Value.bin(tag, bytes(v)))
+        else:
+            made.append(Value.ints(tag, type_, list(v)))
+    h = base.append(made)
+    again = Header.parse(h.to_bytes())
+    assert again == h and again.string(1000) == "name"
+    for tag, (type_, v) in values.items():
+        got = (again.string(tag) if type_ == Type.STRING else again.strings(tag) if type_ == Type.STRING_ARRAY
+               else again.bin(tag) if type_ == Type.BIN else again.ints(tag))
+        assert got == (tuple(v) if isinstance(v, list) else v)
