@@ -9,6 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from copa.errors import UnsupportedImageError
 from copa.pkg.rpm.rpmdb import ndb
@@ -78,3 +80,21 @@ def test_damage_is_exit_6() -> None:
         with pytest.raises(UnsupportedImageError) as err:
             ndb.read_packages(bad)
         assert err.value.exit_code == 6 and "\n" not in err.value.message
+
+
+_GOOD = ndb.write_packages({i: bytes([i]) * (i * 53 % 700) for i in range(1, 30)}, 7, 30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1, max_size=6),
+       cut=st.integers(0, 1 << 20) | st.none())
+def test_any_damage_is_an_unsupported_image_not_a_crash(flips: list[tuple[int, int]], cut: int | None) -> None:
+    data = bytearray(_GOOD)
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    if cut is not None:
+        data = data[:cut % len(data)]
+    try:
+        ndb.read_packages(bytes(data))
+    except UnsupportedImageError as e:
+        assert "\n" not in e.message
