@@ -495,3 +495,18 @@ def test_parsed_primary_is_cached(server: RepoServer, tmp_path: Path, monkeypatc
     monkeypatch.setattr(repomd, "_element_row", no_xml)
     again = sorted(_load(f"{server.url}/repo", tmp_path), key=lambda p: p.nevra)
     assert again == first
+
+
+@pytest.mark.parametrize("patterns", [("hello-1.0*",), ("libfoo.x86_64", "sh*"), ("bash-0:5.1-3.el9.noarch",),
+                                      ("*-1.1-2.el9*",), ("hello-2:1.1-2.el9.x86_64", "extra-0.1")])
+def test_excludepkgs_match_as_dnf(server: RepoServer, patterns: tuple[str, ...], tmp_path: Path) -> None:
+    from copa.pkg.rpm.repos import MainConfig, RepoSetup
+
+    url = f"{server.url}/repo"
+    index = _load(url, tmp_path)
+    setup = RepoSetup(MainConfig(excludepkgs=patterns), (index.repo,))
+    ours = sorted(p.nevra for p in index if setup.visible(index.repo, p.name, (p.epoch, p.version, p.release),
+                                                          p.arch))
+    theirs = dnf_query(url, tmp_path / "dnf", "--qf", "%{name}-%{evr}.%{arch}",
+                       setopts=(f"excludepkgs={','.join(patterns)}",))
+    assert ours == sorted(theirs)
