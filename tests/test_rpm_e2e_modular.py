@@ -7,7 +7,9 @@ stream), plus an ursine (non-modular) nodejs newer than both that modular filter
 with module_hotfixes=1 holds a non-modular npm build that dnf offers only because of that flag.
 
 The oracle is `dnf --installroot IMAGE upgrade [NAMES] --assumeno` reading the same .repo files; copa's
-`patch --dry-run --json` must name the same packages and versions, with and without a report.
+`patch --dry-run --json` must name the same packages and versions, with and without a report, and for other
+module states of the same image: none (the default stream), disabled, stream 16 enabled, and a default from the
+image's /etc/dnf/modules.defaults.d.
 """
 
 from __future__ import annotations
@@ -200,3 +202,37 @@ def test_upgrade_everything(world: World, tmp_path: Path) -> None:
     """No report: every installed package with a newer visible version, as `dnf upgrade`."""
     want = dnf_upgrade(world, tmp_path, [])
     assert copa_plan(world, tmp_path, None) == want
+
+
+DEFAULTS_14 = """\
+---
+document: modulemd-defaults
+version: 1
+data:
+  module: nodejs
+  stream: "14"
+...
+"""
+
+
+@pytest.mark.parametrize(("module_file", "defaults_file", "nodejs"), [
+    (None, None, "16.14.0"),  # no state: the repository's default stream (16) is active
+    ("[nodejs]\nname=nodejs\nstream=\nprofiles=\nstate=disabled\n", None, "18.0.0"),  # no stream: ursine
+    ("[nodejs]\nname=nodejs\nstream=16\nprofiles=\nstate=enabled\n", None, "16.14.0"),  # switched to 16
+    (None, DEFAULTS_14, "14.16.0"),  # the image's modules.defaults.d over the repository's default
+], ids=["default-stream", "disabled", "enabled-16", "local-default"])
+def test_module_states_as_dnf(world: World, tmp_path: Path, module_file: str | None, defaults_file: str | None,
+                              nodejs: str) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(world.root, root, symlinks=True)
+    (root / "etc/dnf/modules.d/nodejs.module").unlink()
+    if module_file is not None:
+        (root / "etc/dnf/modules.d/nodejs.module").write_text(module_file)
+    if defaults_file is not None:
+        (root / "etc/dnf/modules.defaults.d").mkdir(parents=True)
+        (root / "etc/dnf/modules.defaults.d/nodejs.yaml").write_text(defaults_file)
+    images.builder.make_oci_layout(root, tmp_path / "layout", REF, cmd=None)
+    variant = World(root, tmp_path / "layout", world.home)
+    want = dnf_upgrade(variant, tmp_path, [])
+    assert any(n == "nodejs" and evr.startswith(f"1:{nodejs}-") for n, evr in want), want
+    assert copa_plan(variant, tmp_path, None) == want
