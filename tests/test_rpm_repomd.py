@@ -415,6 +415,12 @@ def test_prefetch_fills_the_cache_only(server: RepoServer, repo: RpmRepo, tmp_pa
     entry = parse_repomd(repo.repomd.read_bytes(), "r").entries["primary"]
     assert fetcher.cache.lookup(entry.checksum.value, entry.size) is not None
     assert not any(r.endswith(".asc") for r in server.requests[before:])  # nothing verified: the plan does that
+    # repo_gpgcheck=1: not parsed before the plan verifies repomd; without it, parsed already
+    assert not list((tmp_path / "cache" / "derived").glob("rpm-primary-*.rows"))
+    unsigned = {**captured, "etc/yum.repos.d/t.repo": f"[t]\nbaseurl={server.url}/repo\n".encode()}
+    prefetch.start(unsigned)
+    prefetch.join()
+    assert len(list((tmp_path / "cache" / "derived").glob("rpm-primary-*.rows"))) == 1
     idle = MetadataPrefetch(RepositoryOptions(), "amd64", "", fetcher)
     assert idle.setup({"etc/apt/sources.list": b"deb http://127.0.0.1:9/ x main\n"}) is None
     idle.start({})

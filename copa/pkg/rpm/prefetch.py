@@ -2,9 +2,11 @@
 
 The rpm family's Prefetcher (copa.pkg.base): once the base layer has gone past etc/, the captured dnf/yum
 configuration names the repositories; their repomd.xml and primary are fetched into the checksum-addressed
-cache. Nothing is verified or parsed beyond what the cache itself checks (primary lands under the checksum the
-unverified repomd names, so a forged repomd can only waste a download): the plan fetches repomd again, verifies
-it as configured and finds primary in the cache by the checksum the verified repomd names.
+cache. primary lands under the checksum the repomd fetched here names, so a forged repomd can only waste a
+download: the plan fetches repomd again, verifies it as configured and finds primary in the cache by the
+checksum the verified repomd names. For a repository without repo_gpgcheck (the plan trusts its repomd as it
+comes, as dnf does) primary is also parsed into the parse cache here, the slow part of a cold run; a signed
+repository's metadata is not decompressed before the plan has verified it.
 """
 
 from __future__ import annotations

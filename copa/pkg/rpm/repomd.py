@@ -670,6 +670,10 @@ class RepoIndex:
                 pkg = _from_row(line, self.loaded)
                 self._by_name.setdefault(pkg.name, []).append(pkg)
 
+    def warm(self) -> None:
+        """Fill the parse cache only."""
+        self._parse()
+
     def load(self) -> RepoIndex:
         self._parse()
         keep = self.keep
@@ -749,8 +753,15 @@ def load_repository(repo: RpmRepository, fetcher: Fetcher, keyring_for: Callable
 
 def prefetch_repository(repo: RpmRepository, fetcher: Fetcher, variables: Mapping[str, str],
                         mirrors: Sequence[tuple[str, str]]) -> None:
-    """repomd.xml and primary into the cache, nothing verified or parsed beyond repomd's checksums: a warm-up."""
+    """repomd.xml and primary into the cache (checked only against the repomd fetched here), and primary parsed
+    into the parse cache when the repository's repomd is not signed anyway: a warm-up."""
     loaded = fetch_repomd(repo, fetcher, lambda _r: Keyring((), ""), variables, mirrors, verify=False)
     entry = loaded.repomd.entries.get("primary")
-    if entry is not None:
-        fetch_entry(loaded, entry, fetcher)
+    if entry is None:
+        return
+    primary = fetch_entry(loaded, entry, fetcher)
+    if not repo.repo_gpgcheck:
+        # Without repo_gpgcheck the plan trusts this very repomd (re-fetched, same checksums) as much as the
+        # warm-up does, so primary's slow parse can happen here, overlapped with the layer scan. A signed repomd
+        # is verified first: its files are not even decompressed before that.
+        RepoIndex(loaded, primary, None, fetcher.cache).warm()
