@@ -16,6 +16,7 @@ OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release")
 # full pass over the layers, so nothing needs a layer read twice.
 CAPTURE = ("etc", "usr/lib/os-release", "var/lib/dpkg", "usr/share/keyrings", "lib/apk/db", "usr/lib/apk/db",
            "var/lib/rpm", "usr/lib/sysimage/rpm", "usr/lib/rpm/macros.d",  # rpm: macros that filter installs
+           "usr/share/pki/ca-trust-source",  # for copa/pkg/effects/catrust.py: RHEL's CA trust sources
            # for copa/pkg/effects: the certificates update-ca-certificates bundles, and debconf's answers
            "usr/share/ca-certificates", "usr/local/share/ca-certificates", "var/cache/debconf/config.dat")
 

@@ -4,7 +4,11 @@ copa unpacks packages but runs none of their scripts. `reproduce` takes the imag
 layer's entries and returns the extra entries that make the result look as if the scripts and triggers had run
 (the CA bundle and its links, ldconfig's links and cache, stale bytecode gone, /etc/shells, alternatives, system
 users and groups), plus per package a note of what its scripts do that is still not reproduced. Each effect works on
-the merged result of the upgrade, so it does not matter which package or trigger asked for it."""
+the merged result of the upgrade, so it does not matter which package or trigger asked for it.
+
+Families: "dpkg", "apk" and "rpm" (scripts keyed %pretrans/%pre/%post/%posttrans as the new version's header
+holds them, a non-shell scriptlet under "%post <lua>" or "%post </usr/bin/lua>", the old version's erase
+scriptlets under "old %preun"/"old %postun", triggers under "%triggers"/"%filetriggers")."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from collections.abc import Iterable, MutableMapping, Sequence
 
 from copa.oci.layer import Entry, clean_path
 from copa.oci.rootfs import View
-from copa.pkg.effects import alternatives, bytecode, certificates, libraries, scripts, shells, users
+from copa.pkg.effects import alternatives, bytecode, catrust, certificates, libraries, scripts, shells, users
 from copa.pkg.effects.merged import Merged
 from copa.pkg.effects.model import Outcome, Package
 
@@ -20,7 +24,12 @@ __all__ = ["Outcome", "Package", "apply", "reproduce"]
 
 # The scripts that run when a package is upgraded or installed, by family (the new version's).
 _RUN = {"dpkg": ("preinst", "postinst", "config"), "apk": (".pre-install", ".post-install", ".pre-upgrade",
-                                                             ".post-upgrade", ".trigger")}
+                                                             ".post-upgrade", ".trigger"),
+        "rpm": ("%pretrans", "%pre", "%post", "%posttrans")}
+# rpm: what else an upgrade runs, only noted: the old version's %preun/%postun (with $1 = 1), the new version's
+# triggers, and scriptlets in another language than the shell (keys "%post <lua>": the program in the key).
+_RPM_NOTED = ("old %preun", "old %postun", "%triggers", "%filetriggers")
+_LDCONFIG = {"ldconfig", "/sbin/ldconfig", "/usr/sbin/ldconfig"}
 _APK_SKIPPED = {False: (".pre-upgrade", ".post-upgrade"), True: (".pre-install", ".post-install")}
 # Commands whose work has no meaning in a container image: services and boot-time state.
 _NO_EFFECT = {"systemctl", "deb-systemd-helper", "deb-systemd-invoke", "invoke-rc.d", "update-rc.d", "service",
@@ -37,7 +46,7 @@ def reproduce(view: View, entries: Iterable[Entry], packages: Sequence[Package],
     out: dict[str, Entry] = {}
     done: dict[str, list[str]] = {p.name: [] for p in packages}
     notes: dict[str, list[str]] = {p.name: [] for p in packages}
-    handled: dict[str, set[str]] = {p.name: {"ldconfig"} for p in packages}
+    handled: dict[str, set[str]] = {p.name: set(_LDCONFIG) for p in packages}
 
     def take(new: Iterable[Entry]) -> None:
         items = list(new)
@@ -45,13 +54,15 @@ def reproduce(view: View, entries: Iterable[Entry], packages: Sequence[Package],
         for e in items:
             out[clean_path(e.path)] = e
 
-    for name, result in certificates.reproduce(merged, packages, family, mtime).items():
+    store = catrust.reproduce(merged, packages, mtime) if family == "rpm" else \
+        certificates.reproduce(merged, packages, family, mtime)
+    for name, result in store.items():
         take(result.entries)
         done.setdefault(name, []).extend(result.done)
         notes.setdefault(name, []).extend(result.notes)
-        handled.setdefault(name, set()).update(_CERTS)
+        handled.setdefault(name, set()).update(_CERTS | catrust.COMMANDS)
 
-    for name, lib in libraries.reproduce(merged, packages, architecture, mtime).items():
+    for name, lib in libraries.reproduce(merged, packages, architecture, mtime, family).items():
         take(lib.entries)
         done.setdefault(name, []).extend(lib.done)
         notes.setdefault(name, []).extend(lib.notes)
@@ -112,6 +123,8 @@ def reproduce(view: View, entries: Iterable[Entry], packages: Sequence[Package],
             if body is not None:
                 notes[p.name].extend(_script_notes(script.lstrip("."), body.decode("utf-8", "replace"),
                                                    handled[p.name]))
+        if family == "rpm":
+            notes[p.name].extend(_rpm_notes(p, handled[p.name]))
     return Outcome(tuple(out[k] for k in sorted(out)),
                    {k: tuple(v) for k, v in notes.items() if v}, {k: tuple(v) for k, v in done.items() if v})
 
@@ -131,6 +144,23 @@ def _script_notes(script: str, text: str, handled: set[str]) -> list[str]:
         out.append(f"{script}: no effect in a container: {', '.join(idle)}")
     if not left and not idle and not names & handled and scripts.busy(text):
         out.append(f"{script} not run (it changes no files)")
+    return out
+
+
+def _rpm_notes(p: Package, handled: set[str]) -> list[str]:
+    """What else of an rpm upgrade's scriptlets stays undone: other languages, the old version's erase scriptlets,
+    triggers (an ldconfig one is the libraries effect's)."""
+    out = []
+    for key, body in sorted(p.scripts.items()):
+        text = body.decode("utf-8", "replace")
+        if "<" in key:
+            out.append(f"{key.split(' <')[0]} not run ({key.split(' <')[1].rstrip('>')} scriptlet)")
+        elif key in _RPM_NOTED[:2]:
+            out.extend(_script_notes(key, text, handled))
+        elif key in _RPM_NOTED[2:] and scripts.busy("#!\n" + text):
+            left = scripts.unhandled(text, handled | _NO_EFFECT)
+            if left:
+                out.append(f"{key[1:]}: not reproduced: {', '.join(left)}")
     return out
 
 

@@ -1,5 +1,6 @@
-"""What `ldconfig` (run by libc-bin's `ldconfig` trigger) does after libraries change: the soname symlinks it
-creates, the stale `.so.` links it removes, and the rewritten /etc/ld.so.cache.
+"""What `ldconfig` (run by libc-bin's `ldconfig` trigger; on RHEL by a library's %post or glibc's file trigger)
+does after libraries change: the soname symlinks it creates, the stale `.so.` links it removes, and the rewritten
+/etc/ld.so.cache.
 
 Only glibc images have /etc/ld.so.cache; musl has no cache. The directories are ldconfig's: /etc/ld.so.conf (with
 `include` globs) and then the built-in ones (the multiarch pair, /lib and /usr/lib), a directory seen twice through
@@ -70,10 +71,25 @@ def _conf_dirs(merged: Merged, path: str, depth: int = 0) -> list[str]:
     return out
 
 
-def scan_dirs(merged: Merged, architecture: str) -> list[tuple[str, str]]:
-    """(path as ldconfig names it, real path) of every directory ldconfig scans, in its order."""
+# Red Hat's glibc (slibdir /lib64, libdir /usr/lib64 on 64-bit) adds its system directories through
+# add_system_dir, which for a .../lib64 directory adds .../lib, .../lib64 and .../libx32 (x86-64's dl-cache.h).
+_RPM_64 = ("amd64", "arm64", "ppc64le", "s390x", "riscv64", "mips64le", "x86_64", "aarch64")
+
+
+def builtin_dirs(architecture: str, family: str = "dpkg") -> list[str]:
+    """ldconfig's built-in directories after those of ld.so.conf: Debian's multiarch pair, then /lib and /usr/lib;
+    for the rpm family (RHEL, Fedora, Amazon Linux) /lib, /lib64, /libx32, then the same under /usr."""
+    if family == "rpm":
+        if architecture in _RPM_64:
+            return ["/lib", "/lib64", "/libx32", "/usr/lib", "/usr/lib64", "/usr/libx32"]
+        return ["/lib", "/usr/lib"]
     triplet = MULTIARCH.get(architecture)
-    builtin = ([f"/lib/{triplet}", f"/usr/lib/{triplet}"] if triplet else []) + ["/lib", "/usr/lib"]
+    return ([f"/lib/{triplet}", f"/usr/lib/{triplet}"] if triplet else []) + ["/lib", "/usr/lib"]
+
+
+def scan_dirs(merged: Merged, architecture: str, family: str = "dpkg") -> list[tuple[str, str]]:
+    """(path as ldconfig names it, real path) of every directory ldconfig scans, in its order."""
+    builtin = builtin_dirs(architecture, family)
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
     for d in [*_conf_dirs(merged, CONF), *builtin]:
@@ -116,13 +132,13 @@ def _triggered(merged: Merged, packages: Sequence[Package], dirs: list[tuple[str
     return [d for d in dirs if d in touched]
 
 
-def reproduce(merged: Merged, packages: Sequence[Package], architecture: str, mtime: int | None
-              ) -> dict[str, Result]:
+def reproduce(merged: Merged, packages: Sequence[Package], architecture: str, mtime: int | None,
+              family: str = "dpkg") -> dict[str, Result]:
     cache_path = merged.resolve(CACHE)
     raw = merged.read(cache_path)
     if raw is None:
         return {}  # not glibc (or no cache ever built): the dynamic loader searches the default paths itself
-    dirs = scan_dirs(merged, architecture)
+    dirs = scan_dirs(merged, architecture, family)
     touched = _triggered(merged, packages, dirs)
     if not touched:
         return {}

@@ -92,7 +92,13 @@ def _parse_shadow(c: Command) -> dict[str, str] | None:
     names = []
     while args:
         a = args.pop(0)
-        if a in _SHADOW_FLAGS:
+        if c.name == "groupadd" and a in ("-g", "--gid") and args:
+            opts["--gid"] = args.pop(0)
+        elif c.name == "groupadd" and a in ("-f", "--force"):
+            opts["-f"] = ""
+        elif c.name == "useradd" and a in ("-u", "--uid") and args:
+            opts["--uid"] = args.pop(0)
+        elif a in _SHADOW_FLAGS:
             opts[_SHADOW_FLAGS[a]] = ""
         elif a in _SHADOW_VALUED and args:
             opts[_SHADOW_VALUED[a]] = args.pop(0)
@@ -104,7 +110,9 @@ def _parse_shadow(c: Command) -> dict[str, str] | None:
         return None
     if "--system" not in opts or len(names) != 1 or not _NAME.match(names[0]):
         return None
-    if c.name == "groupadd" and set(opts) - {"cmd", "--system"}:
+    if c.name == "groupadd" and set(opts) - {"cmd", "--system", "--gid", "-f"}:
+        return None
+    if any(not opts[k].isdigit() for k in ("--uid", "--gid") if k in opts):
         return None
     opts["name"] = names[0]
     return opts
@@ -218,17 +226,27 @@ class Accounts:
         return int(m.group(1)) if m else default
 
     def _down(self, table: list[list[str]], key: str, low: int) -> int | None:
+        """The first free id from SYS_*_MAX down to SYS_*_MIN (login.defs; RHEL's are 999 and 201)."""
         used = {int(f[2]) for f in table if len(f) > 2 and f[2].isdigit()}
+        low = self._login_defs(key.replace("_MAX", "_MIN"), low)
         return next((i for i in range(self._login_defs(key, 999), low - 1, -1) if i not in used), None)
 
-    def _shadow_group(self, name: str, prefer: int | None = None) -> int | None:
+    def _shadow_group(self, name: str, prefer: int | None = None, wanted: int | None = None,
+                      force: bool = False) -> int | None:
+        """groupadd -r [-g GID [-f]]: None when groupadd fails (or, with -f, there is nothing to do: `force`
+        callers check the group themselves)."""
         groups = self._table("etc/group")
         if groups is None:
             return None
         if any(g[0] == name for g in groups):
-            return None  # groupadd fails: the group exists
+            return None  # groupadd fails: the group exists (with -f it succeeds doing nothing)
         used = {int(g[2]) for g in groups if len(g) > 2 and g[2].isdigit()}
-        gid = prefer if prefer is not None and prefer not in used else self._down(groups, "SYS_GID_MAX", 101)
+        if wanted is not None and wanted in used and not force:
+            return None  # "GID is not unique"
+        if wanted is not None and wanted not in used:
+            gid: int | None = wanted
+        else:
+            gid = prefer if prefer is not None and prefer not in used else self._down(groups, "SYS_GID_MAX", 101)
         if gid is None:
             return None
         self._append("etc/group", f"{name}:x:{gid}:")
@@ -243,7 +261,12 @@ class Accounts:
         name = o["name"]
         if any(u[0] == name for u in users):
             return True  # useradd fails ("already exists"), which scripts guard against: the user is there
-        uid = self._down(users, "SYS_UID_MAX", 101)
+        if "--uid" in o:
+            uid: int | None = int(o["--uid"])
+            if any(len(u) > 2 and u[2] == o["--uid"] for u in users):
+                return False  # "UID is not unique"
+        else:
+            uid = self._down(users, "SYS_UID_MAX", 101)
         if uid is None:
             return False
         if "--ingroup" in o:
@@ -258,7 +281,9 @@ class Accounts:
         shell = o.get("--shell", m.group(1) if m else "/bin/sh")
         home = o.get("--home", f"/home/{name}")
         self._append("etc/passwd", f"{name}:x:{uid}:{gid}:{o.get('--gecos', '')}:{home}:{shell}")
-        self._append("etc/shadow", f"{name}:!:{(self.mtime or 0) // 86400}::::::")
+        # Red Hat's shadow-utils locks a new account with "!!" (upstream and Debian write "!").
+        locked = "!!" if self.family == "rpm" else "!"
+        self._append("etc/shadow", f"{name}:{locked}:{(self.mtime or 0) // 86400}::::::")
         return True
 
     def _group(self, name: str) -> int | None:
@@ -326,18 +351,27 @@ class Accounts:
     def run(self, cmds: Sequence[Command]) -> list[str] | None:
         """Apply a script's account commands; None when it has some copa does not reproduce (or none at all)."""
         calls = [c for c in cmds if c.name in COMMANDS]
-        if self.family not in ("dpkg", "apk") or not calls:
+        if self.family not in ("dpkg", "apk", "rpm") or not calls:
             return None
+        if self.family == "rpm" and any(c.name in ("adduser", "addgroup") for c in calls):
+            return None  # RHEL's adduser is useradd under another name: its options are not Debian's
         busybox = self.family == "apk"
         parsed = [_parse_shadow(c) if c.name in ("useradd", "groupadd") else
                   (_parse_busybox if busybox else _parse)(c) for c in calls]
         if any(p is None for p in parsed):
             return None
         done = []
-        for o in parsed:
+        for c, o in zip(calls, parsed, strict=True):
             assert o is not None
             if o["cmd"] in ("useradd", "groupadd"):
-                ok = self._shadow_user(o) if o["cmd"] == "useradd" else self._shadow_group(o["name"]) is not None
+                if o["cmd"] == "useradd":
+                    ok = self._shadow_user(o)
+                elif ("-f" in o or "getent" in c.line or "||" in c.line) and \
+                        any(g[0] == o["name"] for g in self._table("etc/group") or []):
+                    ok = True  # the group exists: `groupadd -f` succeeds, a guarded groupadd does not run
+                else:
+                    ok = self._shadow_group(o["name"], None, int(o["--gid"]) if "--gid" in o else None,
+                                            "-f" in o) is not None
                 if not ok:
                     return None
                 done.append(f"{o['cmd']} -r {o['name']}")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from copa.oci.layer import Entry, Kind
 from copa.oci.rootfs import View
+from copa.pkg.effects.model import Package
 from copa.pkg.rpm import caps
 from copa.pkg.rpm.header import Header
 from copa.pkg.rpm.macros import InstallPolicy, read_policy
@@ -342,6 +343,56 @@ def other_owned(headers: Mapping[int, Header], updated: Iterable[int]) -> set[st
         if hnum not in skip:
             out.update("/" + f.path for f in owned_files(h))
     return out
+
+
+_SHELLS = {"/bin/sh", "/usr/bin/sh", "/bin/bash", "/usr/bin/bash"}
+_TRANSFILETRIGGERSCRIPTS = 5076  # RPMTAG_TRANSFILETRIGGERSCRIPTS
+_SCRIPTLETS = ((Tag.PRETRANS, Tag.PRETRANSPROG, "%pretrans"), (Tag.PREIN, Tag.PREINPROG, "%pre"),
+               (Tag.POSTIN, Tag.POSTINPROG, "%post"), (Tag.POSTTRANS, Tag.POSTTRANSPROG, "%posttrans"))
+
+
+def _scriptlet(h: Header, body_tag: int, prog_tag: int, label: str) -> tuple[str, bytes] | None:
+    """(key, text) of one scriptlet as copa.pkg.effects reads it: shell text under its label; `-p /sbin/ldconfig`
+    (no body) as the command it runs; any other interpreter under "LABEL <PROGRAM>" (only noted)."""
+    body = h.string(body_tag)
+    progs = h.strings(prog_tag)
+    prog = progs[0] if progs else "/bin/sh"
+    if body is None and not progs:
+        return None
+    if prog in _SHELLS:
+        return label, (body or "").encode()
+    if posixpath.basename(prog) == "ldconfig" and not body:
+        return label, f"{prog}\n".encode()
+    return f"{label} <{prog}>", (body or "").encode()
+
+
+def effects_package(new: RpmContents, old: Header | None) -> Package:
+    """The copa.pkg.effects view of one package an upgrade installs: the new version's %pretrans, %pre, %post and
+    %posttrans, the old version's %preun/%postun and the new version's triggers (these last only noted)."""
+    h = new.header
+    scripts: dict[str, bytes] = {}
+    for body_tag, prog_tag, label in _SCRIPTLETS:
+        found = _scriptlet(h, body_tag, prog_tag, label)
+        if found is not None:
+            scripts[found[0]] = found[1]
+    if old is not None:
+        for body_tag, prog_tag, label in ((Tag.PREUN, Tag.PREUNPROG, "%preun"), (Tag.POSTUN, Tag.POSTUNPROG,
+                                                                                 "%postun")):
+            found = _scriptlet(old, body_tag, prog_tag, label)
+            if found is not None:
+                scripts["old " + found[0]] = found[1]
+    triggers = h.strings(Tag.TRIGGERSCRIPTS)
+    if triggers:
+        scripts["%triggers"] = "\n".join(triggers).encode()
+    files = [*h.strings(Tag.FILETRIGGERSCRIPTS), *h.strings(_TRANSFILETRIGGERSCRIPTS)]
+    if files:
+        scripts["%filetriggers"] = "\n".join(files).encode()
+    return Package(h.string(Tag.NAME) or "", _evr(old) if old is not None else "", _evr(h), scripts)
+
+
+def _evr(h: Header) -> str:
+    epoch = h.integer(Tag.EPOCH)
+    return f"{epoch}:" * (epoch is not None) + f"{h.string(Tag.VERSION) or ''}-{h.string(Tag.RELEASE) or ''}"
 
 
 def scripts_note(h: Header) -> str:
