@@ -5,7 +5,7 @@
   edits of DIRNAMES and of the uncompressed cpio name, the payload digests and SHA1HEADER/SHA256HEADER
   recomputed, so every digest passes; the repository is unsigned, --allow-unsigned-repositories): exit 5;
 * a Debian report for the RHEL image: exit 3;
-* a damaged rpmdb.sqlite: exit 6.
+* a damaged rpmdb.sqlite, or a damaged BerkeleyDB Packages: exit 6.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tests.support.aptrepo import RepoServer
 from tests.support.rpmrepo import createrepo
 from tests.support.rpmtools import RpmFile, RpmSpec, build_rpm, init_root
 from tests.support.trivy import write_report
+from tests.test_rpmdb_bdb import to_bdb
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("rpmbuild") is None, reason="needs rpm tools")]
 
@@ -45,6 +46,7 @@ REPORT = {"libfoo": ("1.0-1.el9", "1.1-1.el9")}
 class World:
     layout: Path
     broken_db_layout: Path
+    broken_bdb_layout: Path
     good_repo: Path
     tmp: Path
 
@@ -76,7 +78,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     data[100:4096] = b"\xa5" * (4096 - 100)  # past sqlite's file header: the schema page is garbage
     db.write_bytes(bytes(data))
     images.builder.make_oci_layout(broken, tmp / "broken-layout", REF, cmd=None)
-    yield World(tmp / "layout", tmp / "broken-layout", good, tmp)
+    bdb = tmp / "broken-bdb-root"  # RHEL 8's BerkeleyDB, its Packages hash damaged past the meta page
+    shutil.copytree(root, bdb, symlinks=True)
+    to_bdb(bdb)
+    packages = bdb / "var/lib/rpm/Packages"
+    data = packages.read_bytes()
+    packages.write_bytes(data[:4096] + b"\xff" * (len(data) - 4096))
+    images.builder.make_oci_layout(bdb, tmp / "broken-bdb-layout", REF, cmd=None)
+    yield World(tmp / "layout", tmp / "broken-layout", tmp / "broken-bdb-layout", good, tmp)
 
 
 def copa(world: World, tmp: Path, repo: Path | None, report: Path, *extra: str, layout: Path | None = None
@@ -180,4 +189,10 @@ def test_debian_report_on_the_rhel_image(world: World, tmp_path: Path) -> None:
 def test_damaged_rpmdb(world: World, tmp_path: Path) -> None:
     report = write_report(tmp_path / "trivy.json", REPORT, os_version="9.4", family="redhat")
     one_error(copa(world, tmp_path, None, report, layout=world.broken_db_layout), 6, "rpmdb.sqlite")
+    nothing_written(tmp_path)
+
+
+def test_damaged_berkeley_packages(world: World, tmp_path: Path) -> None:
+    report = write_report(tmp_path / "trivy.json", REPORT, os_version="9.4", family="redhat")
+    one_error(copa(world, tmp_path, None, report, layout=world.broken_bdb_layout), 6, "Packages")
     nothing_written(tmp_path)

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import images
+from tests.support import debimage, images
 from tests.support.aptrepo import RepoServer
 from tests.support.rpmrepo import createrepo
-from tests.support.rpmtools import RpmFile, RpmSpec, build_rpm, init_root
+from tests.support.rpmtools import RpmFile, RpmSpec, build_rpm, init_root, rpm_root_args
 from tests.support.trivy import write_report
 
 pytestmark = [pytest.mark.slow,
@@ -236,3 +236,32 @@ def test_module_states_as_dnf(world: World, tmp_path: Path, module_file: str | N
     want = dnf_upgrade(variant, tmp_path, [])
     assert any(n == "nodejs" and evr.startswith(f"1:{nodejs}-") for n, evr in want), want
     assert copa_plan(variant, tmp_path, None) == want
+
+
+def test_patch_equals_dnf_upgrade(world: World, tmp_path: Path) -> None:
+    """The whole patch (no report) against `dnf -y upgrade` on a copy: the same files and rpm -qa."""
+    theirs = tmp_path / "dnf-root"
+    shutil.copytree(world.root, theirs, symlinks=True)
+    proc = subprocess.run(
+        ["dnf", "--installroot", str(theirs), "--setopt=cachedir=/var/cache/dnf", "--releasever=8",
+         "--disableplugin=*", "--setopt=tsflags=noscripts", "-y", "upgrade"],
+        capture_output=True, text=True, env={**os.environ, "HOME": str(world.home), "LC_ALL": "C"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = subprocess.run([sys.executable, "-m", "copa", "patch", "-i", f"oci:{world.layout}:{REF}", "--oci-dir",
+                          str(tmp_path / "out"), "-t", "patched"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "COPA_CACHE_DIR": str(tmp_path / "copa-cache"), "COPA_DEBUG": ""})
+    assert out.returncode == 0, out.stderr
+    ours = debimage.unpack_layout(tmp_path / "out", "patched", tmp_path / "bundle")
+
+    def skip(root: Path) -> frozenset[str]:  # dnf's own state, cache and logs; the rpmdb: compared by rpm -qa
+        found = {str(p.relative_to(root)) for d in ("var/lib/dnf", "var/cache", "var/log", "var/lib/rpm")
+                 for p in [root / d, *(root / d).rglob("*")] if p.exists()}
+        return frozenset(found)
+
+    diff = debimage.tree_diff(debimage.tree(ours, skip(ours)), debimage.tree(theirs, skip(theirs)))
+    assert not diff, "\n".join(diff)
+    fmt = "%{NAME} %{EPOCHNUM}:%{VERSION}-%{RELEASE} %{ARCH}\\n"
+    got, want = (subprocess.run([*rpm_root_args(r), "-qa", "--qf", fmt], capture_output=True, text=True).stdout
+                 for r in (ours, theirs))
+    assert sorted(got.splitlines()) == sorted(want.splitlines())
+    assert "nodejs 1:14.16.0-2" + M + " x86_64" in got.splitlines()
