@@ -516,3 +516,19 @@ def test_excludepkgs_match_as_dnf(server: RepoServer, patterns: tuple[str, ...],
     theirs = dnf_query(url, tmp_path / "dnf", "--qf", "%{name}-%{evr}.%{arch}",
                        setopts=(f"excludepkgs={','.join(patterns)}",))
     assert ours == sorted(theirs)
+
+
+def test_skip_if_unavailable(server: RepoServer, tmp_path: Path) -> None:
+    from copa.errors import RegistryError
+    from copa.pkg.rpm.repomd import load_repositories
+
+    good = RpmRepository("good", "good", (f"{server.url}/repo",))
+    down = RpmRepository("down", "down", ("http://127.0.0.1:9/repo",), skip_if_unavailable=True)
+    missing = RpmRepository("missing", "missing", (f"{server.url}/nothing",), skip_if_unavailable=True)
+    none = lambda _r: Keyring((), "")  # noqa: E731
+    indexes, warnings = load_repositories([down, good, missing], _fetcher(tmp_path), none)
+    assert [ix.repo.id for ix in indexes] == ["good"]
+    assert [w.split()[1] for w in warnings] == ["down", "missing"]
+    with pytest.raises(RegistryError):
+        load_repositories([good, RpmRepository("down", "down", ("http://127.0.0.1:9/repo",))], _fetcher(tmp_path),
+                          none)

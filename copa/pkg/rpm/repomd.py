@@ -21,6 +21,7 @@ import lzma
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -765,3 +766,28 @@ def prefetch_repository(repo: RpmRepository, fetcher: Fetcher, variables: Mappin
         # warm-up does, so primary's slow parse can happen here, overlapped with the layer scan. A signed repomd
         # is verified first: its files are not even decompressed before that.
         RepoIndex(loaded, primary, None, fetcher.cache).warm()
+
+
+def load_repositories(repos: Sequence[RpmRepository], fetcher: Fetcher,
+                      keyring_for: Callable[[RpmRepository], Keyring], *, variables: Mapping[str, str] = {},
+                      mirrors: Sequence[tuple[str, str]] = (), keep: Callable[[str], bool] | None = None
+                      ) -> tuple[list[RepoIndex], list[str]]:
+    """Every repository's index, loaded side by side (downloads overlap), in the given order. A repository that
+    cannot be loaded (unreachable, or failing its checks) stops the run, unless it says skip_if_unavailable=1:
+    then, as dnf does, it is left out with a warning (second value) and nothing of it is used."""
+    if not repos:
+        return [], []
+    with ThreadPoolExecutor(max_workers=min(len(repos), fetcher.workers), thread_name_prefix="copa-rpm-md") as pool:
+        futures = [pool.submit(load_repository, r, fetcher, keyring_for, variables=variables, mirrors=mirrors,
+                               keep=keep) for r in repos]
+    indexes: list[RepoIndex] = []
+    warnings: list[str] = []
+    for repo, future in zip(repos, futures, strict=True):
+        try:
+            indexes.append(future.result())
+        except (RegistryError, IntegrityError) as e:
+            if not repo.skip_if_unavailable:
+                raise
+            warnings.append(f"{repo.description} skipped (skip_if_unavailable=1): {e}")
+            log.warning("%s", warnings[-1])
+    return indexes, warnings
