@@ -56,9 +56,10 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def _make_cert(d: Path, name: str, subject: str, *ext: str) -> bytes:
-    args = ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-            f"{name}.key", "-out", f"{name}.pem", "-days", "3650", "-subj", subject]
+def _make_cert(d: Path, name: str, subject: str, *ext: str, key: str = "") -> bytes:
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", f"{name}.key"]
+    args = ["req", "-x509", *(["-key", key] if key else new_key), "-out", f"{name}.pem", "-days", "3650",
+            "-subj", subject]
     for e in ext:
         args += ["-addext", e]
     _openssl(*args, cwd=d)
@@ -110,6 +111,8 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
         "multi-2": _make_cert(d, "multi-2", "/CN=Multi Two", *ca),
         "ou2": _make_cert(d, "ou2", "/O=Org Two/OU=Second Unit", *ca),
         "o-only": _make_cert(d, "o-only", "/C=DE/O=Only Org", *ca),
+        "rekeyed": _make_cert(d, "rekeyed", "/CN=Rekeyed Distrusted Key", *ca, key="distrusted.key"),
+        "by-serial": _make_cert(d, "by-serial", "/CN=Distrusted By Serial", *ca),
         "_spki_email": _spki_pem(d, "email").encode(),
     }
 
@@ -130,6 +133,7 @@ def _trust_root(root: Path, certs: dict[str, bytes]) -> None:
         return "\n".join(["[p11-kit-object-v1]", f'label: "{label}"', *lines, "modifiable: false",
                           pem.decode().strip(), ""])
 
+    serial_cert = catrust.parse_cert(_der(certs["by-serial"]))
     persist = "\n".join([
         "# This is a bundle of X.509 certificates of public Certificate Authorities.",
         obj("Bundle A Label", certs["bundle-a"], "trusted: true", "nss-mozilla-ca-policy: true"),
@@ -141,6 +145,12 @@ def _trust_root(root: Path, certs: dict[str, bytes]) -> None:
         obj("Blocked elsewhere", certs["blocked"], "trusted: true"),
         obj("Local again (a duplicate)", certs["local"], "trusted: true"),
         obj("Unit Only", certs["ou-only"], "trusted: true"),
+        obj("Rekeyed", certs["rekeyed"], "trusted: true"),
+        obj("By Serial", certs["by-serial"], "trusted: true"),
+        "\n".join(["[p11-kit-object-v1]", 'label: "Distrust By Serial"', "class: certificate",
+                   "certificate-type: x-509", "x-distrusted: true",
+                   f'issuer: "{_persist_value(serial_cert.issuer)}"',
+                   f'serial-number: "{_persist_value(serial_cert.serial)}"', "modifiable: false", ""]),
     ])
     (usr / "ca-bundle.trust.p11-kit").write_text(persist)
     (root / "etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem").write_bytes(b"stale\n")
@@ -180,7 +190,8 @@ def test_tls_bundle_is_p11kit_extract(certs: dict[str, bytes], tmp_path: Path) -
     labels = [line for line in want.decode().splitlines() if line.startswith("#")]
     assert labels == ["# Local Root CA", "# Bundle A Label", "# Unit Only", "# Multi Two", "# Multi One",
                       "# Server Auth Root", "# Second Unit", "# Only Org"], labels
-    for left_out in (b"Email Only", b"Distrusted", b"Blocked", b"not a ca", b"Client Auth Only", b"duplicate"):
+    for left_out in (b"Email Only", b"Distrusted", b"Blocked", b"not a ca", b"Client Auth Only", b"duplicate",
+                     b"Rekeyed", b"By Serial"):
         assert left_out not in want
     layer = [Entry.file("usr/share/pki/ca-trust-source/anchors/new.pem", b"")]  # the upgrade touched a source
     merged = Merged(rootview.view_of(root, CAPTURE), layer)

@@ -11,8 +11,9 @@ each: its own files, then anchors/, then blocklist/ (or the older blacklist/)): 
 anchors/, distrusted in blocklist/, neither in the base directory), and p11-kit persist files
 (`[p11-kit-object-v1]` sections: label, trusted, x-distrusted, a PEM certificate; `class:
 x-certificate-extension` objects staple an extendedKeyUsage (2.5.29.37) or OpenSSL reject list to every certificate
-with that PEM PUBLIC KEY). Extracted: each trusted certificate, not distrusted (by itself, a blocklisted copy or a
-distrusting object of the same certificate), that is an authority (basicConstraints cA, or a v1 self-signed one)
+with that PEM PUBLIC KEY; a distrusting object may name its certificate by issuer and serial-number only).
+Extracted: each trusted certificate, not distrusted (no distrusted object with its issuer and serial number or its
+public key), that is an authority (basicConstraints cA, or a v1 self-signed one)
 and whose purposes (the stapled extendedKeyUsage, else its own) allow serverAuth; the first copy of a certificate
 only; each as `# LABEL` (the object's label, else the subject's CN, OU or O) then the PEM, entries separated by an
 empty line, mode 0444. p11-kit reads a directory in readdir order, which depends on the file system the tool ran
@@ -86,6 +87,7 @@ def _oid(raw: bytes) -> str:
 class Cert:
     der: bytes
     version: int
+    serial: bytes  # the INTEGER's DER (tag and length included), as CKA_SERIAL_NUMBER holds it
     issuer: bytes
     subject: bytes
     spki: bytes
@@ -102,6 +104,7 @@ def parse_cert(der: bytes) -> Cert:
         version = int.from_bytes(der[vs:ve], "big") + 1
         fields = fields[1:]
     # serial, signature, issuer, validity, subject, subjectPublicKeyInfo, [1], [2], [3] extensions
+    serial = der[_start(der, fields[0]):fields[0][2]]
     issuer = der[_start(der, fields[2]):fields[2][2]]
     subject = der[_start(der, fields[4]):fields[4][2]]
     spki = der[_start(der, fields[5]):fields[5][2]]
@@ -115,7 +118,7 @@ def parse_cert(der: bytes) -> Cert:
             oid = _oid(der[parts[0][1]:parts[0][2]])
             value = parts[-1]
             extensions[oid] = der[value[1]:value[2]]
-    return Cert(der, version, issuer, subject, spki, extensions)
+    return Cert(der, version, serial, issuer, subject, spki, extensions)
 
 
 def _start(der: bytes, field_: tuple[int, int, int]) -> int:
@@ -172,6 +175,7 @@ class Sources:
     objects: list[TrustObject] = field(default_factory=list)
     eku: dict[bytes, list[str]] = field(default_factory=dict)  # SPKI -> stapled purposes
     reject: dict[bytes, list[str]] = field(default_factory=dict)
+    distrusted: set[tuple[bytes, bytes]] = field(default_factory=set)  # (issuer, serial) of distrusting objects
     notes: list[str] = field(default_factory=list)
 
 
@@ -194,7 +198,12 @@ def _persist(text: bytes, where: str, trust: bool | None, out: Sources) -> None:
                 key, value = line.split(":", 1)
                 attrs[key.strip()] = value.strip()
         if pem is None:
-            out.notes.append(f"{where}: an object without PEM data (not read)")
+            if attrs.get("x-distrusted") == "true" and "issuer" in attrs and "serial-number" in attrs:
+                # A distrust record naming a certificate by issuer and serial number (RHEL's bundle has them).
+                out.distrusted.add((_unquote(attrs["issuer"]).encode("latin-1"),
+                                    _unquote(attrs["serial-number"]).encode("latin-1")))
+            else:
+                out.notes.append(f"{where}: an object without PEM data (not read)")
             continue
         try:
             der = base64.b64decode(b"".join(pem.group(2).split()), validate=True)
@@ -295,12 +304,18 @@ def _authority(cert: Cert) -> bool:
 
 
 def tls_bundle(sources: Sources, purpose: str = _SERVER_AUTH) -> bytes:
-    distrusted = {o.cert.der for o in sources.objects if o.trusted is False}
+    """p11-kit's enumerate.c: a certificate matching a distrusted object's issuer and serial number, or its
+    public key, is left out (blocklist_issuer_serial, blocklist_public_key)."""
+    bad = [o.cert for o in sources.objects if o.trusted is False]
+    by_name = sources.distrusted | {(c.issuer, c.serial) for c in bad}
+    by_key = {c.spki for c in bad}
     seen: set[bytes] = set()
     blocks: list[str] = []
     for o in sources.objects:
         der = o.cert.der
-        if o.trusted is not True or der in distrusted or der in seen or not _authority(o.cert):
+        if o.trusted is not True or der in seen or not _authority(o.cert):
+            continue
+        if (o.cert.issuer, o.cert.serial) in by_name or o.cert.spki in by_key:
             continue
         purposes = sources.eku.get(o.cert.spki)
         if purposes is None and _OID_EKU in o.cert.extensions:
