@@ -82,8 +82,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     shutil.copytree(root, bdb, symlinks=True)
     to_bdb(bdb)
     packages = bdb / "var/lib/rpm/Packages"
-    data = packages.read_bytes()
-    packages.write_bytes(data[:4096] + b"\xff" * (len(data) - 4096))
+    pages = packages.read_bytes()
+    packages.write_bytes(pages[:4096] + b"\xff" * (len(pages) - 4096))
     images.builder.make_oci_layout(bdb, tmp / "broken-bdb-layout", REF, cmd=None)
     yield World(tmp / "layout", tmp / "broken-layout", tmp / "broken-bdb-layout", good, tmp)
 
