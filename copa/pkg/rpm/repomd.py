@@ -660,11 +660,13 @@ class RepoIndex:
         self.cache.write_named(key + ".provides", lambda out: out.write(json.dumps(body).encode()))
 
     def _scan(self, want: Callable[[str], bool]) -> None:
-        if self._rows is not None:
-            with self._rows.open(encoding="utf-8") as f:
-                lines: Iterable[str] = list(f)
-        else:
-            lines = self._lines or ()
+        if self._rows is None:
+            self._take(self._lines or (), want)
+            return
+        with self._rows.open(encoding="utf-8") as f:  # line by line: the file is never held whole
+            self._take(f, want)
+
+    def _take(self, lines: Iterable[str], want: Callable[[str], bool]) -> None:
         for line in lines:
             m = _ROW_NAME.match(line)
             if m and want(json.loads(f'"{m.group(1)}"')):
