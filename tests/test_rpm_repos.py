@@ -213,6 +213,10 @@ def test_user_repositories_mirrors_and_unsigned(tmp_path: Path) -> None:
     assert all(r.gpgcheck for r in setup.repos)
     unsigned = read_setup(tree, ROCKY, "amd64", "", RepositoryOptions(allow_unsigned=True))
     assert not any(r.gpgcheck or r.repo_gpgcheck for r in unsigned.repos)
+    off_only = tmp_path / "off.repo"
+    off_only.write_text("[off]\nbaseurl=http://off.example.invalid/\nenabled=0\n")
+    nothing = read_setup(tree, ROCKY, "amd64", "", RepositoryOptions(repositories_file=off_only))
+    assert nothing.from_user and nothing.repos == ()  # not the image's repositories behind the user's back
     with pytest.raises(UsageError):
         read_setup(tree, ROCKY, "amd64", "", RepositoryOptions(repositories=("ftp://x.example.invalid/",)))
     with pytest.raises(LocalIOError):

@@ -550,14 +550,16 @@ def read_setup(tree: Tree, os_release: OSRelease, oci_arch: str, oci_variant: st
     variables = variables_for(tree, os_release, oci_arch, oci_variant, provided_releasever)
     main = read_main(tree, variables, warnings)
     user = user_repositories(options, main, variables, warnings)
-    repos = user or image_repositories(tree, main, variables, warnings)
+    # The user's repositories replace the image's even when they enable none (then there is nothing to use).
+    from_user = bool(options.repositories or options.repositories_file is not None)
+    repos = user if from_user else image_repositories(tree, main, variables, warnings)
     if options.allow_unsigned:
         # --allow-unsigned-repositories: no signature is required of repodata or packages (checksums still are).
         repos = [replace(r, gpgcheck=False, repo_gpgcheck=False) for r in repos]
     repos = apply_mirrors(repos, options.mirrors)
     for w in warnings:
         log.warning("%s", w)
-    return RepoSetup(main, tuple(repos), variables, tuple(warnings), bool(user))
+    return RepoSetup(main, tuple(repos), variables, tuple(warnings), from_user)
 
 
 # ------------------------------------------------------------------------------------------------------------ keys
