@@ -15,9 +15,11 @@ The upgrade itself is copa's install.py (what the adapter's build() runs), then 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -30,8 +32,11 @@ from copa.pkg.rpm.header import Header
 from copa.pkg.rpm.install import LayerPlan, effects_package, install_package
 from copa.pkg.rpm.rpmdb.installed import read_database
 from copa.pkg.rpm.rpmfile import read_rpm
-from tests.support import debimage, rootview
-from tests.support.rpmtools import RpmFile, RpmSpec, build_rpm, init_root, rpm_root_args
+from tests.support import debimage, images, rootview
+from tests.support.aptrepo import RepoServer
+from tests.support.rpmrepo import createrepo
+from tests.support.rpmtools import RpmFile, RpmSpec, build_rpm, init_root, make_gpg_key, rpm_root_args, sign_rpms
+from tests.support.trivy import write_report
 
 pytestmark = pytest.mark.skipif(shutil.which("rpmbuild") is None, reason="needs rpm tools")
 CAPTURE = ("etc", "usr/share/pki", "var/lib/rpm")
@@ -254,12 +259,12 @@ def test_ldconfig_after_a_library_upgrade(tmp_path: Path) -> None:
     old = build_rpm(RpmSpec("libfoo", "1.0", "1.el9", arch="x86_64", files=(
         *common, RpmFile("/usr/lib64/libfoo.so.1.0.0", foo1, 0o755),
         RpmFile("/usr/lib64/libfoo.so.1", kind="symlink", target="libfoo.so.1.0.0"),
-    ), scripts=(("post", "-p /sbin/ldconfig"), ("postun", "-p /sbin/ldconfig"))), tmp_path / "old")
+    ), scripts=(("post -p /sbin/ldconfig", ""), ("postun -p /sbin/ldconfig", ""))), tmp_path / "old")
     new = build_rpm(RpmSpec("libfoo", "1.1", "1.el9", arch="x86_64", files=(
         *common, RpmFile("/usr/lib64/libfoo.so.1.1.0", foo2, 0o755),  # no soname link shipped: ldconfig makes it
         RpmFile("/usr/lib64/libbar.so.2.0", bar, 0o755),
         RpmFile("/usr/lib64/foo", kind="dir"), RpmFile("/usr/lib64/foo/libextra.so.0.1", extra, 0o755),
-    ), scripts=(("post", "-p /sbin/ldconfig"), ("postun", "-p /sbin/ldconfig"))), tmp_path / "new")
+    ), scripts=(("post -p /sbin/ldconfig", ""), ("postun -p /sbin/ldconfig", ""))), tmp_path / "new")
     base = tmp_path / "base"
     (base / "usr/lib64").mkdir(parents=True)
     (base / "usr/lib").mkdir(parents=True)
@@ -361,3 +366,107 @@ def test_pre_adds_users_as_useradd_does(tmp_path: Path) -> None:
     assert "copasvc:x:998:997:copa service:/var/lib/copasvc:/sbin/nologin" in passwd
     assert "tss:x:59:59:TPM:/dev/null:/sbin/nologin" in passwd
     assert "useradd -r copasvc" in text and "not reproduced" not in text, text
+
+
+# ---------------------------------------------------------------------------------------------------- end to end
+
+OS_RELEASE = 'NAME="Red Hat Enterprise Linux"\nVERSION="9.4 (Plow)"\nID="rhel"\nID_LIKE="fedora"\n' \
+             'VERSION_ID="9.4"\nPRETTY_NAME="Red Hat Enterprise Linux 9.4 (Plow)"\n'
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("umoci") is None or os.geteuid() != 0,
+                    reason="needs gcc, umoci, root")
+def test_copa_patch_applies_macros_caps_and_ldconfig(tmp_path: Path) -> None:
+    """`copa patch` of an image whose /etc/rpm/macros.image sets %_excludedocs: the unpacked result equals a copy
+    upgraded by rpm -U (reading that macro file) followed by ldconfig; FILESTATES and the %caps xattr equal rpm's;
+    the summary says ldconfig was reproduced."""
+    build = tmp_path / "build"
+    build.mkdir()
+    foo1, foo2 = _so(build, "libfoo.so.1", "foo_one"), _so(build, "libfoo.so.1", "foo_two")
+
+    def spec(version: str, lib: bytes, name: str) -> RpmSpec:
+        return RpmSpec("libfoo", version, "1.el9", arch="x86_64", files=(
+            RpmFile(f"/usr/lib64/{name}", lib, 0o755),
+            RpmFile("/usr/bin/foo-ping", f"ping {version}".encode(), 0o755, caps="cap_net_raw,cap_setuid=ep"),
+            RpmFile("/usr/share/doc/libfoo", kind="dir"),
+            RpmFile("/usr/share/doc/libfoo/README", f"readme {version}\n".encode(), attr="%doc"),
+        ), scripts=(("post -p /sbin/ldconfig", ""),))
+
+    key = make_gpg_key(tmp_path / "gpg")
+    old = build_rpm(spec("1.0", foo1, "libfoo.so.1.0.0"), tmp_path / "old")
+    repo = tmp_path / "repo"
+    new = build_rpm(spec("1.1", foo2, "libfoo.so.1.1.0"), repo)
+    sign_rpms([new], key)
+    createrepo(repo)
+    root = tmp_path / "root"
+    for d in ("usr/lib64", "usr/lib", "usr/bin", "etc/rpm", "etc/yum.repos.d", "etc/pki/rpm-gpg"):
+        (root / d).mkdir(parents=True)
+    (root / "lib64").symlink_to("usr/lib64")
+    (root / "etc/ld.so.conf").write_text("include ld.so.conf.d/*.conf\n")
+    (root / "etc/os-release").write_text(OS_RELEASE)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (root / "etc/group").write_text("root:x:0:\n")
+    shutil.copy(key.public, root / "etc/pki/rpm-gpg/RPM-GPG-KEY-copa-test")
+    glibc = build_rpm(RpmSpec("glibc", "2.34", "100.el9", arch="x86_64", files=(
+        RpmFile("/sbin/ldconfig", b"#!/bin/true\n", 0o755), RpmFile("/bin/sh", b"#!/bin/true\n", 0o755))),
+        tmp_path / "old")
+    init_root(root, [old, glibc])
+    (root / "etc/rpm/macros.image").write_text("%_excludedocs 1\n")
+    _ldconfig(root)
+    report = write_report(tmp_path / "trivy.json", {"libfoo": ("1.0-1.el9", "1.1-1.el9")}, os_version="9.4",
+                          family="redhat")
+    with RepoServer(repo) as server:
+        (root / "etc/yum.repos.d/copa-test.repo").write_text(
+            f"[copa-test]\nname=copa test\nbaseurl={server.url}/\nenabled=1\ngpgcheck=1\n"
+            "gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-copa-test\n")
+        images.builder.make_oci_layout(root, tmp_path / "layout", "ubi", cmd=None)
+        proc = subprocess.run([sys.executable, "-m", "copa", "patch", "-i", f"oci:{tmp_path / 'layout'}:ubi", "-r",
+                               str(report), "--oci-dir", str(tmp_path / "out"), "-t", "patched", "--json"],
+                              cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                              env={**os.environ, "SOURCE_DATE_EPOCH": str(MTIME), "COPA_DEBUG": ""})
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    patched = debimage.unpack_layout(tmp_path / "out", "patched", tmp_path / "bundle")
+    oracle = debimage.copy_rootfs(root, tmp_path / "oracle")
+    macros = f"/usr/lib/rpm/macros:/usr/lib/rpm/macros.d/macros.*:{oracle}/etc/rpm/macros.*"
+    rpm, *rest = rpm_root_args(oracle)
+    up = subprocess.run([rpm, "--macros", macros, *rest, "-U", "--nodeps", "--noscripts", str(new)],
+                        capture_output=True, text=True)
+    assert up.returncode == 0, up.stderr
+    _ldconfig(oracle)
+    skip = frozenset({"var/lib/rpm/rpmdb.sqlite", "var/lib/rpm/rpmdb.sqlite-shm", "var/lib/rpm/rpmdb.sqlite-wal",
+                      "var/lib/rpm/.rpm.lock"})
+    diff = debimage.tree_diff(debimage.tree(patched, skip), debimage.tree(oracle, skip))
+    assert not diff, "\n".join(diff)
+    assert not (patched / "usr/share/doc/libfoo").exists()
+    fmt = "[%{FILENAMES} %{FILESTATES:fstate}\\n]"
+    got = subprocess.run([*rpm_root_args(patched), "-q", "--qf", fmt, "libfoo"], capture_output=True, text=True)
+    want = subprocess.run([*rpm_root_args(oracle), "-q", "--qf", fmt, "libfoo"], capture_output=True, text=True)
+    assert got.stdout == want.stdout and "not installed" in want.stdout, got.stdout + got.stderr
+    xattr = os.getxattr(oracle / "usr/bin/foo-ping", "security.capability")
+    assert os.getxattr(patched / "usr/bin/foo-ping", "security.capability") == xattr
+    [update] = [u for u in result["updates"] if u["name"] == "libfoo"]
+    assert "ldconfig" in json.dumps(update) and "not run" not in json.dumps(update), update
+
+
+def test_notes_name_what_stays_undone(tmp_path: Path) -> None:
+    """Scriptlets copa does not reproduce are named per package: a lua %post, alternatives (chkconfig's), the old
+    version's %preun, a trigger; systemctl is named as having no effect in a container."""
+    old = build_rpm(RpmSpec("svc", "1.0", "1", scripts=(("preun", "rm -rf /var/cache/svc"),)), tmp_path / "old")
+    new = build_rpm(RpmSpec("svc", "1.1", "1", scripts=(
+        ("pre", "getent group svc >/dev/null || groupadd -r svc"),
+        ("post -p <lua>", 'print("hello")'),
+        ("posttrans", "alternatives --install /usr/bin/svc svc /usr/bin/svc-1 10\nsystemctl daemon-reload"),
+        ("triggerin -- bash", "cp /etc/shells /etc/shells.svc"))), tmp_path / "new")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/group").write_text("root:x:0:\n")
+    (root / "etc/gshadow").write_text("root:::\n")
+    init_root(root, [old])
+    entries, text = _patch(root, new, tmp_path / "stage")
+    assert "reproduced: groupadd -r svc" in text
+    assert "%post not run (lua scriptlet)" in text
+    assert "%posttrans: not reproduced: alternatives" in text and "no effect in a container: systemctl" in text
+    assert "old %preun: not reproduced: rm" in text and "triggers: not reproduced: cp" in text, text
+    assert any(e.path == "etc/group" for e in entries)

@@ -154,7 +154,8 @@ def _rpm_notes(p: Package, handled: set[str]) -> list[str]:
     for key, body in sorted(p.scripts.items()):
         text = body.decode("utf-8", "replace")
         if "<" in key:
-            out.append(f"{key.split(' <')[0]} not run ({key.split(' <')[1].rstrip('>')} scriptlet)")
+            label, program = key.split(" <", 1)
+            out.append(f"{label} not run ({program.rstrip('>')} scriptlet)")
         elif key in _RPM_NOTED[:2]:
             out.extend(_script_notes(key, text, handled))
         elif key in _RPM_NOTED[2:] and scripts.busy("#!\n" + text):

@@ -363,7 +363,7 @@ def _scriptlet(h: Header, body_tag: int, prog_tag: int, label: str) -> tuple[str
         return label, (body or "").encode()
     if posixpath.basename(prog) == "ldconfig" and not body:
         return label, f"{prog}\n".encode()
-    return f"{label} <{prog}>", (body or "").encode()
+    return f"{label} {prog}" if prog.startswith("<") else f"{label} <{prog}>", (body or "").encode()
 
 
 def effects_package(new: RpmContents, old: Header | None) -> Package:
