@@ -22,7 +22,14 @@ from copa.errors import CopaError, IntegrityError, LocalIOError, UnsupportedImag
 from copa.pkg.rpm.cpio import BadCpio, CpioReader
 from copa.pkg.rpm.header import Header, installed_header
 from copa.pkg.rpm.rpmfile import BadRpm, RpmContents, RpmHeaders, UnsupportedRpm, read_headers, read_rpm
-from copa.pkg.rpm.signature import BadSignature, RpmKeys, UnsignedPackage, checker, verify_headers
+from copa.pkg.rpm.signature import (
+    BadSignature,
+    RpmKeys,
+    UnsignedPackage,
+    _verify_as_rpm,
+    checker,
+    verify_headers,
+)
 from copa.pkg.rpm.tags import DigestAlgo, FileFlag, Tag
 from tests.support.rpmrepo import createrepo
 from tests.support.rpmtools import (
@@ -434,3 +441,34 @@ def test_rpm_upstream_test_packages(tmp_path: Path) -> None:
     assert verify_headers(_headers_of(signed), key).certificate == "771b18d3d7baa28734333c424344591e1964c5fc"
     with pytest.raises(UnsignedPackage):
         verify_headers(_headers_of(data / "RPMS/hello-2.0-1.x86_64.rpm"), key)
+
+
+def test_key_self_signed_with_sha1_is_accepted_as_rpm_accepts_it(tmp_path: Path) -> None:
+    """Old distribution keys bind their user ids with SHA-1 self-signatures. Sequoia's policy refuses such a key;
+    rpm 4.18 checks the package signature with the key material and accepts it, and so does copa."""
+    key = make_gpg_key(tmp_path / "gpg", "rsa2048", gpg_args=("--cert-digest-algo", "SHA1",
+                                                              "--faked-system-time", "20140101T000000"))
+    path = build_rpm(RpmSpec("oldkey", "1", "1", files=(RpmFile("/o", b"o"),)), tmp_path)
+    sign_rpms([path], key)
+    assert "Signature, key ID" in _rpm_says(path, key, tmp_path) and ": OK" in _rpm_says(path, key, tmp_path)
+    keys = RpmKeys.from_files([key.public])
+    assert verify_headers(_headers_of(path), keys).certificate == key.fingerprint.lower()
+    resealed = _reseal(path, tmp_path / "resealed.rpm", b"copa test package", b"copa test packagf")
+    with pytest.raises(BadSignature):
+        verify_headers(_headers_of(resealed), keys)
+
+
+@pytest.mark.parametrize("algo", ["rsa", "ed25519"])
+def test_rpm_style_check_alone(signed: dict[str, tuple[Path, GpgKey]], algo: str) -> None:
+    """The check used when Sequoia's policy refuses a key, on its own: right key, wrong key, other data."""
+    path, key = signed[algo]
+    headers = _headers_of(path)
+    packet = headers.signature.bin(Tag.RSAHEADER) or headers.signature.bin(Tag.DSAHEADER)
+    assert packet is not None
+    mine = list(RpmKeys.from_files([key.public]).certs)
+    other = list(RpmKeys.from_files([signed["ed25519" if algo == "rsa" else "rsa"][1].public]).certs)
+    found = _verify_as_rpm(packet, headers.header_bytes, mine)
+    assert found is not None and found.certificate == key.fingerprint.lower()
+    assert _verify_as_rpm(packet, headers.header_bytes, other) is None
+    assert _verify_as_rpm(packet, headers.header_bytes[:-1] + b"\1", mine) is None
+    assert _verify_as_rpm(packet[:-1], headers.header_bytes, mine) is None

@@ -176,13 +176,15 @@ class GpgKey:
         return path.with_name(path.name + ".asc")
 
 
-def make_gpg_key(home: Path, algo: str = "ed25519", uid: str = "copa test <rpm@copa.test>") -> GpgKey:
+def make_gpg_key(home: Path, algo: str = "ed25519", uid: str = "copa test <rpm@copa.test>",
+                 gpg_args: Sequence[str] = ()) -> GpgKey:
     """A throwaway signing key without a passphrase (`algo` as gpg's --quick-gen-key takes it: ed25519,
-    rsa3072...); the armored public key is written next to it."""
+    rsa3072...); the armored public key is written next to it. `gpg_args` go to the key generation, e.g.
+    ("--cert-digest-algo", "SHA1") for a key self-signed the way old distribution keys are."""
     home.mkdir(parents=True, exist_ok=True)
     home.chmod(0o700)
     env = {**os.environ, "GNUPGHOME": str(home)}
-    run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, algo, "sign", "never"], env)
+    run(["gpg", "--batch", "--passphrase", "", *gpg_args, "--quick-gen-key", uid, algo, "sign", "never"], env)
     listing = run(["gpg", "--batch", "--with-colons", "--list-secret-keys"], env)
     fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
     public = home / "RPM-GPG-KEY-copa-test"
