@@ -10,7 +10,8 @@ Sequoia's standard policy refuses a key whose self-signatures use SHA-1 (old dis
 way), which rpm 4.18 accepts: rpm checks the package's signature with the key material and does not judge the
 key's self-signatures. When Sequoia refuses, the signature is checked as rpm checks it (`_verify_as_rpm`: the v4
 signature's hash over the header and its hashed part, RSA PKCS#1 v1.5 or Ed25519, by the trusted certificate's
-primary key or subkey the signature names), with `cryptography`.
+primary key or subkey the signature names), with `cryptography`. On that path, as in rpm 4.18's own OpenPGP
+code, the key's expiry and revocation are not judged, and a SHA-1 data signature counts (MD5 does not).
 """
 
 from __future__ import annotations
