@@ -40,7 +40,8 @@ TLS_BUNDLE = f"{EXTRACTED}/pem/tls-ca-bundle.pem"
 TOOL = "usr/bin/update-ca-trust"
 NOT_REPRODUCED = ("openssl/ca-bundle.trust.crt", "pem/email-ca-bundle.pem", "pem/objsign-ca-bundle.pem",
                   "java/cacerts", "edk2/cacerts.bin", "pem/directory-hash")
-COMMANDS = {"update-ca-trust", "/usr/bin/update-ca-trust", "/bin/update-ca-trust", "ca-legacy", "/usr/bin/ca-legacy"}
+# (ca-legacy, which the %post also runs, re-points /etc/pki/ca-trust/source/ca-bundle.legacy.crt: not reproduced)
+COMMANDS = {"update-ca-trust", "/usr/bin/update-ca-trust", "/bin/update-ca-trust"}
 _SERVER_AUTH = "1.3.6.1.5.5.7.3.1"
 _OID_EKU = "2.5.29.37"
 _OID_BASIC = "2.5.29.19"
