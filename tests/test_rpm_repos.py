@@ -175,6 +175,12 @@ def test_reposdir_and_yum_conf(tmp_path: Path) -> None:
     setup = read_setup(tree, amzn, "amd64", "", RepositoryOptions())
     assert setup.main.excludepkgs == ("kernel",) and setup.main.gpgcheck
     assert setup.repos[0].baseurls == ("http://a.example.invalid/2/x86_64",)
+    # yum 3's variables: $name only, looked up lowercased
+    tree = _write(tmp_path / "yum2", {"etc/yum.conf": "[main]\n", "etc/yum/vars/awsregion": "default\n",
+                                      "etc/yum.repos.d/a.repo": "[a]\nbaseurl=http://$awsregion.example.invalid/"
+                                                                "$BASEARCH/${basearch}/$releasever\n"})
+    setup = read_setup(tree, amzn, "amd64", "", RepositoryOptions())
+    assert setup.repos[0].baseurls == ("http://default.example.invalid/x86_64/${basearch}/2",)
 
 
 def test_variables() -> None:

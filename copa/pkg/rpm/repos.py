@@ -14,7 +14,8 @@ below were checked against dnf 4.14's own parser (tests/test_rpm_repos.py runs i
 * gpgcheck, repo_gpgcheck, sslverify, skip_if_unavailable default to [main]'s values; priority (99) and cost
   (1000) do not; the main `exclude` applies to every repository on top of each repository's own;
 * `$var` and `${var}` (name: letters, digits, '_') are replaced in every value; unknown ones stay as written,
-  and a replacement is not scanned again.
+  and a replacement is not scanned again. On yum-only images (yum.conf, no dnf.conf: Amazon Linux 2, CentOS 7)
+  yum 3's rule applies instead: `$var` only, its name lowercased (not checked against yum, which is not here).
 
 Each enabled repository becomes a frozen `RpmRepository`. The user's `--repository URL` / `--repositories-file`
 replace the image's repositories, `--keyring` its keys, `--mirror FROM=TO` rewrites URL prefixes.
@@ -160,6 +161,15 @@ def expand(text: str, variables: Mapping[str, str]) -> str:
         i = end + 1 if bracket else end
 
 
+_YUM_VAR = re.compile(r"\$(\w+)")
+
+
+def expand_yum(text: str, variables: Mapping[str, str]) -> str:
+    """yum 3's varReplace (Amazon Linux 2, CentOS 7): `$name` only (no braces), the name looked up lowercased;
+    unknown ones stay as written."""
+    return _YUM_VAR.sub(lambda m: variables.get(m.group(1).lower(), m.group(0)), text)
+
+
 def _split(value: str) -> list[str]:
     return [v for v in _LIST_SPLIT.split(value.strip()) if v]
 
@@ -167,9 +177,11 @@ def _split(value: str) -> list[str]:
 class _Options:
     """One section's raw values, read option by option with dnf's defaults and warnings."""
 
-    def __init__(self, section: _Section, variables: Mapping[str, str], warnings: list[str]) -> None:
+    def __init__(self, section: _Section, variables: Mapping[str, str], warnings: list[str], yum: bool = False
+                 ) -> None:
         self.where = section.where
-        self.items = [(k, expand(v, variables)) for k, v in section.keys]
+        replace_vars = expand_yum if yum else expand
+        self.items = [(k, replace_vars(v, variables)) for k, v in section.keys]
         self.values = dict(self.items)
         self.warnings = warnings
 
@@ -235,6 +247,7 @@ class MainConfig:
     installonlypkgs: tuple[str, ...] = DEFAULT_INSTALLONLY
     best: bool = False  # dnf's default; RHEL's dnf.conf sets best=True
     origin: str = ""  # the file read, or "" for the defaults
+    yum: bool = False  # read from yum.conf: yum 3 reads the repository files too (its variable syntax)
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,10 +383,10 @@ def variables_for(tree: Tree, os_release: OSRelease, oci_arch: str, oci_variant:
 def _main_from(sections: list[_Section], variables: Mapping[str, str], warnings: list[str], origin: str,
                yum: bool) -> MainConfig:
     section = next((s for s in sections if s.name == "main"), None)
-    default = MainConfig(reposdir=YUM_REPOSDIRS if yum else DEFAULT_REPOSDIRS, origin=origin)
+    default = MainConfig(reposdir=YUM_REPOSDIRS if yum else DEFAULT_REPOSDIRS, origin=origin, yum=yum)
     if section is None:
         return default
-    o = _Options(section, variables, warnings)
+    o = _Options(section, variables, warnings, yum)
     return MainConfig(
         gpgcheck=o.flag("gpgcheck", default.gpgcheck),
         repo_gpgcheck=o.flag("repo_gpgcheck", default.repo_gpgcheck),
@@ -385,6 +398,7 @@ def _main_from(sections: list[_Section], variables: Mapping[str, str], warnings:
         installonlypkgs=o.appended(("installonlypkgs",), DEFAULT_INSTALLONLY),
         best=o.flag("best", default.best),
         origin=origin,
+        yum=yum,
     )
 
 
@@ -398,7 +412,7 @@ def read_main(tree: Tree, variables: Mapping[str, str], warnings: list[str]) -> 
             sections = parse_ini(content.decode("utf-8", "replace"), "/" + path)
         except ValueError as e:
             warnings.append(f"{e}; dnf cannot read /{path} either, using its defaults")
-            return MainConfig(origin="/" + path)
+            return MainConfig(reposdir=YUM_REPOSDIRS if yum else DEFAULT_REPOSDIRS, origin="/" + path, yum=yum)
         return _main_from(sections, variables, warnings, "/" + path, yum)
     return MainConfig()
 
@@ -409,7 +423,7 @@ def _repo_from(section: _Section, main: MainConfig, variables: Mapping[str, str]
     if not _REPO_ID.match(section.name):
         warnings.append(f"{section.where}: bad repository id {section.name!r}; dnf skips it")
         return None
-    o = _Options(section, variables, warnings)
+    o = _Options(section, variables, warnings, main.yum)
     if not o.flag("enabled", True):
         return None
     baseurls = tuple(_normal_url(u) for u in o.words("baseurl"))
