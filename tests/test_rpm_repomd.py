@@ -532,3 +532,24 @@ def test_skip_if_unavailable(server: RepoServer, tmp_path: Path) -> None:
     with pytest.raises(RegistryError):
         load_repositories([good, RpmRepository("down", "down", ("http://127.0.0.1:9/repo",))], _fetcher(tmp_path),
                           none)
+
+
+def test_location_base_and_packages_elsewhere(repo: RpmRepo, tmp_path: Path) -> None:
+    """createrepo_c --baseurl writes xml:base on each <location>: packages are fetched from there, as dnf does."""
+    from tests.support.rpmrepo import createrepo
+
+    pool = tmp_path / "pool"
+    shutil.copytree(repo.root, pool, ignore=shutil.ignore_patterns("repodata"))
+    shutil.copytree(pool, tmp_path / "meta" / "repo")
+    with RepoServer(pool) as packages, RepoServer(tmp_path / "meta") as meta:
+        createrepo(tmp_path / "meta" / "repo", "--no-database", f"--baseurl={packages.url}/")
+        url = f"{meta.url}/repo"
+        index = _load(url, tmp_path)
+        ours = sorted(p.url for p in index)
+        # dnf downloads from the package's xml:base (dnf/repo.py passes pkg.baseurl to librepo as base_url);
+        # `--location` would show the repository's URL instead
+        rows = [line.split("|") for line in dnf_query(url, tmp_path / "dnf", "--qf", "%{baseurl}|%{location}")]
+        assert ours == sorted(base.rstrip("/") + "/" + loc for base, loc in rows)
+        assert all(u.startswith(packages.url) for u in ours)
+        hello = index.versions("hello")[0]
+        _fetcher(tmp_path).fetch(FetchItem(hello.url, hello.checksum.value, hello.size, "hello"))
