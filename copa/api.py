@@ -21,7 +21,7 @@ from copa.oci.registry import RegistryClient, RegistryOptions
 from copa.oci.rootfs import Files, scan
 from copa.oci.transport import Opened, Written, open_image, plan_outputs, write_outputs
 from copa.pkg.base import ImageContext, LayerContent, OSRelease, RepositoryOptions, Skip, Update
-from copa.pkg.detect import CAPTURE, PREFETCH_WATCH, EarlyDownloads, adapter_for, detect
+from copa.pkg.detect import CAPTURE, CAPTURE_LARGE, PREFETCH_WATCH, EarlyDownloads, adapter_for, detect
 from copa.pkg.fetch import make_fetcher
 from copa.report.load import load_report
 from copa.report.model import Report
@@ -176,7 +176,7 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
                              make_fetcher(Path(options.cache_dir) if options.cache_dir else None, options.timeout,
                                           options.ca_bundle))
     try:
-        root_view = scan(image, original.layers, CAPTURE, early=(PREFETCH_WATCH, prefetch.start))
+        root_view = scan(image, original.layers, CAPTURE, early=(PREFETCH_WATCH, prefetch.start), large=CAPTURE_LARGE)
     finally:
         prefetch.join()
     detected = detect(root_view)

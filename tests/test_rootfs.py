@@ -241,3 +241,15 @@ def test_early_hook_fires_once_past_the_directory_with_its_files() -> None:
     assert {p: c for p, c in view.contents.items() if p.startswith("etc/apt/")} == seen
     assert any(p.startswith("etc/apt/sources.list") for p in seen)
     assert "var/lib/dpkg/status" in view.contents and "var/lib/dpkg/status" not in seen
+
+
+def test_large_database_files_are_captured_where_asked(tmp_path: Path) -> None:
+    """A package database bigger than the usual capture limit (an rpm Packages of tens of MB) is kept when its
+    directory is named `large`; the same size elsewhere is indexed but not kept."""
+    big = os.urandom(1024) * (17 * 1024)  # 17 MiB: above the 16 MiB limit for ordinary captured files
+    layout = _synthetic_layout(tmp_path, [[("etc", "dir", ""), ("etc/big", "file", big), ("var", "dir", ""),
+                                           ("var/lib", "dir", ""), ("var/lib/rpm", "dir", ""),
+                                           ("var/lib/rpm/Packages", "file", big)]])
+    view = scan(_image(layout, "s"), capture=["etc", "var/lib/rpm"], large=["var/lib/rpm"])
+    assert view.read("var/lib/rpm/Packages") == big
+    assert view.get("etc/big") is not None and view.read("etc/big") is None

@@ -186,18 +186,21 @@ def resolve_path(path: str, link_of: Callable[[str], str | None], follow_last: b
 EarlyHook = tuple[str, Callable[[Mapping[str, bytes]], None]]
 
 
-def scan(image: Image, upto: int | None = None, capture: Iterable[str] = (), early: EarlyHook | None = None
-         ) -> View:
+def scan(image: Image, upto: int | None = None, capture: Iterable[str] = (), early: EarlyHook | None = None,
+         large: Iterable[str] = ()) -> View:
     """Index every visible path of the image (layers [0, upto) when `upto` is given), keeping the contents
     of regular files at or below the `capture` paths (package databases, /etc): one pass over each layer
     serves every later lookup.
 
     `early`: (directory, callback). Layers are read top down, so once the bottom layer's members sort past the
     directory the captured files under it are final, if the layer is in sorted order as build tools write
-    them; the callback must treat what it gets as a hint (the View returned is what counts)."""
+    them; the callback must treat what it gets as a hint (the View returned is what counts).
+    `large`: captured paths whose files are kept up to _MAX_FILE instead of _MAX_CAPTURED (package databases that
+    are one big file, such as an rpm database)."""
     count = len(image.layers) if upto is None else upto
     early_dir, early_call = (_norm(early[0]), early[1]) if early is not None else ("", None)
     prefixes = tuple(_norm(p) for p in capture)
+    big = tuple(_norm(p) for p in large)
     hiding = _Hiding()
     nodes: dict[str, Node] = {}
     contents: dict[str, bytes] = {}
@@ -214,7 +217,8 @@ def scan(image: Image, upto: int | None = None, capture: Iterable[str] = (), ear
             if not path or hiding.note(path):
                 continue
             captured = _at_or_under(path, prefixes)
-            if captured and member.isreg() and member.size <= _MAX_CAPTURED:
+            limit = _MAX_FILE if big and _at_or_under(path, big) else _MAX_CAPTURED
+            if captured and member.isreg() and member.size <= limit:
                 f = tar.extractfile(member)
                 if f is not None:
                     local[path] = f.read()

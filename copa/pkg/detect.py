@@ -14,6 +14,8 @@ from copa.report.model import Compare
 OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release")
 # What adapters read from an image (databases, repository configuration, keys, conffiles): captured in the one
 # full pass over the layers, so nothing needs a layer read twice.
+# Databases kept whole even when large (an rpm database can be tens of MB); still bounded by rootfs._MAX_FILE.
+CAPTURE_LARGE = ("var/lib/rpm", "usr/lib/sysimage/rpm")
 CAPTURE = ("etc", "usr/lib/os-release", "var/lib/dpkg", "usr/share/keyrings", "lib/apk/db", "usr/lib/apk/db",
            "var/lib/rpm", "usr/lib/sysimage/rpm", "usr/lib/rpm/macros.d",  # rpm: macros that filter installs
            "usr/share/pki/ca-trust-source",  # for copa/pkg/effects/catrust.py: RHEL's CA trust sources
