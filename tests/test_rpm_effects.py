@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from copa.oci.layer import Entry
-from copa.pkg.effects import apply, catrust, note
+from copa.pkg.effects import apply, catrust, note, reproduce
 from copa.pkg.effects.merged import Merged
 from copa.pkg.rpm.header import Header
 from copa.pkg.rpm.install import LayerPlan, effects_package, install_package
@@ -470,3 +470,29 @@ def test_notes_name_what_stays_undone(tmp_path: Path) -> None:
     assert "%posttrans: not reproduced: alternatives" in text and "no effect in a container: systemctl" in text
     assert "old %preun: not reproduced: rm" in text and "triggers: not reproduced: cp" in text, text
     assert any(e.path == "etc/group" for e in entries)
+
+
+def test_installed_packages_triggers_are_named(tmp_path: Path) -> None:
+    """Triggers of installed packages that the upgrade fires (a file trigger on a prefix the new version writes
+    under, a name trigger on the package) are named; an ldconfig file trigger is the libraries effect's."""
+    watcher = build_rpm(RpmSpec("watcher", "1.0", "1", scripts=(
+        ("filetriggerin -- /usr/share/glib-2.0/schemas", "glib-compile-schemas /usr/share/glib-2.0/schemas"),
+        ("transfiletriggerin -p /sbin/ldconfig -- /usr/lib64", ""),
+        ("filetriggerin -- /usr/share/elsewhere", "never-fired"),
+        ("triggerin -- svc", "touch /var/run/svc-seen"))), tmp_path / "old")
+    old = build_rpm(RpmSpec("svc", "1.0", "1"), tmp_path / "old")
+    new = build_rpm(RpmSpec("svc", "1.1", "1", files=(
+        RpmFile("/usr/share/glib-2.0/schemas/svc.xml", b"<x/>\n"), RpmFile("/usr/lib64/libsvc.so.1", b"x"))),
+        tmp_path / "new")
+    root = tmp_path / "root"
+    init_root(root, [watcher, old])
+    view = rootview.view_of(root, CAPTURE)
+    headers = [Header.parse(b, "installed") for b in read_database(view).headers.values()]
+    svc_old = next(h for h in headers if h.string(1000) == "svc")
+    contents = read_rpm(new, tmp_path / "stage")
+    package = effects_package(contents, svc_old, headers)
+    text = package.scripts["%installed triggers"].decode()
+    assert "glib-compile-schemas" in text and "touch /var/run/svc-seen" in text
+    assert "ldconfig" not in text and "never-fired" not in text
+    outcome = reproduce(view, [], [package], "rpm", "amd64", MTIME)
+    assert "installed triggers: not reproduced: glib-compile-schemas, touch" in note(outcome, "svc")

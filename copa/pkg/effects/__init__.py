@@ -8,7 +8,8 @@ the merged result of the upgrade, so it does not matter which package or trigger
 
 Families: "dpkg", "apk" and "rpm" (scripts keyed %pretrans/%pre/%post/%posttrans as the new version's header
 holds them, a non-shell scriptlet under "%post <lua>" or "%post </usr/bin/lua>", the old version's erase
-scriptlets under "old %preun"/"old %postun", triggers under "%triggers"/"%filetriggers")."""
+scriptlets under "old %preun"/"old %postun", its triggers under "%triggers"/"%filetriggers", the installed
+packages' triggers it fires under "%installed triggers")."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ _RUN = {"dpkg": ("preinst", "postinst", "config"), "apk": (".pre-install", ".pos
         "rpm": ("%pretrans", "%pre", "%post", "%posttrans")}
 # rpm: what else an upgrade runs, only noted: the old version's %preun/%postun (with $1 = 1), the new version's
 # triggers, and scriptlets in another language than the shell (keys "%post <lua>": the program in the key).
-_RPM_NOTED = ("old %preun", "old %postun", "%triggers", "%filetriggers")
+_RPM_NOTED = ("old %preun", "old %postun", "%triggers", "%filetriggers", "%installed triggers")
 _LDCONFIG = {"ldconfig", "/sbin/ldconfig", "/usr/sbin/ldconfig"}
 _APK_SKIPPED = {False: (".pre-upgrade", ".post-upgrade"), True: (".pre-install", ".post-install")}
 # Commands whose work has no meaning in a container image: services and boot-time state.

@@ -277,7 +277,7 @@ class RpmAdapter:
             layer.entries[entry.path] = entry
         # What the scriptlets and triggers would have done (copa/pkg/effects); its entries win at their paths.
         outcome = apply(layer.entries, ctx.root, [effects_package(c, payload.headers[payload.hnums[ch.installed.key]]
-                                                                  if ch.installed else None)
+                                                                  if ch.installed else None, payload.headers.values())
                                                   for c, ch in zip(contents, payload.chosen, strict=True)],
                         "rpm", ctx.architecture, mtime)
         updates = []

@@ -366,9 +366,50 @@ def _scriptlet(h: Header, body_tag: int, prog_tag: int, label: str) -> tuple[str
     return f"{label} {prog}" if prog.startswith("<") else f"{label} <{prog}>", (body or "").encode()
 
 
-def effects_package(new: RpmContents, old: Header | None) -> Package:
+# Installed packages' triggers (rpmtag numbers): (names, indexes, scripts, programs, flags) for name triggers,
+# file triggers and transaction file triggers.
+_TRIGGER_TAGS = ((Tag.TRIGGERNAME, Tag.TRIGGERINDEX, Tag.TRIGGERSCRIPTS, Tag.TRIGGERSCRIPTPROG, Tag.TRIGGERFLAGS,
+                  "trigger"),
+                 (5069, 5070, 5066, 5067, 5072, "file trigger"), (5079, 5080, 5076, 5077, 5082, "file trigger"))
+_TRIGGERIN = 1 << 16  # RPMSENSE_TRIGGERIN
+
+
+def _installed_triggers(new: RpmContents, installed: Iterable[Header]) -> list[str]:
+    """The %triggerin / %filetriggerin / %transfiletriggerin scriptlets of installed packages that this package's
+    installation fires (its name, or a path under the prefix), as "# who\nscript" texts; ldconfig ones are left to
+    the libraries effect."""
+    name = new.header.string(Tag.NAME) or ""
+    paths = ["/" + f.path for f in new.files]
+    out: list[str] = []
+    for h in installed:
+        who = h.string(Tag.NAME) or ""
+        if who == name:
+            continue
+        for names_tag, index_tag, scripts_tag, progs_tag, flags_tag, kind in _TRIGGER_TAGS:
+            names, indexes, bodies = h.strings(names_tag), h.ints(index_tag), h.strings(scripts_tag)
+            progs, flags = h.strings(progs_tag), h.ints(flags_tag)
+            fired: set[int] = set()
+            for i, target in enumerate(names):
+                if i >= len(indexes) or i >= len(flags) or not flags[i] & _TRIGGERIN or indexes[i] in fired:
+                    continue
+                hit = target == name if kind == "trigger" else any(p.startswith(target) for p in paths)
+                if not hit:
+                    continue
+                fired.add(indexes[i])
+                j = indexes[i]
+                prog = progs[j] if j < len(progs) else "/bin/sh"
+                body = bodies[j] if j < len(bodies) else ""
+                if posixpath.basename(prog) == "ldconfig" and not body.strip():
+                    continue
+                text = body if prog in _SHELLS else f"{prog}\n"
+                out.append(f"# {who}'s {kind} on {target}\n{text}")
+    return out
+
+
+def effects_package(new: RpmContents, old: Header | None, installed: Iterable[Header] = ()) -> Package:
     """The copa.pkg.effects view of one package an upgrade installs: the new version's %pretrans, %pre, %post and
-    %posttrans, the old version's %preun/%postun and the new version's triggers (these last only noted)."""
+    %posttrans, the old version's %preun/%postun, the new version's triggers and the installed packages' triggers
+    it fires (these last three only noted)."""
     h = new.header
     scripts: dict[str, bytes] = {}
     for body_tag, prog_tag, label in _SCRIPTLETS:
@@ -387,6 +428,9 @@ def effects_package(new: RpmContents, old: Header | None) -> Package:
     files = [*h.strings(Tag.FILETRIGGERSCRIPTS), *h.strings(_TRANSFILETRIGGERSCRIPTS)]
     if files:
         scripts["%filetriggers"] = "\n".join(files).encode()
+    fired = _installed_triggers(new, installed)
+    if fired:
+        scripts["%installed triggers"] = "\n".join(fired).encode()
     return Package(h.string(Tag.NAME) or "", _evr(old) if old is not None else "", _evr(h), scripts)
 
 
