@@ -6,7 +6,10 @@ The image (UBI 9-like, rpmdb.sqlite by the real rpm) reads two repositories from
   %config(noreplace) file;
 * app: its new version needs libdep >= 2, which baseos has as 2.5 and the higher-priority appstream as 2.0: dnf
   takes 2.0 (priority before version);
-* legacy: replaced by `modern`, which Obsoletes legacy < 2 and Provides legacy = 2.0.
+* legacy: replaced by `modern`, which Obsoletes legacy < 2 and Provides legacy = 2.0 (the installed legacy
+  build is still in the repository);
+* oldb: has a newer build, which newb obsoletes as well: dnf replaces oldb by newb;
+* keepc: has a newer build 2.5 that newc (Obsoletes keepc < 2) does not obsolete: dnf upgrades keepc.
 
 The oracle runs dnf in a copy of the image (HOME/.rpmmacros pointing rpm at /var/lib/rpm, scripts off). copa's
 patched root must have the same files (less what dnf itself writes: its history database, cache and logs) and
@@ -68,12 +71,18 @@ OLD = [
     _pkg("legacy", "1.0", files=(RpmFile("/usr/share/legacy/data", b"legacy\n"),
                                  RpmFile("/usr/bin/legacy", b"#!/bin/true\n", 0o755))),
     _pkg("bystander", "1.0"),
+    _pkg("oldb", "1.0"), _pkg("keepc", "1.0"),
 ]
 BASEOS = [
     _lib("1.1"),
     _pkg("foo-tools", "1.1", requires=("libfoo = 1.1-1.el9",)),
     _pkg("app", "1.1", requires=("libdep >= 2",)),
     _pkg("libdep", "2.5"),  # newer, but in the lower-priority repository
+    OLD[4],  # the installed legacy build is still in the repository, as repositories keep old builds
+    # A newer oldb that newb obsoletes too: dnf takes newb. A newer keepc that newc does not obsolete: dnf
+    # takes keepc 2.5.
+    _pkg("oldb", "1.1"), _pkg("newb", "2.0", obsoletes=("oldb < 2",), provides=("oldb = 2.0",)),
+    _pkg("keepc", "2.5"), _pkg("newc", "2.0", obsoletes=("keepc < 2",), provides=("keepc = 2.0",)),
     _pkg("modern", "2.0", obsoletes=("legacy < 2",), provides=("legacy = 2.0",),
          files=(RpmFile("/usr/share/modern/data", b"modern\n"), RpmFile("/usr/bin/legacy", b"#!/bin/true\n# 2\n",
                                                                          0o755))),
@@ -115,7 +124,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 REPORT = {"libfoo": ("1.0-1.el9", "1.1-1.el9"), "app": ("1.0-1.el9", "1.1-1.el9"),
-          "legacy": ("1.0-1.el9", "2.0-1.el9")}
+          "legacy": ("1.0-1.el9", "2.0-1.el9"), "oldb": ("1.0-1.el9", "1.1-1.el9"), "keepc": ("1.0-1.el9", "2.5-1.el9")}
 
 
 @dataclass(frozen=True)
@@ -150,8 +159,10 @@ def oracle(world: World, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 
 def test_dnf_did_what_the_test_means(oracle: tuple[Path, str]) -> None:
     _, out = oracle
-    assert "libdep" in out and "2.0-1.el9" in out and "2.5-1.el9" not in out, out
-    assert "modern" in out and "replacing  legacy" in out, out
+    rows = {line.split()[0]: line.split()[2] for line in out.splitlines()
+            if line.startswith(" ") and len(line.split()) >= 5}
+    assert rows["libdep"] == "2.0-1.el9" and rows["keepc"] == "2.5-1.el9" and "oldb" not in rows, out
+    assert "replacing  legacy.noarch" in out and "replacing  oldb.noarch" in out, out
 
 
 def test_files_equal_dnf(patched: Patched, oracle: tuple[Path, str]) -> None:
@@ -201,7 +212,9 @@ def test_plan_names_the_replacement(patched: Patched) -> None:
     assert updates == {
         "libfoo": ("1.0-1.el9", "1.1-1.el9", "reported"), "foo-tools": ("1.0-1.el9", "1.1-1.el9", "co-upgraded"),
         "app": ("1.0-1.el9", "1.1-1.el9", "reported"), "libdep": ("1.0-1.el9", "2.0-1.el9", "dependency"),
-        "modern": ("", "2.0-1.el9", "reported"), "legacy": ("1.0-1.el9", "", "removed")}, updates
+        "modern": ("", "2.0-1.el9", "reported"), "legacy": ("1.0-1.el9", "", "removed"),
+        "newb": ("", "2.0-1.el9", "reported"), "oldb": ("1.0-1.el9", "", "removed"),
+        "keepc": ("1.0-1.el9", "2.5-1.el9", "reported")}, updates
 
 
 def test_no_report_plans_dnf_upgrade(world: World, tmp_path: Path) -> None:

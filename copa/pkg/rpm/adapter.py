@@ -183,16 +183,14 @@ def _wanted(report: Report | None, installed: Sequence[Installed], repos: _Repos
     if report is not None:
         return [Wanted(p.name, p.fixed_version, p.vulnerability_ids) for p in report.packages]
     # No report: every installed package with a newer version, as `dnf upgrade` would; and, as dnf does, one
-    # without a newer version that a repository package obsoletes (the resolver takes the obsoleter for it; the
-    # version asked for is what the obsoleter provides of the name).
+    # without a newer version of its own that a repository package obsoletes (the resolver takes the obsoleter
+    # for it; the version asked for is what the obsoleter provides of the name).
     out = []
     for inst in installed:
         newer = [c for c in repos.versions(inst.name) if compare_versions(c.evr, inst.evr) > 0]
         if newer:
             out.append(Wanted(inst.name, min((c.evr for c in newer), key=functools.cmp_to_key(compare_versions))))
             continue
-        if repos.versions(inst.name):
-            continue  # older builds only: nothing to do (the resolver takes an obsoleter only for a name without any)
         obsoleted = Dep(inst.name, EQUAL, inst.evr)
         for c in repos.providers(inst.name):
             if c.name != inst.name and any(o.name == inst.name and overlaps(obsoleted, o, rpmvercmp)

@@ -152,10 +152,15 @@ def resolve(
                 vulns.setdefault(inst.key, set()).update(want.vulnerabilities)
                 continue
             best = solver.best(inst.name, inst.arch)
-            replacement = solver.obsoleter(inst) if best is None else None
+            replacement = solver.obsoleter(inst)
+            if replacement is not None and best is not None and compare_evr(best.evr, inst.evr, compare) > 0 \
+                    and not any(o.name == best.name and overlaps(Dep(best.name, 8, best.evr), o, compare)
+                                for o in replacement.obsoletes):
+                replacement = None
             if replacement is not None:
-                # `dnf upgrade NAME` with no NAME update takes the package that obsoletes it (libsolv's update
-                # candidates include obsoleters); _entail erases the installed one.
+                # `dnf upgrade NAME` takes the package that obsoletes it when NAME has no newer build the
+                # obsoleter does not obsolete too (libsolv's update candidates include obsoleters, and prune
+                # those another candidate obsoletes); _entail erases the installed one.
                 new_key = (replacement.name, replacement.arch)
                 why = solver.mark(new_key, replacement, UpdateKind.REPORTED, f"obsoletes {inst.name}-{inst.evr}", 0)
                 if why is not None:
