@@ -439,15 +439,6 @@ def _evr(h: Header) -> str:
     return f"{epoch}:" * (epoch is not None) + f"{h.string(Tag.VERSION) or ''}-{h.string(Tag.RELEASE) or ''}"
 
 
-def scripts_note(h: Header) -> str:
-    """The scriptlets copa did not run."""
-    names = [(Tag.PREIN, "%pre"), (Tag.POSTIN, "%post"), (Tag.PREUN, "%preun"), (Tag.POSTUN, "%postun")]
-    present = [label for tag, label in names if h.string(tag)]
-    if h.strings(Tag.TRIGGERSCRIPTS):
-        present.append("triggers")
-    return f"not run: {', '.join(present)}" if present else ""
-
-
 def database_files(entries: Sequence[Entry], plan: LayerPlan) -> None:
     for e in entries:
         plan.entries[e.path] = e
