@@ -35,7 +35,10 @@ _APK_SKIPPED = {False: (".pre-upgrade", ".post-upgrade"), True: (".pre-install",
 # Commands whose work has no meaning in a container image: services and boot-time state.
 _NO_EFFECT = {"systemctl", "deb-systemd-helper", "deb-systemd-invoke", "invoke-rc.d", "update-rc.d", "service",
               "rc-update", "rc-service", "update-menus", "udevadm", "systemd-tmpfiles", "systemd-sysusers",
-              "start-stop-daemon"}
+              "start-stop-daemon",
+              # the same called by path, as RHEL's %systemd_* scriptlets do
+              "/usr/bin/systemctl", "/bin/systemctl", "/usr/lib/systemd/systemd-update-helper",
+              "/usr/bin/systemd-tmpfiles", "/bin/systemd-tmpfiles"}
 _CERTS = {"debconf", "update-ca-certificates", "/usr/sbin/update-ca-certificates", "dpkg-trigger", "mkdir", "chgrp",
           "chmod", "chown", "dpkg-statoverride", "mv", "rm"}
 _PYTHON = {"py3compile", "py3clean", "pycompile", "pyclean", "pypy3compile", "pypy3clean"}
