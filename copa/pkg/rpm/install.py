@@ -16,6 +16,7 @@ emptied directory too), and the installed header records it as NOTINSTALLED or N
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
@@ -91,11 +92,18 @@ class LayerPlan:
     notes: list[str] = field(default_factory=list)
     policy: InstallPolicy = field(default_factory=InstallPolicy)
     states: dict[str, list[int]] = field(default_factory=dict)  # per package (NEVRA): FILESTATES to record
+    _sorted: list[str] | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, view: View, mtime: int, arch: str = "x86_64") -> LayerPlan:
         return cls(view, mtime, users=_ids(view.read("etc/passwd")), groups=_ids(view.read("etc/group")),
                    policy=read_policy(view.read, lambda d: _listdir(view, d), arch))
+
+    def sorted_paths(self) -> list[str]:
+        """The image's paths in order (computed once: directories emptied by skipped files look them up)."""
+        if self._sorted is None:
+            self._sorted = sorted(self.view.nodes)
+        return self._sorted
 
     def file_states(self, contents: RpmContents) -> list[int] | None:
         """The FILESTATES of the installed header for a package `install_package` placed (None: all NORMAL)."""
@@ -289,9 +297,13 @@ def _empty_after(plan: LayerPlan, directory: str) -> bool:
         if path.startswith(prefix) and entry.kind is not Kind.WHITEOUT:
             return False
     gone = [p for p, e in plan.entries.items() if e.kind is Kind.WHITEOUT and p.startswith(prefix)]
-    for path in plan.view.nodes:
-        if path.startswith(prefix) and not any(path == g or path.startswith(g + "/") for g in gone):
+    paths = plan.sorted_paths()
+    i = bisect.bisect_left(paths, prefix)
+    while i < len(paths) and paths[i].startswith(prefix):
+        path = paths[i]
+        if not any(path == g or path.startswith(g + "/") for g in gone):
             return False
+        i += 1
     return True
 
 
