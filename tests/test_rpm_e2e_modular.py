@@ -156,9 +156,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def dnf_upgrade(world: World, tmp: Path, names: Sequence[str]) -> set[tuple[str, str]]:
-    """(name, evr) of what `dnf upgrade NAMES --assumeno` would upgrade or install in the image."""
+    """(name, evr) of what `dnf upgrade NAMES --assumeno` would upgrade or install in the image (a copy: dnf
+    writes its cache, logs and state into the installroot even then)."""
+    root = tmp / "dnf-assumeno-root"
+    shutil.copytree(world.root, root, symlinks=True)
     proc = subprocess.run(
-        ["dnf", "--installroot", str(world.root), f"--setopt=cachedir={tmp}/dnf-cache", "--releasever=8",
+        ["dnf", "--installroot", str(root), "--setopt=cachedir=/var/cache/dnf", "--releasever=8",
          "--disableplugin=*", "--setopt=install_weak_deps=True", "--assumeno", "upgrade", *names],
         capture_output=True, text=True, env={**os.environ, "HOME": str(world.home), "LC_ALL": "C"})
     text = proc.stdout + proc.stderr
