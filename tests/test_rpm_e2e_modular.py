@@ -9,7 +9,8 @@ with module_hotfixes=1 holds a non-modular npm build that dnf offers only becaus
 The oracle is `dnf --installroot IMAGE upgrade [NAMES] --assumeno` reading the same .repo files; copa's
 `patch --dry-run --json` must name the same packages and versions, with and without a report, and for other
 module states of the same image: none (the default stream), disabled, stream 16 enabled, and a default from the
-image's /etc/dnf/modules.defaults.d.
+image's /etc/dnf/modules.defaults.d, and an enabled stream 20 whose modulemd requires platform el9 (the image is
+el8 by its os-release PLATFORM_ID).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ APPSTREAM = [
     _spec("npm", "6.14.11", "1" + M, requires=("nodejs >= 1:14.16.0-2",)),  # stream 14
     _spec("nodejs", "16.14.0", "1" + M.replace("abcdef12", "16161616")),  # stream 16: newer
     _spec("npm", "8.3.1", "1" + M.replace("abcdef12", "16161616")),  # stream 16
-    _spec("nodejs", "18.0.0", "1.el8"),  # ursine: newest of all, hidden while a nodejs stream is active
+    _spec("nodejs", "18.0.0", "1.el8"),  # ursine: hidden while a nodejs stream is active
+    _spec("nodejs", "20.1.0", "1" + M.replace("abcdef12", "20202020")),  # stream 20: for el9 only
 ]
 HOTFIX = [_spec("npm", "6.14.12", "1.hotfix.el8")]  # not a module artifact; offered by module_hotfixes=1
 
@@ -104,6 +106,24 @@ data:
     common: {{rpms: [nodejs, npm]}}
   artifacts:
     rpms: [{_nevra(APPSTREAM[2])}, {_nevra(APPSTREAM[3])}]
+...
+---
+document: modulemd
+version: 2
+data:
+  name: nodejs
+  stream: "20"
+  version: 9040020240301000000
+  context: "20202020"
+  arch: x86_64
+  summary: Javascript runtime
+  description: Node.js 20, built for el9 only
+  license: {{module: [MIT]}}
+  dependencies:
+  - buildrequires: {{platform: [el9.4.0]}}
+    requires: {{platform: [el9]}}
+  artifacts:
+    rpms: [{_nevra(APPSTREAM[5])}]
 ...
 ---
 document: modulemd-defaults
@@ -223,7 +243,9 @@ data:
     ("[nodejs]\nname=nodejs\nstream=\nprofiles=\nstate=disabled\n", None, "18.0.0"),  # no stream: ursine
     ("[nodejs]\nname=nodejs\nstream=16\nprofiles=\nstate=enabled\n", None, "16.14.0"),  # switched to 16
     (None, DEFAULTS_14, "14.16.0"),  # the image's modules.defaults.d over the repository's default
-], ids=["default-stream", "disabled", "enabled-16", "local-default"])
+    # stream 20 needs platform el9, the image is el8 (PLATFORM_ID): no active stream, the ursine build
+    ("[nodejs]\nname=nodejs\nstream=20\nprofiles=\nstate=enabled\n", None, "18.0.0"),
+], ids=["default-stream", "disabled", "enabled-16", "local-default", "enabled-20-other-platform"])
 def test_module_states_as_dnf(world: World, tmp_path: Path, module_file: str | None, defaults_file: str | None,
                               nodejs: str) -> None:
     root = tmp_path / "root"
