@@ -294,7 +294,8 @@ def test_patch_equals_dnf_upgrade(world: World, tmp_path: Path) -> None:
 
 def test_fix_only_in_another_stream_fails(world: World, tmp_path: Path) -> None:
     """A report whose fixed version only the other stream has: dnf would not switch streams, so copa fails it
-    (exit 7, one line naming the enabled stream's best build) instead of installing nodejs 16."""
+    (exit 7, one line naming the enabled stream's best build and the stream that has the fix) instead of
+    installing nodejs 16."""
     report = write_report(tmp_path / "trivy.json", {"nodejs": ("1:14.16.0-1" + M, "1:16.14.0-1" + M)},
                           os_version="8.10", family="redhat")
     proc = subprocess.run([sys.executable, "-m", "copa", "patch", "-i", f"oci:{world.layout}:{REF}", "-r",
@@ -302,4 +303,6 @@ def test_fix_only_in_another_stream_fails(world: World, tmp_path: Path) -> None:
                           text=True, env={**os.environ, "COPA_CACHE_DIR": str(tmp_path / "c"), "COPA_DEBUG": ""})
     errors = [line for line in proc.stderr.splitlines() if line.startswith("copa: error: ")]
     assert proc.returncode == 7 and len(errors) == 1 and "14.16.0-2" in errors[0], proc.stderr
+    assert "module streams nodejs:16, nodejs:20 ship nodejs" in errors[0], errors[0]
+    assert "active streams are nodejs:14 " in errors[0], errors[0]
     assert not (tmp_path / "out/index.json").exists()

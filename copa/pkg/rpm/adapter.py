@@ -19,7 +19,16 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from copa.errors import IntegrityError, ReportError, ResolutionError
-from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, UpdateKind, check_failures
+from copa.pkg.base import (
+    ImageContext,
+    LayerContent,
+    Plan,
+    Skip,
+    SkipReason,
+    Update,
+    UpdateKind,
+    check_failures,
+)
 from copa.pkg.effects import apply
 from copa.pkg.effects import note as effects_note
 from copa.pkg.fetch import FetchItem, fetcher_for
@@ -31,11 +40,13 @@ from copa.pkg.rpm.modules import (
     MODULES_DIR,
     ModularFilter,
     ModuleMetadata,
+    ModuleStream,
     build_filter,
     load_modules,
     local_defaults,
     parse_module_states,
     platform_of,
+    split_nevra,
 )
 from copa.pkg.rpm.plan import Chosen, Installed, Policy, Wanted, resolve
 from copa.pkg.rpm.repomd import RepoIndex, RpmPackage, load_repository
@@ -144,6 +155,7 @@ class _Repositories:
             self.indexes.append(load_repository(
                 repo, self.fetcher, lambda r: repository_keyring(r, self.tree, ctx.repos, self.fetcher),
                 variables=setup.variables, mirrors=ctx.repos.mirrors, keep=keep.__contains__))
+        self.module_streams: tuple[ModuleStream, ...] = ()
         self.modular = self._modular_filter()
 
     def _modular_filter(self) -> ModularFilter | None:
@@ -155,6 +167,7 @@ class _Repositories:
             meta = meta.merged(load_modules(ix.loaded, self.fetcher))
         if not meta.streams:
             return None
+        self.module_streams = meta.streams
         meta = ModuleMetadata(meta.streams, {**meta.defaults, **local_defaults(self.tree.under(DEFAULTS_DIR))})
         states = parse_module_states(self.tree.under(MODULES_DIR))
         os_release = self.tree.read("etc/os-release") or self.tree.read("usr/lib/os-release") or b""
@@ -174,6 +187,23 @@ class _Repositories:
         if not found and capability.startswith("/"):
             found = [c for ix in self.indexes for c in self._wrap(ix, ix.filelist_providers(capability, self.fetcher))]
         return found
+
+    def stream_hint(self, name: str, fixed: str) -> str:
+        """For a fix modular filtering hid: which module streams ship `name` at `fixed` or newer."""
+        if self.modular is None:
+            return ""
+        found = sorted({f"{s.name}:{s.stream}" for s in self.module_streams
+                        if (s.name, s.stream) not in self.modular.active
+                        for nevra in s.artifacts
+                        for n, e, v, r, _ in [split_nevra(nevra)]
+                        if n == name and compare_versions(f"{e}:{v}-{r}", fixed) >= 0})
+        if not found:
+            return ""
+        active = sorted(f"{m}:{st}" for m, st in self.modular.active)
+        streams, ship = ("streams", "ship") if len(found) > 1 else ("stream", "ships")
+        return (f"; module {streams} {', '.join(found)} {ship} {name} {fixed} or newer, but the image's active "
+                f"streams are {', '.join(active) or 'none'} (dnf would not switch streams: `dnf module switch-to` "
+                "in a rebuild)")
 
     def repo_of(self, pkg: RpmPackage) -> RpmRepository:
         return next(ix.repo for ix in self.indexes if ix.repo.id == pkg.repo_id)
@@ -234,6 +264,11 @@ class RpmAdapter:
         resolution = resolve(installed, _wanted(report, installed, repos), repos.versions, repos.providers,
                              rpmvercmp, files.__contains__,
                              Policy())
+        fixed = {p.name: p.fixed_version for p in report.packages} if report is not None else {}
+        resolution = dataclasses.replace(resolution, failures=tuple(
+            dataclasses.replace(f, detail=f.detail + repos.stream_hint(f.name, fixed[f.name] or ""))
+            if f.reason is SkipReason.NO_FIX_AVAILABLE and fixed.get(f.name) else f
+            for f in resolution.failures))
         check_failures(resolution.failures, ctx.ignore_errors)
         updates = tuple(Update(c.record.name, c.record.arch, c.installed.evr if c.installed else "", c.record.evr,
                                c.kind, c.vulnerabilities, reason=c.reason) for c in resolution.chosen)
