@@ -23,6 +23,7 @@ from isal import igzip
 from copa.errors import IntegrityError, LocalIOError, UnsafePathError
 from copa.oci.image import CORRUPT_STREAM
 from copa.oci.layer import clean_path
+from copa.pkg.streams import Bounded, open_slice
 
 _AR_MAGIC = b"!<arch>\n"
 _CONTROL_LIMIT = 64 << 20
@@ -43,33 +44,11 @@ class ArMember:
     size: int
 
 
-class _Bounded(io.RawIOBase):
-    """Exactly `size` bytes of the underlying stream, then EOF."""
-
-    def __init__(self, raw: BinaryIO, size: int) -> None:
-        super().__init__()
-        self._raw, self._left = raw, size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self._left <= 0:
-            return 0
-        view = memoryview(buffer)
-        chunk = self._raw.read(min(len(view), self._left))
-        if not chunk:
-            raise BadDeb("truncated .deb archive member")
-        view[: len(chunk)] = chunk
-        self._left -= len(chunk)
-        return len(chunk)
-
-    def skip_rest(self) -> None:
-        while self.read(1 << 16):
-            pass
+def _truncated() -> BadDeb:
+    return BadDeb("truncated .deb archive member")
 
 
-def _ar_members(f: BinaryIO, what: str) -> Iterator[tuple[ArMember, _Bounded]]:
+def _ar_members(f: BinaryIO, what: str) -> Iterator[tuple[ArMember, Bounded]]:
     if f.read(8) != _AR_MAGIC:
         raise BadDeb(f"{what} is not a Debian package (no ar header)")
     while True:
@@ -83,7 +62,7 @@ def _ar_members(f: BinaryIO, what: str) -> Iterator[tuple[ArMember, _Bounded]]:
             size = int(header[48:58].decode("ascii").strip())
         except ValueError:
             raise BadDeb(f"{what}: corrupt ar member size") from None
-        body = _Bounded(f, size)
+        body = Bounded(f, size, _truncated)
         yield ArMember(name, size), body
         body.skip_rest()
         if size % 2:
@@ -102,16 +81,6 @@ def _decompress(name: str, stream: BinaryIO, what: str) -> BinaryIO:
     if name.endswith(".tar"):
         return stream
     raise BadDeb(f"{what}: unsupported compression of member {name!r}")
-
-
-class _Slice(_Bounded):
-    """`size` bytes of an open spool file from its current position; closing it closes the file."""
-
-    def close(self) -> None:
-        try:
-            self._raw.close()
-        finally:
-            super().close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +114,7 @@ class DataFile:
             return io.BytesIO(self.inline)
         if self.staged is None:
             raise ValueError(f"{self.path} has no content")
-        f = self.staged.open("rb")
-        f.seek(self.offset)
-        return cast(BinaryIO, io.BufferedReader(_Slice(f, self.size), 1 << 16))
+        return open_slice(self.staged, self.offset, self.size, _truncated)
 
     def md5(self) -> str:
         h = hashlib.md5(usedforsecurity=False)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, cast
 
 from copa.errors import CopaError, IntegrityError
+from copa.pkg.streams import Bounded
 
 NEWC = b"070701"
 STRIPPED = b"07070X"
@@ -41,26 +42,6 @@ class CpioEntry:
     mtime: int
     size: int
     rdev: tuple[int, int]
-
-
-class _Body(io.RawIOBase):
-    """Exactly one entry's content from the archive stream, then EOF."""
-
-    def __init__(self, reader: CpioReader, size: int) -> None:
-        super().__init__()
-        self._reader, self.left = reader, size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self.left <= 0:
-            return 0
-        view = memoryview(buffer)
-        chunk = self._reader.read(min(len(view), self.left))
-        view[:len(chunk)] = chunk
-        self.left -= len(chunk)
-        return len(chunk)
 
 
 class CpioReader:
@@ -96,10 +77,9 @@ class CpioReader:
                                   "the package is corrupt or of an unknown format")
             if entry is None:
                 return
-            body = _Body(self, entry.size)
+            body = Bounded(self, entry.size)
             yield entry, cast(BinaryIO, io.BufferedReader(body, 1 << 16))
-            while body.left:
-                body.read(min(body.left, 1 << 20))
+            body.skip_rest()
             self._align()
 
     def _hex(self, raw: bytes, what: str) -> int:

@@ -35,6 +35,7 @@ from copa.oci.layer import clean_path
 from copa.pkg.rpm.cpio import CpioReader
 from copa.pkg.rpm.header import Header
 from copa.pkg.rpm.tags import DigestAlgo, FileFlag, Sig, Tag
+from copa.pkg.streams import open_slice
 
 LEAD_MAGIC = b"\xed\xab\xee\xdb"
 LEAD_SIZE = 96
@@ -128,9 +129,7 @@ class RpmFile:
             return io.BytesIO(self.inline)
         if self.staged is None:
             raise ValueError(f"{self.path} has no content")
-        f = self.staged.open("rb")
-        f.seek(self.offset)
-        return cast(BinaryIO, io.BufferedReader(_Slice(f, self.size), 1 << 16))
+        return open_slice(self.staged, self.offset, self.size)
 
 
 @dataclass(frozen=True)
@@ -145,32 +144,6 @@ class RpmContents:
 
 
 HeaderCheck = Callable[[RpmHeaders], None]
-
-
-class _Slice(io.RawIOBase):
-    """`size` bytes of an open spool file from its position; closing it closes the file."""
-
-    def __init__(self, f: BinaryIO, size: int) -> None:
-        super().__init__()
-        self._f, self._left = f, size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self._left <= 0:
-            return 0
-        view = memoryview(buffer)
-        chunk = self._f.read(min(len(view), self._left))
-        view[:len(chunk)] = chunk
-        self._left -= len(chunk)
-        return len(chunk)
-
-    def close(self) -> None:
-        try:
-            self._f.close()
-        finally:
-            super().close()
 
 
 class _Hasher(Protocol):
