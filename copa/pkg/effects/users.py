@@ -48,6 +48,13 @@ def _conf(text: str | None) -> dict[str, int]:
     return out
 
 
+def _one_system_name(opts: dict[str, str], names: list[str]) -> bool:
+    """A --system call naming one valid account, no word in it the shell would expand."""
+    if any(ch in v for v in [*opts.values(), *names] for ch in "$`*?"):
+        return False
+    return "--system" in opts and len(names) == 1 and bool(_NAME.match(names[0]))
+
+
 _BB_FLAGS = {"-S": "--system", "-D": "-D", "-H": "--no-create-home"}
 _BB_VALUED = {"-h": "--home", "-s": "--shell", "-G": "--ingroup", "-g": "--gecos"}
 
@@ -69,9 +76,7 @@ def _parse_busybox(c: Command) -> dict[str, str] | None:
             return None
         else:
             names.append(a)
-    if any(ch in v for v in [*opts.values(), *names] for ch in "$`*?"):
-        return None
-    if "--system" not in opts or len(names) != 1 or not _NAME.match(names[0]):
+    if not _one_system_name(opts, names):
         return None
     if c.name == "adduser" and "-D" not in opts:
         return None  # busybox would ask for a password
@@ -106,9 +111,7 @@ def _parse_shadow(c: Command) -> dict[str, str] | None:
             return None
         else:
             names.append(a)
-    if any(ch in v for v in [*opts.values(), *names] for ch in "$`*?"):
-        return None
-    if "--system" not in opts or len(names) != 1 or not _NAME.match(names[0]):
+    if not _one_system_name(opts, names):
         return None
     if c.name == "groupadd" and set(opts) - {"cmd", "--system", "--gid", "-f"}:
         return None
@@ -135,9 +138,7 @@ def _parse(c: Command) -> dict[str, str] | None:
             return None
         else:
             names.append(a)
-    if any(ch in v for v in [*opts.values(), *names] for ch in "$`*?"):
-        return None
-    if "--system" not in opts or len(names) != 1 or not _NAME.match(names[0]):
+    if not _one_system_name(opts, names):
         return None
     if c.name == "addgroup" and set(opts) - {"cmd", "--system", "--quiet", "--gid"}:
         return None
@@ -147,6 +148,11 @@ def _parse(c: Command) -> dict[str, str] | None:
         return None
     opts["name"] = names[0]
     return opts
+
+
+def _used(table: list[list[str]]) -> set[int]:
+    """The ids (third field) a passwd or group table holds."""
+    return {int(f[2]) for f in table if len(f) > 2 and f[2].isdigit()}
 
 
 class Accounts:
@@ -162,6 +168,21 @@ class Accounts:
         if data is None:
             return None
         return [line.split(":") for line in data.decode("utf-8", "surrogateescape").splitlines() if line]
+
+    def _user_tables(self, name: str) -> tuple[list[list[str]], list[list[str]]] | bool:
+        """/etc/passwd and /etc/group to add user `name` to; instead False when either is missing (copa cannot
+        tell), True when the user exists (every tool leaves it be or fails, which scripts allow for)."""
+        users = self._table("etc/passwd")
+        groups = self._table("etc/group")
+        if users is None or groups is None:
+            return False
+        if any(u[0] == name for u in users):
+            return True
+        return users, groups
+
+    def _add_group(self, name: str, gid: int) -> None:
+        self._append("etc/group", f"{name}:x:{gid}:")
+        self._append("etc/gshadow", f"{name}:!::")
 
     def _append(self, path: str, line: str) -> None:
         data = self.merged.read(path)
@@ -182,17 +203,15 @@ class Accounts:
             self.merged.add([entry])
 
     def _free(self, table: list[list[str]], first: int, last: int) -> int | None:
-        used = {int(f[2]) for f in table if len(f) > 2 and f[2].isdigit()}
+        used = _used(table)
         return next((i for i in range(first, last + 1) if i not in used), None)
 
     def _busybox_user(self, o: dict[str, str]) -> bool:
-        users = self._table("etc/passwd")
-        groups = self._table("etc/group")
-        if users is None or groups is None:
-            return False
         name = o["name"]
-        if any(u[0] == name for u in users):
-            return True  # busybox fails ("user ... in use"), which scripts ignore: the user is there
+        tables = self._user_tables(name)
+        if isinstance(tables, bool):
+            return tables  # True for an existing user: busybox fails ("in use"), which scripts ignore
+        users, groups = tables
         group = o.get("--ingroup", "nogroup")
         line = next((g for g in groups if g[0] == group and len(g) > 3 and g[2].isdigit()), None)
         uid = self._free(users, 100, 999)
@@ -227,7 +246,7 @@ class Accounts:
 
     def _down(self, table: list[list[str]], key: str, low: int) -> int | None:
         """The first free id from SYS_*_MAX down to SYS_*_MIN (login.defs; RHEL's are 999 and 201)."""
-        used = {int(f[2]) for f in table if len(f) > 2 and f[2].isdigit()}
+        used = _used(table)
         low = self._login_defs(key.replace("_MAX", "_MIN"), low)
         return next((i for i in range(self._login_defs(key, 999), low - 1, -1) if i not in used), None)
 
@@ -240,7 +259,7 @@ class Accounts:
             return None
         if any(g[0] == name for g in groups):
             return None  # groupadd fails: the group exists (with -f it succeeds doing nothing)
-        used = {int(g[2]) for g in groups if len(g) > 2 and g[2].isdigit()}
+        used = _used(groups)
         if wanted is not None and wanted in used and not force:
             return None  # "GID is not unique"
         if wanted is not None and wanted not in used:
@@ -249,18 +268,15 @@ class Accounts:
             gid = prefer if prefer is not None and prefer not in used else self._down(groups, "SYS_GID_MAX", 101)
         if gid is None:
             return None
-        self._append("etc/group", f"{name}:x:{gid}:")
-        self._append("etc/gshadow", f"{name}:!::")
+        self._add_group(name, gid)
         return gid
 
     def _shadow_user(self, o: dict[str, str]) -> bool:
-        users = self._table("etc/passwd")
-        groups = self._table("etc/group")
-        if users is None or groups is None:
-            return False
         name = o["name"]
-        if any(u[0] == name for u in users):
-            return True  # useradd fails ("already exists"), which scripts guard against: the user is there
+        tables = self._user_tables(name)
+        if isinstance(tables, bool):
+            return tables  # True for an existing user: useradd fails ("already exists"), scripts guard it
+        users, groups = tables
         if "--uid" in o:
             uid: int | None = int(o["--uid"])
             if any(len(u) > 2 and u[2] == o["--uid"] for u in users):
@@ -297,18 +313,15 @@ class Accounts:
         gid = self._free(groups, self.conf["FIRST_SYSTEM_GID"], self.conf["LAST_SYSTEM_GID"])
         if gid is None:
             return None
-        self._append("etc/group", f"{name}:x:{gid}:")
-        self._append("etc/gshadow", f"{name}:!::")
+        self._add_group(name, gid)
         return gid
 
     def _user(self, o: dict[str, str]) -> bool:
-        users = self._table("etc/passwd")
-        groups = self._table("etc/group")
-        if users is None or groups is None:
-            return False
         name = o["name"]
-        if any(u[0] == name for u in users):
-            return True  # adduser --system: an existing system user is left alone
+        tables = self._user_tables(name)
+        if isinstance(tables, bool):
+            return tables  # True for an existing user: adduser --system leaves it alone
+        users, groups = tables
         uid = self._free(users, self.conf["FIRST_SYSTEM_UID"], self.conf["LAST_SYSTEM_UID"])
         if uid is None:
             return False
