@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from copa.oci.layer import Entry, Kind
 from copa.pkg.effects.merged import Merged
@@ -34,10 +34,9 @@ from copa.pkg.effects.scripts import Command
 
 COMMANDS = {"adduser", "addgroup", "useradd", "groupadd"}
 _NAME = re.compile(r"^[a-z_][a-z0-9_.-]*\$?$")
-_FLAGS = {"--system", "--group", "--no-create-home", "--quiet", "--disabled-password", "--disabled-login",
-          "--force-badname", "--allow-badname"}
-_VALUED = {"--home", "--shell", "--ingroup", "--gecos", "--comment", "--uid", "--gid"}
-
+_FLAGS = {f: f for f in ("--system", "--group", "--no-create-home", "--quiet", "--disabled-password",
+                          "--disabled-login", "--force-badname", "--allow-badname")}
+_VALUED = {v: v for v in ("--home", "--shell", "--ingroup", "--gecos", "--comment", "--uid", "--gid")}
 
 def _conf(text: str | None) -> dict[str, int]:
     out = {"FIRST_SYSTEM_UID": 100, "LAST_SYSTEM_UID": 999, "FIRST_SYSTEM_GID": 100, "LAST_SYSTEM_GID": 999}
@@ -48,105 +47,94 @@ def _conf(text: str | None) -> dict[str, int]:
     return out
 
 
-def _one_system_name(opts: dict[str, str], names: list[str]) -> bool:
-    """A --system call naming one valid account, no word in it the shell would expand."""
+def _scan(c: Command, flags: dict[str, str], valued: dict[str, str],
+          split: Callable[[str], list[str] | None] = lambda a: None) -> dict[str, str] | None:
+    """The options of an account command under the names `flags` and `valued` give them, with "cmd" and the account's
+    "name"; None for an unknown option, a word the shell would expand, or a call not --system naming one valid
+    account. `split` may turn a word into several, read in its place."""
+    opts: dict[str, str] = {"cmd": c.name}
+    args = list(c.argv)
+    names = []
+    while args:
+        a = args.pop(0)
+        words = split(a)
+        if words is not None:
+            args[:0] = words
+            continue
+        if a in flags:
+            opts[flags[a]] = ""
+        elif a in valued and args:
+            opts[valued[a]] = args.pop(0)
+        elif a.startswith("-"):
+            return None
+        else:
+            names.append(a)
     if any(ch in v for v in [*opts.values(), *names] for ch in "$`*?"):
-        return False
-    return "--system" in opts and len(names) == 1 and bool(_NAME.match(names[0]))
+        return None
+    if "--system" not in opts or len(names) != 1 or not _NAME.match(names[0]):
+        return None
+    opts["name"] = names[0]
+    return opts
 
 
 _BB_FLAGS = {"-S": "--system", "-D": "-D", "-H": "--no-create-home"}
 _BB_VALUED = {"-h": "--home", "-s": "--shell", "-G": "--ingroup", "-g": "--gecos"}
 
 
+def _bb_split(a: str) -> list[str] | None:
+    if a.startswith("-") and len(a) > 2 and all(f"-{ch}" in _BB_FLAGS for ch in a[1:]):
+        return [f"-{ch}" for ch in a[1:]]  # -SDH
+    return None
+
+
 def _parse_busybox(c: Command) -> dict[str, str] | None:
-    opts: dict[str, str] = {"cmd": c.name}
-    args = list(c.argv)
-    names = []
-    while args:
-        a = args.pop(0)
-        if a.startswith("-") and len(a) > 2 and all(f"-{ch}" in _BB_FLAGS for ch in a[1:]):
-            args[:0] = [f"-{ch}" for ch in a[1:]]  # -SDH
-            continue
-        if a in _BB_FLAGS:
-            opts[_BB_FLAGS[a]] = ""
-        elif a in _BB_VALUED and args:
-            opts[_BB_VALUED[a]] = args.pop(0)
-        elif a.startswith("-"):
-            return None
-        else:
-            names.append(a)
-    if not _one_system_name(opts, names):
+    opts = _scan(c, _BB_FLAGS, _BB_VALUED, _bb_split)
+    if opts is None:
         return None
     if c.name == "adduser" and "-D" not in opts:
         return None  # busybox would ask for a password
-    if c.name == "addgroup" and set(opts) - {"cmd", "--system"}:
+    if c.name == "addgroup" and set(opts) - {"cmd", "name", "--system"}:
         return None
-    opts["name"] = names[0]
     return opts
 
 
 _SHADOW_FLAGS = {"-r": "--system", "--system": "--system", "-M": "-M", "--no-create-home": "-M"}
 _SHADOW_VALUED = {"-g": "--ingroup", "--gid": "--ingroup", "-d": "--home", "--home-dir": "--home", "-s": "--shell",
                   "--shell": "--shell", "-c": "--gecos", "--comment": "--gecos"}
+_GROUPADD_FLAGS = {**_SHADOW_FLAGS, "-f": "-f", "--force": "-f"}
+_GROUPADD_VALUED = {**_SHADOW_VALUED, "-g": "--gid", "--gid": "--gid"}
+_USERADD_VALUED = {**_SHADOW_VALUED, "-u": "--uid", "--uid": "--uid"}
 
 
 def _parse_shadow(c: Command) -> dict[str, str] | None:
-    opts: dict[str, str] = {"cmd": c.name}
-    args = list(c.argv)
-    names = []
-    while args:
-        a = args.pop(0)
-        if c.name == "groupadd" and a in ("-g", "--gid") and args:
-            opts["--gid"] = args.pop(0)
-        elif c.name == "groupadd" and a in ("-f", "--force"):
-            opts["-f"] = ""
-        elif c.name == "useradd" and a in ("-u", "--uid") and args:
-            opts["--uid"] = args.pop(0)
-        elif a in _SHADOW_FLAGS:
-            opts[_SHADOW_FLAGS[a]] = ""
-        elif a in _SHADOW_VALUED and args:
-            opts[_SHADOW_VALUED[a]] = args.pop(0)
-        elif a.startswith("-"):
-            return None
-        else:
-            names.append(a)
-    if not _one_system_name(opts, names):
+    if c.name == "groupadd":
+        opts = _scan(c, _GROUPADD_FLAGS, _GROUPADD_VALUED)
+    else:
+        opts = _scan(c, _SHADOW_FLAGS, _USERADD_VALUED if c.name == "useradd" else _SHADOW_VALUED)
+    if opts is None:
         return None
-    if c.name == "groupadd" and set(opts) - {"cmd", "--system", "--gid", "-f"}:
+    if c.name == "groupadd" and set(opts) - {"cmd", "name", "--system", "--gid", "-f"}:
         return None
     if any(not opts[k].isdigit() for k in ("--uid", "--gid") if k in opts):
         return None
-    opts["name"] = names[0]
     return opts
 
 
+def _split_value(a: str) -> list[str] | None:
+    """--home=H as --home H."""
+    return a.split("=", 1) if "=" in a and a.split("=", 1)[0] in _VALUED else None
+
+
 def _parse(c: Command) -> dict[str, str] | None:
-    opts: dict[str, str] = {"cmd": c.name}
-    args = list(c.argv)
-    names = []
-    while args:
-        a = args.pop(0)
-        if "=" in a and a.split("=", 1)[0] in _VALUED:
-            a, v = a.split("=", 1)
-            args.insert(0, v)
-        if a in _FLAGS:
-            opts[a] = ""
-        elif a in _VALUED and args:
-            opts[a] = args.pop(0)
-        elif a.startswith("-"):
-            return None
-        else:
-            names.append(a)
-    if not _one_system_name(opts, names):
+    opts = _scan(c, _FLAGS, _VALUED, _split_value)
+    if opts is None:
         return None
-    if c.name == "addgroup" and set(opts) - {"cmd", "--system", "--quiet", "--gid"}:
+    if c.name == "addgroup" and set(opts) - {"cmd", "name", "--system", "--quiet", "--gid"}:
         return None
     if "--gecos" in opts and "," in opts["--gecos"]:
         return None  # chfn's room/phone fields: not reproduced
     if "--uid" in opts or "--gid" in opts:
         return None
-    opts["name"] = names[0]
     return opts
 
 
