@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from copa.oci.layer import Entry
 from copa.pkg.effects import scripts
 from copa.pkg.effects.certificates import Result
+from copa.pkg.effects.der import children, tlv
 from copa.pkg.effects.merged import Merged
 from copa.pkg.effects.model import Package
 
@@ -50,28 +51,6 @@ _PEM = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
 
 
 # ---------------------------------------------------------------------------------------------------- DER
-
-def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
-    tag = data[pos]
-    length = data[pos + 1]
-    pos += 2
-    if length & 0x80:
-        count = length & 0x7F
-        length = int.from_bytes(data[pos:pos + count], "big")
-        pos += count
-    if pos + length > len(data):
-        raise ValueError("truncated DER")
-    return tag, pos, pos + length
-
-
-def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
-    out = []
-    while start < end:
-        tag, s, e = _tlv(data, start)
-        out.append((tag, s, e))
-        start = e
-    return out
-
 
 def _oid(raw: bytes) -> str:
     parts = [raw[0] // 40, raw[0] % 40] if raw[0] < 80 else [2, raw[0] - 80]
@@ -96,12 +75,12 @@ class Cert:
 
 
 def parse_cert(der: bytes) -> Cert:
-    _, s, e = _tlv(der, 0)
-    _, ts, te = _children(der, s, e)[0]
-    fields = _children(der, ts, te)
+    _, s, e = tlv(der, 0)
+    _, ts, te = children(der, s, e)[0]
+    fields = children(der, ts, te)
     version = 1
     if fields and fields[0][0] == 0xA0:
-        _, vs, ve = _tlv(der, fields[0][1])
+        _, vs, ve = tlv(der, fields[0][1])
         version = int.from_bytes(der[vs:ve], "big") + 1
         fields = fields[1:]
     # serial, signature, issuer, validity, subject, subjectPublicKeyInfo, [1], [2], [3] extensions
@@ -113,9 +92,9 @@ def parse_cert(der: bytes) -> Cert:
     for tag, xs, _ in fields[6:]:
         if tag != 0xA3:
             continue
-        _, ls, le = _tlv(der, xs)
-        for _, es, ee in _children(der, ls, le):
-            parts = _children(der, es, ee)
+        _, ls, le = tlv(der, xs)
+        for _, es, ee in children(der, ls, le):
+            parts = children(der, es, ee)
             oid = _oid(der[parts[0][1]:parts[0][2]])
             value = parts[-1]
             extensions[oid] = der[value[1]:value[2]]
@@ -132,13 +111,13 @@ def _start(der: bytes, field_: tuple[int, int, int]) -> int:
 
 def _eku(value: bytes) -> list[str]:
     """extendedKeyUsage extnValue contents: SEQUENCE OF OID."""
-    _, s, e = _tlv(value, 0)
-    return [_oid(value[cs:ce]) for tag, cs, ce in _children(value, s, e) if tag == 0x06]
+    _, s, e = tlv(value, 0)
+    return [_oid(value[cs:ce]) for tag, cs, ce in children(value, s, e) if tag == 0x06]
 
 
 def _is_ca(value: bytes) -> bool:
-    _, s, e = _tlv(value, 0)
-    parts = _children(value, s, e)
+    _, s, e = tlv(value, 0)
+    parts = children(value, s, e)
     return bool(parts) and parts[0][0] == 0x01 and value[parts[0][1]:parts[0][2]] not in (b"", b"\x00")
 
 
@@ -151,10 +130,10 @@ def subject_label(cert: Cert) -> str:
     name, as p11_x509_lookup_dn_name finds it walking the RDNs)."""
     found: dict[str, str] = {}
     name = cert.subject
-    _, s, e = _tlv(name, 0)
-    for _, rs, re_ in _children(name, s, e):
-        for _, as_, ae in _children(name, rs, re_):
-            parts = _children(name, as_, ae)
+    _, s, e = tlv(name, 0)
+    for _, rs, re_ in children(name, s, e):
+        for _, as_, ae in children(name, rs, re_):
+            parts = children(name, as_, ae)
             oid = _oid(name[parts[0][1]:parts[0][2]])
             tag, vs, ve = parts[1]
             if oid in _LABEL_OIDS and oid not in found:
@@ -215,8 +194,8 @@ def _persist(text: bytes, where: str, trust: bool | None, out: Sources) -> None:
             oid = attrs.get("object-id", "")
             raw = _unquote(attrs.get("value", "")).encode("latin-1")
             try:
-                _, s, e = _tlv(raw, 0)
-                parts = _children(raw, s, e)
+                _, s, e = tlv(raw, 0)
+                parts = children(raw, s, e)
                 ext = raw[parts[-1][1]:parts[-1][2]]
                 purposes = _eku(ext)
             except (ValueError, IndexError):

@@ -13,6 +13,8 @@ import binascii
 import hashlib
 import re
 
+from copa.pkg.effects.der import tlv
+
 _SPACE = b" \t\n\v\f\r"
 _UTF8 = 0x0C
 _PEM = re.compile(rb"-----BEGIN (TRUSTED CERTIFICATE|CERTIFICATE|X509 CERTIFICATE)-----(.*?)-----END \1-----", re.S)
@@ -21,20 +23,6 @@ _ANY_PEM = re.compile(rb"-----BEGIN [A-Z0-9 ]+-----")
 # Latin-1, as OpenSSL's ASN1_STRING_to_UTF8 does.
 _CANON = {0x0C: "utf-8", 0x13: "latin-1", 0x14: "latin-1", 0x16: "latin-1", 0x1A: "latin-1",
           0x1C: "utf-32-be", 0x1E: "utf-16-be"}
-
-
-def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag, start of content, end of content) of the DER element at `pos`."""
-    tag = data[pos]
-    length = data[pos + 1]
-    pos += 2
-    if length & 0x80:
-        count = length & 0x7F
-        length = int.from_bytes(data[pos:pos + count], "big")
-        pos += count
-    if pos + length > len(data):
-        raise ValueError("truncated DER")
-    return tag, pos, pos + length
 
 
 def _encode(tag: int, content: bytes) -> bytes:
@@ -70,9 +58,9 @@ def canonical_string(raw: bytes) -> bytes:
 
 
 def _canonical_atv(data: bytes, start: int, end: int) -> bytes:
-    _, oid_start, oid_end = _tlv(data, start)
+    _, oid_start, oid_end = tlv(data, start)
     oid = data[start:oid_end]
-    tag, value_start, value_end = _tlv(data, oid_end)
+    tag, value_start, value_end = tlv(data, oid_end)
     value = data[oid_end:value_end]
     encoding = _CANON.get(tag)
     if encoding is not None:
@@ -84,17 +72,17 @@ def _canonical_atv(data: bytes, start: int, end: int) -> bytes:
 
 def canonical_name(name_der: bytes) -> bytes:
     """x509_name_canon's encoding of a DER Name: the canonical RDN sets, concatenated."""
-    tag, pos, end = _tlv(name_der, 0)
+    tag, pos, end = tlv(name_der, 0)
     if tag != 0x30:
         raise ValueError("a Name is a SEQUENCE")
     out = bytearray()
     while pos < end:
-        set_tag, set_pos, set_end = _tlv(name_der, pos)
+        set_tag, set_pos, set_end = tlv(name_der, pos)
         if set_tag != 0x31:
             raise ValueError("an RDN is a SET")
         atvs = []
         while set_pos < set_end:
-            _, atv_start, atv_end = _tlv(name_der, set_pos)
+            _, atv_start, atv_end = tlv(name_der, set_pos)
             atvs.append(_canonical_atv(name_der, atv_start, atv_end))
             set_pos = atv_end
         out += _encode(0x31, b"".join(sorted(atvs)))  # DER orders a SET OF by the elements' encodings
@@ -123,11 +111,11 @@ def subject_of(cert_der: bytes) -> bytes:
 
     Read directly rather than through a full X.509 parser: a root store holds certificates (negative serial
     numbers, old encodings) that strict parsers refuse, and OpenSSL hashes them all the same."""
-    _, pos, _ = _tlv(cert_der, 0)  # Certificate
-    _, pos, end = _tlv(cert_der, pos)  # tbsCertificate
+    _, pos, _ = tlv(cert_der, 0)  # Certificate
+    _, pos, end = tlv(cert_der, pos)  # tbsCertificate
     fields: list[tuple[int, int, int]] = []
     while pos < end and len(fields) < 6:
-        tag, _, nxt = _tlv(cert_der, pos)
+        tag, _, nxt = tlv(cert_der, pos)
         fields.append((tag, pos, nxt))
         pos = nxt
     if fields and fields[0][0] != 0xA0:
