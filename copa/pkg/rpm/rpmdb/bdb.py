@@ -29,7 +29,7 @@ modifying. No `__db.*` environment is produced.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from copa.errors import UnsupportedImageError
@@ -169,12 +169,16 @@ class _Pages:
         return bytes(out)
 
 
-def read_hash(data: bytes, what: str) -> dict[bytes, bytes]:
-    """Every key/data pair of a hash database, walking the buckets."""
+def _guarded(read: Callable[[bytes, str], dict[bytes, bytes]], data: bytes, what: str) -> dict[bytes, bytes]:
     try:
-        return _read_hash(data, what)
+        return read(data, what)
     except (struct.error, IndexError, ValueError) as e:  # a field pointing past what it should: damage
         raise _damaged(what, str(e) or type(e).__name__) from None
+
+
+def read_hash(data: bytes, what: str) -> dict[bytes, bytes]:
+    """Every key/data pair of a hash database, walking the buckets."""
+    return _guarded(_read_hash, data, what)
 
 
 def _read_hash(data: bytes, what: str) -> dict[bytes, bytes]:
@@ -217,10 +221,7 @@ def _read_hash(data: bytes, what: str) -> dict[bytes, bytes]:
 
 def read_btree(data: bytes, what: str) -> dict[bytes, bytes]:
     """Every key/data pair of a btree database, from the leftmost leaf along the leaf chain."""
-    try:
-        return _read_btree(data, what)
-    except (struct.error, IndexError, ValueError) as e:  # a field pointing past what it should: damage
-        raise _damaged(what, str(e) or type(e).__name__) from None
+    return _guarded(_read_btree, data, what)
 
 
 def _read_btree(data: bytes, what: str) -> dict[bytes, bytes]:
