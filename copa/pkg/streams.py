@@ -1,4 +1,5 @@
-"""Byte streams shared by the package readers: a bounded view of a stream, and a slice of a spool file."""
+"""Byte streams shared by the package readers: a bounded view of a stream, a slice of a spool file, and a package
+file's content (in memory or spooled)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,14 @@ def open_slice(path: Path, offset: int, size: int, truncated: Callable[[], Excep
     f = path.open("rb")
     f.seek(offset)
     return cast(BinaryIO, io.BufferedReader(_Slice(f, size, truncated), 1 << 16))
+
+
+def open_content(path: str, inline: bytes | None, staged: Path | None, offset: int, size: int,
+                 truncated: Callable[[], Exception] | None = None) -> BinaryIO:
+    """The content of package file `path`: kept in memory (`inline`), or `size` bytes of the spool file `staged`
+    from `offset`; ValueError when it has none."""
+    if inline is not None:
+        return io.BytesIO(inline)
+    if staged is None:
+        raise ValueError(f"{path} has no content")
+    return open_slice(staged, offset, size, truncated)

@@ -23,7 +23,7 @@ from isal import igzip
 from copa.errors import IntegrityError, LocalIOError, UnsafePathError
 from copa.oci.image import CORRUPT_STREAM
 from copa.oci.layer import clean_path
-from copa.pkg.streams import Bounded, open_slice
+from copa.pkg.streams import Bounded, open_content
 
 _AR_MAGIC = b"!<arch>\n"
 _CONTROL_LIMIT = 64 << 20
@@ -110,11 +110,7 @@ class DataFile:
         return self.staged is not None or self.inline is not None
 
     def open(self) -> BinaryIO:
-        if self.inline is not None:
-            return io.BytesIO(self.inline)
-        if self.staged is None:
-            raise ValueError(f"{self.path} has no content")
-        return open_slice(self.staged, self.offset, self.size, _truncated)
+        return open_content(self.path, self.inline, self.staged, self.offset, self.size, _truncated)
 
     def md5(self) -> str:
         h = hashlib.md5(usedforsecurity=False)

@@ -35,7 +35,7 @@ from copa.oci.layer import clean_path
 from copa.pkg.rpm.cpio import CpioReader
 from copa.pkg.rpm.header import Header
 from copa.pkg.rpm.tags import DigestAlgo, FileFlag, Sig, Tag
-from copa.pkg.streams import open_slice
+from copa.pkg.streams import open_content
 
 LEAD_MAGIC = b"\xed\xab\xee\xdb"
 LEAD_SIZE = 96
@@ -125,11 +125,7 @@ class RpmFile:
         return self.staged is not None or self.inline is not None
 
     def open(self) -> BinaryIO:
-        if self.inline is not None:
-            return io.BytesIO(self.inline)
-        if self.staged is None:
-            raise ValueError(f"{self.path} has no content")
-        return open_slice(self.staged, self.offset, self.size)
+        return open_content(self.path, self.inline, self.staged, self.offset, self.size)
 
 
 @dataclass(frozen=True)
