@@ -169,24 +169,24 @@ class _Pages:
         return bytes(out)
 
 
-def _guarded(read: Callable[[bytes, str], dict[bytes, bytes]], data: bytes, what: str) -> dict[bytes, bytes]:
+def _read(kind: str, walk: Callable[[_Pages], dict[bytes, bytes]], data: bytes, what: str) -> dict[bytes, bytes]:
+    """`walk` over the pages of a `kind` database."""
     try:
-        return read(data, what)
+        meta = read_meta(data, what)
+        if meta.kind != kind:
+            raise _damaged(what, f"a {meta.kind} where rpm keeps a {kind} database")
+        return walk(_Pages(data, meta, what))
     except (struct.error, IndexError, ValueError) as e:  # a field pointing past what it should: damage
         raise _damaged(what, str(e) or type(e).__name__) from None
 
 
 def read_hash(data: bytes, what: str) -> dict[bytes, bytes]:
     """Every key/data pair of a hash database, walking the buckets."""
-    return _guarded(_read_hash, data, what)
+    return _read("hash", _read_hash, data, what)
 
 
-def _read_hash(data: bytes, what: str) -> dict[bytes, bytes]:
-    meta = read_meta(data, what)
-    if meta.kind != "hash":
-        raise _damaged(what, "a btree where rpm keeps a hash database")
-    pages = _Pages(data, meta, what)
-    e = meta.endian
+def _read_hash(pages: _Pages) -> dict[bytes, bytes]:
+    meta, what, e = pages.meta, pages.what, pages.meta.endian
     out: dict[bytes, bytes] = {}
     for bucket in range(meta.max_bucket + 1):
         pgno = bucket + meta.spares[_log2ceil(bucket + 1)]
@@ -221,15 +221,11 @@ def _read_hash(data: bytes, what: str) -> dict[bytes, bytes]:
 
 def read_btree(data: bytes, what: str) -> dict[bytes, bytes]:
     """Every key/data pair of a btree database, from the leftmost leaf along the leaf chain."""
-    return _guarded(_read_btree, data, what)
+    return _read("btree", _read_btree, data, what)
 
 
-def _read_btree(data: bytes, what: str) -> dict[bytes, bytes]:
-    meta = read_meta(data, what)
-    if meta.kind != "btree":
-        raise _damaged(what, "a hash where rpm keeps a btree database")
-    pages = _Pages(data, meta, what)
-    e = meta.endian
+def _read_btree(pages: _Pages) -> dict[bytes, bytes]:
+    meta, what, e = pages.meta, pages.what, pages.meta.endian
     pgno = meta.root
     for _ in range(64):
         _prev, _nxt, entries, _hf, _level, typ = pages.header(pgno)
