@@ -151,6 +151,18 @@ class _Pages:
         base = pgno * self.meta.pagesize
         return self.data[base:base + self.meta.pagesize]
 
+    def chain(self, pgno: int, loop: str) -> Iterator[tuple[int, tuple[int, int, int, int, int, int]]]:
+        """Each page of the chain starting at `pgno`, with its header, along the next links; `loop` (where {}
+        stands for the page) is the damage a page met twice reports."""
+        seen: set[int] = set()
+        while pgno:
+            if pgno in seen:
+                raise _damaged(self.what, loop.format(pgno))
+            seen.add(pgno)
+            header = self.header(pgno)
+            yield pgno, header
+            pgno = header[1]
+
     def overflow(self, pgno: int, total: int) -> bytes:
         out = bytearray()
         seen: set[int] = set()
@@ -189,13 +201,8 @@ def _read_hash(pages: _Pages) -> dict[bytes, bytes]:
     meta, what, e = pages.meta, pages.what, pages.meta.endian
     out: dict[bytes, bytes] = {}
     for bucket in range(meta.max_bucket + 1):
-        pgno = bucket + meta.spares[_log2ceil(bucket + 1)]
-        seen: set[int] = set()
-        while pgno:
-            if pgno in seen:
-                raise _damaged(what, f"bucket {bucket}'s pages loop")
-            seen.add(pgno)
-            _prev, nxt, entries, _hf, _level, typ = pages.header(pgno)
+        first = bucket + meta.spares[_log2ceil(bucket + 1)]
+        for pgno, (_prev, _nxt, entries, _hf, _level, typ) in pages.chain(first, f"bucket {bucket}'s pages loop"):
             if typ not in (P_HASH, P_HASH_UNSORTED) or entries % 2:
                 raise _damaged(what, f"bucket page {pgno} has type {typ} and {entries} items")
             page = pages.page(pgno)
@@ -215,7 +222,6 @@ def _read_hash(pages: _Pages) -> dict[bytes, bytes]:
                     raise _damaged(what, f"page {pgno} has an item of type {item[0]} (duplicates?)")
             for i in range(0, len(items), 2):
                 out[items[i]] = items[i + 1]
-            pgno = nxt
     return out
 
 
@@ -226,24 +232,19 @@ def read_btree(data: bytes, what: str) -> dict[bytes, bytes]:
 
 def _read_btree(pages: _Pages) -> dict[bytes, bytes]:
     meta, what, e = pages.meta, pages.what, pages.meta.endian
-    pgno = meta.root
+    node = meta.root
     for _ in range(64):
-        _prev, _nxt, entries, _hf, _level, typ = pages.header(pgno)
+        _prev, _nxt, entries, _hf, _level, typ = pages.header(node)
         if typ == P_LBTREE:
             break
         if typ != P_IBTREE or not entries:
-            raise _damaged(what, f"page {pgno} of type {typ} in the tree")
-        off = pages.offsets(pgno, entries)[0]
-        (pgno,) = struct.unpack_from(e + "I", pages.page(pgno), off + 4)
+            raise _damaged(what, f"page {node} of type {typ} in the tree")
+        off = pages.offsets(node, entries)[0]
+        (node,) = struct.unpack_from(e + "I", pages.page(node), off + 4)
     else:
         raise _damaged(what, "the tree is too deep")
     out: dict[bytes, bytes] = {}
-    seen: set[int] = set()
-    while pgno:
-        if pgno in seen:
-            raise _damaged(what, f"leaf pages loop at {pgno}")
-        seen.add(pgno)
-        _prev, nxt, entries, _hf, _level, typ = pages.header(pgno)
+    for pgno, (_prev, _nxt, entries, _hf, _level, typ) in pages.chain(node, "leaf pages loop at {}"):
         if typ != P_LBTREE or entries % 2:
             raise _damaged(what, f"leaf page {pgno} has type {typ} and {entries} items")
         page = pages.page(pgno)
@@ -268,7 +269,6 @@ def _read_btree(pages: _Pages) -> dict[bytes, bytes]:
             if page[offs[i] + 2] & 0x80 or page[offs[i + 1] + 2] & 0x80:
                 continue
             out[items[i]] = items[i + 1]
-        pgno = nxt
     return out
 
 
