@@ -49,14 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--repository", action="append", default=[], metavar="LINE",
-                   help="package repository replacing the image's own (repeatable), e.g. 'deb URL bookworm main'")
-    p.add_argument("--repositories-file", help="file of repositories replacing the image's own")
+                   help="package repository replacing the image's own (repeatable): 'deb URL bookworm main' (apt), "
+                   "a repository URL (apk), a baseurl (rpm)")
+    p.add_argument("--repositories-file", help="file of repositories replacing the image's own (sources.list or "
+                   "deb822, apk repositories, .repo)")
     p.add_argument("--keyring", action="append", default=[], metavar="FILE",
-                   help="OpenPGP keyring (apt) or RSA public key (apk) to trust (repeatable)")
+                   help="OpenPGP keyring (apt), RSA public key (apk) or RPM-GPG-KEY file (rpm) to trust (repeatable)")
     p.add_argument("--mirror", action="append", default=[], metavar="FROM=TO",
                    help="rewrite repository URL prefix FROM to TO (repeatable)")
     p.add_argument("--allow-unsigned-repositories", action="store_true",
-                   help="accept repositories whose index is unsigned or not signed by a trusted key")
+                   help="accept repositories whose index is unsigned or not signed by a trusted key (rpm: packages' "
+                   "header signatures too); checksums are still enforced")
     p.add_argument("--cache-dir", help="package and index cache (default ~/.cache/copa)")
     return parser
 
