@@ -19,11 +19,12 @@ from debian import deb822
 
 from copa.errors import IntegrityError, NotFoundError, RegistryError
 from copa.pkg.apt.debs import fetch_deb, fetch_debs
-from copa.pkg.apt.openpgp import Keyring, keyring_for_source, verify_clearsigned, verify_detached
+from copa.pkg.apt.openpgp import keyring_for_source, verify_clearsigned, verify_detached
 from copa.pkg.apt.packages import PackageRecord, RepositoryIndex, load_indexes
 from copa.pkg.apt.sources import AptSource, parse_file
 from copa.pkg.cache import Cache
 from copa.pkg.fetch import Fetcher
+from copa.pkg.openpgp import Keyring
 from tests.support.aptrepo import (
     AptRepo,
     DebSpec,

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from copa.errors import UnsupportedImageError, UsageError
-from copa.pkg.apt.openpgp import Keyring, keyring_for_source, resolve_in_root
+from copa.pkg.apt.openpgp import keyring_for_source, resolve_in_root
 from copa.pkg.apt.sources import AptSource, apply_mirrors, parse_deb822, parse_file, parse_list, parse_repository_line
+from copa.pkg.openpgp import Keyring
 
 DEB822 = """\
 # a comment before the paragraph

@@ -24,10 +24,10 @@ from copa.pkg.rpm.header import Header, installed_header
 from copa.pkg.rpm.rpmfile import BadRpm, RpmContents, RpmHeaders, UnsupportedRpm, read_headers, read_rpm
 from copa.pkg.rpm.signature import (
     BadSignature,
-    RpmKeys,
     UnsignedPackage,
     _verify_as_rpm,
     checker,
+    key_files,
     verify_headers,
 )
 from copa.pkg.rpm.tags import DigestAlgo, FileFlag, Tag
@@ -285,28 +285,28 @@ def test_signature_verifies_as_rpm_says(signed: dict[str, tuple[Path, GpgKey]], 
     path, key = signed[algo]
     other_path, other = signed["ed25519" if algo == "rsa" else "rsa"]
     assert "Signature, key ID" in _rpm_says(path, key, tmp_path) and ": OK" in _rpm_says(path, key, tmp_path)
-    signer = verify_headers(_headers_of(path), RpmKeys.from_files([key.public]))
+    signer = verify_headers(_headers_of(path), key_files([key.public]))
     assert signer.certificate == key.fingerprint.lower()
     # both keys trusted: still the right one
-    both = RpmKeys.from_files([other.public, key.public])
+    both = key_files([other.public, key.public])
     assert verify_headers(_headers_of(path), both).certificate == key.fingerprint.lower()
     # only the other key: rpm says NOKEY, copa refuses
     assert "NOKEY" in _rpm_says(path, other, tmp_path)
     with pytest.raises(BadSignature) as info:
-        verify_headers(_headers_of(path), RpmKeys.from_files([other.public]))
+        verify_headers(_headers_of(path), key_files([other.public]))
     assert path.name in str(info.value) and key.fingerprint[-16:].upper() in str(info.value)
     assert info.value.exit_code == 5
     # read_rpm with the check: the whole package, verified
-    contents = read_rpm(path, tmp_path / "stage", check=checker(RpmKeys.from_files([key.public])))
+    contents = read_rpm(path, tmp_path / "stage", check=checker(key_files([key.public])))
     assert contents.headers.nevra == f"signed-{algo}-1.0-1.noarch"
     with pytest.raises(BadSignature):
-        read_rpm(other_path, tmp_path / "stage2", check=checker(RpmKeys.from_files([key.public])))
+        read_rpm(other_path, tmp_path / "stage2", check=checker(key_files([key.public])))
 
 
 def test_unsigned_and_tampered_signatures(signed: dict[str, tuple[Path, GpgKey]], packages: dict[str, Path],
                                           tmp_path: Path) -> None:
     path, key = signed["rsa"]
-    keys = RpmKeys.from_files([key.public])
+    keys = key_files([key.public])
     with pytest.raises(UnsignedPackage) as info:
         verify_headers(_headers_of(packages["gzip"]), keys)
     assert "not signed" in str(info.value) and info.value.exit_code == 5
@@ -331,12 +331,12 @@ def test_unsigned_and_tampered_signatures(signed: dict[str, tuple[Path, GpgKey]]
 def test_key_files(tmp_path: Path, signed: dict[str, tuple[Path, GpgKey]]) -> None:
     both = tmp_path / "both.asc"
     both.write_bytes(signed["rsa"][1].public.read_bytes() + signed["ed25519"][1].public.read_bytes())
-    assert len(RpmKeys.from_files([both]).certs) == 2
+    assert len(key_files([both]).certs) == 2
     (tmp_path / "junk").write_bytes(b"not a key")
     with pytest.raises(IntegrityError):
-        RpmKeys.from_files([tmp_path / "junk"])
+        key_files([tmp_path / "junk"])
     with pytest.raises(LocalIOError):
-        RpmKeys.from_files([tmp_path / "missing"])
+        key_files([tmp_path / "missing"])
 
 
 @pytest.mark.slow
@@ -414,7 +414,7 @@ def test_rpm_upstream_test_packages(tmp_path: Path) -> None:
     signatures in the signature header): read as rpm reads them, the corrupted one refused, source packages
     unsupported, the signed one verified with rpm's test key, and each installed header equal to rpm's."""
     data = upstream_test_data()
-    key = RpmKeys.from_files([data / "keys/rpm.org-rsa-2048-test.pub"])
+    key = key_files([data / "keys/rpm.org-rsa-2048-test.pub"])
     for path in sorted((data / "SRPMS").glob("*.rpm")):
         with pytest.raises(UnsupportedRpm, match="source package"):
             read_rpm(path, tmp_path / "stage")
@@ -451,7 +451,7 @@ def test_key_self_signed_with_sha1_is_accepted_as_rpm_accepts_it(tmp_path: Path)
     path = build_rpm(RpmSpec("oldkey", "1", "1", files=(RpmFile("/o", b"o"),)), tmp_path)
     sign_rpms([path], key)
     assert "Signature, key ID" in _rpm_says(path, key, tmp_path) and ": OK" in _rpm_says(path, key, tmp_path)
-    keys = RpmKeys.from_files([key.public])
+    keys = key_files([key.public])
     assert verify_headers(_headers_of(path), keys).certificate == key.fingerprint.lower()
     resealed = _reseal(path, tmp_path / "resealed.rpm", b"copa test package", b"copa test packagf")
     with pytest.raises(BadSignature):
@@ -465,8 +465,8 @@ def test_rpm_style_check_alone(signed: dict[str, tuple[Path, GpgKey]], algo: str
     headers = _headers_of(path)
     packet = headers.signature.bin(Tag.RSAHEADER) or headers.signature.bin(Tag.DSAHEADER)
     assert packet is not None
-    mine = list(RpmKeys.from_files([key.public]).certs)
-    other = list(RpmKeys.from_files([signed["ed25519" if algo == "rsa" else "rsa"][1].public]).certs)
+    mine = list(key_files([key.public]).certs)
+    other = list(key_files([signed["ed25519" if algo == "rsa" else "rsa"][1].public]).certs)
     found = _verify_as_rpm(packet, headers.header_bytes, mine)
     assert found is not None and found.certificate == key.fingerprint.lower()
     assert _verify_as_rpm(packet, headers.header_bytes, other) is None

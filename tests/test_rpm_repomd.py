@@ -18,9 +18,9 @@ import pytest
 import zstandard
 
 from copa.errors import IntegrityError
-from copa.pkg.apt.openpgp import Keyring
 from copa.pkg.cache import Cache
 from copa.pkg.fetch import Fetcher, FetchItem
+from copa.pkg.openpgp import Keyring
 from copa.pkg.rpm.modules import (
     ModuleState,
     build_filter,

@@ -1,7 +1,7 @@
 """Reading APT repositories: sources, signed Release files, Packages indexes, cached .deb downloads."""
 
 from copa.pkg.apt.debs import fetch_deb, fetch_debs
-from copa.pkg.apt.openpgp import Keyring, keyring_for_source, verify_clearsigned, verify_detached
+from copa.pkg.apt.openpgp import keyring_for_source, verify_clearsigned, verify_detached
 from copa.pkg.apt.packages import LoadedSource, PackageRecord, RepositoryIndex, fetch_release, load_indexes
 from copa.pkg.apt.release import IndexFile, Release
 from copa.pkg.apt.sources import (
@@ -16,7 +16,6 @@ from copa.pkg.apt.sources import (
 __all__ = [
     "AptSource",
     "IndexFile",
-    "Keyring",
     "LoadedSource",
     "PackageRecord",
     "Release",

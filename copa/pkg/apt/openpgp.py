@@ -8,17 +8,17 @@ ever returned, so nothing outside the signature can reach the Release parser.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pysequoia
 from pysequoia.packet import PacketPile
 
-from copa.errors import IntegrityError, LocalIOError
+from copa.errors import IntegrityError
 from copa.oci.rootfs import resolve_path
 from copa.pkg.apt.sources import AptSource
+from copa.pkg.openpgp import Keyring
+from copa.pkg.openpgp import first_line as _first_line
 
 # The CLI owner may re-word this; it is appended to every signature failure.
 KEYRING_HINT = (
@@ -30,51 +30,6 @@ _SIG_END = b"-----END PGP SIGNATURE-----"
 _FPR_RE = re.compile(r"^(?:0x)?([0-9A-Fa-f]{16}|[0-9A-Fa-f]{40}|[0-9A-Fa-f]{64})!?$")
 _DEFAULT_TRUSTED = ("etc/apt/trusted.gpg",)
 _DEFAULT_TRUSTED_DIR = "etc/apt/trusted.gpg.d"
-
-
-@dataclass(frozen=True, slots=True)
-class Keyring:
-    """A set of OpenPGP certificates (pysequoia.Cert) we trust for some repository."""
-
-    certs: tuple[Any, ...]
-    description: str
-
-    @classmethod
-    def from_bytes(cls, data: bytes, description: str) -> Keyring:
-        try:
-            certs = tuple(pysequoia.Cert.split_bytes(data))
-        except Exception as e:  # pysequoia raises plain Exception subclasses for any parse failure
-            raise IntegrityError(f"keyring {description} is not a valid OpenPGP keyring ({_first_line(e)})") from e
-        return cls(certs, description)
-
-    @classmethod
-    def from_file(cls, path: Path) -> Keyring:
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise LocalIOError(f"cannot read keyring {path}: {e.strerror}; check the path") from e
-        return cls.from_bytes(data, str(path))
-
-    @classmethod
-    def merge(cls, keyrings: Iterable[Keyring]) -> Keyring:
-        rings = list(keyrings)
-        certs = tuple(c for k in rings for c in k.certs)
-        return cls(certs, ", ".join(k.description for k in rings if k.certs) or "(empty keyring)")
-
-    def restricted_to(self, fingerprints: Sequence[str]) -> Keyring:
-        """Only the certificates whose primary fingerprint ends with one of `fingerprints` (key IDs allowed)."""
-        wanted = [f.lower().removeprefix("0x").rstrip("!") for f in fingerprints]
-        certs = tuple(c for c in self.certs if any(str(c.fingerprint).lower().endswith(w) for w in wanted))
-        return Keyring(certs, f"{self.description} restricted to {' '.join(fingerprints)}")
-
-    @property
-    def fingerprints(self) -> tuple[str, ...]:
-        return tuple(str(c.fingerprint) for c in self.certs)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _verify_with(keyring: Keyring, data: bytes, signature: Any | None) -> Any:

@@ -25,10 +25,11 @@ from isal import igzip
 
 from copa.errors import CopaError, IntegrityError, NotFoundError
 from copa.oci.image import CORRUPT_STREAM
-from copa.pkg.apt.openpgp import Keyring, unverified_cleartext, verify_clearsigned, verify_detached
+from copa.pkg.apt.openpgp import unverified_cleartext, verify_clearsigned, verify_detached
 from copa.pkg.apt.release import IndexFile, Release, ReleaseInfo
 from copa.pkg.apt.sources import AptSource
 from copa.pkg.fetch import Fetcher, FetchItem, default_fetcher
+from copa.pkg.openpgp import Keyring
 
 log = logging.getLogger(__name__)
 

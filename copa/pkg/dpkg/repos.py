@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from copa.errors import LocalIOError, ResolutionError, UsageError
-from copa.pkg.apt.openpgp import Keyring, keyring_for_source
+from copa.pkg.apt.openpgp import keyring_for_source
 from copa.pkg.apt.packages import PackageRecord, RepositoryIndex, load_indexes
 from copa.pkg.apt.preferences import PREFERENCES, PREFERENCES_DIR, Preferences
 from copa.pkg.apt.sources import AptSource, apply_mirrors, parse_file, parse_repository_line
 from copa.pkg.base import ImageContext, RepositoryOptions
 from copa.pkg.fetch import fetcher_for
+from copa.pkg.openpgp import Keyring
 
 if TYPE_CHECKING:  # only annotations: the resolver (and networkx under it) loads with the adapter, not here
     from copa.pkg.dpkg.plan import Candidate, Installed

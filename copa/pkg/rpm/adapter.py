@@ -32,6 +32,7 @@ from copa.pkg.base import (
 from copa.pkg.effects import apply
 from copa.pkg.effects import note as effects_note
 from copa.pkg.fetch import FetchItem, fetcher_for
+from copa.pkg.openpgp import Keyring
 from copa.pkg.rpm.deps import EQUAL, Dep, overlaps
 from copa.pkg.rpm.header import Header, installed_header
 from copa.pkg.rpm.install import LayerPlan, effects_package, install_package, other_owned, owned_files
@@ -53,7 +54,7 @@ from copa.pkg.rpm.repomd import RepoIndex, RpmPackage, load_repository
 from copa.pkg.rpm.repos import RepoSetup, RpmRepository, Tree, read_setup, repository_keyring
 from copa.pkg.rpm.rpmdb.installed import RpmDatabase, read_database
 from copa.pkg.rpm.rpmfile import RpmContents, read_rpm
-from copa.pkg.rpm.signature import RpmKeys, checker
+from copa.pkg.rpm.signature import checker
 from copa.pkg.rpm.tags import Tag
 from copa.pkg.rpm.version import compare_versions, rpmvercmp
 from copa.report.model import Report
@@ -342,7 +343,7 @@ def _download_and_read(ctx: ImageContext, repos: _Repositories, chosen: Sequence
             raise IntegrityError(f"{pkg.nevra}: the repository names a {pkg.checksum.type} checksum; copa verifies "
                                  "packages by sha256 only")
         items.append(FetchItem(url=pkg.url, sha256=pkg.checksum.value, size=pkg.size, what=f"{pkg.nevra}.rpm"))
-    keys: dict[str, RpmKeys | None] = {}
+    keys: dict[str, Keyring | None] = {}
 
     def check_for(c: Chosen) -> object:
         assert isinstance(c.record, Candidate)
@@ -351,7 +352,7 @@ def _download_and_read(ctx: ImageContext, repos: _Repositories, chosen: Sequence
             keys[repo.id] = None
             if repo.gpgcheck:
                 ring = repository_keyring(repo, repos.tree, ctx.repos, fetcher)
-                keys[repo.id] = RpmKeys(ring.certs, ring.description)
+                keys[repo.id] = ring
         found = keys[repo.id]
         return checker(found) if found is not None else None
 

@@ -33,9 +33,9 @@ from isal import igzip
 from pysequoia.packet import PacketPile
 
 from copa.errors import CopaError, IntegrityError, NotFoundError, RegistryError
-from copa.pkg.apt.openpgp import Keyring
 from copa.pkg.cache import Cache
 from copa.pkg.fetch import Fetcher, FetchItem
+from copa.pkg.openpgp import Keyring
 from copa.pkg.rpm.deps import EQUAL, GREATER, LESS, Dep
 from copa.pkg.rpm.repos import RpmRepository, expand, mirror_url
 

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
 from copa.errors import IntegrityError, LocalIOError, NotFoundError, UsageError
-from copa.pkg.apt.openpgp import Keyring
 from copa.pkg.base import OSRelease, RepositoryOptions
 from copa.pkg.fetch import Fetcher
+from copa.pkg.openpgp import Keyring
 from copa.pkg.rpm.deps import EQUAL, Dep
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from pysequoia.packet import PacketPile
 
-from copa.errors import IntegrityError, LocalIOError
+from copa.errors import IntegrityError
+from copa.pkg.openpgp import Keyring
 from copa.pkg.rpm.rpmfile import HeaderCheck, RpmHeaders
 from copa.pkg.rpm.tags import Tag
 
@@ -52,40 +53,16 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-@dataclass(frozen=True, slots=True)
-class RpmKeys:
-    """The OpenPGP certificates (pysequoia.Cert) trusted to sign packages."""
-
-    certs: tuple[Any, ...]
-    description: str
-
-    @classmethod
-    def from_bytes(cls, data: bytes, description: str) -> RpmKeys:
-        """Armored or binary, one key or several (some RPM-GPG-KEY files hold more than one)."""
-        try:
-            certs = tuple(pysequoia.Cert.split_bytes(data))
-        except Exception as e:  # pysequoia raises plain exceptions for any parse failure
-            raise IntegrityError(f"{description} is not an OpenPGP key file ({_first_line(e)})") from None
-        if not certs:
-            raise IntegrityError(f"{description} holds no OpenPGP key")
-        return cls(certs, description)
-
-    @classmethod
-    def from_files(cls, paths: Iterable[Path]) -> RpmKeys:
-        certs: list[Any] = []
-        names: list[str] = []
-        for path in paths:
-            try:
-                data = path.read_bytes()
-            except OSError as e:
-                raise LocalIOError(f"cannot read key file {path}: {e.strerror or e}; check the path") from None
-            certs += cls.from_bytes(data, str(path)).certs
-            names.append(str(path))
-        return cls(tuple(certs), ", ".join(names) or "(no keys)")
-
-    @property
-    def fingerprints(self) -> tuple[str, ...]:
-        return tuple(str(c.fingerprint).lower() for c in self.certs)
+def key_files(paths: Iterable[Path]) -> Keyring:
+    """The keys of RPM-GPG-KEY files (armored or binary, one key or several each); a file holding no key is an
+    error, as it would leave nothing to verify with."""
+    rings = []
+    for path in paths:
+        ring = Keyring.from_file(path)
+        if not ring.certs:
+            raise IntegrityError(f"{path} holds no OpenPGP key")
+        rings.append(ring)
+    return Keyring.merge(rings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +77,7 @@ def header_signatures(headers: RpmHeaders) -> tuple[bytes, ...]:
     return tuple(b for b in (sig.bin(Tag.RSAHEADER), sig.bin(Tag.DSAHEADER)) if b)
 
 
-def verify_headers(headers: RpmHeaders, keys: RpmKeys) -> Signer:
+def verify_headers(headers: RpmHeaders, keys: Keyring) -> Signer:
     """The signer of the package's main header among `keys`; an unsigned package, a signature by a key not in
     `keys`, or one that does not verify raise an IntegrityError naming the package."""
     what = headers.what
@@ -272,7 +249,7 @@ def _check(key: bytes, pk_algo: int, hash_algo: int, value: bytes, signature: by
     return False
 
 
-def checker(keys: RpmKeys) -> HeaderCheck:
+def checker(keys: Keyring) -> HeaderCheck:
     """A header check for rpmfile.read_rpm: the package must be signed by one of `keys`."""
 
     def check(headers: RpmHeaders) -> None:
