@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from copa.oci.layer import Entry, Kind
 from copa.oci.rootfs import View
-from copa.pkg.apk.apkfile import SCRIPT_NAMES, ApkContents, DataFile
+from copa.pkg.apk.apkfile import ApkContents, DataFile
 from copa.pkg.apk.index import ApkRecord, decode_hash
 from copa.pkg.apk.installed import InstalledPackage, format_installed, new_dirs, new_header, replace_packages
 
@@ -275,13 +275,3 @@ def _triggers(plan: LayerPlan, directory: str, result: Sequence[InstalledPackage
     order = [p.field("C") for p in result]
     text = "".join(f"{c} {lines[c]}\n" for c in order if c in lines)
     plan.add(Entry.file(plan.real(path), text.encode(), mtime=plan.mtime))
-
-
-def scripts_note(contents: ApkContents) -> str:
-    busy = [n.lstrip(".") for n in SCRIPT_NAMES if n in contents.scripts]
-    triggers = contents.pkginfo.get("triggers")
-    if triggers:
-        busy.append("trigger on " + " ".join(triggers))
-    return f"{', '.join(busy)} not run" if busy else ""
-
-

@@ -13,7 +13,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import posixpath
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -25,7 +24,6 @@ from copa.pkg.dpkg.debfile import DataFile, DebContents
 from copa.pkg.dpkg.status import StatusEntry, format_entry, merge_status
 
 SCRIPTS = ("preinst", "postinst", "prerm", "postrm", "config")
-_TRIVIAL = re.compile(r"^\s*(#.*|set -e|set -eu|exit 0|)\s*$")
 _DELETED = "deleted"  # stands for the md5 of a conffile that is gone; never equal to a real md5
 
 
@@ -48,19 +46,6 @@ def conffile_paths(contents: DebContents) -> list[str]:
         if parts and "remove-on-upgrade" not in parts[1:]:
             out.append(parts[0])
     return out
-
-
-def scripts_note(contents: DebContents) -> str:
-    """Which maintainer scripts do something beyond boilerplate: those are not run by copa."""
-    busy = []
-    for name in SCRIPTS:
-        script = contents.control_files.get(name)
-        if script is None:
-            continue
-        lines = script.decode("utf-8", "replace").splitlines()
-        if any(not _TRIVIAL.match(line) for line in lines[1:]):
-            busy.append(name)
-    return f"{', '.join(busy)} not run" if busy else ""
 
 
 class LayerPlan:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from copa.oci.layer import Entry, Kind
@@ -449,8 +449,3 @@ def effects_package(new: RpmContents, old: Header | None, installed: Iterable[He
 def _evr(h: Header) -> str:
     epoch = h.integer(Tag.EPOCH)
     return f"{epoch}:" * (epoch is not None) + f"{h.string(Tag.VERSION) or ''}-{h.string(Tag.RELEASE) or ''}"
-
-
-def database_files(entries: Sequence[Entry], plan: LayerPlan) -> None:
-    for e in entries:
-        plan.entries[e.path] = e

@@ -21,7 +21,7 @@ A marking that fails is undone as a whole, and the reported package fails with t
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -511,9 +511,3 @@ def _leaves(dep: Dep) -> list[Dep]:
 def _arch_ok(installed_arch: str, candidate_arch: str) -> bool:
     """An installed package keeps its architecture; a change to or from noarch is an ordinary upgrade."""
     return candidate_arch == installed_arch or NOARCH in (candidate_arch, installed_arch)
-
-
-def unpack_order(chosen: Mapping[Key, Chosen]) -> list[Chosen]:
-    """Stable order for building the layer (rpm orders by dependencies, but no scriptlet runs: order only decides
-    which package's copy of a shared file lands last, and identical shared files make that moot)."""
-    return [chosen[k] for k in sorted(chosen)]
