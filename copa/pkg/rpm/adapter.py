@@ -158,6 +158,10 @@ class _Repositories:
                 variables=setup.variables, mirrors=ctx.repos.mirrors, keep=keep.__contains__))
         self.module_streams: tuple[ModuleStream, ...] = ()
         self.modular = self._modular_filter()
+        # The resolver asks for the same names over and over (every best-candidate check); the wrapped candidates
+        # (their relations parsed once) and a filelists answer are kept per name.
+        self._versions: dict[str, list[Candidate]] = {}
+        self._providers: dict[str, list[Candidate]] = {}
 
     def _modular_filter(self) -> ModularFilter | None:
         """dnf 4's modular filtering (copa/pkg/rpm/modules.py), when some repository lists `modules`: the
@@ -181,13 +185,18 @@ class _Repositories:
                 and (self.modular is None or self.modular.visible(p, repo))]
 
     def versions(self, name: str) -> list[Candidate]:
-        return [c for ix in self.indexes for c in self._wrap(ix, ix.versions(name))]
+        if name not in self._versions:
+            self._versions[name] = [c for ix in self.indexes for c in self._wrap(ix, ix.versions(name))]
+        return self._versions[name]
 
     def providers(self, capability: str) -> list[Candidate]:
-        found = [c for ix in self.indexes for c in self._wrap(ix, ix.providers(capability))]
-        if not found and capability.startswith("/"):
-            found = [c for ix in self.indexes for c in self._wrap(ix, ix.filelist_providers(capability, self.fetcher))]
-        return found
+        if capability not in self._providers:
+            found = [c for ix in self.indexes for c in self._wrap(ix, ix.providers(capability))]
+            if not found and capability.startswith("/"):
+                found = [c for ix in self.indexes
+                         for c in self._wrap(ix, ix.filelist_providers(capability, self.fetcher))]
+            self._providers[capability] = found
+        return self._providers[capability]
 
     def stream_hint(self, name: str, fixed: str) -> str:
         """For a fix modular filtering hid: which module streams ship `name` at `fixed` or newer."""
