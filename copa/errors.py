@@ -10,7 +10,9 @@
     ├── UnsupportedImageError      6  image OS / package manager not supported, or image malformed
     ├── ResolutionError            7  a fixed package cannot be found or installed
     ├── LocalIOError               8  local files (layout, tar, report path) missing or unwritable
-    └── UnsafePathError            5  a package or layer tries to write outside the image root
+    ├── UnsafePathError            5  a package or layer tries to write outside the image root
+    ├── LoaderError                9  --loader: podman or the Docker engine is missing or refused the image
+    └── EndOfLifeError            10  --exit-on-eol: the image's OS release is past its end of life
 
 Messages are one line: what went wrong, and what to do about it.
 """
@@ -67,3 +69,11 @@ class ResolutionError(CopaError):
 
 class LocalIOError(CopaError):
     exit_code = 8
+
+
+class LoaderError(CopaError):
+    exit_code = 9
+
+
+class EndOfLifeError(CopaError):
+    exit_code = 10
