@@ -59,7 +59,17 @@ class PatchOptions:
     push: bool = False
     oci_dir: str | None = None
     output_tar: str | None = None
-    platform: str | None = None
+    platform: str | None = None  # one platform (the library's older spelling of `platforms`)
+    # --platform, each OS/ARCH[/VARIANT]: the platforms of an index to patch (empty: all of them, or the reports')
+    platforms: tuple[str, ...] = ()
+    scanner: str | None = None  # -s: trivy|grype|native (read by content) or a plugin NAME (copa-NAME)
+    vex_output: str | None = None  # -o: write an OpenVEX document of the fixes here
+    attach: bool = False  # --attach: push OpenVEX and an SBOM as OCI referrers of each patched manifest
+    loader: str | None = None  # -l: podman or docker, load the result into that local image store
+    exit_on_eol: bool = False  # --exit-on-eol: refuse an image whose OS release is past its end of life
+    eol_api_url: str = "https://endoflife.date/api"
+    client_cert: str | None = None  # --cert/--key: registry TLS client certificate
+    client_key: str | None = None
     ignore_errors: bool = False
     allow_remove: bool = False
     timeout: float = 300.0
@@ -136,6 +146,8 @@ def _check_report(report: Report, os_release: OSRelease) -> None:
 def _platform(options: PatchOptions, report: Report | None) -> Platform:
     if options.platform:
         return Platform.parse(options.platform)
+    if options.platforms:
+        return Platform.parse(options.platforms[0])
     if report is not None and report.arch:
         # A report may name the variant with the architecture (arm/v7); without one, resolve_platform prefers
         # the variant-less or usual entry over an arbitrary first variant.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,22 +30,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("patch", help="patch an image")
     p.add_argument("-i", "--image", required=True,
                    help="image to patch: REGISTRY/REPO:TAG, oci:DIR[:NAME] or docker-archive:FILE[:REPO:TAG]")
-    p.add_argument("-r", "--report", help="vulnerability report (Trivy JSON or copa v1alpha1)")
+    p.add_argument("-r", "--report", help="vulnerability report file (Trivy or Grype JSON, copa v1alpha1/v1alpha2), "
+                   "or a directory of one report per platform")
+    p.add_argument("-s", "--scanner", help="report format: trivy, grype or native (all recognised by content), or "
+                   "NAME to run the scanner plugin copa-NAME on the report")
     p.add_argument("-t", "--tag", help="tag for the patched image (a bare tag means the source repository)")
     p.add_argument("--tag-suffix", default="patched", help="suffix for the default tag (default: patched)")
-    p.add_argument("--push", action="store_true", help="push the patched image to the registry")
+    p.add_argument("-p", "--push", action="store_true", help="push the patched image to the registry")
     p.add_argument("--oci-dir", help="write the patched image into this OCI layout directory")
     p.add_argument("--output-tar", help="write the patched image as a docker-archive tar")
-    p.add_argument("--platform", help="platform to patch in a multi-platform image, OS/ARCH[/VARIANT] "
-                   "(default: the report's architecture, else linux/amd64)")
+    p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT][,...]",
+                   help="platforms of a multi-platform image to patch (comma-separated, repeatable; default: every "
+                   "platform, or those the reports name)")
+    p.add_argument("-f", "--format", choices=["openvex"], help="format of the -o document (default: openvex)")
+    p.add_argument("-o", "--output", help="write an OpenVEX document of the fixed vulnerabilities to this file")
+    p.add_argument("--attach", action="store_true",
+                   help="push the OpenVEX document and an SBOM as OCI referrers of each patched image (needs --push)")
+    p.add_argument("-l", "--loader", choices=["podman", "docker"],
+                   help="load the patched image into podman's or the Docker engine's local image store")
+    p.add_argument("--progress", default="auto", choices=["auto", "plain", "tty", "quiet", "json"],
+                   help="progress display on stderr (default auto: live bars on a terminal, plain lines otherwise)")
+    p.add_argument("--exit-on-eol", action="store_true",
+                   help="fail (exit 10) when the image's OS release is past its end of life")
+    p.add_argument("--eol-api-url", default="https://endoflife.date/api",
+                   help="endoflife.date-compatible API asked by --exit-on-eol")
     p.add_argument("--ignore-errors", action="store_true", help="skip packages that cannot be fixed")
     p.add_argument("--allow-remove", action="store_true",
                    help="remove installed packages where the package manager would, to settle a conflict "
                    "(without it such an upgrade fails, naming them)")
-    p.add_argument("--timeout", type=float, default=300.0, help="network timeout in seconds (default 300)")
+    p.add_argument("--timeout", type=_duration, default=300.0,
+                   help="network timeout: seconds, or a duration such as 5m or 1m30s (default 5m)")
     p.add_argument("--insecure", action="append", default=[], metavar="REGISTRY",
                    help="speak plain HTTP to this registry (repeatable)")
-    p.add_argument("--ca-bundle", help="CA certificates file for registry TLS")
+    p.add_argument("--ca-bundle", "--cacert", dest="ca_bundle", help="CA certificates file for registry TLS")
+    p.add_argument("--cert", help="TLS client certificate (PEM) for the registry")
+    p.add_argument("--key", help="private key (PEM) of the --cert client certificate")
     p.add_argument("--compression", default="gzip", choices=["gzip", "zstd"], help="patch layer compression")
     p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -60,8 +80,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unsigned-repositories", action="store_true",
                    help="accept repositories whose index is unsigned or not signed by a trusted key (rpm: packages' "
                    "header signatures too); checksums are still enforced")
+    p.add_argument("--repository-auth", metavar="FILE",
+                   help="credentials for package repositories, in apt's auth.conf (netrc) format; never copied into "
+                   "the image")
+    p.add_argument("--repository-cert", metavar="FILE", help="TLS client certificate (PEM) for package repositories")
+    p.add_argument("--repository-key", metavar="FILE", help="private key (PEM) of --repository-cert")
     p.add_argument("--cache-dir", help="package and index cache (default ~/.cache/copa)")
+    # Copacetic's flags that name BuildKit or its language patching: accepted so its pipelines run unchanged.
+    p.add_argument("-a", "--addr", help=argparse.SUPPRESS)
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--pkg-types", default="os", help=argparse.SUPPRESS)
+    p.add_argument("--library-patch-level", help=argparse.SUPPRESS)
+    p.add_argument("--working-folder", help=argparse.SUPPRESS)
     return parser
+
+
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def _duration(text: str) -> float:
+    """Seconds, or a Go-style duration as Copacetic takes it (5m, 1h30m, 90s, 1.5m)."""
+    rest, value = text.strip(), 0.0
+    if re.fullmatch(r"\d+(?:\.\d+)?", rest):
+        value, rest = float(rest), ""
+    while rest:
+        m = re.match(r"(\d+(?:\.\d+)?)(ms|h|m|s)", rest)
+        if m is None:
+            raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use seconds or e.g. 5m, 1m30s")
+        value += float(m.group(1)) * _UNITS[m.group(2)]
+        rest = rest[m.end():]
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: it must be more than zero")
+    return value
+
+
+def _platforms(values: Sequence[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for value in values:
+        out.extend(v.strip() for v in value.split(",") if v.strip())
+    return tuple(dict.fromkeys(out))
 
 
 def _mirrors(values: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -75,6 +132,16 @@ def _mirrors(values: Sequence[str]) -> tuple[tuple[str, str], ...]:
 
 
 def options_from(args: argparse.Namespace) -> PatchOptions:
+    if args.format and not args.output:
+        raise UsageError(f"-f {args.format} needs -o FILE: the file to write the {args.format} document to")
+    if args.attach and not args.push:
+        raise UsageError("--attach pushes referrers of the patched image: it needs --push")
+    if bool(args.cert) != bool(args.key):
+        raise UsageError("--cert and --key go together: pass the client certificate and its private key")
+    if bool(args.repository_cert) != bool(args.repository_key):
+        raise UsageError("--repository-cert and --repository-key go together: pass the certificate and its key")
+    if args.pkg_types.strip() != "os":
+        raise UsageError(f"--pkg-types {args.pkg_types}: copa patches OS packages only; pass --pkg-types os")
     return PatchOptions(
         image=args.image,
         report=args.report,
@@ -83,7 +150,15 @@ def options_from(args: argparse.Namespace) -> PatchOptions:
         push=args.push,
         oci_dir=args.oci_dir,
         output_tar=args.output_tar,
-        platform=args.platform,
+        platforms=_platforms(args.platform),
+        scanner=args.scanner,
+        vex_output=args.output,
+        attach=args.attach,
+        loader=args.loader,
+        exit_on_eol=args.exit_on_eol,
+        eol_api_url=args.eol_api_url,
+        client_cert=args.cert,
+        client_key=args.key,
         ignore_errors=args.ignore_errors,
         allow_remove=args.allow_remove,
         timeout=args.timeout,
@@ -97,6 +172,9 @@ def options_from(args: argparse.Namespace) -> PatchOptions:
             keyrings=tuple(Path(k) for k in args.keyring),
             mirrors=_mirrors(args.mirror),
             allow_unsigned=args.allow_unsigned_repositories,
+            auth_file=Path(args.repository_auth) if args.repository_auth else None,
+            client_cert=Path(args.repository_cert) if args.repository_cert else None,
+            client_key=Path(args.repository_key) if args.repository_key else None,
         ),
         cache_dir=args.cache_dir,
     )

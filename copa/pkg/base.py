@@ -58,6 +58,11 @@ class RepositoryOptions:
     keyrings: tuple[Path, ...] = ()
     mirrors: tuple[tuple[str, str], ...] = ()
     allow_unsigned: bool = False
+    # --repository-auth: netrc-format credentials (apt's auth.conf syntax) for package repositories; read by copa
+    # only, never written into the image. --repository-cert/--repository-key: a TLS client certificate for them.
+    auth_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
 
 
 @dataclass(frozen=True)
