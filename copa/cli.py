@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from copa import __version__
+from copa import __version__, events
 from copa.api import PatchOptions, PatchResult, patch
 from copa.errors import CopaError, UsageError
 from copa.pkg.base import RepositoryOptions
+from copa.progress import Reporter, make_reporter
 
 
 class _Parser(argparse.ArgumentParser):
@@ -229,36 +230,18 @@ def print_summary(result: PatchResult, out: TextIO) -> None:
         print(f"done in {result.seconds:.1f}s", file=out)
 
 
-class _Progress:
-    """Progress on stderr: a terminal gets one overwriting status line; logs get one plain line per step."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._tty = stream.isatty()
-
-    def __call__(self, message: str) -> None:
-        if self._tty:
-            self._stream.write(f"\r\x1b[2K==> {message}")
-            self._stream.flush()
-        else:
-            print(f"copa: {message}", file=self._stream)
-
-    def done(self) -> None:
-        if self._tty:
-            self._stream.write("\r\x1b[2K")
-            self._stream.flush()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    progress = _Progress(sys.stderr)
+    progress = Reporter()  # until the flags are read there is nothing to show
     try:
         args = build_parser().parse_args(argv)
         if args.command != "patch":
             build_parser().print_help()
             return 2
         options = options_from(args)
-        result = patch(options, progress)
-        progress.done()
+        progress = make_reporter(args.progress, sys.stderr)
+        with events.use(progress):
+            result = patch(options, progress)
+        progress.close()
         if args.json:
             json.dump(result_json(result), sys.stdout, indent=2)
             print()
@@ -266,15 +249,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_summary(result, sys.stdout)
         return 0
     except CopaError as e:
-        progress.done()
+        progress.close()
         print(f"copa: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        progress.done()
+        progress.close()
         print("copa: interrupted; nothing was tagged", file=sys.stderr)
         return 130
     except Exception as e:  # a bug: one line by default, the traceback when debugging
-        progress.done()
+        progress.close()
         if os.environ.get("COPA_DEBUG"):
             raise
         print(f"copa: internal error: {type(e).__name__}: {e} (set COPA_DEBUG=1 for a traceback)", file=sys.stderr)

@@ -26,6 +26,7 @@ from typing import BinaryIO, cast
 import zstandard
 from isal import igzip
 
+from copa import events
 from copa.errors import LocalIOError, UnsafePathError, UsageError
 from copa.oci.digest import Digest
 from copa.oci.model import MediaType
@@ -237,7 +238,9 @@ def write_layer(
     tmp = Path(tmp_name)
     gz: _ParallelGzip | None = None
     try:
-        with os.fdopen(fd, "wb") as raw_out:
+        # Progress counts the file contents put into the layer (known up front), compression included in the time.
+        content = sum(e.size for e in ordered if e.kind is Kind.FILE)
+        with os.fdopen(fd, "wb") as raw_out, events.task(events.Kind.LAYER_WRITE, "patch layer", content) as task:
             compressed = _HashingWriter(raw_out)
             sink = cast(BinaryIO, compressed)
             comp_stream: BinaryIO
@@ -258,6 +261,7 @@ def write_layer(
                             raise ValueError(f"file entry {entry.path} has no content")
                         with entry.content() as src:
                             tar.addfile(info, _exact(src, entry.size, entry.path))
+                        task.advance(entry.size)
                     else:
                         tar.addfile(info)
             comp_stream.close()

@@ -20,6 +20,7 @@ from urllib.parse import quote, urljoin
 import requests
 import urllib3.exceptions
 
+from copa import events
 from copa.errors import AuthError, IntegrityError, NotFoundError, RegistryError, UsageError
 from copa.net import describe_connection_error, is_permanent
 from copa.oci.auth import Authenticator, Challenge, parse_www_authenticate, repository_scope
@@ -563,14 +564,14 @@ class _Pusher:
                 raise self.client.fail(resp, self.target, f"upload of blob {desc.digest}")
             return self.location(resp, f"blob {desc.digest}")
 
-    def upload(self, desc: Descriptor, session: str | None) -> None:
+    def upload(self, desc: Descriptor, session: str | None, task: events.Task = events.NO_TASK) -> None:
         # A failed upload session cannot be trusted (part of the body may have landed), so each
         # retry starts over with a fresh session and a fresh read of the blob.
         pending = [session] if session else []
 
         def once() -> None:
             location = pending.pop() if pending else self.start_upload(desc)
-            stream = self.bundle.open_blob(desc)
+            stream = events.counted(self.bundle.open_blob(desc), task.restarted())
             try:
                 if desc.size > self.client.options.chunk_size:
                     location = self.patch_chunks(desc, location, stream)
@@ -637,14 +638,17 @@ def push(client: RegistryClient, target: Reference, bundle: Bundle) -> Digest:
     for desc in bundle.iter_blobs():
         if desc.urls:
             continue  # foreign (non-distributable) layers stay where their urls point
-        if pusher.blob_exists(desc):
-            continue
-        session = None
-        if pusher.mount_from is not None:
-            session = pusher.mount(desc)
-            if session is None:
+        with events.task(events.Kind.PUSH, f"blob {desc.digest.hex[:12]}", desc.size) as task:
+            if pusher.blob_exists(desc):
+                task.done("exists")
                 continue
-        pusher.upload(desc, session)
+            session = None
+            if pusher.mount_from is not None:
+                session = pusher.mount(desc)
+                if session is None:
+                    task.done("mounted")
+                    continue
+            pusher.upload(desc, session, task)
     for child in bundle.children:
         pusher.put_manifest(str(child.digest), child)
     pusher.put_manifest(target.tag or str(root_digest), bundle.root)

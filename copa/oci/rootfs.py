@@ -17,8 +17,9 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from copa import events
 from copa.errors import IntegrityError, UnsafePathError, UnsupportedImageError
-from copa.oci.image import CORRUPT_STREAM, Image
+from copa.oci.image import CORRUPT_STREAM, Image, decompressed
 
 _MAX_LINK_DEPTH = 40
 _MAX_FILE = 256 << 20
@@ -102,7 +103,11 @@ class _Hiding:
 
 def _members(image: Image, index: int) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
     layer = image.layers[index]
-    with image.open_layer_tar(layer) as stream:
+    desc = layer.descriptor
+    # Progress counts the compressed bytes read (what the descriptor's size measures), so the blob is opened here.
+    label = f"layer {index + 1}/{len(image.layers)} {desc.digest.hex[:12]}"
+    with events.task(events.Kind.LAYER_READ, label, desc.size) as task, \
+            decompressed(events.counted(image.source.open_blob(desc), task), desc.media_type) as stream:
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 for member in tar:

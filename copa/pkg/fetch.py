@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlparse
 import requests
 import urllib3.exceptions
 
+from copa import events
 from copa.errors import LocalIOError, NotFoundError, RegistryError
 from copa.net import describe_connection_error, is_permanent
 from copa.pkg.cache import Cache
@@ -72,6 +73,8 @@ class Fetcher:
         self.workers = workers
         self._session = session
         self._lock = threading.Lock()
+        # Downloads report progress in the scope (platform) the fetcher was made for, also from pool threads.
+        self.scope = events.current_scope()
 
     @property
     def session(self) -> requests.Session:
@@ -148,16 +151,19 @@ class Fetcher:
                 raise RegistryError(f"{what}: {url} is larger than {limit} bytes; refusing it")
             return data
 
-        return self._with_retries(url, what, consume)
+        name = url.rsplit("/", 1)[-1]
+        label = what if what.endswith(name) else f"{what}: {name}"
+        with events.task(events.Kind.DOWNLOAD, label, None, scope=self.scope) as task:
+            return self._with_retries(url, what, lambda s: consume(events.counted(s, task.restarted())))
 
     def fetch(self, item: FetchItem) -> Path:
         """The verified cached file for `item`, downloading it only if the cache does not hold it."""
         hit = self.cache.lookup(item.sha256, item.size)
         if hit is not None:
             return hit
-        return self._with_retries(
-            item.url, item.what, lambda s: self.cache.store_stream(s, item.sha256, item.size, item.what)
-        )
+        with events.task(events.Kind.DOWNLOAD, item.what, item.size, scope=self.scope) as task:
+            return self._with_retries(item.url, item.what, lambda s: self.cache.store_stream(
+                events.counted(s, task.restarted()), item.sha256, item.size, item.what))
 
     def fetch_all(self, items: Sequence[FetchItem]) -> list[Path]:
         """Fetch in parallel; the first failure (in item order) is raised after all workers finish."""
