@@ -1,42 +1,105 @@
-"""Read a scanner report file and recognise its format by content."""
+"""Read a scanner report file and recognise its format by content, or run the scanner plugin `-s` names.
+
+`-s` (scanner) semantics:
+- None (no -s): any format copa reads, recognised by content: Trivy JSON, Grype JSON, a v1alpha1/v1alpha2 manifest.
+- "trivy", "grype", "native": the file must be that format (native: v1alpha1/v1alpha2); another known format is
+  named in the error with the -s value that reads it. So `-s trivy` with a Trivy report, Copacetic's default,
+  reads it as before.
+- any other NAME: the plugin `copa-NAME REPORT` runs and its stdout must be a v1alpha1/v1alpha2 manifest
+  (copa.report.plugin).
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from copa.errors import ReportError
+from copa.report.grype import is_grype, parse_grype
 from copa.report.model import Report
 from copa.report.native import is_native, parse_native
+from copa.report.plugin import BUILTIN_SCANNERS, DEFAULT_TIMEOUT, executable_name, run_plugin
 from copa.report.trivy import is_trivy, parse_trivy
 
 # Reports are a few MB at most; refuse something absurd before json.loads holds it all.
 MAX_REPORT_BYTES = 256 * 1024 * 1024
 
+# format key -> (how errors name it, the -s value that reads it)
+_FORMATS = {
+    "trivy": ("Trivy JSON", "trivy"),
+    "grype": ("Grype JSON", "grype"),
+    "native": ("a copa/Copacetic v1alpha1/v1alpha2 manifest", "native"),
+}
 
-def load_report(path: str | Path) -> Report:
-    """The report at `path` (Trivy JSON or a copa v1alpha1/v1alpha2 manifest). Errors are ReportError."""
+
+def load_report(path: str | Path, scanner: str | None = None, *, plugin_timeout: float = DEFAULT_TIMEOUT) -> Report:
+    """The report at `path`, read as `scanner` says (see the module doc). Errors are ReportError (UsageError for a
+    scanner name that cannot name a plugin)."""
     p = Path(path)
     source = str(path)
+    if scanner is not None and scanner not in BUILTIN_SCANNERS:
+        executable_name(scanner)  # a bad name is a usage error before the file is even looked at
+        _check_file(p, source)
+        return _from_plugin(scanner, p, source, plugin_timeout)
+    return parse_report(_read(p, source), source, scanner)
+
+
+def _check_file(p: Path, source: str) -> None:
     try:
         if p.is_dir():
             raise ReportError(f"{source}: is a directory, not a report file")
+        p.stat()
+    except FileNotFoundError:
+        raise ReportError(f"{source}: report file does not exist") from None
+    except OSError as e:
+        raise ReportError(f"{source}: cannot read report file: {e.strerror or e}") from None
+
+
+def _read(p: Path, source: str) -> bytes:
+    try:
+        _check_file(p, source)
         size = p.stat().st_size
         if size > MAX_REPORT_BYTES:
             raise ReportError(f"{source}: {size} bytes is too big for a scanner report")
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise ReportError(f"{source}: report file does not exist") from None
+        return p.read_bytes()
     except PermissionError:
         raise ReportError(f"{source}: report file is not readable (permission denied)") from None
+    except IsADirectoryError:
+        raise ReportError(f"{source}: is a directory, not a report file") from None
     except OSError as e:
         raise ReportError(f"{source}: cannot read report file: {e.strerror or e}") from None
-    return parse_report(data, source)
 
 
-def parse_report(data: bytes, source: str) -> Report:
-    if not data.strip():
-        raise ReportError(f"{source}: report file is empty: scan the image with `trivy image --format json`")
+def _from_plugin(scanner: str, p: Path, source: str, timeout: float) -> Report:
+    exe = executable_name(scanner)
+    out = run_plugin(scanner, p, timeout)
+    label = f"{exe}'s output for {source}"
+    if not out.strip():
+        raise ReportError(f"{label}: the plugin printed nothing; it must print a v1alpha1/v1alpha2 manifest on stdout")
+    doc = _decode(out, label)
+    kind = detect_format(doc)
+    if kind != "native":
+        what = _FORMATS[kind][0] if kind else "not an update manifest"
+        raise ReportError(f"{label}: {what}: a scanner plugin must print a manifest with apiVersion v1alpha1 or "
+                          f"v1alpha2 (Copacetic's scanner plugin interface); check the plugin")
+    # Errors above name the plugin's output; the report itself is still the user's file.
+    return replace(parse_native(doc, label), source=source)
+
+
+def detect_format(doc: dict[str, Any]) -> str | None:
+    """"trivy", "grype", "native" or None, from the document's top-level keys."""
+    if is_native(doc):
+        return "native"
+    if is_trivy(doc):
+        return "trivy"
+    if is_grype(doc):
+        return "grype"
+    return None
+
+
+def _decode(data: bytes, source: str) -> dict[str, Any]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -49,9 +112,25 @@ def parse_report(data: bytes, source: str) -> Report:
         raise ReportError(f"{source}: JSON is nested too deeply to be a scanner report") from None
     if not isinstance(doc, dict):
         raise ReportError(f"{source}: report must be a JSON object, not {type(doc).__name__}")
-    if is_native(doc):
+    return doc
+
+
+def parse_report(data: bytes, source: str, scanner: str | None = None) -> Report:
+    """The report in `data`; `scanner` None reads any known format, trivy/grype/native only that one."""
+    if not data.strip():
+        raise ReportError(f"{source}: report file is empty: scan the image with `trivy image --format json`")
+    doc = _decode(data, source)
+    kind = detect_format(doc)
+    if kind is None:
+        raise ReportError(f"{source}: unknown report format: expected Trivy JSON (SchemaVersion 2), Grype JSON "
+                          f"(`grype IMAGE -o json`) or a copa manifest (apiVersion v1alpha1/v1alpha2)")
+    if scanner is not None and kind != scanner:
+        wanted = _FORMATS[scanner][0] if scanner in _FORMATS else scanner
+        found, reads_it = _FORMATS[kind]
+        raise ReportError(f"{source}: is {found}, but -s {scanner} expects {wanted}: pass -s {reads_it}, "
+                          f"or leave -s out to read any known format")
+    if kind == "native":
         return parse_native(doc, source)
-    if is_trivy(doc):
+    if kind == "trivy":
         return parse_trivy(doc, source)
-    raise ReportError(f"{source}: unknown report format: expected Trivy JSON (SchemaVersion 2) "
-                      f"or a copa manifest (apiVersion v1alpha1/v1alpha2)")
+    return parse_grype(doc, source)

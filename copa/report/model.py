@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from copa.errors import CopaError, ReportError
+from copa.oci.model import Platform
+from copa.report.platform import normalise_platform
 
 Compare = Callable[[str, str], int]
 
@@ -42,17 +44,25 @@ class ReportedPackage:
 @dataclass(frozen=True, slots=True)
 class Report:
     source: str  # path of the report file
-    format: str  # "trivy" | "v1alpha1" | "v1alpha2"
+    format: str  # "trivy" | "grype" | "v1alpha1" | "v1alpha2" (a scanner plugin's output is one of the last two)
     os: OSInfo
-    arch: str | None
+    arch: str | None  # as the report writes it (Trivy ImageConfig.architecture, Grype source.target.architecture...)
     packages: tuple[ReportedPackage, ...]  # sorted by name; each with a fixed_version
     # Vulnerabilities without a fix, per package (fixed_version None). They are counted and skipped; a
     # package can be in both lists when only some of its vulnerabilities are fixed.
     unfixed: tuple[ReportedPackage, ...]
+    variant: str | None = None  # the architecture variant as the report writes it ("v8", "v7"), if it names one
+    image_os: str | None = None  # the image config's os ("linux") when the report carries it
 
     @property
     def unfixed_count(self) -> int:
         return sum(len(p.vulnerability_ids) for p in self.unfixed)
+
+    @property
+    def platform(self) -> Platform | None:
+        """The OCI platform the report was made for (os defaults to linux; x86_64 -> amd64, aarch64 -> arm64,
+        arm64's v8 dropped), or None when the report names no architecture. Match it with Platform.matches."""
+        return normalise_platform(self.arch, self.variant, self.image_os)
 
 
 @dataclass(frozen=True, slots=True)

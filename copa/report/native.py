@@ -33,6 +33,9 @@ def parse_native(doc: dict[str, Any], source: str) -> Report:
     version = field(os_meta, "version", str, source, "metadata.os", required=False) or ""
     config = field(metadata, "config", dict, source, "metadata", required=False)
     arch = (field(config, "arch", str, source, "metadata.config", required=False) or None) if config else None
+    # v1alpha2 added config.variant; a v1alpha1 document may carry it too (plugins written for both), so read it
+    # whenever it is there.
+    variant = (field(config, "variant", str, source, "metadata.config", required=False) or None) if config else None
 
     key = API_VERSIONS[api]
     findings: list[Finding] = []
@@ -51,7 +54,7 @@ def parse_native(doc: dict[str, Any], source: str) -> Report:
     # An update without a vulnerability ID is still an update; keep no empty IDs in the lists.
     packages = tuple(_drop_empty_ids(p) for p in packages)
     unfixed = tuple(_drop_empty_ids(p) for p in unfixed)
-    return Report(source, api, os_info, arch, packages, unfixed)
+    return Report(source, api, os_info, arch, packages, unfixed, variant=variant)
 
 
 def _drop_empty_ids(p: ReportedPackage) -> ReportedPackage:

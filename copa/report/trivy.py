@@ -29,10 +29,13 @@ def parse_trivy(doc: dict[str, Any], source: str) -> Report:
     if not family:
         raise ReportError(f"{source}: {_NO_OS}")
     version = field(os_meta, "Name", str, source, "Metadata.OS", required=False) or ""
-    arch = None
+    arch = variant = image_os = None
+    # ImageConfig is the image's config as go-containerregistry's v1.ConfigFile spells it (architecture, variant, os).
     config = field(metadata, "ImageConfig", dict, source, "Metadata", required=False) if metadata else None
     if config:
         arch = field(config, "architecture", str, source, "Metadata.ImageConfig", required=False) or None
+        variant = field(config, "variant", str, source, "Metadata.ImageConfig", required=False) or None
+        image_os = field(config, "os", str, source, "Metadata.ImageConfig", required=False) or None
 
     findings: list[Finding] = []
     results = field(doc, "Results", list, source, "", required=False) or []
@@ -59,4 +62,4 @@ def parse_trivy(doc: dict[str, Any], source: str) -> Report:
             findings.append(Finding(name, installed, fixed, vuln_id))
     os_info = OSInfo(family.lower(), version)
     packages, unfixed = build_packages(findings, comparator_for(os_info.family), source)
-    return Report(source, "trivy", os_info, arch, packages, unfixed)
+    return Report(source, "trivy", os_info, arch, packages, unfixed, variant=variant, image_os=image_os)
