@@ -50,3 +50,20 @@ def describe_connection_error(e: BaseException) -> str:
     if "reset" in text or "aborted" in text or "remote end closed" in text or "remotedisconnected" in text:
         return "connection dropped"
     return type(e).__name__
+
+
+def redact(url: str) -> str:
+    """A URL fit for a message: `user:pass@` removed (repository URLs may carry credentials, apt's and apk's
+    syntax allow it), so no error or progress line ever shows a password."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = len(rest)
+    for stop in "/?#":
+        i = rest.find(stop)
+        if 0 <= i < end:
+            end = i
+    netloc = rest[:end]
+    if "@" not in netloc:
+        return url
+    return f"{scheme}://{netloc.rpartition('@')[2]}{rest[end:]}"

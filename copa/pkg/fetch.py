@@ -16,18 +16,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urljoin, urlparse
 
 import requests
 import urllib3.exceptions
 
 from copa import events
 from copa.errors import LocalIOError, NotFoundError, RegistryError
-from copa.net import describe_connection_error, is_permanent
+from copa.net import describe_connection_error, is_permanent, redact
 from copa.pkg.cache import Cache
+from copa.pkg.repoauth import RepoAuth, strip_userinfo, user_auth
 
 if TYPE_CHECKING:
-    from copa.pkg.base import ImageContext
+    from copa.pkg.base import ImageContext, RepositoryOptions
 
 T = TypeVar("T")
 
@@ -39,6 +40,7 @@ _TRANSIENT = (
     urllib3.exceptions.ProtocolError,
     urllib3.exceptions.ReadTimeoutError,
 )
+_MAX_REDIRECTS = 10  # as apt's http method
 
 
 class _Retryable(Exception):
@@ -64,6 +66,7 @@ class Fetcher:
         backoff: float = 0.5,
         workers: int = 6,
         verify: bool | str = True,
+        auth: RepoAuth | None = None,
     ) -> None:
         self.cache = cache if cache is not None else Cache()
         self.timeout = timeout
@@ -75,6 +78,35 @@ class Fetcher:
         self._lock = threading.Lock()
         # Downloads report progress in the scope (platform) the fetcher was made for, also from pool threads.
         self.scope = events.current_scope()
+        # Logins and client certificates, looked up per request URL (never set on the session: a session-wide
+        # login would be sent to every host, and to wherever a redirect points).
+        self.auth = auth if auth is not None else RepoAuth()
+
+    def with_auth(self, more: RepoAuth) -> Fetcher:
+        """This fetcher (same cache, settings and connections) consulting `more` after its own credentials."""
+        if not more:
+            return self
+        twin = Fetcher(self.cache, session=self.session, timeout=self.timeout, retries=self.retries,
+                       backoff=self.backoff, workers=self.workers, verify=self.verify, auth=self.auth.then(more))
+        return twin
+
+    def _get(self, url: str, what: str) -> tuple[requests.Response, bool]:
+        """The response for `url`, following redirects here so that each hop gets the login and certificate of
+        its own URL (as apt looks auth.conf up again for a redirect target); and whether a login was sent."""
+        for _ in range(_MAX_REDIRECTS + 1):
+            login = self.auth.login_for(url)
+            bare, _userinfo = strip_userinfo(url)
+            resp = self.session.get(
+                bare, stream=True, timeout=self.timeout, allow_redirects=False,
+                auth=(login.user, login.password) if login is not None else None,
+                cert=self.auth.cert_for(bare), verify=self.auth.ca_for(bare) or self.verify,
+            )
+            if not resp.is_redirect:
+                return resp, login is not None
+            url = urljoin(bare, resp.headers["location"])
+            resp.close()
+        raise RegistryError(f"{what}: more than {_MAX_REDIRECTS} redirects from {redact(url)}; "
+                            "check the repository URL")
 
     @property
     def session(self) -> requests.Session:
@@ -108,22 +140,26 @@ class Fetcher:
         if parsed.scheme not in ("http", "https"):
             raise RegistryError(f"{what}: unsupported URL scheme in {url}; use http, https or file")
         try:
-            resp = self.session.get(url, stream=True, timeout=self.timeout, allow_redirects=True)
+            resp, sent_login = self._get(url, what)
         except _TRANSIENT as e:
             if is_permanent(e):
                 hint = "pass --ca-bundle for a private CA" if isinstance(e, requests.exceptions.SSLError) \
                     else "check the repository URL"
-                raise RegistryError(f"{what}: cannot fetch {url}: {describe_connection_error(e)}; {hint}") from None
+                raise RegistryError(f"{what}: cannot fetch {redact(url)}: {describe_connection_error(e)}; {hint}") \
+                    from None
             raise _Retryable(f"{describe_connection_error(e)}: {e}") from e
         except requests.RequestException as e:
-            raise RegistryError(f"{what}: request to {url} failed: {e}") from e
+            raise RegistryError(f"{what}: request to {redact(url)} failed: {type(e).__name__}") from None
         with resp:
             if resp.status_code in _RETRY_STATUS:
                 raise _Retryable(f"HTTP {resp.status_code}")
             if resp.status_code in (404, 410):
-                raise NotFoundError(f"{what}: {url} not found (HTTP {resp.status_code}); check the repository URL")
+                raise NotFoundError(
+                    f"{what}: {redact(url)} not found (HTTP {resp.status_code}); check the repository URL")
+            if resp.status_code in (401, 403):
+                raise RegistryError(_refused(what, url, resp.status_code, sent_login))
             if resp.status_code != 200:
-                raise RegistryError(f"{what}: {url} returned HTTP {resp.status_code}")
+                raise RegistryError(f"{what}: {redact(url)} returned HTTP {resp.status_code}")
             # The raw stream: bytes exactly as stored on the server (no transparent decompression).
             yield resp.raw  # type: ignore[misc]
 
@@ -140,7 +176,8 @@ class Fetcher:
             if attempt < self.retries:
                 time.sleep(delay)
                 delay *= 2
-        raise RegistryError(f"{what}: {url} failed after {self.retries} attempts ({reason}); check the network")
+        raise RegistryError(
+            f"{what}: {redact(url)} failed after {self.retries} attempts ({reason}); check the network")
 
     def get_bytes(self, url: str, what: str, limit: int = 64 << 20) -> bytes:
         """A small document (InRelease, Release.gpg) read whole, refusing anything absurdly large."""
@@ -148,7 +185,7 @@ class Fetcher:
         def consume(stream: BinaryIO) -> bytes:
             data = stream.read(limit + 1)
             if len(data) > limit:
-                raise RegistryError(f"{what}: {url} is larger than {limit} bytes; refusing it")
+                raise RegistryError(f"{what}: {redact(url)} is larger than {limit} bytes; refusing it")
             return data
 
         name = url.rsplit("/", 1)[-1]
@@ -186,10 +223,23 @@ def default_fetcher() -> Fetcher:
         return _default
 
 
-def fetcher_for(ctx: ImageContext) -> Fetcher:
-    """The fetcher a patch run uses: the user's cache directory, --timeout and --ca-bundle."""
-    return make_fetcher(ctx.cache_dir, ctx.timeout, ctx.ca_bundle)
+def fetcher_for(ctx: ImageContext, image_auth: RepoAuth | None = None) -> Fetcher:
+    """The fetcher a patch run uses: the user's cache directory, --timeout and --ca-bundle, the user's repository
+    credentials (--repository-auth, --repository-cert/-key) and after them `image_auth`, what the image's own
+    package manager configuration holds (its adapter reads it)."""
+    fetcher = make_fetcher(ctx.cache_dir, ctx.timeout, ctx.ca_bundle, ctx.repos)
+    return fetcher.with_auth(image_auth) if image_auth is not None else fetcher
 
 
-def make_fetcher(cache_dir: Path | None, timeout: float, ca_bundle: str | None) -> Fetcher:
-    return Fetcher(Cache(cache_dir) if cache_dir else None, timeout=timeout, verify=ca_bundle or True)
+def make_fetcher(cache_dir: Path | None, timeout: float, ca_bundle: str | None,
+                 repos: RepositoryOptions | None = None) -> Fetcher:
+    auth = user_auth(repos) if repos is not None else None
+    return Fetcher(Cache(cache_dir) if cache_dir else None, timeout=timeout, verify=ca_bundle or True, auth=auth)
+
+
+def _refused(what: str, url: str, status: int, sent_login: bool) -> str:
+    if sent_login:
+        return (f"{what}: {redact(url)} refused the credentials (HTTP {status}); check the login for this "
+                "repository in --repository-auth or the image's configuration")
+    return (f"{what}: {redact(url)} requires credentials (HTTP {status}); pass --repository-auth FILE "
+            "(netrc lines: machine HOST[/PATH] login USER password PASS)")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from copa.errors import CopaError, UnsupportedImageError, UsageError
+from copa.net import redact
 
 _TRUE = frozenset({"yes", "true", "1", "on"})
 _FALSE = frozenset({"no", "false", "0", "off"})
@@ -51,7 +52,7 @@ class AptSource:
 
     @property
     def description(self) -> str:
-        return f"{self.uri} {self.suite}"
+        return f"{redact(self.uri)} {self.suite}"
 
     def __str__(self) -> str:
         return self.description
@@ -68,7 +69,7 @@ def _bool(value: str, what: str, where: str, error: type[CopaError]) -> bool:
 
 def _check_uri(uri: str, where: str, error: type[CopaError]) -> str:
     if not _URI_RE.match(uri):
-        raise error(f"{where}: {uri!r} is not a URI; expected e.g. 'http://host/debian' or 'file:/srv/mirror'")
+        raise error(f"{where}: {redact(uri)!r} is not a URI; expected e.g. 'http://host/debian' or 'file:/srv/mirror'")
     scheme = uri.split(":", 1)[0].lower()
     if scheme not in ("http", "https", "file"):
         raise error(f"{where}: URI scheme {scheme!r} is not supported; use http, https or file")

@@ -27,11 +27,10 @@ from copa.pkg.dpkg.install import (
 )
 from copa.pkg.dpkg.plan import Candidate, Candidates, Chosen, Installed, Removal, Wanted, resolve
 from copa.pkg.dpkg.relations import parse_relations
-from copa.pkg.dpkg.repos import image_policy, load_index
+from copa.pkg.dpkg.repos import apt_fetcher, image_policy, load_index
 from copa.pkg.dpkg.status import StatusEntry, StatusParseError, entry_from_control
 from copa.pkg.dpkg.version import compare_versions
 from copa.pkg.effects import Package, apply, note
-from copa.pkg.fetch import fetcher_for
 from copa.report.model import Report
 
 # apt 2.5.2 began upgrading every installed binary of a source package it upgrades (Debian 12's apt is 2.6)
@@ -258,7 +257,7 @@ def _download_and_read(ctx: ImageContext, records: Sequence[PackageRecord]) -> l
     """Every .deb downloaded (verified against the index) and read, each read starting as soon as its download
     is done, biggest first: decompression (which releases the GIL) runs on every core while the rest download.
     The first failure in record order is raised once every worker has finished."""
-    fetcher = fetcher_for(ctx)
+    fetcher = apt_fetcher(ctx)
     order = sorted(range(len(records)), key=lambda i: -records[i].size)
     with ThreadPoolExecutor(max_workers=fetcher.workers, thread_name_prefix="copa-fetch") as fetch_pool, \
             ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="copa-unpack") as read_pool:

@@ -18,7 +18,7 @@ from copa.pkg.apt.packages import prefetch_indexes
 from copa.pkg.apt.sources import apply_mirrors
 from copa.pkg.base import RepositoryOptions
 from copa.pkg.dpkg.arch import deb_architecture
-from copa.pkg.dpkg.repos import SOURCES_DIR, SOURCES_LIST, sources_in, user_sources
+from copa.pkg.dpkg.repos import SOURCES_DIR, SOURCES_LIST, image_auth, sources_in, user_sources
 from copa.pkg.fetch import Fetcher
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ class IndexPrefetch:
         if not sources:
             return  # not an apt image (or one without sources): nothing to warm up
         sources = apply_mirrors(sources, self._repos.mirrors)
-        self._thread = threading.Thread(target=prefetch_indexes, args=(sources, self._arch, self._fetcher),
+        fetcher = self._fetcher.with_auth(image_auth(captured))
+        self._thread = threading.Thread(target=prefetch_indexes, args=(sources, self._arch, fetcher),
                                         name="copa-prefetch", daemon=True)
         self._thread.start()
 

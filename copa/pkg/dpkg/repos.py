@@ -12,8 +12,9 @@ from copa.pkg.apt.packages import PackageRecord, RepositoryIndex, load_indexes
 from copa.pkg.apt.preferences import PREFERENCES, PREFERENCES_DIR, Preferences
 from copa.pkg.apt.sources import AptSource, apply_mirrors, parse_file, parse_repository_line
 from copa.pkg.base import ImageContext, RepositoryOptions
-from copa.pkg.fetch import fetcher_for
+from copa.pkg.fetch import Fetcher, fetcher_for
 from copa.pkg.openpgp import Keyring
+from copa.pkg.repoauth import APT_AUTH_CONF, APT_AUTH_DIR, RepoAuth, apt_auth_files
 
 if TYPE_CHECKING:  # only annotations: the resolver (and networkx under it) loads with the adapter, not here
     from copa.pkg.dpkg.plan import Candidate, Installed
@@ -91,8 +92,23 @@ def load_index(ctx: ImageContext, architecture: str, keep: Callable[[str], bool]
         root = _image_key_root(ctx, sources)
         keyrings_for = lambda source: keyring_for_source(source, root)  # noqa: E731
 
-    return load_indexes(sources, architecture, keyrings_for, ctx.repos.allow_unsigned, fetcher=fetcher_for(ctx),
+    return load_indexes(sources, architecture, keyrings_for, ctx.repos.allow_unsigned, fetcher=apt_fetcher(ctx),
                         keep=keep)
+
+
+def image_auth(files: Mapping[str, bytes] | None = None, *, ctx: ImageContext | None = None) -> RepoAuth:
+    """The logins of the image's /etc/apt/auth.conf{,.d/*.conf}, from the view or from captured files."""
+    if ctx is not None:
+        return apt_auth_files(ctx.root.read(APT_AUTH_CONF), ctx.root.under(APT_AUTH_DIR))
+    files = files or {}
+    parts = {p: c for p, c in files.items() if p.startswith(APT_AUTH_DIR + "/")}
+    return apt_auth_files(files.get(APT_AUTH_CONF), parts)
+
+
+def apt_fetcher(ctx: ImageContext) -> Fetcher:
+    """The run's fetcher with what apt in the image would log in with: --repository-auth first, then the image's
+    auth.conf files (and a source URL's own user:pass@, which the fetcher takes from the URL)."""
+    return fetcher_for(ctx, image_auth(ctx=ctx))
 
 
 def _existing(paths: tuple[Path, ...]) -> list[Path]:
