@@ -11,9 +11,11 @@ from __future__ import annotations
 import email.utils
 import io
 import random
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote, urljoin
 
@@ -24,6 +26,15 @@ from copa import events
 from copa.errors import AuthError, IntegrityError, NotFoundError, RegistryError, UsageError
 from copa.net import describe_connection_error, is_permanent
 from copa.oci.auth import Authenticator, Challenge, parse_www_authenticate, repository_scope
+from copa.oci.certs import (
+    ClientPair,
+    check_client_pair,
+    client_cert_refusal,
+    default_cert_dirs,
+    host_cert_dir,
+    merged_bundle,
+    read_host_dir,
+)
 from copa.oci.credentials import lookup
 from copa.oci.digest import Digest, verifying
 from copa.oci.image import Bundle
@@ -47,6 +58,10 @@ class RegistryOptions:
     to $REGISTRY_AUTH_FILE, else ~/.docker/config.json. A blob larger than `chunk_size` is uploaded
     in chunks of that size. `retries` is how many times a transient failure is retried, waiting
     `backoff` * 2**attempt seconds (capped at `max_backoff`) unless the registry sends Retry-After.
+
+    `client_cert`/`client_key` (--cert/--key) are presented to every registry. A registry's certs.d directory
+    (`cert_dirs`/`host[:port]`, as skopeo and podman read it; None: copa.oci.certs.default_cert_dirs()) adds its
+    `*.crt` CA files and, unless `client_cert` is given, its `NAME.cert`/`NAME.key` pair.
     """
 
     insecure: frozenset[str] = field(default_factory=frozenset)
@@ -58,6 +73,9 @@ class RegistryOptions:
     max_backoff: float = 30.0
     chunk_size: int = 32 << 20
     user_agent: str = "copa/0.1"
+    client_cert: str | None = None
+    client_key: str | None = None
+    cert_dirs: tuple[str, ...] | None = None
 
 
 class _Transient(RegistryError):
@@ -101,9 +119,18 @@ class RegistryClient:
         self.session = requests.Session()
         self.session.headers["User-Agent"] = self.options.user_agent
         self._auth: dict[str, Authenticator] = {}
+        # Checked now: a wrong --cert/--key is a usage error, not a failed handshake later.
+        self._client = check_client_pair(self.options.client_cert, self.options.client_key)
+        if self._client is not None:
+            self.session.cert = self._client.for_requests()  # token servers see it too, as with skopeo
+        self._tls: dict[str, tuple[bool | str, ClientPair | None]] = {}
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def close(self) -> None:
         self.session.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -113,9 +140,29 @@ class RegistryClient:
 
     # -- addressing -------------------------------------------------------------------------
 
-    @property
-    def _verify(self) -> bool | str:
-        return self.options.ca_bundle or True
+    def _tls_for(self, ref: Reference) -> tuple[bool | str, ClientPair | None]:
+        """(verify, client pair) for requests to `ref`'s registry: the options plus its certs.d directory."""
+        found = self._tls.get(ref.registry)
+        if found is None:
+            verify: bool | str = self.options.ca_bundle or True
+            client = self._client
+            dirs = self.options.cert_dirs
+            bases = default_cert_dirs() if dirs is None else tuple(Path(d) for d in dirs)
+            directory = host_cert_dir(ref.registry, bases)
+            if directory is not None:
+                host = read_host_dir(directory)
+                if host.ca_files:
+                    if self._tmp is None:
+                        self._tmp = tempfile.TemporaryDirectory(prefix="copa-ca-")
+                    bundle = Path(self._tmp.name) / f"{len(self._tls)}.pem"
+                    verify = str(merged_bundle(self.options.ca_bundle, host.ca_files, bundle))
+                client = client or host.client
+            found = self._tls[ref.registry] = (verify, client)
+        return found
+
+    def _request_tls(self, ref: Reference) -> dict[str, Any]:
+        verify, client = self._tls_for(ref)
+        return {"verify": verify, "cert": client.for_requests() if client is not None else None}
 
     def base_url(self, ref: Reference) -> str:
         plain = ref.is_local or ref.registry in self.options.insecure or ref.api_host in self.options.insecure
@@ -156,7 +203,7 @@ class RegistryClient:
                 lambda: lookup(ref.registry, self.options.auth_file),
                 self.session,
                 self.options.timeout,
-                self._verify,
+                self._tls_for(ref)[0],
             )
             self._auth[ref.registry] = auth
         return auth
@@ -164,7 +211,7 @@ class RegistryClient:
     def _ping(self, ref: Reference) -> Challenge | None:
         url = f"{self.base_url(ref)}/v2/"
         try:
-            resp = self.session.get(url, timeout=self.options.timeout, verify=self._verify)
+            resp = self.session.get(url, timeout=self.options.timeout, **self._request_tls(ref))
         except requests.RequestException as e:
             raise self._connection_error(ref, e) from None
         with resp:
@@ -183,6 +230,10 @@ class RegistryClient:
             )
 
     def _connection_error(self, ref: Reference, e: BaseException) -> RegistryError:
+        client = self._tls.get(ref.registry, (True, self._client))[1]
+        refusal = client_cert_refusal(e, ref.registry, client)
+        if refusal is not None:
+            return RegistryError(refusal)
         reason = describe_connection_error(e)
         hint = "check the address or --insecure"
         if reason == "TLS handshake failed":
@@ -237,7 +288,8 @@ class RegistryClient:
                 h["Authorization"] = value
             try:
                 resp = self.session.request(
-                    method, url, headers=h, data=data, stream=stream, timeout=self.options.timeout, verify=self._verify
+                    method, url, headers=h, data=data, stream=stream, timeout=self.options.timeout,
+                    **self._request_tls(ref),
                 )
             except requests.RequestException as e:
                 raise self._connection_error(ref, e) from None
