@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 # Packages listed with no fixed version, as Trivy lists "will_not_fix" / "affected" entries.
@@ -45,15 +46,29 @@ def fixed_packages(base: dict[str, str], oracle: dict[str, str]) -> dict[str, tu
 
 
 def write_report(path: Path, fixes: dict[str, tuple[str, str]], os_version: str = "12.5", arch: str = "amd64",
-                 family: str = "debian") -> Path:
+                 family: str = "debian", ids: Mapping[str, Sequence[str]] | None = None) -> Path:
+    """A Trivy JSON report naming `fixes` (name -> (installed, fixed)).
+
+    Without `ids` (hermetic packages that have no real advisories) each package gets two placeholder CVEs from
+    the reserved-looking CVE-2099 range, plus one unfixed entry for UNFIXED_NAME. With `ids` (real packages:
+    tests/support/cves.py reads them from the fixed packages' changelogs) each package is listed once per real
+    identifier, or once with an empty VulnerabilityID when it has none, and nothing made up is added.
+    """
     vulns = []
     for i, (name, (installed, fixed)) in enumerate(sorted(fixes.items())):
+        if ids is not None:
+            # Trivy has no severity without its database; "UNKNOWN" is what it writes then.
+            for vuln_id in ids.get(name, ()) or ("",):
+                vulns.append({"VulnerabilityID": vuln_id, "PkgName": name, "InstalledVersion": installed,
+                              "FixedVersion": fixed, "Severity": "UNKNOWN"})
+            continue
         # Two CVEs for each package: Trivy lists a package once per CVE.
         for j in range(2):
             vulns.append({"VulnerabilityID": f"CVE-2099-{1000 + 2 * i + j}", "PkgName": name,
                           "InstalledVersion": installed, "FixedVersion": fixed, "Severity": "HIGH"})
-    vulns.append({"VulnerabilityID": "CVE-2099-0001", "PkgName": UNFIXED_NAME, "InstalledVersion": "1.0",
-                  "Severity": "LOW", "Status": "affected"})
+    if ids is None:
+        vulns.append({"VulnerabilityID": "CVE-2099-0001", "PkgName": UNFIXED_NAME, "InstalledVersion": "1.0",
+                      "Severity": "LOW", "Status": "affected"})
     report = {
         "SchemaVersion": 2,
         "ArtifactName": "test-image",
