@@ -1,0 +1,275 @@
+"""`-l podman|docker` (copa/oci/loaders.py) against the real stores: podman in a private store
+(tests/support/podman.py) and a real dockerd started here (tests/support/dockerd.py). The oracle is what each
+store says about the image it holds (`podman image inspect`, the Engine API's /images/NAME/json), compared with
+the image copa wrote: its config digest (the image ID), its diff_ids and its name.
+
+The image is a copa-patched one: the tiny hermetic Debian image (tests/support/debimage.py) with a gzip layer
+written by copa's layer writer appended by copa's mutate, so the loaders get a compressed layer to unpack into
+the archive as they would after a real patch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from copa.errors import LoaderError, UsageError
+from copa.oci.image import Bundle, Image
+from copa.oci.layer import Entry, write_layer
+from copa.oci.layout import LayoutSource
+from copa.oci.loaders import DEFAULT_DOCKER_HOST, Endpoint, _docker_load, docker_endpoint, load, platform_name
+from copa.oci.model import Manifest, Platform
+from copa.oci.mutate import append_layer, original_of
+from tests.support import debimage
+from tests.support.dockerd import Dockerd
+from tests.support.podman import PodmanStore
+from tests.support.registry import free_port
+
+CREATED = "2026-01-01T00:00:00Z"
+
+
+@pytest.fixture(scope="module")
+def patched(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    base = debimage.base_image()
+    source = LayoutSource(base.layout, base.ref)
+    root = source.root()
+    assert isinstance(root, Manifest)
+    image = Image.load(source, root)
+    layer = write_layer([Entry.file("etc/copa-loaded", b"patched\n")], tmp_path_factory.mktemp("layer"))
+    return append_layer(source, root, image, layer, original_of(image, base.image_ref), created=CREATED,
+                        comment="loaders test")
+
+
+@pytest.fixture(scope="module")
+def config(patched: Bundle) -> dict[str, object]:
+    with patched.open_blob(patched.primary.config) as f:
+        doc = json.loads(f.read())
+    assert isinstance(doc, dict)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodmanStore]:
+    store = PodmanStore(tmp_path_factory.mktemp("podman"))
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def dockerd() -> Iterator[Dockerd]:
+    # Not under pytest's tmp_path: containerd's socket lives in the exec root, and a unix socket path must stay
+    # under 108 bytes.
+    with Dockerd(Path(tempfile.mkdtemp(prefix="copa-dockerd-"))) as engine:
+        yield engine
+
+
+def _diff_ids(config: dict[str, object]) -> list[str]:
+    rootfs = config["rootfs"]
+    assert isinstance(rootfs, dict)
+    return list(rootfs["diff_ids"])
+
+
+def _no_archive_left(workdir: Path) -> None:
+    assert list(workdir.iterdir()) == [], "the archive written for the load must be removed"
+
+
+# --- podman ----------------------------------------------------------------------------------------------------
+
+
+def test_podman_holds_the_image_copa_wrote(patched: Bundle, config: dict[str, object], podman: PodmanStore,
+                                           tmp_path: Path) -> None:
+    written = load("podman", patched, "registry.test/app:1.0-patched", tmp_path, env=podman.env)
+    inspected = podman.inspect("registry.test/app:1.0-patched")
+    assert written.kind == "podman"
+    assert written.target == "containers-storage:registry.test/app:1.0-patched"
+    assert f"sha256:{inspected['Id']}" == str(written.digest) == str(patched.primary.config.digest)
+    assert inspected["RootFS"]["Layers"] == _diff_ids(config)
+    assert len(_diff_ids(config)) == 2  # the base layer and the appended one
+    assert "registry.test/app:1.0-patched" in inspected["RepoTags"]
+    assert inspected["Labels"]["sh.copa.patch.layer"] == _diff_ids(config)[-1]
+    _no_archive_left(tmp_path)
+
+
+def test_podman_names_a_short_name_as_it_normalises_it(patched: Bundle, podman: PodmanStore, tmp_path: Path) -> None:
+    written = load("podman", patched, "app:short", tmp_path, env=podman.env)
+    # podman files "app:short" under localhost/; copa reports the name podman gave it.
+    assert written.target == "containers-storage:localhost/app:short"
+    assert podman.inspect("localhost/app:short")["Id"] == patched.primary.config.digest.hex
+
+
+def test_podman_platform_names(patched: Bundle, podman: PodmanStore, tmp_path: Path) -> None:
+    """A multi-platform result is loaded one image per platform, tagged TAG-ARCH[-VARIANT] as Copacetic does."""
+    name = "registry.test/multi:1.0-patched"
+    for platform in (Platform("linux", "amd64"), Platform("linux", "arm", "v7")):
+        load("podman", patched, platform_name(name, platform), tmp_path, env=podman.env)
+    assert {"registry.test/multi:1.0-patched-amd64", "registry.test/multi:1.0-patched-arm-v7"} <= podman.names()
+    assert "registry.test/multi:1.0-patched" not in podman.names()
+
+
+def test_podman_missing_is_exit_9(patched: Bundle, podman: PodmanStore, tmp_path: Path) -> None:
+    env = {**podman.env, "PATH": str(tmp_path / "empty")}
+    with pytest.raises(LoaderError) as raised:
+        load("podman", patched, "registry.test/app:missing", tmp_path, env=env)
+    assert str(raised.value) == "podman is not installed: install podman or drop -l podman"
+    assert raised.value.exit_code == 9
+    _no_archive_left(tmp_path)
+    assert "registry.test/app:missing" not in podman.names()
+
+
+def test_podman_failing_gives_its_error_line(patched: Bundle, podman: PodmanStore, tmp_path: Path) -> None:
+    # A storage configuration naming a driver podman does not have: podman itself fails, as it would for a user.
+    # (A libpod state directory of its own too: libpod remembers the driver of the store it was first used with.)
+    broken = PodmanStore(tmp_path / "broken")
+    (broken.root / "storage.conf").write_text(
+        f'[storage]\ndriver = "no-such-driver"\ngraphroot = "{broken.root / "storage"}"\n'
+        f'runroot = "{broken.root / "run"}"\n'
+    )
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with pytest.raises(LoaderError) as raised:
+        load("podman", patched, "registry.test/app:broken", workdir, env=broken.env)
+    message = str(raised.value)
+    assert message.startswith("podman load failed: ") and "\n" not in message
+    assert "no-such-driver" in message, message
+    _no_archive_left(workdir)
+    # A name podman's archive reader refuses (its rules are stricter than the reference grammar): the line that
+    # introduces podman's list of formats it tried, with the docker-archive item, which says why.
+    with pytest.raises(LoaderError) as raised:
+        load("podman", patched, "UPPER/app:1", workdir, env=podman.env)
+    message = str(raised.value)
+    assert message.startswith("podman load failed: payload does not match any of the supported image formats: "
+                              'docker-archive: Invalid tag "UPPER/app:1"'), message
+    assert "\n" not in message
+
+
+# --- names -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["1.0-patched", "app", "app:", "app:bad/tag", "app:-x"])
+def test_a_store_needs_repository_and_tag(patched: Bundle, podman: PodmanStore, name: str, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="needs a REPOSITORY:TAG name"):
+        load("podman", patched, name, tmp_path, env=podman.env)
+    _no_archive_left(tmp_path)
+
+
+def test_platform_name() -> None:
+    assert platform_name("r.test:5000/a/b:1.0", Platform("linux", "arm64", "v8")) == "r.test:5000/a/b:1.0-arm64-v8"
+    assert platform_name("app:1", Platform("linux", "s390x")) == "app:1-s390x"
+    with pytest.raises(UsageError, match="shorter -t TAG"):
+        platform_name("app:" + "x" * 125, Platform("linux", "amd64"))
+
+
+# --- Docker engine ---------------------------------------------------------------------------------------------
+
+
+def test_docker_holds_the_image_copa_wrote(patched: Bundle, config: dict[str, object], dockerd: Dockerd,
+                                           tmp_path: Path) -> None:
+    written = load("docker", patched, "registry.test/app:1.0-patched", tmp_path, env={"DOCKER_HOST": dockerd.host})
+    inspected = dockerd.image("registry.test/app:1.0-patched")
+    assert written.kind == "docker"
+    assert written.target == "docker-daemon:registry.test/app:1.0-patched"
+    assert inspected["Id"] == str(written.digest) == str(patched.primary.config.digest)
+    assert inspected["RootFS"]["Layers"] == _diff_ids(config)
+    assert inspected["RepoTags"] == ["registry.test/app:1.0-patched"]
+    assert inspected["Config"]["Labels"]["sh.copa.patch.layer"] == _diff_ids(config)[-1]
+    _no_archive_left(tmp_path)
+
+
+def test_docker_engine_of_the_current_context(patched: Bundle, dockerd: Dockerd, tmp_path: Path) -> None:
+    """Without DOCKER_HOST, the docker CLI's current context names the engine (as for Copacetic)."""
+    config_dir = tmp_path / "dockercfg"
+    meta = config_dir / "contexts" / "meta" / hashlib.sha256(b"copa-test").hexdigest()
+    meta.mkdir(parents=True)
+    (meta / "meta.json").write_text(json.dumps({"Name": "copa-test", "Metadata": {},
+                                                "Endpoints": {"docker": {"Host": dockerd.host}}}))
+    (config_dir / "config.json").write_text(json.dumps({"currentContext": "copa-test"}))
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    written = load("docker", patched, "registry.test/app:context", workdir, env={"DOCKER_CONFIG": str(config_dir)})
+    assert dockerd.image("registry.test/app:context")["Id"] == str(written.digest)
+
+
+def test_docker_engine_error_stream_is_a_loader_error(dockerd: Dockerd, tmp_path: Path) -> None:
+    """What the engine says about a tar it cannot load ({"errorDetail": ...} in its message stream)."""
+    garbage = tmp_path / "garbage.tar"
+    garbage.write_bytes(b"this is not a tar archive" * 100)
+    with pytest.raises(LoaderError) as raised:
+        _docker_load(docker_endpoint({"DOCKER_HOST": dockerd.host}), garbage, "registry.test/app:garbage", 60)
+    message = str(raised.value)
+    assert message.startswith(f"the Docker engine at {dockerd.host} refused the image: ") and "\n" not in message
+    assert "registry.test/app:garbage" not in dockerd.tags()
+
+
+def test_no_engine_at_a_missing_socket(patched: Bundle, tmp_path: Path) -> None:
+    host = f"unix://{tmp_path}/docker.sock"
+    with pytest.raises(LoaderError) as raised:
+        load("docker", patched, "registry.test/app:1", tmp_path, env={"DOCKER_HOST": host})
+    assert str(raised.value) == (f"no Docker engine answers at {host} (No such file or directory): start it, set "
+                                 "DOCKER_HOST, or use -l podman")
+    assert raised.value.exit_code == 9
+    _no_archive_left(tmp_path)
+
+
+def test_no_engine_at_a_dead_socket_or_port(patched: Bundle, tmp_path: Path) -> None:
+    dead = tmp_path / "dead.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(dead))  # a socket file nobody listens on, as a stopped engine leaves behind
+    port = free_port()
+    for host in (f"unix://{dead}", f"tcp://127.0.0.1:{port}"):
+        with pytest.raises(LoaderError, match=rf"^no Docker engine answers at {host} \(Connection refused\): "):
+            load("docker", patched, "registry.test/app:1", tmp_path, env={"DOCKER_HOST": host})
+
+
+def test_no_engine_when_it_never_answers(patched: Bundle, tmp_path: Path) -> None:
+    """An engine that accepts the connection and says nothing (a hung daemon): in-process, as no real engine
+    hangs on demand."""
+    with socket.socket(socket.AF_INET) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        accepted: list[socket.socket] = []
+        thread = threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True)
+        thread.start()
+        host = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        with pytest.raises(LoaderError, match=rf"^no Docker engine answers at {host} \(timed out\)"):
+            load("docker", patched, "registry.test/app:1", tmp_path, env={"DOCKER_HOST": host}, timeout=0.5)
+        thread.join(5)
+        for conn in accepted:
+            conn.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "want"),
+    [
+        ({}, Endpoint(DEFAULT_DOCKER_HOST, socket_path="/var/run/docker.sock")),
+        ({"DOCKER_HOST": "unix:///run/user/1000/docker.sock"},
+         Endpoint("unix:///run/user/1000/docker.sock", socket_path="/run/user/1000/docker.sock")),
+        ({"DOCKER_HOST": "tcp://10.0.0.1:2375"}, Endpoint("tcp://10.0.0.1:2375", host="10.0.0.1", port=2375)),
+        ({"DOCKER_HOST": "tcp://engine.test", "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": "/certs"},
+         Endpoint("tcp://engine.test", host="engine.test", port=2376, tls=True, verify=True, cert_path=Path("/certs"))),
+    ],
+)
+def test_docker_endpoint(env: dict[str, str], want: Endpoint, tmp_path: Path) -> None:
+    got = docker_endpoint({"HOME": str(tmp_path), **env})
+    assert got.url == want.url and got.socket_path == want.socket_path
+    assert (got.host, got.port, got.tls, got.verify) == (want.host, want.port, want.tls, want.verify)
+    if want.cert_path is not None:
+        assert got.cert_path == want.cert_path
+
+
+@pytest.mark.parametrize(
+    ("host", "needle"),
+    [("ssh://me@engine.test", "over ssh, which copa does not speak"), ("npipe:////./pipe/docker_engine", "not a "),
+     ("tcp://", "not a unix:// or tcp://HOST:PORT")],
+)
+def test_unusable_docker_host(host: str, needle: str, tmp_path: Path) -> None:
+    with pytest.raises(LoaderError, match="use -l podman") as raised:
+        docker_endpoint({"HOME": str(tmp_path), "DOCKER_HOST": host})
+    assert needle in str(raised.value)
+
