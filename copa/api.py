@@ -8,18 +8,19 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from copa.errors import ReportError
-from copa.oci.image import Bundle, Image, is_docker, resolve_platform
+from copa.errors import CopaError, ReportError, UnsupportedImageError, UsageError
+from copa.oci.image import Image, is_docker, platform_entries, resolve_platform
 from copa.oci.layer import Compression, write_layer
-from copa.oci.model import Index, Manifest, Platform
-from copa.oci.mutate import Original, append_layer, original_of
+from copa.oci.model import Descriptor, Index, Manifest, Platform
+from copa.oci.mutate import Original, Patched, assemble, original_of, patched_image
 from copa.oci.registry import RegistryClient, RegistryOptions
 from copa.oci.rootfs import Files, scan
-from copa.oci.transport import Opened, Written, open_image, plan_outputs, write_outputs
+from copa.oci.transport import Opened, Written, check_tag, open_image, plan_outputs, write_outputs
 from copa.pkg.base import ImageContext, LayerContent, OSRelease, RepositoryOptions, Skip, Update
 from copa.pkg.detect import CAPTURE, CAPTURE_LARGE, PREFETCH_WATCH, EarlyDownloads, adapter_for, detect
 from copa.pkg.fetch import make_fetcher
@@ -96,6 +97,21 @@ class PatchResult:
     # Every sink written, each with its own digest: a layout stores a Docker image's manifests as OCI ones
     # (another digest), and a docker-archive's digest is the image ID.
     outputs: tuple[Written, ...] = ()
+    # A multi-platform image: each platform's outcome (empty for a single image).
+    platforms: tuple[PlatformResult, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlatformResult:
+    platform: str  # OS/ARCH[/VARIANT]
+    result: str  # "patched", "planned" (--dry-run), "up-to-date", "kept" (not patchable), "failed" (--ignore-errors)
+    os: str = ""
+    updates: tuple[Update, ...] = ()
+    skipped: tuple[Skip, ...] = ()
+    unfixed: int = 0
+    detail: str = ""  # why kept or failed
+    digest: str | None = None  # the patched image's manifest digest, once written
+    tag: str | None = None  # REPOSITORY:TAG-ARCH[-VARIANT], when pushed
 
 
 def _created() -> str:
@@ -143,40 +159,262 @@ def _check_report(report: Report, os_release: OSRelease) -> None:
         )
 
 
-def _platform(options: PatchOptions, report: Report | None) -> Platform:
-    if options.platform:
-        return Platform.parse(options.platform)
-    if options.platforms:
-        return Platform.parse(options.platforms[0])
-    if report is not None and report.arch:
-        # A report may name the variant with the architecture (arm/v7); without one, resolve_platform prefers
-        # the variant-less or usual entry over an arbitrary first variant.
-        arch, _, variant = report.arch.partition("/")
-        return Platform("linux", arch, variant)
-    return DEFAULT_PLATFORM
+def _report_platform(report: Report) -> Platform | None:
+    if not report.arch:
+        return None
+    # A report may name the variant with the architecture (arm/v7); without one, resolve_platform prefers
+    # the variant-less or usual entry over an arbitrary first variant.
+    arch, _, variant = report.arch.partition("/")
+    return Platform("linux", arch, variant)
+
+
+def _wanted_platforms(options: PatchOptions) -> tuple[Platform, ...]:
+    texts = ((options.platform,) if options.platform else ()) + options.platforms
+    return tuple(dict.fromkeys(Platform.parse(t) for t in texts))
 
 
 def patch(options: PatchOptions, progress: Progress = lambda _m: None) -> PatchResult:
     started = time.monotonic()
     compression = Compression.parse(options.compression)
-    report = load_report(options.report) if options.report else None
+    reports = _load_reports(options)
     registry_options = RegistryOptions(
         insecure=frozenset(options.insecure), ca_bundle=options.ca_bundle, timeout=options.timeout
     )
     with RegistryClient(registry_options) as client:
-        return _patch(options, progress, client, compression, report, started)
+        return _patch(options, progress, client, compression, reports, started)
+
+
+@dataclass(frozen=True)
+class _Reports:
+    """The report(s) given with -r: one file (for the one platform patched) or a directory of one per platform."""
+
+    single: Report | None = None
+    per_platform: tuple[Report, ...] = ()
+    directory: str | None = None
+
+
+def _load_reports(options: PatchOptions) -> _Reports:
+    if not options.report:
+        return _Reports()
+    if Path(options.report).is_dir():
+        # TODO(lead): copa.report.load.load_reports (scanner plugins, duplicate platforms) replaces this.
+        found = tuple(load_report(f) for f in sorted(Path(options.report).iterdir())
+                      if f.is_file() and not f.name.startswith("."))
+        return _Reports(per_platform=found, directory=options.report)
+    return _Reports(single=load_report(options.report))
+
+
+@dataclass(frozen=True)
+class _Target:
+    platform: Platform | None  # None: a single image, not an entry of an index
+    manifest: Manifest
+    report: Report | None
+    explicit: bool  # named by --platform or a report: failing to patch it is an error, not a note
+
+
+def _targets(opened: Opened, root: Manifest | Index, options: PatchOptions, reports: _Reports) -> list[_Target]:
+    """Which images of `root` to patch, with the report for each."""
+    wanted = _wanted_platforms(options)
+    if isinstance(root, Manifest):
+        report = reports.single
+        if reports.per_platform:
+            report = _report_for_single(root, opened, reports)
+        return [_Target(None, root, report, True)]
+    entries = [(p, d) for p, d in platform_entries(opened.source, root) if p.os not in _NOT_PATCHABLE_OS]
+    if reports.per_platform:
+        targets = []
+        for report in reports.per_platform:
+            rp = _report_platform(report)
+            assert rp is not None  # load_reports refuses a report without a platform
+            if wanted and not any(w.matches(rp) for w in wanted):
+                continue
+            entry = _entry_for(entries, rp)
+            if entry is None:
+                available = ", ".join(str(p) for p, _ in entries) or "none"
+                raise ReportError(f"{report.source}: report is for {rp} but {opened.name} has no such platform "
+                                  f"(platforms: {available}); remove that report or scan the right image")
+            targets.append(_Target(entry[0], _manifest(opened, entry[1]), report, True))
+        return _unique(targets)
+    if wanted:
+        targets = []
+        for w in wanted:
+            manifest, found = resolve_platform(opened.source, root, w)
+            targets.append(_Target(found or w, manifest, reports.single, True))
+        return _unique(targets)
+    if reports.single is not None:
+        # One report file speaks for one platform: the one it names (else linux/amd64), as before.
+        wanted_one = _report_platform(reports.single) or DEFAULT_PLATFORM
+        manifest, found = resolve_platform(opened.source, root, wanted_one)
+        return [_Target(found or wanted_one, manifest, reports.single, True)]
+    # No report and no --platform: every platform of the index, as Copacetic does.
+    return _unique([_Target(p, _manifest(opened, d), None, False) for p, d in entries])
+
+
+# Entries that are not runnable images of an OS we could patch: buildx attestations ("unknown/unknown") and
+# Windows images are kept by digest.
+_NOT_PATCHABLE_OS = frozenset({"unknown", "windows"})
+
+
+def _entry_for(entries: list[tuple[Platform, Descriptor]], wanted: Platform) -> tuple[Platform, Descriptor] | None:
+    exact = [e for e in entries if e[0] == wanted]
+    if exact:
+        return exact[0]
+    usual = [e for e in entries if wanted.matches(e[0])]
+    return usual[0] if usual else None
+
+
+def _manifest(opened: Opened, desc: Descriptor) -> Manifest:
+    doc = opened.source.fetch_manifest(desc)
+    if not isinstance(doc, Manifest):
+        raise UnsupportedImageError(f"{opened.name}: entry {desc.digest} is not an image manifest")
+    return doc
+
+
+def _unique(targets: list[_Target]) -> list[_Target]:
+    seen: set[object] = set()
+    out = []
+    for t in targets:
+        if t.manifest.digest not in seen:
+            seen.add(t.manifest.digest)
+            out.append(t)
+    return out
+
+
+def _report_for_single(root: Manifest, opened: Opened, reports: _Reports) -> Report:
+    if len(reports.per_platform) == 1:
+        return reports.per_platform[0]
+    raise ReportError(f"{reports.directory}: {len(reports.per_platform)} reports for {opened.name}, which is a "
+                      "single-platform image; pass the one report file for it")
+
+
+def platform_tag(tag: str, platform: Platform) -> str:
+    """Copacetic's name for one platform's patched image: TAG-ARCH[-VARIANT], the variant normalised as
+    containerd does (arm64/v8 is plain arm64)."""
+    variant = "" if platform.architecture == "arm64" and platform.variant in ("v8", "8") else platform.variant
+    return "-".join(x for x in (tag, platform.architecture, variant) if x)
+
+
+@dataclass(frozen=True)
+class _Done:
+    """One image's patch, before anything is written."""
+
+    target: _Target
+    result: str  # "patched", "up-to-date", "kept" (not patchable, not asked for), "failed" (--ignore-errors)
+    os: str = ""
+    updates: tuple[Update, ...] = ()
+    skipped: tuple[Skip, ...] = ()
+    unfixed: int = 0
+    detail: str = ""
+    patched: Patched | None = None
 
 
 def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, compression: Compression,
-           report: Report | None, started: float) -> PatchResult:
+           reports: _Reports, started: float) -> PatchResult:
     opened = open_image(options.image, client)
+    root = opened.source.root()
+    targets = _targets(opened, root, options, reports)
+    multi = isinstance(root, Index)
+    if options.output_tar and len(targets) > 1:
+        raise UsageError(f"--output-tar holds one image but {len(targets)} platforms are to be patched; pass "
+                         "--platform with one of them, or write them all with --push or --oci-dir")
     outputs = None if options.dry_run else plan_outputs(
         opened, options.tag, options.tag_suffix, options.push, options.oci_dir, options.output_tar
     )
-    progress(f"reading {opened.name}")
-    root = opened.source.root()
-    manifest, _platform_found = resolve_platform(opened.source, root, _platform(options, report))
-    image = Image.load(opened.source, manifest)
+    with tempfile.TemporaryDirectory(prefix="copa-") as tmp:
+        done = _patch_all(opened, targets, options, compression, Path(tmp), progress, multi)
+        patched = [d.patched for d in done if d.patched is not None]
+        written: tuple[Written, ...] = ()
+        child_tags: list[tuple[str, Manifest]] = []
+        if patched and outputs is not None:
+            if multi and outputs.reference is not None and outputs.reference.tag:
+                for d in done:
+                    if d.patched is not None and d.target.platform is not None:
+                        tag = platform_tag(outputs.reference.tag, d.target.platform)
+                        check_tag(tag, "per-platform tag")
+                        child_tags.append((tag, d.patched.manifest))
+            bundle = assemble(opened.source, root, patched, created=_created(), child_tags=child_tags)
+            bundle = dataclasses.replace(bundle, mount_from=opened.reference)
+            progress("writing " + ", ".join(
+                str(x) for x in (outputs.reference if outputs.push else None, outputs.oci_dir, outputs.output_tar)
+                if x is not None
+            ))
+            written = write_outputs(outputs, bundle, client)
+        return _result(opened, options, done, written, dict(child_tags), multi, started)
+
+
+def _result(opened: Opened, options: PatchOptions, done: list[_Done], written: tuple[Written, ...],
+            tags: dict[str, Manifest], multi: bool, started: float) -> PatchResult:
+    # The summary names the registry image when one was pushed, else the first sink written.
+    main = next((w for w in written if w.kind == "registry"), written[0] if written else None)
+    by_digest = {m.digest: t for t, m in tags.items()}
+    reference = next((w.target for w in written if w.kind == "registry"), None)
+    platforms = tuple(
+        PlatformResult(
+            platform=str(d.target.platform), result=d.result, os=d.os, updates=d.updates, skipped=d.skipped,
+            unfixed=d.unfixed, detail=d.detail,
+            digest=str(d.patched.manifest.digest) if d.patched is not None and written else None,
+            tag=(f"{reference.rsplit(':', 1)[0]}:{by_digest[d.patched.manifest.digest]}"
+                 if reference and d.patched is not None and d.patched.manifest.digest in by_digest else None),
+        )
+        for d in done
+    ) if multi else ()
+    first = next((d for d in done if d.result == "patched"), done[0])
+    return PatchResult(
+        image=opened.name,
+        target=main.target if main else None,
+        digest=str(main.digest) if main else None,
+        os=first.os,
+        updates=tuple(u for d in done for u in d.updates),
+        skipped=tuple(s for d in done for s in d.skipped),
+        unfixed=sum(d.unfixed for d in done),
+        up_to_date=not any(d.updates for d in done),
+        dry_run=options.dry_run,
+        seconds=time.monotonic() - started,
+        outputs=written,
+        platforms=platforms,
+    )
+
+
+def _patch_all(opened: Opened, targets: list[_Target], options: PatchOptions, compression: Compression,
+               tmp: Path, progress: Progress, multi: bool) -> list[_Done]:
+    """Patch each target; several at once (threads: most of the time is I/O and inflating, which release the
+    GIL). At most three at a time bounds memory: each holds its image's package database and captured files."""
+    def one(i: int, target: _Target) -> _Done:
+        label = f"[{target.platform}] " if multi else ""
+
+        def say(message: str) -> None:
+            progress(label + message)
+
+        workdir = tmp / f"p{i}"
+        workdir.mkdir()
+        try:
+            return _patch_one(opened, target, options, compression, workdir, say)
+        except UnsupportedImageError as e:
+            if target.explicit:
+                raise
+            # Every platform was asked for; one that is no OS copa knows (scratch, an unknown family) is kept.
+            return _Done(target, "kept", detail=str(e))
+        except CopaError as e:
+            if not (multi and options.ignore_errors):
+                raise
+            return _Done(target, "failed", detail=str(e))
+
+    if len(targets) == 1:
+        return [one(0, targets[0])]
+    workers = min(len(targets), 3, max(1, os.cpu_count() or 1) + 1)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copa-platform") as pool:
+        futures = [pool.submit(one, i, t) for i, t in enumerate(targets)]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+def _patch_one(opened: Opened, target: _Target, options: PatchOptions, compression: Compression, workdir: Path,
+               progress: Progress) -> _Done:
+    image = Image.load(opened.source, target.manifest)
     # Refuse a compression the image's format cannot carry (zstd in Docker v2s2) before any package work.
     compression.media_type(is_docker(image.manifest.media_type))
     original = original_of(image, opened.name)
@@ -193,14 +431,15 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
         prefetch.join()
     detected = detect(root_view)
     adapter = adapter_for(detected)
-    with tempfile.TemporaryDirectory(prefix="copa-") as tmp:
+    report = target.report
+    with tempfile.TemporaryDirectory(prefix="adapter-", dir=workdir) as adapter_tmp:
         ctx = ImageContext(
             image=image,
             layers=original.layers,
             os_release=detected.os_release,
             architecture=image.config.architecture or "amd64",
             variant=image.config.variant,
-            workdir=Path(tmp),
+            workdir=Path(adapter_tmp),
             repos=options.repos,
             files=Files(root_view.contents),
             root=root_view,
@@ -215,28 +454,20 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
         progress(f"planning updates for {detected.os_release.pretty_name} ({adapter.name})")
         plan = adapter.plan(ctx, report)
         unfixed = len(report.unfixed) if report is not None else 0
-
-        def result(written: tuple[Written, ...], updates: tuple[Update, ...]) -> PatchResult:
-            # The summary names the registry image when one was pushed, else the first sink written.
-            main = next((w for w in written if w.kind == "registry"), written[0] if written else None)
-            return PatchResult(opened.name, main.target if main else None, str(main.digest) if main else None,
-                               detected.os_release.pretty_name, updates, plan.skipped, unfixed, not plan.updates,
-                               options.dry_run, time.monotonic() - started, written)
-
-        if not plan.updates or options.dry_run or outputs is None:
-            return result((), plan.updates)
+        os_name = detected.os_release.pretty_name
+        if not plan.updates:
+            return _Done(target, "up-to-date", os_name, (), plan.skipped, unfixed)
+        if options.dry_run:
+            return _Done(target, "planned", os_name, plan.updates, plan.skipped, unfixed)
         progress(f"building the patch layer ({len(plan.updates)} packages)")
         content = adapter.build(ctx, plan)
-        bundle = _bundle(opened, root, image, original, content, compression, Path(tmp))
-        pushed = outputs.reference if outputs.push else None
-        progress("writing " + ", ".join(
-            str(x) for x in (pushed, outputs.oci_dir, outputs.output_tar) if x is not None
-        ))
-        return result(write_outputs(outputs, bundle, client), content.updates or plan.updates)
+        updates = content.updates or plan.updates
+        patched = _patched(image, original, content, compression, workdir)
+        return _Done(target, "patched", os_name, updates, plan.skipped, unfixed, patched=patched)
 
 
-def _bundle(opened: Opened, root: Manifest | Index, image: Image, original: Original, content: LayerContent,
-            compression: Compression, workdir: Path) -> Bundle:
+def _patched(image: Image, original: Original, content: LayerContent, compression: Compression,
+             workdir: Path) -> Patched:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     layer = write_layer(
         content.entries,
@@ -250,5 +481,4 @@ def _bundle(opened: Opened, root: Manifest | Index, image: Image, original: Orig
     names = ", ".join(f"{u.name} {u.new_version or '(removed)'}" for u in content.updates[:20])
     if len(content.updates) > 20:
         names += f" and {len(content.updates) - 20} more"
-    bundle = append_layer(opened.source, root, image, layer, original, created=_created(), comment=names)
-    return dataclasses.replace(bundle, mount_from=opened.reference)
+    return patched_image(image, layer, original, created=_created(), comment=names)

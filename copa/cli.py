@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TextIO
 from copa import __version__, events
 from copa.api import PatchOptions, PatchResult, patch
 from copa.errors import CopaError, UsageError
-from copa.pkg.base import RepositoryOptions
+from copa.pkg.base import RepositoryOptions, Skip, Update
 from copa.progress import Reporter, make_reporter
 
 
@@ -181,8 +181,19 @@ def options_from(args: argparse.Namespace) -> PatchOptions:
     )
 
 
+def _update_json(u: Update) -> dict[str, Any]:
+    return {"name": u.name, "architecture": u.architecture, "from": u.old_version, "to": u.new_version,
+            "kind": u.kind.value, "vulnerabilities": list(u.vulnerabilities),
+            **({"reason": u.reason} if u.reason else {}),
+            **({"scripts": u.scripts_note} if u.scripts_note else {})}
+
+
+def _skip_json(s: Skip) -> dict[str, str]:
+    return {"name": s.name, "reason": s.reason.value, "detail": s.detail}
+
+
 def result_json(result: PatchResult) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "image": result.image,
         "target": result.target,
         "digest": result.digest,
@@ -190,38 +201,62 @@ def result_json(result: PatchResult) -> dict[str, Any]:
         "upToDate": result.up_to_date,
         "dryRun": result.dry_run,
         "seconds": round(result.seconds, 3),
-        "updates": [
-            {"name": u.name, "architecture": u.architecture, "from": u.old_version, "to": u.new_version,
-             "kind": u.kind.value, "vulnerabilities": list(u.vulnerabilities),
-             **({"reason": u.reason} if u.reason else {}),
-             **({"scripts": u.scripts_note} if u.scripts_note else {})}
-            for u in result.updates
-        ],
-        "skipped": [{"name": s.name, "reason": s.reason.value, "detail": s.detail} for s in result.skipped],
+        "updates": [_update_json(u) for u in result.updates],
+        "skipped": [_skip_json(s) for s in result.skipped],
         "unfixedInReport": result.unfixed,
         "outputs": [{"kind": w.kind, "target": w.target, "digest": str(w.digest)} for w in result.outputs],
     }
+    if result.platforms:
+        out["platforms"] = [
+            {"platform": p.platform, "result": p.result, "os": p.os, "digest": p.digest, "tag": p.tag,
+             **({"detail": p.detail} if p.detail else {}),
+             "updates": [_update_json(u) for u in p.updates], "skipped": [_skip_json(s) for s in p.skipped],
+             "unfixedInReport": p.unfixed}
+            for p in result.platforms
+        ]
+    return out
+
+
+def _print_updates(updates: Sequence[Update], skipped: Sequence[Skip], unfixed: int, out: TextIO,
+                   indent: str = "  ") -> None:
+    width = max((len(u.name) for u in updates), default=0)
+    for u in updates:
+        cves = f"  [{', '.join(u.vulnerabilities)}]" if u.vulnerabilities else ""
+        old = u.old_version or "(new)"
+        kind = "" if u.kind.value == "reported" else f" ({u.kind.value}{': ' + u.reason if u.reason else ''})"
+        print(f"{indent}{u.name:<{width}}  {old} -> {u.new_version or '(removed)'}{kind}{cves}", file=out)
+        if u.scripts_note:
+            print(f"{indent}{'':<{width}}  note: {u.scripts_note}", file=out)
+    for s in skipped:
+        detail = f": {s.detail}" if s.detail else ""
+        print(f"{indent}not fixed: {s.name} ({s.reason.value}{detail})", file=out)
+    if unfixed:
+        print(f"{indent}{unfixed} reported packages have no fixed version yet", file=out)
+
+
+_OUTCOME = {"patched": "updated {n} packages", "planned": "would update {n} packages",
+            "up-to-date": "already up to date", "kept": "kept as it is", "failed": "failed, kept as it is"}
 
 
 def print_summary(result: PatchResult, out: TextIO) -> None:
-    if result.up_to_date:
+    if result.platforms:
+        print(f"{result.image}: {len(result.platforms)} platforms", file=out)
+        for p in result.platforms:
+            what = _OUTCOME.get(p.result, p.result).format(n=len(p.updates))
+            os_name = f" ({p.os})" if p.os else ""
+            detail = f": {p.detail}" if p.detail else ""
+            tag = f" -> {p.tag}" if p.tag else ""
+            print(f"  {p.platform}{os_name}: {what}{detail}{tag}", file=out)
+            _print_updates(p.updates, p.skipped, p.unfixed, out, indent="    ")
+    elif result.up_to_date:
         print(f"{result.image}: already up to date ({result.os}); nothing written", file=out)
+        _print_updates((), result.skipped, result.unfixed, out)
     else:
         verb = "would update" if result.dry_run else "updated"
         print(f"{result.image} ({result.os}): {verb} {len(result.updates)} packages", file=out)
-        width = max(len(u.name) for u in result.updates)
-        for u in result.updates:
-            cves = f"  [{', '.join(u.vulnerabilities)}]" if u.vulnerabilities else ""
-            old = u.old_version or "(new)"
-            kind = "" if u.kind.value == "reported" else f" ({u.kind.value}{': ' + u.reason if u.reason else ''})"
-            print(f"  {u.name:<{width}}  {old} -> {u.new_version or '(removed)'}{kind}{cves}", file=out)
-            if u.scripts_note:
-                print(f"  {'':<{width}}  note: {u.scripts_note}", file=out)
-    for s in result.skipped:
-        detail = f": {s.detail}" if s.detail else ""
-        print(f"  not fixed: {s.name} ({s.reason.value}{detail})", file=out)
-    if result.unfixed:
-        print(f"  {result.unfixed} reported packages have no fixed version yet", file=out)
+        _print_updates(result.updates, result.skipped, result.unfixed, out)
+    if result.platforms and result.up_to_date:
+        print("nothing to patch; nothing written", file=out)
     for w in result.outputs:
         # A docker-archive has no manifest digest; what identifies its image is the config digest (the image ID).
         what = "image ID" if w.kind == "output-tar" else "digest"

@@ -174,6 +174,31 @@ def _platforms(source: Source, index: Index, seen: set[Digest]) -> list[Platform
     return out
 
 
+def platform_entries(source: Source, root: Manifest | Index) -> list[tuple[Platform, Descriptor]]:
+    """Every image manifest of an index tree with the platform its entry names, in entry order, each manifest
+    once. Entries without a platform (and nested indexes' own entries) are not images a platform selects."""
+    if isinstance(root, Manifest):
+        return []
+    out: list[tuple[Platform, Descriptor]] = []
+    seen: set[Digest] = set()
+
+    def walk(index: Index) -> None:
+        seen.add(index.digest)
+        for entry in index.manifests:
+            if entry.digest in seen:
+                continue
+            if entry.platform is not None and entry.media_type not in MediaType.INDEXES:
+                seen.add(entry.digest)
+                out.append((entry.platform, entry))
+            elif _may_be_index(entry):
+                child = source.fetch_manifest(entry)
+                if isinstance(child, Index):
+                    walk(child)
+
+    walk(root)
+    return out
+
+
 @dataclass(frozen=True)
 class Bundle:
     """Everything a sink writes: `blobs` first, then `children` in order, then `root`.
@@ -188,6 +213,8 @@ class Bundle:
     blobs: tuple[Descriptor, ...]
     open_blob: BlobOpener
     mount_from: Reference | None = None  # set when the source is a registry
+    # Child manifests a registry sink also tags (after the children, before the root): per-platform tags.
+    child_tags: tuple[tuple[str, Manifest], ...] = ()
 
     def iter_blobs(self) -> Iterator[Descriptor]:
         seen: set[Digest] = set()

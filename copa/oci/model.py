@@ -212,6 +212,25 @@ class Index:
         assert isinstance(parsed, Index)
         return parsed
 
+    def without(self, drop: frozenset[Digest]) -> Index:
+        """The index with the entries in `drop` removed."""
+        doc = _load(self.raw, "index")
+        dropped = {str(d) for d in drop}
+        doc["manifests"] = [e for e in doc.get("manifests", []) if e.get("digest") not in dropped]
+        parsed = parse_manifest(_dump(doc), self.media_type)
+        assert isinstance(parsed, Index)
+        return parsed
+
+    def with_annotations(self, annotations: Mapping[str, str]) -> Index:
+        """The index with `annotations` added (a Docker manifest list has no annotations: unchanged)."""
+        if not annotations or self.media_type != MediaType.OCI_INDEX:
+            return self
+        doc = _load(self.raw, "index")
+        doc["annotations"] = {**doc.get("annotations", {}), **annotations}
+        parsed = parse_manifest(_dump(doc), self.media_type)
+        assert isinstance(parsed, Index)
+        return parsed
+
 
 @dataclass(frozen=True, slots=True)
 class Opaque:

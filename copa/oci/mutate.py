@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -43,16 +43,24 @@ def original_of(image: Image, reference: str) -> Original:
     return Original(layers, history, reference)
 
 
-def append_layer(
-    source: Source,
-    root: Manifest | Index,
+@dataclass(frozen=True)
+class Patched:
+    """One platform's patched image: its new manifest and the two new blobs (config, layer) it needs."""
+
+    original_manifest: Manifest
+    manifest: Manifest
+    openers: Mapping[Digest, Callable[[], BinaryIO]]
+
+
+def patched_image(
     image: Image,
     layer: LayerBlob,
     original: Original,
     *,
     created: str,
     comment: str,
-) -> Bundle:
+) -> Patched:
+    """The image with `layer` on top of its original layers: new config (history, labels) and manifest."""
     cfg: ImageConfig = image.config
     history = cfg.history[: original.history] if cfg.history else ()
     entry = HistoryEntry(created_by=f"{HISTORY_MARK}: {comment}", created=created)
@@ -69,52 +77,84 @@ def append_layer(
     manifest = image.manifest.edited(
         config_desc, (*image.manifest.layers[: original.layers], layer_desc), {PATCHED_ANNOTATION: created}
     )
-    new_blobs: dict[Digest, Callable[[], BinaryIO]] = {
-        config.digest: lambda: io.BytesIO(config.raw),
-        layer.digest: layer.open,
-    }
+    raw = config.raw
+    return Patched(image.manifest, manifest, {config.digest: lambda: io.BytesIO(raw), layer.digest: layer.open})
+
+
+def append_layer(
+    source: Source,
+    root: Manifest | Index,
+    image: Image,
+    layer: LayerBlob,
+    original: Original,
+    *,
+    created: str,
+    comment: str,
+) -> Bundle:
+    """One image patched: `assemble` with a single replacement."""
+    return assemble(source, root, [patched_image(image, layer, original, created=created, comment=comment)],
+                    created=created)
+
+
+def assemble(
+    source: Source, root: Manifest | Index, patched: Sequence[Patched], *, created: str,
+    child_tags: Sequence[tuple[str, Manifest]] = (),
+) -> Bundle:
+    """The Bundle of `root` with each patched platform's manifest in place of its original. `child_tags` name
+    patched manifests that a registry sink tags too (Copacetic's per-platform TAG-ARCH tags)."""
+    if not patched:
+        raise ValueError("assemble needs at least one patched image")
+    new_blobs: dict[Digest, Callable[[], BinaryIO]] = {}
+    for p in patched:
+        new_blobs.update(p.openers)
 
     def open_blob(desc: Descriptor) -> BinaryIO:
         opener = new_blobs.get(desc.digest)
         return opener() if opener is not None else source.open_blob(desc)
 
+    primary = patched[0].manifest
     if isinstance(root, Manifest):
-        return Bundle(manifest, manifest, (), manifest_blobs(manifest), open_blob)
+        return Bundle(primary, primary, (), manifest_blobs(primary), open_blob)
 
-    # An index: the patched platform's entry points at the new manifest; every other entry is kept by
+    # An index: each patched platform's entry points at its new manifest; every other entry is kept by
     # digest, and its manifests and blobs travel along so any sink can hold the whole index.
     children: list[Document] = []
-    blobs: list[Descriptor] = list(manifest_blobs(manifest))
-    new_root = _replace_in_index(source, root, image.manifest.digest, manifest, children, blobs, created)
-    return Bundle(new_root, manifest, tuple(children), tuple(blobs), open_blob)
+    blobs: list[Descriptor] = []
+    for p in patched:
+        blobs.extend(manifest_blobs(p.manifest))
+    replacements = {p.original_manifest.digest: p.manifest for p in patched}
+    new_root = _replace_in_index(source, root, replacements, children, blobs, created, set())
+    return Bundle(new_root, primary, tuple(children), tuple(blobs), open_blob, child_tags=tuple(child_tags))
 
 
 def _replace_in_index(
     source: Source,
     index: Index,
-    old: Digest,
-    new: Manifest,
+    replacements: Mapping[Digest, Manifest],
     children: list[Document],
     blobs: list[Descriptor],
     created: str,
+    placed: set[Digest],
 ) -> Index:
-    """`index` with `old` replaced by `new` wherever it occurs, nested indexes included (children are appended
-    before the index that holds them, so sinks write them first)."""
-    replaced = False
+    """`index` with each replaced manifest's entries pointing at its new manifest, nested indexes included
+    (children are appended before the index that holds them, so sinks write them first)."""
     # A buildx attestation (provenance, SBOM) describes the unpatched image; it would be false of the new one.
-    stale = frozenset(e.digest for e in index.manifests if e.annotations.get(ATTESTATION_OF) == str(old))
+    olds = {str(d) for d in replacements}
+    stale = frozenset(e.digest for e in index.manifests if e.annotations.get(ATTESTATION_OF) in olds)
     edits: list[tuple[Digest, Descriptor]] = []
     for entry in index.manifests:
         if entry.digest in stale:
             continue
-        if entry.digest == old:
-            if not replaced:
+        new = replacements.get(entry.digest)
+        if new is not None:
+            if new.digest not in placed:
                 children.append(new)
-            replaced = True
+                placed.add(new.digest)
+            edits.append((entry.digest, new.descriptor()))
             continue
         child = source.fetch_manifest(entry)
         if isinstance(child, Index):
-            nested = _replace_in_index(source, child, old, new, children, blobs, created)
+            nested = _replace_in_index(source, child, replacements, children, blobs, created, placed)
             children.append(nested)
             if nested.digest != child.digest:
                 edits.append((child.digest, nested.descriptor()))
@@ -124,8 +164,10 @@ def _replace_in_index(
         blobs.extend(manifest_blobs(child) if isinstance(child, Manifest) else _opaque_blobs(child))
     for digest, desc in edits:
         index = index.replaced(digest, desc, {})
-    if edits or replaced:
-        index = index.replaced(old, new.descriptor(), {PATCHED_ANNOTATION: created}, stale)
+    if stale:
+        index = index.without(stale)
+    if edits or stale:
+        index = index.with_annotations({PATCHED_ANNOTATION: created})
     return index
 
 

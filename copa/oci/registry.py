@@ -703,5 +703,7 @@ def push(client: RegistryClient, target: Reference, bundle: Bundle) -> Digest:
             pusher.upload(desc, session, task)
     for child in bundle.children:
         pusher.put_manifest(str(child.digest), child)
+    for tag, manifest in bundle.child_tags:
+        pusher.put_manifest(tag, manifest)
     pusher.put_manifest(target.tag or str(root_digest), bundle.root)
     return root_digest

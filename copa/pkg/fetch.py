@@ -198,9 +198,15 @@ class Fetcher:
         hit = self.cache.lookup(item.sha256, item.size)
         if hit is not None:
             return hit
-        with events.task(events.Kind.DOWNLOAD, item.what, item.size, scope=self.scope) as task:
-            return self._with_retries(item.url, item.what, lambda s: self.cache.store_stream(
-                events.counted(s, task.restarted()), item.sha256, item.size, item.what))
+        # Platforms patched at once ask for the same files (indexes, Architecture: all packages): one thread
+        # downloads, the others wait for it and find the file in the cache.
+        with _inflight(item.sha256):
+            hit = self.cache.lookup(item.sha256, item.size)
+            if hit is not None:
+                return hit
+            with events.task(events.Kind.DOWNLOAD, item.what, item.size, scope=self.scope) as task:
+                return self._with_retries(item.url, item.what, lambda s: self.cache.store_stream(
+                    events.counted(s, task.restarted()), item.sha256, item.size, item.what))
 
     def fetch_all(self, items: Sequence[FetchItem]) -> list[Path]:
         """Fetch in parallel; the first failure (in item order) is raised after all workers finish."""
@@ -209,6 +215,18 @@ class Fetcher:
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="copa-fetch") as pool:
             futures = [pool.submit(self.fetch, i) for i in items]
         return [fut.result() for fut in futures]
+
+
+_inflight_locks: dict[str, threading.Lock] = {}
+_inflight_guard = threading.Lock()
+
+
+@contextmanager
+def _inflight(key: str) -> Iterator[None]:
+    with _inflight_guard:
+        lock = _inflight_locks.setdefault(key, threading.Lock())
+    with lock:
+        yield
 
 
 _default: Fetcher | None = None
