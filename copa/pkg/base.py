@@ -6,7 +6,7 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from copa.errors import ResolutionError
 from copa.oci.image import Image
@@ -14,6 +14,9 @@ from copa.oci.layer import Entry
 from copa.oci.rootfs import Files, View
 from copa.pkg.fetch import Fetcher
 from copa.report.model import Report
+
+if TYPE_CHECKING:
+    from copa.pkg.inventory import InstalledPackage
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,3 +170,12 @@ class PackageManager(Protocol):
     def plan(self, ctx: ImageContext, report: Report | None) -> Plan: ...
 
     def build(self, ctx: ImageContext, plan: Plan) -> LayerContent: ...
+
+    def inventory(self, ctx: ImageContext, plan: Plan) -> tuple[InstalledPackage, ...]:
+        """Every OS package installed once `plan` is applied (what the patched image's database lists), from what
+        plan() read: the input of an SBOM."""
+        ...
+
+    def purl(self, ctx: ImageContext, name: str, version: str, architecture: str) -> str:
+        """The package URL a VEX statement names one of this family's packages by (arch and distro qualifiers)."""
+        ...

@@ -15,6 +15,7 @@ from copa.pkg.apk.apkfile import ApkContents, read_apk
 from copa.pkg.apk.index import ApkRecord, Dependency, parse_dependency
 from copa.pkg.apk.install import DB_DIRS, Installing, LayerPlan, database_entries, install_package
 from copa.pkg.apk.installed import InstalledPackage, parse_installed
+from copa.pkg.apk.inventory import apk_inventory, apk_purl
 from copa.pkg.apk.plan import Chosen, Installed, Wanted, resolve
 from copa.pkg.apk.repos import (
     Repository,
@@ -28,6 +29,7 @@ from copa.pkg.apk.version import compare_versions
 from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, check_failures
 from copa.pkg.effects import Package, apply, note
 from copa.pkg.fetch import Fetcher, fetcher_for
+from copa.pkg.inventory import InstalledPackage as InventoryPackage
 from copa.report.model import Report
 
 
@@ -148,6 +150,15 @@ class ApkAdapter:
                                                   for p in installing], "apk", payload.arch, mtime)
         updates = [dataclasses.replace(u, scripts_note=note(outcome, u.name)) for u in plan.updates]
         return LayerContent(tuple(layer.entries.values()), ctx.root.is_symlink, tuple(updates), default_mtime=mtime)
+
+    def inventory(self, ctx: ImageContext, plan: Plan) -> tuple[InventoryPackage, ...]:
+        payload = plan.payload
+        assert isinstance(payload, _Payload)
+        return apk_inventory(ctx.os_release, [p.record for p in payload.packages], plan.updates,
+                             [c.record for c in payload.chosen], payload.arch)
+
+    def purl(self, ctx: ImageContext, name: str, version: str, architecture: str) -> str:
+        return apk_purl(ctx.os_release, name, version, architecture)
 
 
 def fetch_apk(fetcher: Fetcher, url: str, record: ApkRecord, what: str) -> Path:

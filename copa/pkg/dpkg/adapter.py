@@ -25,12 +25,14 @@ from copa.pkg.dpkg.install import (
     install_package,
     remove_package,
 )
+from copa.pkg.dpkg.inventory import deb_purl, dpkg_inventory
 from copa.pkg.dpkg.plan import Candidate, Candidates, Chosen, Installed, Removal, Wanted, resolve
 from copa.pkg.dpkg.relations import parse_relations
 from copa.pkg.dpkg.repos import apt_fetcher, image_policy, load_index
 from copa.pkg.dpkg.status import StatusEntry, StatusParseError, entry_from_control
 from copa.pkg.dpkg.version import compare_versions
 from copa.pkg.effects import Package, apply, note
+from copa.pkg.inventory import InstalledPackage
 from copa.report.model import Report
 
 # apt 2.5.2 began upgrading every installed binary of a source package it upgrades (Debian 12's apt is 2.6)
@@ -193,6 +195,16 @@ class DpkgAdapter:
         updates = [dataclasses.replace(u, scripts_note=note(outcome, u.name)) for u in updates]
         updates += [u for u in plan.updates if u.kind is UpdateKind.REMOVED]
         return LayerContent(tuple(layer.entries.values()), view.is_symlink, tuple(updates), default_mtime=mtime)
+
+    def inventory(self, ctx: ImageContext, plan: Plan) -> tuple[InstalledPackage, ...]:
+        payload = plan.payload
+        assert isinstance(payload, _Payload)
+        gone = {(c.installed.name, c.installed.architecture) for c in payload.chosen if c.installed is not None}
+        gone.update((r.installed.name, r.installed.architecture) for r in payload.removals)
+        return dpkg_inventory(ctx.os_release, payload.db, gone, payload.records)
+
+    def purl(self, ctx: ImageContext, name: str, version: str, architecture: str) -> str:
+        return deb_purl(ctx.os_release, name, version, architecture)
 
     def _old_state(
         self, ctx: ImageContext, db: DpkgDatabase, entries: Sequence[StatusEntry | None]

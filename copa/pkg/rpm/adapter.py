@@ -32,10 +32,12 @@ from copa.pkg.base import (
 from copa.pkg.effects import apply
 from copa.pkg.effects import note as effects_note
 from copa.pkg.fetch import FetchItem, fetcher_for
+from copa.pkg.inventory import InstalledPackage
 from copa.pkg.openpgp import Keyring
 from copa.pkg.rpm.deps import EQUAL, Dep, overlaps
 from copa.pkg.rpm.header import Header, installed_header
 from copa.pkg.rpm.install import LayerPlan, effects_package, install_package, other_owned, owned_files
+from copa.pkg.rpm.inventory import RpmIdentity, rpm_inventory, rpm_purl
 from copa.pkg.rpm.modules import (
     DEFAULTS_DIR,
     MODULES_DIR,
@@ -331,6 +333,21 @@ class RpmAdapter:
             note = "; ".join([*notes.get(u.name, []), *filter(None, [effects_note(outcome, u.name)])])
             updates.append(dataclasses.replace(u, scripts_note=note))
         return LayerContent(tuple(layer.entries.values()), ctx.root.is_symlink, tuple(updates), default_mtime=mtime)
+
+    def inventory(self, ctx: ImageContext, plan: Plan) -> tuple[InstalledPackage, ...]:
+        payload = plan.payload
+        assert isinstance(payload, _Payload)
+        gone = {payload.hnums[c.installed.key] for c in payload.chosen if c.installed is not None}
+        gone.update(payload.erased)
+        chosen = []
+        for c in payload.chosen:
+            assert isinstance(c.record, Candidate)
+            p = c.record.package
+            chosen.append(RpmIdentity(p.name, p.epoch, p.version, p.release, p.arch, p.sourcerpm))
+        return rpm_inventory(ctx.os_release, [h for n, h in sorted(payload.headers.items()) if n not in gone], chosen)
+
+    def purl(self, ctx: ImageContext, name: str, version: str, architecture: str) -> str:
+        return rpm_purl(ctx.os_release, name, version, architecture)
 
 
 def _install_time(contents: Sequence[RpmContents]) -> int:

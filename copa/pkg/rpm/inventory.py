@@ -1,0 +1,75 @@
+"""The rpm image's packages after the patch (the rpm database's headers with the plan applied), and their purls
+as Syft writes them: pkg:rpm/<vendor>/<name>@<version>-<release>?arch=..&epoch=..&distro=<ID>-<VERSION_ID>&upstream=..
+(the source rpm's file name)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from copa.pkg.base import OSRelease
+from copa.pkg.inventory import InstalledPackage, sorted_inventory
+from copa.pkg.purl import build, distro_qualifier
+from copa.pkg.rpm.header import Header
+from copa.pkg.rpm.tags import Tag
+
+# os-release IDs whose purl vendor is spelled otherwise (Red Hat's own purls say pkg:rpm/redhat/...).
+_VENDOR = {"rhel": "redhat"}
+_PSEUDO = frozenset({"gpg-pubkey"})  # keys imported into the rpmdb, not packages
+
+
+@dataclass(frozen=True, slots=True)
+class RpmIdentity:
+    name: str
+    epoch: str  # "" or "0" when none
+    version: str
+    release: str
+    arch: str
+    sourcerpm: str = ""
+    license: str = ""
+
+    @property
+    def evr(self) -> str:
+        prefix = f"{self.epoch}:" if self.epoch and self.epoch != "0" else ""
+        return f"{prefix}{self.version}-{self.release}"
+
+
+def split_evr(evr: str) -> tuple[str, str, str]:
+    """'1:3.0.7-27.el9' -> ('1', '3.0.7', '27.el9'); the release is what follows the last '-'."""
+    epoch, _, rest = evr.rpartition(":") if ":" in evr else ("", "", evr)
+    version, _, release = rest.rpartition("-") if "-" in rest else (rest, "", "")
+    return epoch, version, release
+
+
+def rpm_purl(os_release: OSRelease, name: str, evr: str, architecture: str, sourcerpm: str = "") -> str:
+    epoch, version, release = split_evr(evr)
+    return build("rpm", name, _VENDOR.get(os_release.id, os_release.id) or "rpm",
+                 f"{version}-{release}" if release else version, {
+                     "arch": architecture,
+                     "epoch": epoch if epoch and epoch != "0" else "",
+                     "distro": distro_qualifier(os_release.id, os_release.version_id),
+                     "upstream": sourcerpm,
+                 })
+
+
+def of_header(h: Header) -> RpmIdentity:
+    epoch = h.integer(Tag.EPOCH)
+    return RpmIdentity(h.string(Tag.NAME) or "", str(epoch) if epoch is not None else "", h.string(Tag.VERSION) or "",
+                       h.string(Tag.RELEASE) or "", h.string(Tag.ARCH) or "noarch", h.string(Tag.SOURCERPM) or "",
+                       h.string(Tag.LICENSE) or "")
+
+
+def rpm_inventory(os_release: OSRelease, kept: Iterable[Header],
+                  chosen: Sequence[RpmIdentity]) -> tuple[InstalledPackage, ...]:
+    """The headers the plan keeps (neither replaced nor erased) and the chosen packages."""
+    out = [_package(os_release, i) for i in map(of_header, kept) if i.name not in _PSEUDO]
+    out += [_package(os_release, c) for c in chosen]
+    return sorted_inventory(out)
+
+
+def _package(os_release: OSRelease, i: RpmIdentity) -> InstalledPackage:
+    return InstalledPackage(
+        name=i.name, version=i.evr, architecture=i.arch,
+        purl=rpm_purl(os_release, i.name, i.evr, i.arch, i.sourcerpm),
+        source=i.sourcerpm, licenses=(i.license,) if i.license else (),
+    )
