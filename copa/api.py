@@ -16,6 +16,7 @@ from pathlib import Path
 from copa.errors import CopaError, ReportError, UnsupportedImageError, UsageError
 from copa.oci.image import Image, is_docker, platform_entries, resolve_platform
 from copa.oci.layer import Compression, write_layer
+from copa.oci.loaders import check_available
 from copa.oci.model import Descriptor, Index, Manifest, Platform
 from copa.oci.mutate import Original, Patched, assemble, original_of, patched_image
 from copa.oci.registry import RegistryClient, RegistryOptions
@@ -318,15 +319,17 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
         raise UsageError(f"--output-tar holds one image but {len(targets)} platforms are to be patched; pass "
                          "--platform with one of them, or write them all with --push or --oci-dir")
     outputs = None if options.dry_run else plan_outputs(
-        opened, options.tag, options.tag_suffix, options.push, options.oci_dir, options.output_tar
+        opened, options.tag, options.tag_suffix, options.push, options.oci_dir, options.output_tar, options.loader
     )
+    if outputs is not None and outputs.loader is not None:
+        check_available(outputs.loader, timeout=options.timeout)
     with tempfile.TemporaryDirectory(prefix="copa-") as tmp:
         done = _patch_all(opened, targets, options, compression, Path(tmp), progress, multi)
         patched = [d.patched for d in done if d.patched is not None]
         written: tuple[Written, ...] = ()
         child_tags: list[tuple[str, Manifest]] = []
         if patched and outputs is not None:
-            if multi and outputs.reference is not None and outputs.reference.tag:
+            if multi and outputs.reference is not None and outputs.reference.tag and (outputs.push or outputs.loader):
                 for d in done:
                     if d.patched is not None and d.target.platform is not None:
                         tag = platform_tag(outputs.reference.tag, d.target.platform)
@@ -335,10 +338,10 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
             bundle = assemble(opened.source, root, patched, created=_created(), child_tags=child_tags)
             bundle = dataclasses.replace(bundle, mount_from=opened.reference)
             progress("writing " + ", ".join(
-                str(x) for x in (outputs.reference if outputs.push else None, outputs.oci_dir, outputs.output_tar)
-                if x is not None
+                str(x) for x in (outputs.reference if outputs.push else None, outputs.oci_dir, outputs.output_tar,
+                                 outputs.loader) if x is not None
             ))
-            written = write_outputs(outputs, bundle, client)
+            written = write_outputs(outputs, bundle, client, Path(tmp), options.timeout)
         return _result(opened, options, done, written, dict(child_tags), multi, started)
 
 

@@ -259,7 +259,7 @@ def print_summary(result: PatchResult, out: TextIO) -> None:
         print("nothing to patch; nothing written", file=out)
     for w in result.outputs:
         # A docker-archive has no manifest digest; what identifies its image is the config digest (the image ID).
-        what = "image ID" if w.kind == "output-tar" else "digest"
+        what = "image ID" if w.kind in ("output-tar", "podman", "docker") else "digest"
         print(f"wrote {w.target} ({what} {w.digest})", file=out)
     if result.outputs:
         print(f"done in {result.seconds:.1f}s", file=out)

@@ -91,6 +91,18 @@ def load(
     return Written(loader, f"{_TRANSPORT[loader]}:{loaded}", image_id)
 
 
+def check_available(loader: str, *, timeout: float = _PING_TIMEOUT, env: Mapping[str, str] | None = None) -> None:
+    """Fail now (LoaderError) when `loader`'s store cannot take an image: called before any work or push, so a
+    run that cannot load leaves nothing behind."""
+    if loader not in LOADERS:
+        raise UsageError(f"unknown loader {loader!r}: use -l podman or -l docker")
+    environ = os.environ if env is None else env
+    if loader == "podman":
+        _podman_binary(environ)
+    else:
+        _ping(docker_endpoint(environ), min(timeout, _PING_TIMEOUT))
+
+
 def platform_name(name: str, platform: Platform) -> str:
     """`REPO:TAG` -> `REPO:TAG-ARCH[-VARIANT]`, the name Copacetic loads each platform of a multi-platform result
     under (its archTag)."""
@@ -312,13 +324,17 @@ def _ping(endpoint: Endpoint, timeout: float) -> None:
         raise LoaderError(f"permission denied on the Docker socket {endpoint.socket_path}: join the group that owns "
                           "it (usually docker), set DOCKER_HOST, or use -l podman") from None
     except ssl.SSLError as e:
-        raise _no_engine(endpoint, f"TLS: {e.reason or e}") from None
+        certs = endpoint.cert_path or "~/.docker"
+        raise LoaderError(f"the TLS handshake with the Docker engine at {endpoint.url} failed ({e.reason or e}): "
+                          f"check DOCKER_CERT_PATH ({certs}: ca.pem, cert.pem, key.pem) and DOCKER_TLS_VERIFY"
+                          ) from None
     except (OSError, http.client.HTTPException) as e:
         raise _no_engine(endpoint, _reason(e)) from None
     finally:
         conn.close()
     if resp.status != 200:
-        raise _no_engine(endpoint, f"HTTP {resp.status} to /_ping: {_api_message(body)}")
+        raise LoaderError(f"the Docker engine at {endpoint.url} answered a ping with HTTP {resp.status} "
+                          f"({_api_message(body)}): check DOCKER_HOST and DOCKER_TLS_VERIFY, or use -l podman")
 
 
 def _reason(e: BaseException) -> str:

@@ -6,6 +6,7 @@ Image arguments follow skopeo's transport names: `oci:DIR[:NAME]`, `docker-archi
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from copa.oci.archive import ArchiveSource, write_archive
 from copa.oci.digest import Digest
 from copa.oci.image import Bundle, Source
 from copa.oci.layout import LayoutSource, write_layout
+from copa.oci.loaders import load
 from copa.oci.reference import Reference, valid_tag
 from copa.oci.registry import RegistryClient, RegistrySource, push
 
@@ -55,6 +57,7 @@ class Outputs:
     oci_dir: Path | None
     output_tar: Path | None
     tag: str  # the tag alone: a layout's ref name
+    loader: str | None = None  # -l: podman or docker
 
 
 def check_tag(tag: str, what: str) -> None:
@@ -66,10 +69,12 @@ def check_tag(tag: str, what: str) -> None:
 
 
 def plan_outputs(
-    opened: Opened, tag: str | None, suffix: str, push: bool, oci_dir: str | None, output_tar: str | None
+    opened: Opened, tag: str | None, suffix: str, push: bool, oci_dir: str | None, output_tar: str | None,
+    loader: str | None = None,
 ) -> Outputs:
-    if not (push or oci_dir or output_tar):
-        raise UsageError("no output named: pass --push (to the registry), --oci-dir DIR or --output-tar FILE")
+    if not (push or oci_dir or output_tar or loader):
+        raise UsageError("no output named: pass --push (to the registry), --oci-dir DIR, --output-tar FILE or "
+                         "-l podman|docker")
     if not tag:
         check_tag(f"latest-{suffix}", "--tag-suffix (as part of a tag)")
     if tag and ("/" in tag or "@" in tag):
@@ -91,7 +96,8 @@ def plan_outputs(
     ref_name = full.tag if full is not None else (tag or _default_tag(opened.tag or "latest", suffix))
     if push and full is None:
         raise UsageError("--push needs -t REGISTRY/REPOSITORY:TAG when the image does not come from a registry")
-    return Outputs(full, push, Path(oci_dir) if oci_dir else None, Path(output_tar) if output_tar else None, ref_name)
+    return Outputs(full, push, Path(oci_dir) if oci_dir else None, Path(output_tar) if output_tar else None, ref_name,
+                   loader)
 
 
 def _default_tag(base: str, suffix: str) -> str:
@@ -120,7 +126,8 @@ class Written:
     digest: Digest
 
 
-def write_outputs(outputs: Outputs, bundle: Bundle, client: RegistryClient) -> tuple[Written, ...]:
+def write_outputs(outputs: Outputs, bundle: Bundle, client: RegistryClient, workdir: Path | None = None,
+                  timeout: float = 300.0) -> tuple[Written, ...]:
     """Write to every named sink. Each sink writes blobs first and its tag or index last."""
     written: list[Written] = []
     if outputs.oci_dir is not None:
@@ -131,4 +138,15 @@ def write_outputs(outputs: Outputs, bundle: Bundle, client: RegistryClient) -> t
         written.append(Written("output-tar", f"docker-archive:{outputs.output_tar}", bundle.primary.config.digest))
     if outputs.push and outputs.reference is not None:
         written.append(Written("registry", str(outputs.reference), push(client, outputs.reference, bundle)))
+    if outputs.loader is not None:
+        # A local store holds one platform per name: each patched platform of an index is loaded under its
+        # TAG-ARCH[-VARIANT] name, as Copacetic does; a single image under the patched name.
+        name = str(outputs.reference) if outputs.reference is not None else outputs.tag
+        with tempfile.TemporaryDirectory(prefix="copa-load-", dir=workdir) as tmp:
+            if bundle.child_tags and outputs.reference is not None:
+                for tag, manifest in bundle.child_tags:
+                    written.append(load(outputs.loader, bundle, str(outputs.reference.with_tag(tag)), Path(tmp),
+                                        manifest=manifest, timeout=timeout))
+            else:
+                written.append(load(outputs.loader, bundle, name, Path(tmp), timeout=timeout))
     return tuple(written)
