@@ -179,7 +179,8 @@ def patch(options: PatchOptions, progress: Progress = lambda _m: None) -> PatchR
     compression = Compression.parse(options.compression)
     reports = _load_reports(options)
     registry_options = RegistryOptions(
-        insecure=frozenset(options.insecure), ca_bundle=options.ca_bundle, timeout=options.timeout
+        insecure=frozenset(options.insecure), ca_bundle=options.ca_bundle, timeout=options.timeout,
+        client_cert=options.client_cert, client_key=options.client_key,
     )
     with RegistryClient(registry_options) as client:
         return _patch(options, progress, client, compression, reports, started)
