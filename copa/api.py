@@ -428,7 +428,7 @@ def _patch_one(opened: Opened, target: _Target, options: PatchOptions, compressi
     # Repository indexes start downloading as soon as the base layer's /etc has been read (see detect.EarlyDownloads).
     prefetch = EarlyDownloads(options.repos, image.config.architecture or "amd64", image.config.variant,
                              make_fetcher(Path(options.cache_dir) if options.cache_dir else None, options.timeout,
-                                          options.ca_bundle))
+                                          options.ca_bundle, options.repos))
     try:
         root_view = scan(image, original.layers, CAPTURE, early=(PREFETCH_WATCH, prefetch.start), large=CAPTURE_LARGE)
     finally:
