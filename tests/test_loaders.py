@@ -77,7 +77,7 @@ def _diff_ids(config: dict[str, object]) -> list[str]:
 
 
 def _no_archive_left(workdir: Path) -> None:
-    assert list(workdir.iterdir()) == [], "the archive written for the load must be removed"
+    assert list(workdir.glob("*.tar")) == [], "the archive written for the load must be removed"
 
 
 # --- podman ----------------------------------------------------------------------------------------------------
@@ -273,3 +273,22 @@ def test_unusable_docker_host(host: str, needle: str, tmp_path: Path) -> None:
         docker_endpoint({"HOME": str(tmp_path), "DOCKER_HOST": host})
     assert needle in str(raised.value)
 
+
+
+def test_docker_engine_over_tls(patched: Bundle, dockerd: Dockerd, tmp_path: Path) -> None:
+    """A remote engine: tcp:// with DOCKER_TLS_VERIFY and the client certificate from DOCKER_CERT_PATH."""
+    env = {"DOCKER_HOST": dockerd.tls_host, "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(dockerd.client_certs)}
+    written = load("docker", patched, "registry.test/app:tls", tmp_path, env=env)
+    assert dockerd.image("registry.test/app:tls")["Id"] == str(written.digest)
+    # Without a client certificate the engine refuses the handshake; plain HTTP to it is answered with a 400.
+    ca_only = tmp_path / "ca-only"
+    ca_only.mkdir()
+    (ca_only / "ca.pem").write_bytes((dockerd.client_certs / "ca.pem").read_bytes())
+    refused = rf"^the TLS handshake with the Docker engine at {dockerd.tls_host} failed"
+    with pytest.raises(LoaderError, match=refused):
+        load("docker", patched, "registry.test/app:tls2", tmp_path, env={**env, "DOCKER_CERT_PATH": str(ca_only)})
+    plain = rf"^the Docker engine at {dockerd.tls_host} answered a ping with HTTP 400"
+    with pytest.raises(LoaderError, match=plain):
+        load("docker", patched, "registry.test/app:tls2", tmp_path, env={"DOCKER_HOST": dockerd.tls_host})
+    assert "registry.test/app:tls2" not in dockerd.tags()
+    _no_archive_left(tmp_path)

@@ -2,6 +2,7 @@
 
     with Dockerd(tmp / "docker") as engine:       # root needed, as for any dockerd
         engine.host                               # "unix:///.../docker.sock": DOCKER_HOST for copa
+        engine.tls_host, engine.client_certs      # also on tcp://127.0.0.1:PORT, TLS with client certificates
         engine.get("/images/app:1.0/json")        # the Engine API, parsed, as an oracle
 
 Why these settings:
@@ -10,13 +11,18 @@ Why these settings:
 - `--storage-driver vfs`: no overlay module needed; the images loaded by the tests are small.
 - `--iptables=false --ip6tables=false --bridge=none`: the tests load images and never run containers, and a
   sandbox may have no netfilter; without them dockerd refuses to start there.
+- `--tlsverify` on the TCP listener (a throwaway CA, a server certificate for 127.0.0.1, a client certificate;
+  `client_certs` is a DOCKER_CERT_PATH directory with ca.pem, cert.pem and key.pem): the way a remote engine is
+  reached. The unix socket is not affected by it.
 - The engine starts its own containerd under the exec root and stops it when it stops.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import http.client
+import ipaddress
 import json
 import os
 import shutil
@@ -28,7 +34,12 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from tests.support.registry import require_tool
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.support.registry import free_port, require_tool
 
 START_TIMEOUT = 60.0
 
@@ -45,6 +56,46 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def _pem_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = ec.generate_private_key(ec.SECP256R1())
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return key
+
+
+def _pem_cert(path: Path, subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None,
+              issuer_key: ec.EllipticCurvePrivateKey, usage: x509.ObjectIdentifier | None) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer.subject if issuer else name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True))
+    if usage is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    if usage == ExtendedKeyUsageOID.SERVER_AUTH:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(
+            "127.0.0.1"))]), critical=False)
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert
+
+
+def make_certs(directory: Path) -> tuple[Path, Path]:
+    """(server directory, client DOCKER_CERT_PATH directory), both holding ca.pem, cert.pem and key.pem."""
+    server, client = directory / "server", directory / "client"
+    server.mkdir(parents=True)
+    client.mkdir()
+    ca_key = _pem_key(directory / "ca-key.pem")
+    ca = _pem_cert(server / "ca.pem", "copa test CA", ca_key, None, ca_key, None)
+    (client / "ca.pem").write_bytes((server / "ca.pem").read_bytes())
+    _pem_cert(server / "cert.pem", "127.0.0.1", _pem_key(server / "key.pem"), ca, ca_key,
+              ExtendedKeyUsageOID.SERVER_AUTH)
+    _pem_cert(client / "cert.pem", "copa test client", _pem_key(client / "key.pem"), ca, ca_key,
+              ExtendedKeyUsageOID.CLIENT_AUTH)
+    return server, client
+
+
 class Dockerd:
     def __init__(self, root: Path) -> None:
         self.binary = require_tool("dockerd", "docker.io")
@@ -52,17 +103,27 @@ class Dockerd:
         self.socket = root / "docker.sock"
         self.log = root / "dockerd.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.client_certs = root / "tls" / "client"
 
     @property
     def host(self) -> str:
         return f"unix://{self.socket}"
 
+    @property
+    def tls_host(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
     def __enter__(self) -> Dockerd:
         self.root.mkdir(parents=True, exist_ok=True)
+        server, _ = make_certs(self.root / "tls")
+        self.port = free_port()
         argv = [
             self.binary, "--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
             f"--data-root={self.root / 'data'}", f"--exec-root={self.root / 'exec'}",
             f"--pidfile={self.root / 'docker.pid'}", f"-H=unix://{self.socket}",
+            "--tlsverify", f"--tlscacert={server / 'ca.pem'}", f"--tlscert={server / 'cert.pem'}",
+            f"--tlskey={server / 'key.pem'}", f"-H=tcp://127.0.0.1:{self.port}",
         ]  # fmt: skip
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
