@@ -24,7 +24,15 @@ from copa.errors import LoaderError, UsageError
 from copa.oci.image import Bundle, Image
 from copa.oci.layer import Entry, write_layer
 from copa.oci.layout import LayoutSource
-from copa.oci.loaders import DEFAULT_DOCKER_HOST, Endpoint, _docker_load, docker_endpoint, load, platform_name
+from copa.oci.loaders import (
+    DEFAULT_DOCKER_HOST,
+    Endpoint,
+    _docker_load,
+    detect_loader,
+    docker_endpoint,
+    load,
+    platform_name,
+)
 from copa.oci.model import Manifest, Platform
 from copa.oci.mutate import append_layer, original_of
 from tests.support import debimage
@@ -292,3 +300,11 @@ def test_docker_engine_over_tls(patched: Bundle, dockerd: Dockerd, tmp_path: Pat
         load("docker", patched, "registry.test/app:tls2", tmp_path, env={"DOCKER_HOST": dockerd.tls_host})
     assert "registry.test/app:tls2" not in dockerd.tags()
     _no_archive_left(tmp_path)
+
+
+def test_detect_loader_as_copacetic_does(dockerd: Dockerd, podman: PodmanStore, tmp_path: Path) -> None:
+    """No -l: an engine that answers first, else an installed podman, else none."""
+    nowhere = f"unix://{tmp_path}/none.sock"
+    assert detect_loader({**podman.env, "DOCKER_HOST": dockerd.host}) == "docker"
+    assert detect_loader({**podman.env, "DOCKER_HOST": nowhere}) == "podman"
+    assert detect_loader({"DOCKER_HOST": nowhere, "PATH": str(tmp_path)}) is None

@@ -66,7 +66,7 @@ def load(
     CONTAINERS_* settings, DOCKER_HOST and friends). Returns the loaded name and the store's image ID."""
     if loader not in LOADERS:
         raise UsageError(f"unknown loader {loader!r}: use -l podman or -l docker")
-    _check_name(name)
+    check_name(name)
     environ = os.environ if env is None else env
     # Fail on a missing podman or a silent engine before spending time and disk on the archive.
     if loader == "podman":
@@ -115,7 +115,21 @@ def platform_name(name: str, platform: Platform) -> str:
     return f"{repo}:{new_tag}"
 
 
-def _check_name(name: str) -> None:
+def detect_loader(env: Mapping[str, str] | None = None) -> str | None:
+    """Copacetic's choice when no loader is named: a Docker engine that answers a ping, else podman when it is
+    installed, else None."""
+    environ = os.environ if env is None else env
+    with contextlib.suppress(LoaderError):
+        _ping(docker_endpoint(environ), _PING_TIMEOUT)
+        return "docker"
+    with contextlib.suppress(LoaderError):
+        _podman_binary(environ)
+        return "podman"
+    return None
+
+
+def check_name(name: str) -> None:
+    """Refuse a name a store cannot tag (called by load; callable early, before any patch work)."""
     repo, sep, tag = name.rpartition(":")
     ok = bool(sep and repo and "/" not in tag and valid_tag(tag))
     if ok:
