@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,9 +40,13 @@ from copa.oci.loaders import (
 from copa.oci.model import Manifest, Platform
 from copa.oci.mutate import append_layer, original_of
 from tests.support import debimage
+from tests.support.aptrepo import AptRepo, RepoServer
 from tests.support.dockerd import Dockerd
 from tests.support.podman import PodmanStore
 from tests.support.registry import free_port
+from tests.support.trivy import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CREATED = "2026-01-01T00:00:00Z"
 
@@ -308,3 +316,109 @@ def test_detect_loader_as_copacetic_does(dockerd: Dockerd, podman: PodmanStore, 
     assert detect_loader({**podman.env, "DOCKER_HOST": dockerd.host}) == "docker"
     assert detect_loader({**podman.env, "DOCKER_HOST": nowhere}) == "podman"
     assert detect_loader({"DOCKER_HOST": nowhere, "PATH": str(tmp_path)}) is None
+
+
+# --- the CLI ---------------------------------------------------------------------------------------------------
+
+
+def copa(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "copa", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**env, "COPA_DEBUG": ""}, check=False)
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one error line; every other stderr line must be a progress line."""
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in lines if line.startswith("copa: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def repo_server() -> Iterator[tuple[AptRepo, RepoServer]]:
+    repo = debimage.hermetic_repo()
+    with RepoServer(repo.root) as server:
+        yield repo, server
+
+
+@pytest.fixture(scope="module")
+def patch_args(repo_server: tuple[AptRepo, RepoServer], tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    repo, server = repo_server
+    report = write_report(tmp_path_factory.mktemp("report") / "trivy.json", {"app": debimage.FIXES["app"]})
+    return ["patch", "-i", debimage.base_image().image_ref, "-r", str(report), *debimage.copa_args(server.url, repo)]
+
+
+def _skopeo_json(*args: str) -> dict[str, Any]:
+    proc = subprocess.run(["skopeo", *args], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_cli_loads_into_podman(patch_args: list[str], podman: PodmanStore, tmp_path: Path) -> None:
+    """The image podman holds is the one copa wrote into the layout of the same run (read by skopeo)."""
+    name = "registry.test/hermetic:cli-podman"
+    proc = copa(*patch_args, "-t", name, "-l", "podman", "--oci-dir", str(tmp_path / "out"), "--json",
+                env=podman.env)
+    assert proc.returncode == 0, proc.stderr
+    outputs = {o["kind"]: o for o in json.loads(proc.stdout)["outputs"]}
+    layout = f"oci:{tmp_path / 'out'}:cli-podman"
+    config_digest = _skopeo_json("inspect", "--raw", layout)["config"]["digest"]
+    diff_ids = _skopeo_json("inspect", "--config", layout)["rootfs"]["diff_ids"]
+    inspected = podman.inspect(name)
+    assert outputs["podman"]["target"] == f"containers-storage:{name}"
+    assert outputs["podman"]["digest"] == config_digest == f"sha256:{inspected['Id']}"
+    assert inspected["RootFS"]["Layers"] == diff_ids and len(diff_ids) == 2
+    assert name in inspected["RepoTags"]
+
+
+def test_cli_loads_into_docker(patch_args: list[str], dockerd: Dockerd, tmp_path: Path) -> None:
+    """The image the engine holds is the one copa wrote as a docker-archive in the same run (read by skopeo)."""
+    name = "registry.test/hermetic:cli-docker"
+    tar = tmp_path / "out.tar"
+    proc = copa(*patch_args, "-t", name, "-l", "docker", "--output-tar", str(tar), "--json",
+                env={**os.environ, "DOCKER_HOST": dockerd.host})
+    assert proc.returncode == 0, proc.stderr
+    outputs = {o["kind"]: o for o in json.loads(proc.stdout)["outputs"]}
+    config_digest = _skopeo_json("inspect", "--raw", f"docker-archive:{tar}")["config"]["digest"]
+    diff_ids = _skopeo_json("inspect", "--config", f"docker-archive:{tar}")["rootfs"]["diff_ids"]
+    inspected = dockerd.image(name)
+    assert outputs["docker"]["target"] == f"docker-daemon:{name}"
+    assert outputs["docker"]["digest"] == config_digest == inspected["Id"]
+    assert inspected["RootFS"]["Layers"] == diff_ids and len(diff_ids) == 2
+    assert inspected["RepoTags"] == [name]
+
+
+def test_cli_without_podman_is_exit_9_and_writes_nothing(patch_args: list[str], podman: PodmanStore,
+                                                        tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = copa(*patch_args, "-t", "registry.test/hermetic:nopodman", "-l", "podman", "--oci-dir", str(out),
+                env={**podman.env, "PATH": str(tmp_path / "empty")})
+    assert proc.returncode == 9, proc.stderr
+    assert error_line(proc) == "copa: error: podman is not installed: install podman or drop -l podman"
+    assert not out.exists()
+
+
+def test_cli_without_docker_engine_is_exit_9_and_writes_nothing(patch_args: list[str], tmp_path: Path) -> None:
+    host = f"unix://{tmp_path}/docker.sock"
+    out = tmp_path / "out"
+    proc = copa(*patch_args, "-t", "registry.test/hermetic:nodocker", "-l", "docker", "--oci-dir", str(out),
+                env={**os.environ, "DOCKER_HOST": host})
+    assert proc.returncode == 9, proc.stderr
+    assert error_line(proc) == (f"copa: error: no Docker engine answers at {host} (No such file or directory): "
+                                "start it, set DOCKER_HOST, or use -l podman")
+    assert not out.exists()
+
+
+def test_cli_layout_source_needs_a_repository_name_before_any_work(patch_args: list[str], podman: PodmanStore,
+                                                                   ) -> None:
+    """An image from a layout has no repository: the default name (TAG-patched) cannot be a store's name."""
+    before = podman.names()
+    proc = copa(*patch_args, "-l", "podman", env=podman.env)
+    assert proc.returncode == 2, proc.stderr
+    assert error_line(proc) == ("copa: error: cannot load the image as 'hermetic-patched': a local image store needs "
+                                "a REPOSITORY:TAG name; pass -t REPOSITORY:TAG")
+    assert "building the patch layer" not in proc.stderr
+    assert podman.names() == before

@@ -15,7 +15,7 @@ from copa.oci.archive import ArchiveSource, write_archive
 from copa.oci.digest import Digest
 from copa.oci.image import Bundle, Source
 from copa.oci.layout import LayoutSource, write_layout
-from copa.oci.loaders import load
+from copa.oci.loaders import check_name, load
 from copa.oci.reference import Reference, valid_tag
 from copa.oci.registry import RegistryClient, RegistrySource, push
 
@@ -96,6 +96,9 @@ def plan_outputs(
     ref_name = full.tag if full is not None else (tag or _default_tag(opened.tag or "latest", suffix))
     if push and full is None:
         raise UsageError("--push needs -t REGISTRY/REPOSITORY:TAG when the image does not come from a registry")
+    if loader is not None:
+        # The name write_outputs loads under, refused now rather than after all the patch work.
+        check_name(str(full) if full is not None else ref_name)
     return Outputs(full, push, Path(oci_dir) if oci_dir else None, Path(output_tar) if output_tar else None, ref_name,
                    loader)
 
