@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from copa import events
 from copa.errors import CopaError, ReportError, UnsupportedImageError, UsageError
 from copa.oci.image import Image, is_docker, platform_entries, resolve_platform
 from copa.oci.layer import Compression, write_layer
@@ -384,15 +385,12 @@ def _patch_all(opened: Opened, targets: list[_Target], options: PatchOptions, co
     """Patch each target; several at once (threads: most of the time is I/O and inflating, which release the
     GIL). At most three at a time bounds memory: each holds its image's package database and captured files."""
     def one(i: int, target: _Target) -> _Done:
-        label = f"[{target.platform}] " if multi else ""
-
-        def say(message: str) -> None:
-            progress(label + message)
-
         workdir = tmp / f"p{i}"
         workdir.mkdir()
         try:
-            return _patch_one(opened, target, options, compression, workdir, say)
+            # Progress of each platform (its steps, downloads, layers) is labelled with it, from every thread.
+            with events.scope(str(target.platform) if multi else None):
+                return _patch_one(opened, target, options, compression, workdir, progress)
         except UnsupportedImageError as e:
             if target.explicit:
                 raise

@@ -7,7 +7,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -24,9 +24,27 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see 'copa patch --help')")
 
 
+def _version() -> str:
+    from copa.pkg.detect import supported_formats
+
+    lines = [f"copa {__version__}"]
+    lines += [f"  {name}: {formats}" for name, formats in supported_formats().items()]
+    lines.append("  reports: Trivy JSON (SchemaVersion 2), Grype JSON, copa v1alpha1/v1alpha2, scanner plugins")
+    lines.append("  images: OCI image-spec 1.1 and Docker v2 schema 2 (registry, OCI layout, docker-archive)")
+    return "\n".join(lines)
+
+
+class _Version(argparse.Action):
+    # argparse's own version action re-wraps the text into one paragraph; this keeps one line per format.
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        _write_out(lambda: print(_version()))
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="copa", description="Patch OS-package vulnerabilities in container images, no daemon.")
-    parser.add_argument("--version", action="version", version=f"copa {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and the formats copa reads")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     p = sub.add_parser("patch", help="patch an image")
     p.add_argument("-i", "--image", required=True,
@@ -273,27 +291,59 @@ def main(argv: Sequence[str] | None = None) -> int:
             build_parser().print_help()
             return 2
         options = options_from(args)
-        progress = make_reporter(args.progress, sys.stderr)
+        # Started with stderr closed (`2>&-`): Python has no sys.stderr, and the run goes on without progress.
+        progress = make_reporter(args.progress, sys.stderr) if sys.stderr is not None else Reporter()
         with events.use(progress):
             result = patch(options, progress)
         progress.close()
+        out = sys.stdout
         if args.json:
-            json.dump(result_json(result), sys.stdout, indent=2)
-            print()
+            _write_out(lambda: out.write(json.dumps(result_json(result), indent=2) + "\n"))
         else:
-            print_summary(result, sys.stdout)
+            _write_out(lambda: print_summary(result, out))
         return 0
     except CopaError as e:
         progress.close()
-        print(f"copa: error: {e}", file=sys.stderr)
+        _error(f"copa: error: {e}")
         return e.exit_code
     except KeyboardInterrupt:
         progress.close()
-        print("copa: interrupted; nothing was tagged", file=sys.stderr)
+        _error("copa: interrupted; nothing was tagged")
         return 130
     except Exception as e:  # a bug: one line by default, the traceback when debugging
         progress.close()
         if os.environ.get("COPA_DEBUG"):
             raise
-        print(f"copa: internal error: {type(e).__name__}: {e} (set COPA_DEBUG=1 for a traceback)", file=sys.stderr)
+        _error(f"copa: internal error: {type(e).__name__}: {e} (set COPA_DEBUG=1 for a traceback)")
         return 1
+
+
+def _write_out(write: Callable[[], object]) -> None:
+    """The result on stdout, whose reader may be gone (`copa patch ... --json | head -1`): the image is already
+    written, so a closed pipe ends the output quietly rather than the run with an error."""
+    if sys.stdout is None:  # started with stdout closed
+        return
+    try:
+        write()
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        _silence(sys.stdout)
+
+
+def _error(line: str) -> None:
+    if sys.stderr is None:
+        return
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (BrokenPipeError, ValueError):
+        _silence(sys.stderr)
+
+
+def _silence(stream: TextIO) -> None:
+    # Point the descriptor at /dev/null so the interpreter's final flush does not complain about the pipe either.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

@@ -101,15 +101,26 @@ class Family:
     report_families: tuple[str, ...]
     version_order: Callable[[], Compare]
     prefetch: Callable[[], type[Prefetcher]] | None = None
+    formats: str = ""  # the package formats (and their versions) the adapter reads and writes: `copa --version`
 
 
 # Adapters by kind name; a kind without one is detected but not yet supported.
 FAMILIES: dict[str, Family] = {
-    "dpkg": Family(_dpkg, ("debian", "ubuntu"), _dpkg_order, _apt_prefetch),
-    "apk": Family(_apk, ("alpine", "wolfi", "chainguard"), _apk_order),
+    "dpkg": Family(_dpkg, ("debian", "ubuntu"), _dpkg_order, _apt_prefetch,
+                   "deb 2.0 packages (gzip, xz, zstd members); dpkg status database 1.x incl. distroless "
+                   "status.d; apt InRelease/Release and Packages indexes, sources.list and deb822 .sources"),
+    "apk": Family(_apk, ("alpine", "wolfi", "chainguard"), _apk_order, None,
+                  "apk v2 packages and signed APKINDEX.tar.gz; installed database of apk-tools 2 and 3"),
     "rpm": Family(_rpm, ("redhat", "centos", "rocky", "alma", "oracle", "amazon", "fedora"), _rpm_order,
-                  _rpm_prefetch),
+                  _rpm_prefetch,
+                  "rpm v4 packages (header v3/v4 signatures); rpmdb sqlite, Berkeley DB (hash/btree) and ndb; "
+                  "rpm-md repositories (repomd.xml), modular metadata"),
 }
+
+
+def supported_formats() -> dict[str, str]:
+    """Each package-manager family copa patches, with the formats it reads and writes."""
+    return {name: family.formats for name, family in FAMILIES.items()}
 
 
 def version_order(report_family: str) -> Compare | None:
