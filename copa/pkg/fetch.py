@@ -108,6 +108,15 @@ class Fetcher:
         raise RegistryError(f"{what}: more than {_MAX_REDIRECTS} redirects from {redact(url)}; "
                             "check the repository URL")
 
+    def _tls_hint(self, e: BaseException, url: str) -> str:
+        # Our side names a server certificate it cannot verify; anything else failing the handshake is the server
+        # ending it, which is what a server that wants a client certificate does (with an alert, or by closing).
+        if "certificate verify failed" in str(e).lower():
+            return "pass --ca-bundle for a private CA"
+        if self.auth.cert_for(url) is None:
+            return "if the repository requires a client certificate, pass --repository-cert and --repository-key"
+        return "the repository did not accept the client certificate (--repository-cert) or TLS settings"
+
     @property
     def session(self) -> requests.Session:
         with self._lock:
@@ -143,7 +152,7 @@ class Fetcher:
             resp, sent_login = self._get(url, what)
         except _TRANSIENT as e:
             if is_permanent(e):
-                hint = "pass --ca-bundle for a private CA" if isinstance(e, requests.exceptions.SSLError) \
+                hint = self._tls_hint(e, url) if isinstance(e, requests.exceptions.SSLError) \
                     else "check the repository URL"
                 raise RegistryError(f"{what}: cannot fetch {redact(url)}: {describe_connection_error(e)}; {hint}") \
                     from None
