@@ -41,10 +41,10 @@ def executable_name(scanner: str) -> str:
     return f"copa-{scanner}"
 
 
-def run_plugin(scanner: str, report: Path, timeout: float = DEFAULT_TIMEOUT,
-               max_output: int = MAX_OUTPUT_BYTES) -> bytes:
+def run_plugin(scanner: str, report: Path, timeout: float = DEFAULT_TIMEOUT, max_output: int | None = None) -> bytes:
     """What `copa-SCANNER REPORT` prints on stdout, after it exited 0. Errors are one-line ReportErrors."""
     exe = executable_name(scanner)
+    max_output = MAX_OUTPUT_BYTES if max_output is None else max_output
     found = shutil.which(exe)
     if found is None:
         raise ReportError(f"scanner plugin {exe} not found on PATH: install it as an executable named {exe} in a "
