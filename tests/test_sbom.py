@@ -1,0 +1,319 @@
+"""Inventories (every OS package after the patch, copa/pkg/<family>/inventory.py) and the CycloneDX SBOM made of them
+(copa/sbom.py), against the package tools and Syft as oracles.
+
+- purls: the purl specification's own build cases; and on real images, Syft's purls for the same packages.
+- dpkg: the bookworm fixture and its distroless twin (status.d) as read by `dpkg-query` and Syft; after a hermetic
+  patch (adapter plan + inventory), the image real dpkg upgraded with the same packages.
+- apk: the Alpine fixture as apk and Syft list it; after a hermetic patch, the root real `apk upgrade` produced.
+- the SBOM: valid against the official CycloneDX 1.6 schema, and read back by `syft convert` with the same packages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import jsonschema
+import pytest
+import referencing
+
+from copa.oci.image import Image, resolve_platform
+from copa.oci.model import Platform
+from copa.oci.mutate import original_of
+from copa.oci.reference import Reference
+from copa.oci.registry import RegistryClient
+from copa.oci.rootfs import Files, scan
+from copa.oci.transport import open_image
+from copa.pkg.apk.index import record_from_lines
+from copa.pkg.apk.installed import parse_installed
+from copa.pkg.apk.inventory import apk_inventory
+from copa.pkg.base import ImageContext, OSRelease, PackageManager, RepositoryOptions
+from copa.pkg.detect import CAPTURE, CAPTURE_LARGE, adapter_for, detect
+from copa.pkg.dpkg.database import read_database
+from copa.pkg.dpkg.inventory import dpkg_inventory
+from copa.pkg.inventory import InstalledPackage
+from copa.pkg.purl import build
+from copa.report.load import load_report
+from copa.sbom import SbomImage, cyclonedx_document, to_bytes
+from copa.vex import image_purl
+from tests.support import alpine, apkrepo, debimage, images
+from tests.support.apkrepo import ApkRepo, PackageUpdate
+from tests.support.aptrepo import AptRepo, RepoServer
+from tests.support.rootview import view_of
+from tests.support.trivy import status_d_versions, write_report
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+CDX = FIXTURES / "sbom" / "cyclonedx"
+SYFT = shutil.which("syft") or str(Path(sys.executable).parent / "syft")
+
+
+# -- oracles -------------------------------------------------------------------------------------------------
+
+
+def parse_purl(purl: str) -> tuple[str, str, str, str, frozenset[tuple[str, str]]]:
+    """(type, namespace, name, version, qualifiers), percent-decoded: two spellings of one purl compare equal."""
+    assert purl.startswith("pkg:"), purl
+    rest, _, query = purl[4:].partition("?")
+    path, _, version = rest.partition("@")
+    type_, *namespace, name = path.split("/")
+    qualifiers = frozenset((k, unquote(v)) for k, _, v in (q.partition("=") for q in query.split("&") if q))
+    return type_, unquote("/".join(namespace)), unquote(name), unquote(version), qualifiers
+
+
+def syft(source: str) -> list[dict[str, Any]]:
+    proc = subprocess.run([SYFT, "scan", source, "-o", "json", "-q"], capture_output=True, text=True, check=False,
+                          env={**os.environ, "SYFT_CHECK_FOR_APP_UPDATE": "false"})
+    assert proc.returncode == 0, proc.stderr
+    artifacts: list[dict[str, Any]] = json.loads(proc.stdout)["artifacts"]
+    return artifacts
+
+
+def syft_os_purls(source: str, kind: str) -> set[tuple[str, str, str, str, frozenset[tuple[str, str]]]]:
+    return {parse_purl(a["purl"]) for a in syft(source) if a["type"] == kind}
+
+
+def dpkg_query(rootfs: Path) -> set[tuple[str, str, str]]:
+    """(name, version, architecture) of every installed package, as dpkg itself lists them."""
+    out = subprocess.run(
+        ["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W", "-f",
+         "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n"],
+        check=True, capture_output=True, text=True).stdout
+    return {tuple(line.split("\t")[1:]) for line in out.splitlines()  # type: ignore[misc]
+            if line[:2] in ("ii", "hi")}
+
+
+def triples(inventory: tuple[InstalledPackage, ...]) -> set[tuple[str, str, str]]:
+    return {(p.name, p.version, p.architecture) for p in inventory}
+
+
+def purls(inventory: tuple[InstalledPackage, ...]) -> set[tuple[str, str, str, str, frozenset[tuple[str, str]]]]:
+    return {parse_purl(p.purl) for p in inventory}
+
+
+def os_release_of(rootfs: Path) -> OSRelease:
+    for path in ("etc/os-release", "usr/lib/os-release"):
+        if (rootfs / path).exists():
+            return OSRelease.parse((rootfs / path).read_text())
+    raise AssertionError(f"{rootfs} has no os-release")
+
+
+def context(image_ref: str, workdir: Path, repos: RepositoryOptions) -> tuple[PackageManager, ImageContext]:
+    """What copa.api builds before planning: the image's merged view, its family's adapter and the context."""
+    client = RegistryClient()
+    opened = open_image(image_ref, client)
+    root = opened.source.root()
+    manifest, _ = resolve_platform(opened.source, root, Platform("linux", "amd64"))
+    image = Image.load(opened.source, manifest)
+    original = original_of(image, opened.name)
+    view = scan(image, original.layers, CAPTURE, large=CAPTURE_LARGE)
+    detected = detect(view)
+    ctx = ImageContext(image=image, layers=original.layers, os_release=detected.os_release,
+                       architecture=image.config.architecture or "amd64", variant=image.config.variant,
+                       workdir=workdir, repos=repos, files=Files(view.contents), root=view, ignore_errors=True)
+    return adapter_for(detected), ctx
+
+
+# -- purls -----------------------------------------------------------------------------------------------------
+
+
+def _build_cases() -> list[Any]:
+    cases = []
+    for kind in ("oci", "deb", "apk", "rpm"):
+        for case in json.loads((FIXTURES / "sbom" / "purl-spec" / f"{kind}-test.json").read_text())["tests"]:
+            if case["test_type"] == "build" and not case["expected_failure"]:
+                cases.append(pytest.param(case["input"], case["expected_output"], id=case["expected_output"]))
+    return cases
+
+
+@pytest.mark.parametrize(("given", "expected"), _build_cases())
+def test_purl_spec_build_cases(given: dict[str, Any], expected: str) -> None:
+    assert build(given["type"], given["name"], given["namespace"] or "", given["version"] or "",
+                 given["qualifiers"] or {}) == expected
+
+
+# -- dpkg --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["debian", "distroless"])
+def test_dpkg_inventory_equals_dpkg_and_syft(which: str) -> None:
+    rootfs = images.debian_rootfs() if which == "debian" else images.distroless_rootfs()
+    layout, _ = images.debian_layout() if which == "debian" else images.distroless_layout()
+    view = view_of(rootfs)
+    db = read_database(Files(view.contents), "amd64", "")
+    inventory = dpkg_inventory(os_release_of(rootfs), db, set(), ())
+    if which == "debian":
+        assert triples(inventory) == dpkg_query(rootfs)
+    else:
+        assert {(p.name, p.version) for p in inventory} == set(status_d_versions(rootfs).items())
+    assert purls(inventory) == syft_os_purls(f"oci-dir:{layout}", "deb")
+
+
+@pytest.fixture(scope="module")
+def apt_repo() -> AptRepo:
+    return debimage.hermetic_repo()
+
+
+@pytest.fixture(scope="module")
+def apt_server(apt_repo: AptRepo) -> Iterator[RepoServer]:
+    with RepoServer(apt_repo.root) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def dpkg_patched(apt_repo: AptRepo, apt_server: RepoServer,
+                 tmp_path_factory: pytest.TempPathFactory) -> tuple[ImageContext, tuple[InstalledPackage, ...]]:
+    """The hermetic Debian image planned by the dpkg adapter against the local signed repository."""
+    work = tmp_path_factory.mktemp("dpkg")
+    base = debimage.base_image()
+    assert apt_repo.key is not None
+    repos = RepositoryOptions(mirrors=((debimage.REPO_URL, apt_server.url),), keyrings=(apt_repo.key.keyring,))
+    adapter, ctx = context(base.image_ref, work, repos)
+    report = load_report(str(write_report(work / "trivy.json", debimage.FIXES)))
+    plan = adapter.plan(ctx, report)
+    assert plan.updates
+    return ctx, adapter.inventory(ctx, plan)
+
+
+@pytest.fixture(scope="module")
+def dpkg_oracle(apt_repo: AptRepo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    debs = [apt_repo.deb(name, version) for name, version in debimage.ORACLE_DEBS]
+    return debimage.dpkg_oracle(debimage.base_image().rootfs, tmp_path_factory.mktemp("oracle") / "rootfs", debs)
+
+
+def test_dpkg_inventory_after_the_plan_equals_dpkg_upgrade(
+        dpkg_patched: tuple[ImageContext, tuple[InstalledPackage, ...]], dpkg_oracle: Path) -> None:
+    _, inventory = dpkg_patched
+    assert triples(inventory) == dpkg_query(dpkg_oracle)
+    assert purls(inventory) == syft_os_purls(f"dir:{dpkg_oracle}", "deb")
+
+
+# -- apk ---------------------------------------------------------------------------------------------------------
+
+
+def apk_db_inventory(rootfs: Path) -> tuple[InstalledPackage, ...]:
+    text = (rootfs / "lib/apk/db/installed").read_text()
+    records = [record_from_lines(list(p.header)) for p in parse_installed(text)]
+    return apk_inventory(os_release_of(rootfs), records, (), (), "x86_64")
+
+
+def test_apk_inventory_equals_apk_and_syft() -> None:
+    rootfs = alpine.alpine_rootfs()
+    layout, _ = alpine.alpine_layout()
+    inventory = apk_db_inventory(rootfs)
+    assert {(p.name, p.version) for p in inventory} == set(alpine.installed_versions(rootfs).items())
+    assert purls(inventory) == syft_os_purls(f"oci-dir:{layout}", "apk")
+    assert all(p.licenses for p in inventory)
+
+
+APK_UPDATES = (
+    PackageUpdate("zlib"),
+    PackageUpdate("libcrypto3"),
+    PackageUpdate("libssl3"),
+    PackageUpdate("curl", add_depends=("copa-sbom-newdep",)),
+    PackageUpdate("copa-sbom-newdep", new=True, files={"usr/share/copa-sbom-newdep/README": b"new\n"}),
+)
+
+
+@pytest.fixture(scope="module")
+def apk_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApkRepo, str, Path]]:
+    repo = apkrepo.build_repo(alpine.alpine_rootfs(), APK_UPDATES, tmp_path_factory.mktemp("apkrepo"))
+    keys = tmp_path_factory.mktemp("keys")
+    repo.key.write_public(keys)
+    with apkrepo.serve(repo.directory) as url:
+        yield repo, url, keys
+
+
+def test_apk_inventory_after_the_plan_equals_apk_upgrade(apk_world: tuple[ApkRepo, str, Path],
+                                                         tmp_path_factory: pytest.TempPathFactory) -> None:
+    repo, url, keys = apk_world
+    work = tmp_path_factory.mktemp("apk")
+    src, ref = alpine.alpine_layout()
+    layout = images.copy_layout(src, work / "layout")
+    apkrepo.add_key_layer(layout, ref, alpine.alpine_rootfs(), repo.key, url)
+    adapter, ctx = context(f"oci:{layout}:{ref}", work, RepositoryOptions())
+    # apk upgrade (the oracle) takes every newer version: the report names them all
+    fixes = {p.name: (p.old_version, p.version) for p in repo.packages if p.old_version}
+    report = load_report(str(write_report(work / "trivy.json", fixes, os_version="3.23.6", family="alpine")))
+    plan = adapter.plan(ctx, report)
+    inventory = adapter.inventory(ctx, plan)
+
+    oracle = alpine.copy_rootfs(alpine.alpine_rootfs(), work / "oracle")
+    repo.key.write_public(oracle / "etc/apk/keys")
+    (oracle / "etc/apk/repositories").write_text(f"{url}\n")
+    alpine.oracle_upgrade(oracle, url, keys)
+    assert {(p.name, p.version) for p in inventory} == set(alpine.installed_versions(oracle).items())
+    assert "copa-sbom-newdep" in {p.name for p in inventory}
+    assert purls(inventory) == syft_os_purls(f"dir:{oracle}", "apk")
+
+
+# -- the SBOM ------------------------------------------------------------------------------------------------------
+
+
+def _validator() -> jsonschema.Draft7Validator:
+    resources = []
+    for path in sorted(CDX.glob("*.schema.json")):
+        doc = json.loads(path.read_text())
+        resources.append((doc["$id"], referencing.Resource.from_contents(doc, referencing.jsonschema.DRAFT7)))
+    registry: referencing.Registry[Any] = referencing.Registry().with_resources(resources)
+    schema = json.loads((CDX / "bom-1.6.schema.json").read_text())
+    return jsonschema.Draft7Validator(schema, registry=registry)
+
+
+@pytest.fixture(scope="module")
+def sbom(dpkg_patched: tuple[ImageContext, tuple[InstalledPackage, ...]]) -> dict[str, Any]:
+    ctx, inventory = dpkg_patched
+    digest = "sha256:" + "c" * 64
+    image = SbomImage("127.0.0.1:5000/app", digest,
+                      image_purl(Reference.parse("127.0.0.1:5000/app"), digest, Platform("linux", "amd64")))
+    return cyclonedx_document(image, ctx.os_release, inventory, timestamp="2024-01-01T00:00:00Z")
+
+
+def test_sbom_is_valid_cyclonedx_1_6(sbom: dict[str, Any]) -> None:
+    validator = _validator()
+    found = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(sbom)]
+    assert found == []
+    broken = {**sbom, "components": [{**sbom["components"][1], "type": "package"}]}
+    assert any("is not one of" in e.message for e in validator.iter_errors(broken))  # the check can fail
+
+
+def test_sbom_lists_the_os_and_every_package(sbom: dict[str, Any],
+                                             dpkg_patched: tuple[ImageContext, tuple[InstalledPackage, ...]],
+                                             dpkg_oracle: Path) -> None:
+    os_component, *packages = sbom["components"]
+    assert os_component["type"] == "operating-system" and os_component["name"] == "debian"
+    assert os_component["version"] == "12"
+    assert {(c["name"], c["version"]) for c in packages} == {(n, v) for n, v, _ in dpkg_query(dpkg_oracle)}
+    assert sbom["metadata"]["component"]["type"] == "container"
+    assert sbom["metadata"]["component"]["purl"].startswith("pkg:oci/app@sha256:")
+    refs = [c["bom-ref"] for c in sbom["components"]]
+    assert len(refs) == len(set(refs))
+
+
+def test_syft_reads_the_sbom_back(sbom: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "sbom.cdx.json"
+    path.write_bytes(to_bytes(sbom))
+    proc = subprocess.run([SYFT, "convert", str(path), "-o", "syft-json"], capture_output=True, text=True,
+                          check=False, env={**os.environ, "SYFT_CHECK_FOR_APP_UPDATE": "false"})
+    assert proc.returncode == 0, proc.stderr
+    read = json.loads(proc.stdout)
+    found = {(a["name"], a["version"], a["purl"]) for a in read["artifacts"]}
+    assert found == {(c["name"], c["version"], c["purl"]) for c in sbom["components"][1:]}
+    assert read["distro"].get("id") == "debian"
+
+
+def test_sbom_is_reproducible(dpkg_patched: tuple[ImageContext, tuple[InstalledPackage, ...]],
+                              sbom: dict[str, Any]) -> None:
+    ctx, inventory = dpkg_patched
+    meta = sbom["metadata"]["component"]
+    image = SbomImage(meta["name"], meta["version"], meta["purl"])
+    again = cyclonedx_document(image, ctx.os_release, tuple(reversed(inventory)), timestamp="2024-01-01T00:00:00Z")
+    assert to_bytes(again) == to_bytes(sbom)
+    fewer = cyclonedx_document(image, ctx.os_release, inventory[1:], timestamp="2024-01-01T00:00:00Z")
+    assert fewer["serialNumber"] != sbom["serialNumber"]
