@@ -333,9 +333,12 @@ def test_untrusted_client_cert_exit_4(tls_registry: TlsRegistry, source_image: R
     with RegistryClient(options(p, client_cert=str(p.rogue_cert), client_key=str(p.rogue_key))) as client:
         error = fails_fast(client, source_image)
     assert isinstance(error, RegistryError) and error.exit_code == 4
-    assert str(error) == (
+    # Whether OpenSSL reads the registry's alert or only its close is a race (both seen about half the time).
+    assert str(error) in (
         f"registry {tls_registry.host} refused client certificate {p.rogue_cert} (bad certificate): "
-        "pass a certificate issued by a CA the registry trusts for clients"
+        "pass a certificate issued by a CA the registry trusts for clients",
+        f"registry {tls_registry.host} closed the TLS handshake after client certificate {p.rogue_cert} was sent: "
+        "pass a certificate issued by a CA the registry trusts for clients",
     )
 
 
@@ -402,7 +405,6 @@ def copa(*args: str) -> subprocess.CompletedProcess[str]:
                           env={**os.environ, "COPA_DEBUG": ""}, timeout=120)
 
 
-@pytest.mark.xfail(strict=True, reason="until copa/api.py passes client_cert/client_key to RegistryOptions")
 def test_cli_cacert_cert_key(tls_registry: TlsRegistry, source_image: Reference) -> None:
     """`copa patch` reads the image through the handshake: the tiny image has no OS, so with the certificate
     the run gets as far as detection (exit 6); without it the registry refuses (exit 4). One line each."""

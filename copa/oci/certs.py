@@ -186,8 +186,13 @@ def client_cert_refusal(e: BaseException, host: str, client: ClientPair | None) 
         return (f"registry {host} refused the TLS handshake: it asks for a client certificate; pass --cert and "
                 f"--key (or put NAME.cert and NAME.key in /etc/containers/certs.d/{host}/)")
     if client is not None:
+        hint = "pass a certificate issued by a CA the registry trusts for clients"
         alert = next((a for a in _REFUSES_CERT if a in text), None)
         if alert is not None:
-            return (f"registry {host} refused client certificate {client.cert} ({alert.removeprefix('alert ')}): "
-                    "pass a certificate issued by a CA the registry trusts for clients")
+            return f"registry {host} refused client certificate {client.cert} ({alert.removeprefix('alert ')}): {hint}"
+        # The server's alert and its closing the connection race with our last handshake write: OpenSSL may see
+        # only the close. After a client certificate was sent that is its refusal more often than not.
+        if "eof occurred in violation of protocol" in text or "unexpected eof" in text:
+            return (f"registry {host} closed the TLS handshake after client certificate {client.cert} was sent: "
+                    f"{hint}")
     return None

@@ -9,9 +9,11 @@ manifests, then the root manifest, so the tag appears last and a failed push lea
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import io
 import random
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -124,6 +126,7 @@ class RegistryClient:
         if self._client is not None:
             self.session.cert = self._client.for_requests()  # token servers see it too, as with skopeo
         self._tls: dict[str, tuple[bool | str, ClientPair | None]] = {}
+        self._tls_lock = threading.Lock()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def close(self) -> None:
@@ -142,23 +145,27 @@ class RegistryClient:
 
     def _tls_for(self, ref: Reference) -> tuple[bool | str, ClientPair | None]:
         """(verify, client pair) for requests to `ref`'s registry: the options plus its certs.d directory."""
-        found = self._tls.get(ref.registry)
-        if found is None:
-            verify: bool | str = self.options.ca_bundle or True
-            client = self._client
-            dirs = self.options.cert_dirs
-            bases = default_cert_dirs() if dirs is None else tuple(Path(d) for d in dirs)
-            directory = host_cert_dir(ref.registry, bases)
-            if directory is not None:
-                host = read_host_dir(directory)
-                if host.ca_files:
-                    if self._tmp is None:
-                        self._tmp = tempfile.TemporaryDirectory(prefix="copa-ca-")
-                    bundle = Path(self._tmp.name) / f"{len(self._tls)}.pem"
-                    verify = str(merged_bundle(self.options.ca_bundle, host.ca_files, bundle))
-                client = client or host.client
-            found = self._tls[ref.registry] = (verify, client)
-        return found
+        with self._tls_lock:  # blobs are fetched from pool threads
+            found = self._tls.get(ref.registry)
+            if found is None:
+                found = self._tls[ref.registry] = self._host_tls(ref.registry)
+            return found
+
+    def _host_tls(self, registry: str) -> tuple[bool | str, ClientPair | None]:
+        verify: bool | str = self.options.ca_bundle or True
+        client = self._client
+        dirs = self.options.cert_dirs
+        bases = default_cert_dirs() if dirs is None else tuple(Path(d) for d in dirs)
+        directory = host_cert_dir(registry, bases)
+        if directory is not None:
+            host = read_host_dir(directory)
+            if host.ca_files:
+                if self._tmp is None:
+                    self._tmp = tempfile.TemporaryDirectory(prefix="copa-ca-")
+                name = hashlib.sha256(registry.encode()).hexdigest()[:16]
+                verify = str(merged_bundle(self.options.ca_bundle, host.ca_files, Path(self._tmp.name) / f"{name}.pem"))
+            client = client or host.client
+        return verify, client
 
     def _request_tls(self, ref: Reference) -> dict[str, Any]:
         verify, client = self._tls_for(ref)
