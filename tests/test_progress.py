@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
@@ -18,15 +19,19 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from copa import events
+from copa.events import Finish, TaskInfo
 from tests.support import images
 from tests.support.registry import RunningRegistry
 from tests.support.trivy import dpkg_versions, fixed_packages, write_report
@@ -304,3 +309,81 @@ def test_quiet_prints_one_line_on_error(image: str, report: Path, tmp_path: Path
     assert proc.returncode == 4, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("copa: error: "), proc.stderr
+
+
+def test_json_advances_are_throttled(json_run: JsonRun) -> None:
+    # At most one advance per task every 0.2 s (and none after its done): the stream stays small for big layers.
+    for start, done in tasks(json_run).values():
+        advances = [e for e in json_run.events if e["event"] == "advance" and e["id"] == start["id"]]
+        assert len(advances) <= done["seconds"] / 0.2 + 1, (start, len(advances), done)
+
+
+# ----------------------------------------------------------------------------------------------------- events
+
+
+class Collect:
+    """A sink keeping every event (the events module's own interface; no renderer involved)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: list[tuple[str, str | None, str]] = []
+
+    def step(self, message: str, scope: str | None) -> None:
+        with self.lock:
+            self.seen.append(("step", scope, message))
+
+    def start(self, task: TaskInfo) -> None:
+        with self.lock:
+            self.seen.append(("start", task.scope, task.label))
+
+    def advance(self, task: TaskInfo, completed: int) -> None:
+        pass
+
+    def done(self, task: TaskInfo, finish: Finish) -> None:
+        with self.lock:
+            self.seen.append(("done", task.scope, f"{task.label} {finish.completed} {finish.ok} {finish.note}"))
+
+
+def test_scope_reaches_pool_threads_through_carry() -> None:
+    sink = Collect()
+
+    def work(name: str) -> None:
+        events.step(f"step {name}")
+        with events.task(events.Kind.DOWNLOAD, name, 3) as task:
+            task.advance(3)
+
+    with events.use(sink), events.scope("linux/arm64"), ThreadPoolExecutor(max_workers=2) as pool:
+        carried = [pool.submit(events.carry(work), "a"), pool.submit(events.carry(work), "b")]
+        bare = pool.submit(work, "c")  # without carry the pool thread has no scope: the reason carry exists
+        for f in [*carried, bare]:
+            f.result()
+    starts = {label: scope for kind, scope, label in sink.seen if kind == "start"}
+    steps = {label: scope for kind, scope, label in sink.seen if kind == "step"}
+    assert starts == {"a": "linux/arm64", "b": "linux/arm64", "c": None}
+    assert steps == {"step a": "linux/arm64", "step b": "linux/arm64", "step c": None}
+    assert ("done", "linux/arm64", "a 3 True ") in sink.seen
+
+
+def test_failed_task_and_closed_generator() -> None:
+    sink = Collect()
+
+    def reader() -> Iterator[int]:
+        with events.task(events.Kind.LAYER_READ, "gen", 10) as task:
+            for i in range(10):
+                task.advance(1)
+                yield i
+
+    with events.use(sink):
+        gen = reader()
+        next(gen)
+        gen.close()  # the consumer stopped reading: not a failure
+        with pytest.raises(ValueError), events.task(events.Kind.PUSH, "bad", 5):
+            raise ValueError("boom")
+    assert ("done", None, "gen 1 True stopped early") in sink.seen
+    assert ("done", None, "bad 0 False failed") in sink.seen
+
+
+def test_without_a_sink_nothing_is_wrapped() -> None:
+    stream = io.BytesIO(b"abc")
+    task = events.task(events.Kind.DOWNLOAD, "x", 3)
+    assert task is events.NO_TASK and events.counted(stream, task) is stream

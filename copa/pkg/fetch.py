@@ -188,6 +188,11 @@ class Fetcher:
         raise RegistryError(
             f"{what}: {redact(url)} failed after {self.retries} attempts ({reason}); check the network")
 
+    @property
+    def progress_scope(self) -> str | None:
+        # The current scope (the platform) when one is set; a pool thread has none, and the fetcher's own applies.
+        return events.current_scope() or self.scope
+
     def get_bytes(self, url: str, what: str, limit: int = 64 << 20) -> bytes:
         """A small document (InRelease, Release.gpg) read whole, refusing anything absurdly large."""
 
@@ -199,7 +204,7 @@ class Fetcher:
 
         name = url.rsplit("/", 1)[-1]
         label = what if what.endswith(name) else f"{what}: {name}"
-        with events.task(events.Kind.DOWNLOAD, label, None, scope=self.scope) as task:
+        with events.task(events.Kind.DOWNLOAD, label, None, scope=self.progress_scope) as task:
             return self._with_retries(url, what, lambda s: consume(events.counted(s, task.restarted())))
 
     def fetch(self, item: FetchItem) -> Path:
@@ -213,7 +218,7 @@ class Fetcher:
             hit = self.cache.lookup(item.sha256, item.size)
             if hit is not None:
                 return hit
-            with events.task(events.Kind.DOWNLOAD, item.what, item.size, scope=self.scope) as task:
+            with events.task(events.Kind.DOWNLOAD, item.what, item.size, scope=self.progress_scope) as task:
                 return self._with_retries(item.url, item.what, lambda s: self.cache.store_stream(
                     events.counted(s, task.restarted()), item.sha256, item.size, item.what))
 
