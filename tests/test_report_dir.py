@@ -33,8 +33,9 @@ TRIVY_AMD64 = FIXTURES / "trivy-debian-mixed.json"
 V1ALPHA1 = FIXTURES / "v1alpha1-debian.json"  # amd64
 V1ALPHA2 = FIXTURES / "v1alpha2-debian.json"  # arm64/v8
 
-# The index the real-tool test pushes: (architecture, variant) of each image in it.
-INDEX_PLATFORMS = [("amd64", ""), ("arm64", "v8"), ("arm", "v7")]
+# The index the real-tool test pushes: (architecture, variant) of each image in it. Two arm variants, so a report
+# whose variant got lost (linux/arm matches both) fails the one-match check.
+INDEX_PLATFORMS = [("amd64", ""), ("arm64", "v8"), ("arm", "v7"), ("arm", "v6")]
 
 
 # -- a real multi-platform index, seen by Syft and skopeo -----------------------------------------------------------
