@@ -47,6 +47,8 @@ from tests.support import alpine, apkrepo, debimage, images
 from tests.support.apkrepo import ApkRepo, PackageUpdate
 from tests.support.aptrepo import AptRepo, RepoServer
 from tests.support.rootview import view_of
+from tests.support.rpmrepo import createrepo
+from tests.support.rpmtools import RpmFile, RpmSpec, build_rpm, init_root, rpm_root_args
 from tests.support.trivy import status_d_versions, write_report
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -251,6 +253,64 @@ def test_apk_inventory_after_the_plan_equals_apk_upgrade(apk_world: tuple[ApkRep
     assert {(p.name, p.version) for p in inventory} == set(alpine.installed_versions(oracle).items())
     assert "copa-sbom-newdep" in {p.name for p in inventory}
     assert purls(inventory) == syft_os_purls(f"dir:{oracle}", "apk")
+
+
+# -- rpm ---------------------------------------------------------------------------------------------------------
+
+RHEL_OS_RELEASE = 'NAME="Red Hat Enterprise Linux"\nVERSION="9.4 (Plow)"\nID="rhel"\nID_LIKE="fedora"\n' \
+                  'VERSION_ID="9.4"\nPRETTY_NAME="Red Hat Enterprise Linux 9.4 (Plow)"\n'
+RPM_OLD = (
+    RpmSpec("libfoo", "1.0", "1.el9", epoch=1, arch="x86_64", provides=("libfoo.so.1()(64bit)",),
+            files=(RpmFile("/usr/lib64/libfoo.so.1", b"libfoo 1.0\n", 0o755),)),
+    RpmSpec("foo-tools", "1.0", "1.el9", requires=("libfoo = 1:1.0-1.el9",), license="GPL-2.0-or-later AND MIT",
+            files=(RpmFile("/usr/bin/foo", b"#!/bin/true\n", 0o755),)),
+    RpmSpec("bystander", "2.0", "1.el9", files=(RpmFile("/usr/share/bystander/x", b"x\n"),)),
+)
+RPM_NEW = (
+    RpmSpec("libfoo", "1.1", "1.el9", epoch=1, arch="x86_64", provides=("libfoo.so.1()(64bit)",),
+            files=(RpmFile("/usr/lib64/libfoo.so.1", b"libfoo 1.1\n", 0o755),)),
+    RpmSpec("foo-tools", "1.1", "1.el9", requires=("libfoo = 1:1.1-1.el9", "newdep"),
+            license="GPL-2.0-or-later AND MIT", files=(RpmFile("/usr/bin/foo", b"#!/bin/true\n# 1.1\n", 0o755),)),
+    RpmSpec("newdep", "3.0", "2.el9", files=(RpmFile("/usr/share/newdep/README", b"new\n"),)),
+)
+
+
+def rpm_qa(root: Path) -> set[tuple[str, str, str]]:
+    out = subprocess.run([*rpm_root_args(root), "-qa", "--qf", "%{NAME}\t%{EPOCH}:%{VERSION}-%{RELEASE}\t%{ARCH}\n"],
+                         check=True, capture_output=True, text=True).stdout
+    return {(n, evr.removeprefix("(none):"), a) for n, evr, a in (line.split("\t") for line in out.splitlines())
+            if n != "gpg-pubkey"}
+
+
+@pytest.mark.skipif(shutil.which("rpmbuild") is None, reason="needs rpm tools")
+def test_rpm_inventory_after_the_plan_equals_rpm_upgrade(tmp_path_factory: pytest.TempPathFactory) -> None:
+    tmp = tmp_path_factory.mktemp("rpm")
+    old = [build_rpm(spec, tmp / "old") for spec in RPM_OLD]
+    repo = tmp / "repo"
+    new = [build_rpm(spec, repo) for spec in RPM_NEW]
+    createrepo(repo)
+    root = tmp / "root"
+    init_root(root, old)
+    (root / "etc/yum.repos.d").mkdir(parents=True)
+    (root / "etc/os-release").write_text(RHEL_OS_RELEASE)
+    with RepoServer(repo) as server:
+        (root / "etc/yum.repos.d/copa-test.repo").write_text(
+            f"[copa-test]\nname=copa test\nbaseurl={server.url}/\nenabled=1\ngpgcheck=0\n")
+        images.builder.make_oci_layout(root, tmp / "layout", "ubi", cmd=None)
+        adapter, ctx = context(f"oci:{tmp / 'layout'}:ubi", tmp, RepositoryOptions())
+        report = write_report(tmp / "trivy.json", {"libfoo": ("1:1.0-1.el9", "1:1.1-1.el9")}, os_version="9.4",
+                              family="redhat")
+        plan = adapter.plan(ctx, load_report(str(report)))
+    assert {u.name for u in plan.updates} == {"libfoo", "foo-tools", "newdep"}
+    inventory = adapter.inventory(ctx, plan)
+
+    oracle = debimage.copy_rootfs(root, tmp / "oracle")
+    subprocess.run([*rpm_root_args(oracle), "-U", "--nodeps", "--noscripts", "--notriggers", *map(str, new)],
+                   check=True, capture_output=True)
+    assert triples(inventory) == rpm_qa(oracle)
+    assert purls(inventory) == syft_os_purls(f"dir:{oracle}", "rpm")
+    licenses = {p.name: p.licenses for p in inventory}
+    assert licenses["bystander"] == ("MIT",)
 
 
 # -- the SBOM ------------------------------------------------------------------------------------------------------
