@@ -35,11 +35,10 @@ from copa.oci.loaders import (
     detect_loader,
     docker_endpoint,
     load,
-    platform_name,
 )
-from copa.oci.model import Manifest, Platform
+from copa.oci.model import Manifest, MediaType
 from copa.oci.mutate import append_layer, original_of
-from tests.support import debimage
+from tests.support import debimage, images
 from tests.support.aptrepo import AptRepo, RepoServer
 from tests.support.dockerd import Dockerd
 from tests.support.podman import PodmanStore
@@ -120,15 +119,6 @@ def test_podman_names_a_short_name_as_it_normalises_it(patched: Bundle, podman: 
     assert podman.inspect("localhost/app:short")["Id"] == patched.primary.config.digest.hex
 
 
-def test_podman_platform_names(patched: Bundle, podman: PodmanStore, tmp_path: Path) -> None:
-    """A multi-platform result is loaded one image per platform, tagged TAG-ARCH[-VARIANT] as Copacetic does."""
-    name = "registry.test/multi:1.0-patched"
-    for platform in (Platform("linux", "amd64"), Platform("linux", "arm", "v7")):
-        load("podman", patched, platform_name(name, platform), tmp_path, env=podman.env)
-    assert {"registry.test/multi:1.0-patched-amd64", "registry.test/multi:1.0-patched-arm-v7"} <= podman.names()
-    assert "registry.test/multi:1.0-patched" not in podman.names()
-
-
 def test_podman_missing_is_exit_9(patched: Bundle, podman: PodmanStore, tmp_path: Path) -> None:
     env = {**podman.env, "PATH": str(tmp_path / "empty")}
     with pytest.raises(LoaderError) as raised:
@@ -173,13 +163,6 @@ def test_a_store_needs_repository_and_tag(patched: Bundle, podman: PodmanStore, 
     with pytest.raises(UsageError, match="needs a REPOSITORY:TAG name"):
         load("podman", patched, name, tmp_path, env=podman.env)
     _no_archive_left(tmp_path)
-
-
-def test_platform_name() -> None:
-    assert platform_name("r.test:5000/a/b:1.0", Platform("linux", "arm64", "v8")) == "r.test:5000/a/b:1.0-arm64-v8"
-    assert platform_name("app:1", Platform("linux", "s390x")) == "app:1-s390x"
-    with pytest.raises(UsageError, match="shorter -t TAG"):
-        platform_name("app:" + "x" * 125, Platform("linux", "amd64"))
 
 
 # --- Docker engine ---------------------------------------------------------------------------------------------
@@ -422,3 +405,56 @@ def test_cli_layout_source_needs_a_repository_name_before_any_work(patch_args: l
                                 "a REPOSITORY:TAG name; pass -t REPOSITORY:TAG")
     assert "building the patch layer" not in proc.stderr
     assert podman.names() == before
+
+
+def _put_blob(layout: Path, data: bytes) -> dict[str, Any]:
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    return {"digest": f"sha256:{digest}", "size": len(data)}
+
+
+def _multi_layout(dest: Path) -> str:
+    """The hermetic image as linux/amd64 in an OCI index beside a linux/arm64 image (its config saying arm64; the
+    layers are the amd64 ones: only the index matters here). Returns the image argument."""
+    base = debimage.base_image()
+    layout = images.copy_layout(base.layout, dest)
+    source = LayoutSource(layout, base.ref)
+    amd_desc, amd = source.root_descriptor(), source.root()
+    assert isinstance(amd, Manifest)
+    with source.open_blob(amd.config) as f:
+        config = json.loads(f.read())
+    arm_doc = json.loads(amd.raw)
+    arm_doc["config"].update(_put_blob(layout, json.dumps({**config, "architecture": "arm64"}).encode()))
+    arm = _put_blob(layout, json.dumps(arm_doc).encode())
+    index = {"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX, "manifests": [
+        {"mediaType": amd.media_type, "digest": str(amd_desc.digest), "size": amd_desc.size,
+         "platform": {"os": "linux", "architecture": "amd64"}},
+        {"mediaType": amd.media_type, **arm, "platform": {"os": "linux", "architecture": "arm64"}},
+    ]}
+    entry = {"mediaType": MediaType.OCI_INDEX, **_put_blob(layout, json.dumps(index).encode()),
+             "annotations": {"org.opencontainers.image.ref.name": "multi"}}
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
+    return f"oci:{layout}:multi"
+
+
+def test_cli_loads_each_patched_platform_under_its_own_tag(patch_args: list[str], podman: PodmanStore,
+                                                            tmp_path: Path) -> None:
+    """A multi-platform image: the patched platform is loaded as TAG-ARCH (Copacetic's name); the platform left
+    as it was is not loaded, and nothing is loaded under the bare TAG (a store holds one platform per name)."""
+    image = _multi_layout(tmp_path / "multi")
+    args = [a if a != debimage.base_image().image_ref else image for a in patch_args]
+    name = "registry.test/hermetic:multi"
+    proc = copa(*args, "-t", name, "--platform", "linux/amd64", "-l", "podman", "--oci-dir", str(tmp_path / "out"),
+                "--json", env=podman.env)
+    assert proc.returncode == 0, proc.stderr
+    loaded = [o for o in json.loads(proc.stdout)["outputs"] if o["kind"] == "podman"]
+    assert [o["target"] for o in loaded] == [f"containers-storage:{name}-amd64"]
+    config = _skopeo_json("--override-arch", "amd64", "inspect", "--config", f"oci:{tmp_path / 'out'}:multi")
+    raw = _skopeo_json("--override-arch", "amd64", "inspect", "--raw", f"oci:{tmp_path / 'out'}:multi")
+    assert raw["mediaType"] == MediaType.OCI_INDEX
+    amd_entry = next(e for e in raw["manifests"] if e["platform"]["architecture"] == "amd64")
+    amd_manifest = json.loads((tmp_path / "out/blobs/sha256" / amd_entry["digest"].split(":")[1]).read_bytes())
+    inspected = podman.inspect(f"{name}-amd64")
+    assert inspected["RootFS"]["Layers"] == config["rootfs"]["diff_ids"] and len(config["rootfs"]["diff_ids"]) == 2
+    assert loaded[0]["digest"] == f"sha256:{inspected['Id']}" == amd_manifest["config"]["digest"]
+    assert not {name, f"{name}-arm64"} & podman.names()

@@ -3,8 +3,9 @@
 What Copacetic does (pkg/imageloader, pkg/patch/single.go and multi.go), and what copa follows:
 - The image is handed over as a docker-archive tar; the store tags it by the archive's RepoTags, the patched
   name (`REPO:TAG`), and the store's image ID is the config digest (Docker's classic store, podman).
-- A multi-platform result is loaded one image per patched platform, each tagged `TAG-ARCH[-VARIANT]`
-  (`platform_name`); platforms kept as they were are not loaded. A local store holds one platform per name.
+- A multi-platform result is loaded one image per patched platform, each tagged `TAG-ARCH[-VARIANT]` (the
+  caller names them: copa.api.platform_tag); platforms kept as they were are not loaded. A local store holds one
+  platform per name.
 - podman has no daemon: the `podman` command loads the archive (`podman load -i FILE`). The Docker engine is
   spoken to over its API (`POST /images/load`, the tar streamed as the body); no docker command is needed.
 
@@ -35,7 +36,7 @@ from copa.errors import LoaderError, UsageError
 from copa.oci.archive import write_archive
 from copa.oci.digest import Digest, InvalidDigest
 from copa.oci.image import Bundle
-from copa.oci.model import Manifest, Platform
+from copa.oci.model import Manifest
 from copa.oci.reference import Reference, valid_tag
 
 if TYPE_CHECKING:
@@ -61,27 +62,22 @@ def load(
 ) -> Written:
     """Load one image of `bundle` (its primary one, or `manifest`) into `loader`'s store, tagged `name`.
 
-    `name` is a full `REPO:TAG` (the store needs a repository to tag; for a multi-platform result pass
-    `platform_name(name, platform)` per patched platform). `env` defaults to the process environment (podman's
-    CONTAINERS_* settings, DOCKER_HOST and friends). Returns the loaded name and the store's image ID."""
-    if loader not in LOADERS:
-        raise UsageError(f"unknown loader {loader!r}: use -l podman or -l docker")
+    `name` is a full `REPO:TAG` (the store needs a repository to tag; for a multi-platform result, one call per
+    patched platform with its `manifest` and its TAG-ARCH[-VARIANT] name). `env` defaults to the process
+    environment (podman's CONTAINERS_* settings, DOCKER_HOST and friends). Returns the loaded name and the store's
+    image ID."""
     check_name(name)
     environ = os.environ if env is None else env
-    # Fail on a missing podman or a silent engine before spending time and disk on the archive.
-    if loader == "podman":
-        podman = _podman_binary(environ)
-    else:
-        endpoint = docker_endpoint(environ)
-        _ping(endpoint, min(timeout, _PING_TIMEOUT))
+    # A missing podman or a silent engine fails here, before time and disk go into the archive.
+    store = _ready(loader, environ, timeout)
     image = dataclasses.replace(bundle, primary=manifest) if manifest is not None else bundle
     archive = workdir / f"load-{image.primary.digest.hex[:16]}.tar"
     try:
         write_archive(archive, image, [name])
-        if loader == "podman":
-            loaded, image_id = _podman_load(podman, archive, name, environ)
+        if isinstance(store, Endpoint):
+            loaded, image_id = _docker_load(store, archive, name, timeout)
         else:
-            loaded, image_id = _docker_load(endpoint, archive, name, timeout)
+            loaded, image_id = _podman_load(store, archive, name, environ)
     finally:
         with contextlib.suppress(FileNotFoundError):
             archive.unlink()
@@ -94,37 +90,28 @@ def load(
 def check_available(loader: str, *, timeout: float = _PING_TIMEOUT, env: Mapping[str, str] | None = None) -> None:
     """Fail now (LoaderError) when `loader`'s store cannot take an image: called before any work or push, so a
     run that cannot load leaves nothing behind."""
+    _ready(loader, os.environ if env is None else env, timeout)
+
+
+def _ready(loader: str, env: Mapping[str, str], timeout: float) -> str | Endpoint:
+    """podman's path, or the Docker engine's endpoint once it has answered a ping."""
     if loader not in LOADERS:
         raise UsageError(f"unknown loader {loader!r}: use -l podman or -l docker")
-    environ = os.environ if env is None else env
     if loader == "podman":
-        _podman_binary(environ)
-    else:
-        _ping(docker_endpoint(environ), min(timeout, _PING_TIMEOUT))
-
-
-def platform_name(name: str, platform: Platform) -> str:
-    """`REPO:TAG` -> `REPO:TAG-ARCH[-VARIANT]`, the name Copacetic loads each platform of a multi-platform result
-    under (its archTag)."""
-    repo, _, tag = name.rpartition(":")
-    suffix = platform.architecture + (f"-{platform.variant}" if platform.variant else "")
-    new_tag = f"{tag}-{suffix}"
-    if not valid_tag(new_tag):
-        raise UsageError(f"the per-platform tag {new_tag!r} is not a valid tag (at most 128 characters); pass a "
-                         "shorter -t TAG")
-    return f"{repo}:{new_tag}"
+        return _podman_binary(env)
+    endpoint = docker_endpoint(env)
+    _ping(endpoint, min(timeout, _PING_TIMEOUT))
+    return endpoint
 
 
 def detect_loader(env: Mapping[str, str] | None = None) -> str | None:
     """Copacetic's choice when no loader is named: a Docker engine that answers a ping, else podman when it is
     installed, else None."""
     environ = os.environ if env is None else env
-    with contextlib.suppress(LoaderError):
-        _ping(docker_endpoint(environ), _PING_TIMEOUT)
-        return "docker"
-    with contextlib.suppress(LoaderError):
-        _podman_binary(environ)
-        return "podman"
+    for loader in ("docker", "podman"):
+        with contextlib.suppress(LoaderError):
+            _ready(loader, environ, _PING_TIMEOUT)
+            return loader
     return None
 
 
