@@ -12,7 +12,9 @@ import csv
 import datetime
 import http.server
 import json
+import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,9 +26,12 @@ import pytest
 
 from copa.eol import EolStatus, check_end_of_life, eol_error, eol_warning
 from copa.errors import EndOfLifeError, UsageError
+from tests.support import debimage
+from tests.support.aptrepo import RepoServer
 from tests.support.registry import free_port, require_tool
 
 TODAY = datetime.date(2026, 12, 7)
+ROOT = Path(__file__).resolve().parents[1]
 DISTRO_INFO = Path("/usr/share/distro-info")
 
 
@@ -274,3 +279,37 @@ def test_bad_api_url_is_usage_error() -> None:
     assert e.value.exit_code == 2
     assert str(e.value) == ("--eol-api-url 'endoflife.date/api' is not an http(s) URL: pass the API's base, "
                             "e.g. https://endoflife.date/api/v1/products")
+
+
+# -- the command line ---------------------------------------------------------------------------------------------
+
+
+def copa(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "copa", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "COPA_DEBUG": ""}, timeout=300)
+
+
+@pytest.mark.xfail(strict=True, reason="until copa/api.py calls copa.eol.check_end_of_life for --exit-on-eol")
+def test_cli_exit_on_eol(api: Api) -> None:
+    """The hermetic Debian 12 image, planned with --dry-run against its local repository: refused with exit 10
+    and one line when the API says end of life, planned as usual when it does not, or when the API cannot be
+    reached (with a warning)."""
+    base, repo = debimage.base_image(), debimage.hermetic_repo()
+    with RepoServer(repo.root) as server:
+        args = ["patch", "-i", base.image_ref, "--dry-run", *debimage.copa_args(server.url, repo), "--exit-on-eol"]
+        api.v1("debian", "12", isEol=True, eolFrom="2026-06-10", isMaintained=True)
+        refused = copa(*args, "--eol-api-url", v1(api))
+        assert refused.returncode == 10, refused.stderr
+        assert "Traceback" not in refused.stderr and refused.stdout == ""
+        assert refused.stderr.strip().splitlines()[-1] == (
+            "copa: error: debian 12 reached its end of life on 2026-06-10 (endoflife.date debian 12): rebase the "
+            "image on a supported release, or patch it anyway without --exit-on-eol")
+
+        api.v1("debian", "12", isEol=False, eolFrom="2099-06-10", isMaintained=True)
+        planned = copa(*args, "--eol-api-url", v1(api))
+        assert planned.returncode == 0, planned.stderr
+
+        dead = f"http://127.0.0.1:{free_port()}/api/v1/products"
+        warned = copa(*args, "--eol-api-url", dead)
+        assert warned.returncode == 0, warned.stderr
+        assert "end-of-life check skipped for debian 12: cannot reach" in warned.stderr
