@@ -15,7 +15,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from copa.errors import LocalIOError
 from copa.oci.digest import Digest
 from copa.oci.model import Platform
 from copa.oci.reference import Reference
+from copa.pkg.base import Update, UpdateKind
 from copa.pkg.purl import oci
 
 CONTEXT = "https://openvex.dev/ns/v0.2.0"
@@ -76,8 +77,9 @@ def vulnerability(name: str) -> dict[str, str]:
 
 def openvex_document(products: Sequence[VexProduct], *, author: str, timestamp: str,
                      tooling: str = TOOLING, version: int = 1) -> dict[str, Any]:
-    """The document as JSON data. Statements are ordered by vulnerability, products and subcomponents by purl;
-    a vulnerability fixed in no product gives no statement."""
+    """The document as JSON data. Statements are ordered by vulnerability, products and subcomponents by purl.
+    OpenVEX requires at least one statement: with no fixes at all the caller writes no document (Copacetic
+    writes none either)."""
     by_vuln: dict[str, dict[str, set[str]]] = {}
     for product in products:
         for fix in product.fixes:
@@ -129,9 +131,17 @@ def write_document(path: Path, document: Mapping[str, Any]) -> None:
         raise LocalIOError(f"cannot write {path}: {e.strerror or e}; check the path and free space") from None
 
 
-def fixes_of(vulnerabilities: Iterable[str], purl: str) -> tuple[VexFix, ...]:
-    """One fix per vulnerability an update names, all in the same package."""
-    return tuple(VexFix(v, purl) for v in dict.fromkeys(vulnerabilities) if v)
+def fixes_of(updates: Iterable[Update], purl: Callable[[str, str, str], str]) -> tuple[VexFix, ...]:
+    """The fixes a patch made: each vulnerability an update names, in its package at the version the scan
+    reported (the installed one; a newly installed package's new one), as Copacetic names them. `purl` is the
+    adapter's (name, version, architecture) -> package URL. A removal or an unchanged version fixes nothing."""
+    out: list[VexFix] = []
+    for u in updates:
+        if u.kind is UpdateKind.REMOVED or not u.new_version or u.new_version == u.old_version:
+            continue
+        package = purl(u.name, u.old_version or u.new_version, u.architecture)
+        out.extend(VexFix(v, package) for v in dict.fromkeys(u.vulnerabilities) if v)
+    return tuple(out)
 
 
 def image_purl(repository: Reference, digest: Digest | str, platform: Platform | None = None) -> str:

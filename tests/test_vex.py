@@ -17,7 +17,7 @@ from copa.errors import LocalIOError
 from copa.oci.model import Platform
 from copa.oci.reference import Reference
 from copa.pkg.apk.inventory import apk_purl
-from copa.pkg.base import OSRelease
+from copa.pkg.base import OSRelease, Update, UpdateKind
 from copa.pkg.dpkg.inventory import deb_purl
 from copa.pkg.rpm.inventory import rpm_purl
 from copa.vex import (
@@ -25,6 +25,7 @@ from copa.vex import (
     VexFix,
     VexProduct,
     author,
+    fixes_of,
     image_purl,
     openvex_document,
     timestamp,
@@ -193,3 +194,20 @@ def test_image_purl_follows_the_oci_type() -> None:
     nested = Reference.parse("ghcr.io/org/tools/my-app:1")
     assert image_purl(nested, DIGEST_A) == \
         f"pkg:oci/my-app@{DIGEST_A}?repository_url=ghcr.io%2Forg%2Ftools%2Fmy-app"
+
+
+def test_fixes_name_the_reported_version_of_each_fixing_update() -> None:
+    updates = [
+        Update("libssl3", "amd64", "3.0.11-1~deb12u2", "3.0.15-1~deb12u1", UpdateKind.REPORTED,
+               ("CVE-2024-5535", "CVE-2024-5535", "CVE-2024-9143")),
+        Update("libnew", "amd64", "", "2.0", UpdateKind.NEW, ("CVE-2099-0001",)),
+        Update("openssl", "amd64", "3.0.11-1~deb12u2", "3.0.15-1~deb12u1", UpdateKind.SIBLING),  # names none
+        Update("gone", "amd64", "1.0", "", UpdateKind.REMOVED, ("CVE-2099-0002",)),
+        Update("same", "amd64", "1.0", "1.0", UpdateKind.REPORTED, ("CVE-2099-0003",)),
+    ]
+    fixes = fixes_of(updates, lambda n, v, a: deb_purl(DEBIAN, n, v, a))
+    assert fixes == (
+        VexFix("CVE-2024-5535", "pkg:deb/debian/libssl3@3.0.11-1~deb12u2?arch=amd64&distro=debian-12"),
+        VexFix("CVE-2024-9143", "pkg:deb/debian/libssl3@3.0.11-1~deb12u2?arch=amd64&distro=debian-12"),
+        VexFix("CVE-2099-0001", "pkg:deb/debian/libnew@2.0?arch=amd64&distro=debian-12"),
+    )
