@@ -32,7 +32,7 @@ import pytest
 
 from copa import events
 from copa.events import Finish, TaskInfo
-from tests.support import images
+from tests.support import images, multiplatform
 from tests.support.registry import RunningRegistry
 from tests.support.trivy import dpkg_versions, fixed_packages, write_report
 
@@ -387,3 +387,37 @@ def test_without_a_sink_nothing_is_wrapped() -> None:
     stream = io.BytesIO(b"abc")
     task = events.task(events.Kind.DOWNLOAD, "x", 3)
     assert task is events.NO_TASK and events.counted(stream, task) is stream
+
+
+def test_json_platforms_carry_their_scope(tmp_path: Path) -> None:
+    """Platforms patched concurrently: each event names its platform, including downloads from pool threads, and
+    each platform's layer read is its own manifest's layer (the layout's blobs, read here, are the oracle)."""
+    layout, ref = multiplatform.multiplatform_layout()
+
+    def blob(digest: str) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads((layout / "blobs" / "sha256" / digest.split(":")[1]).read_bytes())
+        return doc
+
+    top = json.loads((layout / "index.json").read_text())
+    entry = next(m for m in top["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == ref)
+    layers: dict[str, dict[str, int]] = {}
+    for m in blob(entry["digest"])["manifests"]:
+        p = m["platform"]
+        if p["os"] != "unknown":
+            name = "/".join(x for x in (p["os"], p["architecture"], p.get("variant", "")) if x)
+            layers[name] = {d["digest"].split(":")[1][:12]: d["size"] for d in blob(m["digest"])["layers"]}
+    proc = copa("patch", "-i", f"oci:{layout}:{ref}", "--dry-run", "--progress", "json", "--cache-dir",
+                str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    run = JsonRun([json.loads(line) for line in proc.stderr.splitlines()], tmp_path, {})
+    scoped = [e for e in run.events if e["event"] in ("step", "start")]
+    assert {e["scope"] for e in scoped} == set(layers), scoped
+    for start, done in tasks(run).values():
+        if start["kind"] == "layer-read":
+            assert start["total"] == done["bytes"] == layers[start["scope"]][start["label"].split()[-1]], start
+    downloads = {e["scope"] for e in run.events if e["event"] == "start" and e["kind"] == "download"}
+    assert downloads == {p for p in layers if p != "linux/ppc64le"}  # ppc64le is scratch: nothing to download
+    for platform in downloads:  # each platform's own index (binary-ARCH), under its own scope
+        arch = {"linux/amd64": "amd64", "linux/arm64": "arm64", "linux/arm/v7": "armhf"}[platform]
+        assert any(e["event"] == "start" and e["scope"] == platform and f"binary-{arch}/Packages" in e["label"]
+                   for e in run.events), platform
