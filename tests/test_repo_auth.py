@@ -352,3 +352,92 @@ def test_image_auth_conf(base: debimage.BaseImage, repo: AptRepo, report: Path, 
     assert proc.returncode == 0, proc.stderr
     layer = patch_layer_bytes(tmp_path / "out", "patched")
     assert b"var/lib/dpkg/info/app.list" in layer and PASSWORD.encode() not in layer
+
+
+# --- rpm: the image's .repo username/password and ssl client files -------------------------------------------------
+
+RPM_OS_RELEASE = 'NAME="Red Hat Enterprise Linux"\nID="rhel"\nID_LIKE="fedora"\nVERSION_ID="9.4"\n' \
+                 'PRETTY_NAME="Red Hat Enterprise Linux 9.4 (Plow)"\n'
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("rpmbuild") is None or shutil.which("dnf") is None, reason="needs rpm tools, dnf")
+def test_rpm_repo_credentials_and_client_certificate(tls: Tls, tmp_path: Path) -> None:
+    """An rpm image whose dnf.conf [main] sets username/password (every repository inherits them, as in libdnf)
+    and whose .repo names the entitlement-style client certificate, key and CA inside the image; the mirror
+    demands both. dnf, given the same settings, is the oracle that the mirror serves the fix to them."""
+    from tests.support.rpmrepo import createrepo, dnf_query
+    from tests.support.rpmtools import build_rpm, init_root, rpm_spec
+
+    old = build_rpm(rpm_spec("libbar", "1.0", files={"/usr/share/bar/v": "1.0\n"}), tmp_path / "old")
+    repo = tmp_path / "repo"
+    build_rpm(rpm_spec("libbar", "1.1", files={"/usr/share/bar/v": "1.1\n"}), repo)
+    createrepo(repo)
+    root = tmp_path / "root"
+    init_root(root, [old])
+    (root / "etc/dnf").mkdir(parents=True)
+    (root / "etc/os-release").write_text(RPM_OS_RELEASE)
+    (root / "etc/dnf/dnf.conf").write_text(f"[main]\ngpgcheck=1\nusername={USER}\npassword={PASSWORD}\n")
+    (root / "etc/pki/entitlement").mkdir(parents=True)
+    shutil.copy(tls.client_cert, root / "etc/pki/entitlement/42.pem")
+    shutil.copy(tls.client_key, root / "etc/pki/entitlement/42-key.pem")
+    (root / "etc/rhsm/ca").mkdir(parents=True)
+    shutil.copy(tls.ca, root / "etc/rhsm/ca/test-uep.pem")
+    report = write_report(tmp_path / "trivy.json", {"libbar": ("1.0-1", "1.1-1")}, os_version="9.4",
+                          family="redhat")
+    with AuthServer(repo, {USER: PASSWORD}, tls=tls, client_cert=True) as server:
+        (root / "etc/yum.repos.d").mkdir(parents=True)
+        (root / "etc/yum.repos.d/redhat.repo").write_text(
+            f"[entitled]\nname=entitled\nbaseurl={server.url}/\ngpgcheck=0\n"
+            "sslclientcert=/etc/pki/entitlement/42.pem\nsslclientkey=/etc/pki/entitlement/42-key.pem\n"
+            "sslcacert=/etc/rhsm/ca/test-uep.pem\n")
+        images.builder.make_oci_layout(root, tmp_path / "layout", "rpm", cmd=None)
+        seen = dnf_query(f"{server.url}/", tmp_path / "dnf", "--qf", "%{name}-%{version}", setopts=(
+            f"t.username={USER}", f"t.password={PASSWORD}", f"t.sslclientcert={tls.client_cert}",
+            f"t.sslclientkey={tls.client_key}", f"t.sslcacert={tls.ca}"))
+        assert seen == ["libbar-1.1"]
+        proc = _patch(f"oci:{tmp_path / 'layout'}:rpm", report, tmp_path / "out")
+        assert proc.returncode == 0, proc.stderr
+        assert (USER, PASSWORD) in {login for _path, login in server.requests}
+    layer = patch_layer_bytes(tmp_path / "out", "patched")
+    assert b"usr/share/bar/v" in layer and PASSWORD.encode() not in layer
+    assert tls.client_key.read_bytes() not in layer
+
+
+# --- apk: a login in the repositories line ---------------------------------------------------------------------------
+
+def test_apk_url_login(tmp_path: Path) -> None:
+    """/etc/apk/repositories naming https://user:pass@host/... (apk-tools sends it as Basic auth): the login is
+    taken out of the URLs copa carries and sent, per request, to that repository only; never shown."""
+    from types import SimpleNamespace
+
+    from copa.errors import RegistryError
+    from copa.pkg.apk.repos import apk_fetcher, select_repositories
+
+    served = tmp_path / "alpine"
+    (served / "v3.20/main/x86_64").mkdir(parents=True)
+    (served / "v3.20/main/x86_64/APKINDEX.tar.gz").write_bytes(b"index bytes")
+    with AuthServer(served, {USER: PASSWORD}) as server:
+        def ctx(password: str) -> SimpleNamespace:
+            lines = f"{server.url.replace('://', f'://{USER}:{password}@')}/v3.20/main\n{server.url}/other\n"
+            root = SimpleNamespace(read=lambda p: lines.encode() if p == "etc/apk/repositories" else None,
+                                   under=lambda p: {})
+            return SimpleNamespace(repos=RepositoryOptions(), root=root, cache_dir=tmp_path / "cache",
+                                   timeout=10.0, ca_bundle=None)
+
+        good = ctx(PASSWORD)
+        repos = select_repositories(good, "x86_64", set())  # type: ignore[arg-type]
+        assert [r.index_url for r in repos] == [f"{server.url}/v3.20/main/x86_64/APKINDEX.tar.gz",
+                                                f"{server.url}/other/x86_64/APKINDEX.tar.gz"]
+        assert PASSWORD not in repr(repos)
+        fetcher = apk_fetcher(good, repos)  # type: ignore[arg-type]
+        assert fetcher.get_bytes(repos[0].index_url, "apk index") == b"index bytes"
+        with pytest.raises(RegistryError, match="requires credentials"):  # the other repository gets no login
+            fetcher.get_bytes(repos[1].index_url, "apk index")
+        assert [login for _path, login in server.requests] == [(USER, PASSWORD), None]
+
+        bad = ctx(WRONG)
+        bad_repos = select_repositories(bad, "x86_64", set())  # type: ignore[arg-type]
+        with pytest.raises(RegistryError) as refused:
+            apk_fetcher(bad, bad_repos).get_bytes(bad_repos[0].index_url, "apk index")  # type: ignore[arg-type]
+        assert "refused the credentials" in str(refused.value) and WRONG not in str(refused.value)

@@ -19,6 +19,7 @@ from copa.pkg.apk.inventory import apk_inventory, apk_purl
 from copa.pkg.apk.plan import Chosen, Installed, Wanted, resolve
 from copa.pkg.apk.repos import (
     Repository,
+    apk_fetcher,
     image_arch,
     load_indexes,
     select_repositories,
@@ -28,7 +29,7 @@ from copa.pkg.apk.signing import Keys
 from copa.pkg.apk.version import compare_versions
 from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, check_failures
 from copa.pkg.effects import Package, apply, note
-from copa.pkg.fetch import Fetcher, fetcher_for
+from copa.pkg.fetch import Fetcher
 from copa.pkg.inventory import InstalledPackage as InventoryPackage
 from copa.report.model import Report
 
@@ -97,7 +98,7 @@ class ApkAdapter:
         repos = select_repositories(ctx, arch, set(pinned))
         keys = trusted_keys(ctx)
         available: list[ApkRecord] = []
-        for repo, index in load_indexes(ctx, repos, keys, fetcher_for(ctx)):
+        for repo, index in load_indexes(ctx, repos, keys, apk_fetcher(ctx, repos)):
             for r in index.records:
                 if r.arch not in (arch, "noarch", ""):
                     continue
@@ -120,7 +121,7 @@ class ApkAdapter:
     def build(self, ctx: ImageContext, plan: Plan) -> LayerContent:
         payload = plan.payload
         assert isinstance(payload, _Payload)
-        fetcher = fetcher_for(ctx)
+        fetcher = apk_fetcher(ctx, payload.repositories)
         repos = {r.url: r for r in payload.repositories}
         old = {p.name: p for p in payload.packages}
         installing: list[Installing] = []

@@ -9,14 +9,15 @@ package is pinned to that tag.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 from copa.errors import LocalIOError, NotFoundError, ResolutionError
 from copa.pkg.apk.index import RepositoryIndex, read_apkindex
 from copa.pkg.apk.signing import KEYS_DIR, Keys
 from copa.pkg.base import ImageContext
-from copa.pkg.fetch import Fetcher
+from copa.pkg.fetch import Fetcher, fetcher_for
+from copa.pkg.repoauth import Login, PrefixLogin, RepoAuth, strip_userinfo
 
 REPOSITORIES = "etc/apk/repositories"
 REPOSITORIES_DIR = "etc/apk/repositories.d"
@@ -35,6 +36,9 @@ class Repository:
     url: str  # base URL, without the arch
     tag: str  # "" for untagged
     index_url: str
+    # A login written into the repositories line (https://user:pass@host/...), as apk-tools accepts it: taken out
+    # of the URLs above so that no message shows it, and sent for the URLs under `url`.
+    login: Login | None = field(default=None, repr=False, compare=False)
 
     def package_url(self, arch: str, filename: str) -> str:
         return f"{self.url.rstrip('/')}/{arch}/{filename}"
@@ -103,9 +107,16 @@ def select_repositories(ctx: ImageContext, arch: str, pinned_tags: set[str]) -> 
         raise ResolutionError(f"image {ctx.os_release.pretty_name} lists no apk repositories; {_HINT}")
     out = []
     for r in repos:
-        url = apply_mirrors(r.url, ctx.repos.mirrors)
-        out.append(Repository(url, r.tag, apply_mirrors(r.index_url, ctx.repos.mirrors)))
+        url, login = strip_userinfo(apply_mirrors(r.url, ctx.repos.mirrors))
+        index_url, index_login = strip_userinfo(apply_mirrors(r.index_url, ctx.repos.mirrors))
+        out.append(Repository(url, r.tag, index_url, login or index_login))
     return out
+
+
+def apk_fetcher(ctx: ImageContext, repos: Sequence[Repository]) -> Fetcher:
+    """The run's fetcher (the user's --repository-auth and client certificate first) with the logins of the
+    repositories' URLs."""
+    return fetcher_for(ctx, RepoAuth(tuple(PrefixLogin(r.url, r.login) for r in repos if r.login is not None)))
 
 
 def trusted_keys(ctx: ImageContext) -> Keys:

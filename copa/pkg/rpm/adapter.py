@@ -53,7 +53,7 @@ from copa.pkg.rpm.modules import (
 )
 from copa.pkg.rpm.plan import Chosen, Installed, Policy, Wanted, resolve
 from copa.pkg.rpm.repomd import RepoIndex, RpmPackage, load_repository
-from copa.pkg.rpm.repos import RepoSetup, RpmRepository, Tree, read_setup, repository_keyring
+from copa.pkg.rpm.repos import RepoSetup, RpmRepository, Tree, read_setup, repository_auth, repository_keyring
 from copa.pkg.rpm.rpmdb.installed import RpmDatabase, read_database
 from copa.pkg.rpm.rpmfile import RpmContents, read_rpm
 from copa.pkg.rpm.signature import checker
@@ -151,7 +151,7 @@ class _Repositories:
     def __init__(self, ctx: ImageContext, setup: RepoSetup, keep: frozenset[str]) -> None:
         self.setup = setup
         self.tree = Tree(ctx.root.read, ctx.root.under)
-        self.fetcher = fetcher_for(ctx)
+        self.fetcher = fetcher_for(ctx, repository_auth(setup, self.tree, ctx.workdir))
         self.ctx = ctx
         self.indexes: list[RepoIndex] = []
         for repo in setup.repos:

@@ -20,7 +20,7 @@ from copa.errors import CopaError
 from copa.pkg.base import OSRelease, RepositoryOptions
 from copa.pkg.fetch import Fetcher
 from copa.pkg.rpm.repomd import prefetch_repository
-from copa.pkg.rpm.repos import RepoSetup, Tree, read_setup
+from copa.pkg.rpm.repos import RepoSetup, Tree, read_setup, repository_auth
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,16 @@ class MetadataPrefetch:
         setup = self.setup(captured)
         if setup is None or not setup.repos:
             return
-        self._thread = threading.Thread(target=self._run, args=(setup,), name="copa-rpm-prefetch", daemon=True)
+        tree = Tree.of_mapping(captured)
+        self._thread = threading.Thread(target=self._run, args=(setup, tree), name="copa-rpm-prefetch",
+                                        daemon=True)
         self._thread.start()
 
-    def _run(self, setup: RepoSetup) -> None:
+    def _run(self, setup: RepoSetup, tree: Tree) -> None:
+        fetcher = self._fetcher.with_auth(repository_auth(setup, tree, None))
+
         def one(repo_index: int) -> None:
-            prefetch_repository(setup.repos[repo_index], self._fetcher, setup.variables, self._repos.mirrors)
+            prefetch_repository(setup.repos[repo_index], fetcher, setup.variables, self._repos.mirrors)
 
         with ThreadPoolExecutor(max_workers=self._fetcher.workers, thread_name_prefix="copa-prefetch") as pool:
             futures = [pool.submit(one, i) for i in range(len(setup.repos))]

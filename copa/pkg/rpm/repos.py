@@ -29,12 +29,14 @@ import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from copa.errors import IntegrityError, LocalIOError, NotFoundError, UsageError
 from copa.pkg.base import OSRelease, RepositoryOptions
 from copa.pkg.fetch import Fetcher
 from copa.pkg.openpgp import Keyring
+from copa.pkg.repoauth import ClientTls, Login, LoginSource, PrefixLogin, RepoAuth, strip_userinfo
 from copa.pkg.rpm.deps import EQUAL, Dep
 
 log = logging.getLogger(__name__)
@@ -234,6 +236,28 @@ class _Options:
 
 
 @dataclass(frozen=True, slots=True)
+class RepoTls:
+    """dnf's username/password and sslclientcert/sslclientkey/sslcacert (paths in the image), as [main] sets them
+    for every repository and a repository overrides them."""
+
+    username: str = ""
+    password: str = field(default="", repr=False)
+    sslclientcert: str = ""
+    sslclientkey: str = ""
+    sslcacert: str = ""
+
+    def __bool__(self) -> bool:
+        return any((self.username, self.password, self.sslclientcert, self.sslclientkey, self.sslcacert))
+
+
+_TLS_KEYS = ("username", "password", "sslclientcert", "sslclientkey", "sslcacert")
+
+
+def _tls_from(o: _Options, default: RepoTls) -> RepoTls:
+    return RepoTls(**{k: o.values.get(k, getattr(default, k)) for k in _TLS_KEYS})
+
+
+@dataclass(frozen=True, slots=True)
 class MainConfig:
     """dnf.conf's [main]: what applies to every repository, and the defaults repositories inherit."""
 
@@ -246,6 +270,7 @@ class MainConfig:
     reposdir: tuple[str, ...] = DEFAULT_REPOSDIRS
     installonlypkgs: tuple[str, ...] = DEFAULT_INSTALLONLY
     best: bool = False  # dnf's default; RHEL's dnf.conf sets best=True
+    tls: RepoTls = field(default_factory=lambda: RepoTls())  # defaults of every repository's login and TLS files
     origin: str = ""  # the file read, or "" for the defaults
     yum: bool = False  # read from yum.conf: yum 3 reads the repository files too (its variable syntax)
 
@@ -272,6 +297,9 @@ class RpmRepository:
     origin: str = ""  # "path:line" where it was defined, for messages
     original_urls: tuple[str, ...] = ()  # baseurls/mirrorlist/metalink as the image names them, if --mirror changed
     from_user: bool = False  # --repository / --repositories-file
+    tls: RepoTls = field(default_factory=lambda: RepoTls())  # its login and TLS files
+    # Logins written into its URLs (https://user:pass@host/...), taken out of them so that no message shows them.
+    url_logins: tuple[PrefixLogin, ...] = field(default=(), repr=False)
 
     @property
     def description(self) -> str:
@@ -397,6 +425,7 @@ def _main_from(sections: list[_Section], variables: Mapping[str, str], warnings:
         reposdir=tuple(o.words("reposdir")) if "reposdir" in o.values else default.reposdir,
         installonlypkgs=o.appended(("installonlypkgs",), DEFAULT_INSTALLONLY),
         best=o.flag("best", default.best),
+        tls=_tls_from(o, default.tls),
         origin=origin,
         yum=yum,
     )
@@ -450,6 +479,7 @@ def _repo_from(section: _Section, main: MainConfig, variables: Mapping[str, str]
         skip_if_unavailable=o.flag("skip_if_unavailable", main.skip_if_unavailable),
         origin=section.where,
         from_user=from_user,
+        tls=_tls_from(o, main.tls),
     )
 
 
@@ -557,6 +587,24 @@ def mirror_url(url: str, mirrors: Sequence[tuple[str, str]]) -> str:
     return url
 
 
+def _without_userinfo(repo: RpmRepository) -> RpmRepository:
+    logins = list(repo.url_logins)
+
+    def bare(url: str) -> str:
+        stripped, login = strip_userinfo(url)
+        if login is not None:
+            logins.append(PrefixLogin(stripped, login))
+        return stripped
+
+    baseurls = tuple(bare(u) for u in repo.baseurls)
+    mirrorlist, metalink = bare(repo.mirrorlist), bare(repo.metalink)
+    original = tuple(strip_userinfo(u)[0] for u in repo.original_urls)
+    if len(logins) == len(repo.url_logins):
+        return repo
+    return replace(repo, baseurls=baseurls, mirrorlist=mirrorlist, metalink=metalink, original_urls=original,
+                   url_logins=tuple(logins))
+
+
 def read_setup(tree: Tree, os_release: OSRelease, oci_arch: str, oci_variant: str, options: RepositoryOptions,
                provided_releasever: str | None = None) -> RepoSetup:
     """The repositories to use: the user's when given, else the image's enabled ones."""
@@ -570,7 +618,7 @@ def read_setup(tree: Tree, os_release: OSRelease, oci_arch: str, oci_variant: st
     if options.allow_unsigned:
         # --allow-unsigned-repositories: no signature is required of repodata or packages (checksums still are).
         repos = [replace(r, gpgcheck=False, repo_gpgcheck=False) for r in repos]
-    repos = apply_mirrors(repos, options.mirrors)
+    repos = [_without_userinfo(r) for r in apply_mirrors(repos, options.mirrors)]
     for w in warnings:
         log.warning("%s", w)
     return RepoSetup(main, tuple(repos), variables, tuple(warnings), from_user)
@@ -617,3 +665,47 @@ def _key(url: str, repo: RpmRepository, tree: Tree, fetcher: Fetcher | None) -> 
             raise IntegrityError(f"{e}; pass --keyring FILE with the repository's signing key") from None
         return Keyring.from_bytes(data, url)
     raise UsageError(f"{repo.description}: gpgkey {url!r} is neither a file: nor an http(s) URL")
+
+
+# ------------------------------------------------------------------------------------------- logins, certificates
+
+
+def repository_auth(setup: RepoSetup, tree: Tree, workdir: Path | None) -> RepoAuth:
+    """Each repository's username/password (sent, as librepo sends them, only when a username is set) and its
+    sslclientcert/sslclientkey/sslcacert, for the URLs under its baseurls, mirrorlist and metalink. The files are
+    the image's (read from `tree`, copied under `workdir` for the TLS library); one missing in the image is
+    skipped with a warning, as the request then fails with a TLS error that names the repository. Without a
+    `workdir` (the early prefetch) only the logins."""
+    logins: list[LoginSource] = []
+    tls: list[ClientTls] = []
+    for number, repo in enumerate(setup.repos):
+        logins += repo.url_logins
+        t = repo.tls
+        if not t:
+            continue
+        urls = [u for u in (*repo.baseurls, repo.mirrorlist, repo.metalink) if u.startswith(("http://", "https://"))]
+        if t.username:
+            logins += [PrefixLogin(u, Login(t.username, t.password)) for u in urls]
+        files = {k: _tls_file(getattr(t, k), k, repo, tree, workdir / "repo-tls" / str(number))
+                 for k in ("sslclientcert", "sslclientkey", "sslcacert") if getattr(t, k)} if workdir else {}
+        if files and workdir is not None:
+            tls += [ClientTls(u, files.get("sslclientcert"), files.get("sslclientkey"), files.get("sslcacert"))
+                    for u in urls]
+    return RepoAuth(tuple(logins), tuple(tls))
+
+
+def _tls_file(path: str, key: str, repo: RpmRepository, tree: Tree, directory: Path) -> Path | None:
+    if repo.from_user:  # a --repositories-file names files of the machine copa runs on
+        if not Path(path).is_file():
+            raise LocalIOError(f"--repositories-file: {repo.description}: {key} {path} does not exist")
+        return Path(path)
+    inside = posixpath.normpath("/" + path).lstrip("/")  # the image's file, never the host's
+    content = tree.read(inside)
+    if content is None:
+        log.warning("%s: %s /%s is not in the image; ignored", repo.description, key, inside)
+        return None
+    target = directory / key
+    directory.mkdir(parents=True, exist_ok=True)
+    target.touch(mode=0o600)
+    target.write_bytes(content)
+    return target
