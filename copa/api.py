@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from copa import events
+from copa.eol import check_end_of_life, eol_error
 from copa.errors import CopaError, ReportError, UnsupportedImageError, UsageError
 from copa.oci.image import Image, is_docker, platform_entries, resolve_platform
 from copa.oci.layer import Compression, write_layer
@@ -70,7 +71,7 @@ class PatchOptions:
     attach: bool = False  # --attach: push OpenVEX and an SBOM as OCI referrers of each patched manifest
     loader: str | None = None  # -l: podman or docker, load the result into that local image store
     exit_on_eol: bool = False  # --exit-on-eol: refuse an image whose OS release is past its end of life
-    eol_api_url: str = "https://endoflife.date/api"
+    eol_api_url: str = "https://endoflife.date/api/v1/products"
     client_cert: str | None = None  # --cert/--key: registry TLS client certificate
     client_key: str | None = None
     ignore_errors: bool = False
@@ -432,6 +433,8 @@ def _patch_one(opened: Opened, target: _Target, options: PatchOptions, compressi
     finally:
         prefetch.join()
     detected = detect(root_view)
+    if options.exit_on_eol:
+        _check_end_of_life(detected.os_release, options, progress)
     adapter = adapter_for(detected)
     report = target.report
     with tempfile.TemporaryDirectory(prefix="adapter-", dir=workdir) as adapter_tmp:
@@ -466,6 +469,17 @@ def _patch_one(opened: Opened, target: _Target, options: PatchOptions, compressi
         updates = content.updates or plan.updates
         patched = _patched(image, original, content, compression, workdir)
         return _Done(target, "patched", os_name, updates, plan.skipped, unfixed, patched=patched)
+
+
+def _check_end_of_life(os_release: OSRelease, options: PatchOptions, progress: Progress) -> None:
+    """--exit-on-eol: asked whenever the flag is set (Copacetic asks only without a report; its docs say always).
+    An API that does not answer is a warning, as in Copacetic: the flag must not make patching depend on it."""
+    status = check_end_of_life(os_release.id, os_release.version_id, options.eol_api_url, min(options.timeout, 10.0),
+                               codename=os_release.version_codename, ca_bundle=options.ca_bundle)
+    if status.warning:
+        progress(status.warning)
+    if status.is_eol:
+        raise eol_error(status)
 
 
 def _patched(image: Image, original: Original, content: LayerContent, compression: Compression,

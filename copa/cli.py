@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="progress display on stderr (default auto: live bars on a terminal, plain lines otherwise)")
     p.add_argument("--exit-on-eol", action="store_true",
                    help="fail (exit 10) when the image's OS release is past its end of life")
-    p.add_argument("--eol-api-url", default="https://endoflife.date/api",
+    p.add_argument("--eol-api-url", default="https://endoflife.date/api/v1/products",
                    help="endoflife.date-compatible API asked by --exit-on-eol")
     p.add_argument("--ignore-errors", action="store_true", help="skip packages that cannot be fixed")
     p.add_argument("--allow-remove", action="store_true",

@@ -289,7 +289,6 @@ def copa(*args: str) -> subprocess.CompletedProcess[str]:
                           env={**os.environ, "COPA_DEBUG": ""}, timeout=300)
 
 
-@pytest.mark.xfail(strict=True, reason="until copa/api.py calls copa.eol.check_end_of_life for --exit-on-eol")
 def test_cli_exit_on_eol(api: Api) -> None:
     """The hermetic Debian 12 image, planned with --dry-run against its local repository: refused with exit 10
     and one line when the API says end of life, planned as usual when it does not, or when the API cannot be
