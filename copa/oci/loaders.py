@@ -16,6 +16,7 @@ engine reads OCI archives only from version 25 on).
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
 import hashlib
@@ -377,15 +378,10 @@ class _Message:
 def _messages(resp: http.client.HTTPResponse) -> Iterator[_Message]:
     """The concatenated JSON objects of a streamed response, parsed as they arrive."""
     decoder = json.JSONDecoder()
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may be split across reads
     buffer = ""
-    raw = b""
     while chunk := resp.read1(65536):
-        raw += chunk
-        try:
-            buffer += raw.decode()
-            raw = b""
-        except UnicodeDecodeError:
-            continue  # a multi-byte character split across reads: wait for its rest
+        buffer += text.decode(chunk)
         while buffer := buffer.lstrip():
             try:
                 doc, end = decoder.raw_decode(buffer)

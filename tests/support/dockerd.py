@@ -44,7 +44,7 @@ from tests.support.registry import free_port, require_tool
 START_TIMEOUT = 60.0
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: Path) -> None:
         super().__init__("localhost", timeout=60)
         self._path = path
@@ -54,6 +54,25 @@ class _UnixConnection(http.client.HTTPConnection):
         sock.settimeout(self.timeout)
         sock.connect(str(self._path))
         self.sock = sock
+
+
+def request(sock: Path, method: str, path: str) -> tuple[int, bytes]:
+    """One Engine API request on the unix socket `sock`: (status, body)."""
+    conn = UnixConnection(sock)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def answers(sock: Path) -> bool:
+    """Whether an Engine API server answers a ping on `sock`."""
+    try:
+        return request(sock, "GET", "/_ping")[0] == 200
+    except (OSError, http.client.HTTPException):
+        return False
 
 
 def _pem_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -133,9 +152,8 @@ class Dockerd:
             if self.proc.poll() is not None:
                 self.close()
                 raise AssertionError(f"dockerd exited with {self.proc.returncode}: {self._log_tail()}")
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                if self.request("GET", "/_ping")[0] == 200:
-                    return self
+            if answers(self.socket):
+                return self
             time.sleep(0.2)
         self.close()
         raise AssertionError(f"dockerd did not answer within {START_TIMEOUT} s: {self._log_tail()}")
@@ -148,17 +166,8 @@ class Dockerd:
             return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-5:])
         return "(no log)"
 
-    def request(self, method: str, path: str) -> tuple[int, bytes]:
-        conn = _UnixConnection(self.socket)
-        try:
-            conn.request(method, path)
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
-
     def get(self, path: str) -> Any:
-        status, body = self.request("GET", path)
+        status, body = request(self.socket, "GET", path)
         assert status == 200, f"GET {path}: HTTP {status} {body[:300]!r}"
         return json.loads(body)
 

@@ -3,6 +3,7 @@
     store = PodmanStore(tmp / "podman")          # nothing shared with the machine's own containers storage
     load(..., env=store.env)                     # or subprocess.run(copa ..., env=store.env)
     store.inspect("localhost/app:1.0")           # `podman image inspect`, parsed
+    with store.service() as host: ...            # `podman system service`: the Docker Engine API on this store
 
 Why these settings:
 - CONTAINERS_STORAGE_CONF (graphroot, runroot, driver vfs): podman reads it for every command, so the copa under
@@ -16,13 +17,17 @@ Why these settings:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.support.dockerd import answers
 from tests.support.registry import require_tool
 
 
@@ -73,6 +78,30 @@ class PodmanStore:
         out = self.run("images", "--format", "{{.Repository}}:{{.Tag}}").stdout
         return {line for line in out.splitlines() if line and "<none>" not in line}
 
+    @contextlib.contextmanager
+    def service(self) -> Iterator[str]:
+        """podman's Docker-compatible API on a unix socket in the store; yields its DOCKER_HOST."""
+        sock = self.root / "podman.sock"
+        log = (self.root / "service.log").open("wb")
+        proc = subprocess.Popen([self.binary, "system", "service", "--time=0", f"unix://{sock}"], env=self.env,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while not answers(sock):
+                assert proc.poll() is None, f"podman system service exited with {proc.returncode}"
+                assert time.monotonic() < deadline, "podman system service did not answer within 30 s"
+                time.sleep(0.1)
+            yield f"unix://{sock}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
     def close(self) -> None:
         # Images only: nothing is mounted (no container is ever created), so the tree can simply go.
         shutil.rmtree(self.root, ignore_errors=True)
+
