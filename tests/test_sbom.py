@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -253,6 +254,7 @@ def test_apk_inventory_after_the_plan_equals_apk_upgrade(apk_world: tuple[ApkRep
     assert {(p.name, p.version) for p in inventory} == set(alpine.installed_versions(oracle).items())
     assert "copa-sbom-newdep" in {p.name for p in inventory}
     assert purls(inventory) == syft_os_purls(f"dir:{oracle}", "apk")
+    assert schema_errors(inventory, ctx.os_release) == []
 
 
 # -- rpm ---------------------------------------------------------------------------------------------------------
@@ -311,11 +313,13 @@ def test_rpm_inventory_after_the_plan_equals_rpm_upgrade(tmp_path_factory: pytes
     assert purls(inventory) == syft_os_purls(f"dir:{oracle}", "rpm")
     licenses = {p.name: p.licenses for p in inventory}
     assert licenses["bystander"] == ("MIT",)
+    assert schema_errors(inventory, ctx.os_release) == []
 
 
 # -- the SBOM ------------------------------------------------------------------------------------------------------
 
 
+@functools.cache
 def _validator() -> jsonschema.Draft7Validator:
     resources = []
     for path in sorted(CDX.glob("*.schema.json")):
@@ -324,6 +328,13 @@ def _validator() -> jsonschema.Draft7Validator:
     registry: referencing.Registry[Any] = referencing.Registry().with_resources(resources)
     schema = json.loads((CDX / "bom-1.6.schema.json").read_text())
     return jsonschema.Draft7Validator(schema, registry=registry)
+
+
+def schema_errors(inventory: tuple[InstalledPackage, ...], os_release: OSRelease) -> list[str]:
+    digest = "sha256:" + "d" * 64
+    image = SbomImage("registry.test/app", digest, image_purl(Reference.parse("registry.test/app"), digest))
+    doc = cyclonedx_document(image, os_release, inventory, timestamp="2024-01-01T00:00:00Z")
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in _validator().iter_errors(doc)]
 
 
 @pytest.fixture(scope="module")
