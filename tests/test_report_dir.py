@@ -73,19 +73,28 @@ def _image(root: Path, arch: str, variant: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def index_ref(tmp_path_factory: pytest.TempPathFactory, anon_registry: RunningRegistry) -> str:
+def pushed(tmp_path_factory: pytest.TempPathFactory, anon_registry: RunningRegistry) -> tuple[str, str]:
+    """(the multi-platform index, a single-platform arm64/v8 image) in docker-registry."""
     root = tmp_path_factory.mktemp("index-layout")
-    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-             "manifests": [_image(root, a, v) for a, v in INDEX_PLATFORMS]}
+    manifests = [_image(root, a, v) for a, v in INDEX_PLATFORMS]
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}
     digest, size = _blob(root, json.dumps(index).encode())
+    arm64 = {k: v for k, v in manifests[INDEX_PLATFORMS.index(("arm64", "v8"))].items() if k != "platform"}
     (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
         {"mediaType": index["mediaType"], "digest": digest, "size": size,
-         "annotations": {"org.opencontainers.image.ref.name": "app"}}]}))
-    ref = f"{anon_registry.host}/reports/app:1"
-    subprocess.run(["skopeo", "copy", "--all", "--quiet", "--dest-tls-verify=false", f"oci:{root}:app",
-                    f"docker://{ref}"], check=True, capture_output=True)
-    return ref
+         "annotations": {"org.opencontainers.image.ref.name": "app"}},
+        {**arm64, "annotations": {"org.opencontainers.image.ref.name": "single"}}]}))
+    refs = f"{anon_registry.host}/reports/app:1", f"{anon_registry.host}/reports/single:1"
+    for name, ref in zip(("app", "single"), refs, strict=True):
+        subprocess.run(["skopeo", "copy", "--all", "--quiet", "--dest-tls-verify=false", f"oci:{root}:{name}",
+                        f"docker://{ref}"], check=True, capture_output=True)
+    return refs
+
+
+@pytest.fixture(scope="module")
+def index_ref(pushed: tuple[str, str]) -> str:
+    return pushed[0]
 
 
 def _skopeo(*args: str) -> Any:
@@ -99,11 +108,11 @@ def _index_platforms(ref: str) -> list[Platform]:
             for m in index["manifests"]]
 
 
-def _syft(ref: str, platform: str) -> dict[str, Any]:
+def _syft(ref: str, platform: str | None) -> dict[str, Any]:
     syft = shutil.which("syft") or str(Path(sys.executable).parent / "syft")
     env = {**os.environ, "SYFT_REGISTRY_INSECURE_USE_HTTP": "true", "SYFT_CHECK_FOR_APP_UPDATE": "false"}
-    out = subprocess.run([syft, "scan", f"registry:{ref}", "--platform", platform, "-o", "json", "-q"],
-                         check=True, capture_output=True, text=True, env=env).stdout
+    out = subprocess.run([syft, "scan", f"registry:{ref}", *(["--platform", platform] if platform else []),
+                          "-o", "json", "-q"], check=True, capture_output=True, text=True, env=env).stdout
     doc: dict[str, Any] = json.loads(out)
     return doc
 
@@ -154,6 +163,24 @@ def test_syft_and_config_reports_map_onto_the_index(index_ref: str, tmp_path: Pa
                                     strict=True):
             assert _matching(report, platforms) == [platform], (kind, report.source, report.platform)
         assert load_reports(directory, kind) == reports
+
+
+def test_single_platform_image_is_named_by_its_config(pushed: tuple[str, str], tmp_path: Path) -> None:
+    """Syft (so Grype) writes the platform it asked for in source.target.architecture: the host's for a
+    single-platform image. The image's own config, which Syft keeps beside it, is what the report must say."""
+    sbom = _syft(pushed[1], None)
+    config = _skopeo("--config", "--raw", f"docker://{pushed[1]}")
+    truth = Platform(config["os"], config["architecture"], config.get("variant", ""))
+    assert truth == Platform("linux", "arm64", "v8")
+    path = tmp_path / "grype.json"
+    path.write_text(json.dumps(_grype_from_syft(sbom)))
+    report = load_report(path)
+    assert report.platform is not None and report.platform.matches(truth)
+    assert (report.arch, report.variant) == ("arm64", "v8")
+    # without the config, the target's own field is all there is (and Syft's says the host's architecture)
+    target = {k: v for k, v in sbom["source"]["metadata"].items() if k != "config"}
+    path.write_text(json.dumps({**_grype_from_syft(sbom), "source": {"type": "image", "target": target}}))
+    assert load_report(path).arch == sbom["source"]["metadata"]["architecture"]
 
 
 # -- directory rules ------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ reports describing the same findings, against the JSON read without copa code, a
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
@@ -83,8 +84,11 @@ def test_fixture_against_its_json(path: Path) -> None:
     assert {(p.name, p.installed_version) for p in report.unfixed} == unfixed
     assert {i for p in (*report.packages, *report.unfixed) for i in p.vulnerability_ids} == ids
     target = doc["source"]["target"]
-    assert report.arch == target["architecture"]
-    assert report.variant == target.get("architectureVariant")
+    # the platform comes from the image config Syft keeps (base64) when there is one, else from the target's fields
+    config = json.loads(base64.b64decode(target["config"])) if target.get("config") else {
+        "architecture": target["architecture"], "variant": target.get("architectureVariant")}
+    assert report.arch == config["architecture"]
+    assert report.variant == config.get("variant")
     for p in report.packages:
         listed = {re.sub(r"^0:", "", v) for m in doc["matches"] if (m["artifact"]["name"], re.sub(r"^0:", "", m[
             "artifact"]["version"])) == (p.name, p.installed_version) for v in m["vulnerability"]["fix"]["versions"]}
@@ -183,6 +187,20 @@ def test_sources_without_a_platform(tmp_path: Path) -> None:
     target = json.loads((GRYPE / "grype-debian-mixed.json").read_text())["source"]["target"]
     report = _load(tmp_path, _doc(source={"type": "image", "target": {**target, "architecture": ""}}))
     assert report.platform is None
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    ({"architecture": "arm64", "variant": "v8", "os": "linux"}, Platform("linux", "arm64")),
+    ({"architecture": "arm", "variant": "v6", "os": "linux"}, Platform("linux", "arm", "v6")),
+    ("not base64!", Platform("linux", "amd64")),  # unreadable: the target's own fields
+    ({"os": "linux"}, Platform("linux", "amd64")),  # a config naming no architecture: the target's fields
+    ([1, 2], Platform("linux", "amd64")),
+])
+def test_platform_from_the_image_config(tmp_path: Path, config: Any, expected: Platform) -> None:
+    target = json.loads((GRYPE / "grype-debian-mixed.json").read_text())["source"]["target"]
+    raw = config if isinstance(config, str) else base64.b64encode(json.dumps(config).encode()).decode()
+    report = _load(tmp_path, _doc(source={"type": "image", "target": {**target, "config": raw}}))
+    assert target["architecture"] == "amd64" and report.platform == expected
 
 
 MALFORMED: list[tuple[str, dict[str, Any], str]] = [

@@ -7,6 +7,8 @@ distribution, source) and Syft's image source metadata (syft/source ImageMetadat
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 from copa.errors import ReportError
@@ -44,6 +46,28 @@ def _without_zero_epoch(version: str) -> str:
     return version[2:] if version.startswith("0:") else version
 
 
+def _image_config(target: dict[str, Any]) -> tuple[str, str | None, str | None] | None:
+    """(architecture, variant, os) from the image config Syft keeps in source.target.config (base64 of the config
+    blob), or None when it is absent or unreadable. It is the image's own word; the target's architecture fields are
+    the platform Syft asked the registry for, which for a single-platform image is the scanning host's (Syft 1.18
+    says amd64 for an arm64-only image) and empty for an OCI directory."""
+    raw = target.get("config")
+    if not isinstance(raw, str) or not raw:
+        return None
+    try:
+        config = json.loads(base64.b64decode(raw, validate=True))
+    except (ValueError, RecursionError):
+        return None  # binascii.Error and JSONDecodeError are ValueErrors; the target's fields still stand
+    if not isinstance(config, dict):
+        return None
+
+    def text(key: str) -> str | None:
+        value = config.get(key)
+        return value if isinstance(value, str) and value else None
+
+    return text("architecture") or "", text("variant"), text("os")
+
+
 def parse_grype(doc: dict[str, Any], source: str) -> Report:
     distro = field(doc, "distro", dict, source, "", required=False)
     if not distro:
@@ -63,6 +87,9 @@ def parse_grype(doc: dict[str, Any], source: str) -> Report:
             arch = field(target, "architecture", str, source, "source.target", required=False) or None
             variant = field(target, "architectureVariant", str, source, "source.target", required=False) or None
             image_os = field(target, "os", str, source, "source.target", required=False) or None
+            config = _image_config(target)
+            if config is not None and config[0]:
+                arch, variant, image_os = config
 
     # ignoredMatches (Grype's ignore rules, --only-fixed...) are left out: the user chose not to act on them.
     findings: list[Finding] = []
