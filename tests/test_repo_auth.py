@@ -441,3 +441,27 @@ def test_apk_url_login(tmp_path: Path) -> None:
         with pytest.raises(RegistryError) as refused:
             apk_fetcher(bad, bad_repos).get_bytes(bad_repos[0].index_url, "apk index")  # type: ignore[arg-type]
         assert "refused the credentials" in str(refused.value) and WRONG not in str(refused.value)
+
+
+# --- redirects -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not Path(APT_HELPER).exists(), reason="apt-helper (apt) is not installed")
+def test_redirect_gets_its_own_login(tmp_path: Path) -> None:
+    """A mirror redirecting to another host: the login of the first host is not sent there; the target gets the
+    one auth.conf names for it, or none. apt-helper, given the same file, sends the same."""
+    from copa.pkg.fetch import Fetcher
+
+    with AuthServer(None) as target, AuthServer(None, redirect_to=f"http://localhost:{target.port}") as origin:
+        for case, extra in (("none", ""), ("own", f"machine http://localhost:{target.port} login t password tp\n")):
+            auth_conf = tmp_path / f"{case}.conf"
+            auth_conf.write_text(f"machine http://127.0.0.1:{origin.port} login {USER} password {PASSWORD}\n{extra}")
+            apt_path, copa_path = f"/{case}/apt", f"/{case}/copa"
+            subprocess.run([APT_HELPER, "-o", f"Dir::Etc::netrc={auth_conf}", "-o", "Dir::Etc::netrcparts=/nonexistent",
+                            "-o", "APT::Sandbox::User=root", "download-file", f"{origin.url}{apt_path}",
+                            str(tmp_path / f"{case}.out")], capture_output=True, check=True, timeout=60)
+            fetcher = Fetcher(timeout=10, auth=RepoAuth((NetrcFile.parse(auth_conf.read_text(), "auth.conf"),)))
+            assert fetcher.get_bytes(f"{origin.url}{copa_path}", "test") == b"ok\n"
+            at_origin = dict(origin.requests)
+            at_target = dict(target.requests)
+            assert at_origin[apt_path] == at_origin[copa_path] == (USER, PASSWORD)
+            assert at_target[apt_path] == at_target[copa_path] == (None if case == "none" else ("t", "tp"))

@@ -88,6 +88,7 @@ class Fetcher:
             return self
         twin = Fetcher(self.cache, session=self.session, timeout=self.timeout, retries=self.retries,
                        backoff=self.backoff, workers=self.workers, verify=self.verify, auth=self.auth.then(more))
+        twin.scope = self.scope
         return twin
 
     def _get(self, url: str, what: str) -> tuple[requests.Response, bool]:
@@ -147,7 +148,7 @@ class Fetcher:
                 yield f
             return
         if parsed.scheme not in ("http", "https"):
-            raise RegistryError(f"{what}: unsupported URL scheme in {url}; use http, https or file")
+            raise RegistryError(f"{what}: unsupported URL scheme in {redact(url)}; use http, https or file")
         try:
             resp, sent_login = self._get(url, what)
         except _TRANSIENT as e:

@@ -7,7 +7,8 @@
 Without the right `Authorization: Basic` header a request gets 401 (with a WWW-Authenticate challenge, as a real
 mirror behind nginx's auth_basic answers); with `logins=None` every request is served. `requests` records each
 request's path and the login it carried (None without one), so tests can compare what a client sent. With
-`root=None` every path is answered with a small body (for clients whose requests are all that matters).
+`root=None` every path is answered with a small body (for clients whose requests are all that matters); with
+`redirect_to=URL` every request that passes is answered with a 302 to URL + its path.
 """
 
 from __future__ import annotations
@@ -113,6 +114,12 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self) -> None:
         if not self._allowed():
             return
+        if self.server.redirect_to:
+            self.send_response(302)
+            self.send_header("Location", self.server.redirect_to + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.server.root is None:
             body = b"ok\n"
             self.send_response(200)
@@ -131,17 +138,19 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     root: Path | None
     logins: Mapping[str, str] | None
+    redirect_to: str
     requests: list[tuple[str, tuple[str, str] | None]]
     lock: threading.Lock
 
 
 class AuthServer:
     def __init__(self, root: Path | None, logins: Mapping[str, str] | None = None, *, tls: Tls | None = None,
-                 client_cert: bool = False) -> None:
+                 client_cert: bool = False, redirect_to: str = "") -> None:
         handler = partial(_Handler, directory=str(root or "/nonexistent"))
         self._server = _Server(("127.0.0.1", 0), handler)
         self._server.root = root
         self._server.logins = logins
+        self._server.redirect_to = redirect_to
         self._server.requests = []
         self._server.lock = threading.Lock()
         self.scheme = "http"
