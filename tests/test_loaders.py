@@ -11,9 +11,11 @@ the archive as they would after a real patch.
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import socket
+import socketserver
 import subprocess
 import sys
 import tempfile
@@ -468,3 +470,53 @@ def test_docker_loader_on_podmans_engine_api(patched: Bundle, podman: PodmanStor
         written = load("docker", patched, "registry.test/app:compat", tmp_path, env={"DOCKER_HOST": host})
     assert written.target == "docker-daemon:registry.test/app:compat"
     assert podman.inspect("registry.test/app:compat")["Id"] == patched.primary.config.digest.hex == written.digest.hex
+
+
+class _FaultyEngine(http.server.BaseHTTPRequestHandler):
+    """Answers pings; on /images/load, either drops the connection part-way through the upload or answers 500.
+    In-process because no real engine fails like this on demand."""
+
+    mode = "drop"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def address_string(self) -> str:
+        return "unix"  # a unix socket's peer is "", which BaseHTTPRequestHandler cannot index
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def do_POST(self) -> None:
+        if self.mode == "drop":
+            self.rfile.read(1024)
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"message": "no space left on device"}).encode()
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize(("mode", "want"), [
+    ("drop", r"(stopped taking|dropped) the image"),
+    ("500", r"refused the image: no space left on device$"),
+])
+def test_engine_failing_during_the_load(patched: Bundle, mode: str, want: str, tmp_path: Path) -> None:
+    handler = type("Handler", (_FaultyEngine,), {"mode": mode})
+    sock = tmp_path / "engine.sock"
+    with socketserver.ThreadingUnixStreamServer(str(sock), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            with pytest.raises(LoaderError, match=rf"^the Docker engine at unix://{sock} {want}"):
+                load("docker", patched, "registry.test/app:1", tmp_path, env={"DOCKER_HOST": f"unix://{sock}"})
+        finally:
+            server.shutdown()
+    _no_archive_left(tmp_path)

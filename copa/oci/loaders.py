@@ -359,9 +359,8 @@ def _api_message(body: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Message:
-    """One message of the engine's JSON stream: progress text, or an error."""
+    """One message of the engine's JSON stream; only its error matters here (progress text is not shown)."""
 
-    stream: str = ""
     error: str = ""
 
     @classmethod
@@ -371,8 +370,7 @@ class _Message:
         detail = doc.get("errorDetail")
         error = detail.get("message") if isinstance(detail, dict) else None
         error = error or doc.get("error")
-        stream = doc.get("stream")
-        return cls(stream if isinstance(stream, str) else "", error if isinstance(error, str) else "")
+        return cls(error if isinstance(error, str) else "")
 
 
 def _messages(resp: http.client.HTTPResponse) -> Iterator[_Message]:
@@ -396,14 +394,17 @@ def _messages(resp: http.client.HTTPResponse) -> Iterator[_Message]:
 def _docker_load(endpoint: Endpoint, archive: Path, name: str, timeout: float) -> tuple[str, Digest]:
     conn = _connect(endpoint, timeout)
     try:
-        try:
-            size = archive.stat().st_size
-            with archive.open("rb") as body:
+        size = archive.stat().st_size
+        with archive.open("rb") as body:
+            try:
                 # http.client sends a file body in blocksize pieces: the tar is never in memory whole.
                 conn.request("POST", "/images/load?quiet=1", body=body,
                              headers={"Content-Type": "application/x-tar", "Content-Length": str(size)})
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the engine may have refused the upload part-way: its answer says why
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the engine may have refused the upload part-way: its answer says why
+            except (OSError, http.client.HTTPException) as e:
+                raise LoaderError(f"the Docker engine at {endpoint.url} stopped taking the image ({_reason(e)}); "
+                                  "check its log") from None
         try:
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
