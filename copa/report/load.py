@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from copa.errors import ReportError
+from copa.errors import ReportError, UsageError
 from copa.report.grype import is_grype, parse_grype
 from copa.report.model import Report
 from copa.report.native import is_native, parse_native
@@ -117,6 +117,8 @@ def _decode(data: bytes, source: str) -> dict[str, Any]:
 
 def parse_report(data: bytes, source: str, scanner: str | None = None) -> Report:
     """The report in `data`; `scanner` None reads any known format, trivy/grype/native only that one."""
+    if scanner is not None and scanner not in BUILTIN_SCANNERS:
+        raise UsageError(f"-s {scanner} names a scanner plugin: read its report with load_report, which runs it")
     if not data.strip():
         raise ReportError(f"{source}: report file is empty: scan the image with `trivy image --format json`")
     doc = _decode(data, source)
