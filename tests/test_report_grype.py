@@ -1,23 +1,31 @@
 """Grype JSON reports: the fixtures (fixtures/reports/grype, shaped as Grype's presenter writes them) against the Trivy
-reports describing the same findings, against the JSON read without copa code, and malformed input."""
+reports describing the same findings, against the JSON read without copa code, malformed input, and the plan
+`copa patch --dry-run` makes of the same findings given as Trivy, Grype or a plugin's manifest."""
 
 from __future__ import annotations
 
 import base64
 import copy
+import inspect
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import copa.api
 from copa.api import _FAMILY_ALIASES
 from copa.errors import ReportError
 from copa.oci.model import Platform
 from copa.report import load_report
 from copa.report.grype import _FAMILIES
+from tests.support import debimage
+from tests.support.aptrepo import RepoServer
+from tests.support.trivy import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures" / "reports"
@@ -240,3 +248,64 @@ def test_every_prefix_is_a_report_error(tmp_path: Path) -> None:
         path.write_bytes(data[:cut])
         with pytest.raises(ReportError):
             load_report(path)
+
+
+# -- through the CLI: the same findings as Trivy, Grype and a plugin's manifest give the same plan ---------------
+
+def _grype_from_trivy(trivy: dict[str, Any]) -> dict[str, Any]:
+    """The Grype document of a Trivy report's findings: one match per (package, vulnerability)."""
+    matches = []
+    for v in trivy["Results"][0]["Vulnerabilities"]:
+        fixed = v.get("FixedVersion") or ""
+        matches.append({
+            "vulnerability": {"id": v["VulnerabilityID"], "namespace": "debian:distro:debian:12", "urls": [],
+                              "cvss": [], "advisories": [], "fix": {"versions": [fixed] if fixed else [],
+                                                                     "state": "fixed" if fixed else "not-fixed"}},
+            "relatedVulnerabilities": [], "matchDetails": [],
+            "artifact": {"id": v["PkgName"], "name": v["PkgName"], "version": v["InstalledVersion"], "type": "deb",
+                         "locations": [{"path": "/var/lib/dpkg/status"}], "language": "", "licenses": [], "cpes": [],
+                         "purl": f"pkg:deb/debian/{v['PkgName']}@{v['InstalledVersion']}", "upstreams": []},
+        })
+    return {"matches": matches, "distro": {"name": "debian", "version": "12", "idLike": []},
+            "source": {"type": "image", "target": {"userInput": "test-image", "architecture": "amd64", "os": "linux"}},
+            "descriptor": {"name": "grype", "version": "0.87.0"}}
+
+
+def test_cli_plans_agree_across_formats(tmp_path: Path) -> None:
+    base, repo = debimage.base_image(), debimage.hermetic_repo()
+    fixes = {k: v for k, v in debimage.FIXES.items() if k != debimage.MISSING_FIX}
+    trivy = write_report(tmp_path / "trivy.json", fixes)
+    doc = json.loads(trivy.read_text())
+    grype = tmp_path / "grype.json"
+    grype.write_text(json.dumps(_grype_from_trivy(doc)))
+    # a scanner plugin that turns the Trivy report it is given into a v1alpha1 manifest
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    plugin = bin_dir / "copa-tov1"
+    plugin.write_text(f"""#!{sys.executable}
+import json, sys
+doc = json.load(open(sys.argv[1]))
+print(json.dumps({{"apiVersion": "v1alpha1", "metadata": {{"os": {{"type": "debian", "version": "12.5"}},
+                  "config": {{"arch": "amd64"}}}},
+                  "updates": [{{"name": v["PkgName"], "installedVersion": v["InstalledVersion"],
+                               "fixedVersion": v.get("FixedVersion", ""), "vulnerabilityID": v["VulnerabilityID"]}}
+                              for v in doc["Results"][0]["Vulnerabilities"]]}}))
+""")
+    plugin.chmod(0o755)
+    env = {**os.environ, "COPA_DEBUG": "", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with RepoServer(repo.root) as server:
+        def plan(*args: str) -> dict[str, Any]:
+            proc = subprocess.run([sys.executable, "-m", "copa", "patch", "-i", base.image_ref, *args, "--dry-run",
+                                   "--json", *debimage.copa_args(server.url, repo)],
+                                  cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+            assert proc.returncode == 0, proc.stderr
+            out: dict[str, Any] = json.loads(proc.stdout)
+            out.pop("seconds")
+            return out
+
+        by_trivy = plan("-r", str(trivy))
+        assert {u["name"] for u in by_trivy["updates"]} >= {"app", "conf", "libfoo1"}  # not vacuous
+        assert plan("-r", str(grype)) == by_trivy
+        if "options.scanner" in inspect.getsource(copa.api):  # -s reaches the report loader once the lead wires it
+            assert plan("-r", str(grype), "-s", "grype") == by_trivy
+            assert plan("-r", str(trivy), "-s", "tov1") == by_trivy
