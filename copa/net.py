@@ -6,6 +6,8 @@ host name that does not exist fails the same way every time, so retrying it only
 
 from __future__ import annotations
 
+import re
+
 import requests
 
 # getaddrinfo's EAI_NONAME texts (glibc, BSD/macOS, urllib3's wrapper). "Temporary failure in name resolution"
@@ -67,3 +69,12 @@ def redact(url: str) -> str:
     if "@" not in netloc:
         return url
     return f"{scheme}://{netloc.rpartition('@')[2]}{rest[end:]}"
+
+
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@?#]*@")
+
+
+def redact_text(text: str) -> str:
+    """Text quoting the user's input (a sources line, a URL given on the command line) with every URL's
+    `user:pass@` removed."""
+    return _USERINFO.sub(r"\1", text)

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 
 from copa.errors import LocalIOError, UsageError
-from copa.net import redact
+from copa.net import redact, redact_text
 from copa.pkg.base import RepositoryOptions
 from copa.pkg.repoauth import APT_AUTH_DIR, Login, NetrcFile, RepoAuth, apt_auth_files, user_auth
-from tests.support import debimage, images
+from tests.support import aptoracle, debimage, images
 from tests.support.aptrepo import AptRepo
 from tests.support.authmirror import AuthServer, Tls, make_tls
 from tests.support.trivy import write_report
@@ -192,6 +192,16 @@ def test_redact() -> None:
     assert redact("https://u:p%40ss@host:8443/debian?x=@y") == "https://host:8443/debian?x=@y"
     assert redact("http://host/p@th") == "http://host/p@th"
     assert redact("file:/srv/mirror") == "file:/srv/mirror"
+    assert redact_text("deb [trusted=yes] https://u:pw@h/debian bookworm main, http://x@y/") == \
+        "deb [trusted=yes] https://h/debian bookworm main, http://y/"
+
+
+def test_bad_repository_line_hides_its_password() -> None:
+    from copa.pkg.apt.sources import parse_repository_line
+
+    with pytest.raises(UsageError) as bad:
+        parse_repository_line(f"deb https://u:{WRONG}@host/debian")
+    assert WRONG not in str(bad.value) and "https://host/debian" in str(bad.value)
 
 
 # --- end to end through the CLI --------------------------------------------------------------------------------------
@@ -274,6 +284,21 @@ def test_http_mirror_with_auth_file(base: debimage.BaseImage, repo: AptRepo, rep
     assert PASSWORD.encode() not in layer and b"written by the test" not in layer
     logins = {login for _path, login in http_mirror.requests}
     assert (USER, PASSWORD) in logins
+
+    # apt, with the same file as its auth.conf, reads the same mirror and finds the fix there; without it, apt fails.
+    assert repo.key is not None
+    sources = tmp_path / "sources.list"
+    sources.write_text(f"deb [signed-by={repo.key.keyring}] {http_mirror.url} {debimage.SUITE} main\n")
+    for state, with_auth in ((tmp_path / "apt", True), (tmp_path / "apt-noauth", False)):
+        (state / "etc/apt").mkdir(parents=True)
+        if with_auth:
+            shutil.copy(auth, state / "etc/apt/auth.conf")  # Dir::Etc::netrc under the private Dir
+        update = aptoracle.apt(state, base.rootfs, None, "apt-get", "update", image_conf=False, check=False,
+                               sources_list=sources)
+        assert (update.returncode == 0 and "401" not in update.stderr) == with_auth, update.stderr
+    policy = aptoracle.apt(tmp_path / "apt", base.rootfs, None, "apt-cache", "policy", "app", image_conf=False,
+                           sources_list=sources)
+    assert "Candidate: 2.0" in policy.stdout, policy.stdout
 
 
 def test_missing_and_wrong_credentials(base: debimage.BaseImage, repo: AptRepo, report: Path,

@@ -17,7 +17,7 @@ Nothing here is ever written into an image, and nothing here prints a password.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote
@@ -133,8 +133,8 @@ class NetrcFile:
     """One auth.conf/netrc file: its tokens, and the line each came from (for the user's messages)."""
 
     name: str
-    tokens: tuple[str, ...]
-    lines: tuple[int, ...]
+    tokens: tuple[str, ...] = field(repr=False)  # logins and passwords among them
+    lines: tuple[int, ...] = field(repr=False)
 
     @classmethod
     def parse(cls, text: str, name: str) -> NetrcFile:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from copa.errors import CopaError, UnsupportedImageError, UsageError
-from copa.net import redact
+from copa.net import redact, redact_text
 
 _TRUE = frozenset({"yes", "true", "1", "on"})
 _FALSE = frozenset({"no", "false", "0", "off"})
@@ -104,7 +104,7 @@ def _one_line(line: str, where: str, error: type[CopaError]) -> AptSource | None
         rest = rest[end + 1 :].strip()
     words = rest.split()
     if len(words) < 2:
-        raise error(f"{where}: expected 'deb [options] URI suite component...', got {line.strip()!r}")
+        raise error(f"{where}: expected 'deb [options] URI suite component...', got {redact_text(line.strip())!r}")
     uri, suite, components = words[0], words[1], tuple(words[2:])
     if suite.endswith("/") and components:
         raise error(f"{where}: flat repository suite {suite!r} must not list components")
@@ -152,7 +152,7 @@ def parse_repository_line(line: str) -> AptSource:
     """A user-given `--repository 'deb [opts] URI suite comp...'`; errors are usage errors."""
     src = _one_line(line, "--repository", UsageError)
     if src is None:
-        raise UsageError(f"--repository {line!r}: expected 'deb [options] URI suite component...'")
+        raise UsageError(f"--repository {redact_text(line)!r}: expected 'deb [options] URI suite component...'")
     return src
 
 

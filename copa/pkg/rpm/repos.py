@@ -33,6 +33,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from copa.errors import IntegrityError, LocalIOError, NotFoundError, UsageError
+from copa.net import redact_text
 from copa.pkg.base import OSRelease, RepositoryOptions
 from copa.pkg.fetch import Fetcher
 from copa.pkg.openpgp import Keyring
@@ -539,9 +540,9 @@ def user_repositories(options: RepositoryOptions, main: MainConfig, variables: M
         url = expand(url.strip(), variables)
         scheme = urlsplit(url).scheme
         if scheme not in ("http", "https", "file") and not url.startswith("/"):
-            raise UsageError(f"--repository {url!r}: expected a repository URL (http, https or file) holding "
-                             "repodata/repomd.xml")
-        repos.append(RpmRepository(id=f"copa-repository-{number}", name=url, baseurls=(_normal_url(url),),
+            raise UsageError(f"--repository {redact_text(url)!r}: expected a repository URL (http, https or file) "
+                             "holding repodata/repomd.xml")
+        repos.append(RpmRepository(id=f"copa-repository-{number}", name=redact_text(url), baseurls=(_normal_url(url),),
                                    gpgcheck=True, origin="--repository", from_user=True))
     path = options.repositories_file
     if path is not None:
