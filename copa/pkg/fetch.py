@@ -110,9 +110,14 @@ class Fetcher:
                             "check the repository URL")
 
     def _tls_hint(self, e: BaseException, url: str) -> str:
-        # Our side names a server certificate it cannot verify; anything else failing the handshake is the server
-        # ending it, which is what a server that wants a client certificate does (with an alert, or by closing).
-        if "certificate verify failed" in str(e).lower():
+        # The server ending the handshake (an alert such as TLS 1.3's "certificate required", or just closing) is
+        # what a server that wants a client certificate does; anything else (a certificate our side cannot verify,
+        # a plain-HTTP server answering) calls for the CA bundle or the URL.
+        text = str(e).lower()
+        rejected = "certificate verify failed" not in text and any(
+            s in text for s in ("certificate required", "handshake failure", "bad certificate", "unknown ca",
+                                "eof occurred", "connection reset", "unexpected eof"))
+        if not rejected:
             return "pass --ca-bundle for a private CA"
         if self.auth.cert_for(url) is None:
             return "if the repository requires a client certificate, pass --repository-cert and --repository-key"
