@@ -40,7 +40,7 @@ from copa.oci.loaders import (
 )
 from copa.oci.model import Manifest, MediaType
 from copa.oci.mutate import append_layer, original_of
-from tests.support import debimage, images
+from tests.support import debimage, images, multiplatform
 from tests.support.aptrepo import AptRepo, RepoServer
 from tests.support.dockerd import Dockerd
 from tests.support.podman import PodmanStore
@@ -520,3 +520,35 @@ def test_engine_failing_during_the_load(patched: Bundle, mode: str, want: str, t
         finally:
             server.shutdown()
     _no_archive_left(tmp_path)
+
+
+@pytest.mark.live
+@pytest.mark.slow
+@pytest.mark.sweep  # about a minute: three platforms patched from the Debian archive
+def test_cli_loads_every_patched_platform_of_a_real_index(podman: PodmanStore, tmp_path: Path) -> None:
+    """The multi-platform fixture (amd64, arm64, arm/v7, a ppc64le image copa cannot patch, attestations), patched
+    whole as Copacetic does without a report: podman holds TAG-amd64, TAG-arm64 and TAG-arm-v7, each the image of
+    that platform in the index copa wrote in the same run; nothing else is loaded."""
+    layout, ref = multiplatform.multiplatform_layout()
+    name = "registry.test/multi-real:1"
+    out = tmp_path / "out"
+    proc = copa("patch", "-i", f"oci:{layout}:{ref}", "-t", name, "-l", "podman", "--oci-dir", str(out), "--json",
+                env=podman.env)
+    assert proc.returncode == 0, proc.stderr
+    loaded = {o["target"]: o["digest"] for o in json.loads(proc.stdout)["outputs"] if o["kind"] == "podman"}
+    index = _skopeo_json("inspect", "--raw", f"oci:{out}:1")
+    expected: dict[str, dict[str, Any]] = {}
+    for entry in index["manifests"]:
+        platform = entry.get("platform", {})
+        if platform.get("architecture") in ("amd64", "arm64", "arm"):
+            suffix = "-".join(x for x in (platform["architecture"], platform.get("variant", "")) if x)
+            expected[f"{name}-{suffix}"] = json.loads((out / "blobs/sha256" / entry["digest"][7:]).read_bytes())
+    assert set(expected) == {f"{name}-amd64", f"{name}-arm64", f"{name}-arm-v7"}
+    assert set(loaded) == {f"containers-storage:{n}" for n in expected}
+    assert podman.names() >= set(expected) and not podman.names() & {name, f"{name}-ppc64le"}
+    for tag, manifest in expected.items():
+        config = json.loads((out / "blobs/sha256" / manifest["config"]["digest"][7:]).read_bytes())
+        inspected = podman.inspect(tag)
+        assert loaded[f"containers-storage:{tag}"] == manifest["config"]["digest"] == f"sha256:{inspected['Id']}"
+        assert inspected["RootFS"]["Layers"] == config["rootfs"]["diff_ids"]
+        assert inspected["Architecture"] == config["architecture"]
