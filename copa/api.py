@@ -27,6 +27,7 @@ from copa.oci.transport import Opened, Written, check_tag, open_image, plan_outp
 from copa.pkg.base import ImageContext, LayerContent, OSRelease, RepositoryOptions, Skip, Update
 from copa.pkg.detect import CAPTURE, CAPTURE_LARGE, PREFETCH_WATCH, EarlyDownloads, adapter_for, detect
 from copa.pkg.fetch import make_fetcher
+from copa.report.directory import load_reports
 from copa.report.load import load_report
 from copa.report.model import Report
 
@@ -162,15 +163,6 @@ def _check_report(report: Report, os_release: OSRelease) -> None:
         )
 
 
-def _report_platform(report: Report) -> Platform | None:
-    if not report.arch:
-        return None
-    # A report may name the variant with the architecture (arm/v7); without one, resolve_platform prefers
-    # the variant-less or usual entry over an arbitrary first variant.
-    arch, _, variant = report.arch.partition("/")
-    return Platform("linux", arch, variant)
-
-
 def _wanted_platforms(options: PatchOptions) -> tuple[Platform, ...]:
     texts = ((options.platform,) if options.platform else ()) + options.platforms
     return tuple(dict.fromkeys(Platform.parse(t) for t in texts))
@@ -201,11 +193,8 @@ def _load_reports(options: PatchOptions) -> _Reports:
     if not options.report:
         return _Reports()
     if Path(options.report).is_dir():
-        # TODO(lead): copa.report.load.load_reports (scanner plugins, duplicate platforms) replaces this.
-        found = tuple(load_report(f) for f in sorted(Path(options.report).iterdir())
-                      if f.is_file() and not f.name.startswith("."))
-        return _Reports(per_platform=found, directory=options.report)
-    return _Reports(single=load_report(options.report))
+        return _Reports(per_platform=load_reports(options.report, options.scanner, plugin_timeout=options.timeout), directory=options.report)
+    return _Reports(single=load_report(options.report, options.scanner, plugin_timeout=options.timeout))
 
 
 @dataclass(frozen=True)
@@ -228,7 +217,7 @@ def _targets(opened: Opened, root: Manifest | Index, options: PatchOptions, repo
     if reports.per_platform:
         targets = []
         for report in reports.per_platform:
-            rp = _report_platform(report)
+            rp = report.platform
             assert rp is not None  # load_reports refuses a report without a platform
             if wanted and not any(w.matches(rp) for w in wanted):
                 continue
@@ -247,7 +236,7 @@ def _targets(opened: Opened, root: Manifest | Index, options: PatchOptions, repo
         return _unique(targets)
     if reports.single is not None:
         # One report file speaks for one platform: the one it names (else linux/amd64), as before.
-        wanted_one = _report_platform(reports.single) or DEFAULT_PLATFORM
+        wanted_one = reports.single.platform or DEFAULT_PLATFORM
         manifest, found = resolve_platform(opened.source, root, wanted_one)
         return [_Target(found or wanted_one, manifest, reports.single, True)]
     # No report and no --platform: every platform of the index, as Copacetic does.

@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image to patch: REGISTRY/REPO:TAG, oci:DIR[:NAME] or docker-archive:FILE[:REPO:TAG]")
     p.add_argument("-r", "--report", help="vulnerability report file (Trivy or Grype JSON, copa v1alpha1/v1alpha2), "
                    "or a directory of one report per platform")
-    p.add_argument("-s", "--scanner", help="report format: trivy, grype or native (all recognised by content), or "
-                   "NAME to run the scanner plugin copa-NAME on the report")
+    p.add_argument("-s", "--scanner", help="trivy, grype or native: the report must be that format (without -s "
+                   "any is recognised by content); or NAME to run the scanner plugin copa-NAME on the report")
     p.add_argument("-t", "--tag", help="tag for the patched image (a bare tag means the source repository)")
     p.add_argument("--tag-suffix", default="patched", help="suffix for the default tag (default: patched)")
     p.add_argument("-p", "--push", action="store_true", help="push the patched image to the registry")
