@@ -193,7 +193,8 @@ def _load_reports(options: PatchOptions) -> _Reports:
     if not options.report:
         return _Reports()
     if Path(options.report).is_dir():
-        return _Reports(per_platform=load_reports(options.report, options.scanner, plugin_timeout=options.timeout), directory=options.report)
+        found = load_reports(options.report, options.scanner, plugin_timeout=options.timeout)
+        return _Reports(per_platform=found, directory=options.report)
     return _Reports(single=load_report(options.report, options.scanner, plugin_timeout=options.timeout))
 
 
