@@ -67,7 +67,8 @@ class FixIds:
     fixed: str
     cves: tuple[str, ...]  # in changelog order, deduplicated
     advisories: tuple[str, ...]  # DSA-/DLA- identifiers the same entries name
-    changelog: str  # "PKG VERSION:PATH" of the changelog read, "" when the archive has no such .deb
+    changelog: str  # "PKG VERSION:/PATH" of the changelog read, "" when there was none to read
+    note: str = ""  # why there was none
 
     @property
     def ids(self) -> tuple[str, ...]:
@@ -260,11 +261,23 @@ def _record(index: RepositoryIndex, name: str, version: str) -> PackageRecord | 
     return next((r for r in index.versions(name) if r.version == version), None)
 
 
+def _compare_records(a: PackageRecord, b: PackageRecord) -> int:
+    return version_compare(a.version, b.version)
+
+
+_by_version = functools.cmp_to_key(_compare_records)
+
+
 def _same_source(index: RepositoryIndex, record: PackageRecord) -> Callable[[str], Path | None]:
     def deb_of(name: str) -> Path | None:
-        found = [r for r in index.versions(name)
-                 if r.source_name == record.source_name and r.source_version == record.source_version]
-        return fetch_deb(found[0], _fetcher()) if found else None
+        # A doc-dir symlink points into a package of the same source (policy), installed at the same version; a
+        # target from elsewhere is taken at its newest version, as the upgraded system would have it.
+        versions = index.versions(name)
+        same = [r for r in versions
+                if r.source_name == record.source_name and r.source_version == record.source_version]
+        newest = max(versions, key=_by_version, default=None)
+        chosen = same[0] if same else newest
+        return fetch_deb(chosen, _fetcher()) if chosen is not None else None
 
     return deb_of
 
@@ -288,18 +301,25 @@ def fix_ids(fixes: Mapping[str, tuple[str, str]], arch: str = "amd64") -> dict[s
     for record in records.values():
         if record is not None:
             by_source.setdefault((record.source_name, record.source_version), []).append(record)
-    changelogs: dict[tuple[str, str], ChangelogFile] = {}
+    changelogs: dict[tuple[str, str], ChangelogFile | str] = {}
     for key, group in by_source.items():
         smallest = min(group, key=lambda r: (r.size, r.package))
-        changelogs[key] = deb_changelog(fetch_deb(smallest, _fetcher()), smallest.package, smallest.version,
-                                        _same_source(index, smallest))
+        try:
+            changelogs[key] = deb_changelog(fetch_deb(smallest, _fetcher()), smallest.package, smallest.version,
+                                            _same_source(index, smallest))
+        except ChangelogError as e:  # a package without a Debian changelog names nothing: no ids, and why
+            changelogs[key] = e.message
     out: dict[str, FixIds] = {}
     for name, (installed, fixed) in sorted(fixes.items()):
         record = records[name]
         if record is None:
-            out[name] = FixIds(name, installed, fixed, (), (), "")
+            out[name] = FixIds(name, installed, fixed, (), (), "",
+                               f"the archive's {arch} indexes have no {name} {fixed}")
             continue
         changelog = changelogs[(record.source_name, record.source_version)]
+        if isinstance(changelog, str):
+            out[name] = FixIds(name, installed, fixed, (), (), "", changelog)
+            continue
         cves, advisories = ids_in(changes_text(entries_since(changelog.text, installed)))
         out[name] = FixIds(name, installed, fixed, cves, advisories,
                            f"{changelog.package} {changelog.version}:/{changelog.path}")
