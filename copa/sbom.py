@@ -40,16 +40,34 @@ def _license(text: str) -> dict[str, Any]:
     return {"license": {"name": text}}
 
 
+# Trivy's CycloneDX property names. Trivy looks a Debian, Ubuntu or RPM package's advisories up by its source
+# package, and reads a third-party SBOM's source packages from these properties only (not from a purl's `upstream`
+# qualifier): without them `trivy sbom` would look libssl3 up instead of openssl and miss its vulnerabilities.
+_TRIVY = "aquasecurity:trivy:"
+
+
+def _split_version(version: str) -> tuple[str, str, str]:
+    """(epoch, version, release) as Trivy keeps them: '1:2.38.1-5+deb12u3' -> ('1', '2.38.1', '5+deb12u3'); the
+    release is what follows the last '-' (dpkg's revision, rpm's release, apk's -rN)."""
+    epoch, colon, rest = version.partition(":")
+    if not colon or not epoch.isdigit():
+        epoch, rest = "", version
+    upstream, dash, release = rest.rpartition("-")
+    return (epoch, upstream, release) if dash else (epoch, rest, "")
+
+
 def _component(p: InstalledPackage) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "library", "bom-ref": p.purl, "name": p.name, "version": p.version,
                            "purl": p.purl}
     if p.licenses:
         out["licenses"] = [_license(t) for t in p.licenses]
-    properties = [{"name": "copa:package:architecture", "value": p.architecture}]
-    if p.source:
-        properties.append({"name": "copa:package:source", "value": p.source})
-    if p.source_version:
-        properties.append({"name": "copa:package:source-version", "value": p.source_version})
+    epoch, version, release = _split_version(p.source_version or p.version)
+    properties = [{"name": f"{_TRIVY}SrcName", "value": p.source or p.name},
+                  {"name": f"{_TRIVY}SrcVersion", "value": version}]
+    if release:
+        properties.append({"name": f"{_TRIVY}SrcRelease", "value": release})
+    if epoch and epoch != "0":
+        properties.append({"name": f"{_TRIVY}SrcEpoch", "value": epoch})
     out["properties"] = properties
     return out
 

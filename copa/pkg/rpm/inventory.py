@@ -67,9 +67,23 @@ def rpm_inventory(os_release: OSRelease, kept: Iterable[Header],
     return sorted_inventory(out)
 
 
+def source_of(sourcerpm: str) -> tuple[str, str]:
+    """(name, version-release) of a source rpm's file name: 'openssl-3.0.7-27.el9.src.rpm' -> ('openssl',
+    '3.0.7-27.el9'); ('', '') when it is not one."""
+    stem = sourcerpm.removesuffix(".rpm").rsplit(".", 1)[0] if sourcerpm.endswith(".rpm") else ""
+    name_version, _, release = stem.rpartition("-")
+    name, _, version = name_version.rpartition("-")
+    return (name, f"{version}-{release}") if name and version and release else ("", "")
+
+
 def _package(os_release: OSRelease, i: RpmIdentity) -> InstalledPackage:
+    source, source_vr = source_of(i.sourcerpm)
+    # A source rpm's file name carries no epoch; the binary's is the build's (what rpm-based scanners assume too).
+    source_version = f"{i.epoch}:{source_vr}" if source_vr and i.epoch and i.epoch != "0" else source_vr
     return InstalledPackage(
         name=i.name, version=i.evr, architecture=i.arch,
         purl=rpm_purl(os_release, i.name, i.evr, i.arch, i.sourcerpm),
-        source=i.sourcerpm, licenses=(i.license,) if i.license else (),
+        source=source if source != i.name or source_version != i.evr else "",
+        source_version=source_version if source_version != i.evr else "",
+        licenses=(i.license,) if i.license else (),
     )
