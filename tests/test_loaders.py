@@ -463,13 +463,16 @@ def test_cli_loads_each_patched_platform_under_its_own_tag(patch_args: list[str]
     assert not {name, f"{name}-arm64"} & podman.names()
 
 
-def test_docker_loader_on_podmans_engine_api(patched: Bundle, podman: PodmanStore, tmp_path: Path) -> None:
+@pytest.mark.parametrize("tcp", [False, True], ids=["unix", "tcp"])
+def test_docker_loader_on_podmans_engine_api(patched: Bundle, podman: PodmanStore, tcp: bool, tmp_path: Path) -> None:
     """podman's Docker-compatible service (`podman system service`, what podman-docker users point DOCKER_HOST
-    at) is a second real implementation of the Engine API: -l docker loads into it."""
-    with podman.service() as host:
-        written = load("docker", patched, "registry.test/app:compat", tmp_path, env={"DOCKER_HOST": host})
-    assert written.target == "docker-daemon:registry.test/app:compat"
-    assert podman.inspect("registry.test/app:compat")["Id"] == patched.primary.config.digest.hex == written.digest.hex
+    at) is a second real implementation of the Engine API: -l docker loads into it, on a unix socket and on
+    plain tcp:// (dockerd here listens on TCP with TLS only)."""
+    name = f"registry.test/app:compat-{'tcp' if tcp else 'unix'}"
+    with podman.service(tcp) as host:
+        written = load("docker", patched, name, tmp_path, env={"DOCKER_HOST": host})
+    assert written.target == f"docker-daemon:{name}"
+    assert podman.inspect(name)["Id"] == patched.primary.config.digest.hex == written.digest.hex
 
 
 class _FaultyEngine(http.server.BaseHTTPRequestHandler):

@@ -18,6 +18,7 @@ Why these settings:
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.dockerd import answers
-from tests.support.registry import require_tool
+from tests.support.registry import free_port, require_tool
 
 
 class PodmanStore:
@@ -79,19 +80,21 @@ class PodmanStore:
         return {line for line in out.splitlines() if line and "<none>" not in line}
 
     @contextlib.contextmanager
-    def service(self) -> Iterator[str]:
-        """podman's Docker-compatible API on a unix socket in the store; yields its DOCKER_HOST."""
+    def service(self, tcp: bool = False) -> Iterator[str]:
+        """podman's Docker-compatible API on a unix socket in the store (or plain HTTP on a loopback port); yields
+        its DOCKER_HOST."""
         sock = self.root / "podman.sock"
+        host = f"tcp://127.0.0.1:{free_port()}" if tcp else f"unix://{sock}"
         log = (self.root / "service.log").open("wb")
-        proc = subprocess.Popen([self.binary, "system", "service", "--time=0", f"unix://{sock}"], env=self.env,
+        proc = subprocess.Popen([self.binary, "system", "service", "--time=0", host], env=self.env,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 30
-            while not answers(sock):
+            while not (_tcp_answers(host) if tcp else answers(sock)):
                 assert proc.poll() is None, f"podman system service exited with {proc.returncode}"
                 assert time.monotonic() < deadline, "podman system service did not answer within 30 s"
                 time.sleep(0.1)
-            yield f"unix://{sock}"
+            yield host
         finally:
             proc.terminate()
             try:
@@ -105,3 +108,14 @@ class PodmanStore:
         # Images only: nothing is mounted (no container is ever created), so the tree can simply go.
         shutil.rmtree(self.root, ignore_errors=True)
 
+
+
+def _tcp_answers(host: str) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", int(host.rpartition(":")[2]), timeout=5)
+    try:
+        conn.request("GET", "/_ping")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
