@@ -490,3 +490,16 @@ def test_redirect_gets_its_own_login(tmp_path: Path) -> None:
             at_target = dict(target.requests)
             assert at_origin[apt_path] == at_origin[copa_path] == (USER, PASSWORD)
             assert at_target[apt_path] == at_target[copa_path] == (None if case == "none" else ("t", "tp"))
+
+
+def test_prefix_login_boundaries() -> None:
+    """A repository's login (dnf's username, a URL's user:pass@) covers the URLs under it, by whole segments."""
+    from copa.pkg.repoauth import PrefixLogin
+
+    login = Login("u", "p")
+    auth = RepoAuth((PrefixLogin("https://[::1]:8443/repo", login), PrefixLogin("http://h/a/", Login("v", "q"))))
+    assert auth.login_for("https://[::1]:8443/repo/repodata/repomd.xml") == login
+    assert auth.login_for("https://[::1]:8443/repository/x") is None
+    assert auth.login_for("https://[::1]:8444/repo/x") is None
+    assert auth.login_for("http://h/a/b") == Login("v", "q")
+    assert auth.login_for("https://h/a/b") is None

@@ -54,12 +54,13 @@ class Uri:
     host: str
     port: int
     path: str
+    bare: str  # the URL as given, without its user:pass@
 
     @classmethod
     def parse(cls, url: str) -> Uri:
         access, colon, rest = url.partition(":")
         if not colon:
-            return cls(url, "", "", "", 0, "/")
+            return cls(url, "", "", "", 0, "/", url)
         rest = rest[2:] if rest.startswith("//") else rest
         slash = _host_end(rest)
         netloc, path = rest[:slash], rest[slash:] or "/"
@@ -69,7 +70,7 @@ class Uri:
             u, _, p = userinfo.partition(":")
             user, password = unquote(u), unquote(p)
         host, port = _split_port(hostport)
-        return cls(access, user, password, host, port, path)
+        return cls(access, user, password, host, port, path, strip_userinfo(url)[0])
 
 
 def _host_end(rest: str) -> int:
@@ -216,12 +217,7 @@ class PrefixLogin:
     login: Login
 
     def match(self, uri: Uri) -> Login | None:
-        return self.login if _under(_join(uri), self.prefix) else None
-
-
-def _join(uri: Uri) -> str:
-    port = f":{uri.port}" if uri.port else ""
-    return f"{uri.access}://{uri.host}{port}{uri.path}"
+        return self.login if _under(uri.bare, self.prefix) else None
 
 
 def _under(url: str, prefix: str) -> bool:
