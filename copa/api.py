@@ -322,7 +322,10 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
         written: tuple[Written, ...] = ()
         child_tags: list[tuple[str, Manifest]] = []
         if patched and outputs is not None:
-            if multi and outputs.reference is not None and outputs.reference.tag and (outputs.push or outputs.loader):
+            # Copacetic's multi-platform mode (more than one platform asked for) names each patched platform
+            # TAG-ARCH[-VARIANT] besides the index's TAG; one platform asked for is just the patched TAG.
+            if (multi and len(targets) > 1 and outputs.reference is not None and outputs.reference.tag
+                    and (outputs.push or outputs.loader)):
                 for d in done:
                     if d.patched is not None and d.target.platform is not None:
                         tag = platform_tag(outputs.reference.tag, d.target.platform)
