@@ -322,9 +322,10 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
         written: tuple[Written, ...] = ()
         child_tags: list[tuple[str, Manifest]] = []
         if patched and outputs is not None:
-            # Copacetic's multi-platform mode (more than one platform asked for) names each patched platform
-            # TAG-ARCH[-VARIANT] besides the index's TAG; one platform asked for is just the patched TAG.
-            if (multi and len(targets) > 1 and outputs.reference is not None and outputs.reference.tag
+            # Copacetic's multi-platform mode (an index patched without a report, or from a report directory)
+            # names each patched platform TAG-ARCH[-VARIANT] besides the index's TAG; with one report file it
+            # patches one platform, named just TAG.
+            if (multi and reports.single is None and outputs.reference is not None and outputs.reference.tag
                     and (outputs.push or outputs.loader)):
                 for d in done:
                     if d.patched is not None and d.target.platform is not None:
