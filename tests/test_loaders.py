@@ -442,10 +442,12 @@ def _multi_layout(dest: Path) -> str:
 
 def test_cli_loads_each_patched_platform_under_its_own_tag(patch_args: list[str], podman: PodmanStore,
                                                             tmp_path: Path) -> None:
-    """A multi-platform image: the patched platform is loaded as TAG-ARCH (Copacetic's name); the platform left
-    as it was is not loaded, and nothing is loaded under the bare TAG (a store holds one platform per name)."""
+    """A multi-platform image patched without a report file (Copacetic's multi-platform mode): the patched
+    platform is loaded as TAG-ARCH (Copacetic's name); the platform left as it was is not loaded, and nothing is
+    loaded under the bare TAG (a store holds one platform per name)."""
     image = _multi_layout(tmp_path / "multi")
-    args = [a if a != debimage.base_image().image_ref else image for a in patch_args]
+    at = patch_args.index("-r")
+    args = [a if a != debimage.base_image().image_ref else image for a in patch_args[:at] + patch_args[at + 2:]]
     name = "registry.test/hermetic:multi"
     proc = copa(*args, "-t", name, "--platform", "linux/amd64", "-l", "podman", "--oci-dir", str(tmp_path / "out"),
                 "--json", env=podman.env)
