@@ -131,9 +131,10 @@ def manifest_digest(host: str, ref: str) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
-def inspect_platform(host: str, ref: str, platform: PlatformInfo) -> dict[str, Any]:
-    """skopeo inspect --override-arch/--override-variant: the image skopeo picks for `platform` from an index."""
-    argv = ["skopeo", "inspect", "--tls-verify=false", "--override-os=linux",
+def inspect_platform(host: str, ref: str, platform: PlatformInfo, *, config: bool = False) -> dict[str, Any]:
+    """skopeo inspect --override-arch/--override-variant: the image skopeo picks for `platform` from an index (its
+    summary, whose Digest is the index's own, or with `config` its config document)."""
+    argv = ["skopeo", "inspect", *(["--config"] if config else []), "--tls-verify=false", "--override-os=linux",
             f"--override-arch={platform.architecture}"]
     if platform.variant:
         argv.append(f"--override-variant={platform.variant}")
