@@ -1,0 +1,1 @@
+"""Patching a fleet: Copacetic's bulk PatchConfig, run locally or on a Dask cluster."""
