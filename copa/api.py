@@ -168,16 +168,24 @@ def _wanted_platforms(options: PatchOptions) -> tuple[Platform, ...]:
     return tuple(dict.fromkeys(Platform.parse(t) for t in texts))
 
 
-def patch(options: PatchOptions, progress: Progress = lambda _m: None) -> PatchResult:
-    started = time.monotonic()
-    compression = Compression.parse(options.compression)
-    reports = _load_reports(options)
-    registry_options = RegistryOptions(
+def registry_options(options: PatchOptions) -> RegistryOptions:
+    return RegistryOptions(
         insecure=frozenset(options.insecure), ca_bundle=options.ca_bundle, timeout=options.timeout,
         client_cert=options.client_cert, client_key=options.client_key,
     )
-    with RegistryClient(registry_options) as client:
+
+
+def patch(options: PatchOptions, progress: Progress = lambda _m: None, *,
+          client: RegistryClient | None = None) -> PatchResult:
+    """Patch one image (every platform of an index that is asked for). `client` lets a caller that patches many
+    images (copa bulk) keep one registry client, its connections and tokens, across them; it is not closed."""
+    started = time.monotonic()
+    compression = Compression.parse(options.compression)
+    reports = _load_reports(options)
+    if client is not None:
         return _patch(options, progress, client, compression, reports, started)
+    with RegistryClient(registry_options(options)) as own:
+        return _patch(options, progress, own, compression, reports, started)
 
 
 @dataclass(frozen=True)
