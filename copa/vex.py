@@ -3,9 +3,12 @@ valid against the official schema (Copacetic's statements lack `vulnerability.na
 
 One statement per vulnerability, `status: fixed`, naming each patched image (one product per patched platform
 manifest, a pkg:oci purl) and, as its subcomponents, the packages whose update fixed it. Like Copacetic, a
-subcomponent's purl carries the version the scan reported (the installed one), so a consumer can match the statement
-to the scan's findings. The same inputs give the same bytes: the timestamp comes from SOURCE_DATE_EPOCH when set and
-the document's @id is a hash of its content.
+subcomponent's purl carries the version the scan reported (the installed one) and is written as the scanner writes
+it (the adapter's `purl`, Trivy's form: its distro qualifier from the report's OS), so a consumer can match each
+statement to the scan's findings: Trivy applies a statement only where every qualifier it names matches.
+
+The same inputs give the same bytes: the timestamp comes from SOURCE_DATE_EPOCH when set and the document's @id is
+a hash of its content.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ _IRIS = (
 @dataclass(frozen=True, slots=True)
 class VexFix:
     vulnerability: str  # CVE-2024-1234, GHSA-..., ALAS-...
-    purl: str  # the package the update fixed it in (pkg:deb/..., pkg:apk/..., pkg:rpm/...)
+    purl: str  # the package the update fixed it in, as the adapter's `purl` names it
 
 
 @dataclass(frozen=True, slots=True)

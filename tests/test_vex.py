@@ -8,7 +8,8 @@ import os
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import jsonschema
 import pytest
@@ -16,10 +17,14 @@ import pytest
 from copa.errors import LocalIOError
 from copa.oci.model import Platform
 from copa.oci.reference import Reference
-from copa.pkg.apk.inventory import apk_purl
-from copa.pkg.base import OSRelease, Update, UpdateKind
-from copa.pkg.dpkg.inventory import deb_purl
-from copa.pkg.rpm.inventory import rpm_purl
+from copa.pkg.apk.adapter import ApkAdapter
+from copa.pkg.apk.inventory import apk_scanner_purl
+from copa.pkg.base import ImageContext, OSRelease, PackageManager, Update, UpdateKind
+from copa.pkg.dpkg.adapter import DpkgAdapter
+from copa.pkg.dpkg.inventory import deb_scanner_purl
+from copa.pkg.rpm.adapter import RpmAdapter
+from copa.pkg.rpm.inventory import rpm_scanner_purl
+from copa.report.model import OSInfo
 from copa.vex import (
     DEFAULT_AUTHOR,
     VexFix,
@@ -73,9 +78,9 @@ def errors(doc: dict[str, Any]) -> list[str]:
 
 def products() -> list[VexProduct]:
     repo = Reference.parse("127.0.0.1:5000/team/app")
-    libssl = deb_purl(DEBIAN, "libssl3", "3.0.15-1~deb12u1", "amd64")
-    openssl = deb_purl(DEBIAN, "openssl", "3.0.15-1~deb12u1", "amd64")
-    arm_libssl = deb_purl(DEBIAN, "libssl3", "3.0.15-1~deb12u1", "arm64")
+    libssl = deb_scanner_purl("debian", "12", "libssl3", "3.0.15-1~deb12u1", "amd64")
+    openssl = deb_scanner_purl("debian", "12", "openssl", "3.0.15-1~deb12u1", "amd64")
+    arm_libssl = deb_scanner_purl("debian", "12", "libssl3", "3.0.15-1~deb12u1", "arm64")
     return [
         VexProduct(image_purl(repo, DIGEST_A, Platform("linux", "amd64")), (
             VexFix("CVE-2024-5535", libssl), VexFix("CVE-2024-5535", openssl), VexFix("CVE-2024-5535", libssl),
@@ -172,19 +177,39 @@ def test_write_over_a_directory_leaves_nothing_behind(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("purl", "expected"), [
-    (lambda: deb_purl(DEBIAN, "libssl3", "3.0.15-1~deb12u1", "amd64"),
-     "pkg:deb/debian/libssl3@3.0.15-1~deb12u1?arch=amd64&distro=debian-12"),
-    (lambda: deb_purl(DEBIAN, "attr", "1:2.4.47-2+b1", "amd64"),
-     "pkg:deb/debian/attr@1:2.4.47-2%2Bb1?arch=amd64&distro=debian-12"),
-    (lambda: apk_purl(ALPINE, "libcrypto3", "3.3.2-r0", "x86_64"),
-     "pkg:apk/alpine/libcrypto3@3.3.2-r0?arch=x86_64&distro=alpine-3.20.3"),
-    (lambda: rpm_purl(RHEL, "openssl", "1:3.0.7-27.el9", "x86_64"),
-     "pkg:rpm/redhat/openssl@3.0.7-27.el9?arch=x86_64&distro=rhel-9.3&epoch=1"),
-    (lambda: rpm_purl(RHEL, "bash", "5.1.8-9.el9", "x86_64"),
-     "pkg:rpm/redhat/bash@5.1.8-9.el9?arch=x86_64&distro=rhel-9.3"),
+    (lambda: deb_scanner_purl("debian", "12.7", "libssl3", "3.0.15-1~deb12u1", "amd64"),
+     "pkg:deb/debian/libssl3@3.0.15-1~deb12u1?arch=amd64&distro=debian-12.7"),
+    (lambda: deb_scanner_purl("debian", "12.7", "bsdutils", "1:2.38.1-5+deb12u3", "amd64"),
+     "pkg:deb/debian/bsdutils@2.38.1-5%2Bdeb12u3?arch=amd64&distro=debian-12.7&epoch=1"),
+    (lambda: apk_scanner_purl("alpine", "3.20.3", "libcrypto3", "3.3.2-r0", "x86_64"),
+     "pkg:apk/alpine/libcrypto3@3.3.2-r0?arch=x86_64&distro=3.20.3"),
+    (lambda: rpm_scanner_purl("redhat", "9.3", "openssl", "1:3.0.7-27.el9", "x86_64"),
+     "pkg:rpm/redhat/openssl@3.0.7-27.el9?arch=x86_64&distro=redhat-9.3&epoch=1"),
+    (lambda: rpm_scanner_purl("redhat", "9.3", "bash", "5.1.8-9.el9", "x86_64"),
+     "pkg:rpm/redhat/bash@5.1.8-9.el9?arch=x86_64&distro=redhat-9.3"),
 ])
 def test_subcomponent_purls(purl: Any, expected: str) -> None:
+    """As Trivy writes them (tests/test_sbom.py checks these functions against Trivy's own purls, package by
+    package, on real trees)."""
     assert purl() == expected
+
+
+@pytest.mark.parametrize(("adapter", "os_release", "scanned", "args", "expected"), [
+    (DpkgAdapter(), DEBIAN, OSInfo("debian", "12.7"), ("libssl3", "3.0.15-1~deb12u1", "amd64"),
+     "pkg:deb/debian/libssl3@3.0.15-1~deb12u1?arch=amd64&distro=debian-12.7"),
+    (DpkgAdapter(), DEBIAN, None, ("libssl3", "3.0.15-1~deb12u1", "amd64"),
+     "pkg:deb/debian/libssl3@3.0.15-1~deb12u1?arch=amd64&distro=debian-12"),
+    (ApkAdapter(), ALPINE, None, ("libcrypto3", "3.3.2-r0", "x86_64"),
+     "pkg:apk/alpine/libcrypto3@3.3.2-r0?arch=x86_64&distro=3.20.3"),
+    (RpmAdapter(), RHEL, None, ("openssl", "1:3.0.7-27.el9", "x86_64"),
+     "pkg:rpm/redhat/openssl@3.0.7-27.el9?arch=x86_64&distro=redhat-9.3&epoch=1"),
+])
+def test_adapters_name_packages_as_the_report_scanner(adapter: PackageManager, os_release: OSRelease,
+                                                      scanned: OSInfo | None, args: tuple[str, str, str],
+                                                      expected: str) -> None:
+    """The report's OS (what Trivy detected) gives the distro qualifier; without one, the image's os-release."""
+    ctx = cast(ImageContext, SimpleNamespace(os_release=os_release))  # the method reads nothing else
+    assert adapter.purl(ctx, *args, scanned_os=scanned) == expected
 
 
 def test_image_purl_follows_the_oci_type() -> None:
@@ -205,7 +230,7 @@ def test_fixes_name_the_reported_version_of_each_fixing_update() -> None:
         Update("gone", "amd64", "1.0", "", UpdateKind.REMOVED, ("CVE-2099-0002",)),
         Update("same", "amd64", "1.0", "1.0", UpdateKind.REPORTED, ("CVE-2099-0003",)),
     ]
-    fixes = fixes_of(updates, lambda n, v, a: deb_purl(DEBIAN, n, v, a))
+    fixes = fixes_of(updates, lambda n, v, a: deb_scanner_purl("debian", "12", n, v, a))
     assert fixes == (
         VexFix("CVE-2024-5535", "pkg:deb/debian/libssl3@3.0.11-1~deb12u2?arch=amd64&distro=debian-12"),
         VexFix("CVE-2024-9143", "pkg:deb/debian/libssl3@3.0.11-1~deb12u2?arch=amd64&distro=debian-12"),

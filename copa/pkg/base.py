@@ -13,7 +13,7 @@ from copa.oci.image import Image
 from copa.oci.layer import Entry
 from copa.oci.rootfs import Files, View
 from copa.pkg.fetch import Fetcher
-from copa.report.model import Report
+from copa.report.model import OSInfo, Report
 
 if TYPE_CHECKING:
     from copa.pkg.inventory import InstalledPackage
@@ -176,6 +176,9 @@ class PackageManager(Protocol):
         plan() read: the input of an SBOM."""
         ...
 
-    def purl(self, ctx: ImageContext, name: str, version: str, architecture: str) -> str:
-        """The package URL a VEX statement names one of this family's packages by (arch and distro qualifiers)."""
+    def purl(self, ctx: ImageContext, name: str, version: str, architecture: str,
+             scanned_os: OSInfo | None = None) -> str:
+        """The package URL a VEX statement names one of this family's packages by: as the scanner (Trivy) names it
+        in its report, so that its qualifiers match (arch, epoch, distro from `scanned_os`, the report's OS, else
+        the image's os-release)."""
         ...

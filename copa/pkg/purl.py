@@ -62,6 +62,14 @@ def distro_qualifier(os_id: str, version_id: str) -> str:
     return f"{os_id}-{version_id}" if version_id else os_id
 
 
+def split_epoch(version: str) -> tuple[str, str]:
+    """('1', '2.38.1-5') for '1:2.38.1-5'; ('', version) when it has no epoch (a '0' epoch counts as none)."""
+    epoch, colon, rest = version.partition(":")
+    if not colon or not epoch.isdigit():
+        return "", version
+    return ("" if epoch.strip("0") == "" else epoch), rest
+
+
 def oci(repository: str, digest: str, *, registry: str = "", tag: str = "", arch: str = "") -> str:
     """pkg:oci/NAME@sha256:... for an image: the name is the repository's last path segment, lowercased; where it
     lives (registry/repository) goes into repository_url."""

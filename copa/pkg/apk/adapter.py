@@ -15,7 +15,7 @@ from copa.pkg.apk.apkfile import ApkContents, read_apk
 from copa.pkg.apk.index import ApkRecord, Dependency, parse_dependency
 from copa.pkg.apk.install import DB_DIRS, Installing, LayerPlan, database_entries, install_package
 from copa.pkg.apk.installed import InstalledPackage, parse_installed
-from copa.pkg.apk.inventory import apk_inventory, apk_purl
+from copa.pkg.apk.inventory import apk_inventory, apk_scanner_purl
 from copa.pkg.apk.plan import Chosen, Installed, Wanted, resolve
 from copa.pkg.apk.repos import (
     Repository,
@@ -31,7 +31,7 @@ from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, check_
 from copa.pkg.effects import Package, apply, note
 from copa.pkg.fetch import Fetcher
 from copa.pkg.inventory import InstalledPackage as InventoryPackage
-from copa.report.model import Report
+from copa.report.model import OSInfo, Report
 
 
 @dataclass(frozen=True)
@@ -158,8 +158,11 @@ class ApkAdapter:
         return apk_inventory(ctx.os_release, [p.record for p in payload.packages], plan.updates,
                              [c.record for c in payload.chosen], payload.arch)
 
-    def purl(self, ctx: ImageContext, name: str, version: str, architecture: str) -> str:
-        return apk_purl(ctx.os_release, name, version, architecture)
+    def purl(self, ctx: ImageContext, name: str, version: str, architecture: str,
+             scanned_os: OSInfo | None = None) -> str:
+        if scanned_os is not None and scanned_os.family:
+            return apk_scanner_purl(scanned_os.family, scanned_os.version, name, version, architecture)
+        return apk_scanner_purl(ctx.os_release.id, ctx.os_release.version_id, name, version, architecture)
 
 
 def fetch_apk(fetcher: Fetcher, url: str, record: ApkRecord, what: str) -> Path:

@@ -20,6 +20,12 @@ def apk_purl(os_release: OSRelease, name: str, version: str, architecture: str, 
     })
 
 
+def apk_scanner_purl(vendor: str, os_version: str, name: str, version: str, architecture: str) -> str:
+    """A package as Trivy names it in its reports and matches VEX statements against: distro is the scanned OS
+    version alone (3.20.3: Trivy reads /etc/alpine-release)."""
+    return build("apk", name, vendor, version, {"arch": architecture, "distro": os_version})
+
+
 def apk_inventory(os_release: OSRelease, installed: Sequence[ApkRecord], updates: Sequence[Update],
                   chosen: Sequence[ApkRecord], default_arch: str) -> tuple[InstalledPackage, ...]:
     """Every installed record with the chosen records (new versions and new packages) in their place; apk keeps

@@ -25,7 +25,7 @@ from copa.pkg.dpkg.install import (
     install_package,
     remove_package,
 )
-from copa.pkg.dpkg.inventory import deb_purl, dpkg_inventory
+from copa.pkg.dpkg.inventory import deb_scanner_purl, dpkg_inventory
 from copa.pkg.dpkg.plan import Candidate, Candidates, Chosen, Installed, Removal, Wanted, resolve
 from copa.pkg.dpkg.relations import parse_relations
 from copa.pkg.dpkg.repos import apt_fetcher, image_policy, load_index
@@ -33,7 +33,7 @@ from copa.pkg.dpkg.status import StatusEntry, StatusParseError, entry_from_contr
 from copa.pkg.dpkg.version import compare_versions
 from copa.pkg.effects import Package, apply, note
 from copa.pkg.inventory import InstalledPackage
-from copa.report.model import Report
+from copa.report.model import OSInfo, Report
 
 # apt 2.5.2 began upgrading every installed binary of a source package it upgrades (Debian 12's apt is 2.6)
 _BY_SOURCE_SINCE = "2.5.2"
@@ -203,8 +203,11 @@ class DpkgAdapter:
         gone.update((r.installed.name, r.installed.architecture) for r in payload.removals)
         return dpkg_inventory(ctx.os_release, payload.db, gone, payload.records)
 
-    def purl(self, ctx: ImageContext, name: str, version: str, architecture: str) -> str:
-        return deb_purl(ctx.os_release, name, version, architecture)
+    def purl(self, ctx: ImageContext, name: str, version: str, architecture: str,
+             scanned_os: OSInfo | None = None) -> str:
+        if scanned_os is not None and scanned_os.family:
+            return deb_scanner_purl(scanned_os.family, scanned_os.version, name, version, architecture)
+        return deb_scanner_purl(ctx.os_release.id, ctx.os_release.version_id, name, version, architecture)
 
     def _old_state(
         self, ctx: ImageContext, db: DpkgDatabase, entries: Sequence[StatusEntry | None]

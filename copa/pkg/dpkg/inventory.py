@@ -9,7 +9,7 @@ from copa.pkg.apt.packages import PackageRecord
 from copa.pkg.base import OSRelease
 from copa.pkg.dpkg.database import DpkgDatabase
 from copa.pkg.inventory import InstalledPackage, sorted_inventory
-from copa.pkg.purl import build, distro_qualifier
+from copa.pkg.purl import build, distro_qualifier, split_epoch
 
 
 def deb_purl(os_release: OSRelease, name: str, version: str, architecture: str, source: str = "",
@@ -26,6 +26,14 @@ def deb_purl(os_release: OSRelease, name: str, version: str, architecture: str, 
         "distro": distro_qualifier(os_release.id, os_release.version_id),
         "upstream": upstream,
     })
+
+
+def deb_scanner_purl(vendor: str, os_version: str, name: str, version: str, architecture: str) -> str:
+    """A package as Trivy names it in its reports and matches VEX statements against: the epoch as a qualifier,
+    distro `<vendor>-<the scanned OS version>` (debian-12.15: Trivy reads /etc/debian_version)."""
+    epoch, rest = split_epoch(version)
+    return build("deb", name, vendor, rest, {
+        "arch": architecture, "epoch": epoch, "distro": f"{vendor}-{os_version}" if os_version else ""})
 
 
 def dpkg_inventory(os_release: OSRelease, db: DpkgDatabase, gone: Collection[tuple[str, str]],

@@ -37,7 +37,7 @@ from copa.pkg.openpgp import Keyring
 from copa.pkg.rpm.deps import EQUAL, Dep, overlaps
 from copa.pkg.rpm.header import Header, installed_header
 from copa.pkg.rpm.install import LayerPlan, effects_package, install_package, other_owned, owned_files
-from copa.pkg.rpm.inventory import RpmIdentity, rpm_inventory, rpm_purl
+from copa.pkg.rpm.inventory import RpmIdentity, rpm_inventory, rpm_scanner_purl, scanner_vendor
 from copa.pkg.rpm.modules import (
     DEFAULTS_DIR,
     MODULES_DIR,
@@ -59,7 +59,7 @@ from copa.pkg.rpm.rpmfile import RpmContents, read_rpm
 from copa.pkg.rpm.signature import checker
 from copa.pkg.rpm.tags import Tag
 from copa.pkg.rpm.version import compare_versions, rpmvercmp
-from copa.report.model import Report
+from copa.report.model import OSInfo, Report
 
 _PSEUDO = frozenset({"gpg-pubkey"})  # keys imported into the rpmdb: not packages anyone upgrades
 
@@ -346,8 +346,12 @@ class RpmAdapter:
             chosen.append(RpmIdentity(p.name, p.epoch, p.version, p.release, p.arch, p.sourcerpm))
         return rpm_inventory(ctx.os_release, [h for n, h in sorted(payload.headers.items()) if n not in gone], chosen)
 
-    def purl(self, ctx: ImageContext, name: str, version: str, architecture: str) -> str:
-        return rpm_purl(ctx.os_release, name, version, architecture)
+    def purl(self, ctx: ImageContext, name: str, version: str, architecture: str,
+             scanned_os: OSInfo | None = None) -> str:
+        if scanned_os is not None and scanned_os.family:
+            return rpm_scanner_purl(scanned_os.family, scanned_os.version, name, version, architecture)
+        vendor = scanner_vendor(ctx.os_release.id)
+        return rpm_scanner_purl(vendor, ctx.os_release.version_id, name, version, architecture)
 
 
 def _install_time(contents: Sequence[RpmContents]) -> int:

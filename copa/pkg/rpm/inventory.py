@@ -52,6 +52,24 @@ def rpm_purl(os_release: OSRelease, name: str, evr: str, architecture: str, sour
                  })
 
 
+def rpm_scanner_purl(vendor: str, os_version: str, name: str, evr: str, architecture: str) -> str:
+    """A package as Trivy names it in its reports and matches VEX statements against: version-release, the epoch
+    as a qualifier, distro `<vendor>-<the scanned OS version>` (redhat-9.4)."""
+    epoch, version, release = split_evr(evr)
+    return build("rpm", name, vendor, f"{version}-{release}" if release else version, {
+        "arch": architecture, "epoch": epoch if epoch and epoch != "0" else "",
+        "distro": f"{vendor}-{os_version}" if os_version else ""})
+
+
+# Trivy's OS family names where they are not the os-release ID.
+_SCANNER_FAMILY = {"rhel": "redhat", "almalinux": "alma", "ol": "oracle", "amzn": "amazon"}
+
+
+def scanner_vendor(os_id: str) -> str:
+    """The family name Trivy gives an image when no report names it (rhel -> redhat)."""
+    return _SCANNER_FAMILY.get(os_id, os_id)
+
+
 def of_header(h: Header) -> RpmIdentity:
     epoch = h.integer(Tag.EPOCH)
     return RpmIdentity(h.string(Tag.NAME) or "", str(epoch) if epoch is not None else "", h.string(Tag.VERSION) or "",
