@@ -110,6 +110,14 @@ def openvex_document(products: Sequence[VexProduct], *, author: str, timestamp: 
     return {"@context": CONTEXT, "@id": _ID_PREFIX + digest, **{k: v for k, v in body.items() if k != "@context"}}
 
 
+def document_for(products: Sequence[VexProduct]) -> dict[str, Any] | None:
+    """The document `copa patch -o` writes: author from COPA_VEX_AUTHOR, timestamp from SOURCE_DATE_EPOCH (else
+    now); None when nothing was fixed, since OpenVEX requires a statement (Copacetic writes no document then)."""
+    if not any(p.fixes for p in products):
+        return None
+    return openvex_document(products, author=author(), timestamp=timestamp())
+
+
 def to_bytes(document: Mapping[str, Any]) -> bytes:
     return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
 

@@ -34,6 +34,7 @@ from copa.vex import (
     VexFix,
     VexProduct,
     author,
+    document_for,
     fixes_of,
     image_purl,
     openvex_document,
@@ -268,3 +269,12 @@ def test_image_purl_is_the_one_trivy_gives_the_pushed_image(anon_registry: Runni
     theirs = json.loads(proc.stdout)["metadata"]["component"]["purl"]
     ours = image_purl(Reference.parse(f"{anon_registry.host}/vex/app"), digest, Platform("linux", "amd64"))
     assert _parsed(ours) == _parsed(theirs)
+
+
+def test_document_for_uses_the_environment_and_needs_a_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1704067200")
+    monkeypatch.setenv("COPA_VEX_AUTHOR", "ops@example.org")
+    doc = document_for(products())
+    assert doc is not None and errors(doc) == []
+    assert (doc["author"], doc["timestamp"]) == ("ops@example.org", "2024-01-01T00:00:00Z")
+    assert document_for([VexProduct(p.purl, ()) for p in products()]) is None
