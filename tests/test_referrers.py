@@ -25,7 +25,7 @@ from copa.errors import RegistryError
 from copa.oci.digest import Digest
 from copa.oci.model import Descriptor, MediaType
 from copa.oci.reference import Reference
-from copa.oci.referrers import CYCLONEDX, EMPTY, OPENVEX, attach, referrers, referrers_tag
+from copa.oci.referrers import CYCLONEDX, EMPTY, OPENVEX, attach, fetch_artifact, referrers, referrers_tag
 from copa.oci.registry import RegistryClient
 from tests.support import images
 from tests.support.registry import RunningRegistry
@@ -130,6 +130,8 @@ def test_referrers_read_from_the_fallback_tag(pushed: tuple[Reference, Descripto
                                                                        (attached[1], CYCLONEDX)}
     assert [r.descriptor.digest for r in only_vex] == [attached[0]]
     assert none == []
+    with RegistryClient() as client:
+        assert fetch_artifact(client, repo, only_vex[0].descriptor) == VEX
 
 
 def test_a_foreign_tag_in_the_fallback_place_is_refused_before_any_push(
