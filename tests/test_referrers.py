@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
-from copa.errors import RegistryError
+from copa.errors import AuthError, RegistryError
 from copa.oci.digest import Digest
 from copa.oci.model import Descriptor, MediaType
 from copa.oci.reference import Reference
 from copa.oci.referrers import CYCLONEDX, EMPTY, OPENVEX, attach, fetch_artifact, referrers, referrers_tag
-from copa.oci.registry import RegistryClient
+from copa.oci.registry import RegistryClient, RegistryOptions
 from tests.support import images
-from tests.support.registry import RunningRegistry
+from tests.support.registry import PASSWORD, USER, RunningRegistry
 
 VEX = b'{"@context":"https://openvex.dev/ns/v0.2.0","statements":[]}\n'
 SBOM = b'{"bomFormat":"CycloneDX","specVersion":"1.6","version":1}\n'
@@ -269,3 +269,28 @@ def test_registry_with_the_api_keeps_the_list_itself(api_registry: _ApiRegistry)
     assert next(r for r in found if r.descriptor.digest == vex).descriptor.annotations == {"k": "v"}
     assert [r.descriptor.digest for r in filtered] == [sbom]
     assert api_registry.blobs[str(Digest.of_bytes(VEX))] == VEX
+
+
+def test_attach_with_token_auth(token_registry: RunningRegistry, tiny_layout: Path, tmp_path: Path) -> None:
+    """Behind a token server: the referrers probe and the fallback tag read with a pull token, the pushes with a
+    pull,push one; skopeo (with the same credentials) reads the fallback index back."""
+    creds = f"{USER}:{PASSWORD}"
+    subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", creds,
+                    f"oci:{tiny_layout}:t", f"docker://{token_registry.host}/secure/app:1.0"],
+                   check=True, capture_output=True)
+    raw = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--creds", creds, "--raw",
+                          f"docker://{token_registry.host}/secure/app:1.0"], check=True, capture_output=True).stdout
+    subject = Descriptor(json.loads(raw).get("mediaType", MediaType.OCI_MANIFEST), Digest.of_bytes(raw), len(raw))
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps({"auths": {token_registry.host: {"username": USER, "password": PASSWORD}}}))
+    repo = Reference.parse(f"{token_registry.host}/secure/app")
+    with RegistryClient(RegistryOptions(auth_file=str(auth))) as client:
+        digest = attach(client, repo, subject, OPENVEX, VEX, OPENVEX)
+    index = json.loads(subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", "--creds", creds, "--raw",
+         f"docker://{token_registry.host}/secure/app:{referrers_tag(subject.digest)}"],
+        check=True, capture_output=True).stdout)
+    assert [(m["digest"], m["artifactType"]) for m in index["manifests"]] == [(str(digest), OPENVEX)]
+    with RegistryClient(RegistryOptions(auth_file=str(tmp_path / "none.json"), retries=0)) as client, \
+            pytest.raises(AuthError):
+        attach(client, repo, subject, OPENVEX, VEX, OPENVEX)
