@@ -84,6 +84,9 @@ class PatchOptions:
     dry_run: bool = False
     repos: RepositoryOptions = field(default_factory=RepositoryOptions)
     cache_dir: str | None = None
+    # With dry_run: plan the image as it is, a previous copa patch layer included, rather than its original again
+    # (copa bulk asks whether a patched tag has anything left to fix).
+    as_is: bool = False
 
 
 @dataclass(frozen=True)
@@ -423,6 +426,8 @@ def _patch_one(opened: Opened, target: _Target, options: PatchOptions, compressi
     # Refuse a compression the image's format cannot carry (zstd in Docker v2s2) before any package work.
     compression.media_type(is_docker(image.manifest.media_type))
     original = original_of(image, opened.name)
+    if options.as_is:
+        original = Original(len(image.layers), len(image.config.history), opened.name)
     if original.layers != len(image.layers):
         progress(f"image was patched before; patching its original ({original.base_reference}) again")
     progress("reading the image's files")
