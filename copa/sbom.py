@@ -16,8 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from copa import __version__
+from copa.oci.digest import Digest
+from copa.oci.model import Platform
+from copa.oci.reference import Reference
 from copa.pkg.base import OSRelease
 from copa.pkg.inventory import InstalledPackage
+from copa.vex import image_purl, timestamp
 
 SPEC_VERSION = "1.6"
 SCHEMA_URL = f"http://cyclonedx.org/schema/bom-{SPEC_VERSION}.schema.json"
@@ -109,6 +113,15 @@ def cyclonedx_document(image: SbomImage, os_release: OSRelease, packages: Sequen
     return {"$schema": SCHEMA_URL, "bomFormat": "CycloneDX", "specVersion": SPEC_VERSION,
             "serialNumber": f"urn:uuid:{serial}", **{k: v for k, v in body.items() if k not in (
                 "$schema", "bomFormat", "specVersion")}}
+
+
+def sbom_for(repository: Reference, digest: Digest | str, platform: Platform | None, os_release: OSRelease,
+             packages: Sequence[InstalledPackage]) -> dict[str, Any]:
+    """The SBOM of one patched image manifest (`packages`: the adapter's inventory after the plan), timestamped
+    from SOURCE_DATE_EPOCH when set."""
+    image = SbomImage(f"{repository.registry}/{repository.repository}", str(digest),
+                      image_purl(repository, digest, platform))
+    return cyclonedx_document(image, os_release, packages, timestamp=timestamp())
 
 
 def to_bytes(document: dict[str, Any]) -> bytes:

@@ -159,3 +159,10 @@ def image_purl(repository: Reference, digest: Digest | str, platform: Platform |
     """The pkg:oci purl of one image manifest: its digest, where it lives, and its architecture."""
     return oci(repository.repository, str(digest), registry=repository.registry,
                arch=platform.architecture if platform is not None else "")
+
+
+def product_for(repository: Reference, digest: Digest | str, platform: Platform | None, updates: Iterable[Update],
+                purl: Callable[[str, str, str], str]) -> VexProduct:
+    """One patched image manifest and what its updates fixed (`purl`: the adapter's, bound to its context and the
+    report's OS)."""
+    return VexProduct(image_purl(repository, digest, platform), fixes_of(updates, purl))

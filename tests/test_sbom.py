@@ -44,7 +44,7 @@ from copa.pkg.inventory import InstalledPackage
 from copa.pkg.purl import build
 from copa.pkg.rpm.inventory import rpm_scanner_purl
 from copa.report.load import load_report
-from copa.sbom import SbomImage, cyclonedx_document, to_bytes
+from copa.sbom import SbomImage, cyclonedx_document, sbom_for, to_bytes
 from copa.vex import image_purl
 from tests.support import alpine, apkrepo, debimage, images
 from tests.support.apkrepo import ApkRepo, PackageUpdate
@@ -445,6 +445,19 @@ def test_syft_reads_the_sbom_back(sbom: dict[str, Any], tmp_path: Path) -> None:
     found = {(a["name"], a["version"], a["purl"]) for a in read["artifacts"]}
     assert found == {(c["name"], c["version"], c["purl"]) for c in sbom["components"][1:]}
     assert read["distro"].get("id") == "debian"
+
+
+def test_sbom_for_names_the_image(dpkg_patched: tuple[ImageContext, tuple[InstalledPackage, ...]],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx, inventory = dpkg_patched
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1704067200")
+    repo = Reference.parse("127.0.0.1:5000/team/app")
+    doc = sbom_for(repo, "sha256:" + "f" * 64, Platform("linux", "arm64"), ctx.os_release, inventory)
+    assert doc["metadata"]["timestamp"] == "2024-01-01T00:00:00Z"
+    assert doc["metadata"]["component"]["name"] == "127.0.0.1:5000/team/app"
+    assert doc["metadata"]["component"]["purl"] == \
+        f"pkg:oci/app@sha256:{'f' * 64}?arch=arm64&repository_url=127.0.0.1:5000%2Fteam%2Fapp"
+    assert _validator().is_valid(doc)
 
 
 def test_sbom_is_reproducible(dpkg_patched: tuple[ImageContext, tuple[InstalledPackage, ...]],

@@ -38,6 +38,7 @@ from copa.vex import (
     fixes_of,
     image_purl,
     openvex_document,
+    product_for,
     timestamp,
     to_bytes,
     write_document,
@@ -278,3 +279,13 @@ def test_document_for_uses_the_environment_and_needs_a_fix(monkeypatch: pytest.M
     assert doc is not None and errors(doc) == []
     assert (doc["author"], doc["timestamp"]) == ("ops@example.org", "2024-01-01T00:00:00Z")
     assert document_for([VexProduct(p.purl, ()) for p in products()]) is None
+
+
+def test_product_for_a_patched_manifest() -> None:
+    repo = Reference.parse("127.0.0.1:5000/team/app")
+    updates = [Update("libssl3", "amd64", "3.0.11-1~deb12u2", "3.0.15-1~deb12u1", UpdateKind.REPORTED,
+                      ("CVE-2024-5535",))]
+    product = product_for(repo, DIGEST_A, Platform("linux", "amd64"), updates,
+                          lambda n, v, a: deb_scanner_purl("debian", "12.7", n, v, a))
+    assert product == VexProduct(image_purl(repo, DIGEST_A, Platform("linux", "amd64")), (
+        VexFix("CVE-2024-5535", "pkg:deb/debian/libssl3@3.0.11-1~deb12u2?arch=amd64&distro=debian-12.7"),))
