@@ -11,7 +11,9 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import io
+import json
 import random
+import re
 import tempfile
 import threading
 import time
@@ -19,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
-from urllib.parse import quote, urljoin
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 import urllib3.exceptions
@@ -517,6 +519,52 @@ def head_manifest(client: RegistryClient, ref: Reference) -> Descriptor | None:
 
 def tag_exists(client: RegistryClient, ref: Reference) -> bool:
     return head_manifest(client, ref) is not None
+
+
+# A tag list page is small JSON; a registry answering with more is not answering a tag list.
+_MAX_TAGS_PAGE = 8 << 20
+_LINK_NEXT = re.compile(r'<([^>]*)>\s*;(?:[^,]*?;)?\s*rel="?next"?', re.IGNORECASE)
+
+
+def list_tags(client: RegistryClient, ref: Reference, *, page_size: int = 1000, limit: int = 100_000) -> list[str]:
+    """Every tag of `ref`'s repository, in the registry's order: GET /v2/<name>/tags/list?n=`page_size`, then each
+    `Link: <URL>; rel="next"` page as the distribution spec describes (relative URLs resolved against the page's).
+
+    A repository with more than `limit` tags, a `next` link to another host (credentials would follow it) or one
+    the registry already sent (a loop) is an error: the sweep would otherwise never end."""
+    first = _with_query(client.repo_url(ref, "tags/list"), n=str(page_size))
+    url: str | None = first
+    seen: set[str] = set()
+    tags: list[str] = []
+    while url is not None:
+        seen.add(url)
+        resp = client.send("GET", ref, url, headers={"Accept": "application/json"}, stream=True)
+        if resp.status_code != 200:
+            raise client.fail(resp, ref, "tag list")
+        link = resp.headers.get("Link", "")
+        body = _read_limited(resp, _MAX_TAGS_PAGE, f"the tag list of {ref.registry}/{ref.repository}")
+        try:
+            doc: Any = json.loads(body)
+            page = doc.get("tags") or []  # distribution answers "tags": null for a repository with none
+        except (ValueError, AttributeError):
+            page = None
+        if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
+            raise RegistryError(f"registry {ref.registry} answered the tag list of {ref.repository} with something "
+                                f"that is not {{\"tags\": [...]}}; check the registry")
+        tags.extend(page)
+        if len(tags) > limit:
+            raise RegistryError(f"repository {ref.registry}/{ref.repository} has more than {limit} tags; "
+                                f"name the tags with strategy: list instead")
+        found = _LINK_NEXT.search(link)
+        url = urljoin(url, found.group(1)) if found else None
+        if url is not None:
+            if urlsplit(url)[:2] != urlsplit(first)[:2]:
+                raise RegistryError(f"registry {ref.registry} sent the next page of {ref.repository}'s tag list to "
+                                    f"another host ({urlsplit(url).netloc}); refusing to follow it")
+            if url in seen:
+                raise RegistryError(f"registry {ref.registry} sent the same tag list page of {ref.repository} "
+                                    f"twice; check the registry")
+    return tags
 
 
 # -- writing ---------------------------------------------------------------------------------
