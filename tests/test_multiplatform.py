@@ -24,7 +24,15 @@ import pytest
 from tests.support import images
 from tests.support import multiplatform as mp
 from tests.support.buildah import Buildah, buildah_store  # noqa: F401  (pytest fixture)
-from tests.support.multiplatform import ARM64, ARMHF, ATTESTED, DEBIAN_PLATFORMS, SCRATCH, PlatformInfo
+from tests.support.multiplatform import (
+    ARM64,
+    ARMHF,
+    ATTESTED,
+    DEBIAN_PLATFORMS,
+    FOREIGN_PLATFORMS,
+    SCRATCH,
+    PlatformInfo,
+)
 from tests.support.registry import RunningRegistry
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
@@ -65,6 +73,8 @@ def test_builder_writes_the_database_dpkg_writes() -> None:
         assert theirs_db.get(key) == data, f"{key} differs from what dpkg wrote"
         compared += 1
     assert compared >= 40
+    assert sorted(p.name for p in ours.iterdir() if p.is_symlink()) == \
+        sorted(p.name for p in theirs.iterdir() if p.is_symlink())  # the merged-/usr links
     # What the maintainer scripts of base-files and mawk did there, configure_effects did here.
     for path in ("var/run", "var/lock", "var/spool/mail", "usr/local/man", "etc/dpkg/origins/default",
                  "usr/bin/awk", "etc/alternatives/awk", "etc/alternatives/nawk.1.gz"):
@@ -90,7 +100,7 @@ def test_builder_writes_the_database_dpkg_writes() -> None:
                 assert (sa.st_mode, sa.st_uid, sa.st_gid) == (sb.st_mode, sb.st_uid, sb.st_gid), line
 
 
-@pytest.mark.parametrize("platform", [ARM64, ARMHF], ids=lambda p: p.deb_arch)
+@pytest.mark.parametrize("platform", FOREIGN_PLATFORMS, ids=lambda p: p.deb_arch)
 def test_foreign_root_is_a_sound_dpkg_system(platform: PlatformInfo, tmp_path: Path) -> None:
     root = mp.foreign_rootfs(platform.deb_arch)
     found = mp.installed(root)
@@ -200,8 +210,8 @@ def unpacked(all_platforms: Run, source: Source, tmp_path_factory: pytest.TempPa
 def apt_plans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, frozenset[tuple[str, str, str]]]:
     """The host apt's `apt-get -s upgrade` of each platform's original root (its own sources, its architecture)."""
     work = tmp_path_factory.mktemp("apt")
-    roots = {ARM64.deb_arch: mp.foreign_rootfs(ARM64.deb_arch), ARMHF.deb_arch: mp.foreign_rootfs(ARMHF.deb_arch),
-             "amd64": images.debian_rootfs()}
+    roots = {p.deb_arch: mp.foreign_rootfs(p.deb_arch) for p in FOREIGN_PLATFORMS}
+    roots["amd64"] = images.debian_rootfs()
     return {arch: mp.apt_upgrade_plan(root, arch, work / arch) for arch, root in roots.items()}
 
 
@@ -220,7 +230,11 @@ def test_all_platforms_json(all_platforms: Run, source: Source,
     assert scratch["result"] in ("kept", "skipped"), scratch
     assert scratch["updates"] == []
     assert scratch.get("detail"), "a platform copa cannot patch is kept with a note saying why"
-    assert scratch["digest"] == source.digests[SCRATCH.text]
+
+
+def test_unpatchable_platform_json_digest(all_platforms: Run, source: Source) -> None:
+    """The entry of a platform kept as it was names the digest it is kept by."""
+    assert all_platforms.platform(SCRATCH.text)["digest"] == source.digests[SCRATCH.text]
 
 
 def test_all_platforms_index(all_platforms: Run, source: Source) -> None:
@@ -243,7 +257,7 @@ def test_all_platforms_index(all_platforms: Run, source: Source) -> None:
     assert mp.manifest_status(source.host, REPO, f"{all_platforms.tag}-{SCRATCH.tag_suffix}") == 404
 
 
-@pytest.mark.parametrize("platform", [ARM64, ARMHF], ids=lambda p: p.deb_arch)
+@pytest.mark.parametrize("platform", FOREIGN_PLATFORMS, ids=lambda p: p.deb_arch)
 def test_foreign_platform_patched_like_dpkg(platform: PlatformInfo, unpacked: dict[str, Path],
                                             apt_plans: dict[str, frozenset[tuple[str, str, str]]]) -> None:
     root = unpacked[platform.deb_arch]
@@ -317,11 +331,14 @@ def _assert_only_foreign_patched(run: Run, source: Source) -> None:
     for p in (ARM64, ARMHF):
         assert run.digests[p.text] != source.digests[p.text]
         assert mp.manifest_status(source.host, REPO, f"{run.tag}-{p.tag_suffix}") == 200
-    for text in ("linux/amd64", SCRATCH.text):
+    for text in ("linux/amd64", "linux/386", SCRATCH.text):
         assert run.digests[text] == source.digests[text], f"{text} must be kept by digest"
     assert mp.manifest_status(source.host, REPO, f"{run.tag}-amd64") == 404
     # amd64's attestation still describes the kept amd64 image: kept as it was; arm64's is dropped.
     assert run.attestations == {source.digests["linux/amd64"]: source.attestations["linux/amd64"]}
+
+
+KEPT = ("linux/amd64", "linux/386", SCRATCH.text)  # not selected in the --platform and report-directory runs
 
 
 def test_platform_comma_list(selected: Run, source: Source) -> None:
@@ -329,23 +346,33 @@ def test_platform_comma_list(selected: Run, source: Source) -> None:
     text = selected.proc.stdout + selected.proc.stderr
     for p in (ARM64, ARMHF):
         assert f"{p.text}" in text and f"{REPO}:{selected.tag}-{p.tag_suffix}" in text, text
+
+
+def test_summary_names_every_platform(selected: Run) -> None:
+    """The human summary gives each platform's outcome, the ones not selected too (kept)."""
+    text = selected.proc.stdout + selected.proc.stderr
     for line in text.splitlines():
-        if line.strip().startswith(("linux/amd64", SCRATCH.text)):
+        if line.strip().startswith(("linux/amd64", "linux/386", SCRATCH.text)):
             assert "kept" in line, line
-    assert any(line.strip().startswith("linux/amd64") for line in text.splitlines()), text
+    for platform in KEPT:
+        assert any(line.strip().startswith(platform) for line in text.splitlines()), f"{platform}: {text}"
 
 
 def test_platform_repeated(repeated: Run, selected: Run, source: Source) -> None:
     _assert_only_foreign_patched(repeated, source)
     for p in (ARM64, ARMHF):
         assert repeated.platform(p.text)["result"] == "patched"
-    for text in ("linux/amd64", SCRATCH.text):
-        entry = repeated.platform(text)
-        assert entry["result"] == "kept" and entry["updates"] == [], entry
-        assert entry["digest"] == source.digests[text]
     # Same inputs, same patch: the deterministic layer and fixed SOURCE_DATE_EPOCH give the same manifests.
     for p in (ARM64, ARMHF):
         assert repeated.digests[p.text] == selected.digests[p.text]
+
+
+def test_json_lists_unselected_platforms_as_kept(repeated: Run, source: Source) -> None:
+    """--json has one entry per platform of the index: the ones not selected are "kept", with their digest."""
+    for text in KEPT:
+        entry = repeated.platform(text)
+        assert entry["result"] == "kept" and entry["updates"] == [], entry
+        assert entry["digest"] == source.digests[text]
 
 
 # ------------------------------------------------------------------------------------------ report directories
@@ -417,7 +444,12 @@ def test_report_directory_matches_by_platform(by_reports: tuple[Run, dict[str, P
         fixes = _fixes(platform, names)
         assert after == {k: fixes.get(k[0], v) for k, v in before.items()}, platform.text
         assert mp.dpkg_audit(roots[platform.deb_arch]) == ""
-    assert run.platform("linux/amd64")["result"] == "kept"
+
+
+def test_report_directory_json_lists_every_platform(by_reports: tuple[Run, dict[str, Path]], source: Source) -> None:
+    run, _roots = by_reports
+    for text in KEPT:
+        assert run.platform(text)["result"] == "kept"
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -475,6 +507,6 @@ def test_output_tar_with_several_platforms(source: Source, tmp_path: Path) -> No
 def _fixtures_built() -> Iterator[None]:
     # Build (or find) every cached root and layout before the registry and copa get busy.
     mp.multiplatform_layout()
-    for p in (ARM64, ARMHF):
+    for p in FOREIGN_PLATFORMS:
         mp.foreign_oracle_rootfs(p.deb_arch)
     yield

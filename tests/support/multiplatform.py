@@ -1,6 +1,6 @@
 """The multi-platform test image and the real tools that look at what copa made of it.
 
-    layout, ref = multiplatform_layout()          # amd64 + arm64 + arm/v7 + a scratch ppc64le + 2 attestations
+    layout, ref = multiplatform_layout()          # amd64, arm64, arm/v7, 386, a scratch ppc64le, 2 attestations
     push_index(layout, ref, registry.host, "app:1.0")
     root = unpack(registry.host, "app:1.0-patched-arm64", tmp / "arm64")   # umoci unpack of one platform's image
     installed(root)                                # dpkg-query --admindir (the host's dpkg reads a foreign db)
@@ -75,9 +75,10 @@ class PlatformInfo:
 AMD64 = PlatformInfo("linux/amd64", "amd64", "", "amd64", "amd64", "x86-64")
 ARM64 = PlatformInfo("linux/arm64", "arm64", "", "arm64", "arm64", "ARM aarch64")
 ARMHF = PlatformInfo("linux/arm/v7", "arm", "v7", "armhf", "arm-v7", "ARM, EABI5")
+I386 = PlatformInfo("linux/386", "386", "", "i386", "386", "Intel 80386")
 SCRATCH = PlatformInfo("linux/ppc64le", "ppc64le", "", "ppc64el", "ppc64le", "")
-DEBIAN_PLATFORMS = (AMD64, ARM64, ARMHF)  # the ones copa can patch
-FOREIGN_PLATFORMS = (ARM64, ARMHF)
+DEBIAN_PLATFORMS = (AMD64, ARM64, ARMHF, I386)  # the ones copa can patch
+FOREIGN_PLATFORMS = (ARM64, ARMHF, I386)
 ALL_PLATFORMS = (*DEBIAN_PLATFORMS, SCRATCH)
 ATTESTED = (AMD64, ARM64)  # platforms with an unknown/unknown attestation manifest in the index
 
