@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from copa import __version__
 from copa.errors import LocalIOError
 from copa.oci.digest import Digest
 from copa.oci.model import Platform
@@ -34,7 +35,7 @@ from copa.pkg.purl import oci
 CONTEXT = "https://openvex.dev/ns/v0.2.0"
 DEFAULT_AUTHOR = "Project Copacetic"  # Copacetic's default; COPA_VEX_AUTHOR overrides it, as there
 AUTHOR_ENV = "COPA_VEX_AUTHOR"
-TOOLING = "copa (Python)"
+TOOLING = f"copa {__version__}"
 # The OpenVEX shared namespace for document IRIs (spec: "public" is open to anyone); Copacetic's go-vex uses it too.
 _ID_PREFIX = "https://openvex.dev/docs/public/vex-"
 
