@@ -12,7 +12,9 @@
     ├── LocalIOError               8  local files (layout, tar, report path) missing or unwritable
     ├── UnsafePathError            5  a package or layer tries to write outside the image root
     ├── LoaderError                9  --loader: podman or the Docker engine is missing or refused the image
-    └── EndOfLifeError            10  --exit-on-eol: the image's OS release is past its end of life
+    ├── EndOfLifeError            10  --exit-on-eol: the image's OS release is past its end of life
+    └── BulkError                 11  copa bulk / patch --config: some jobs failed, the others ran (--ignore-errors)
+        └── BulkStoppedError      12  a job failed and the sweep stopped there: the jobs not started were not run
 
 Messages are one line: what went wrong, and what to do about it.
 """
@@ -77,3 +79,11 @@ class LoaderError(CopaError):
 
 class EndOfLifeError(CopaError):
     exit_code = 10
+
+
+class BulkError(CopaError):
+    exit_code = 11
+
+
+class BulkStoppedError(BulkError):
+    exit_code = 12
