@@ -78,7 +78,8 @@ def parse_grype(doc: dict[str, Any], source: str) -> Report:
     version = field(distro, "version", str, source, "distro", required=False) or ""
     os_info = OSInfo(family_of(name), version)
 
-    arch = variant = image_os = None
+    arch = variant = image_os = artifact = None
+    digests: list[Any] = []
     src = field(doc, "source", dict, source, "", required=False)
     # Only an image source carries the platform (Syft's ImageMetadata); an SBOM or a directory scan names none.
     if src and src.get("type") == "image":
@@ -87,6 +88,8 @@ def parse_grype(doc: dict[str, Any], source: str) -> Report:
             arch = field(target, "architecture", str, source, "source.target", required=False) or None
             variant = field(target, "architectureVariant", str, source, "source.target", required=False) or None
             image_os = field(target, "os", str, source, "source.target", required=False) or None
+            artifact = field(target, "userInput", str, source, "source.target", required=False) or None
+            digests = field(target, "repoDigests", list, source, "source.target", required=False) or []
             config = _image_config(target)
             if config is not None and config[0]:
                 arch, variant, image_os = config
@@ -99,7 +102,8 @@ def parse_grype(doc: dict[str, Any], source: str) -> Report:
             raise ReportError(f"{source}: {where} must be an object")
         findings.extend(_findings(match, source, where))
     packages, unfixed = build_packages(findings, comparator_for(os_info.family), source)
-    return Report(source, "grype", os_info, arch, packages, unfixed, variant=variant, image_os=image_os)
+    return Report(source, "grype", os_info, arch, packages, unfixed, variant=variant, image_os=image_os,
+                  artifact=artifact, repo_digests=tuple(d for d in digests if isinstance(d, str)))
 
 
 def _findings(match: dict[str, Any], source: str, where: str) -> list[Finding]:

@@ -53,6 +53,11 @@ class Report:
     unfixed: tuple[ReportedPackage, ...]
     variant: str | None = None  # the architecture variant as the report writes it ("v8", "v7"), if it names one
     image_os: str | None = None  # the image config's os ("linux") when the report carries it
+    # The image the report was made of, as the scanner names it (Trivy ArtifactName, Grype source.target.userInput),
+    # and its REPO@DIGEST names (Trivy Metadata.RepoDigests, Grype source.target.repoDigests): `copa bulk -r DIR`
+    # matches reports to images by them.
+    artifact: str | None = None
+    repo_digests: tuple[str, ...] = ()
 
     @property
     def unfixed_count(self) -> int:

@@ -62,4 +62,7 @@ def parse_trivy(doc: dict[str, Any], source: str) -> Report:
             findings.append(Finding(name, installed, fixed, vuln_id))
     os_info = OSInfo(family.lower(), version)
     packages, unfixed = build_packages(findings, comparator_for(os_info.family), source)
-    return Report(source, "trivy", os_info, arch, packages, unfixed, variant=variant, image_os=image_os)
+    artifact = field(doc, "ArtifactName", str, source, "", required=False) or None
+    digests = field(metadata, "RepoDigests", list, source, "Metadata", required=False) if metadata else None
+    return Report(source, "trivy", os_info, arch, packages, unfixed, variant=variant, image_os=image_os,
+                  artifact=artifact, repo_digests=tuple(d for d in digests or () if isinstance(d, str)))
