@@ -257,6 +257,27 @@ def test_all_platforms_index(all_platforms: Run, source: Source) -> None:
     assert mp.manifest_status(source.host, REPO, f"{all_platforms.tag}-{SCRATCH.tag_suffix}") == 404
 
 
+def test_repatch_gives_the_same_images(all_platforms: Run, source: Source) -> None:
+    """Patching the patched index again starts from each image's original layers: the very same manifests."""
+    again = _patch(source, "1.0-again", "--json")
+    assert again.digests == all_platforms.digests
+    assert all(again.platform(p.text)["result"] == "patched" for p in DEBIAN_PLATFORMS)
+
+
+def test_up_to_date_index(source: Source, tmp_path: Path) -> None:
+    """An index whose images are all current: every Debian platform up to date, and nothing written."""
+    # build_debian's amd64 oracle installs from bookworm-security, not -updates: current only while apt agrees.
+    assert mp.apt_upgrade_plan(images.oracle_rootfs(), "amd64", tmp_path / "apt") == frozenset()
+    layout, ref = mp.multiplatform_oracle_layout()
+    mp.push_index(layout, ref, source.host, "current:1.0")
+    proc = ok(copa("patch", "-i", f"{source.host}/current:1.0", "-t", "1.0-patched", "-p", "--json"))
+    results = {p["platform"]: p for p in json.loads(proc.stdout)["platforms"]}
+    for p in DEBIAN_PLATFORMS:
+        assert results[p.text]["result"] == "up-to-date" and results[p.text]["updates"] == [], results[p.text]
+    assert results[SCRATCH.text]["result"] != "patched"
+    assert mp.tags(source.host, "current") == {"1.0"}, "nothing to write"
+
+
 @pytest.mark.parametrize("platform", FOREIGN_PLATFORMS, ids=lambda p: p.deb_arch)
 def test_foreign_platform_patched_like_dpkg(platform: PlatformInfo, unpacked: dict[str, Path],
                                             apt_plans: dict[str, frozenset[tuple[str, str, str]]]) -> None:

@@ -90,6 +90,13 @@ def multiplatform_layout() -> tuple[Path, str]:
 
 
 @functools.cache
+def multiplatform_oracle_layout() -> tuple[Path, str]:
+    """(OCI layout dir, ref name) of the same index made of the images installed with bookworm-updates and
+    -security: nothing in it has a newer version."""
+    return Path(builder.multiplatform_layout(oracle=True)), MULTI_REF
+
+
+@functools.cache
 def foreign_rootfs(deb_arch: str) -> Path:
     """The foreign root (bookworm point release) the multi-platform image's `deb_arch` image was made from."""
     return Path(builder.rootfs(builder.FOREIGN[deb_arch]))
