@@ -1,5 +1,6 @@
-"""A CycloneDX 1.6 JSON SBOM of the patched image: every installed OS package (after the patch) with its purl,
-the OS as an `operating-system` component, the image as metadata.component.
+"""SBOMs of the patched image: CycloneDX 1.6 JSON (every installed OS package after the patch with its purl, the
+OS as an `operating-system` component, the image as metadata.component) and SPDX 2.3 JSON (the same facts: the image
+package DESCRIBED, CONTAINING the OS and each package).
 
 The package list is the adapter's inventory (copa/pkg/<family>/inventory.py): read from the image's own package
 database with the plan applied, not scanned from files. The same image gives the same bytes (timestamp from
@@ -113,6 +114,66 @@ def cyclonedx_document(image: SbomImage, os_release: OSRelease, packages: Sequen
     return {"$schema": SCHEMA_URL, "bomFormat": "CycloneDX", "specVersion": SPEC_VERSION,
             "serialNumber": f"urn:uuid:{serial}", **{k: v for k, v in body.items() if k not in (
                 "$schema", "bomFormat", "specVersion")}}
+
+
+SPDX_VERSION = "SPDX-2.3"
+# Trivy reads a package's source from this prefix of sourceInfo (its own SPDX writer's wording).
+_BUILT_FROM = "built package from:"
+
+
+def _spdx_id(kind: str, key: str) -> str:
+    # SPDX identifiers allow letters, digits, '.' and '-': a hash of the purl is unique and stable.
+    return f"SPDXRef-{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _purl_ref(purl: str) -> list[dict[str, str]]:
+    return [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": purl}]
+
+
+def _spdx_package(p: InstalledPackage) -> dict[str, Any]:
+    epoch, version, release = _split_version(p.source_version or p.version)
+    source_version = (f"{epoch}:" if epoch and epoch != "0" else "") + version + (f"-{release}" if release else "")
+    out: dict[str, Any] = {
+        "SPDXID": _spdx_id("Package", p.purl), "name": p.name, "versionInfo": p.version,
+        "downloadLocation": "NOASSERTION", "filesAnalyzed": False,
+        # A declared license is free text (GPLv2+, "MIT AND BSD") that need not be an SPDX expression: it is kept
+        # as a comment rather than asserted.
+        "licenseConcluded": "NOASSERTION", "licenseDeclared": "NOASSERTION", "copyrightText": "NOASSERTION",
+        "externalRefs": _purl_ref(p.purl), "primaryPackagePurpose": "LIBRARY",
+        "sourceInfo": f"{_BUILT_FROM} {p.source or p.name} {source_version}",
+    }
+    if p.licenses:
+        out["licenseComments"] = "declared by the package database: " + "; ".join(p.licenses)
+    return out
+
+
+def spdx_document(image: SbomImage, os_release: OSRelease, packages: Sequence[InstalledPackage], *,
+                  timestamp: str, tool_version: str = __version__) -> dict[str, Any]:
+    image_id, os_id = "SPDXRef-Image", "SPDXRef-OperatingSystem"
+    described: list[dict[str, Any]] = [
+        {"SPDXID": image_id, "name": image.name, "versionInfo": image.digest, "downloadLocation": "NOASSERTION",
+         "filesAnalyzed": False, "externalRefs": _purl_ref(image.purl), "primaryPackagePurpose": "CONTAINER"},
+        {"SPDXID": os_id, "name": os_release.id or "unknown", "versionInfo": os_release.version_id,
+         "downloadLocation": "NOASSERTION", "filesAnalyzed": False, "description": os_release.pretty_name,
+         "primaryPackagePurpose": "OPERATING_SYSTEM"},
+    ]
+    seen: set[str] = set()
+    for p in sorted(packages, key=lambda p: p.purl):
+        if p.purl not in seen:
+            seen.add(p.purl)
+            described.append(_spdx_package(p))
+    relationships = [{"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES",
+                      "relatedSpdxElement": image_id}]
+    relationships += [{"spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": p["SPDXID"]}
+                      for p in described[1:]]
+    body: dict[str, Any] = {
+        "spdxVersion": SPDX_VERSION, "dataLicense": "CC0-1.0", "SPDXID": "SPDXRef-DOCUMENT", "name": image.name,
+        "creationInfo": {"created": timestamp, "creators": [f"Tool: copa-{tool_version}"]},
+        "packages": described, "relationships": relationships,
+    }
+    # A unique absolute URI per document, derived from the content as the CycloneDX serial number is.
+    content = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return {**body, "documentNamespace": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{image.purl}#{content}')}"}
 
 
 def sbom_for(repository: Reference, digest: Digest | str, platform: Platform | None, os_release: OSRelease,

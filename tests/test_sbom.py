@@ -44,7 +44,7 @@ from copa.pkg.inventory import InstalledPackage
 from copa.pkg.purl import build
 from copa.pkg.rpm.inventory import rpm_scanner_purl
 from copa.report.load import load_report
-from copa.sbom import SbomImage, cyclonedx_document, sbom_for, to_bytes
+from copa.sbom import SbomImage, cyclonedx_document, sbom_for, spdx_document, to_bytes
 from copa.vex import image_purl
 from tests.support import alpine, apkrepo, debimage, images
 from tests.support.apkrepo import ApkRepo, PackageUpdate
@@ -135,12 +135,13 @@ def assert_trivy_reads_it_as_its_own_scan(inventory: tuple[InstalledPackage, ...
     (what Trivy looks advisories up by); and the purls copa's VEX statements name packages by are Trivy's."""
     digest = "sha256:" + "e" * 64
     image = SbomImage("registry.test/app", digest, image_purl(Reference.parse("registry.test/app"), digest))
-    path = work / "sbom.cdx.json"
-    path.write_bytes(to_bytes(cyclonedx_document(image, os_release, inventory, timestamp="2024-01-01T00:00:00Z")))
     own = trivy_scan("rootfs", str(rootfs), cache=work / "trivy-cache")
     theirs = trivy_packages(own)
     assert theirs, "trivy found no OS packages in the tree"
-    assert trivy_packages(trivy_scan("sbom", str(path), cache=work / "trivy-cache")) == theirs
+    for make, name in ((cyclonedx_document, "sbom.cdx.json"), (spdx_document, "sbom.spdx.json")):
+        path = work / name
+        path.write_bytes(to_bytes(make(image, os_release, inventory, timestamp="2024-01-01T00:00:00Z")))
+        assert trivy_packages(trivy_scan("sbom", str(path), cache=work / "trivy-cache")) == theirs, name
     if scanner_purl is None:
         return  # a tree Trivy cannot tell the release of (no /etc/debian_version): it writes no purls
     family, os_version = own["Metadata"]["OS"]["Family"], own["Metadata"]["OS"]["Name"]
@@ -458,6 +459,41 @@ def test_sbom_for_names_the_image(dpkg_patched: tuple[ImageContext, tuple[Instal
     assert doc["metadata"]["component"]["purl"] == \
         f"pkg:oci/app@sha256:{'f' * 64}?arch=arm64&repository_url=127.0.0.1:5000%2Fteam%2Fapp"
     assert _validator().is_valid(doc)
+
+
+@pytest.fixture(scope="module")
+def spdx(dpkg_patched: tuple[ImageContext, tuple[InstalledPackage, ...]]) -> dict[str, Any]:
+    ctx, inventory = dpkg_patched
+    digest = "sha256:" + "c" * 64
+    image = SbomImage("127.0.0.1:5000/app", digest,
+                      image_purl(Reference.parse("127.0.0.1:5000/app"), digest, Platform("linux", "amd64")))
+    return spdx_document(image, ctx.os_release, inventory, timestamp="2024-01-01T00:00:00Z")
+
+
+def test_spdx_is_valid_2_3(spdx: dict[str, Any], dpkg_oracle: Path) -> None:
+    schema = json.loads((FIXTURES / "sbom" / "spdx" / "spdx-schema-2.3.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    assert [e.message for e in validator.iter_errors(spdx)] == []
+    assert not validator.is_valid({**spdx, "packages": [{**spdx["packages"][0], "primaryPackagePurpose": "IMAGE"}]})
+    libraries = [p for p in spdx["packages"] if p["primaryPackagePurpose"] == "LIBRARY"]
+    assert {(p["name"], p["versionInfo"]) for p in libraries} == {(n, v) for n, v, _ in dpkg_query(dpkg_oracle)}
+    ids = [p["SPDXID"] for p in spdx["packages"]]
+    assert len(ids) == len(set(ids))
+    contained = {r["relatedSpdxElement"] for r in spdx["relationships"] if r["relationshipType"] == "CONTAINS"}
+    assert contained == set(ids[1:])
+
+
+def test_syft_reads_the_spdx_back(spdx: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "sbom.spdx.json"
+    path.write_bytes(to_bytes(spdx))
+    proc = subprocess.run([SYFT, "convert", str(path), "-o", "syft-json"], capture_output=True, text=True,
+                          check=False, env={**os.environ, "SYFT_CHECK_FOR_APP_UPDATE": "false"})
+    assert proc.returncode == 0, proc.stderr
+    read = json.loads(proc.stdout)
+    found = {(a["name"], a["version"], a["purl"]) for a in read["artifacts"] if a["purl"].startswith("pkg:deb/")}
+    assert found == {(p["name"], p["versionInfo"], p["externalRefs"][0]["referenceLocator"])
+                     for p in spdx["packages"] if p["primaryPackagePurpose"] == "LIBRARY"}
+    assert read["distro"].get("id") == "debian"
 
 
 def test_sbom_is_reproducible(dpkg_patched: tuple[ImageContext, tuple[InstalledPackage, ...]],
