@@ -396,6 +396,21 @@ def test_json_lists_unselected_platforms_as_kept(repeated: Run, source: Source) 
         assert entry["digest"] == source.digests[text]
 
 
+def test_arm64_v8_is_tagged_arm64(source: Source, tmp_path: Path) -> None:
+    """An index listing arm64 as arm64/v8 (Docker Hub's official images do): --platform linux/arm64 picks it, and
+    its tag is TAG-arm64 as Copacetic names it (it drops arm64's default variant v8)."""
+    layout, ref = mp.multiplatform_layout()
+    mp.push_index(mp.with_variant(layout, ref, "arm64", "v8", tmp_path / "v8"), ref, source.host, "v8:1.0")
+    proc = ok(copa("patch", "-i", f"{source.host}/v8:1.0", "-t", "1.0-patched", "-p", "--platform", ARM64.text,
+                   "--json"))
+    patched = [p for p in json.loads(proc.stdout)["platforms"] if p["result"] == "patched"]
+    assert [p["platform"] for p in patched] == ["linux/arm64/v8"]
+    assert mp.tags(source.host, "v8") == {"1.0", "1.0-patched", "1.0-patched-arm64"}
+    index = mp.raw_manifest(source.host, "v8:1.0-patched")
+    assert [m["platform"] for m in index["manifests"] if m["platform"]["architecture"] == "arm64"] == \
+        [{"architecture": "arm64", "os": "linux", "variant": "v8"}]
+
+
 # ------------------------------------------------------------------------------------------ report directories
 
 

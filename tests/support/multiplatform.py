@@ -109,6 +109,25 @@ def foreign_oracle_rootfs(deb_arch: str) -> Path:
     return Path(builder.rootfs(builder.FOREIGN[deb_arch], suites=builder.ORACLE_SUITES))
 
 
+def with_variant(layout: Path, ref: str, architecture: str, variant: str, dest: Path) -> Path:
+    """A copy of the index layout at `dest` whose `architecture` entry says `variant` (e.g. arm64 as v8, as Docker
+    Hub's official images list it); only the index changes, the images stay the same."""
+    shutil.copytree(layout, dest)
+    top = json.loads((dest / "index.json").read_text())
+    entry = next(m for m in top["manifests"] if m.get("annotations", {}).get(
+        "org.opencontainers.image.ref.name") == ref)
+    index = json.loads((dest / "blobs/sha256" / entry["digest"].removeprefix("sha256:")).read_bytes())
+    for m in index["manifests"]:
+        if m["platform"]["architecture"] == architecture:
+            m["platform"]["variant"] = variant
+    data = json.dumps(index).encode()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    (dest / "blobs/sha256" / digest.removeprefix("sha256:")).write_bytes(data)
+    entry.update(digest=digest, size=len(data))
+    (dest / "index.json").write_text(json.dumps(top))
+    return dest
+
+
 def run(*argv: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
