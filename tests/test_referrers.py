@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlencode
 
 import pytest
 
@@ -216,7 +217,8 @@ class _ApiRegistry:
                         return self._reply(404)
                     media_type, raw = registry.manifests[ident]
                     return self._reply(200, raw, {"Content-Type": media_type})
-                wanted = query.split("artifactType=", 1)[1] if "artifactType=" in query else ""
+                params = parse_qs(query)
+                wanted = params.get("artifactType", [""])[0]
                 entries = []
                 for digest, (media_type, raw) in registry.manifests.items():
                     doc = json.loads(raw)
@@ -229,10 +231,17 @@ class _ApiRegistry:
                     if doc.get("annotations"):
                         entry["annotations"] = doc["annotations"]
                     entries.append(entry)
-                body = json.dumps({"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX, "manifests": entries})
+                # One entry per page, the next page named by a Link header (the spec lets a registry paginate).
+                entries.sort(key=lambda e: e["digest"])
+                page = int(params.get("page", ["0"])[0])
+                body = json.dumps({"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX,
+                                   "manifests": entries[page:page + 1]})
                 headers = {"Content-Type": MediaType.OCI_INDEX}
                 if wanted:
                     headers["OCI-Filters-Applied"] = "artifactType"
+                if page + 1 < len(entries):
+                    following = urlencode({**({"artifactType": wanted} if wanted else {}), "page": page + 1})
+                    headers["Link"] = f'<{path}?{following}>; rel="next"'
                 return self._reply(200, body.encode(), headers)
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = _route
@@ -265,6 +274,7 @@ def test_registry_with_the_api_keeps_the_list_itself(api_registry: _ApiRegistry)
         filtered = referrers(client, repo, subject.digest, artifact_type=CYCLONEDX)
     tag = referrers_tag(subject.digest)
     assert not any(tag in path for _, path in api_registry.requests), "no fallback tag with the referrers API"
+    assert sum(1 for _, path in api_registry.requests if "/referrers/" in path and "page=1" in path) == 1
     assert {(r.descriptor.digest, r.artifact_type) for r in found} == {(vex, OPENVEX), (sbom, CYCLONEDX)}
     assert next(r for r in found if r.descriptor.digest == vex).descriptor.annotations == {"k": "v"}
     assert [r.descriptor.digest for r in filtered] == [sbom]

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urljoin
 
 from copa.errors import IntegrityError, RegistryError
 from copa.oci.digest import Digest
@@ -33,6 +34,7 @@ CYCLONEDX = "application/vnd.cyclonedx+json"
 SPDX = "application/spdx+json"
 
 _TAG_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
+_MAX_PAGES = 1000  # of a paginated referrers list: far more than any real image has, short of a loop
 
 
 def referrers_tag(digest: Digest) -> str:
@@ -158,22 +160,32 @@ class Referrer:
 
 def referrers(client: RegistryClient, repository: Reference, digest: Digest,
               artifact_type: str = "") -> list[Referrer]:
-    """The manifests whose subject is `digest`: from the referrers API, or (when it answers 404) from the
-    fallback tag; an `artifact_type` filter is applied here when the registry did not apply it."""
+    """The manifests whose subject is `digest`: from the referrers API (every page its Link headers name), or
+    (when it answers 404) from the fallback tag; an `artifact_type` filter is applied here when the registry did
+    not apply it."""
     ref = Reference(repository.registry, repository.repository, digest=digest)
     url = client.repo_url(ref, f"referrers/{digest}")
     if artifact_type:
-        url += f"?artifactType={artifact_type}"
-    resp = client.send("GET", ref, url, headers={"Accept": MediaType.OCI_INDEX})
-    with resp:
-        status = resp.status_code
-        filtered = "artifactType" in resp.headers.get("OCI-Filters-Applied", "")
-        raw = resp.content if status == 200 else b""
-        if status not in (200, 404):
-            raise client.fail(resp, ref, f"referrers of {digest}")
-    if status == 200:
-        entries = _entries(raw, f"referrers of {digest} from {repository.registry}")
+        url += f"?artifactType={quote(artifact_type, safe='')}"  # a '+' left bare would reach the server as ' '
+    entries: list[Referrer] = []
+    filtered = True
+    for page in range(_MAX_PAGES):
+        resp = client.send("GET", ref, url, headers={"Accept": MediaType.OCI_INDEX})
+        with resp:
+            if resp.status_code == 404 and page == 0:
+                break
+            if resp.status_code != 200:
+                raise client.fail(resp, ref, f"referrers of {digest}")
+            filtered = filtered and "artifactType" in resp.headers.get("OCI-Filters-Applied", "")
+            entries += _entries(resp.content, f"referrers of {digest} from {repository.registry}")
+            following = resp.links.get("next", {}).get("url")
+        if not following:
+            break
+        url = urljoin(resp.url, following)
     else:
+        raise RegistryError(f"registry {repository.registry} lists the referrers of {digest} in more than "
+                            f"{_MAX_PAGES} pages; the registry is looping")
+    if resp.status_code == 404:
         doc = _fallback_index(client, repository, digest)
         entries = _entries(json.dumps(doc).encode(), f"referrers tag of {digest}") if doc is not None else []
         filtered = False
