@@ -233,6 +233,7 @@ class LocalExecutor:
                 slot.index, slot.job = None, None
                 out.append((index, result))
             elif slot.process.sentinel in ready or slot.conn in ready:
+                slot.process.join(1)  # its pipe closes just before it exits: wait for the status
                 code = slot.process.exitcode
                 died = (f"was killed by signal {-code}" if code is not None and code < 0
                         else f"exited with status {code}")
