@@ -12,18 +12,24 @@ Layers are read from the top down, applying OCI whiteouts (`.wh.<name>` hides a 
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import posixpath
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import BinaryIO, cast
 
 from copa import events
 from copa.errors import IntegrityError, UnsafePathError, UnsupportedImageError
 from copa.oci.image import CORRUPT_STREAM, Image, decompressed
+from copa.oci.layercache import LayerCache, LayerRecord, Member
 
 _MAX_LINK_DEPTH = 40
 _MAX_FILE = 256 << 20
 _MAX_CAPTURED = 16 << 20  # larger files under a captured path are indexed but not kept in memory
+_DRAIN = 1 << 20
 
 
 def _norm(name: str) -> str:
@@ -79,7 +85,10 @@ class _Hiding:
     def replaced(self, member: tarfile.TarInfo, path: str) -> None:
         """A visible non-directory hides whatever lower layers have below its path (a lower directory it
         replaces and all its children), as overlayfs and every unpacker do."""
-        if not member.isdir():
+        self.replaced_kind(_kind(member), path)
+
+    def replaced_kind(self, kind: str, path: str) -> None:
+        if kind != "dir":
             self.pending_deleted.add(path)
 
     def hidden(self, path: str) -> bool:
@@ -101,22 +110,48 @@ class _Hiding:
         self.pending_opaque.clear()
 
 
-def _members(image: Image, index: int) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+def _members(image: Image, index: int, hasher: hashlib._Hash | None = None
+             ) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """The layer's tar members in stream order. With `hasher`, every uncompressed byte passes through it, the
+    stream is read to its end (so the blob's digest is checked too), and the caller compares it with the diff_id."""
     layer = image.layers[index]
     desc = layer.descriptor
     # Progress counts the compressed bytes read (what the descriptor's size measures), so the blob is opened here.
     label = f"layer {index + 1}/{len(image.layers)} {desc.digest.hex[:12]}"
     with events.task(events.Kind.LAYER_READ, label, desc.size) as task, \
             decompressed(events.counted(image.source.open_blob(desc), task), desc.media_type) as stream:
+        source: BinaryIO = stream if hasher is None else cast(BinaryIO, _Hashing(stream, hasher))
         try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
+            with tarfile.open(fileobj=source, mode="r|") as tar:
                 for member in tar:
                     yield tar, member
+            if hasher is not None:
+                while source.read(_DRAIN):
+                    pass
         except tarfile.TarError as e:
             raise UnsupportedImageError(f"layer {layer.descriptor.digest} is not a valid tar stream: {e}") from None
         except CORRUPT_STREAM as e:
             raise IntegrityError(f"layer {layer.descriptor.digest} does not decompress ({e or type(e).__name__}); "
                                  "the blob is damaged: push the image again") from None
+
+
+class _Hashing(io.RawIOBase):
+    def __init__(self, inner: BinaryIO, hasher: hashlib._Hash) -> None:
+        self.inner = inner
+        self.hasher = hasher
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        data = self.inner.read(-1 if n is None else n)
+        self.hasher.update(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 @dataclass(frozen=True)
@@ -192,7 +227,7 @@ EarlyHook = tuple[str, Callable[[Mapping[str, bytes]], None]]
 
 
 def scan(image: Image, upto: int | None = None, capture: Iterable[str] = (), early: EarlyHook | None = None,
-         large: Iterable[str] = ()) -> View:
+         large: Iterable[str] = (), cache: LayerCache | None = None) -> View:
     """Index every visible path of the image (layers [0, upto) when `upto` is given), keeping the contents
     of regular files at or below the `capture` paths (package databases, /etc): one pass over each layer
     serves every later lookup.
@@ -201,62 +236,98 @@ def scan(image: Image, upto: int | None = None, capture: Iterable[str] = (), ear
     directory the captured files under it are final, if the layer is in sorted order as build tools write
     them; the callback must treat what it gets as a hint (the View returned is what counts).
     `large`: captured paths whose files are kept up to _MAX_FILE instead of _MAX_CAPTURED (package databases that
-    are one big file, such as an rpm database)."""
+    are one big file, such as an rpm database).
+    `cache`: records of what each layer held (copa.oci.layercache), by diff_id: a layer already recorded for the
+    same capture spec is not read again; a layer read here is recorded once its content matched its diff_id."""
     count = len(image.layers) if upto is None else upto
     early_dir, early_call = (_norm(early[0]), early[1]) if early is not None else ("", None)
     prefixes = tuple(_norm(p) for p in capture)
     big = tuple(_norm(p) for p in large)
+    spec = json.dumps([sorted(set(prefixes)), sorted(set(big)), _MAX_CAPTURED, _MAX_FILE])
     hiding = _Hiding()
     nodes: dict[str, Node] = {}
     contents: dict[str, bytes] = {}
     for index in reversed(range(count)):
+        diff_id = image.layers[index].diff_id
+        record = cache.get(diff_id, spec) if cache is not None else None
+        recording: list[Member] | None = [] if cache is not None and record is None else None
+        hasher = diff_id.hasher() if recording is not None else None
+        members = iter(record.members) if record is not None else _live(image, index, prefixes, big, hasher, recording)
         # A hardlink's content is its target's *in the same layer*: an upper layer may have replaced the target
         # path in the merged view since. So this layer's captured files are kept, hidden or not, until it ends.
         local: dict[str, bytes] = {}
         elsewhere: dict[str, list[str]] = {}  # hardlink target outside the captured paths -> captured links
-        for tar, member in _members(image, index):
-            path = _norm(member.name)
+        unresolved: set[str] = set()  # the same for every link of the layer, visible or not: what a record keeps
+        for m in members:
+            path = m.path
             if early_call is not None and index == 0 and path > early_dir and not path.startswith(early_dir + "/"):
                 early_call(dict(contents))
                 early_call = None
-            if not path or hiding.note(path):
+            if hiding.note(path):
                 continue
             captured = _at_or_under(path, prefixes)
-            limit = _MAX_FILE if big and _at_or_under(path, big) else _MAX_CAPTURED
-            if captured and member.isreg() and member.size <= limit:
-                f = tar.extractfile(member)
-                if f is not None:
-                    local[path] = f.read()
+            if m.content is not None:
+                local[path] = m.content
+            if recording is not None and captured and m.kind == "hardlink" and _norm(m.linkname) not in local:
+                unresolved.add(_norm(m.linkname))
             if path in nodes or hiding.hidden(path):
                 continue
-            hiding.replaced(member, path)
-            nodes[path] = Node(path, _kind(member), member.mode, member.uid, member.gid, member.size,
-                               member.linkname, index)
+            hiding.replaced_kind(m.kind, path)
+            nodes[path] = Node(path, m.kind, m.mode, m.uid, m.gid, m.size, m.linkname, index)
             if path in local:
                 contents[path] = local[path]
-            elif captured and member.islnk():
-                target = _norm(member.linkname)
+            elif captured and m.kind == "hardlink":
+                target = _norm(m.linkname)
                 if target in local:
                     contents[path] = local[target]
                 else:
                     elsewhere.setdefault(target, []).append(path)
-        if elsewhere:
-            _capture_targets(image, index, elsewhere, contents)
+        if record is not None:
+            targets = record.targets
+        elif elsewhere or unresolved:
+            targets = _capture_targets(image, index, set(elsewhere) | unresolved)
+        else:
+            targets = {}
+        for target, links in elsewhere.items():
+            if target in targets:
+                for link in links:
+                    contents[link] = targets[target]
+        if cache is not None and recording is not None and hasher is not None and hasher.hexdigest() == diff_id.hex:
+            cache.put(diff_id, spec, LayerRecord(tuple(recording), {t: targets[t] for t in unresolved if t in targets}))
         hiding.next_layer()
     return View(nodes, contents)
 
 
-def _capture_targets(image: Image, index: int, targets: dict[str, list[str]], contents: dict[str, bytes]) -> None:
-    """A second read of one layer for hardlink targets outside the captured paths (rare: links usually stay
-    within one directory tree)."""
-    for tar, member in _members(image, index):
-        links = targets.get(_norm(member.name))
-        if links and member.isreg() and member.size <= _MAX_CAPTURED:
+def _live(image: Image, index: int, prefixes: tuple[str, ...], big: tuple[str, ...], hasher: hashlib._Hash | None,
+          recording: list[Member] | None) -> Iterator[Member]:
+    """The layer's members as scan uses them, read from the blob (and appended to `recording`)."""
+    for tar, member in _members(image, index, hasher):
+        path = _norm(member.name)
+        if not path:
+            continue
+        content = None
+        limit = _MAX_FILE if big and _at_or_under(path, big) else _MAX_CAPTURED
+        if member.isreg() and member.size <= limit and _at_or_under(path, prefixes):
             f = tar.extractfile(member)
             if f is not None:
-                data = f.read()
-                for link in links:
-                    contents[link] = data
+                content = f.read()
+        m = Member(path, _kind(member), member.mode, member.uid, member.gid, member.size, member.linkname, content)
+        if recording is not None:
+            recording.append(m)
+        yield m
+
+
+def _capture_targets(image: Image, index: int, targets: set[str]) -> dict[str, bytes]:
+    """A second read of one layer for hardlink targets outside the captured paths (rare: links usually stay
+    within one directory tree)."""
+    found: dict[str, bytes] = {}
+    for tar, member in _members(image, index):
+        path = _norm(member.name)
+        if path in targets and member.isreg() and member.size <= _MAX_CAPTURED:
+            f = tar.extractfile(member)
+            if f is not None:
+                found[path] = f.read()
+    return found
 
 
 def _at_or_under(path: str, prefixes: tuple[str, ...]) -> bool:
