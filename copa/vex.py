@@ -123,6 +123,18 @@ def to_bytes(document: Mapping[str, Any]) -> bytes:
     return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
 
 
+def check_writable(path: Path) -> None:
+    """Fail before any patching when the -o file could not be written (its directory missing, not writable, or the
+    path a directory), so a patch is never pushed only to lose its VEX document."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise LocalIOError(f"cannot write {path}: it is a directory; name a file with -o")
+    if not parent.is_dir():
+        raise LocalIOError(f"cannot write {path}: directory {parent} does not exist; create it or change -o")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise LocalIOError(f"cannot write {path}: directory {parent} is not writable; change -o")
+
+
 def write_document(path: Path, document: Mapping[str, Any]) -> None:
     """Write atomically: a temporary file beside `path`, renamed over it, so a reader never sees half a
     document and a failure leaves any previous file as it was."""

@@ -34,6 +34,7 @@ from copa.vex import (
     VexFix,
     VexProduct,
     author,
+    check_writable,
     document_for,
     fixes_of,
     image_purl,
@@ -289,3 +290,12 @@ def test_product_for_a_patched_manifest() -> None:
                           lambda n, v, a: deb_scanner_purl("debian", "12.7", n, v, a))
     assert product == VexProduct(image_purl(repo, DIGEST_A, Platform("linux", "amd64")), (
         VexFix("CVE-2024-5535", "pkg:deb/debian/libssl3@3.0.11-1~deb12u2?arch=amd64&distro=debian-12.7"),))
+
+
+def test_check_writable_before_patching(tmp_path: Path) -> None:
+    check_writable(tmp_path / "vex.json")  # fine: nothing raised, nothing written
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(LocalIOError, match="does not exist"):
+        check_writable(tmp_path / "missing" / "vex.json")
+    with pytest.raises(LocalIOError, match="is a directory"):
+        check_writable(tmp_path)
