@@ -289,13 +289,10 @@ def _target(r: _Reader, node: yaml.Node, where: str) -> Target:
     registry = registry.rstrip("/")  # Copacetic trims the trailing slash before appending the image name
     if registry:
         try:
-            probe = Reference.parse(f"{registry}/image")
+            Reference.parse(f"{registry}/image")  # what the target becomes, with the image's last segment
         except UsageError as e:
             raise r.fail(fields["registry"][1], f"{where}.registry {registry!r} is not a registry/namespace "
-                                                f"prefix ({e.message})") from None
-        if probe.tag != "latest" or probe.digest is not None:
-            raise r.fail(fields["registry"][1], f"{where}.registry {registry!r} must not name a tag or digest: "
-                                                "the tag comes from the tag template")
+                                                f"prefix (no tag: the tag template makes it) ({e.message})") from None
     tag = r.text(fields["tag"][1], f"{where}.tag") if "tag" in fields else ""
     if tag:
         problem = check_template(tag)

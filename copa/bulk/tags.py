@@ -1,7 +1,7 @@
 """Which tags of a repository a PatchConfig image patches: Copacetic's strategies (pkg/bulk/discover.go).
 
-- list: the listed tags. Copacetic's docs say missing ones are warned about and skipped; so are they here (copa.bulk.plan
-  looks each one up with a HEAD request), rather than failing the sweep later.
+- list: the listed tags. Copacetic's docs say missing ones are warned about and skipped; so are they here
+  (copa.bulk.plan looks each one up with a HEAD request), rather than failing the sweep later.
 - pattern: tags the regex matches (searched, not anchored: Go's MatchString), minus `exclude` (exact names), ordered
   oldest to newest, the newest `maxTags` kept.
 - latest: the newest tag after `exclude`.
