@@ -7,7 +7,6 @@ family writes is that family's business (copa/pkg/<family>/inventory.py), the en
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from urllib.parse import quote
 
 # The specification's unencoded characters: alphanumerics, its punctuation ('.', '-', '_', '~') and the colon
@@ -20,18 +19,6 @@ _LOWER_NAME = frozenset({"deb", "apk", "oci"})
 
 def _encode(text: str) -> str:
     return quote(text, safe=_SAFE)
-
-
-@dataclass(frozen=True, slots=True)
-class PackageURL:
-    type: str
-    name: str
-    namespace: str = ""
-    version: str = ""
-    qualifiers: Mapping[str, str] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return build(self.type, self.name, self.namespace, self.version, self.qualifiers)
 
 
 def build(type_: str, name: str, namespace: str = "", version: str = "",
