@@ -13,6 +13,7 @@ from typing import Any, NoReturn, TextIO
 
 from copa import __version__, events
 from copa.api import PatchOptions, PatchResult, patch
+from copa.bulk import command as bulk
 from copa.errors import CopaError, UsageError
 from copa.pkg.base import RepositoryOptions, Skip, Update
 from copa.progress import Reporter, make_reporter
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_Version, nargs=0, help="show the version and the formats copa reads")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     p = sub.add_parser("patch", help="patch an image")
-    p.add_argument("-i", "--image", required=True,
+    p.add_argument("-i", "--image",
                    help="image to patch: REGISTRY/REPO:TAG, oci:DIR[:NAME] or docker-archive:FILE[:REPO:TAG]")
     p.add_argument("-r", "--report", help="vulnerability report file (Trivy or Grype JSON, copa v1alpha1/v1alpha2), "
                    "or a directory of one report per platform")
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pkg-types", default="os", help=argparse.SUPPRESS)
     p.add_argument("--library-patch-level", help=argparse.SUPPRESS)
     p.add_argument("--working-folder", help=argparse.SUPPRESS)
+    bulk.add_flags(p)
+    bulk.add_command(sub, p)  # last: `copa bulk` takes every flag above
     return parser
 
 
@@ -287,9 +290,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = Reporter()  # until the flags are read there is nothing to show
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "bulk" or (args.command == "patch" and args.config):
+            return bulk.run_sweep(args, options_from, _write_out)
         if args.command != "patch":
             build_parser().print_help()
             return 2
+        if not args.image:
+            raise UsageError("copa patch needs -i IMAGE, or --config FILE to patch the images a PatchConfig names")
+        bulk.refuse_outside_sweep(args)
         options = options_from(args)
         # Started with stderr closed (`2>&-`): Python has no sys.stderr, and the run goes on without progress.
         progress = make_reporter(args.progress, sys.stderr) if sys.stderr is not None else Reporter()

@@ -1,0 +1,326 @@
+"""copa bulk's runner on a real fleet: local worker processes and a real Dask cluster give the images that
+`copa patch` gives for each image alone.
+
+A real registry (docker-registry) holds a small fleet: the hermetic Debian image (tests/support/debimage.py) under
+several repositories and tags, each with its own application layer (tests/support/fleet.py). The hermetic signed
+repository upgrades every image. The oracle is `copa patch` run alone, once per image, as a separate process; its
+pushed digests (SOURCE_DATE_EPOCH fixed, so the patch is reproducible) are what every sweep must push. Tags are read
+back with skopeo, and skopeo copies every blob of every tag a sweep wrote (a tag pointing at a missing blob fails).
+The Dask cluster is `dask scheduler` and two `dask worker` processes on 127.0.0.1, sharing one --cache-dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from copa.api import PatchOptions
+from copa.bulk.job import Job
+from copa.bulk.output import exit_code
+from copa.bulk.runner import DaskExecutor, Event, LocalExecutor, Started, run
+from copa.bulk.worker import CANCELLED, FAILED, PATCHED, SKIPPED, TIMEOUT_CODE, JobResult
+from copa.pkg.base import RepositoryOptions
+from tests.support import debimage, fleet
+from tests.support.aptrepo import AptRepo, RepoServer
+from tests.support.registry import RunningRegistry
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCH = "1700000000"
+APPS = (("app-a", "1.0"), ("app-a", "1.1"), ("app-b", "2.0"), ("app-c", "3.0"))
+PACKAGES = 5  # app, libnew (new), conf, libfoo1, foo-tools: what the hermetic repository upgrades without a report
+
+
+@pytest.fixture(scope="module", autouse=True)
+def reproducible() -> Iterator[None]:
+    """One creation time for every patch, in this process and every process it starts."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOURCE_DATE_EPOCH", EPOCH)
+        yield
+
+
+@pytest.fixture(scope="module")
+def repo() -> AptRepo:
+    return debimage.hermetic_repo()
+
+
+@pytest.fixture(scope="module")
+def server(repo: AptRepo) -> Iterator[RepoServer]:
+    with RepoServer(repo.root) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def images(anon_registry: RunningRegistry, tmp_path_factory: pytest.TempPathFactory) -> list[fleet.FleetImage]:
+    return fleet.push_fleet(anon_registry.host, "bulkrun", APPS, tmp_path_factory.mktemp("fleet"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("shared-cache")
+
+
+@pytest.fixture(scope="module")
+def template(server: RepoServer, repo: AptRepo, cache: Path) -> PatchOptions:
+    assert repo.key is not None
+    return PatchOptions(image="", push=True, ignore_errors=True, timeout=120, cache_dir=str(cache),
+                        repos=RepositoryOptions(mirrors=((debimage.REPO_URL, server.url),),
+                                                keyrings=(repo.key.keyring,)))
+
+
+def copa(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "copa", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "COPA_DEBUG": ""})
+
+
+@pytest.fixture(scope="module")
+def oracle(images: list[fleet.FleetImage], server: RepoServer, repo: AptRepo, cache: Path) -> dict[str, str]:
+    """source reference -> the digest `copa patch` alone pushes for it."""
+    out = {}
+    for image in images:
+        proc = copa("patch", "-i", image.reference, "-t", image.target("single"), "--push", "--json",
+                    "--cache-dir", str(cache), *fleet.patch_flags(server.url, repo))
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        assert len(doc["updates"]) == PACKAGES
+        assert fleet.skopeo_digest(image.target("single")) == doc["digest"]
+        out[image.reference] = doc["digest"]
+    assert len(set(out.values())) == len(images)  # each app layer makes its own image: the check can tell them apart
+    return out
+
+
+def jobs_for(images: list[fleet.FleetImage], suffix: str) -> list[Job]:
+    return [Job(i.repository, i.reference, i.target(suffix)) for i in images]
+
+
+def missing_job(images: list[fleet.FleetImage], suffix: str) -> Job:
+    host = images[0].host
+    return Job("bulkrun/gone", f"{host}/bulkrun/gone:1.0", f"{host}/bulkrun/gone:1.0-{suffix}")
+
+
+def check_against_oracle(results: list[JobResult], oracle: dict[str, str], tmp: Path) -> None:
+    """Every patched job pushed the oracle's digest; its tag holds it, whole (skopeo copies every blob)."""
+    for r in results:
+        if r.result != PATCHED:
+            continue
+        assert r.updates == PACKAGES, r
+        assert r.digest == oracle[r.job.source], r
+        assert fleet.skopeo_digest(r.job.target) == r.digest
+        fleet.skopeo_pull_all(r.job.target, tmp / r.job.target.rsplit("/", 1)[1].replace(":", "_"))
+
+
+# ------------------------------------------------------------------------------------------------ Dask cluster
+
+
+@dataclass
+class Cluster:
+    address: str
+    scheduler: subprocess.Popen[bytes]
+    workers: list[subprocess.Popen[bytes]]
+
+
+def _dask(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    # The workers import copa from this checkout (what "only copa installed" means here), with this environment.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with log.open("ab") as out:
+        return subprocess.Popen([str(Path(sys.executable).parent / "dask"), *args], stdout=out, stderr=out, env=env,
+                                cwd=log.parent)
+
+
+@contextmanager
+def dask_cluster(work: Path, workers: int = 2) -> Iterator[Cluster]:
+    """`dask scheduler` on a free loopback port and `workers` single-threaded `dask worker` processes (no nanny:
+    each worker is the process a test can kill)."""
+    work.mkdir(parents=True, exist_ok=True)
+    info = work / "scheduler.json"
+    scheduler = _dask("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
+                      str(info), log=work / "scheduler.log")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not info.exists() or not info.read_text().strip():
+            assert scheduler.poll() is None, (work / "scheduler.log").read_text()
+            assert time.monotonic() < deadline, "dask scheduler did not start"
+            time.sleep(0.1)
+        address = json.loads(info.read_text())["address"]
+        for n in range(workers):
+            procs.append(_dask("worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name",
+                               f"w{n}", "--local-directory", str(work / f"w{n}"), log=work / f"worker{n}.log"))
+        _wait_for_workers(address, workers)
+        yield Cluster(address, scheduler, procs)
+    finally:
+        for proc in [*procs, scheduler]:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in [*procs, scheduler]:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_for_workers(address: str, count: int) -> None:
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        client.wait_for_workers(count, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, images: list[fleet.FleetImage]) -> Iterator[Cluster]:
+    with dask_cluster(tmp_path_factory.mktemp("dask")) as c:
+        yield c
+
+
+# ------------------------------------------------------------------------------------------------ local and Dask
+
+
+@pytest.fixture(scope="module")
+def local_results(images: list[fleet.FleetImage], template: PatchOptions, oracle: dict[str, str]
+                  ) -> list[JobResult]:
+    return run([*jobs_for(images, "local"), missing_job(images, "local")], template, LocalExecutor(2))
+
+
+def test_local_sweep_pushes_what_copa_patch_pushes_alone(local_results: list[JobResult], oracle: dict[str, str],
+                                                         tmp_path: Path) -> None:
+    assert [r.result for r in local_results] == [PATCHED] * len(APPS) + [FAILED]
+    check_against_oracle(local_results, oracle, tmp_path)
+    # Two worker processes shared the jobs.
+    assert len({r.worker for r in local_results}) == 2
+
+
+def test_a_missing_tag_fails_its_job_alone(local_results: list[JobResult]) -> None:
+    gone = local_results[-1]
+    assert gone.exit_code == 4 and "has no tag 1.0 in repository bulkrun/gone" in gone.error
+    assert "\n" not in gone.error
+    assert fleet.skopeo_digest(gone.job.target) is None
+    assert exit_code(local_results) == 11
+
+
+def test_dask_sweep_pushes_what_copa_patch_pushes_alone(cluster: Cluster, images: list[fleet.FleetImage],
+                                                        template: PatchOptions, oracle: dict[str, str],
+                                                        tmp_path: Path) -> None:
+    results = run([*jobs_for(images, "dask"), missing_job(images, "dask")], template, DaskExecutor(cluster.address))
+    assert [r.result for r in results] == [PATCHED] * len(APPS) + [FAILED]
+    check_against_oracle(results, oracle, tmp_path)
+    assert results[-1].exit_code == 4
+    # The jobs ran in the cluster's two worker processes, not here.
+    pids = {r.worker.rsplit(":", 1)[1] for r in results}
+    assert len(pids) == 2 and str(os.getpid()) not in pids
+
+
+def test_rerun_skips_what_is_patched_and_repatches_a_stale_target(local_results: list[JobResult],
+                                                                  images: list[fleet.FleetImage],
+                                                                  template: PatchOptions,
+                                                                  oracle: dict[str, str], tmp_path: Path) -> None:
+    """A second sweep skips every target that already is the patch of its source; a target tag holding another
+    image (here app-a's patch copied over app-b's target) is patched again."""
+    stale = images[2].target("local")
+    subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false",
+                    f"docker://{images[0].target('local')}", f"docker://{stale}"], check=True, capture_output=True)
+    assert fleet.skopeo_digest(stale) == oracle[images[0].reference]
+    results = run(jobs_for(images, "local"), template, LocalExecutor(2))
+    assert [r.result for r in results] == [SKIPPED, SKIPPED, PATCHED, SKIPPED]
+    assert "nothing left to fix" in results[0].error
+    check_against_oracle(results, oracle, tmp_path)
+    for image in images:  # the skipped targets still hold what copa patch alone makes of their source
+        assert fleet.skopeo_digest(image.target("local")) == oracle[image.reference]
+
+
+def test_without_ignore_errors_the_first_failure_stops_the_sweep(images: list[fleet.FleetImage],
+                                                                 template: PatchOptions) -> None:
+    jobs = [missing_job(images, "stop"), *jobs_for(images[:2], "stop")]
+    results = run(jobs, replace(template, ignore_errors=False), LocalExecutor(1))
+    assert [r.result for r in results] == [FAILED, CANCELLED, CANCELLED]
+    assert exit_code(results) == 12
+    assert all(fleet.skopeo_digest(j.target) is None for j in jobs)
+
+
+@contextmanager
+def silent_registry() -> Iterator[str]:
+    """A port that accepts connections and never answers: a registry that hangs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_job_past_its_timeout_is_killed_and_its_worker_replaced(images: list[fleet.FleetImage],
+                                                                  template: PatchOptions,
+                                                                  oracle: dict[str, str], tmp_path: Path) -> None:
+    with silent_registry() as host:
+        hung = Job("hung", f"{host}/app:1.0", f"{host}/app:1.0-patched")
+        jobs = [hung, *jobs_for(images[:1], "timeout"), *jobs_for(images[1:2], "timeout")]
+        started = time.monotonic()
+        results = run(jobs, replace(template, timeout=6), LocalExecutor(2))
+        took = time.monotonic() - started
+    assert results[0].result == FAILED and results[0].exit_code == TIMEOUT_CODE, results[0]
+    assert "ran longer than --timeout (6s)" in results[0].error
+    assert [r.result for r in results[1:]] == [PATCHED, PATCHED]
+    check_against_oracle(results, oracle, tmp_path)
+    assert took < 6 + 2 + 10  # killed at its deadline and grace, not at the end of its retries
+
+
+def _cache_entries(cache: Path) -> list[Path]:
+    return [p for p in (cache / "sha256").glob("*/*") if len(p.name) == 64]
+
+
+def test_dask_worker_killed_mid_sweep(images: list[fleet.FleetImage], template: PatchOptions,
+                                      oracle: dict[str, str], tmp_path: Path,
+                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+    """SIGKILL of a worker while it runs a job: the scheduler runs that job on the other worker; every tag is the
+    oracle's and whole, and every cache entry is intact."""
+    from distributed import Client
+
+    with dask_cluster(tmp_path_factory.mktemp("dask-kill")) as c, Client(c.address, timeout=30) as watcher:
+        pids = {pid: addr for addr, pid in watcher.run(os.getpid).items()}
+        assert set(pids) == {w.pid for w in c.workers}  # each worker is one of the processes started here
+        results: list[JobResult] = []
+        started = threading.Event()
+
+        def on_event(event: Event) -> None:
+            if isinstance(event, Started):
+                started.set()
+
+        sweep = threading.Thread(target=lambda: results.extend(
+            run(jobs_for(images, "kill"), template, DaskExecutor(c.address), on_event=on_event)))
+        sweep.start()
+        assert started.wait(60)
+        victim = _busy_worker(watcher, pids)
+        os.kill(victim, signal.SIGKILL)
+        sweep.join(300)
+        assert not sweep.is_alive()
+    assert [r.result for r in results] == [PATCHED] * len(APPS), [r.error for r in results]
+    assert all(not r.worker.endswith(f":{victim}") for r in results)  # it never finished a job: killed mid-job
+    check_against_oracle(results, oracle, tmp_path)
+    entries = _cache_entries(Path(template.cache_dir or ""))
+    assert entries
+    for entry in entries:
+        assert hashlib.sha256(entry.read_bytes()).hexdigest() == entry.name, entry
+
+
+def _busy_worker(watcher: Any, pids: dict[int, str]) -> int:
+    """The pid of a worker running a job, as soon as the scheduler says one is."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        processing = watcher.processing()
+        for pid, addr in pids.items():
+            if processing.get(addr):
+                time.sleep(0.3)  # into the job: past unpickling, reading the image
+                return pid
+        time.sleep(0.05)
+    raise AssertionError("no worker ever ran a job")
