@@ -13,23 +13,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from copa import events
+from copa import events, sbom, vex
 from copa.eol import check_end_of_life, eol_error
 from copa.errors import CopaError, ReportError, UnsupportedImageError, UsageError
+from copa.oci import referrers
 from copa.oci.image import Image, is_docker, platform_entries, resolve_platform
 from copa.oci.layer import Compression, write_layer
 from copa.oci.loaders import check_available
 from copa.oci.model import Descriptor, Index, Manifest, Platform
 from copa.oci.mutate import Original, Patched, assemble, original_of, patched_image
+from copa.oci.reference import Reference
 from copa.oci.registry import RegistryClient, RegistryOptions
 from copa.oci.rootfs import Files, scan
-from copa.oci.transport import Opened, Written, check_tag, open_image, plan_outputs, write_outputs
+from copa.oci.transport import Opened, Outputs, Written, check_tag, open_image, plan_outputs, write_outputs
 from copa.pkg.base import ImageContext, LayerContent, OSRelease, RepositoryOptions, Skip, Update
 from copa.pkg.detect import CAPTURE, CAPTURE_LARGE, PREFETCH_WATCH, EarlyDownloads, adapter_for, detect
 from copa.pkg.fetch import make_fetcher
+from copa.pkg.inventory import InstalledPackage
 from copa.report.directory import load_reports
 from copa.report.load import load_report
 from copa.report.model import Report
+from copa.vex import VexFix
 
 Progress = Callable[[str], None]
 
@@ -311,6 +315,11 @@ class _Done:
     unfixed: int = 0
     detail: str = ""
     patched: Patched | None = None
+    # What -o and --attach publish about a patched image: the vulnerabilities fixed (with the package URLs a
+    # scanner names them by), the package inventory after the patch (the SBOM), and the image's OS.
+    fixes: tuple[VexFix, ...] = ()
+    inventory: tuple[InstalledPackage, ...] = ()
+    os_release: OSRelease | None = None
 
 
 def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, compression: Compression,
@@ -327,6 +336,10 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
     )
     if outputs is not None and outputs.loader is not None:
         check_available(outputs.loader, timeout=options.timeout)
+    if options.vex_output:
+        if options.dry_run:
+            raise UsageError("-o writes the OpenVEX document of a patched image; drop --dry-run or -o")
+        vex.check_writable(Path(options.vex_output))
     with tempfile.TemporaryDirectory(prefix="copa-") as tmp:
         done = _patch_all(opened, targets, options, compression, Path(tmp), progress, multi)
         patched = [d.patched for d in done if d.patched is not None]
@@ -350,7 +363,46 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
                                  outputs.loader) if x is not None
             ))
             written = write_outputs(outputs, bundle, client, Path(tmp), options.timeout)
+            _publish(options, opened, outputs, bundle.root, done, client, progress)
         return _result(opened, options, done, written, dict(child_tags), multi, started)
+
+
+def _publish(options: PatchOptions, opened: Opened, outputs: Outputs, root: Manifest | Index, done: list[_Done],
+             client: RegistryClient, progress: Progress) -> None:
+    """-o: the OpenVEX document of every patched image; --attach: each patched manifest's SBOM and VEX pushed as
+    OCI referrers of it (after the image itself is in place)."""
+    if not (options.vex_output or options.attach):
+        return
+    repository = outputs.reference or opened.reference or Reference("", outputs.tag.rpartition(":")[0] or "image")
+    patched = [d for d in done if d.patched is not None]
+    products = []
+    for d in patched:
+        assert d.patched is not None
+        products.append(vex.VexProduct(vex.image_purl(repository, d.patched.manifest.digest, d.target.platform),
+                                       d.fixes))
+        if isinstance(root, Index):
+            # A scanner given the tag names the image by the index's digest and the platform's architecture.
+            products.append(vex.VexProduct(vex.image_purl(repository, root.digest, d.target.platform), d.fixes))
+    document = vex.document_for(products)
+    if options.vex_output and document is not None:
+        vex.write_document(Path(options.vex_output), document)
+        progress(f"wrote the OpenVEX document {options.vex_output}")
+    if not (options.attach and outputs.push and outputs.reference is not None):
+        return
+    for d in patched:
+        assert d.patched is not None and d.os_release is not None
+        subject = d.patched.manifest.descriptor()
+        created = {"org.opencontainers.image.created": vex.timestamp()}
+        sbom_doc = sbom.sbom_for(outputs.reference, subject.digest, d.target.platform, d.os_release, d.inventory)
+        # One subject's artifacts in turn: two writers of one fallback tag could lose an update.
+        referrers.attach(client, outputs.reference, subject, referrers.CYCLONEDX, sbom.to_bytes(sbom_doc),
+                         referrers.CYCLONEDX, created)
+        own = vex.document_for([vex.VexProduct(vex.image_purl(outputs.reference, subject.digest, d.target.platform),
+                                               d.fixes)])
+        if own is not None:
+            referrers.attach(client, outputs.reference, subject, referrers.OPENVEX, vex.to_bytes(own),
+                             referrers.OPENVEX, created)
+        progress(f"attached an SBOM{' and OpenVEX' if own is not None else ''} to {subject.digest}")
 
 
 def _result(opened: Opened, options: PatchOptions, done: list[_Done], written: tuple[Written, ...],
@@ -475,7 +527,12 @@ def _patch_one(opened: Opened, target: _Target, options: PatchOptions, compressi
         content = adapter.build(ctx, plan)
         updates = content.updates or plan.updates
         patched = _patched(image, original, content, compression, workdir)
-        return _Done(target, "patched", os_name, updates, plan.skipped, unfixed, patched=patched)
+        scanned = report.os if report is not None else None
+        fixes = vex.fixes_of(updates, lambda n, v, a: adapter.purl(ctx, n, v, a, scanned)) \
+            if options.vex_output or options.attach else ()
+        inventory = adapter.inventory(ctx, plan) if options.attach else ()
+        return _Done(target, "patched", os_name, updates, plan.skipped, unfixed, patched=patched, fixes=fixes,
+                     inventory=inventory, os_release=detected.os_release)
 
 
 def _check_end_of_life(os_release: OSRelease, options: PatchOptions, progress: Progress) -> None:
