@@ -299,6 +299,9 @@ def test_foreign_platform_patched_like_dpkg(platform: PlatformInfo, unpacked: di
     assert {k for k in ours if k.startswith("status:")} == {k for k in theirs if k.startswith("status:")}
     for key, data in theirs.items():
         assert ours.get(key) == data, f"{platform.deb_arch}: {key} differs from dpkg's"
+    # The whole tree, beyond the packages' files: nothing else added, removed or changed. status-old aside: dpkg
+    # leaves one after an upgrade (its status before the last write), the oracle was installed in one go.
+    assert mp.tree_differences(oracle, root, frozenset({"var/lib/dpkg/status-old"})) == []
     for name, _version, _arch in apt_plans[platform.deb_arch]:
         listing = next(p for p in (oracle / "var/lib/dpkg/info").glob(f"{name}*.list")
                        if p.name.split(".list")[0].split(":")[0] == name)

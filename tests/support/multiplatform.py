@@ -16,6 +16,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -253,4 +254,26 @@ def dpkg_db_files(root: Path) -> dict[str, bytes]:
             out[f"status:{name}:{arch[1] if arch else ''}"] = para.strip("\n").encode()
     for path in sorted((root / "var/lib/dpkg/info").iterdir()):
         out[f"info/{path.name}"] = path.read_bytes()
+    return out
+
+
+def tree_differences(expected: Path, actual: Path, ignore: frozenset[str] = frozenset()) -> list[str]:
+    """Every path (relative, minus `ignore`) whose type, mode, owner, content or link target differs between the
+    two trees, or that only one has. Modification times are not compared."""
+    def entries(root: Path) -> dict[str, Path]:
+        found = {str(p.relative_to(root)): p for p in root.rglob("*")}
+        return {k: v for k, v in found.items() if k not in ignore}
+
+    want, got = entries(expected), entries(actual)
+    out = [f"only in {expected}: {k}" for k in sorted(want.keys() - got.keys())]
+    out += [f"only in {actual}: {k}" for k in sorted(got.keys() - want.keys())]
+    for key in sorted(want.keys() & got.keys()):
+        a, b = want[key].lstat(), got[key].lstat()
+        if (a.st_mode, a.st_uid, a.st_gid) != (b.st_mode, b.st_uid, b.st_gid):
+            out.append(f"{key}: mode/owner {a.st_mode:o} {a.st_uid}:{a.st_gid} != {b.st_mode:o} {b.st_uid}:{b.st_gid}")
+        elif want[key].is_symlink():
+            if os.readlink(want[key]) != os.readlink(got[key]):
+                out.append(f"{key}: link target")
+        elif want[key].is_file() and want[key].read_bytes() != got[key].read_bytes():
+            out.append(f"{key}: content")
     return out
