@@ -30,7 +30,7 @@ import requests
 
 from copa.bulk.config import TagStrategy, parse_config
 from copa.bulk.plan import jobs, plan
-from copa.bulk.tags import order_tags, outputs_of, parse_semver, select_tags
+from copa.bulk.tags import next_patch_tag, order_tags, outputs_of, parse_semver, select_tags
 from copa.errors import NotFoundError, RegistryError, ReportError, UsageError
 from copa.oci.reference import Reference
 from copa.oci.registry import RegistryClient, RegistryOptions, list_tags
@@ -415,3 +415,45 @@ def test_reports_matched_by_name_digest_and_directory(filler: Filler, client: Re
         plan(config, client, reports=d)
     with pytest.raises(ReportError, match="is not a directory"):
         plan(config, client, reports=d / "a.json")
+
+
+# --- Copacetic's re-patch tags (pkg/bulk/skip_test.go) ------------------------------------------------------------
+
+# TestNextPatchTag: (existing tags, next tag) for base 1.25.3-patched / 1.25.3-fixed
+NEXT_PATCH_TAG = [
+    ("1.25.3-patched", [], "1.25.3-patched"),
+    ("1.25.3-patched", ["1.25.3-patched"], "1.25.3-patched-1"),
+    ("1.25.3-patched", ["1.25.3-patched", "1.25.3-patched-1"], "1.25.3-patched-2"),
+    ("1.25.3-patched", ["1.25.3-patched", "1.25.3-patched-1", "1.25.3-patched-3"], "1.25.3-patched-4"),
+    ("1.25.3-patched", ["1.25.3-patched-2", "1.25.3-patched-5"], "1.25.3-patched-6"),
+    ("1.25.3-fixed", ["1.25.3-fixed", "1.25.3-fixed-1"], "1.25.3-fixed-2"),
+    # TestDiscoverExistingPatchTags's repositories, whose discovered tags feed nextPatchTag:
+    ("1.25.3-patched", ["1.25.3", "1.25.2-patched", "latest"], "1.25.3-patched"),
+    ("1.25.3-patched", ["1.25.3-patched-10", "1.25.3-patched-2", "1.25.3-patched-1", "1.25.3-patched"],
+     "1.25.3-patched-11"),
+    ("1.25.3-fixed", ["1.25.3-fixed", "1.25.3-fixed-1", "1.25.3-patched"], "1.25.3-fixed-2"),
+    ("3.18.0-patched", ["3.18.0-patched", "3.18.0-patched-386", "3.18.0-patched-amd64", "3.18.0-patched-arm64"],
+     "3.18.0-patched-1"),
+]
+
+
+@pytest.mark.parametrize(("base", "existing", "expected"), NEXT_PATCH_TAG)
+def test_next_patch_tag_as_copacetic(base: str, existing: list[str], expected: str) -> None:
+    assert next_patch_tag(base, existing) == expected
+
+
+def test_versioned_targets(filler: Filler, client: RegistryClient, other_registry: RunningRegistry,
+                           tiny_layout: Path) -> None:
+    filler.tag("bulk/alpine", "3.18.0", "3.19.0")
+    Filler(other_registry.host, tiny_layout).tag(
+        "fleet/alpine", "3.18.0-patched", "3.18.0-patched-1", "3.18.0-patched-386", "3.18.0-patched-arm64")
+    config = _config(f"  - name: a\n    image: {filler.host}/bulk/alpine\n"
+                     "    tags: {strategy: list, list: [3.18.0, 3.19.0]}\n"
+                     f"    target: {{registry: '{other_registry.host}/fleet'}}\n"
+                     f"  - name: b\n    image: {filler.host}/bulk/alpine\n    tags: {{strategy: latest}}\n"
+                     f"    target: {{registry: '{other_registry.host}/nothing-yet'}}\n")
+    found = jobs(config, client, versioned=True)
+    assert [j.target for j in found] == [f"{other_registry.host}/fleet/alpine:3.18.0-patched-2",
+                                         f"{other_registry.host}/fleet/alpine:3.19.0-patched",
+                                         f"{other_registry.host}/nothing-yet/alpine:3.19.0-patched"]
+    assert jobs(config, client)[0].target == f"{other_registry.host}/fleet/alpine:3.18.0-patched"

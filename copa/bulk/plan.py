@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from copa import events
 from copa.bulk.config import ImageSpec, PatchConfig, render_tag
 from copa.bulk.job import Job
-from copa.bulk.tags import outputs_of, select_tags
-from copa.errors import CopaError, ReportError, UsageError
+from copa.bulk.tags import next_patch_tag, outputs_of, select_tags
+from copa.errors import CopaError, NotFoundError, ReportError, UsageError
 from copa.oci.digest import Digest
 from copa.oci.reference import Reference, valid_tag
 from copa.oci.registry import RegistryClient, head_manifest, list_tags
@@ -59,20 +59,25 @@ class Plan:
 
 
 def jobs(config: PatchConfig, client: RegistryClient, *, reports: Path | None = None,
-         scanner: str | None = None) -> list[Job]:
+         scanner: str | None = None, versioned: bool = False) -> list[Job]:
     """Every job of `config`, in config order (each image's tags oldest first). The first image whose tags cannot
     be discovered raises its error; use `plan` to go on with the others."""
-    result = plan(config, client, reports=reports, scanner=scanner)
+    result = plan(config, client, reports=reports, scanner=scanner, versioned=versioned)
     for _, error in result.errors:
         raise error
     return result.jobs
 
 
 def plan(config: PatchConfig, client: RegistryClient, *, reports: Path | None = None,
-         scanner: str | None = None) -> Plan:
+         scanner: str | None = None, versioned: bool = False) -> Plan:
     """`config` expanded image by image. A registry failure while discovering one image's tags is kept in its
-    ImagePlan (the others are still planned); bad reports and colliding targets raise."""
+    ImagePlan (the others are still planned); bad reports and colliding targets raise.
+
+    `versioned` names targets as Copacetic does since its skip detection: a target tag already in the target
+    repository is not overwritten, the job writes TAG-1, TAG-2... instead (copa.bulk.tags.next_patch_tag)."""
     images = [_image_plan(config, spec, client) for spec in config.images]
+    if versioned:
+        images = _versioned(images, client)
     _check_targets(images)
     unmatched: tuple[str, ...] = ()
     if reports is not None:
@@ -129,6 +134,25 @@ def _image_plan(config: PatchConfig, spec: ImageSpec, client: RegistryClient) ->
                              "template (tags are at most 128 letters, digits, '_', '.', '-')")
         out.append(Job(spec.name, str(source.with_tag(tag)), str(target.with_tag(new_tag)), spec.platforms))
     return ImagePlan(spec.name, tuple(out), selection.missing, selection.note)
+
+
+def _versioned(images: list[ImagePlan], client: RegistryClient) -> list[ImagePlan]:
+    existing: dict[str, list[str]] = {}
+    out: list[ImagePlan] = []
+    for image in images:
+        renamed: list[Job] = []
+        for job in image.jobs:
+            ref = Reference.parse(job.target)
+            repo = f"{ref.registry}/{ref.repository}"
+            if repo not in existing:
+                try:
+                    existing[repo] = list_tags(client, ref)
+                except NotFoundError:
+                    existing[repo] = []  # nothing pushed there yet
+            tag = next_patch_tag(ref.tag, existing[repo])
+            renamed.append(replace(job, target=str(ref.with_tag(tag))))
+        out.append(replace(image, jobs=tuple(renamed)))
+    return out
 
 
 def _check_targets(images: list[ImagePlan]) -> None:

@@ -140,3 +140,18 @@ def select_tags(strategy: TagStrategy, available: Iterable[str]) -> Selection:
     if strategy.max_tags and len(ordered) > strategy.max_tags:
         ordered = ordered[-strategy.max_tags:]
     return Selection(tuple(ordered))
+
+
+def next_patch_tag(base: str, existing: Iterable[str]) -> str:
+    """Copacetic's re-patch tag (pkg/bulk/skip.go): `base` when the target repository has neither `base` nor
+    `base-N`, else `base-(highest N + 1)` (`base` itself counting as 0). `base-386` is the 386 platform's image of
+    `base`, not re-patch 386."""
+    highest = -1
+    for tag in existing:
+        if tag == base:
+            highest = max(highest, 0)
+            continue
+        rest = tag[len(base) + 1:] if tag.startswith(base + "-") else ""
+        if rest.isascii() and rest.isdigit() and rest not in ARCH_SUFFIXES:
+            highest = max(highest, int(rest))
+    return base if highest < 0 else f"{base}-{highest + 1}"
