@@ -77,6 +77,12 @@ def test_copacetic_docs_example_reads_as_yaml_says() -> None:
     assert nginx.tags.matches("1.25.3") and not nginx.tags.matches("1.19.0")
 
 
+def test_fleet_example_reads_as_yaml_says() -> None:
+    example = ROOT / "fixtures" / "bulk" / "fleet.yaml"
+    config = load_config(example)
+    assert _as_document(config) == yaml.load(example.read_text(), Loader=yaml.BaseLoader)
+
+
 def test_scalars_are_text_as_yaml_v3_reads_them_into_strings(tmp_path: Path) -> None:
     text = HEAD + (
         "images:\n"
@@ -158,6 +164,8 @@ BAD = [
     pytest.param(HEAD + "images:\n  - name: app\n   image: x\n", 5, "not valid YAML", id="yaml-syntax"),
     pytest.param(HEAD + _image() + "---\n" + HEAD, 7, "not valid YAML", id="two-documents"),
     pytest.param("- a\n- b\n", 1, "the document must be a mapping", id="top-list"),
+    pytest.param(HEAD + _image(tags="{strategy: !!python/name:os.system latest}"), 6, "YAML tag", id="python-tag"),
+    pytest.param(HEAD + _image(tags="!Ref other"), 6, "YAML tag '!Ref' is not supported", id="local-tag"),
 ]
 
 

@@ -39,6 +39,8 @@ _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
 _INT = "tag:yaml.org,2002:int"
 _MERGE = "tag:yaml.org,2002:merge"
+_CORE_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "timestamp", "seq",
+                                                            "map", "merge"))
 
 # Go text/template actions Copacetic's tag templates use: {{ .SourceTag }}, with optional trim markers.
 _ACTION = re.compile(r"\{\{(-\s)?\s*(.*?)\s*(\s-)?\}\}", re.DOTALL)
@@ -145,6 +147,9 @@ class _Reader:
         if self.budget < 0:
             raise self.fail(node, f"the document expands to more than {MAX_NODES} nodes (anchors and aliases "
                                   "repeating each other?): write the config out without nested aliases")
+        if node.tag not in _CORE_TAGS:
+            # Nothing is constructed from YAML here; an application tag (!!python/..., !Ref) means another format.
+            raise self.fail(node, f"YAML tag {node.tag!r} is not supported in a PatchConfig: remove it")
 
     def mapping(self, node: yaml.Node, where: str, allowed: tuple[str, ...],
                 required: tuple[str, ...] = ()) -> dict[str, tuple[yaml.Node, yaml.Node]]:
