@@ -162,12 +162,12 @@ def dask_cluster(work: Path, workers: int = 2) -> Iterator[Cluster]:
         _wait_for_workers(address, workers)
         yield Cluster(address, scheduler, procs)
     finally:
+        # Workers first, then the scheduler (a worker whose scheduler is gone keeps trying to reconnect).
         for proc in [*procs, scheduler]:
             if proc.poll() is None:
                 proc.terminate()
-        for proc in [*procs, scheduler]:
             try:
-                proc.wait(20)
+                proc.wait(5)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -324,3 +324,117 @@ def _busy_worker(watcher: Any, pids: dict[int, str]) -> int:
                 return pid
         time.sleep(0.05)
     raise AssertionError("no worker ever ran a job")
+
+
+# ------------------------------------------------------------------------------------------------ the command
+
+
+CONFIG = """apiVersion: copa.sh/v1alpha1
+kind: PatchConfig
+target:
+  tag: "{{{{ .SourceTag }}}}-{suffix}"
+images:
+  - name: app-a
+    image: {host}/bulkrun/app-a
+    tags:
+      strategy: list
+      list: ["1.0", "1.1", "9.9"]
+  - name: app-b
+    image: {host}/bulkrun/app-b
+    tags:
+      strategy: latest
+  - name: app-c
+    image: {host}/bulkrun/app-c
+    tags:
+      strategy: pattern
+      pattern: "^3\\\\.0$"
+"""
+BROKEN = """  - name: nothere
+    image: {host}/bulkrun/nothere
+    tags:
+      strategy: latest
+"""
+
+
+def write_config(path: Path, host: str, suffix: str, broken: bool = False) -> Path:
+    path.write_text(CONFIG.format(host=host, suffix=suffix) + (BROKEN.format(host=host) if broken else ""))
+    return path
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("copa: error: "), proc.stderr
+    return lines[-1]
+
+
+def test_copa_bulk_json_and_then_copa_patch_config_skips(images: list[fleet.FleetImage], server: RepoServer,
+                                                           repo: AptRepo, cache: Path, oracle: dict[str, str],
+                                                           tmp_path: Path) -> None:
+    host = images[0].host
+    flags = ["--cache-dir", str(cache), *fleet.patch_flags(server.url, repo)]
+    config = write_config(tmp_path / "broken.yaml", host, "cli", broken=True)
+    proc = copa("bulk", str(config), "--push", "--ignore-errors", "--json", "--workers", "2", "--progress", "plain",
+                *flags)
+    assert proc.returncode == 11, proc.stderr
+    assert error_line(proc) == "copa: error: 1 of 5 jobs failed (see the summary); the others ran"
+    assert "app-a: tag 9.9 is not in the registry; skipped" in proc.stderr
+    doc = json.loads(proc.stdout)
+    jobs = {j["source"]: j for j in doc["jobs"]}
+    assert doc["counts"]["patched"] == 4 and doc["counts"]["failed"] == 1 and doc["exitCode"] == 11
+    for image in images:
+        job = jobs[image.reference]
+        want = ("patched", image.target("cli"), oracle[image.reference])
+        assert (job["result"], job["target"], job["digest"]) == want
+        assert fleet.skopeo_digest(image.target("cli")) == oracle[image.reference]
+    failed = next(j for j in doc["jobs"] if j["result"] == "failed")
+    assert failed["name"] == "nothere" and failed["exitCode"] == 4 and "bulkrun/nothere" in failed["error"]
+
+    # Again, as `copa patch --config` without the broken image: every target is already its source's patch.
+    config = write_config(tmp_path / "fleet.yaml", host, "cli")
+    proc = copa("patch", "--config", str(config), "--push", "--progress", "quiet", *flags)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    assert rows[0] == ["IMAGE", "PLATFORMS", "UPDATED", "RESULT", "SECONDS"]
+    assert sorted(r[0] for r in rows[1:5]) == sorted(f"{i.repository}:{i.tag}" for i in images)
+    assert all(r[3] == "skipped" for r in rows[1:5]) and rows[5] == ["4", "skipped"]
+
+
+def test_copa_bulk_writes_one_layout_for_the_fleet(images: list[fleet.FleetImage], server: RepoServer,
+                                                    repo: AptRepo, cache: Path, oracle: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    """--oci-dir: every image in one layout, named by its full target reference; umoci checks each one."""
+    config = write_config(tmp_path / "fleet.yaml", images[0].host, "oci")
+    out = tmp_path / "out"
+    proc = copa("bulk", str(config), "--oci-dir", str(out), "--json", "--progress", "quiet", "--cache-dir",
+                str(cache), *fleet.patch_flags(server.url, repo))
+    assert proc.returncode == 0, proc.stderr
+    index = json.loads((out / "index.json").read_text())
+    names = {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in index["manifests"]}
+    assert names == {i.target("oci"): oracle[i.reference] for i in images}
+    for n, name in enumerate(names):
+        subprocess.run(["umoci", "stat", "--image", f"{out}:{name}"], check=True, capture_output=True)
+        debimage.unpack_layout(out, name, tmp_path / f"bundle{n}")
+    assert not list(tmp_path.glob(".out.job-*"))  # the per-job staging layouts are gone
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((), "copa patch needs -i IMAGE, or --config FILE to patch the images a PatchConfig names"),
+    (("-i", "x/y:1", "--scheduler", "tcp://127.0.0.1:1"),
+     "--scheduler runs the jobs of a PatchConfig: pass --config FILE, or drop --scheduler"),
+])
+def test_patch_usage_errors(args: tuple[str, ...], message: str) -> None:
+    proc = copa("patch", *args)
+    assert proc.returncode == 2 and error_line(proc) == f"copa: error: {message}"
+
+
+def test_bulk_usage_errors(tmp_path: Path, images: list[fleet.FleetImage]) -> None:
+    config = write_config(tmp_path / "fleet.yaml", images[0].host, "usage")
+    proc = copa("bulk", str(config))
+    assert proc.returncode == 2
+    assert error_line(proc).startswith("copa: error: a sweep writes with --push")
+    proc = copa("bulk", str(config), "--push", "-i", images[0].reference)
+    assert proc.returncode == 2 and "-i names one image" in error_line(proc)
+    proc = copa("bulk", str(config), "--push", "--scheduler", "tcp://127.0.0.1:9", "--progress", "quiet")
+    assert proc.returncode == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in error_line(proc)
+    assert all(fleet.skopeo_digest(i.target("usage")) is None for i in images)

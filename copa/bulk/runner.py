@@ -254,7 +254,7 @@ class DaskExecutor:
     """Jobs submitted to a Dask distributed cluster: an existing one at `address`, or (address None) a LocalCluster
     of `workers` single-threaded worker processes started for this sweep."""
 
-    def __init__(self, address: str | None, workers: int | None = None, *, connect_timeout: float = 30.0) -> None:
+    def __init__(self, address: str | None, workers: int | None = None, *, connect_timeout: float = 10.0) -> None:
         self.address = address
         self.workers = workers
         self.connect_timeout = connect_timeout
