@@ -120,11 +120,8 @@ def _image_plan(config: PatchConfig, spec: ImageSpec, client: RegistryClient) ->
         # A sweep writing into its source repository must not pick up its own earlier results.
         own = outputs_of(available, lambda tag: render_tag(template, tag))
         available = [t for t in available if t not in own]
+    # Missing tags and the note are the caller's to show (copa.bulk.command prints them with the plan).
     selection = select_tags(spec.tags, available)
-    for tag in selection.missing:
-        events.step(f"{spec.name}: tag {tag} is not in {source.registry}/{source.repository}; skipped")
-    if selection.note:
-        events.step(f"{spec.name}: nothing to patch: {selection.note}")
     out: list[Job] = []
     for tag in selection.tags:
         new_tag = render_tag(template, tag)
