@@ -379,6 +379,8 @@ def test_copa_bulk_json_and_then_copa_patch_config_skips(images: list[fleet.Flee
     assert proc.returncode == 11, proc.stderr
     assert error_line(proc) == "copa: error: 1 of 5 jobs failed (see the summary); the others ran"
     assert "app-a: tag 9.9 is not in the registry; skipped" in proc.stderr
+    done = [line for line in proc.stderr.splitlines() if line.startswith("copa: [")]
+    assert len(done) == 4 and done[-1].startswith("copa: [4/4] ")
     doc = json.loads(proc.stdout)
     jobs = {j["source"]: j for j in doc["jobs"]}
     assert doc["counts"]["patched"] == 4 and doc["counts"]["failed"] == 1 and doc["exitCode"] == 11
