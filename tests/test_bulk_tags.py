@@ -393,6 +393,8 @@ def test_reports_matched_by_name_digest_and_directory(filler: Filler, client: Re
     # By digest only (Grype given REPO@DIGEST); the digest as skopeo computes it.
     digest = skopeo_digest(host, "bulk/reported", "1.1.0")
     (d / "b.json").write_text(json.dumps(_grype(f"{host}/bulk/reported@{digest}", [f"{host}/bulk/reported@{digest}"])))
+    # Grype's userInput may keep Syft's source scheme.
+    (d / "s.json").write_text(json.dumps(_grype(f"registry:{host}/bulk/reported:1.3.0", [])))
     # A directory of per-platform reports of one image.
     (d / "multi" / "amd64.json").write_text(json.dumps(_trivy(f"{host}/bulk/reported:1.2.0", [])))
     (d / "multi" / "arm64.json").write_text(json.dumps(_trivy(f"{host}/bulk/reported:1.2.0", [], "arm64")))
@@ -400,9 +402,11 @@ def test_reports_matched_by_name_digest_and_directory(filler: Filler, client: Re
     (d / "other.json").write_text(json.dumps(_trivy(f"{host}/bulk/elsewhere:1.0", [])))
     result = plan(config, client, reports=d)
     assert {j.source.rsplit(":", 1)[1]: j.report for j in result.jobs} == {
-        "1.0.0": str(d / "a.json"), "1.1.0": str(d / "b.json"), "1.2.0": str(d / "multi"), "1.3.0": None}
+        "1.0.0": str(d / "a.json"), "1.1.0": str(d / "b.json"), "1.2.0": str(d / "multi"), "1.3.0": str(d / "s.json")}
     assert result.unmatched_reports == (str(d / "other.json"),)
 
+    (d / "s.json").unlink()  # 1.3.0 has no report: update-all
+    assert [j.report for j in plan(config, client, reports=d).jobs][3] is None
     (d / "c.json").write_text(json.dumps(_trivy(f"{host}/bulk/reported:1.0.0", [])))
     with pytest.raises(ReportError, match=r"a.json and .*c.json are both reports for .*reported:1.0.0"):
         plan(config, client, reports=d)

@@ -18,6 +18,7 @@ matching no job is named in the plan's notes.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -174,7 +175,15 @@ class _Identity:
     digests: frozenset[tuple[str, Digest]]
 
 
+# Syft/Grype source schemes a userInput may keep ("registry:host/repo:tag"); a port ("registry:5000/...") is not one.
+_SCHEMES = ("registry:", "docker:", "podman:")
+
+
 def _reference(text: str) -> Reference | None:
+    for scheme in _SCHEMES:
+        if text.startswith(scheme) and not re.match(r"[0-9]+/", text[len(scheme):]):
+            text = text[len(scheme):]
+            break
     try:
         return Reference.parse(text)
     except CopaError:
