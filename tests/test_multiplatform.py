@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "SOURCE_DATE_EPOCH": "1704067200"}
-REPO = "mp"
+REPO = "multiplatform"
 SOURCE_TAG = "1.0"
 ATTESTATION = "attestation-manifest"
 
@@ -269,13 +269,13 @@ def test_up_to_date_index(source: Source, tmp_path: Path) -> None:
     # build_debian's amd64 oracle installs from bookworm-security, not -updates: current only while apt agrees.
     assert mp.apt_upgrade_plan(images.oracle_rootfs(), "amd64", tmp_path / "apt") == frozenset()
     layout, ref = mp.multiplatform_oracle_layout()
-    mp.push_index(layout, ref, source.host, "current:1.0")
-    proc = ok(copa("patch", "-i", f"{source.host}/current:1.0", "-t", "1.0-patched", "-p", "--json"))
+    mp.push_index(layout, ref, source.host, "multiplatform-current:1.0")
+    proc = ok(copa("patch", "-i", f"{source.host}/multiplatform-current:1.0", "-t", "1.0-patched", "-p", "--json"))
     results = {p["platform"]: p for p in json.loads(proc.stdout)["platforms"]}
     for p in DEBIAN_PLATFORMS:
         assert results[p.text]["result"] == "up-to-date" and results[p.text]["updates"] == [], results[p.text]
     assert results[SCRATCH.text]["result"] != "patched"
-    assert mp.tags(source.host, "current") == {"1.0"}, "nothing to write"
+    assert mp.tags(source.host, "multiplatform-current") == {"1.0"}, "nothing to write"
 
 
 @pytest.mark.parametrize("platform", FOREIGN_PLATFORMS, ids=lambda p: p.deb_arch)
@@ -403,13 +403,14 @@ def test_arm64_v8_is_tagged_arm64(source: Source, tmp_path: Path) -> None:
     """An index listing arm64 as arm64/v8 (Docker Hub's official images do): --platform linux/arm64 picks it, and
     its tag is TAG-arm64 as Copacetic names it (it drops arm64's default variant v8)."""
     layout, ref = mp.multiplatform_layout()
-    mp.push_index(mp.with_variant(layout, ref, "arm64", "v8", tmp_path / "v8"), ref, source.host, "v8:1.0")
-    proc = ok(copa("patch", "-i", f"{source.host}/v8:1.0", "-t", "1.0-patched", "-p", "--platform", ARM64.text,
+    repo = "multiplatform-v8"
+    mp.push_index(mp.with_variant(layout, ref, "arm64", "v8", tmp_path / "v8"), ref, source.host, f"{repo}:1.0")
+    proc = ok(copa("patch", "-i", f"{source.host}/{repo}:1.0", "-t", "1.0-patched", "-p", "--platform", ARM64.text,
                    "--json"))
     patched = [p for p in json.loads(proc.stdout)["platforms"] if p["result"] == "patched"]
     assert [p["platform"] for p in patched] == ["linux/arm64/v8"]
-    assert mp.tags(source.host, "v8") == {"1.0", "1.0-patched", "1.0-patched-arm64"}
-    index = mp.raw_manifest(source.host, "v8:1.0-patched")
+    assert mp.tags(source.host, repo) == {"1.0", "1.0-patched", "1.0-patched-arm64"}
+    index = mp.raw_manifest(source.host, f"{repo}:1.0-patched")
     assert [m["platform"] for m in index["manifests"] if m["platform"]["architecture"] == "arm64"] == \
         [{"architecture": "arm64", "os": "linux", "variant": "v8"}]
 
