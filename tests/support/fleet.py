@@ -45,47 +45,54 @@ def _put_blob(layout: Path, data: bytes) -> dict[str, object]:
     return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
-def app_layout(dest: Path, app: str, tag: str) -> Path:
-    """A copy of the hermetic image's layout with /srv/APP/version ("APP TAG") added as a new gzip layer.
+def add_layer(layout: Path, ref: str, files: dict[str, str], created_by: str) -> None:
+    """Append a gzip layer holding `files` (path -> text, parents added) to image `ref` of `layout`, in place.
 
     Written here with tarfile rather than `umoci insert`: umoci 0.4.7's insert of a single file writes a tar that
     ends inside the file's padding (GNU tar: "Unexpected EOF in archive")."""
-    base = debimage.base_image()
-    layout = images.copy_layout(base.layout, dest)
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for directory in ("srv", f"srv/{app}"):
+        dirs = sorted({"/".join(p.split("/")[:n]) for p in files for n in range(1, p.count("/") + 1)})
+        for directory in dirs:
             info = tarfile.TarInfo(directory)
             info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1700000000
             tar.addfile(info)
-        payload = f"{app} {tag}\n".encode()
-        info = tarfile.TarInfo(f"srv/{app}/version")
-        info.size, info.mode, info.mtime = len(payload), 0o644, 1700000000
-        tar.addfile(info, io.BytesIO(payload))
+        for path, text in sorted(files.items()):
+            payload = text.encode()
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = len(payload), 0o644, 1700000000
+            tar.addfile(info, io.BytesIO(payload))
     diff_id = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
     layer = _put_blob(layout, gzip.compress(raw.getvalue(), mtime=0))
     index = json.loads((layout / "index.json").read_text())
-    entry = next(m for m in index["manifests"]
-                 if m["annotations"]["org.opencontainers.image.ref.name"] == debimage.REF)
+    entry = next(m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == ref)
     blobs = layout / "blobs" / "sha256"
     manifest = json.loads((blobs / entry["digest"].split(":")[1]).read_text())
     config = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_text())
     config["rootfs"]["diff_ids"].append(diff_id)
-    config.setdefault("history", []).append({"created_by": f"COPY {app} /srv/{app}", "created": config.get(
-        "created", "2023-11-14T22:13:20Z")})
+    config.setdefault("history", []).append({"created_by": created_by,
+                                              "created": config.get("created", "2023-11-14T22:13:20Z")})
     manifest["config"].update(_put_blob(layout, json.dumps(config).encode()))
     manifest["layers"].append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer})
     entry.update(_put_blob(layout, json.dumps(manifest).encode()))
     (layout / "index.json").write_text(json.dumps(index))
+
+
+def app_layout(dest: Path, app: str, tag: str, base: debimage.BaseImage | None = None) -> Path:
+    """A copy of `base`'s layout (default: the hermetic image) with /srv/APP/version ("APP TAG") as a new layer."""
+    base = base if base is not None else debimage.base_image()
+    layout = images.copy_layout(base.layout, dest)
+    add_layer(layout, base.ref, {f"srv/{app}/version": f"{app} {tag}\n"}, f"COPY {app} /srv/{app}")
     return layout
 
 
-def push_fleet(host: str, namespace: str, apps: Sequence[tuple[str, str]], work: Path) -> list[FleetImage]:
+def push_fleet(host: str, namespace: str, apps: Sequence[tuple[str, str]], work: Path,
+               base: debimage.BaseImage | None = None) -> list[FleetImage]:
     out = []
     for app, tag in apps:
-        layout = app_layout(work / f"{app}-{tag}", app, tag)
+        layout = app_layout(work / f"{app}-{tag}", app, tag, base)
         repository = f"{namespace}/{app}"
-        digest = images.push_layout(layout, debimage.REF, host, f"{repository}:{tag}")
+        digest = images.push_layout(layout, (base or debimage.base_image()).ref, host, f"{repository}:{tag}")
         out.append(FleetImage(host, repository, tag, digest))
     return out
 
