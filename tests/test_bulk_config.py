@@ -133,6 +133,10 @@ BAD = [
     pytest.param(HEAD + _image(tags="{strategy: pattern}"), 6, "needs a pattern", id="pattern-without-pattern"),
     pytest.param(HEAD + _image(tags="{strategy: pattern, pattern: '^1\\.(2'}"), 6, "not a valid regular expression",
                  id="bad-regex"),
+    pytest.param(HEAD + _image(tags="{strategy: pattern, pattern: '^(?!rc).*$'}"), 6, "not in Go's regexp syntax",
+                 id="lookahead"),
+    pytest.param(HEAD + _image(tags="{strategy: pattern, pattern: '^(a)\\1$'}"), 6, "backreference", id="backref"),
+    pytest.param(HEAD + _image(tags="{strategy: pattern, pattern: '^a*+$'}"), 6, "possessive", id="possessive"),
     pytest.param(HEAD + _image(tags="{strategy: newest}"), 6, "unknown: use one of list, pattern, latest",
                  id="bad-strategy"),
     pytest.param(HEAD + _image(tags="{pattern: x}"), 6, "required field 'strategy'", id="no-strategy"),
@@ -179,6 +183,13 @@ def test_bad_config_is_a_one_line_usage_error_with_its_line(tmp_path: Path, text
     assert "\n" not in message
     assert message.startswith(f"{path}:{line}: "), message
     assert words in message, message
+
+
+@pytest.mark.parametrize("pattern", ["^1\\.2[0-9]\\.[0-9]+$", "^(20|22|24)\\.04$", "[(?=]x", "\\(?=",
+                                     "^v?[0-9]+(?:\\.[0-9]+){2}$", "(?i)^Bookworm-\\d{8}$", "^(?:rc)??1$"])
+def test_re2_patterns_are_accepted(tmp_path: Path, pattern: str) -> None:
+    text = HEAD + _image(tags="{strategy: pattern, pattern: " + repr(pattern).replace("\\\\", "\\") + "}")
+    assert load_config(_write(tmp_path, text)).images[0].tags.pattern == pattern
 
 
 def test_unreadable_files(tmp_path: Path) -> None:

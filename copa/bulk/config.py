@@ -371,4 +371,41 @@ def _tags(r: _Reader, node: yaml.Node, where: str) -> TagStrategy:
         except re.error as e:
             raise r.fail(fields["pattern"][1], f"{where}.pattern {pattern!r} is not a valid regular expression: "
                                                f"{e.msg} at position {e.pos}") from None
+        foreign = _not_re2(pattern)
+        if foreign:
+            raise r.fail(fields["pattern"][1], f"{where}.pattern {pattern!r}: {foreign} is not in Go's regexp "
+                                               "syntax (RE2), which Copacetic reads the pattern with: rewrite it")
     return TagStrategy(strategy, pattern, max_tags, listed, exclude, node.start_mark.line + 1)
+
+
+# Python re constructs Go's regexp (RE2) refuses, after "(": Copacetic would reject a config using them.
+_PY_ONLY_GROUPS = (("?=", "a lookahead"), ("?!", "a negative lookahead"), ("?<=", "a lookbehind"),
+                   ("?<!", "a negative lookbehind"), ("?>", "an atomic group"), ("?(", "a conditional"),
+                   ("?P=", "a named backreference"))
+
+
+def _not_re2(pattern: str) -> str | None:
+    """The first construct of `pattern` that Python's re accepts and Go's regexp does not, or None."""
+    i, in_class = 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            nxt = pattern[i + 1:i + 2]
+            if not in_class and nxt.isdigit() and nxt != "0":
+                return f"the backreference \\{nxt}"
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            if pattern[i + 1:i + 2] == "]":  # "[]...]": the first ] is a member
+                i += 1
+        elif c == "(":
+            for prefix, what in _PY_ONLY_GROUPS:
+                if pattern.startswith(prefix, i + 1):
+                    return what
+        elif c in "*+?}" and pattern[i + 1:i + 2] == "+" and not (c == "?" and pattern[i - 1:i] == "("):
+            return "a possessive quantifier"
+        i += 1
+    return None
