@@ -440,3 +440,14 @@ def test_bulk_usage_errors(tmp_path: Path, images: list[fleet.FleetImage]) -> No
     proc = copa("bulk", str(config), "--push", "--scheduler", "tcp://127.0.0.1:9", "--progress", "quiet")
     assert proc.returncode == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in error_line(proc)
     assert all(fleet.skopeo_digest(i.target("usage")) is None for i in images)
+
+
+def test_dry_run_plans_every_image_and_writes_nothing(images: list[fleet.FleetImage], server: RepoServer,
+                                                      repo: AptRepo, cache: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "fleet.yaml", images[0].host, "dry")
+    proc = copa("bulk", str(config), "--dry-run", "--json", "--progress", "quiet", "--workers", "1",
+                "--cache-dir", str(cache), *fleet.patch_flags(server.url, repo))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [(j["result"], j["updates"], j["digest"]) for j in doc["jobs"]] == [("planned", PACKAGES, None)] * 4
+    assert all(fleet.skopeo_digest(i.target("dry")) is None for i in images)

@@ -92,7 +92,8 @@ def run_sweep(args: argparse.Namespace, options_from: Callable[[argparse.Namespa
     template = template_from(args, options_from)
     config = load_config(config_path)
     stderr = sys.stderr
-    steps = make_reporter("plain" if args.progress == "tty" else args.progress, stderr) if stderr else None
+    # Planning (tag discovery, report matching) reports its steps as `copa patch` does; the sweep has its own view.
+    steps = make_reporter(args.progress, stderr) if stderr else None
     try:
         with RegistryClient(registry_options(template)) as client:
             if steps is not None:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from copa.bulk.runner import Event, Finished, Started
-from copa.bulk.worker import CANCELLED, FAILED, PATCHED, RESULTS, SKIPPED, UP_TO_DATE, JobResult
+from copa.bulk.worker import CANCELLED, FAILED, PATCHED, PLANNED, RESULTS, SKIPPED, UP_TO_DATE, JobResult
 from copa.errors import BulkError, BulkStoppedError, UsageError
 
 MODES = ("auto", "plain", "tty", "quiet", "json")
@@ -33,6 +33,8 @@ def _line(result: JobResult) -> str:
     job = result.job
     if result.result == PATCHED:
         what = f"patched {result.updates} packages -> {job.target}"
+    elif result.result == PLANNED:
+        what = f"would update {result.updates} packages"
     elif result.result == UP_TO_DATE:
         what = "already up to date"
     elif result.result == SKIPPED:

@@ -40,9 +40,11 @@ from copa.oci.mutate import original_of
 from copa.oci.reference import Reference
 from copa.oci.registry import RegistryClient, RegistryOptions, RegistrySource, head_manifest
 
-# Outcomes of a job. "cancelled": never started, because an earlier job failed without --ignore-errors.
-PATCHED, UP_TO_DATE, SKIPPED, FAILED, CANCELLED = "patched", "up-to-date", "skipped", "failed", "cancelled"
-RESULTS = (PATCHED, UP_TO_DATE, SKIPPED, FAILED, CANCELLED)
+# Outcomes of a job. "planned": --dry-run found updates (nothing written). "cancelled": never started, because an
+# earlier job failed without --ignore-errors.
+PATCHED, PLANNED, UP_TO_DATE, SKIPPED = "patched", "planned", "up-to-date", "skipped"
+FAILED, CANCELLED = "failed", "cancelled"
+RESULTS = (PATCHED, PLANNED, UP_TO_DATE, SKIPPED, FAILED, CANCELLED)
 
 # Per-job codes that are not copa's own: as timeout(1) and the shell report them.
 TIMEOUT_CODE = 124
@@ -130,7 +132,7 @@ def run_job(job: Job, template: PatchOptions) -> JobResult:
 
 def _done(job: Job, result: PatchResult, started: float) -> JobResult:
     patched = tuple(p.platform for p in result.platforms if p.result in ("patched", "planned"))
-    outcome = UP_TO_DATE if result.up_to_date else PATCHED
+    outcome = UP_TO_DATE if result.up_to_date else PLANNED if result.dry_run else PATCHED
     return JobResult(job, outcome, platforms=patched, updates=len(result.updates), digest=result.digest,
                      seconds=time.monotonic() - started, worker=_worker_name())
 
