@@ -42,6 +42,7 @@ from copa.oci.certs import (
 from copa.oci.credentials import lookup
 from copa.oci.digest import Digest, verifying
 from copa.oci.image import Bundle
+from copa.oci.layerstore import BlobHomes
 from copa.oci.model import Descriptor, Document, Index, Manifest, ManifestFormatError, MediaType, Opaque, parse_document
 from copa.oci.reference import Reference
 
@@ -735,12 +736,38 @@ class _Pusher:
                 )
 
 
-def push(client: RegistryClient, target: Reference, bundle: Bundle) -> Digest:
+def _mount_known(pusher: _Pusher, desc: Descriptor, homes: BlobHomes) -> bool:
+    """Mount `desc` from another repository of the registry where this process (or the sweep sharing its cache)
+    pushed or found it. A home that does not mount (blob gone, no pull access there) is forgotten, and the next is
+    tried; the upload sessions such answers open are left to the registry to expire."""
+    target = pusher.target
+    for repository in homes.candidates(desc.digest, target.registry, target.repository):
+        url = _with_query(pusher.client.repo_url(target, "blobs/uploads/"), mount=str(desc.digest),
+                          **{"from": repository})
+        try:
+            resp = pusher.client.send("POST", target, url, actions="pull,push", headers={"Content-Length": "0"},
+                                      extra_scopes=(repository_scope(repository, "pull"),))
+        except AuthError:
+            homes.forget(desc.digest, target.registry, repository)
+            continue
+        with resp:
+            if resp.status_code == 201:
+                return True
+        homes.forget(desc.digest, target.registry, repository)
+    return False
+
+
+def push(client: RegistryClient, target: Reference, bundle: Bundle, homes: BlobHomes | None = None) -> Digest:
     """Write `bundle` to `target`: blobs (mounted or uploaded unless present), child manifests by
-    digest, then the root by tag (or digest) last. Returns the root manifest's digest."""
+    digest, then the root by tag (or digest) last. Returns the root manifest's digest.
+
+    `homes` (copa.oci.layerstore.BlobHomes), when given, records where blobs were pushed, so that a blob another
+    repository of the same registry holds is mounted from there rather than uploaded again (identical patch layers
+    across a sweep); without it only `bundle.mount_from` is tried."""
     root_digest = bundle.root.digest
     if target.digest is not None and target.digest != root_digest:
         raise UsageError(f"cannot push to {target}: the image's digest is {root_digest}; drop the @digest")
+    homes = homes if homes is not None else BlobHomes.disabled()
     pusher = _Pusher(client, target, bundle)
     for desc in bundle.iter_blobs():
         if desc.urls:
@@ -748,14 +775,21 @@ def push(client: RegistryClient, target: Reference, bundle: Bundle) -> Digest:
         with events.task(events.Kind.PUSH, f"blob {desc.digest.hex[:12]}", desc.size) as task:
             if pusher.blob_exists(desc):
                 task.done("exists")
+                homes.add(desc.digest, target.registry, target.repository)
                 continue
             session = None
             if pusher.mount_from is not None:
                 session = pusher.mount(desc)
                 if session is None:
                     task.done("mounted")
+                    homes.add(desc.digest, target.registry, target.repository)
                     continue
+            if _mount_known(pusher, desc, homes):
+                task.done("mounted")
+                homes.add(desc.digest, target.registry, target.repository)
+                continue
             pusher.upload(desc, session, task)
+            homes.add(desc.digest, target.registry, target.repository)
     for child in bundle.children:
         pusher.put_manifest(str(child.digest), child)
     for tag, manifest in bundle.child_tags:
