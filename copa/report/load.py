@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -60,10 +62,21 @@ def _check_file(p: Path, source: str) -> None:
 def _read(p: Path, source: str) -> bytes:
     try:
         _check_file(p, source)
-        size = p.stat().st_size
-        if size > MAX_REPORT_BYTES:
-            raise ReportError(f"{source}: {size} bytes is too big for a scanner report")
-        return p.read_bytes()
+        with p.open("rb") as f:
+            info = os.fstat(f.fileno())
+            # A pipe (`-r <(trivy ...)`) is a fair way to pass a report; a device (/dev/zero, /dev/urandom) never
+            # ends and would be read until memory runs out.
+            if not (stat.S_ISREG(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
+                raise ReportError(f"{source}: is not a regular file or a pipe: pass the report file itself")
+            if info.st_size > MAX_REPORT_BYTES:
+                raise ReportError(f"{source}: {info.st_size} bytes is too big for a scanner report (at most "
+                                  f"{MAX_REPORT_BYTES}); pass the scanner's JSON report of one image")
+            # Bounded even so: a pipe has no size to check in advance, and a file may grow while it is read.
+            data = f.read(MAX_REPORT_BYTES + 1)
+        if len(data) > MAX_REPORT_BYTES:
+            raise ReportError(f"{source}: more than {MAX_REPORT_BYTES} bytes is too big for a scanner report; pass "
+                              f"the scanner's JSON report of one image")
+        return data
     except PermissionError:
         raise ReportError(f"{source}: report file is not readable (permission denied)") from None
     except IsADirectoryError:
@@ -110,6 +123,10 @@ def _decode(data: bytes, source: str) -> dict[str, Any]:
         raise ReportError(f"{source}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except RecursionError:
         raise ReportError(f"{source}: JSON is nested too deeply to be a scanner report") from None
+    except ValueError as e:
+        # Not a syntax error json names with a position: a number of more digits than Python converts (4300).
+        reason = str(e).split(";")[0]  # without Python's advice to raise the interpreter's limit
+        raise ReportError(f"{source}: not a valid scanner report ({reason}); regenerate it with the scanner") from None
     if not isinstance(doc, dict):
         raise ReportError(f"{source}: report must be a JSON object, not {type(doc).__name__}")
     return doc

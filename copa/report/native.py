@@ -19,10 +19,9 @@ def is_native(doc: dict[str, Any]) -> bool:
 
 def parse_native(doc: dict[str, Any], source: str) -> Report:
     api = doc.get("apiVersion")
-    if api not in API_VERSIONS:
+    if not isinstance(api, str) or api not in API_VERSIONS:  # a list or object is not even hashable
         raise ReportError(f"{source}: apiVersion {api!r} is not supported: expected one of "
                           f"{', '.join(sorted(API_VERSIONS))}")
-    assert isinstance(api, str)
     metadata = field(doc, "metadata", dict, source, "")
     assert metadata is not None
     os_meta = field(metadata, "os", dict, source, "metadata")

@@ -1,0 +1,234 @@
+"""Hostile reports (issue 12): wrong types in every field, deep nesting, huge numbers, huge and endless files.
+
+The differential sweep takes real documents (the Trivy reports in ../shared/reports, the Grype and native fixtures)
+and replaces each field in turn with each JSON type it does not hold, running parse_report in-process. Whatever the
+document, the answer is a Report whose fields are well typed, or one ReportError of one line; never another
+exception. The oracle for the well-typed case is the JSON itself: a field copa reads keeps its value's type in the
+Report, so a wrongly typed value copa accepted would show up as a non-str in the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from copa.errors import ReportError
+from copa.report import Report, load_report, parse_report
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "reports"
+FIXTURES = ROOT / "fixtures" / "reports"
+
+# The documents swept: one of each format copa reads by content (the Grype one with a base64 image config).
+SWEPT = (
+    SHARED / "trivy-alpine-3.21.0.json",
+    FIXTURES / "grype" / "grype-debian-12-arm64.json",
+    FIXTURES / "v1alpha1-debian.json",
+    FIXTURES / "v1alpha2-debian.json",
+)
+# Each list is swept through its first and last element only: the rest are the same shape, and the sweep stays
+# a few hundred cases (about a second in-process).
+WRONG: tuple[Any, ...] = (None, True, 0, -1, 1.5, "", "x", [], {}, [None], {"": None}, float("nan"))
+# Bounds the CLI cases are held to (the report is refused before anything else runs).
+CLI_SECONDS = 20.0
+CLI_PEAK_RSS_BYTES = 200 << 20
+
+
+def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Every path to a value in `doc`: dict keys, and the first and last index of each list."""
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            yield (*prefix, key)
+            yield from _paths(value, (*prefix, key))
+    elif isinstance(doc, list) and doc:
+        for index in sorted({0, len(doc) - 1}):
+            yield (*prefix, index)
+            yield from _paths(doc[index], (*prefix, index))
+
+
+def _replaced(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
+    out = copy.deepcopy(doc)
+    target = out
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    return out
+
+
+def _same_kind(a: Any, b: Any) -> bool:
+    """Whether `b` is a value of the JSON type `a` already has (then replacing it is no attack)."""
+    def kind(v: Any) -> str:
+        if isinstance(v, bool) or v is None:
+            return repr(v)
+        return "number" if isinstance(v, int | float) else type(v).__name__
+    return kind(a) == kind(b) and not (isinstance(a, float) and a != a)
+
+
+def _well_typed(report: Report) -> None:
+    """Every field of the Report holds the type its declaration names."""
+    assert isinstance(report.os.family, str) and isinstance(report.os.version, str)
+    for text in (report.arch, report.variant, report.image_os, report.artifact):
+        assert text is None or isinstance(text, str)
+    assert all(isinstance(d, str) for d in report.repo_digests)
+    for p in (*report.packages, *report.unfixed):
+        assert isinstance(p.name, str) and isinstance(p.installed_version, str)
+        assert p.fixed_version is None or isinstance(p.fixed_version, str)
+        assert all(isinstance(i, str) for i in p.vulnerability_ids)
+    # Reading the platform must not fail either (it normalises the architecture text).
+    _ = report.platform
+
+
+def _one_line(e: ReportError) -> str:
+    text = str(e)
+    assert text and "\n" not in text and "\r" not in text, repr(text)
+    return text
+
+
+def _cases() -> list[tuple[str, Any]]:
+    cases: list[tuple[str, Any]] = []
+    for path in SWEPT:
+        doc = json.loads(path.read_text())
+        for where in _paths(doc):
+            original: Any = doc
+            for step in where:
+                original = original[step]
+            for value in WRONG:
+                if _same_kind(original, value):
+                    continue
+                name = f"{path.name}:{'.'.join(map(str, where))}={json.dumps(value)}"
+                cases.append((name, _replaced(doc, where, value)))
+    return cases
+
+
+def test_wrong_type_in_every_field() -> None:
+    """The differential sweep: hundreds of documents, each one field off; one line or a well-typed Report."""
+    cases = _cases()
+    assert len(cases) > 300, len(cases)  # the sweep really covers the documents
+    refused = 0
+    failures: list[str] = []
+    start = time.monotonic()
+    for name, doc in cases:
+        data = json.dumps(doc).encode()
+        try:
+            _well_typed(parse_report(data, name))
+        except ReportError as e:
+            _one_line(e)
+            refused += 1
+        except Exception as e:  # the point: any other exception is the bug this sweep looks for
+            failures.append(f"{name}: {type(e).__name__}: {e}")
+    assert not failures, "\n".join(failures[:20]) + f"\n({len(failures)} of {len(cases)})"
+    # Most replacements hit fields copa reads: a sweep refusing nothing would be sweeping the wrong documents.
+    assert refused > len(cases) // 4, (refused, len(cases))
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize(("name", "data", "words"), [
+    ("nested-arrays", b'{"SchemaVersion": 2, "Results": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", ("deeply",)),
+    ("nested-objects", b'{"a":' * 100_000 + b"1" + b"}" * 100_000, ("deeply",)),
+    ("nested-in-results", b'{"SchemaVersion": 2, "Metadata": {"OS": {"Family": "debian"}}, "Results": [{"Class": '
+     b'"os-pkgs", "Vulnerabilities": [' + b"[" * 50_000 + b"]" * 50_000 + b"]}]}", ("deeply",)),
+    ("number-of-5000-digits", b'{"SchemaVersion": ' + b"9" * 5000 + b"}", ("digits",)),
+    ("float-overflow", b'{"SchemaVersion": 1e999}', ("SchemaVersion",)),
+    ("nan-schema", b'{"SchemaVersion": NaN}', ("SchemaVersion",)),
+    ("utf16", '{"SchemaVersion": 2}'.encode("utf-16"), ("UTF-8",)),
+    ("lone-surrogate", b'{"apiVersion": "v1alpha1", "metadata": {"os": {"type": "\\ud800"}}, "updates": []}', ()),
+    ("duplicate-keys", b'{"apiVersion": "v1alpha1", "apiVersion": 7}', ("apiVersion",)),
+    ("grype-config-not-base64", json.dumps({"matches": [], "distro": {"name": "debian", "version": "12"},
+                                            "source": {"type": "image", "target": {"config": "%%%"}}}).encode(), ()),
+    ("grype-config-nested", json.dumps({"matches": [], "distro": {"name": "debian", "version": "12"},
+                                        "source": {"type": "image", "target": {"config": __import__("base64")
+                                                   .b64encode(b"[" * 100_000).decode()}}}).encode(), ()),
+])
+def test_hostile_document(name: str, data: bytes, words: tuple[str, ...]) -> None:
+    try:
+        _well_typed(parse_report(data, name))
+    except ReportError as e:
+        line = _one_line(e)
+        for word in words:
+            assert word.lower() in line.lower(), line
+    else:
+        assert not words, "expected a refusal"
+
+
+def test_huge_sparse_file_refused_before_reading(tmp_path: Path) -> None:
+    """A 1 GB report (sparse: no data written) is refused by its size, so reading it costs no memory."""
+    path = tmp_path / "huge.json"
+    with path.open("wb") as f:
+        f.truncate(1 << 30)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.monotonic()
+    with pytest.raises(ReportError, match="too big") as info:
+        load_report(path)
+    _one_line(info.value)
+    assert time.monotonic() - start < 1
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 16 << 10  # KiB: nothing was read
+
+
+def test_endless_device_refused(tmp_path: Path) -> None:
+    """/dev/zero has no size and never ends: refused before it is read (it would fill memory)."""
+    with pytest.raises(ReportError, match="not a regular file") as info:
+        load_report("/dev/zero")
+    _one_line(info.value)
+
+
+def test_report_from_a_pipe_still_reads(tmp_path: Path) -> None:
+    """`-r <(scanner ...)`: a pipe is a fair report source, read to its end (bounded like a file)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    data = (FIXTURES / "v1alpha2-debian.json").read_bytes()
+    writer = subprocess.Popen([sys.executable, "-c", f"open({str(fifo)!r}, 'wb').write({data!r})"])
+    try:
+        report = load_report(fifo)
+    finally:
+        writer.wait(10)
+    assert report == parse_report(data, str(fifo))
+
+
+def _cli(report: Path, out: Path) -> tuple[subprocess.CompletedProcess[str], float, int]:
+    """copa patch on the report through the CLI, with the time and the child's peak RSS (bytes)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "copa", "patch", "-i", f"oci:{out.parent / 'no-such'}", "-r",
+                           str(report), "--oci-dir", str(out)], cwd=out.parent, capture_output=True, text=True,
+                          env={**os.environ, "COPA_DEBUG": ""}, timeout=CLI_SECONDS * 3)
+    seconds = time.monotonic() - start
+    # RUSAGE_CHILDREN's maxrss is the largest child so far: only a bound if this child set it, which is the point.
+    peak = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) * 1024
+    return proc, seconds, peak
+
+
+@pytest.mark.parametrize("kind", ["sparse-1GB", "nested", "wrong-type"])
+def test_cli_refuses_hostile_report(tmp_path: Path, kind: str) -> None:
+    """Through the CLI: exit 3, one line, no traceback, nothing written, within time and memory bounds."""
+    work = tmp_path / "work"
+    work.mkdir()
+    report = work / "report.json"
+    if kind == "sparse-1GB":
+        with report.open("wb") as f:
+            f.truncate(1 << 30)
+    elif kind == "nested":
+        report.write_bytes(b"[" * 500_000 + b"]" * 500_000)
+    else:
+        doc = json.loads((SHARED / "trivy-alpine-3.21.0.json").read_text())
+        doc["Results"][0]["Vulnerabilities"][0]["PkgName"] = {"name": "musl"}
+        report.write_text(json.dumps(doc))
+    out = work / "out"
+    proc, seconds, peak = _cli(report, out)
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("copa: error: "), proc.stderr
+    assert proc.stdout == ""
+    assert sorted(p.name for p in work.iterdir()) == ["report.json"], "nothing may be written"
+    assert seconds < CLI_SECONDS, seconds
+    assert peak < CLI_PEAK_RSS_BYTES, peak
