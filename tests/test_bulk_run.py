@@ -451,3 +451,54 @@ def test_dry_run_plans_every_image_and_writes_nothing(images: list[fleet.FleetIm
     doc = json.loads(proc.stdout)
     assert [(j["result"], j["updates"], j["digest"]) for j in doc["jobs"]] == [("planned", PACKAGES, None)] * 4
     assert all(fleet.skopeo_digest(i.target("dry")) is None for i in images)
+
+
+def test_a_local_worker_killed_mid_job_fails_that_job_alone(images: list[fleet.FleetImage], template: PatchOptions,
+                                                            oracle: dict[str, str], tmp_path: Path) -> None:
+    """SIGKILL of the local worker while copa patch runs in it (its temporary directory exists): that job is
+    reported failed with the signal, the worker is replaced, the other jobs are patched, no tag is left behind
+    for the killed job and its temporary files are gone."""
+    killed: list[Path] = []
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, Started) and not killed:
+            killed.append(_kill_worker_in_patch())
+
+    results = run(jobs_for(images[:3], "lkill"), template, LocalExecutor(1), on_event=on_event)
+    assert [r.result for r in results] == [FAILED, PATCHED, PATCHED]
+    assert results[0].exit_code == 128 + signal.SIGKILL and "was killed by signal 9" in results[0].error
+    assert fleet.skopeo_digest(results[0].job.target) is None
+    check_against_oracle(results, oracle, tmp_path)
+    assert not killed[0].exists()
+
+
+def _kill_worker_in_patch() -> Path:
+    """Wait until the local worker's patch has made its temporary directory, then SIGKILL that worker (with one
+    worker there is one spawned child running jobs)."""
+    import tempfile
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for work in Path(tempfile.gettempdir()).glob("copa-bulk-worker-*/copa-*"):
+            workers = _spawned_children()
+            assert len(workers) == 1, workers
+            os.kill(workers[0], signal.SIGKILL)
+            return work.parent
+        time.sleep(0.02)
+    raise AssertionError("no worker started patching")
+
+
+def _spawned_children() -> list[int]:
+    """This process's children started by multiprocessing's spawn (not its resource tracker)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and b"spawn_main" in cmdline:
+            out.append(int(proc.name))
+    return out
