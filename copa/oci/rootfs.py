@@ -37,6 +37,19 @@ def _norm(name: str) -> str:
     return "/".join(parts)
 
 
+def _member_path(name: str) -> str:
+    """Where a layer's tar member lands, as umoci and containerd place it: the name cleaned lexically with the image
+    root as '/', so `../x` and `etc/../../x` stay inside the root (`x`) instead of naming a path no runtime sees."""
+    parts: list[str] = []
+    for p in name.split("/"):
+        if p == "..":
+            if parts:
+                parts.pop()
+        elif p not in ("", "."):
+            parts.append(p)
+    return "/".join(parts)
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     path: str
@@ -76,6 +89,11 @@ class _Hiding:
         if not base.startswith(".wh."):
             return False
         parent = posixpath.dirname(path)
+        if base in (".wh.", ".wh..", ".wh..."):
+            # A whiteout of '', '.' or '..' would delete its own directory or its parent (the root, from the top):
+            # no tool writes one and umoci refuses it too.
+            raise UnsupportedImageError(f"layer whiteout /{path} names {base[4:] or 'nothing'!r}, not an entry of "
+                                        f"/{parent}: the layer is malformed; rebuild the image")
         if base == ".wh..wh..opq":
             self.pending_opaque.add(parent)
         else:
@@ -92,6 +110,8 @@ class _Hiding:
             self.pending_deleted.add(path)
 
     def hidden(self, path: str) -> bool:
+        if not self.deleted and not self.opaque:
+            return False  # the top layer, or nothing above hid anything: skip the walk up the parents
         if path in self.deleted:
             return True
         parent = posixpath.dirname(path)
@@ -214,7 +234,8 @@ def resolve_path(path: str, link_of: Callable[[str], str | None], follow_last: b
             continue
         depth += 1
         if depth > _MAX_LINK_DEPTH:
-            raise UnsafePathError(f"too many levels of symlinks resolving {path!r} in the image")
+            raise UnsafePathError(f"too many levels of symlinks resolving /{path} in the image (a symlink loop): the "
+                                  f"image is malformed; fix the link or rebuild the image")
         if target.startswith("/"):
             done = []
         todo = [p for p in target.split("/") if p not in ("", ".")] + todo
@@ -247,6 +268,7 @@ def scan(image: Image, upto: int | None = None, capture: Iterable[str] = (), ear
     hiding = _Hiding()
     nodes: dict[str, Node] = {}
     contents: dict[str, bytes] = {}
+    whiteouts: list[tuple[str, int]] = []  # (path, layer): re-applied through symlinks at the end
     for index in reversed(range(count)):
         diff_id = image.layers[index].diff_id
         record = cache.get(diff_id, spec) if cache is not None else None
@@ -264,11 +286,13 @@ def scan(image: Image, upto: int | None = None, capture: Iterable[str] = (), ear
                 early_call(dict(contents))
                 early_call = None
             if hiding.note(path):
+                whiteouts.append((path, index))
                 continue
-            captured = _at_or_under(path, prefixes)
+            # Only a hardlink needs to know whether it is captured (its content is its target's): asked only then.
+            captured = m.kind == "hardlink" and _at_or_under(path, prefixes)
             if m.content is not None:
                 local[path] = m.content
-            if recording is not None and captured and m.kind == "hardlink" and _norm(m.linkname) not in local:
+            if recording is not None and captured and _norm(m.linkname) not in local:
                 unresolved.add(_norm(m.linkname))
             if path in nodes or hiding.hidden(path):
                 continue
@@ -276,7 +300,7 @@ def scan(image: Image, upto: int | None = None, capture: Iterable[str] = (), ear
             nodes[path] = Node(path, m.kind, m.mode, m.uid, m.gid, m.size, m.linkname, index)
             if path in local:
                 contents[path] = local[path]
-            elif captured and m.kind == "hardlink":
+            elif captured:
                 target = _norm(m.linkname)
                 if target in local:
                     contents[path] = local[target]
@@ -295,14 +319,61 @@ def scan(image: Image, upto: int | None = None, capture: Iterable[str] = (), ear
         if cache is not None and recording is not None and hasher is not None and hasher.hexdigest() == diff_id.hex:
             cache.put(diff_id, spec, LayerRecord(tuple(recording), {t: targets[t] for t in unresolved if t in targets}))
         hiding.next_layer()
+    _through_symlinks(nodes, contents, whiteouts)
     return View(nodes, contents)
+
+
+def _through_symlinks(nodes: dict[str, Node], contents: dict[str, bytes], whiteouts: list[tuple[str, int]]) -> None:
+    """Re-file what a layer wrote below a path the merged image has as a symlink (`etc/os-release` over a lower
+    layer's `etc -> usr/etc`) where runtimes put it: through the link, resolved inside the root (umoci's and
+    containerd's securejoin), over what a lower layer had there; the same for whiteouts. Build tools write real
+    paths, so this is rare; it keeps a crafted layer from showing copa another file than a container would see."""
+    links = {p for p, n in nodes.items() if n.kind == "symlink"}
+    if not links:
+        return
+
+    def under_link(path: str) -> bool:
+        parent = posixpath.dirname(path)
+        while parent:
+            if parent in links:
+                return True
+            parent = posixpath.dirname(parent)
+        return False
+
+    def link_of(path: str) -> str | None:
+        node = nodes.get(path)
+        return node.linkname if node is not None and node.kind == "symlink" else None
+
+    for path, index in whiteouts:
+        if not under_link(path):
+            continue
+        parent, base = posixpath.split(path)
+        real_parent = resolve_path(parent, link_of)
+        gone = real_parent if base == ".wh..wh..opq" else posixpath.join(real_parent, base[4:])
+        for victim in [p for p in nodes if (p == gone and base != ".wh..wh..opq") or p.startswith(gone + "/")]:
+            if nodes[victim].layer < index:
+                del nodes[victim]
+                contents.pop(victim, None)
+    # Upper layers first, so that of two entries landing on one real path the upper one stays.
+    for path in sorted((p for p in nodes if under_link(p)), key=lambda p: -nodes[p].layer):
+        node = nodes.pop(path)
+        content = contents.pop(path, None)
+        real = posixpath.join(resolve_path(posixpath.dirname(path), link_of), posixpath.basename(path))
+        kept = nodes.get(real)
+        if kept is not None and kept.layer > node.layer:
+            continue
+        nodes[real] = Node(real, node.kind, node.mode, node.uid, node.gid, node.size, node.linkname, node.layer)
+        if content is not None:
+            contents[real] = content
+        else:
+            contents.pop(real, None)
 
 
 def _live(image: Image, index: int, prefixes: tuple[str, ...], big: tuple[str, ...], hasher: hashlib._Hash | None,
           recording: list[Member] | None) -> Iterator[Member]:
     """The layer's members as scan uses them, read from the blob (and appended to `recording`)."""
     for tar, member in _members(image, index, hasher):
-        path = _norm(member.name)
+        path = _member_path(member.name)
         if not path:
             continue
         content = None
@@ -322,7 +393,7 @@ def _capture_targets(image: Image, index: int, targets: set[str]) -> dict[str, b
     within one directory tree)."""
     found: dict[str, bytes] = {}
     for tar, member in _members(image, index):
-        path = _norm(member.name)
+        path = _member_path(member.name)
         if path in targets and member.isreg() and member.size <= _MAX_CAPTURED:
             f = tar.extractfile(member)
             if f is not None:
@@ -410,7 +481,7 @@ def _read_pass(
     hardlinks: dict[str, str] = {}
     for index in reversed(range(count)):
         for tar, member in _members(image, index):
-            path = _norm(member.name)
+            path = _member_path(member.name)
             if not path or hiding.note(path) or path in seen or hiding.hidden(path):
                 continue
             hiding.replaced(member, path)
