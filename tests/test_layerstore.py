@@ -19,7 +19,7 @@ import requests
 from copa.oci.digest import Digest
 from copa.oci.image import Bundle, manifest_blobs
 from copa.oci.layer import Compression, Entry, Kind, LayerBlob, write_layer
-from copa.oci.layerstore import BlobHomes, LayerStore, layer_key
+from copa.oci.layerstore import BlobHomes, LayerStore, layer_key, writer_version
 from copa.oci.model import Manifest
 from copa.oci.reference import Reference
 from copa.oci.registry import RegistryClient, RegistryOptions, RegistrySource, push
@@ -61,6 +61,20 @@ def test_same_key_same_bytes(tmp_path: Path) -> None:
     assert "usr/lib/libfoo.so.1" in listing.split()
     # Other options, other key: a zstd build is not served for a gzip key.
     assert _key("zstd") != _key() and store.get(_key("zstd")) is None
+    # What the build reported travels with the layer.
+    store.put(_key(), first, {"updates": [["libfoo1", "amd64", "1.0", "2.0"]]})
+    found = store.get_with_extra(_key())
+    assert found is not None and found[1] == {"updates": [["libfoo1", "amd64", "1.0", "2.0"]]}
+
+
+def test_the_writer_version_is_a_fingerprint_of_the_code() -> None:
+    version = writer_version()
+    assert version == writer_version() and "isal " in version and "zstandard " in version
+    key = layer_key([], [("a", "amd64", "1")], compression="gzip", docker=False, source_date_epoch=None,
+                    writer_version=version)
+    other = layer_key([], [("a", "amd64", "1")], compression="gzip", docker=False, source_date_epoch=None,
+                      writer_version=version + "x")
+    assert key != other
 
 
 def test_a_damaged_stored_layer_is_not_served(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ for the process, and in the cache directory when one is given so that the proces
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -22,8 +23,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
+import isal
+import zstandard
+
+import copa
 from copa.oci.digest import Digest, InvalidDigest
 from copa.oci.layer import LayerBlob
 
@@ -47,11 +52,24 @@ class BlobStore(Protocol):
     def store_named(self, name: str, data: bytes) -> Path: ...
 
 
+@functools.cache
+def writer_version() -> str:
+    """What else decides a layer's bytes: copa's code (a fingerprint of its sources, since the version number does not
+    move with every change to a package writer) and the compressors' versions."""
+    package = Path(__file__).resolve().parents[1]
+    fingerprint = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        fingerprint.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return (f"copa {copa.__version__} {fingerprint.hexdigest()[:16]}; isal {isal.__version__}; "
+            f"zstandard {zstandard.__version__}")
+
+
 def layer_key(base_diff_ids: Iterable[Digest], updates: Iterable[tuple[str, str, str]], *, compression: str,
               docker: bool, source_date_epoch: str | None, writer_version: str, extra: Iterable[str] = ()) -> str:
     """The key of a patch layer: the base layers it sits on (their content decides the rewritten package databases
     and what the scripts' effects produce), the updates (name, architecture, new version; a removal has ""), the
-    options that change the bytes, and the writer's version (copa's and ISA-L's: the compressed bytes are theirs).
+    options that change the bytes, and the writer's version (`writer_version()`: copa's code, and ISA-L's and zstd's
+    versions, whose compressed bytes these are).
     `extra`: anything else the caller knows to matter, e.g. the sha256 of each package file (two repositories may
     ship different builds under one version)."""
     doc = {
@@ -73,10 +91,12 @@ class _Meta:
     diff_id: Digest
     size: int
     media_type: str
+    extra: dict[str, Any]
 
     def encode(self) -> bytes:
         return json.dumps({"format": FORMAT, "digest": str(self.digest), "diff_id": str(self.diff_id),
-                           "size": self.size, "media_type": self.media_type}, sort_keys=True).encode()
+                           "size": self.size, "media_type": self.media_type, "extra": self.extra},
+                          sort_keys=True).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> _Meta | None:
@@ -84,10 +104,10 @@ class _Meta:
             doc = json.loads(raw)
             if not isinstance(doc, dict) or doc.get("format") != FORMAT:
                 return None
-            size, media_type = doc["size"], doc["media_type"]
-            if not isinstance(size, int) or size < 0 or not isinstance(media_type, str):
+            size, media_type, extra = doc["size"], doc["media_type"], doc.get("extra", {})
+            if not isinstance(size, int) or size < 0 or not isinstance(media_type, str) or not isinstance(extra, dict):
                 return None
-            return cls(Digest.parse(doc["digest"]), Digest.parse(doc["diff_id"]), size, media_type)
+            return cls(Digest.parse(doc["digest"]), Digest.parse(doc["diff_id"]), size, media_type, extra)
         except (ValueError, KeyError, TypeError, InvalidDigest):
             return None
 
@@ -102,6 +122,11 @@ class LayerStore:
 
     def get(self, key: str) -> LayerBlob | None:
         """The stored layer for `key`, its blob verified; None when absent or damaged (the caller builds it)."""
+        found = self.get_with_extra(key)
+        return found[0] if found is not None else None
+
+    def get_with_extra(self, key: str) -> tuple[LayerBlob, dict[str, Any]] | None:
+        """The stored layer and the JSON object `put` was given with it (e.g. what the build reported)."""
         meta_path = self.cache.named(self._name(key))
         try:
             meta = _Meta.decode(meta_path.read_bytes())
@@ -112,13 +137,14 @@ class LayerStore:
         path = self.cache.lookup(meta.digest.hex, meta.size)
         if path is None:
             return None
-        return LayerBlob(path, meta.digest, meta.diff_id, meta.size, meta.media_type)
+        return LayerBlob(path, meta.digest, meta.diff_id, meta.size, meta.media_type), meta.extra
 
-    def put(self, key: str, layer: LayerBlob) -> LayerBlob:
-        """Copy `layer` into the store (atomically, verified against its digest) and return the stored copy."""
+    def put(self, key: str, layer: LayerBlob, extra: dict[str, Any] | None = None) -> LayerBlob:
+        """Copy `layer` into the store (atomically, verified against its digest) and return the stored copy.
+        `extra`: a JSON-serialisable object kept with it (`get_with_extra`)."""
         with layer.open() as f:
             path = self.cache.store_stream(f, layer.digest.hex, layer.size, f"patch layer {layer.digest}")
-        meta = _Meta(layer.digest, layer.diff_id, layer.size, layer.media_type)
+        meta = _Meta(layer.digest, layer.diff_id, layer.size, layer.media_type, dict(extra or {}))
         self.cache.store_named(self._name(key), meta.encode())
         return LayerBlob(path, layer.digest, layer.diff_id, layer.size, layer.media_type)
 
