@@ -364,7 +364,7 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
             ))
             written = write_outputs(outputs, bundle, client, Path(tmp), options.timeout)
             _publish(options, opened, outputs, bundle.root, done, client, progress)
-        return _result(opened, options, done, written, dict(child_tags), multi, started)
+        return _result(opened, options, done, written, dict(child_tags), root, started)
 
 
 def _publish(options: PatchOptions, opened: Opened, outputs: Outputs, root: Manifest | Index, done: list[_Done],
@@ -406,21 +406,36 @@ def _publish(options: PatchOptions, opened: Opened, outputs: Outputs, root: Mani
 
 
 def _result(opened: Opened, options: PatchOptions, done: list[_Done], written: tuple[Written, ...],
-            tags: dict[str, Manifest], multi: bool, started: float) -> PatchResult:
+            tags: dict[str, Manifest], root: Manifest | Index, started: float) -> PatchResult:
     # The summary names the registry image when one was pushed, else the first sink written.
     main = next((w for w in written if w.kind == "registry"), written[0] if written else None)
     by_digest = {m.digest: t for t, m in tags.items()}
     reference = next((w.target for w in written if w.kind == "registry"), None)
-    platforms = tuple(
-        PlatformResult(
-            platform=str(d.target.platform), result=d.result, os=d.os, updates=d.updates, skipped=d.skipped,
-            unfixed=d.unfixed, detail=d.detail,
-            digest=str(d.patched.manifest.digest) if d.patched is not None and written else None,
-            tag=(f"{reference.rsplit(':', 1)[0]}:{by_digest[d.patched.manifest.digest]}"
-                 if reference and d.patched is not None and d.patched.manifest.digest in by_digest else None),
-        )
-        for d in done
-    ) if multi else ()
+
+    def outcome(d: _Done) -> PlatformResult:
+        if d.patched is not None:
+            digest = str(d.patched.manifest.digest) if written else None
+        else:
+            # Kept as it was (up to date, not patchable, failed): the index still names its original manifest.
+            digest = None if d.result == "planned" else str(d.target.manifest.digest)
+        tag = (f"{reference.rsplit(':', 1)[0]}:{by_digest[d.patched.manifest.digest]}"
+               if reference and d.patched is not None and d.patched.manifest.digest in by_digest else None)
+        return PlatformResult(platform=str(d.target.platform), result=d.result, os=d.os, updates=d.updates,
+                              skipped=d.skipped, unfixed=d.unfixed, detail=d.detail, digest=digest, tag=tag)
+
+    platforms: tuple[PlatformResult, ...] = ()
+    if isinstance(root, Index):
+        # Every platform of the index, in its order: those not asked for are kept by digest.
+        by_manifest = {d.target.manifest.digest: d for d in done}
+        listed: list[PlatformResult] = []
+        for platform, entry in platform_entries(opened.source, root):
+            if platform.os == "unknown":
+                continue  # attestations are not platforms
+            d = by_manifest.pop(entry.digest, None)
+            listed.append(outcome(d) if d is not None else PlatformResult(
+                str(platform), "kept", detail="not asked for", digest=str(entry.digest)))
+        listed.extend(outcome(d) for d in by_manifest.values())
+        platforms = tuple(listed)
     first = next((d for d in done if d.result == "patched"), done[0])
     return PatchResult(
         image=opened.name,
