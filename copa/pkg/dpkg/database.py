@@ -110,9 +110,21 @@ def read_database(files: Files, oci_arch: str, oci_variant: str) -> DpkgDatabase
                 status_d[name] = parsed[0]
             collected.extend(parsed)
         entries = tuple(collected)
-    counts = Counter(e.architecture for e in entries if e.architecture not in ("", "all"))
-    arch = counts.most_common(1)[0][0] if counts else deb_architecture(oci_arch, oci_variant)
+    arch = _native_architecture(entries, deb_architecture(oci_arch, oci_variant))
     return DpkgDatabase(entries, raw, status_d, md5sums, arch)
+
+
+def _native_architecture(entries: tuple[StatusEntry, ...], platform_arch: str) -> str:
+    """dpkg's native architecture: the one the installed dpkg was built for (`dpkg --print-architecture` is
+    compiled in); without dpkg (distroless), the image platform's, if packages of it are installed; else the most
+    common one. A majority alone could pick a foreign architecture with more Multi-Arch libraries."""
+    dpkg = next((e.architecture for e in entries if e.package == "dpkg" and e.architecture not in ("", "all")), None)
+    if dpkg:
+        return dpkg
+    counts = Counter(e.architecture for e in entries if e.architecture not in ("", "all"))
+    if platform_arch in counts or not counts:
+        return platform_arch
+    return counts.most_common(1)[0][0]
 
 
 def info_name(entry_package: str, multi_arch: str, architecture: str) -> str:
