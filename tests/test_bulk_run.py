@@ -502,3 +502,37 @@ def _spawned_children() -> list[int]:
         if ppid == os.getpid() and b"spawn_main" in cmdline:
             out.append(int(proc.name))
     return out
+
+
+def test_sweep_through_registry_faults_pushes_what_a_clean_patch_pushes(
+        anon_registry: RunningRegistry, images: list[fleet.FleetImage], server: RepoServer, repo: AptRepo,
+        cache: Path, template: PatchOptions, tmp_path: Path) -> None:
+    """The fault proxy in front of the registry during a sweep: a dropped connection, 500s and a 429 on the
+    reads, a dropped manifest push. The registry client's retries absorb them: each image is
+    what `copa patch` alone pushes through the same proxy without faults (the image names the proxy's host in its
+    BaseImage label, so the oracle is taken through it too), and every tag is whole."""
+    from tests.support.faultproxy import Fault, FaultProxy
+
+    proxy = FaultProxy(anon_registry.host).start()
+    try:
+        via = [replace(i, host=proxy.host) for i in images[:2]]
+        clean = {}
+        for image in via:
+            proc = copa("patch", "-i", image.reference, "-t", image.target("clean"), "--push", "--json",
+                        "--cache-dir", str(cache), *fleet.patch_flags(server.url, repo))
+            assert proc.returncode == 0, proc.stderr
+            clean[image.reference] = json.loads(proc.stdout)["digest"]
+        faults = [Fault("drop", r"/manifests/1\.[01]$", "GET"), Fault("500", r"/blobs/sha256:", "GET", count=2),
+                  Fault("429", r"/manifests/", "HEAD"), Fault("drop", r"/manifests/1\.[01]-faults$", "PUT")]
+        for fault in faults:
+            proxy.add(fault)
+        results = run(jobs_for(via, "faults"), template, LocalExecutor(2))
+        assert [f.kind for f in faults if not f.fired.is_set()] == []
+        assert [r.result for r in results] == [PATCHED, PATCHED], [r.error for r in results]
+    finally:
+        proxy.stop()
+    # Read back from the registry itself: the proxy keeps one of skopeo's repeated Accept headers, and the
+    # registry answers an OCI manifest asked without its media type with 404.
+    direct = [replace(r, job=replace(r.job, target=r.job.target.replace(via[0].host, anon_registry.host)))
+              for r in results]
+    check_against_oracle(direct, clean, tmp_path)
