@@ -19,6 +19,7 @@ class ElfInfo:
     type: int
     soname: str | None
     needed: tuple[str, ...]
+    flags: int = 0  # e_flags: on 32-bit ARM, the float ABI ldconfig records (EF_ARM_ABI_FLOAT_HARD/SOFT)
 
 
 def parse(data: bytes) -> ElfInfo | None:
@@ -32,10 +33,12 @@ def parse(data: bytes) -> ElfInfo | None:
             e_type, e_machine = struct.unpack_from(e + "HH", data, 16)
             e_phoff = struct.unpack_from(e + "Q", data, 32)[0]
             e_phentsize, e_phnum = struct.unpack_from(e + "HH", data, 54)
+            e_flags = struct.unpack_from(e + "I", data, 48)[0]
         else:
             e_type, e_machine = struct.unpack_from(e + "HH", data, 16)
             e_phoff = struct.unpack_from(e + "I", data, 28)[0]
             e_phentsize, e_phnum = struct.unpack_from(e + "HH", data, 42)
+            e_flags = struct.unpack_from(e + "I", data, 36)[0]
         loads: list[tuple[int, int, int]] = []  # vaddr, offset, filesz
         dynamic: tuple[int, int] | None = None
         for i in range(e_phnum):
@@ -80,4 +83,4 @@ def parse(data: bytes) -> ElfInfo | None:
         needed = tuple(string(o) for o in needed_offs) if base is not None else ()
     except (struct.error, ValueError, IndexError):
         return None
-    return ElfInfo(elf64, little, e_machine, e_type, soname, needed)
+    return ElfInfo(elf64, little, e_machine, e_type, soname, needed, e_flags)

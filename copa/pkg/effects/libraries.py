@@ -104,7 +104,18 @@ def scan_dirs(merged: Merged, architecture: str, family: str = "dpkg") -> list[t
     return out
 
 
+# sysdeps/unix/sysv/linux/arm/readelflib.c: 32-bit ARM libraries carry their float ABI (FLAG_ARM_LIBHF 0x0900,
+# FLAG_ARM_LIBSF 0x0b00, each with FLAG_ELF_LIBC6), from the ELF header's EF_ARM_ABI_FLOAT_HARD/SOFT bits.
+_EF_ARM_ABI_FLOAT_HARD, _EF_ARM_ABI_FLOAT_SOFT = 0x400, 0x200
+_FLAG_ARM_LIBHF, _FLAG_ARM_LIBSF = 0x0903, 0x0B03
+
+
 def _flags(info: elf.ElfInfo, reference: dict[tuple[bool, int], int]) -> int:
+    if not info.elf64 and info.machine == elf.EM_ARM:
+        if info.flags & _EF_ARM_ABI_FLOAT_HARD:
+            return _FLAG_ARM_LIBHF
+        if info.flags & _EF_ARM_ABI_FLOAT_SOFT:
+            return _FLAG_ARM_LIBSF
     known = reference.get((info.elf64, info.machine)) or _MACHINE_FLAGS.get((info.elf64, info.machine))
     if known is not None:
         return known

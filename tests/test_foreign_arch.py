@@ -37,3 +37,26 @@ def test_without_dpkg_the_platform_wins_over_a_majority() -> None:
 def test_without_dpkg_or_platform_packages_the_majority_decides() -> None:
     paras = [_para("a", "armhf"), _para("b", "armhf"), _para("c", "arm64")]
     assert read_database(_files(paras), "amd64", "").architecture == "armhf"
+
+
+def test_armhf_libraries_get_ldconfigs_hard_float_flag() -> None:
+    """ldconfig records a 32-bit ARM library's float ABI (glibc's arm readelflib.c): 0x0903 for hard-float. The
+    ELF header's ABI is read by binutils' readelf as the oracle, on real armhf libraries from the archive."""
+    import subprocess
+
+    from copa.pkg.effects import elf
+    from copa.pkg.effects.libraries import _flags
+    from tests.support.multiplatform import foreign_rootfs
+
+    root = foreign_rootfs("armhf")
+    libs = sorted((root / "usr/lib/arm-linux-gnueabihf").glob("lib*.so.*"))
+    assert libs, "the armhf fixture has no libraries"
+    for lib in libs[:5]:
+        if lib.is_symlink():
+            continue
+        info = elf.parse(lib.read_bytes())
+        assert info is not None
+        header = subprocess.run(["readelf", "-h", str(lib)], capture_output=True, text=True, check=True).stdout
+        expected = 0x0903 if "hard-float" in header else 0x0B03 if "soft-float" in header else None
+        assert expected is not None, header
+        assert _flags(info, {}) == expected, (lib.name, hex(_flags(info, {})))
