@@ -1,0 +1,476 @@
+#!/usr/bin/env python3
+"""The honest benchmark (issue 13): one cold `copa patch` of the Debian fixture image against (a) the package
+manager doing the same upgrade in a chroot, (b) the whole rebuild a user without BuildKit runs, and (c) the floor:
+the transfers and decompression the job cannot avoid, timed with standard tools one after another. All in one run,
+interleaved round by round so that a change in the machine's load or the mirror's speed hits every figure alike.
+
+Setup (not measured): the fixture image (tests/support/images.py) is pushed to a fresh docker-registry; a Trivy
+report names every package whose bookworm-security version (the oracle image) is newer. One untimed discovery run
+of copa cold goes through a logging HTTP forward proxy (`http_proxy`; the registry on 127.0.0.1 is not proxied): it
+records every repository URL copa fetched (signed release files, indexes, packages) and keeps their bodies, and its
+pushed image gives the patch layer whose size the floor's gzip and upload use.
+
+Measured each round (wall time and peak RSS of the process tree, GNU time):
+  copa cold     `python -m copa patch -i REG/SRC -r REPORT -t TAG --push`, an empty COPA_CACHE_DIR; SRC is a copy
+                of the image in a repository of its own, so that the patch layer is really uploaded
+  copa warm     the same with the cold run's cache, from another such copy
+  (a) apt       `apt-get update` + `apt-get install --only-upgrade PKGS` chrooted into a copy of the rootfs
+                (bench_debian.apt_upgrade); it neither pulls, nor builds a layer, nor pushes
+  (b) buildah   `buildah from` the image, `buildah run --isolation chroot` the same apt commands, `buildah commit`,
+                `buildah push` (to the source repository, as a user would), `--storage-driver vfs` with a private
+                `--root`/`--runroot` per round: the sum of the four steps
+  (c) floor     the sum of: `skopeo copy` of the image to an OCI layout (pull); one `curl` process fetching every
+                URL copa fetched, one after another (downloads); `xz -d`/`zstd -d`/`gzip -d` of the fetched indexes
+                and of the packages' data members (decompression); `igzip -1` of copa's patch layer, uncompressed
+                (compression); `skopeo copy` of a one-layer image holding that layer to a fresh registry (upload)
+Also: time from starting copa to its first network request (copa pointed at a listener on 127.0.0.1 that notes
+the first byte it receives; copa is then stopped), median of the rounds; peak RSS of copa cold.
+Targets (cold cache): copa <= 1.0x (c), <= 0.3x (a), <= 0.15x (b); warm <= 1.0x (c) without its downloads; peak
+RSS < 150 MiB; first request < 150 ms. The last line printed holds the ratios against them.
+
+    .venv/bin/python benchmarks/bench_compare.py [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import hashlib
+import http.client
+import http.server
+import itertools
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _measure import REPO, MeasureError, Measurement, measure, median, print_table, registry
+from bench_debian import apt_upgrade, copa_env
+
+from tests.support import images
+from tests.support.registry import RunningRegistry
+from tests.support.trivy import dpkg_versions, fixed_packages, write_report
+
+IMAGE = "bench/debian:1"
+TARGET_FLOOR = 1.0
+TARGET_APT = 0.3
+TARGET_BUILDAH = 0.15
+TARGET_RSS_MIB = 150
+TARGET_FIRST_REQUEST_MS = 150
+APT_OPTS = "-q -o Acquire::Check-Valid-Until=false"  # as bench_debian: the mirror may be a frozen snapshot
+# Magic numbers of the compressed files copa fetched: by-hash URLs carry no extension to tell them by.
+DECOMPRESSORS = {b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gzip"}
+
+
+# ------------------------------------------------------------------------------------------------ discovery
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    url: str
+    path: Path  # the body as served
+    size: int
+
+
+class LoggingProxy(http.server.ThreadingHTTPServer):
+    """A plain-HTTP forward proxy on 127.0.0.1 that keeps every URL it served with status 200, and its body.
+
+    Used only for the untimed discovery run: copa's downloads are what the floor's curl must fetch again."""
+
+    daemon_threads = True
+
+    def __init__(self, store: Path) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.store = store
+        self.fetched: list[Fetched] = []
+        self.refused: list[str] = []
+        self.lock = threading.Lock()
+        self.numbers = itertools.count()  # bodies are stored under their arrival number
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    server: LoggingProxy
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.scheme != "http" or not parts.hostname:
+            self.send_error(400, "absolute http:// URL expected")
+            return
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() not in ("connection", "proxy-connection", "keep-alive", "host")}  # fmt: skip
+        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=120)
+        try:
+            conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers)
+            resp = conn.getresponse()
+            self.send_response(resp.status)
+            for key, value in resp.getheaders():
+                if key.lower() not in ("connection", "keep-alive", "transfer-encoding"):
+                    self.send_header(key, value)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if resp.status != 200:
+                with self.server.lock:
+                    self.server.refused.append(f"{resp.status} {self.path}")
+                shutil.copyfileobj(resp, self.wfile)
+                return
+            with self.server.lock:
+                path = self.server.store / f"{next(self.server.numbers):04d}"
+            size = 0
+            with path.open("wb") as out:
+                while chunk := resp.read(1 << 16):
+                    out.write(chunk)
+                    self.wfile.write(chunk)
+                    size += len(chunk)
+            with self.server.lock:
+                self.server.fetched.append(Fetched(self.path, path, size))
+        finally:
+            conn.close()
+
+
+@contextlib.contextmanager
+def logging_proxy(store: Path) -> Iterator[LoggingProxy]:
+    proxy = LoggingProxy(store)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def copa_patch(image: str, report: Path, tag: str) -> list[str]:
+    return [sys.executable, "-m", "copa", "patch", "-i", image, "-r", str(report), "-t", tag, "--push",
+            "--progress", "quiet"]  # fmt: skip
+
+
+def skopeo(*args: str) -> list[str]:
+    return ["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", *args]
+
+
+def run(argv: Sequence[str], what: str, env: dict[str, str] | None = None) -> None:
+    """An untimed setup step; its failure stops the benchmark with the command's last lines."""
+    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False, env=env, cwd=REPO)
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
+        raise MeasureError(f"{what}: exited {proc.returncode}: {tail}")
+
+
+def copy_in_registry(reg: RunningRegistry, repo: str) -> str:
+    """The benchmark image under `repo` of the same registry (blobs mounted): a source whose repository has
+    never seen copa's patch layer, so that pushing it is a real upload."""
+    run(skopeo(f"docker://{reg.host}/{IMAGE}", f"docker://{reg.host}/{repo}:1"), f"copying the image to {repo}")
+    return f"{reg.host}/{repo}:1"
+
+
+# ------------------------------------------------------------------------------------------------ the patch layer
+
+
+@dataclass(frozen=True, slots=True)
+class PatchLayer:
+    blob: Path  # compressed, as copa pushed it
+    media_type: str
+    digest: str
+    tar: Path  # uncompressed
+    diff_id: str
+
+
+def pull_patch_layer(image: str, work: Path) -> PatchLayer:
+    """copa's patch layer (the last one of the patched image), pulled with skopeo and decompressed."""
+    layout = work / "patched"
+    run(skopeo(f"docker://{image}", f"oci:{layout}:x"), "pulling the patched image")
+    index = json.loads((layout / "index.json").read_text())
+    manifest_digest = index["manifests"][0]["digest"].split(":", 1)[1]
+    manifest = json.loads((layout / "blobs/sha256" / manifest_digest).read_text())
+    layer = manifest["layers"][-1]
+    blob = layout / "blobs/sha256" / layer["digest"].split(":", 1)[1]
+    tar = work / "patch-layer.tar"
+    if layer["mediaType"].endswith("+zstd"):
+        subprocess.run(["zstd", "-q", "-d", "-f", str(blob), "-o", str(tar)], check=True)
+    else:
+        with gzip.open(blob, "rb") as src, tar.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    digest = hashlib.sha256()
+    with tar.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return PatchLayer(blob, layer["mediaType"], layer["digest"], tar, f"sha256:{digest.hexdigest()}")
+
+
+def one_layer_layout(layer: PatchLayer, dest: Path) -> Path:
+    """An OCI layout of an image whose only layer is the patch layer: what the upload floor pushes."""
+    blobs = dest / "blobs/sha256"
+    blobs.mkdir(parents=True)
+    shutil.copyfile(layer.blob, blobs / layer.digest.split(":", 1)[1])
+
+    def put(doc: dict[str, object]) -> tuple[str, int]:
+        data = json.dumps(doc, separators=(",", ":")).encode()
+        hexdigest = hashlib.sha256(data).hexdigest()
+        (blobs / hexdigest).write_bytes(data)
+        return f"sha256:{hexdigest}", len(data)
+
+    config, config_size = put({"architecture": "amd64", "os": "linux",
+                               "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]}})  # fmt: skip
+    manifest, manifest_size = put({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
+        "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.blob.stat().st_size}],
+    })  # fmt: skip
+    (dest / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (dest / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest, "size": manifest_size,
+        "annotations": {"org.opencontainers.image.ref.name": "x"}}]}))  # fmt: skip
+    return dest
+
+
+# ------------------------------------------------------------------------------------------------ decompression
+
+
+def deb_data_member(deb: Path, dest: Path) -> Path | None:
+    """The `data.tar.*` member of a .deb (an ar archive), written to `dest`; None if `deb` is not one."""
+    with deb.open("rb") as f:
+        if f.read(8) != b"!<arch>\n":
+            return None
+        while header := f.read(60):
+            if len(header) < 60:
+                return None
+            name, size = header[:16].decode().strip().rstrip("/"), int(header[48:58].decode())
+            if name.startswith("data.tar"):
+                dest.write_bytes(f.read(size))
+                return dest
+            f.seek(size + (size & 1), os.SEEK_CUR)  # members are 2-byte aligned
+    return None
+
+
+def compressed_inputs(fetched: Sequence[Fetched], work: Path) -> dict[str, list[Path]]:
+    """What the floor decompresses, by tool: the compressed indexes as fetched and each package's data member."""
+    by_tool: dict[str, list[Path]] = {}
+    payloads = work / "payloads"
+    payloads.mkdir()
+    for item in fetched:
+        source = deb_data_member(item.path, payloads / item.path.name) or item.path
+        with source.open("rb") as f:
+            head = f.read(6)
+        for magic, tool in DECOMPRESSORS.items():
+            if head.startswith(magic):
+                by_tool.setdefault(tool, []).append(source)
+    return by_tool
+
+
+def decompress_command(by_tool: dict[str, list[Path]]) -> list[str]:
+    # One process per tool, each file one after another: the floor is sequential by definition.
+    script = " && ".join(f"{tool} -d -c {' '.join(map(str, paths))} > /dev/null" for tool, paths in by_tool.items())
+    return ["sh", "-c", script]
+
+
+def curl_command(urls: Sequence[str]) -> list[str]:
+    # One curl process: it reuses its connection to the mirror, as copa's session does.
+    argv = ["curl", "-sS", "--fail", "--noproxy", "*"]
+    for url in urls:
+        argv += ["-o", "/dev/null", url]
+    return argv
+
+
+# ------------------------------------------------------------------------------------------------ first request
+
+
+def first_request_seconds(report: Path, cache: Path) -> float:
+    """Seconds from starting copa to the first byte it sends over the network: copa patches an image on a listener
+    of ours that notes that byte and never answers; copa is then stopped (no other work of it is timed)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        seen: list[float] = []
+
+        def note_first_byte() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                if conn.recv(1):
+                    seen.append(time.monotonic())
+
+        watcher = threading.Thread(target=note_first_byte, daemon=True)
+        watcher.start()
+        started = time.monotonic()
+        proc = subprocess.Popen(copa_patch(f"127.0.0.1:{port}/{IMAGE}", report, "never"), env=copa_env(cache),
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            watcher.join(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
+        if not seen:
+            raise MeasureError("first request: copa sent nothing to the registry within 60 s")
+        return seen[0] - started
+
+
+# ------------------------------------------------------------------------------------------------ (b) buildah
+
+
+def buildah_rebuild(image: str, packages: Sequence[str], push_to: str, root: Path) -> list[Measurement]:
+    """`buildah from`, `run --isolation chroot`, `commit`, `push`, each timed; the store is private and removed."""
+    store = ["buildah", "--storage-driver", "vfs", "--root", str(root / "root"), "--runroot", str(root / "run")]
+    script = (f"apt-get {APT_OPTS} update && DEBIAN_FRONTEND=noninteractive apt-get {APT_OPTS} -y install "
+              f"--only-upgrade {' '.join(packages)}")  # fmt: skip
+    try:
+        steps = [
+            ("(b) buildah from", ["from", "--quiet", "--tls-verify=false", "--name", "bench", f"docker://{image}"]),
+            ("(b) buildah run (apt)", ["run", "--isolation", "chroot", "bench", "--", "sh", "-c", script]),
+            ("(b) buildah commit", ["commit", "--quiet", "bench", "bench-patched"]),
+            ("(b) buildah push", ["push", "--quiet", "--tls-verify=false", "bench-patched", f"docker://{push_to}"]),
+        ]
+        return [measure(label, [*store, *argv]) for label, argv in steps]
+    finally:
+        subprocess.run([*store, "rm", "--all"], capture_output=True, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def total(label: str, parts: Sequence[Measurement]) -> Measurement:
+    """Steps run one after another: their times add up; the peak RSS is the largest of them."""
+    return Measurement(label, sum(p.seconds for p in parts), max(p.peak_rss_kib for p in parts))
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (each figure is the median of them)")
+    args = parser.parse_args(argv)
+    for tool, package in (("igzip", "isal"), ("buildah", "buildah"), ("curl", "curl"), ("xz", "xz-utils"),
+                          ("zstd", "zstd"), ("skopeo", "skopeo")):  # fmt: skip
+        if shutil.which(tool) is None:
+            subprocess.run(["apt-get", "install", "-y", "-q", package], check=True, capture_output=True,
+                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+
+    base, oracle = images.debian_rootfs(), images.oracle_rootfs()
+    fixes = fixed_packages(dpkg_versions(base), dpkg_versions(oracle))
+    packages = sorted(fixes)
+    print(f"packages with a fix in bookworm-security ({len(packages)}): {' '.join(packages)}")
+    layout, ref = images.debian_layout()
+    work = Path(tempfile.mkdtemp(prefix="bench-compare-"))
+    try:
+        report = write_report(work / "trivy.json", fixes)
+        with registry("compare") as reg:
+            images.push_layout(layout, ref, reg.host, IMAGE)
+
+            # Discovery (untimed): what copa fetches, and the layer it pushes.
+            store = work / "fetched"
+            store.mkdir()
+            with logging_proxy(store) as proxy:
+                env = {**copa_env(work / "cache-discovery"), "http_proxy": proxy.url, "HTTP_PROXY": proxy.url,
+                       "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}  # fmt: skip
+                source = copy_in_registry(reg, "bench/discovery")
+                run(copa_patch(source, report, "patched"), "discovery run of copa", env=env)
+                fetched = sorted(proxy.fetched, key=lambda f: f.path.name)
+                if proxy.refused:
+                    print(f"not counted (status other than 200): {'; '.join(proxy.refused)}")
+            if not fetched:
+                raise MeasureError("the discovery run fetched nothing through the proxy: is the mirror https?")
+            layer = pull_patch_layer(f"{reg.host}/bench/discovery:patched", work)
+            by_tool = compressed_inputs(fetched, work)
+            mib = 1 << 20
+            print(f"copa fetched {len(fetched)} files, {sum(f.size for f in fetched) / mib:.1f} MiB; "
+                  f"decompressed by the floor: " + ", ".join(f"{len(p)} with {t}" for t, p in by_tool.items()))
+            print(f"patch layer: {layer.blob.stat().st_size / mib:.1f} MiB {layer.media_type.rsplit('.', 1)[-1]}, "
+                  f"{layer.tar.stat().st_size / mib:.1f} MiB uncompressed")
+            upload_layout = one_layer_layout(layer, work / "one-layer")
+
+            rows: dict[str, list[Measurement]] = {}
+            first_request: list[float] = []
+
+            def keep(m: Measurement) -> Measurement:
+                rows.setdefault(m.label, []).append(m)
+                return m
+
+            for i in range(args.repeat):
+                cache = work / f"cache-{i}"
+                keep(measure("copa cold", copa_patch(copy_in_registry(reg, f"bench/cold-{i}"), report, "patched"),
+                             env=copa_env(cache), cwd=REPO))  # fmt: skip
+                keep(measure("copa warm", copa_patch(copy_in_registry(reg, f"bench/warm-{i}"), report, "patched"),
+                             env=copa_env(cache), cwd=REPO))  # fmt: skip
+                first_request.append(first_request_seconds(report, work / f"cache-first-{i}"))
+                keep(apt_upgrade(base, packages))
+                steps = buildah_rebuild(f"{reg.host}/{IMAGE}", packages, f"{reg.host}/bench/debian:buildah-{i}",
+                                        work / f"buildah-{i}")  # fmt: skip
+                for step in steps:
+                    keep(step)
+                keep(total("(b) buildah from + run + commit + push", steps))
+                floor = [
+                    keep(measure("(c) pull: skopeo copy -> oci dir",
+                                 skopeo(f"docker://{reg.host}/{IMAGE}", f"oci:{work / f'pulled-{i}'}:x"))),
+                    keep(measure("(c) downloads: curl", curl_command([f.url for f in fetched]))),
+                    keep(measure("(c) decompress: xz/zstd/gzip -d", decompress_command(by_tool))),
+                    keep(measure("(c) compress: igzip -1 of the layer",
+                                 ["sh", "-c", f"igzip -1 -c {layer.tar} > /dev/null"])),
+                ]  # fmt: skip
+                with registry("upload") as sink:
+                    floor.append(keep(measure("(c) upload: skopeo copy of one layer",
+                                              skopeo(f"oci:{upload_layout}:x", f"docker://{sink.host}/one:1"))))
+                shutil.rmtree(work / f"pulled-{i}", ignore_errors=True)
+                keep(total("(c) floor: the five steps above", floor))
+                keep(total("(c) floor without downloads", [m for m in floor if "curl" not in m.label]))
+                shutil.rmtree(cache, ignore_errors=True)
+                print(f"round {i + 1}/{args.repeat} done", flush=True)
+
+        medians = {label: median(label, runs) for label, runs in rows.items()}
+        cold, warm = medians["copa cold"], medians["copa warm"]
+        apt = medians["(a) apt-get update + upgrade (chroot)"]
+        rebuild = medians["(b) buildah from + run + commit + push"]
+        floor_all = medians["(c) floor: the five steps above"]
+        floor_local = medians["(c) floor without downloads"]
+        ratios = {label: f"{m.seconds / floor_all.seconds:.2f}x (c)" for label, m in medians.items()}
+        ratios["copa warm"] = f"{warm.seconds / floor_local.seconds:.2f}x (c) w/o downloads"
+        print_table(f"patching {len(packages)} packages of the Debian fixture image (median of {args.repeat}; "
+                    f"a total's median is the median of the per-round sums)", list(medians.values()), ratios)
+        first_ms = statistics.median(first_request) * 1000
+        print(f"\ncopa cold        {cold.seconds:.2f} s = {cold.seconds / floor_all.seconds:.2f}x (c) floor "
+              f"{floor_all.seconds:.2f} s, {cold.seconds / apt.seconds:.2f}x (a) apt {apt.seconds:.2f} s, "
+              f"{cold.seconds / rebuild.seconds:.2f}x (b) buildah {rebuild.seconds:.2f} s")
+        print(f"copa warm        {warm.seconds:.2f} s = {warm.seconds / floor_local.seconds:.2f}x the floor "
+              f"without downloads {floor_local.seconds:.2f} s")
+        print(f"first request    {first_ms:.0f} ms after start (median; runs: "
+              f"{', '.join(f'{s * 1000:.0f}' for s in first_request)} ms)")
+        peak = max(cold.peak_rss_mib, warm.peak_rss_mib)
+        print(f"peak RSS         {peak:.1f} MiB (copa cold or warm)")
+
+        def verdict(value: float, target: float) -> str:
+            return "ok" if value <= target else "MISSED"
+
+        checks = [
+            (cold.seconds / floor_all.seconds, TARGET_FLOOR, "x (c)"),
+            (cold.seconds / apt.seconds, TARGET_APT, "x (a)"),
+            (cold.seconds / rebuild.seconds, TARGET_BUILDAH, "x (b)"),
+            (warm.seconds / floor_local.seconds, TARGET_FLOOR, "x (c) w/o downloads, warm"),
+        ]
+        parts = [f"{v:.2f}{unit} <= {t}: {verdict(v, t)}" for v, t, unit in checks]
+        parts.append(f"RSS {peak:.0f} MiB < {TARGET_RSS_MIB}: {verdict(peak, TARGET_RSS_MIB)}")
+        parts.append(f"first request {first_ms:.0f} ms < {TARGET_FIRST_REQUEST_MS}: "
+                     f"{verdict(first_ms, TARGET_FIRST_REQUEST_MS)}")  # fmt: skip
+        print("\ntargets: copa cold " + "; ".join(parts))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
