@@ -8,6 +8,7 @@ which returns the exit code or raises a CopaError for the CLI to print.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -42,10 +43,23 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 def add_command(sub: Any, patch_parser: argparse.ArgumentParser) -> None:
     """`copa bulk FILE`: the patch flags (those a sweep honours) plus the config file."""
-    b = sub.add_parser("bulk", parents=[patch_parser], add_help=False, help="patch the images a PatchConfig names",
+    b = sub.add_parser("bulk", add_help=False, help="patch the images a PatchConfig names",
                        description="Patch every image a Copacetic PatchConfig (copa.sh/v1alpha1) names, on local "
                        "worker processes or a Dask cluster (--scheduler).")
+    # Copies of the patch flags (argparse's parents= would share the Action objects, and the help changed below
+    # would change `copa patch --help` too).
+    for original in patch_parser._actions:
+        b._add_action(copy.copy(original))
     b.add_argument("file", metavar="FILE", help="the PatchConfig YAML file")
+    hidden = {attr for attr, _ in _REFUSED} | {"config", "tag_suffix", "format"}
+    for action in b._actions:
+        if action.dest in hidden:  # one image's flags: refused (or meaningless) in a sweep, so not offered
+            action.help = argparse.SUPPRESS
+        elif action.dest == "report":
+            action.help = ("directory of scanner reports, each matched to the image it names (Trivy ArtifactName or "
+                           "RepoDigests, Grype's target); images without one get every available update")
+        elif action.dest == "timeout":
+            action.help = "per job: a job running longer fails (seconds, or e.g. 5m; default 5m)"
 
 
 def refuse_outside_sweep(args: argparse.Namespace) -> None:
