@@ -135,7 +135,7 @@ def _copy_blob(root: Path, desc: Descriptor, bundle: Bundle) -> None:
     # Hash again here rather than trusting the opener: a sink is the last place corruption can be caught.
     hasher = desc.digest.hasher()
     count = 0
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(dir=_tmp_dir(root), prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as out, bundle.open_blob(desc) as src:
             while chunk := src.read(_CHUNK):
@@ -155,9 +155,16 @@ def _copy_blob(root: Path, desc: Descriptor, bundle: Bundle) -> None:
         raise
 
 
-def _write_bytes_atomic(target: Path, data: bytes) -> None:
+def _tmp_dir(root: Path) -> Path:
+    """Where a blob is written before its rename: `blobs/`, on the same file system as `blobs/<algorithm>/` but
+    outside it. Readers such as `umoci gc` take every file in `blobs/<algorithm>/` for a digest, so a temporary file
+    there, left by a killed run, would make the whole layout unreadable to them."""
+    return root / "blobs"
+
+
+def _write_bytes_atomic(target: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir or target.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
@@ -174,7 +181,7 @@ def _write_bytes_atomic(target: Path, data: bytes) -> None:
 def _write_manifest_blob(root: Path, doc: Document) -> None:
     target = blob_path(root, doc.digest)
     if not (target.exists() and target.stat().st_size == len(doc.raw)):
-        _write_bytes_atomic(target, doc.raw)
+        _write_bytes_atomic(target, doc.raw, _tmp_dir(root))
 
 
 _OCI_TYPES = {

@@ -2,8 +2,12 @@
 
 Each `Fault` applies to the first `count` requests whose method and path match: `drop` closes the
 connection without an answer, `500` and `429` answer with that status (429 with Retry-After),
-`corrupt` forwards the request and flips a byte of the answer's body. The proxy keeps the Host
-header, so the registry's Location headers point back at the proxy. Every request is logged.
+`corrupt` forwards the request and flips a byte of the answer's body, `truncate` forwards it and sends the
+announced Content-Length but only half the body, `stall` holds the request `hold` seconds unanswered (past a
+client's timeout) and then closes. A truncated body is also held `hold` seconds before the close (a body that
+stops mid-way). `fired` is set when the fault is applied, so a test can act (e.g. SIGKILL) at that moment.
+The proxy keeps the Host header, so the registry's Location headers point back at the proxy. Every request is
+logged.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import http.client
 import http.server
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +25,13 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
 
 @dataclass
 class Fault:
-    kind: str  # "drop" | "500" | "429" | "corrupt"
+    kind: str  # "drop" | "500" | "429" | "corrupt" | "truncate" | "stall"
     path: str  # regex searched in the request path (with query)
     method: str = ""  # "" matches any method
     count: int = 1
     retry_after: int = 1
+    hold: float = 0.0  # seconds a stalled request, or a truncated body, is held open before the close
+    fired: threading.Event = field(default_factory=threading.Event)
 
     def matches(self, method: str, path: str) -> bool:
         return self.count > 0 and (not self.method or self.method == method) and re.search(self.path, path) is not None
@@ -68,6 +75,14 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length", "0") or 0)
                 body = self.rfile.read(length) if length else b""
                 fault = proxy._take(self.command, self.path)
+                if fault is not None and fault.kind == "stall":
+                    proxy.log.append((self.command, self.path, -1))
+                    fault.fired.set()
+                    time.sleep(fault.hold)
+                    self.close_connection = True
+                    return
+                if fault is not None:
+                    fault.fired.set()
                 if fault is not None and fault.kind == "drop":
                     proxy.log.append((self.command, self.path, -1))
                     self.close_connection = True
@@ -103,6 +118,12 @@ class FaultProxy:
                     else:
                         self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
+                    if fault is not None and fault.kind == "truncate" and self.command != "HEAD":
+                        self.wfile.write(data[: len(data) // 2])
+                        self.wfile.flush()
+                        time.sleep(fault.hold)
+                        self.close_connection = True
+                        return
                     if self.command != "HEAD":
                         self.wfile.write(data)
                 finally:
