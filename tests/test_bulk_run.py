@@ -81,9 +81,9 @@ def template(server: RepoServer, repo: AptRepo, cache: Path) -> PatchOptions:
                                                 keyrings=(repo.key.keyring,)))
 
 
-def copa(*args: str) -> subprocess.CompletedProcess[str]:
+def copa(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "copa", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "COPA_DEBUG": ""})
+                          env={**os.environ, "COPA_DEBUG": "", **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -437,7 +437,8 @@ def test_bulk_usage_errors(tmp_path: Path, images: list[fleet.FleetImage]) -> No
     assert error_line(proc).startswith("copa: error: a sweep writes with --push")
     proc = copa("bulk", str(config), "--push", "-i", images[0].reference)
     assert proc.returncode == 2 and "-i names one image" in error_line(proc)
-    proc = copa("bulk", str(config), "--push", "--scheduler", "tcp://127.0.0.1:9", "--progress", "quiet")
+    proc = copa("bulk", str(config), "--push", "--scheduler", "tcp://127.0.0.1:9", "--progress", "quiet",
+                env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"})
     assert proc.returncode == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in error_line(proc)
     assert all(fleet.skopeo_digest(i.target("usage")) is None for i in images)
 

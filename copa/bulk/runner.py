@@ -254,9 +254,12 @@ class DaskExecutor:
     """Jobs submitted to a Dask distributed cluster: an existing one at `address`, or (address None) a LocalCluster
     of `workers` single-threaded worker processes started for this sweep."""
 
-    def __init__(self, address: str | None, workers: int | None = None, *, connect_timeout: float = 10.0) -> None:
+    def __init__(self, address: str | None, workers: int | None = None, *,
+                 connect_timeout: float | None = None) -> None:
         self.address = address
         self.workers = workers
+        # None: Dask's own setting (distributed.comm.timeouts.connect, 30 s unless configured, e.g. by
+        # DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT), as every Dask client reads it.
         self.connect_timeout = connect_timeout
         self._client: Any = None
         self._cluster: Any = None
@@ -275,7 +278,8 @@ class DaskExecutor:
                                              processes=True, dashboard_address=None)
                 self._client = dask.Client(self._cluster)
             else:
-                self._client = dask.Client(self.address, timeout=self.connect_timeout)
+                self._client = dask.Client(self.address, timeout=self.connect_timeout
+                                           if self.connect_timeout is not None else _dask_connect_timeout())
         except (OSError, TimeoutError) as e:
             self._close()
             raise UsageError(f"cannot reach the Dask scheduler at {self.address}: {e}; check --scheduler or "
@@ -342,6 +346,12 @@ class DaskExecutor:
         what = type(error).__name__
         detail = "every worker that ran it died" if what == "KilledWorker" else f"{what}: {error}"
         return JobResult(job, FAILED, error=f"{job.source}: on the Dask cluster, {detail}", exit_code=1)
+
+
+def _dask_connect_timeout() -> float:
+    config = importlib.import_module("dask.config")
+    utils = importlib.import_module("dask.utils")
+    return float(utils.parse_timedelta(config.get("distributed.comm.timeouts.connect"), default="seconds"))
 
 
 def _distributed() -> Any:
