@@ -18,7 +18,9 @@ from copa.eol import check_end_of_life, eol_error
 from copa.errors import CopaError, ReportError, UnsupportedImageError, UsageError
 from copa.oci import referrers
 from copa.oci.image import Image, is_docker, platform_entries, resolve_platform
-from copa.oci.layer import Compression, write_layer
+from copa.oci.layer import Compression, LayerBlob, write_layer
+from copa.oci.layercache import LayerCache
+from copa.oci.layerstore import LayerStore, layer_key, writer_version
 from copa.oci.loaders import check_available
 from copa.oci.model import Descriptor, Index, Manifest, Platform
 from copa.oci.mutate import Original, Patched, assemble, original_of, patched_image
@@ -26,7 +28,8 @@ from copa.oci.reference import Reference
 from copa.oci.registry import RegistryClient, RegistryOptions
 from copa.oci.rootfs import Files, scan
 from copa.oci.transport import Opened, Outputs, Written, check_tag, open_image, plan_outputs, write_outputs
-from copa.pkg.base import ImageContext, LayerContent, OSRelease, RepositoryOptions, Skip, Update
+from copa.pkg.base import ImageContext, OSRelease, PackageManager, Plan, RepositoryOptions, Skip, Update
+from copa.pkg.cache import Cache
 from copa.pkg.detect import CAPTURE, CAPTURE_LARGE, PREFETCH_WATCH, EarlyDownloads, adapter_for, detect
 from copa.pkg.fetch import make_fetcher
 from copa.pkg.inventory import InstalledPackage
@@ -503,7 +506,9 @@ def _patch_one(opened: Opened, target: _Target, options: PatchOptions, compressi
                              make_fetcher(Path(options.cache_dir) if options.cache_dir else None, options.timeout,
                                           options.ca_bundle, options.repos))
     try:
-        root_view = scan(image, original.layers, CAPTURE, early=(PREFETCH_WATCH, prefetch.start), large=CAPTURE_LARGE)
+        # What each layer holds is recorded by its diff_id: a second image on the same base reads only its own layers.
+        root_view = scan(image, original.layers, CAPTURE, early=(PREFETCH_WATCH, prefetch.start), large=CAPTURE_LARGE,
+                         cache=LayerCache(_cache(options)))
     finally:
         prefetch.join()
     detected = detect(root_view)
@@ -538,10 +543,8 @@ def _patch_one(opened: Opened, target: _Target, options: PatchOptions, compressi
             return _Done(target, "up-to-date", os_name, (), plan.skipped, unfixed)
         if options.dry_run:
             return _Done(target, "planned", os_name, plan.updates, plan.skipped, unfixed)
-        progress(f"building the patch layer ({len(plan.updates)} packages)")
-        content = adapter.build(ctx, plan)
-        updates = content.updates or plan.updates
-        patched = _patched(image, original, content, compression, workdir)
+        layer, updates = _patch_layer(image, original, adapter, ctx, plan, options, compression, workdir, progress)
+        patched = _patched(image, original, layer, updates)
         scanned = report.os if report is not None else None
         fixes = vex.fixes_of(updates, lambda n, v, a: adapter.purl(ctx, n, v, a, scanned)) \
             if options.vex_output or options.attach else ()
@@ -561,19 +564,54 @@ def _check_end_of_life(os_release: OSRelease, options: PatchOptions, progress: P
         raise eol_error(status)
 
 
-def _patched(image: Image, original: Original, content: LayerContent, compression: Compression,
-             workdir: Path) -> Patched:
+def _cache(options: PatchOptions) -> Cache:
+    return Cache(Path(options.cache_dir) if options.cache_dir else None)
+
+
+def _patch_layer(image: Image, original: Original, adapter: PackageManager, ctx: ImageContext, plan: Plan,
+                 options: PatchOptions, compression: Compression, workdir: Path,
+                 progress: Progress) -> tuple[LayerBlob, tuple[Update, ...]]:
+    """The patch layer for `plan`: built once per identical input, then taken from the cache. The layer is
+    deterministic, so the same original layers, the same updates, the same repositories and options and the same
+    writer give the same bytes: the same image under many tags or repositories (a sweep) is built once."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    docker = is_docker(image.manifest.media_type)
+    key = layer_key(
+        [layer.diff_id for layer in image.layers[:original.layers]],
+        [(u.name, u.architecture, u.new_version) for u in plan.updates],
+        compression=compression.value, docker=docker, source_date_epoch=epoch, writer_version=writer_version(),
+        extra=[repr(options.repos), repr(options.allow_remove)],
+    )
+    store = LayerStore(_cache(options))
+    found = store.get_with_extra(key)
+    if found is not None:
+        layer, extra = found
+        notes = extra.get("notes", {}) if isinstance(extra, dict) else {}
+        progress(f"the patch layer for these {len(plan.updates)} packages was built before; reusing {layer.digest}")
+        return layer, tuple(dataclasses.replace(u, scripts_note=str(notes.get(f"{u.name}:{u.architecture}", "")))
+                            for u in plan.updates)
+    progress(f"building the patch layer ({len(plan.updates)} packages)")
+    content = adapter.build(ctx, plan)
+    updates = content.updates or plan.updates
     layer = write_layer(
         content.entries,
         workdir,
         compression=compression,
-        docker=is_docker(image.manifest.media_type),
+        docker=docker,
         default_mtime=content.default_mtime,
         clamp_mtime=int(epoch) if epoch and epoch.isdigit() else None,
         is_base_symlink=content.is_base_symlink,
     )
-    names = ", ".join(f"{u.name} {u.new_version or '(removed)'}" for u in content.updates[:20])
-    if len(content.updates) > 20:
-        names += f" and {len(content.updates) - 20} more"
+    notes = {f"{u.name}:{u.architecture}": u.scripts_note for u in updates if u.scripts_note}
+    # Only a plan whose updates the build kept as they were is stored: its notes can then be put back on a hit.
+    if [(u.name, u.architecture, u.new_version) for u in updates] == \
+            [(u.name, u.architecture, u.new_version) for u in plan.updates]:
+        layer = store.put(key, layer, {"notes": notes})
+    return layer, updates
+
+
+def _patched(image: Image, original: Original, layer: LayerBlob, updates: tuple[Update, ...]) -> Patched:
+    names = ", ".join(f"{u.name} {u.new_version or '(removed)'}" for u in updates[:20])
+    if len(updates) > 20:
+        names += f" and {len(updates) - 20} more"
     return patched_image(image, layer, original, created=_created(), comment=names)
