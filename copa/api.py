@@ -20,7 +20,7 @@ from copa.oci import referrers
 from copa.oci.image import Image, is_docker, platform_entries, resolve_platform
 from copa.oci.layer import Compression, LayerBlob, write_layer
 from copa.oci.layercache import LayerCache
-from copa.oci.layerstore import LayerStore, layer_key, writer_version
+from copa.oci.layerstore import BlobHomes, LayerStore, layer_key, writer_version
 from copa.oci.loaders import check_available
 from copa.oci.model import Descriptor, Index, Manifest, Platform
 from copa.oci.mutate import Original, Patched, assemble, original_of, patched_image
@@ -365,7 +365,10 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
                 str(x) for x in (outputs.reference if outputs.push else None, outputs.oci_dir, outputs.output_tar,
                                  outputs.loader) if x is not None
             ))
-            written = write_outputs(outputs, bundle, client, Path(tmp), options.timeout)
+            # Blobs this cache's runs pushed before are mounted from the repository that holds them, not uploaded
+            # again: a sweep pushes each patch layer to a registry once.
+            written = write_outputs(outputs, bundle, client, Path(tmp), options.timeout,
+                                    BlobHomes(_cache(options).root))
             _publish(options, opened, outputs, bundle.root, done, client, progress)
         return _result(opened, options, done, written, dict(child_tags), root, started)
 

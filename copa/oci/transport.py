@@ -14,6 +14,7 @@ from copa.errors import UsageError
 from copa.oci.archive import ArchiveSource, write_archive
 from copa.oci.digest import Digest
 from copa.oci.image import Bundle, Source
+from copa.oci.layerstore import BlobHomes
 from copa.oci.layout import LayoutSource, write_layout
 from copa.oci.loaders import check_name, load
 from copa.oci.reference import Reference, valid_tag
@@ -130,7 +131,7 @@ class Written:
 
 
 def write_outputs(outputs: Outputs, bundle: Bundle, client: RegistryClient, workdir: Path | None = None,
-                  timeout: float = 300.0) -> tuple[Written, ...]:
+                  timeout: float = 300.0, homes: BlobHomes | None = None) -> tuple[Written, ...]:
     """Write to every named sink. Each sink writes blobs first and its tag or index last."""
     written: list[Written] = []
     if outputs.oci_dir is not None:
@@ -140,7 +141,7 @@ def write_outputs(outputs: Outputs, bundle: Bundle, client: RegistryClient, work
         write_archive(outputs.output_tar, bundle, archive_tags(outputs))
         written.append(Written("output-tar", f"docker-archive:{outputs.output_tar}", bundle.primary.config.digest))
     if outputs.push and outputs.reference is not None:
-        written.append(Written("registry", str(outputs.reference), push(client, outputs.reference, bundle)))
+        written.append(Written("registry", str(outputs.reference), push(client, outputs.reference, bundle, homes)))
     if outputs.loader is not None:
         # A local store holds one platform per name: each patched platform of an index is loaded under its
         # TAG-ARCH[-VARIANT] name, as Copacetic does; a single image under the patched name.
