@@ -446,11 +446,16 @@ def test_bulk_usage_errors(tmp_path: Path, images: list[fleet.FleetImage]) -> No
 def test_dry_run_plans_every_image_and_writes_nothing(images: list[fleet.FleetImage], server: RepoServer,
                                                       repo: AptRepo, cache: Path, tmp_path: Path) -> None:
     config = write_config(tmp_path / "fleet.yaml", images[0].host, "dry")
-    proc = copa("bulk", str(config), "--dry-run", "--json", "--progress", "quiet", "--workers", "1",
+    proc = copa("bulk", str(config), "--dry-run", "--json", "--progress", "json", "--workers", "1",
                 "--cache-dir", str(cache), *fleet.patch_flags(server.url, repo))
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert [(j["result"], j["updates"], j["digest"]) for j in doc["jobs"]] == [("planned", PACKAGES, None)] * 4
+    # --progress json: a job-start and a job-done object per job on stderr, the done ones as --json's records.
+    events = [json.loads(line) for line in proc.stderr.splitlines()]
+    done = [{k: v for k, v in e.items() if k != "event"} for e in events if e["event"] == "job-done"]
+    assert sum(e["event"] == "job-start" for e in events) == 4
+    assert done == doc["jobs"]
     assert all(fleet.skopeo_digest(i.target("dry")) is None for i in images)
 
 
