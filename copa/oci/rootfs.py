@@ -292,10 +292,18 @@ def scan(image: Image, upto: int | None = None, capture: Iterable[str] = (), ear
             captured = m.kind == "hardlink" and _at_or_under(path, prefixes)
             if m.content is not None:
                 local[path] = m.content
+            else:
+                local.pop(path, None)  # a later entry of the path (a link, a directory) replaced its content
             if recording is not None and captured and _norm(m.linkname) not in local:
                 unresolved.add(_norm(m.linkname))
-            if path in nodes or hiding.hidden(path):
+            # An upper layer's entry stays; a second entry of one path in the same layer replaces the first, as
+            # extracting the tar in order (every unpacker, umoci) leaves the last one.
+            existing = nodes.get(path)
+            if (existing is not None and existing.layer != index) or hiding.hidden(path):
                 continue
+            if existing is not None:
+                hiding.pending_deleted.discard(path)
+                contents.pop(path, None)
             hiding.replaced_kind(m.kind, path)
             nodes[path] = Node(path, m.kind, m.mode, m.uid, m.gid, m.size, m.linkname, index)
             if path in local:
@@ -369,6 +377,22 @@ def _through_symlinks(nodes: dict[str, Node], contents: dict[str, bytes], whiteo
             contents.pop(real, None)
 
 
+def _content(image: Image, index: int, tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes | None:
+    """A member's bytes. Read here, in the consumer of _members, so a tar cut inside a member (its header claims
+    more than the stream holds) fails here: _members' own handler does not see what its caller reads."""
+    f = tar.extractfile(member)
+    if f is None:
+        return None
+    try:
+        return f.read()
+    except tarfile.TarError as e:
+        raise UnsupportedImageError(f"layer {image.layers[index].descriptor.digest} is not a valid tar stream: {e}"
+                                    ) from None
+    except CORRUPT_STREAM as e:
+        raise IntegrityError(f"layer {image.layers[index].descriptor.digest} does not decompress "
+                             f"({e or type(e).__name__}); the blob is damaged: push the image again") from None
+
+
 def _live(image: Image, index: int, prefixes: tuple[str, ...], big: tuple[str, ...], hasher: hashlib._Hash | None,
           recording: list[Member] | None) -> Iterator[Member]:
     """The layer's members as scan uses them, read from the blob (and appended to `recording`)."""
@@ -379,9 +403,7 @@ def _live(image: Image, index: int, prefixes: tuple[str, ...], big: tuple[str, .
         content = None
         limit = _MAX_FILE if big and _at_or_under(path, big) else _MAX_CAPTURED
         if member.isreg() and member.size <= limit and _at_or_under(path, prefixes):
-            f = tar.extractfile(member)
-            if f is not None:
-                content = f.read()
+            content = _content(image, index, tar, member)
         m = Member(path, _kind(member), member.mode, member.uid, member.gid, member.size, member.linkname, content)
         if recording is not None:
             recording.append(m)
@@ -395,9 +417,9 @@ def _capture_targets(image: Image, index: int, targets: set[str]) -> dict[str, b
     for tar, member in _members(image, index):
         path = _member_path(member.name)
         if path in targets and member.isreg() and member.size <= _MAX_CAPTURED:
-            f = tar.extractfile(member)
-            if f is not None:
-                found[path] = f.read()
+            content = _content(image, index, tar, member)
+            if content is not None:
+                found[path] = content
     return found
 
 
@@ -475,20 +497,24 @@ def _read_pass(
     for p in list(interesting):
         interesting.update(_ancestors(p))
     hiding = _Hiding()
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # path -> the layer whose entry stays
     found: dict[str, bytes] = {}
     links: dict[str, str] = {}
     hardlinks: dict[str, str] = {}
     for index in reversed(range(count)):
         for tar, member in _members(image, index):
             path = _member_path(member.name)
-            if not path or hiding.note(path) or path in seen or hiding.hidden(path):
+            # An upper layer's entry stays; in one layer the last entry of a path does (extraction order).
+            if not path or hiding.note(path) or seen.get(path, index) != index or hiding.hidden(path):
                 continue
             hiding.replaced(member, path)
             asked = path in wanted or _under_any(path, dirs)
             if not asked and path not in interesting:
                 continue
-            seen.add(path)
+            seen[path] = index
+            found.pop(path, None)
+            links.pop(path, None)
+            hardlinks.pop(path, None)
             if member.issym():
                 links[path] = member.linkname
             elif asked and member.islnk():
@@ -500,6 +526,6 @@ def _read_pass(
                 if f is not None:
                     found[path] = f.read()
         hiding.next_layer()
-        if not dirs and wanted <= seen:
+        if not dirs and wanted <= seen.keys():
             break  # everything asked for is known: lower layers cannot change it
     return found, links, hardlinks

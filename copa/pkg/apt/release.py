@@ -123,6 +123,6 @@ def _date(value: str | None, what: str) -> datetime | None:
         return None
     try:
         parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:  # OverflowError: a year past what C's time_t holds
         raise IntegrityError(f"{what}: unparseable date {value!r} in Release") from e
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

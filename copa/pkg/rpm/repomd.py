@@ -225,6 +225,8 @@ def iter_elements(stream: BinaryIO, what: str, *tags: str) -> Iterator[ET.Elemen
                 yield element
     except XMLError as e:
         raise IntegrityError(f"{what}: malformed XML ({e}); the repository metadata is corrupt") from None
+    except LookupError as e:  # expat asked for the encoding the XML declaration names, and Python has none such
+        raise IntegrityError(f"{what}: XML in an unknown encoding ({e}); the repository metadata is corrupt") from None
 
 
 def _local(tag: str) -> str:
