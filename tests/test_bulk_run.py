@@ -440,6 +440,9 @@ def test_bulk_usage_errors(tmp_path: Path, images: list[fleet.FleetImage]) -> No
     proc = copa("bulk", str(config), "--push", "--scheduler", "tcp://127.0.0.1:9", "--progress", "quiet",
                 env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"})
     assert proc.returncode == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in error_line(proc)
+    proc = copa("bulk", str(config), "--push", "--progress", "quiet",  # the scheduler named by the environment
+                env={"DASK_SCHEDULER_ADDRESS": "tcp://127.0.0.1:9", "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"})
+    assert proc.returncode == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in error_line(proc)
     assert all(fleet.skopeo_digest(i.target("usage")) is None for i in images)
 
 

@@ -251,18 +251,14 @@ class LocalExecutor:
 
 
 class DaskExecutor:
-    """Jobs submitted to a Dask distributed cluster: an existing one at `address`, or (address None) a LocalCluster
-    of `workers` single-threaded worker processes started for this sweep."""
+    """Jobs submitted to the existing Dask distributed cluster whose scheduler is at `address`."""
 
-    def __init__(self, address: str | None, workers: int | None = None, *,
-                 connect_timeout: float | None = None) -> None:
+    def __init__(self, address: str, *, connect_timeout: float | None = None) -> None:
         self.address = address
-        self.workers = workers
         # None: Dask's own setting (distributed.comm.timeouts.connect, 30 s unless configured, e.g. by
         # DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT), as every Dask client reads it.
         self.connect_timeout = connect_timeout
         self._client: Any = None
-        self._cluster: Any = None
         self._capacity = 0
         self._futures: dict[Any, tuple[int, Job, float, float]] = {}  # future -> (index, job, deadline, timeout)
 
@@ -273,15 +269,9 @@ class DaskExecutor:
             raise UsageError("running on Dask needs the fleet extra: pip install 'copa[fleet]' (dask, distributed)"
                              ) from None
         try:
-            if self.address is None:
-                self._cluster = dask.LocalCluster(n_workers=self.workers or default_workers(), threads_per_worker=1,
-                                             processes=True, dashboard_address=None)
-                self._client = dask.Client(self._cluster)
-            else:
-                self._client = dask.Client(self.address, timeout=self.connect_timeout
-                                           if self.connect_timeout is not None else _dask_connect_timeout())
+            self._client = dask.Client(self.address, timeout=self.connect_timeout
+                                       if self.connect_timeout is not None else _dask_connect_timeout())
         except (OSError, TimeoutError) as e:
-            self._close()
             raise UsageError(f"cannot reach the Dask scheduler at {self.address}: {e}; check --scheduler or "
                              f"{SCHEDULER_ENV}") from None
         threads = self._client.nthreads()
@@ -292,15 +282,9 @@ class DaskExecutor:
         for future in self._futures:
             future.cancel()
         self._futures.clear()
-        self._close()
-
-    def _close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
-        if self._cluster is not None:
-            self._cluster.close()
-            self._cluster = None
 
     def free(self) -> int:
         # Workers may join or leave a running cluster: ask again when the window looks full.
@@ -359,12 +343,10 @@ def _distributed() -> Any:
     return importlib.import_module("distributed")
 
 
-def make_executor(scheduler: str | None, workers: int | None, *, dask_local: bool = False) -> Executor:
+def make_executor(scheduler: str | None, workers: int | None) -> Executor:
     """The executor the flags ask for: --scheduler (or DASK_SCHEDULER_ADDRESS) names a cluster; otherwise local
-    processes (a Dask LocalCluster only when `dask_local`)."""
+    worker processes."""
     address = scheduler or os.environ.get(SCHEDULER_ENV) or None
     if address is not None:
         return DaskExecutor(address)
-    if dask_local:
-        return DaskExecutor(None, workers)
     return LocalExecutor(workers or default_workers())
