@@ -9,14 +9,16 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from copa import __version__, events
-from copa.api import PatchOptions, PatchResult, patch
 from copa.bulk import command as bulk
 from copa.errors import CopaError, UsageError
-from copa.pkg.base import RepositoryOptions, Skip, Update
 from copa.progress import Reporter, make_reporter
+
+if TYPE_CHECKING:
+    from copa.api import PatchOptions, PatchResult
+    from copa.pkg.base import Skip, Update
 
 
 class _Parser(argparse.ArgumentParser):
@@ -164,6 +166,10 @@ def options_from(args: argparse.Namespace) -> PatchOptions:
         raise UsageError("--repository-cert and --repository-key go together: pass the certificate and its key")
     if args.pkg_types.strip() != "os":
         raise UsageError(f"--pkg-types {args.pkg_types}: copa patches OS packages only; pass --pkg-types os")
+    # The engine is imported when a patch is asked for, not with the CLI: `copa --version` and `--help` stay quick.
+    from copa.api import PatchOptions
+    from copa.pkg.base import RepositoryOptions
+
     return PatchOptions(
         image=args.image,
         report=args.report,
@@ -301,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = options_from(args)
         # Started with stderr closed (`2>&-`): Python has no sys.stderr, and the run goes on without progress.
         progress = make_reporter(args.progress, sys.stderr) if sys.stderr is not None else Reporter()
+        from copa.api import patch
+
         with events.use(progress):
             result = patch(options, progress)
         progress.close()

@@ -18,23 +18,14 @@ import os
 import threading
 import time
 from types import TracebackType
-from typing import Any, TextIO
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Column
+from typing import TYPE_CHECKING, Any, TextIO
 
 from copa import events
 from copa.errors import UsageError
 from copa.events import Finish, Kind, TaskInfo
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 MODES = ("auto", "plain", "tty", "quiet", "json")
 
@@ -165,6 +156,19 @@ def _short(label: str) -> str:
 
 class TtyReporter(Reporter):
     def __init__(self, stream: TextIO) -> None:
+        # rich is imported here, not with the module: only a terminal needs it, and importing it takes ~90 ms,
+        # which plain, json and quiet runs (and `copa --version`) would pay before their first request.
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.table import Column
+
         self._console = Console(file=stream, force_terminal=True, highlight=False)
         self._progress = Progress(
             TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis")),

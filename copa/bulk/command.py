@@ -14,19 +14,13 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from copa import events
-from copa.api import PatchOptions, registry_options
-from copa.bulk.config import load_config
-from copa.bulk.job import Job
-from copa.bulk.output import make_view, print_summary, sweep_error, sweep_json
-from copa.bulk.plan import plan
-from copa.bulk.runner import make_executor, run
-from copa.bulk.worker import FAILED, JobResult
 from copa.errors import UsageError
-from copa.oci.registry import RegistryClient
-from copa.progress import make_reporter
+
+if TYPE_CHECKING:
+    from copa.api import PatchOptions
 
 # Flags of a single `copa patch` that a sweep takes from its config instead, or cannot honour for many images.
 _REFUSED = (("image", "-i"), ("tag", "-t"), ("output_tar", "--output-tar"), ("loader", "-l"), ("output", "-o"),
@@ -100,6 +94,18 @@ def _without_image(args: argparse.Namespace) -> argparse.Namespace:
 
 def run_sweep(args: argparse.Namespace, options_from: Callable[[argparse.Namespace], PatchOptions],
               write_out: Callable[[Callable[[], object]], None]) -> int:
+    # Imported here: the CLI builds its parser with this module for every command, and a single `copa patch`
+    # should not pay for YAML, rich, multiprocessing and the sweep's machinery before its first request.
+    from copa.api import registry_options
+    from copa.bulk.config import load_config
+    from copa.bulk.job import Job
+    from copa.bulk.output import make_view, print_summary, sweep_error, sweep_json
+    from copa.bulk.plan import plan
+    from copa.bulk.runner import make_executor, run
+    from copa.bulk.worker import FAILED, JobResult
+    from copa.oci.registry import RegistryClient
+    from copa.progress import make_reporter
+
     config_path = args.file if getattr(args, "file", None) else args.config
     if getattr(args, "file", None) and args.config:
         raise UsageError("copa bulk FILE takes the config as FILE: drop --config")

@@ -20,13 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests.utils
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 
 from copa.errors import LocalIOError, UsageError
-
-_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def default_cert_dirs() -> tuple[Path, ...]:
@@ -70,6 +65,12 @@ def check_client_pair(cert: str | Path | None, key: str | Path | None, hint: str
     would stop to prompt for its password) or a key of another certificate are UsageError."""
     if cert is None and key is None:
         return None
+    # cryptography is imported only when a client certificate is given: ~80 ms at every start otherwise.
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if cert is None:
         raise UsageError(f"a client key ({key}) needs its certificate: pass --cert with --key")
     cert_path, key_path = Path(cert), Path(key) if key is not None else None
@@ -88,7 +89,7 @@ def check_client_pair(cert: str | Path | None, key: str | Path | None, hint: str
         if key_path is None:
             raise UsageError(f"{cert_path} holds no private key: pass the client key with --key") from None
         raise UsageError(f"{key_path} holds no PEM private key: pass the certificate's key in PEM form") from None
-    if private.public_key().public_bytes(*_SPKI) != certificate.public_key().public_bytes(*_SPKI):
+    if private.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(*spki):
         raise UsageError(f"client key {key_name} does not belong to certificate {cert_path}: pass the matching key")
     # What requests hands to OpenSSL must load there as well (e.g. a key type this OpenSSL refuses).
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from copa.errors import UnsupportedImageError
-from copa.oci.rootfs import View
-from copa.pkg.base import OSRelease, PackageManager, Prefetcher, RepositoryOptions
-from copa.pkg.fetch import Fetcher
-from copa.report.model import Compare
+
+if TYPE_CHECKING:  # `copa --version` reads FAMILIES: it need not import the engine (requests, isal, zstandard)
+    from copa.oci.rootfs import View
+    from copa.pkg.base import OSRelease, PackageManager, Prefetcher, RepositoryOptions
+    from copa.pkg.fetch import Fetcher
+    from copa.report.model import Compare
 
 OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release")
 # What adapters read from an image (databases, repository configuration, keys, conffiles): captured in the one
@@ -161,6 +164,8 @@ class Detected:
 
 def detect(root: View) -> Detected:
     """Detect from the merged view (os-release is usually a symlink into usr/lib; the view resolves it)."""
+    from copa.pkg.base import OSRelease
+
     text = root.read(OS_RELEASE_PATHS[0]) or root.read(OS_RELEASE_PATHS[1]) or b""
     os_release = OSRelease.parse(text.decode("utf-8", "replace"))
     present = [k for k in KINDS if any(root.get(db) is not None for db in k.databases)

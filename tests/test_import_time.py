@@ -1,0 +1,112 @@
+"""Start-up stays light: the CLI and `copa --version` import none of the heavy libraries, and a `copa patch` that
+shows no progress bars imports no rich, YAML or cryptography before its first request.
+
+Checked on `sys.modules` of a fresh interpreter (this test process has imported everything already), not on time:
+timing a loaded machine would make the test flaky, and a module that is imported is the cost itself. Each check has
+its positive control in the same child: the module named really does load when its feature is used, so a check
+cannot pass because a name is misspelt or the module is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# The third-party libraries that cost the most to import (tens of ms each): only the code that uses them loads them.
+HEAVY = ("rich", "requests", "urllib3", "zstandard", "isal", "pysequoia", "cryptography", "yaml", "networkx",
+         "debian", "multiprocessing")  # fmt: skip
+
+
+def _child(code: str, *args: str) -> dict[str, object]:
+    """Run `code` in a fresh interpreter; it prints one JSON object as its last stdout line."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("COPA_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def test_import_cli_loads_no_heavy_library() -> None:
+    got = _child(f"""
+        import json, sys
+        heavy = {HEAVY!r}
+        import copa.cli
+        before = sorted(m for m in heavy if m in sys.modules)
+        import copa.api, copa.progress, rich.console, yaml
+        after = sorted(m for m in heavy if m in sys.modules)
+        print(json.dumps({{"before": before, "after": after}}))
+    """)
+    assert got["before"] == []
+    # The control: the engine does load what the CLI leaves out.
+    assert {"requests", "zstandard", "isal", "rich", "yaml"} <= set(got["after"])  # type: ignore[arg-type]
+
+
+def test_version_and_help_load_no_heavy_library() -> None:
+    got = _child(f"""
+        import contextlib, io, json, sys
+        heavy = {HEAVY!r}
+        from copa.cli import main
+        out = io.StringIO()
+        codes = []
+        for argv in (["--version"], ["patch", "--help"], ["bulk", "--help"]):
+            with contextlib.redirect_stdout(out):
+                try:
+                    main(argv)
+                except SystemExit as e:
+                    codes.append(e.code)
+        print(json.dumps({{"loaded": sorted(m for m in heavy if m in sys.modules), "codes": codes,
+                          "out": out.getvalue()}}))
+    """)
+    assert got["loaded"] == []
+    assert got["codes"] == [0, 0, 0]
+    out = str(got["out"])
+    # The version lists every package family (read from copa.pkg.detect without importing the adapters).
+    assert all(f"  {family}:" in out for family in ("dpkg", "apk", "rpm")), out
+
+
+@pytest.mark.parametrize("progress", ["plain", "json"])
+def test_patch_without_bars_loads_no_rich_yaml_or_cryptography_before_its_first_request(
+    tmp_path: Path, progress: str
+) -> None:
+    """The first connection of a `copa patch` (to a listener of ours that never answers) is where the child stops
+    and reports what it has imported: requests, by then, and none of what only bars, PatchConfig files, client
+    certificates or the sweep need."""
+    report = tmp_path / "trivy.json"
+    report.write_text(json.dumps({
+        "SchemaVersion": 2, "ArtifactName": "x", "ArtifactType": "container_image",
+        "Metadata": {"OS": {"Family": "debian", "Name": "12.5"}, "ImageConfig": {"architecture": "amd64",
+                                                                                "os": "linux"}},
+        "Results": [{"Target": "x", "Class": "os-pkgs", "Type": "debian", "Vulnerabilities": [
+            {"VulnerabilityID": "CVE-2099-1", "PkgName": "libssl3", "InstalledVersion": "1", "FixedVersion": "2"}]}],
+    }))  # fmt: skip
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        got = _child(f"""
+            import json, os, socket, sys
+            heavy = {HEAVY!r}
+            real_connect = socket.socket.connect
+
+            def first_connect(sock, address):
+                # Stop at the first network request: report what is loaded by then, and end without a traceback.
+                print(json.dumps({{"address": list(address)[:2],
+                                  "loaded": sorted(m for m in heavy if m in sys.modules)}}), flush=True)
+                os._exit(0)
+
+            socket.socket.connect = first_connect
+            from copa.cli import main
+            main(["patch", "-i", "127.0.0.1:{port}/bench/debian:1", "-r", sys.argv[1], "-t", "x", "--push",
+                  "--progress", {progress!r}, "--cache-dir", sys.argv[2]])
+        """, str(report), str(tmp_path / "cache"))
+    assert got["address"] == ["127.0.0.1", port]
+    loaded = set(got["loaded"])  # type: ignore[arg-type]
+    assert "requests" in loaded  # the control: it is at its first request
+    assert not loaded & {"rich", "yaml", "cryptography", "networkx", "pysequoia", "multiprocessing"}, loaded
