@@ -170,8 +170,8 @@ def test_hardlinks_duplicates_and_whiteouts_replay_exactly(tmp_path: Path) -> No
     got = _scan(warm, store)
     assert _layer_reads(warm, source) == [0, 0]
     _same(got, want)
-    # etc/twice is left out: scan keeps a layer's first copy of a path, umoci its last (told to the lead).
-    for path in ("etc/linked", "etc/also", "etc/gone/b"):
+    # A path twice in one layer: the last entry is what an unpacker leaves (umoci), and what scan keeps.
+    for path in ("etc/linked", "etc/also", "etc/gone/b", "etc/twice"):
         assert got.read(path) == (bundle / "rootfs" / path).read_bytes(), path
     assert got.get("etc/drop") is None and got.get("etc/gone/a") is None
     assert not (bundle / "rootfs/etc/drop").exists() and not (bundle / "rootfs/etc/gone/a").exists()
