@@ -18,6 +18,7 @@ CI runs SAMPLE (a few kill points, about 25 s); `-m sweep` runs every point and 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -338,3 +340,32 @@ def test_killed_at_timed_points(env: Env, tmp_path: Path) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         _assert_safe_then_rerun(env, Kill(f"timed {i}/{TIMED_KILLS}"), work, target, "")
+
+
+# --------------------------------------------------------------------------------------------- the fault soak
+
+SOAK_RUNS = 3  # CI's share of benchmarks/soak_faults.py (100 runs at 10%): fewer runs, a higher fault rate
+SOAK_RATE = 0.2
+
+
+def _soak_module() -> Any:
+    spec = importlib.util.spec_from_file_location("soak_faults", ROOT / "benchmarks" / "soak_faults.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fault_soak_leaves_no_partial_tag_or_corrupt_cache(anon_registry: RunningRegistry, tmp_path: Path) -> None:
+    """Random resets, 5xx, 429s, cut bodies and stalls on pull, package download and push: whatever each run's
+    outcome, no tag is partial, no cache entry corrupt, and a failure is one clean line. (The success share is the
+    benchmark's figure: three runs are too few to judge it.)"""
+    soak = _soak_module()
+    outcome, run = soak.run_soak(anon_registry, tmp_path, SOAK_RUNS, SOAK_RATE, seed=7)
+    print("\n".join([*outcome.errors, soak.summary(outcome, run, SOAK_RATE)]))
+    assert sum(run.reg_proxy.injected.values()) + sum(run.repo_proxy.injected.values()) > 0, "no fault was injected"
+    assert outcome.runs == SOAK_RUNS
+    assert outcome.partial_tags == 0
+    assert outcome.corrupt_cache == 0
+    assert not outcome.bad_errors, outcome.bad_errors
