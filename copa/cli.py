@@ -248,7 +248,8 @@ def _print_updates(updates: Sequence[Update], skipped: Sequence[Skip], unfixed: 
                    indent: str = "  ") -> None:
     width = max((len(u.name) for u in updates), default=0)
     for u in updates:
-        cves = f"  [{', '.join(u.vulnerabilities)}]" if u.vulnerabilities else ""
+        ids = [v for v in u.vulnerabilities if v]
+        cves = f"  [{', '.join(ids)}]" if ids else ""
         old = u.old_version or "(new)"
         kind = "" if u.kind.value == "reported" else f" ({u.kind.value}{': ' + u.reason if u.reason else ''})"
         print(f"{indent}{u.name:<{width}}  {old} -> {u.new_version or '(removed)'}{kind}{cves}", file=out)
