@@ -155,8 +155,9 @@ class ArchiveSource:
             )
         try:
             doc = json.loads(self._read_member(member, _CONFIG_LIMIT))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise UnsupportedImageError(f"{self._path}: manifest.json is not valid JSON ({e})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+            raise UnsupportedImageError(f"{self._path}: manifest.json is not valid JSON ({reason})") from None
         if not isinstance(doc, list) or not all(isinstance(e, dict) for e in doc):
             raise UnsupportedImageError(f"{self._path}: manifest.json is not a list of image entries")
         return doc

@@ -86,6 +86,7 @@ class Image:
 
     @classmethod
     def load(cls, source: Source, manifest: Manifest) -> Image:
+        _check_media_types(source, manifest)
         config = ImageConfig.parse(read_blob(source, manifest.config))
         if len(config.diff_ids) != len(manifest.layers):
             raise UnsupportedImageError(
@@ -101,6 +102,25 @@ class Image:
     def open_layer_tar(self, layer: Layer) -> BinaryIO:
         """The layer's uncompressed tar stream (compressed bytes verified against the manifest digest)."""
         return decompressed(self.source.open_blob(layer.descriptor), layer.descriptor.media_type)
+
+
+# A manifest whose config is of another type is an artifact (a Helm chart, a signature, an SBOM), not an image.
+_CONFIG_TYPES = (MediaType.OCI_CONFIG, MediaType.DOCKER_CONFIG, "")
+# Layer media types are the OCI and Docker tar types (with +gzip/+zstd, nondistributable/foreign variants); anything
+# else would be read as a plain tar and fail far from its cause, or be an artifact's blob.
+_LAYER_PREFIXES = ("application/vnd.oci.image.layer.", "application/vnd.docker.image.rootfs.")
+
+
+def _check_media_types(source: Source, manifest: Manifest) -> None:
+    if manifest.config.media_type not in _CONFIG_TYPES:
+        raise UnsupportedImageError(f"{source.description}: config media type {manifest.config.media_type!r} is not "
+                                    f"an image config: this is an artifact, not a container image copa can patch")
+    for n, layer in enumerate(manifest.layers, 1):
+        kind = layer.media_type
+        if not (kind.startswith(_LAYER_PREFIXES) and ".tar" in kind):
+            raise UnsupportedImageError(f"{source.description}: layer {n} ({layer.digest}) has media type {kind!r}, "
+                                        f"not an OCI or Docker layer tar: this is not a container image copa can "
+                                        f"patch")
 
 
 def resolve_platform(source: Source, root: Manifest | Index, wanted: Platform) -> tuple[Manifest, Platform | None]:

@@ -51,8 +51,9 @@ def _read_small(path: Path, what: str) -> bytes:
 def _load_json(path: Path, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(_read_small(path, what))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UnsupportedImageError(f"{what} {path} is not valid JSON ({e}); the layout is corrupt") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+        raise UnsupportedImageError(f"{what} {path} is not valid JSON ({reason}); the layout is corrupt") from None
     if not isinstance(doc, dict):
         raise UnsupportedImageError(f"{what} {path} is not a JSON object; the layout is corrupt")
     return doc

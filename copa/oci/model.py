@@ -49,6 +49,22 @@ class ManifestFormatError(UnsupportedImageError):
     pass
 
 
+# Bounds on what a manifest may list. overlayfs stacks at most 128 lower directories (Docker refuses images of more
+# than 125 layers), so no runnable image comes near MAX_LAYERS; a hostile manifest of 100,000 layers is refused
+# before one of them is opened. MAX_ENTRIES bounds an index the same way (real ones list tens of platforms).
+MAX_LAYERS = 1000
+MAX_ENTRIES = 10000
+
+
+def _strings(obj: Any, where: str) -> dict[str, str]:
+    """An annotations/labels object: absent or null is empty; anything but an object of strings is refused."""
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise ManifestFormatError(f"{where} must be a JSON object, not {type(obj).__name__}")
+    return {str(k): str(v) for k, v in obj.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class Platform:
     os: str
@@ -102,22 +118,31 @@ def _descriptor(obj: Any, where: str) -> Descriptor:
         raise ManifestFormatError(f"{where}: descriptor is not an object")
     try:
         digest = Digest.parse(str(obj["digest"]))
-        size = int(obj["size"])
-        media_type = str(obj.get("mediaType", ""))
+        size = obj["size"]
+        media_type = obj.get("mediaType", "")
     except (KeyError, ValueError, TypeError, InvalidDigest) as e:
         raise ManifestFormatError(f"{where}: invalid descriptor ({e})") from None
+    # The image spec's size is an int64 of bytes: a string, a fraction or a negative count is no size to verify.
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 1 << 63:
+        raise ManifestFormatError(f"{where}: invalid descriptor (size {size!r} is not a byte count)")
+    if media_type is None:
+        media_type = ""
+    if not isinstance(media_type, str):
+        raise ManifestFormatError(f"{where}: invalid descriptor (mediaType {media_type!r} is not a string)")
     plat = obj.get("platform")
     platform = None
     if isinstance(plat, dict) and plat.get("os") and plat.get("architecture"):
         platform = Platform(str(plat["os"]), str(plat["architecture"]), str(plat.get("variant", "")))
-    annotations = obj.get("annotations") or {}
+    urls = obj.get("urls") or []
+    if not isinstance(urls, list):
+        raise ManifestFormatError(f"{where}: invalid descriptor (urls must be a list)")
     return Descriptor(
         media_type=media_type,
         digest=digest,
         size=size,
-        annotations={str(k): str(v) for k, v in annotations.items()},
+        annotations=_strings(obj.get("annotations"), f"{where} annotations"),
         platform=platform,
-        urls=tuple(str(u) for u in obj.get("urls") or ()),
+        urls=tuple(str(u) for u in urls),
     )
 
 
@@ -135,7 +160,9 @@ def _load(raw: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ManifestFormatError(f"{what} is not valid JSON: {e}") from None
+        raise ManifestFormatError(f"{what} is not valid JSON: {str(e).split(';')[0]}") from None
+    except RecursionError:
+        raise ManifestFormatError(f"{what} is JSON nested too deeply to be an image document") from None
     if not isinstance(doc, dict):
         raise ManifestFormatError(f"{what} is not a JSON object")
     return doc
@@ -248,7 +275,7 @@ class Opaque:
         with it; anything unreadable is simply not followed."""
         try:
             doc = json.loads(self.raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return ()
         if not isinstance(doc, dict):
             return ()
@@ -291,16 +318,22 @@ def parse_manifest(raw: bytes, media_type: str = "") -> Manifest | Index:
         mt = MediaType.OCI_INDEX if "manifests" in doc else MediaType.OCI_MANIFEST
     if doc.get("schemaVersion") == 1 or mt.startswith(_DOCKER_V1):
         raise ManifestFormatError("Docker schema 1 manifests are not supported; re-push the image with a current tool")
-    annotations = {str(k): str(v) for k, v in (doc.get("annotations") or {}).items()}
+    annotations = _strings(doc.get("annotations"), "manifest annotations")
     if mt in MediaType.INDEXES:
         entries = doc.get("manifests")
         if not isinstance(entries, list):
             raise ManifestFormatError("index has no 'manifests' list")
+        if len(entries) > MAX_ENTRIES:
+            raise ManifestFormatError(f"index lists {len(entries)} manifests, more than {MAX_ENTRIES}: not an image "
+                                      f"index copa will read")
         return Index(raw, mt, tuple(_descriptor(e, "index entry") for e in entries), annotations)
     if mt in MediaType.MANIFESTS:
         layers = doc.get("layers")
         if "config" not in doc or not isinstance(layers, list):
             raise ManifestFormatError("image manifest lacks 'config' or 'layers'")
+        if len(layers) > MAX_LAYERS:
+            raise ManifestFormatError(f"image manifest lists {len(layers)} layers, more than {MAX_LAYERS}: no runtime "
+                                      f"can stack that many; the image is malformed")
         return Manifest(
             raw,
             mt,
@@ -340,13 +373,15 @@ class ImageConfig:
     @classmethod
     def parse(cls, raw: bytes) -> ImageConfig:
         doc = _load(raw, "image config")
-        rootfs = doc.get("rootfs") or {}
+        rootfs = _typed(doc, "rootfs", dict, {})
         try:
-            diff_ids = tuple(Digest.parse(str(d)) for d in rootfs.get("diff_ids") or ())
+            diff_ids = tuple(Digest.parse(str(d)) for d in _typed(rootfs, "diff_ids", list, [], "rootfs."))
         except InvalidDigest as e:
             raise ManifestFormatError(f"image config: {e}") from None
-        cfg = doc.get("config") or {}
-        labels = {str(k): str(v) for k, v in (cfg.get("Labels") or {}).items()}
+        cfg = _typed(doc, "config", dict, {})
+        labels = _strings(cfg.get("Labels"), "image config config.Labels")
+        for key in ("os", "architecture", "variant"):
+            _typed(doc, key, str, "")
         history = tuple(
             HistoryEntry(
                 created_by=str(h.get("created_by", "")),
@@ -354,7 +389,7 @@ class ImageConfig:
                 created=str(h.get("created", "")),
                 empty_layer=bool(h.get("empty_layer", False)),
             )
-            for h in doc.get("history") or ()
+            for h in _typed(doc, "history", list, [])
             if isinstance(h, dict)
         )
         return cls(
@@ -393,6 +428,20 @@ class ImageConfig:
         if created:
             doc["created"] = created
         return ImageConfig.parse(_dump(doc))
+
+
+def _typed(doc: dict[str, Any], key: str, kind: type, default: Any, prefix: str = "") -> Any:
+    """doc[key] if it is a `kind` (absent or null: `default`); another JSON type is a malformed config."""
+    value = doc.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise ManifestFormatError(f"image config: {prefix}{key} must be a JSON {_JSON_KIND.get(kind, 'value')}, "
+                                  f"not {type(value).__name__}; the image is malformed")
+    return value
+
+
+_JSON_KIND: dict[type, str] = {dict: "object", list: "array", str: "string"}
 
 
 def _history_json(h: HistoryEntry) -> dict[str, Any]:
