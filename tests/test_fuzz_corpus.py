@@ -39,7 +39,14 @@ def test_release_valid_until_past_time_t() -> None:
 def test_repomd_in_an_unknown_encoding() -> None:
     """Was LookupError from expat: the XML declaration names an encoding Python does not have."""
     data = b'<?xml version="1.0" encoding="TTF-8"?>\n<repomd xmlns="http://linux.duke.edu/metadata/repo"/>\n'
-    with pytest.raises(IntegrityError, match="unknown encoding"):
+    with pytest.raises(IntegrityError, match="unsupported encoding"):
+        parse_repomd(data, "repomd.xml")
+
+
+def test_repomd_in_a_multibyte_encoding() -> None:
+    """Was ValueError ('multi-byte encodings are not supported', expat), found by atheris: UTF-7 declared."""
+    data = b'<?xml version="1.0" encoding="UTF-7"?>\n<repomd xmlns="http://linux.duke.edu/metadata/repo"/>\n'
+    with pytest.raises(IntegrityError, match="unsupported encoding"):
         parse_repomd(data, "repomd.xml")
 
 

@@ -225,8 +225,9 @@ def iter_elements(stream: BinaryIO, what: str, *tags: str) -> Iterator[ET.Elemen
                 yield element
     except XMLError as e:
         raise IntegrityError(f"{what}: malformed XML ({e}); the repository metadata is corrupt") from None
-    except LookupError as e:  # expat asked for the encoding the XML declaration names, and Python has none such
-        raise IntegrityError(f"{what}: XML in an unknown encoding ({e}); the repository metadata is corrupt") from None
+    except (LookupError, ValueError) as e:  # the encoding the XML declaration names: unknown, or multi-byte (expat)
+        raise IntegrityError(f"{what}: XML in an unsupported encoding ({e}); the repository metadata is corrupt"
+                             ) from None
 
 
 def _local(tag: str) -> str:
