@@ -369,3 +369,19 @@ def test_fault_soak_leaves_no_partial_tag_or_corrupt_cache(anon_registry: Runnin
     assert outcome.partial_tags == 0
     assert outcome.corrupt_cache == 0
     assert not outcome.bad_errors, outcome.bad_errors
+
+
+def test_layer_body_cut_midway_is_resumed(env: Env, tmp_path: Path) -> None:
+    """A reset inside the base layer's body (the answer announced its whole length) is resumed with a Range request
+    where it stopped, and the run gives the undisturbed digest. (Before, the soak found it failing the run: the
+    layer's reader cannot restart what the tar reader has already consumed.)"""
+    cut = Fault("truncate", rf"/v2/{SRC_REPO}/blobs/{env.layer_digest}", "GET")
+    env.reg_proxy.add(cut)
+    proc = _run(_argv(env, tmp_path, "crash/resumed"))
+    cut.count = 0
+    assert cut.fired.is_set()
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["digest"] == env.reference_digest
+    layer_gets = [status for method, path, status in env.reg_proxy.log
+                  if method == "GET" and path.endswith(f"/blobs/{env.layer_digest}")]
+    assert 206 in layer_gets, layer_gets  # the registry was asked for the rest, not the whole blob again

@@ -364,26 +364,52 @@ def _pick_challenge(header: str) -> Challenge | None:
 
 
 class _ResponseStream(io.RawIOBase):
-    """A streamed response body whose transport errors become RegistryError."""
+    """A streamed response body whose transport errors become RegistryError. With `reopen`, a body cut part-way
+    (a reset, a proxy closing early) is resumed from where it stopped, up to `resumes` times: a layer stream can
+    not be restarted by the caller (its consumer has taken the bytes), and without this one reset in a large
+    layer failed the whole run."""
 
-    def __init__(self, resp: requests.Response, what: str) -> None:
+    def __init__(self, resp: requests.Response, what: str,
+                 reopen: Callable[[int], requests.Response] | None = None, resumes: int = 0,
+                 backoff: float = 0.5) -> None:
         super().__init__()
         self._resp = resp
         self._what = what
+        self._reopen = reopen
+        self._resumes = resumes
+        self._backoff = backoff
+        self._offset = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         view = memoryview(buffer)
-        try:
-            chunk = self._resp.raw.read(len(view))
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise RegistryError(
-                f"lost the connection while reading {self._what} ({describe_connection_error(e)}); try again"
-            ) from None
+        attempt = 0
+        while True:
+            try:
+                chunk = self._resp.raw.read(len(view))
+                break
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                failure: BaseException = e
+            # Resumed with a Range request; the verifying reader above still hashes every byte in order.
+            while attempt < self._resumes and self._reopen is not None:
+                time.sleep(self._backoff * (2**attempt))
+                attempt += 1
+                try:
+                    resp = self._reopen(self._offset)
+                except RegistryError as e:
+                    failure = e
+                    continue
+                self._resp.close()
+                self._resp = resp
+                break
+            else:
+                detail = failure.message if isinstance(failure, RegistryError) else describe_connection_error(failure)
+                raise RegistryError(f"lost the connection while reading {self._what} ({detail}); try again") from None
         n = len(chunk)
         view[:n] = chunk
+        self._offset += n
         return n
 
     def close(self) -> None:
@@ -488,12 +514,38 @@ class RegistrySource:
         if resp.status_code != 200:
             raise self.client.fail(resp, ref, what)
         resp.raw.decode_content = True
+        stream = _ResponseStream(resp, f"{what} from {ref}", lambda offset: self._resume_blob(desc, offset),
+                                 self.client.options.retries, self.client.options.backoff)
         return verifying(
-            _ResponseStream(resp, f"{what} from {ref}"),  # type: ignore[arg-type]
+            stream,  # type: ignore[arg-type]
             desc.digest,
             desc.size,
             f"{what} from {ref}",
         )
+
+    def _resume_blob(self, desc: Descriptor, offset: int) -> requests.Response:
+        """The blob's body from byte `offset` on: a 206 to `Range`, or a whole 200 body with the first bytes
+        skipped (a registry may ignore Range; its redirect target, a CDN, may too)."""
+        ref = self.ref
+        resp = self.client.send("GET", ref, self.client.repo_url(ref, f"blobs/{desc.digest}"),
+                                headers={"Accept-Encoding": "identity", "Range": f"bytes={offset}-"}, stream=True)
+        if resp.status_code == 206 and resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+            resp.raw.decode_content = True
+            return resp
+        if resp.status_code != 200:
+            raise self.client.fail(resp, ref, f"blob {desc.digest}")
+        resp.raw.decode_content = True
+        left = offset
+        try:
+            while left:
+                skipped = resp.raw.read(min(left, 1 << 20))
+                if not skipped:
+                    raise RegistryError(f"blob {desc.digest} from {ref} ended before byte {offset}")
+                left -= len(skipped)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            resp.close()
+            raise RegistryError(describe_connection_error(e)) from None
+        return resp
 
 
 def head_manifest(client: RegistryClient, ref: Reference) -> Descriptor | None:
