@@ -76,7 +76,32 @@ def clean_path(path: str, what: str = "path") -> str:
     parts = [p for p in stripped.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
         raise UnsafePathError(f"{what} {path!r} climbs out of the image root with '..'; refusing to write it")
-    return "/".join(parts)
+    clean = "/".join(parts)
+    # (surrogateescape: a name that is not UTF-8 is measured in the bytes it stands for)
+    if len(clean.encode("utf-8", "surrogateescape")) > PATH_MAX_BYTES or any(
+            len(p.encode("utf-8", "surrogateescape")) > NAME_MAX_BYTES for p in parts):
+        raise UnsafePathError(f"{what} {path[:80]!r}... is too long for a file system (more than {PATH_MAX_BYTES} "
+                              f"bytes, or a name of more than {NAME_MAX_BYTES}); refusing it")
+    return clean
+
+
+# What a file system holds (Linux's PATH_MAX and NAME_MAX): a longer path in a layer cannot be unpacked by any
+# runtime, so it is refused here rather than published as an image that fails on every pull.
+PATH_MAX_BYTES = 4095
+NAME_MAX_BYTES = 255
+
+
+def check_parents(path: str, kind_of: Callable[[str], str | None], what: str = "path") -> None:
+    """Refuse a path (already resolved through the image's symlinks) below something of the image that is not a
+    directory: a runtime would fail to unpack it, or replace the file with a directory. `kind_of(p)` is the kind
+    of the image's node at `p` ("dir", "file", "symlink"...) or None."""
+    parent = posixpath.dirname(path)
+    while parent:
+        kind = kind_of(parent)
+        if kind is not None and kind != "dir":
+            raise UnsafePathError(f"{what} /{path} would go below /{parent}, which is not a directory in the image "
+                                  f"(a {kind}); refusing it")
+        parent = posixpath.dirname(parent)
 
 
 @dataclass(frozen=True, slots=True)

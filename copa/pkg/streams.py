@@ -1,5 +1,10 @@
-"""Byte streams shared by the package readers: a bounded view of a stream, a slice of a spool file, and a package
-file's content (in memory or spooled)."""
+"""Byte streams shared by the package readers: a bounded view of a stream, a slice of a spool file, a package
+file's content (in memory or spooled), and the guard every decompressed package stream goes through.
+
+Decompression bombs: a package member may inflate to at most MAX_UNPACKED_BYTES, and past RATIO_FLOOR bytes to at
+most MAX_EXPANSION_RATIO times the compressed bytes read so far. Real packages stay far below both (Debian's and
+Alpine's biggest expand about 10x, a few GiB at most); a stream of zeros compresses about 1000:1 (gzip) to 7000:1
+(xz), so a bomb is stopped after RATIO_FLOOR bytes (about a quarter second of decompression), whatever it claims."""
 
 from __future__ import annotations
 
@@ -7,6 +12,10 @@ import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
+
+MAX_UNPACKED_BYTES = 16 << 30  # one package member, decompressed (and an rpm's files, as its header declares them)
+MAX_EXPANSION_RATIO = 250  # decompressed / compressed bytes, checked once past RATIO_FLOOR
+RATIO_FLOOR = 128 << 20  # below this much output any ratio is fine: small members of zeros are legitimate
 
 
 class Source(Protocol):
@@ -72,3 +81,52 @@ def open_content(path: str, inline: bytes | None, staged: Path | None, offset: i
     if staged is None:
         raise ValueError(f"{path} has no content")
     return open_slice(staged, offset, size, truncated)
+
+
+class _Counting(io.RawIOBase):
+    """Passes a stream through, counting the bytes read from it (what the decompressor has consumed)."""
+
+    def __init__(self, raw: Source) -> None:
+        super().__init__()
+        self._raw, self.count = raw, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer)
+        chunk = self._raw.read(len(view))
+        view[:len(chunk)] = chunk
+        self.count += len(chunk)
+        return len(chunk)
+
+
+class _Inflation(io.RawIOBase):
+    """A decompressed stream that fails once it outgrows the bomb limits (see the module's docstring)."""
+
+    def __init__(self, inner: BinaryIO, counted: _Counting, bomb: Callable[[str], Exception]) -> None:
+        super().__init__()
+        self._inner, self._counted, self._bomb, self.count = inner, counted, bomb, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer)
+        chunk = self._inner.read(len(view))
+        self.count += len(chunk)
+        if self.count > MAX_UNPACKED_BYTES:
+            raise self._bomb(f"decompresses to more than {MAX_UNPACKED_BYTES >> 30} GiB")
+        if self.count > RATIO_FLOOR and self.count > MAX_EXPANSION_RATIO * max(self._counted.count, 1):
+            raise self._bomb(f"decompresses to more than {MAX_EXPANSION_RATIO} times its size "
+                             f"({self.count} bytes from {self._counted.count})")
+        view[:len(chunk)] = chunk
+        return len(chunk)
+
+
+def inflate(raw: Source, decompressor: Callable[[BinaryIO], BinaryIO], bomb: Callable[[str], Exception]
+            ) -> BinaryIO:
+    """`raw` decompressed by `decompressor(stream)`, buffered, failing with `bomb(reason)` past the limits."""
+    counted = _Counting(raw)
+    inner = decompressor(cast(BinaryIO, io.BufferedReader(counted, 1 << 16)))
+    return cast(BinaryIO, io.BufferedReader(_Inflation(inner, counted, bomb), 1 << 16))

@@ -16,7 +16,7 @@ from copa.pkg.apt.packages import PackageRecord, RepositoryIndex
 from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, UpdateKind, check_failures
 from copa.pkg.dpkg.config import DpkgConfig, read_config
 from copa.pkg.dpkg.database import INFO, DpkgDatabase, info_name, read_database
-from copa.pkg.dpkg.debfile import BadDeb, DebContents, read_deb
+from copa.pkg.dpkg.debfile import BadDeb, DebContents, check_identity, read_deb
 from copa.pkg.dpkg.install import (
     LayerPlan,
     Unpacked,
@@ -280,7 +280,9 @@ def _download_and_read(ctx: ImageContext, records: Sequence[PackageRecord]) -> l
 
         def read(i: int) -> DebContents:
             name = posixpath.basename(records[i].filename)
-            return read_deb(fetched[i].result(), ctx.workdir / "stage" / f"{i:04d}", name)
+            contents = read_deb(fetched[i].result(), ctx.workdir / "stage" / f"{i:04d}", name)
+            check_identity(contents.control, records[i].package, records[i].version, records[i].architecture, name)
+            return contents
 
         reads = {i: read_pool.submit(read, i) for i in order}
     return [reads[i].result() for i in range(len(records))]

@@ -10,6 +10,7 @@ import hashlib
 import io
 import lzma
 import posixpath
+import re
 import shutil
 import tarfile
 from collections.abc import Iterator
@@ -23,9 +24,10 @@ from isal import igzip
 from copa.errors import IntegrityError, LocalIOError, UnsafePathError
 from copa.oci.image import CORRUPT_STREAM
 from copa.oci.layer import clean_path
-from copa.pkg.streams import Bounded, open_content
+from copa.pkg.streams import Bounded, inflate, open_content
 
 _AR_MAGIC = b"!<arch>\n"
+_AR_HEADER_START = re.compile(rb"[!-~]+ *(?:[0-9]+ *)*\Z")  # a member name then numeric fields, cut short
 _CONTROL_LIMIT = 64 << 20
 _INLINE_MAX = 64 << 10  # files up to this size stay in memory...
 _INLINE_BUDGET = 2 << 20  # ...up to this much per package; the rest is staged on disk
@@ -55,8 +57,11 @@ def _ar_members(f: BinaryIO, what: str) -> Iterator[tuple[ArMember, Bounded]]:
         header = f.read(60)
         if not header:
             return
+        if len(header) != 60 and _AR_HEADER_START.match(header):
+            raise BadDeb(f"{what}: the archive is truncated inside an ar member header; the package is corrupt")
         if len(header) != 60 or header[58:60] != b"`\n":
-            raise BadDeb(f"{what}: corrupt ar member header")
+            raise BadDeb(f"{what}: corrupt ar member header (garbage after the last member?); the package is "
+                         "corrupt")
         name = header[:16].decode("ascii", "replace").strip().rstrip("/")
         try:
             size = int(header[48:58].decode("ascii").strip())
@@ -70,14 +75,18 @@ def _ar_members(f: BinaryIO, what: str) -> Iterator[tuple[ArMember, Bounded]]:
 
 
 def _decompress(name: str, stream: BinaryIO, what: str) -> BinaryIO:
+    """The member's tar stream, guarded against decompression bombs (copa.pkg.streams.inflate)."""
+    def bomb(reason: str) -> BadDeb:
+        return BadDeb(f"{what}: member {name} {reason}; refusing it as a decompression bomb")
+
     if name.endswith(".xz"):
-        return cast(BinaryIO, lzma.LZMAFile(stream))
+        return inflate(stream, lambda s: cast(BinaryIO, lzma.LZMAFile(s)), bomb)
     if name.endswith(".gz"):
-        return cast(BinaryIO, igzip.GzipFile(fileobj=stream))  # type: ignore[no-untyped-call]
+        return inflate(stream, lambda s: cast(BinaryIO, igzip.GzipFile(fileobj=s)), bomb)  # type: ignore[no-untyped-call]
     if name.endswith(".zst"):
         # A .zst member may hold several frames (pzstd, zstd --adapt...); libzstd, as dpkg uses it, reads them all.
-        reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
-        return cast(BinaryIO, io.BufferedReader(reader))
+        return inflate(stream, lambda s: cast(BinaryIO, io.BufferedReader(
+            zstandard.ZstdDecompressor().stream_reader(s, read_across_frames=True))), bomb)
     if name.endswith(".tar"):
         return stream
     raise BadDeb(f"{what}: unsupported compression of member {name!r}")
@@ -137,8 +146,13 @@ def read_deb(path: Path, stage: Path, name: str | None = None) -> DebContents:
     with path.open("rb") as f:
         for member, body in _ar_members(cast(BinaryIO, f), what):
             if member.name.startswith("control.tar"):
+                if control is not None:
+                    # dpkg-deb reads the first and refuses more: which one counts would be the attacker's choice.
+                    raise BadDeb(f"{what} has a second control.tar member; the package is corrupt or tampered")
                 control, control_files = _read_control(_decompress(member.name, cast(BinaryIO, body), what), what)
             elif member.name.startswith("data.tar"):
+                if files is not None:
+                    raise BadDeb(f"{what} has a second data.tar member; the package is corrupt or tampered")
                 files = _stage_data(_decompress(member.name, cast(BinaryIO, body), what), stage, what)
     if control is None or files is None:
         raise BadDeb(f"{what} lacks a control or data archive; it is not a valid .deb")
@@ -218,12 +232,20 @@ def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
     inline_budget = _INLINE_BUDGET
     spool_path = stage / "spool"  # a name of ours, never the package's own paths: no way out of `stage`
     spool: _StageFile | None = None
+    kinds: dict[str, str] = {}  # path -> kind of the members read so far
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for m in tar:
                 path = clean_path(m.name, f"{what}: member")
                 if not path:
                     continue
+                if "\n" in path:
+                    # dpkg refuses these too: its .list database is one path a line.
+                    raise UnsafePathError(f"{what}: member {m.name!r} has a newline in its name; refusing it")
+                seen = kinds.get(path)
+                if seen is not None and not (seen == "dir" and m.isdir()):
+                    raise UnsafePathError(f"{what}: member {path!r} appears twice in the data archive; refusing "
+                                          "an ambiguous package")
                 staged = None
                 inline = None
                 offset = 0
@@ -247,8 +269,14 @@ def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
                 elif m.islnk():
                     kind = "hardlink"
                     linkname = clean_path(m.linkname, f"{what}: hardlink target")
+                    if kinds.get(linkname) not in ("file", "hardlink"):
+                        # As dpkg: a hard link names a file unpacked earlier from this package, never one of the
+                        # image's (its content would surface under a new name) and never nothing.
+                        raise UnsafePathError(f"{what}: member {path!r} is a hard link to {linkname!r}, which is "
+                                              "not a file earlier in the package; refusing it")
                 else:
                     raise UnsafePathError(f"{what}: member {m.name!r} is a device or fifo; refusing it")
+                kinds[path] = kind
                 out.append(DataFile(path, kind, m.mode, m.uid, m.gid, m.uname, m.gname, m.size,
                                     int(m.mtime), linkname, staged, inline, offset))
     except _CORRUPT as e:
@@ -259,3 +287,18 @@ def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
         if spool is not None:
             spool.close()
     return out
+
+
+def check_identity(control: bytes, name: str, version: str, architecture: str, what: str) -> None:
+    """The package's own control must name what the index entry that selected it names: otherwise the status
+    database would record another package (or version) than the plan installed. apt checks the same."""
+    fields: dict[str, str] = {}
+    for line in control.decode("utf-8", "replace").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key[:1] not in (" ", "\t"):
+            fields.setdefault(key.strip().lower(), value.strip())
+    for field, expected in (("package", name), ("version", version), ("architecture", architecture)):
+        got = fields.get(field, "")
+        if got != expected:
+            raise BadDeb(f"{what}: its control says {field.capitalize()}: {got or '(none)'} but the repository "
+                         f"index lists {expected}; the repository serves a wrong or tampered package")

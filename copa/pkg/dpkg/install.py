@@ -16,7 +16,7 @@ import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from copa.oci.layer import Entry, Kind
+from copa.oci.layer import Entry, Kind, check_parents
 from copa.oci.rootfs import View
 from copa.pkg.dpkg.config import DpkgConfig
 from copa.pkg.dpkg.database import INFO, STATUS, STATUS_D, DpkgDatabase, info_name
@@ -76,7 +76,12 @@ class LayerPlan:
         self.entries[entry.path] = entry
         self.written.add(entry.path)
 
+    def _kind(self, path: str) -> str | None:
+        node = self.view.get(path)
+        return node.kind if node is not None else None
+
     def add_file(self, f: DataFile, path: str, package: str) -> None:
+        check_parents(path, self._kind, f"{package}'s file")
         kind = {"file": Kind.FILE, "symlink": Kind.SYMLINK, "hardlink": Kind.HARDLINK}[f.kind]
         # A hard link's target goes through diversions too (tarobject: namenodetouse on the link name).
         linkname = self.target(f.linkname, package) if f.kind == "hardlink" else f.linkname
@@ -84,6 +89,7 @@ class LayerPlan:
                        f.open if f.has_content else None, linkname, f.mtime, f.uname, f.gname))
 
     def add_dir(self, f: DataFile, path: str) -> None:
+        check_parents(path, self._kind, "a package directory")
         node = self.view.get(path)
         # dpkg leaves an existing directory (or a symlink standing in for one) as it is.
         if node is not None or path in self.entries:
@@ -210,7 +216,8 @@ def md5sums(contents: DebContents, config: DpkgConfig | None = None) -> bytes | 
         else:
             continue
         lines.append(f"{sums[f.path]}  {f.path}\n")
-    return "".join(lines).encode() if lines else None
+    # A name that is not UTF-8 was read with surrogateescape: dpkg writes its bytes back as they were.
+    return "".join(lines).encode("utf-8", "surrogateescape") if lines else None
 
 
 def list_file(contents: DebContents) -> bytes:
@@ -218,7 +225,7 @@ def list_file(contents: DebContents) -> bytes:
     lines = ["/."]
     for f in contents.files:
         lines.append("/" + f.path)
-    return ("\n".join(lines) + "\n").encode()
+    return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
 
 
 def remove_package(plan: LayerPlan, entry: StatusEntry, files: Iterable[str], info: Iterable[str],

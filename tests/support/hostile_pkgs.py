@@ -1,0 +1,320 @@
+"""A hostile package corpus for .deb, .apk and .rpm, generated on demand, and the harness that serves each case from
+a signed repository and runs `copa patch` against it.
+
+Packages are made by the real tools where the tools can make the case (dpkg-deb --build of a prepared tree with
+set-uid files, fifos, device nodes; rpmbuild) and as raw bytes written here where the tools refuse (tar members
+named `../x`, hard links to nothing, lying sizes, ar archives with two data members, cpio names with NUL...).
+Each case is named after its attack; the repository that serves it is signed with the test's key (apt: InRelease
+by pysequoia; apk: APKINDEX by RSA; rpm: createrepo_c metadata), so copa gets past the index checks and meets the
+hostile bytes in its package readers, unless the case attacks the index itself.
+
+    tar_bytes([Member("../etc/evil", data=b"x")])          # raw tar, PAX
+    deb_bytes(control("app", "2.0"), data_tar)              # ar + control.tar.xz + data.tar.xz
+    run = run_copa([...], scratch)                          # subprocess, limits, wall time, peak RSS, TMPDIR check
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import lzma
+import os
+import resource
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+
+ROOT = Path(__file__).resolve().parents[2]
+MTIME = 1704067200
+
+# Bounds every hostile run must stay under (the README states them). A patch of the tiny test images takes about a
+# second and 100 MiB; a case that needs much more than this is a bomb copa failed to stop.
+CASE_SECONDS = 60.0  # wall time of one `copa patch` (the subprocess is killed past it)
+CASE_RSS = 768 << 20  # peak resident memory of one `copa patch`
+CASE_ADDRESS_SPACE = 6 << 30  # RLIMIT_AS of the child: a runaway allocation fails instead of swapping the machine
+CASE_FILE_SIZE = 4 << 30  # RLIMIT_FSIZE of the child: no single file written may grow past this
+
+
+# --------------------------------------------------------------------------------------------------- tar and ar
+
+
+@dataclass(frozen=True)
+class Member:
+    """One tar member as the attack wants it. `name` may be bytes (invalid UTF-8); `size` overrides the header's
+    size field without writing that many bytes (a lie); `pax` adds PAX records (a `path` record wins over `name`)."""
+
+    name: str | bytes
+    kind: str = "file"  # file, dir, symlink, hardlink, fifo, chardev, blockdev
+    data: bytes = b""
+    linkname: str = ""
+    mode: int = 0o644
+    size: int | None = None
+    pax: Mapping[str, str] = field(default_factory=dict)
+    uid: int = 0
+    gid: int = 0
+
+
+_TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE,
+          "fifo": tarfile.FIFOTYPE, "chardev": tarfile.CHRTYPE, "blockdev": tarfile.BLKTYPE}
+
+
+def member_bytes(m: Member, fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    name = m.name.decode("utf-8", "surrogateescape") if isinstance(m.name, bytes) else m.name
+    info = tarfile.TarInfo(name)
+    info.type = _TYPES[m.kind]
+    info.mode, info.mtime, info.uid, info.gid = m.mode, MTIME, m.uid, m.gid
+    info.uname = info.gname = "root"
+    info.linkname = m.linkname
+    info.size = len(m.data) if m.kind == "file" else 0
+    if m.kind in ("chardev", "blockdev"):
+        info.devmajor, info.devminor = 1, 3  # /dev/null's numbers
+    info.pax_headers = dict(m.pax)
+    if m.size is not None:
+        info.size = m.size
+    header = info.tobuf(format=fmt, encoding="utf-8", errors="surrogateescape")
+    return header + m.data + b"\0" * (-len(m.data) % 512)
+
+
+def tar_bytes(members: Sequence[Member], *, end: bool = True, fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    return b"".join(member_bytes(m, fmt) for m in members) + (b"\0" * 1024 if end else b"")
+
+
+def ar_bytes(members: Sequence[tuple[str, bytes]]) -> bytes:
+    """A System V ar archive as dpkg-deb writes it (names with a trailing '/'? no: dpkg writes plain names)."""
+    out = bytearray(b"!<arch>\n")
+    for name, data in members:
+        out += f"{name:<16}{MTIME:<12}{0:<6}{0:<6}{0o100644:<8o}{len(data):<10}`\n".encode()
+        out += data + (b"\n" if len(data) % 2 else b"")
+    return bytes(out)
+
+
+def compress(data: bytes, how: str) -> bytes:
+    if how == "xz":
+        return lzma.compress(data, preset=6)
+    if how == "gz":
+        return gzip.compress(data, mtime=0)
+    if how == "zst":
+        return zstandard.ZstdCompressor(level=19).compress(data)
+    if how == "":
+        return data
+    raise ValueError(how)
+
+
+_PIECE = 64 << 20  # zeros compressed once, the compressed piece repeated: a bomb of any size in milliseconds
+
+
+@functools.cache
+def _zeros_piece(how: str) -> bytes:
+    return compress(bytes(_PIECE), how) if how != "xz" else lzma.compress(bytes(_PIECE), preset=0)
+
+
+def bomb_stream(prefix: bytes, size: int, how: str) -> bytes:
+    """`prefix` then `size` zero bytes (rounded up to 64 MiB pieces) then two zero tar blocks, compressed with `how`
+    ("xz", "gz", "zst") as concatenated streams (every reader of these formats reads on across them: xz and zstd
+    frames, gzip members), never holding the zeros in memory: about 1000:1 (gzip) to 7000:1 (xz)."""
+    pieces = -(-size // _PIECE)
+    return compress(prefix, how) + _zeros_piece(how) * pieces + compress(bytes(1024), how)
+
+
+def bomb_tar(name: str, size: int, how: str) -> bytes:
+    """A compressed tar whose one member `name` is `size` zero bytes (a multiple of 64 MiB)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, MTIME
+    return bomb_stream(info.tobuf(format=tarfile.PAX_FORMAT), size, how)
+
+
+# --------------------------------------------------------------------------------------------------- .deb
+
+
+def control_text(name: str, version: str, arch: str = "amd64", **extra: str) -> str:
+    fields = {"Package": name, "Version": version, "Architecture": arch,
+              "Maintainer": "copa tests <tests@example.invalid>", "Installed-Size": "1", **extra,
+              "Description": "hostile test package\n built by tests/support/hostile_pkgs.py"}
+    return "".join(f"{k}: {v}\n" for k, v in fields.items())
+
+
+def control_tar(control: str, extra: Mapping[str, bytes] | None = None) -> bytes:
+    members = [Member("./", kind="dir", mode=0o755), Member("./control", data=control.encode())]
+    members += [Member(f"./{n}", data=d) for n, d in (extra or {}).items()]
+    return tar_bytes(members)
+
+
+def deb_bytes(control: str, data_tar: bytes, *, compression: str = "xz", members: Sequence[tuple[str, bytes]] = (),
+              data_compressed: bytes | None = None) -> bytes:
+    """debian-binary, control.tar.xz, data.tar.<compression> (or `data_compressed` verbatim), then `members`."""
+    data = data_compressed if data_compressed is not None else compress(data_tar, compression)
+    suffix = f".{compression}" if compression else ""
+    return ar_bytes([("debian-binary", b"2.0\n"), ("control.tar.xz", compress(control_tar(control), "xz")),
+                     (f"data.tar{suffix}", data), *members])
+
+
+@dataclass(frozen=True)
+class TreeFile:
+    """A path of a tree dpkg-deb builds: a regular file (`data`), "dir", "symlink" (to `target`), "fifo",
+    "chardev"; `mode` applied with chmod (set-uid bits included)."""
+
+    path: str
+    data: bytes = b""
+    kind: str = "file"
+    mode: int = 0o644
+    target: str = ""
+
+
+def dpkg_deb(control: str, files: Sequence[TreeFile], work: Path) -> bytes:
+    """The real `dpkg-deb --root-owner-group --build` of a prepared tree."""
+    tree = work / "tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(control)
+    for f in files:
+        p = tree / f.path
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if f.kind == "dir":
+            p.mkdir(exist_ok=True)
+        elif f.kind == "symlink":
+            p.symlink_to(f.target)
+            continue
+        elif f.kind == "fifo":
+            os.mkfifo(p)
+        elif f.kind == "chardev":
+            os.mknod(p, 0o600 | 0o020000, os.makedev(1, 3))
+        else:
+            p.write_bytes(f.data)
+        os.chmod(p, f.mode)
+    out = work / "out.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(tree), str(out)], check=True,
+                   capture_output=True)
+    data = out.read_bytes()
+    shutil.rmtree(tree)
+    out.unlink()
+    return data
+
+
+def packages_stanza(control: str, filename: str, deb: bytes, **override: str) -> str:
+    """The Packages paragraph dpkg-scanpackages writes for `deb` (its control fields, Filename, Size, SHA256),
+    with `override` replacing fields (an index that lies)."""
+    fields: dict[str, str] = {}
+    for line in control.splitlines():
+        if line[:1] in (" ", "\t") or ":" not in line:
+            continue
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    fields.pop("Description", None)
+    fields |= {"Filename": filename, "Size": str(len(deb)), "MD5sum": hashlib.md5(deb).hexdigest(),
+               "SHA256": hashlib.sha256(deb).hexdigest()}
+    fields |= override
+    fields["Description"] = "hostile test package"
+    return "".join(f"{k}: {v}\n" for k, v in fields.items())
+
+
+# --------------------------------------------------------------------------------------------------- running copa
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+    peak_rss: int  # bytes, of the copa process alone (wait4's rusage)
+    killed: bool
+
+    def error_line(self) -> str:
+        """The one `copa: error:` line; every other stderr line must be a progress line, and no traceback."""
+        assert "Traceback" not in self.stderr, self.stderr
+        lines = self.stderr.strip().splitlines()
+        errors = [line for line in lines if line.startswith("copa: error: ")]
+        assert len(errors) == 1 and lines[-1] == errors[0], self.stderr
+        return errors[0]
+
+
+def _limits() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (CASE_ADDRESS_SPACE, CASE_ADDRESS_SPACE))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (CASE_FILE_SIZE, CASE_FILE_SIZE))
+    os.setsid()
+
+
+def run_copa(args: Sequence[str], scratch: Path, env: Mapping[str, str] | None = None) -> Run:
+    """`python -m copa ARGS` with TMPDIR, the cache and the working directory inside `scratch`, the resource
+    limits above and a wall-time limit; its peak RSS from wait4 (this child's alone: RUSAGE_CHILDREN would be the
+    largest of every child the test process ever waited for, dpkg-deb and umoci included)."""
+    tmp = scratch / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "TMPDIR": str(tmp), "COPA_CACHE_DIR": str(scratch / "cache"), "COPA_DEBUG": "",
+                "COPA_PROGRESS": "", **(env or {})}
+    full_env["PYTHONPATH"] = str(ROOT)
+    out, err = scratch / "stdout", scratch / "stderr"
+    start = time.monotonic()
+    with out.open("wb") as o, err.open("wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "copa", *args, "--progress", "plain"], cwd=scratch,
+                                stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=full_env, preexec_fn=_limits)
+    killed = threading.Event()
+
+    def kill() -> None:
+        killed.set()
+        os.killpg(proc.pid, signal.SIGKILL)
+
+    timer = threading.Timer(CASE_SECONDS, kill)
+    timer.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.monotonic() - start
+    return Run(proc.returncode, out.read_text(errors="replace"), err.read_text(errors="replace"), seconds,
+               usage.ru_maxrss * 1024, killed.is_set())
+
+
+def leftovers(scratch: Path) -> list[str]:
+    """What a run left in its TMPDIR (copa's work directories must all be gone)."""
+    return sorted(str(p.relative_to(scratch)) for p in (scratch / "tmp").rglob("*"))
+
+
+def nothing_published(out: Path) -> list[str]:
+    """Problems if anything was published under `out`: a layout's index.json or blobs, an output tar."""
+    problems = []
+    if (out / "index.json").exists():
+        problems.append("index.json written")
+    blobs = out / "blobs"
+    if blobs.exists() and any(p.is_file() for p in blobs.rglob("*")):
+        problems.append("blobs written")
+    return problems
+
+
+def unchanged(before: Mapping[str, tuple[int, int]], root: Path) -> list[str]:
+    """Paths under `root` created or changed since `before` (snapshot_tree)."""
+    now = snapshot_tree(root)
+    return sorted(p for p in now if before.get(p) != now[p])
+
+
+def snapshot_tree(root: Path) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            try:
+                st = p.lstat()
+            except OSError:
+                continue
+            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def checksum(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def u32(value: int) -> bytes:
+    return struct.pack(">I", value)

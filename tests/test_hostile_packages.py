@@ -1,0 +1,381 @@
+"""Hostile packages (issue 12): every case is served by a signed repository and met by `copa patch`.
+
+Each case is a package (or the index entry that selects it) built to attack one thing, named after the attack
+(tests/support/hostile_pkgs.py builds them: the real dpkg-deb / rpmbuild where they can make the case, raw bytes
+where they refuse). The image upgrades one installed package from a repository holding only the hostile build.
+A refused case must end with its exit code and one `copa: error:` line naming what was wrong, no traceback, no
+layout written, nothing left in TMPDIR, nothing created outside the work directory; an accepted case (set-uid
+bits, a tar file shipped as a file, an absolute name) must put exactly what the package states, inside the root.
+
+Every case runs in-process through `copa.cli.main` (the whole patch path: index, signature, download, reader,
+installer, layer writer) to stay inside the suite's time budget; the bombs and a sample run as a real subprocess
+under resource limits (wall time, peak RSS measured with wait4), and `-m sweep` runs every case that way.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from copa import cli
+from tests.support import debimage
+from tests.support import hostile_pkgs as hp
+from tests.support.aptrepo import AptRepo, RepoServer, make_key, write_release
+from tests.support.trivy import write_report
+
+INPROCESS_SECONDS = 20.0  # one in-process case; the bombs must be refused long before they expand
+CANARY = "copa-hostile-canary"  # a name the attacks aim at outside the root; it must never appear there
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a case must end with: `code` and words of the error line; or, for code 0, `check` on the layer."""
+
+    code: int
+    words: tuple[str, ...] = ()
+    check: Callable[[dict[str, tarfile.TarInfo], dict[str, bytes]], None] | None = None
+
+
+def refused(code: int, *words: str) -> Outcome:
+    return Outcome(code, words)
+
+
+def accepted(check: Callable[[dict[str, tarfile.TarInfo], dict[str, bytes]], None]) -> Outcome:
+    return Outcome(0, (), check)
+
+
+@dataclass
+class Scratch:
+    """Where one run may write: its TMPDIR, cache, output layout. Anything outside it is a failure."""
+
+    root: Path
+    out: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.out = self.root / "out"
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+
+
+def run_inprocess(args: list[str], scratch: Scratch, monkeypatch: pytest.MonkeyPatch,
+                  capsys: pytest.CaptureFixture[str]) -> hp.Run:
+    monkeypatch.setenv("COPA_CACHE_DIR", str(scratch.root / "cache"))
+    monkeypatch.delenv("COPA_DEBUG", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch.root / "tmp"))
+    capsys.readouterr()
+    start = time.monotonic()
+    code = cli.main([*args, "--progress", "quiet"])
+    seconds = time.monotonic() - start
+    captured = capsys.readouterr()
+    return hp.Run(code, captured.out, captured.err, seconds, 0, False)
+
+
+def layer_of(out: Path, ref: str = "patched") -> tuple[dict[str, tarfile.TarInfo], dict[str, bytes]]:
+    """The patch layer (the last one) of a written layout: members and regular files' contents."""
+    import json
+
+    index = json.loads((out / "index.json").read_text())
+    desc = next(m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == ref)
+    blobs = out / "blobs" / "sha256"
+    manifest = json.loads((blobs / desc["digest"].split(":")[1]).read_text())
+    with tarfile.open(blobs / manifest["layers"][-1]["digest"].split(":")[1], "r:*") as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        contents = {}
+        for m in members.values():
+            if m.isreg():
+                f = tar.extractfile(m)
+                contents[m.name] = f.read() if f is not None else b""
+    return members, contents
+
+
+def verify(run: hp.Run, outcome: Outcome, scratch: Scratch, outside_before: set[str]) -> None:
+    assert not run.killed, f"killed after {hp.CASE_SECONDS}s: {run.stderr[-2000:]}"
+    assert "Traceback" not in run.stderr, run.stderr
+    assert run.code == outcome.code, run.stderr
+    assert hp.leftovers(scratch.root) == [], "copa left files in TMPDIR"
+    assert _canaries() == outside_before, "a file was created outside the work directory"
+    if outcome.code:
+        line = run.error_line()
+        for word in outcome.words:
+            assert word in line, line
+        assert hp.nothing_published(scratch.out) == [], line
+    else:
+        assert outcome.check is not None
+        outcome.check(*layer_of(scratch.out))
+
+
+def _canaries() -> set[str]:
+    """Every path named after the canary in the places an escape would reach (/, /tmp, /etc, the work tree)."""
+    found = set()
+    for d in ("/", "/tmp", "/etc", "/root", str(Path(__file__).parents[1]), str(Path(__file__).parents[2])):
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        found.update(os.path.join(d, n) for n in names if CANARY in n)
+    return found
+
+
+# =================================================================================================== .deb
+
+DEB_REPORT = {"app": ("1.0", "2.0")}
+APP = hp.control_text("app", "2.0")
+DEB_FILE = "pool/main/a/app/app_2.0_amd64.deb"
+
+
+@dataclass(frozen=True)
+class DebCase:
+    name: str
+    outcome: Outcome
+    deb: Callable[[Path], bytes]  # work dir -> the .deb bytes
+    index: dict[str, str] = field(default_factory=dict)  # Packages fields replaced (an index that lies)
+    control: str = APP  # the control the Packages stanza is made from
+    sign_with_other_key: bool = False
+
+
+def _data(*members: hp.Member) -> bytes:
+    base = [hp.Member("./", kind="dir", mode=0o755), hp.Member("./usr/", kind="dir", mode=0o755),
+            hp.Member("./usr/share/", kind="dir", mode=0o755), hp.Member("./usr/share/app/", kind="dir", mode=0o755),
+            hp.Member("./usr/share/app/keep.txt", data=b"keep 2.0\n")]
+    return hp.tar_bytes([*base, *members])
+
+
+def _raw(*members: hp.Member, control: str = APP, compression: str = "xz") -> Callable[[Path], bytes]:
+    return lambda _work: hp.deb_bytes(control, _data(*members), compression=compression)
+
+
+def _tool(*files: hp.TreeFile, control: str = APP) -> Callable[[Path], bytes]:
+    """Built by the real dpkg-deb."""
+    base = (hp.TreeFile("usr/share/app/keep.txt", b"keep 2.0\n"),)
+    return lambda work: hp.dpkg_deb(control, [*base, *files], work)
+
+
+def _good(work: Path) -> bytes:
+    return hp.dpkg_deb(APP, [hp.TreeFile("usr/share/app/keep.txt", b"keep 2.0\n")], work)
+
+
+def _truncated(work: Path) -> bytes:
+    deb = _good(work)
+    return deb[:len(deb) * 2 // 3]
+
+
+def _data_truncated(_work: Path) -> bytes:
+    data = hp.compress(_data(hp.Member("./usr/share/app/big", data=os.urandom(200_000))), "xz")
+    return hp.deb_bytes(APP, b"", data_compressed=data[:len(data) // 2])
+
+
+def _two_data(_work: Path) -> bytes:
+    evil = hp.compress(_data(hp.Member(f"./tmp/{CANARY}", data=b"second data member\n")), "xz")
+    return hp.deb_bytes(APP, _data(), members=[("data.tar.xz", evil)])
+
+
+def _two_control(_work: Path) -> bytes:
+    other = hp.compress(hp.control_tar(hp.control_text("libc6", "99")), "xz")
+    return hp.deb_bytes(APP, _data(), members=[("control.tar.xz", other)])
+
+
+def _huge_ar_member(work: Path) -> bytes:
+    deb = bytearray(_good(work))
+    at = deb.index(b"data.tar.xz")
+    deb[at + 48:at + 58] = b"9999999999"  # the ar header's size field: ten digits, 9.3 GB
+    return bytes(deb)
+
+
+def _nested_tar(_work: Path) -> bytes:
+    inner = hp.tar_bytes([hp.Member(f"../../tmp/{CANARY}", data=b"inner\n")])
+    return hp.deb_bytes(APP, _data(hp.Member("./usr/share/app/data.tar", data=inner)))
+
+
+def _bomb(_work: Path) -> bytes:
+    return hp.deb_bytes(APP, b"", data_compressed=hp.bomb_tar("./usr/share/app/zeros", 4 << 30, "xz"))
+
+
+def _gzip_bomb(_work: Path) -> bytes:
+    return hp.deb_bytes(APP, b"", compression="gz", data_compressed=hp.bomb_tar("./usr/share/app/zeros", 2 << 30,
+                                                                                   "gz"))
+
+
+def _zstd_bomb(_work: Path) -> bytes:
+    return hp.deb_bytes(APP, b"", compression="zst", data_compressed=hp.bomb_tar("./usr/share/app/zeros", 8 << 30,
+                                                                                    "zst"))
+
+
+def _control_bomb(_work: Path) -> bytes:
+    control = hp.control_tar(APP)[:-1024]  # its members, then an md5sums of 1 GiB of zeros
+    info = tarfile.TarInfo("./md5sums")
+    info.size = 1 << 30
+    bomb = hp.bomb_stream(control + info.tobuf(format=tarfile.PAX_FORMAT), info.size, "xz")
+    return hp.ar_bytes([("debian-binary", b"2.0\n"), ("control.tar.xz", bomb),
+                        ("data.tar.xz", hp.compress(_data(), "xz"))])
+
+
+def _raw_name_kept(members: dict[str, tarfile.TarInfo], contents: dict[str, bytes]) -> None:
+    # dpkg takes file names as bytes: the layer and the .list keep the package's bytes (tarfile reads them back
+    # with surrogateescape, as it read the package).
+    assert contents["usr/share/app/\udcff\udcfe"] == b"latin\n"
+    assert b"/usr/share/app/\xff\xfe\n" in contents["var/lib/dpkg/info/app.list"]
+
+
+def _setuid_kept(members: dict[str, tarfile.TarInfo], contents: dict[str, bytes]) -> None:
+    assert members["usr/bin/app"].mode == 0o4755 and members["usr/share/app/sg"].mode == 0o2755
+    assert members["usr/share/app/keep.txt"].mode == 0o644
+    assert contents["usr/bin/app"] == b"suid\n"
+
+
+def _inner_tar_is_a_file(members: dict[str, tarfile.TarInfo], contents: dict[str, bytes]) -> None:
+    inner = hp.tar_bytes([hp.Member(f"../../tmp/{CANARY}", data=b"inner\n")])
+    assert contents["usr/share/app/data.tar"] == inner
+    assert not any(CANARY in n for n in members)
+
+
+def _absolute_confined(members: dict[str, tarfile.TarInfo], contents: dict[str, bytes]) -> None:
+    # dpkg reads '/usr/share/app/abs' as the path below its --root: the same file, inside the image.
+    assert contents["usr/share/app/abs"] == b"absolute\n"
+    assert not any(n.startswith("/") for n in members)
+
+
+def _through_image_link(members: dict[str, tarfile.TarInfo], contents: dict[str, bytes]) -> None:
+    # bin -> usr/bin in the image: the file lands where the link leads, the link itself untouched (as dpkg does).
+    assert contents["usr/bin/app"] == b"app 2.0\n" and "bin" not in members and "bin/app" not in members
+
+
+CANARY_PATH = f"tmp/{CANARY}"
+
+DEB_CASES = [
+    DebCase("dotdot_path", refused(5, "'..'"), _raw(hp.Member(f"./usr/share/app/../../../../../../{CANARY_PATH}",
+                                                                data=b"x"))),
+    DebCase("dotdot_hidden_in_pax_path", refused(5, "'..'"), _raw(hp.Member(
+        "./usr/share/app/harmless", data=b"x", pax={"path": f"./usr/../../{CANARY_PATH}"}))),
+    DebCase("absolute_path_stays_inside", accepted(_absolute_confined),
+            _raw(hp.Member("/usr/share/app/abs", data=b"absolute\n"))),
+    DebCase("path_through_own_symlink", refused(5, "symlink"), _raw(
+        hp.Member("./usr/share/app/link", kind="symlink", linkname="/tmp"),
+        hp.Member(f"./usr/share/app/link/{CANARY}", data=b"through the link\n"))),
+    DebCase("path_through_own_relative_symlink", refused(5, "symlink"), _raw(
+        hp.Member("./usr/share/app/up", kind="symlink", linkname="../../../../../../../.."),
+        hp.Member(f"./usr/share/app/up/{CANARY_PATH}", data=b"through the link\n"))),
+    DebCase("path_through_image_symlink_is_resolved", accepted(_through_image_link),
+            _tool(hp.TreeFile("bin/app", b"app 2.0\n", mode=0o755))),
+    DebCase("path_through_image_file", refused(5, "not a directory"), _raw(
+        hp.Member(f"./etc/os-release/{CANARY}", data=b"under a file\n"))),
+    DebCase("hardlink_outside", refused(5, "'..'"), _raw(
+        hp.Member("./usr/share/app/shadow", kind="hardlink", linkname="../../../etc/shadow"))),
+    DebCase("hardlink_to_image_file", refused(5, "hard link"), _raw(
+        hp.Member("./usr/share/app/osr", kind="hardlink", linkname="usr/lib/os-release"))),
+    DebCase("hardlink_to_nothing", refused(5, "hard link"), _raw(
+        hp.Member("./usr/share/app/dangling", kind="hardlink", linkname="./usr/share/app/missing"))),
+    DebCase("hardlink_to_directory", refused(5, "hard link"), _raw(
+        hp.Member("./usr/share/app/dirlink", kind="hardlink", linkname="./usr/share/app/"))),
+    DebCase("device_node", refused(5, "device"), _tool(hp.TreeFile("usr/share/app/null", kind="chardev",
+                                                                     mode=0o666))),
+    DebCase("fifo", refused(5, "fifo"), _tool(hp.TreeFile("usr/share/app/pipe", kind="fifo", mode=0o644))),
+    DebCase("setuid_setgid_kept_as_stated", accepted(_setuid_kept), _tool(
+        hp.TreeFile("usr/bin/app", b"suid\n", mode=0o4755), hp.TreeFile("usr/share/app/sg", b"sg\n", mode=0o2755))),
+    DebCase("duplicate_entries", refused(5, "twice"), _raw(
+        hp.Member("./usr/share/app/dup", data=b"first\n"), hp.Member("./usr/share/app/dup", data=b"second\n"))),
+    DebCase("nul_in_name", refused(5, "NUL"), _raw(hp.Member(
+        "./usr/share/app/x", data=b"x", pax={"path": f"./usr/share/app/a\x00/../../../../{CANARY_PATH}"}))),
+    DebCase("newline_in_name", refused(5, "newline"), _raw(hp.Member("./usr/share/app/a\nb", data=b"x"))),
+    DebCase("invalid_utf8_name_kept_as_bytes", accepted(_raw_name_kept),
+            _raw(hp.Member(b"./usr/share/app/\xff\xfe", data=b"latin\n"))),
+    DebCase("name_of_4096_bytes", refused(5, "long"), _raw(hp.Member(
+        "./usr/share/app/" + "/".join(["d" * 200] * 21), data=b"x"))),
+    DebCase("component_of_256_bytes", refused(5, "long"), _raw(hp.Member("./usr/share/app/" + "n" * 256,
+                                                                          data=b"x"))),
+    DebCase("truncated_archive", refused(5, "truncated"), _truncated),
+    DebCase("truncated_in_ar_header", refused(5, "truncated"), lambda work: _good(work)[:8 + 30]),
+    DebCase("truncated_data_member", refused(5, "corrupt"), _data_truncated),
+    DebCase("trailing_garbage", refused(5, "ar"), lambda work: _good(work) + b"garbage after the last member"),
+    DebCase("ar_member_claims_huge_size", refused(5, "truncated"), _huge_ar_member),
+    DebCase("tar_member_claims_huge_size", refused(5, "corrupt"), _raw(
+        hp.Member("./usr/share/app/huge", data=b"only this", size=1 << 40))),
+    DebCase("xz_bomb", refused(5, "bomb"), _bomb),
+    DebCase("gzip_bomb", refused(5, "bomb"), _gzip_bomb),
+    DebCase("zstd_bomb", refused(5, "bomb"), _zstd_bomb),
+    DebCase("control_bomb", refused(5, "control"), _control_bomb),
+    DebCase("second_data_member", refused(5, "data.tar"), _two_data),
+    DebCase("second_control_member", refused(5, "control.tar"), _two_control),
+    DebCase("nested_tar_is_only_a_file", accepted(_inner_tar_is_a_file), _nested_tar),
+    DebCase("checksum_mismatch", refused(5, "sha256"), _good, index={"SHA256": "0" * 64}),
+    DebCase("size_mismatch", refused(5, "expected 12 bytes"), _good, index={"Size": "12"}),
+    DebCase("signature_by_untrusted_key", refused(5, "signature"), _good, sign_with_other_key=True),
+    DebCase("control_name_differs_from_index", refused(5, "Package: libc6", "index lists app"),
+            _tool(control=hp.control_text("libc6", "2.0"))),
+    DebCase("control_version_differs_from_index", refused(5, "9.9"), _tool(control=hp.control_text("app", "9.9"))),
+    DebCase("control_arch_differs_from_index", refused(5, "arm64"),
+            _tool(control=hp.control_text("app", "2.0", "arm64"))),
+]
+# Run as a subprocess under limits by default (the rest only with -m sweep): the bombs and one of each kind.
+DEB_SUBPROCESS = {"xz_bomb", "dotdot_path", "setuid_setgid_kept_as_stated"}
+
+
+@dataclass
+class DebWorld:
+    base: debimage.BaseImage
+    key: object
+    other_key: object
+    srv: Path
+    url: str
+    report: Path
+    work: Path
+
+
+@pytest.fixture(scope="module")
+def deb_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebWorld]:
+    tmp = tmp_path_factory.mktemp("hostile-deb")
+    base = debimage.base_image()
+    srv = tmp / "srv"
+    srv.mkdir()
+    report = write_report(tmp / "trivy.json", DEB_REPORT)
+    with RepoServer(srv) as server:
+        yield DebWorld(base, make_key(tmp / "key"), make_key(tmp / "other"), srv, server.url, report, tmp)
+
+
+def serve_deb(world: DebWorld, case: DebCase) -> str:
+    """Write the case's repository under the server's root; returns its URL."""
+    root = world.srv / case.name
+    if not root.exists():
+        work = world.work / "build" / case.name
+        work.mkdir(parents=True)
+        deb = case.deb(work)
+        (root / Path(DEB_FILE).parent).mkdir(parents=True)
+        (root / DEB_FILE).write_bytes(deb)
+        packages = root / "dists/stable/main/binary-amd64"
+        packages.mkdir(parents=True)
+        (packages / "Packages").write_text(hp.packages_stanza(case.control, DEB_FILE, deb, **case.index))
+        key = world.other_key if case.sign_with_other_key else world.key
+        write_release(AptRepo(root, "stable", ("main",), ("amd64",), key, {}))  # type: ignore[arg-type]
+    return f"{world.url}/{case.name}"
+
+
+def deb_args(world: DebWorld, case: DebCase, scratch: Scratch) -> list[str]:
+    return ["patch", "-i", world.base.image_ref, "-r", str(world.report), "--oci-dir", str(scratch.out),
+            "-t", "patched", "--mirror", f"{debimage.REPO_URL}={serve_deb(world, case)}",
+            "--keyring", str(world.key.keyring)]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("case", DEB_CASES, ids=lambda c: c.name)
+def test_deb_case(case: DebCase, deb_world: DebWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  capsys: pytest.CaptureFixture[str]) -> None:
+    scratch = Scratch(tmp_path)
+    before = _canaries()
+    args = deb_args(deb_world, case, scratch)
+    run = run_inprocess(args, scratch, monkeypatch, capsys)
+    verify(run, case.outcome, scratch, before)
+    assert run.seconds < INPROCESS_SECONDS
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=() if c.name in DEB_SUBPROCESS
+                                               else pytest.mark.sweep) for c in DEB_CASES])
+def test_deb_case_subprocess(case: DebCase, deb_world: DebWorld, tmp_path: Path) -> None:
+    scratch = Scratch(tmp_path)
+    before = _canaries()
+    run = hp.run_copa(deb_args(deb_world, case, scratch), scratch.root)
+    verify(run, case.outcome, scratch, before)
+    assert run.seconds < hp.CASE_SECONDS and run.peak_rss < hp.CASE_RSS, (run.seconds, run.peak_rss)
