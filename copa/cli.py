@@ -295,9 +295,11 @@ def print_summary(result: PatchResult, out: TextIO) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     progress = Reporter()  # until the flags are read there is nothing to show
+    sweep = False
     try:
         args = build_parser().parse_args(argv)
         if args.command == "bulk" or (args.command == "patch" and args.config):
+            sweep = True
             return bulk.run_sweep(args, options_from, _write_out)
         if args.command != "patch":
             build_parser().print_help()
@@ -325,7 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         progress.close()
-        _error("copa: interrupted; nothing was tagged")
+        _error("copa: interrupted; jobs that had finished keep their tags, unfinished ones wrote none" if sweep
+               else "copa: interrupted; nothing was tagged")
         return 130
     except Exception as e:  # a bug: one line by default, the traceback when debugging
         progress.close()
