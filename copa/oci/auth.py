@@ -10,6 +10,7 @@ sending our credentials (Basic to the realm, or an OAuth2 refresh token), and th
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -19,7 +20,11 @@ from typing import Any
 import requests
 
 from copa.errors import AuthError, RegistryError
+from copa.oci.bodies import read_body
 from copa.oci.credentials import Credential
+
+# A token answer is a small JSON object (real ones are a few KiB of JWT).
+_MAX_TOKEN_BODY = 1 << 20
 
 _PARAM_RE = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
 _SCHEME_RE = re.compile(r"\s*([A-Za-z][A-Za-z0-9_-]*)(?:\s+|$)")
@@ -140,29 +145,34 @@ class Authenticator:
                     "scope": " ".join(scopes),
                     "client_id": "copa",
                 }
-                resp = self._session.post(realm, data=form, timeout=self._timeout, verify=self._verify)
+                resp = self._session.post(realm, data=form, timeout=self._timeout, verify=self._verify, stream=True)
             else:
                 params: list[tuple[str, str]] = [("service", service)] if service else []
                 params += [("scope", s) for s in scopes]
                 auth = (cred.username, cred.password) if cred is not None and cred.username else None
-                resp = self._session.get(realm, params=params, auth=auth, timeout=self._timeout, verify=self._verify)
+                resp = self._session.get(realm, params=params, auth=auth, timeout=self._timeout, verify=self._verify,
+                                         stream=True)
         except requests.RequestException as e:
             raise RegistryError(
                 f"cannot reach token server {realm} for registry {self.registry}: {type(e).__name__}; check the network"
             ) from None
         if resp.status_code in (401, 403):
+            resp.close()
             raise AuthError(
                 f"registry {self.registry} refused credentials for repository {repository} "
                 f"({resp.status_code} from token server {realm}): run docker login or set REGISTRY_AUTH_FILE"
             )
         if resp.status_code != 200:
+            resp.close()
             raise RegistryError(
                 f"token server {realm} for registry {self.registry} answered HTTP {resp.status_code}; try again later"
             )
+        # Streamed and bounded: a token server that trickles or never ends its answer must not hold the pull.
+        body = read_body(resp, _MAX_TOKEN_BODY, self._timeout, f"the token from {realm}")
         try:
-            doc: Any = resp.json()
+            doc: Any = json.loads(body)
             token = str(doc.get("token") or doc.get("access_token") or "")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             token = ""
         if not token:
             raise RegistryError(

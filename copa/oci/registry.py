@@ -27,9 +27,10 @@ import requests
 import urllib3.exceptions
 
 from copa import events
-from copa.errors import AuthError, IntegrityError, NotFoundError, RegistryError, UsageError
+from copa.errors import AuthError, CopaError, IntegrityError, NotFoundError, RegistryError, UsageError
 from copa.net import describe_connection_error, is_permanent
 from copa.oci.auth import Authenticator, Challenge, parse_www_authenticate, repository_scope
+from copa.oci.bodies import blob_deadline, read_body, too_slow
 from copa.oci.certs import (
     ClientPair,
     check_client_pair,
@@ -53,6 +54,10 @@ MANIFEST_ACCEPT = ", ".join(
 )
 _MAX_MANIFEST = 8 << 20  # distribution refuses manifests over 4 MiB; anything far larger is not one
 _MAX_RETRY_AFTER = 120.0
+# Go's http client follows at most 10 redirects (skopeo's and Copacetic's limit); requests' default is 30.
+MAX_REDIRECTS = 10
+_MAX_ERROR_BODY = 64 << 10
+_ERROR_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +100,14 @@ def _error_detail(resp: requests.Response) -> tuple[str, str]:
     """(code, message) from the registry's JSON errors body, else the HTTP reason."""
     code, message = "", ""
     try:
-        doc: Any = resp.json()
+        # A streamed error body is read bounded: a hostile registry could trickle it or never end it.
+        raw = resp.content if resp.raw is None or resp.raw.closed else read_body(
+            resp, _MAX_ERROR_BODY, _ERROR_SECONDS, "error body")
+        doc: Any = json.loads(raw)
         first = doc["errors"][0]
         code, message = str(first.get("code", "")), str(first.get("message", ""))
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError, requests.RequestException):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError, requests.RequestException,
+            CopaError):
         pass
     return code or (resp.reason or "").upper().replace(" ", "_") or "ERROR", message
 
@@ -123,6 +132,7 @@ class RegistryClient:
         self.options = options or RegistryOptions()
         self.session = requests.Session()
         self.session.headers["User-Agent"] = self.options.user_agent
+        self.session.max_redirects = MAX_REDIRECTS
         self._auth: dict[str, Authenticator] = {}
         # Checked now: a wrong --cert/--key is a usage error, not a failed handshake later.
         self._client = check_client_pair(self.options.client_cert, self.options.client_key)
@@ -193,6 +203,9 @@ class RegistryClient:
                 if attempt >= self.options.retries:
                     suffix = f" (gave up after {attempt + 1} attempts)" if attempt else ""
                     raise RegistryError(e.message + suffix) from None
+                if e.retry_after is not None and e.retry_after > self.options.timeout:
+                    raise RegistryError(f"{e.message} (it asks to wait {e.retry_after:g} s, longer than --timeout "
+                                        f"{self.options.timeout:g} s)") from None
                 if e.retry_after is not None:
                     delay = e.retry_after
                 else:
@@ -221,7 +234,8 @@ class RegistryClient:
     def _ping(self, ref: Reference) -> Challenge | None:
         url = f"{self.base_url(ref)}/v2/"
         try:
-            resp = self.session.get(url, timeout=self.options.timeout, **self._request_tls(ref))
+            # Streamed: only the status and headers count, so a body that never ends cannot hold us.
+            resp = self.session.get(url, timeout=self.options.timeout, stream=True, **self._request_tls(ref))
         except requests.RequestException as e:
             raise self._connection_error(ref, e) from None
         with resp:
@@ -240,6 +254,9 @@ class RegistryClient:
             )
 
     def _connection_error(self, ref: Reference, e: BaseException) -> RegistryError:
+        if isinstance(e, requests.TooManyRedirects):
+            return RegistryError(f"registry {ref.registry} redirected more than {MAX_REDIRECTS} times (a redirect "
+                                 f"loop); check the registry address and any proxy in front of it")
         client = self._tls.get(ref.registry, (True, self._client))[1]
         refusal = client_cert_refusal(e, ref.registry, client)
         if refusal is not None:
@@ -371,10 +388,12 @@ class _ResponseStream(io.RawIOBase):
 
     def __init__(self, resp: requests.Response, what: str,
                  reopen: Callable[[int], requests.Response] | None = None, resumes: int = 0,
-                 backoff: float = 0.5) -> None:
+                 backoff: float = 0.5, deadline: float | None = None) -> None:
         super().__init__()
         self._resp = resp
         self._what = what
+        self._deadline = deadline  # monotonic time by which the whole body must have arrived (bodies.blob_deadline)
+        self._started = time.monotonic()
         self._reopen = reopen
         self._resumes = resumes
         self._backoff = backoff
@@ -386,9 +405,12 @@ class _ResponseStream(io.RawIOBase):
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         view = memoryview(buffer)
         attempt = 0
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise too_slow(self._what, self._offset, self._started)
         while True:
             try:
-                chunk = self._resp.raw.read(len(view))
+                # read1: one socket read, so a body trickling a byte at a time comes back here to meet the deadline.
+                chunk = self._resp.raw.read1(len(view))
                 break
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 failure: BaseException = e
@@ -419,20 +441,8 @@ class _ResponseStream(io.RawIOBase):
             super().close()
 
 
-def _read_limited(resp: requests.Response, limit: int, what: str) -> bytes:
-    out = bytearray()
-    try:
-        for chunk in resp.iter_content(1 << 16):
-            out += chunk
-            if len(out) > limit:
-                raise IntegrityError(f"{what} is larger than {limit} bytes; it is not a manifest")
-    except requests.RequestException as e:
-        raise RegistryError(
-            f"lost the connection while reading {what} ({describe_connection_error(e)}); try again"
-        ) from None
-    finally:
-        resp.close()
-    return bytes(out)
+def _read_limited(resp: requests.Response, limit: int, what: str, seconds: float) -> bytes:
+    return read_body(resp, limit, seconds, what)
 
 
 class RegistrySource:
@@ -479,7 +489,7 @@ class RegistrySource:
             content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
             header_digest = resp.headers.get("Docker-Content-Digest", "")
             try:
-                raw = _read_limited(resp, _MAX_MANIFEST, f"{what} from {ref.registry}")
+                raw = _read_limited(resp, _MAX_MANIFEST, f"{what} from {ref.registry}", self.client.options.timeout)
             except RegistryError as e:
                 raise _Transient(e.message) from None
             return raw, content_type, header_digest
@@ -515,7 +525,8 @@ class RegistrySource:
             raise self.client.fail(resp, ref, what)
         resp.raw.decode_content = True
         stream = _ResponseStream(resp, f"{what} from {ref}", lambda offset: self._resume_blob(desc, offset),
-                                 self.client.options.retries, self.client.options.backoff)
+                                 self.client.options.retries, self.client.options.backoff,
+                                 blob_deadline(self.client.options.timeout, desc.size))
         return verifying(
             stream,  # type: ignore[arg-type]
             desc.digest,
@@ -595,7 +606,8 @@ def list_tags(client: RegistryClient, ref: Reference, *, page_size: int = 1000, 
         if resp.status_code != 200:
             raise client.fail(resp, ref, "tag list")
         link = resp.headers.get("Link", "")
-        body = _read_limited(resp, _MAX_TAGS_PAGE, f"the tag list of {ref.registry}/{ref.repository}")
+        body = _read_limited(resp, _MAX_TAGS_PAGE, f"the tag list of {ref.registry}/{ref.repository}",
+                             client.options.timeout)
         try:
             doc: Any = json.loads(body)
             page = doc.get("tags") or []  # distribution answers "tags": null for a repository with none
