@@ -53,9 +53,10 @@ RUN_ENV = {**os.environ, "COPA_DEBUG": "", "SOURCE_DATE_EPOCH": "1700000000"}
 class RandomFaults(FaultProxy):
     """A fault proxy failing each request with probability `rate`, the kind drawn at random."""
 
-    def __init__(self, upstream: str, rate: float, rng: random.Random) -> None:
+    def __init__(self, upstream: str, rate: float, rng: random.Random, stall: float = STALL) -> None:
         super().__init__(upstream)
         self.rate = rate
+        self.stall = stall
         self.rng = rng
         self.injected: dict[str, int] = {}
         self.requests = 0
@@ -78,7 +79,7 @@ class RandomFaults(FaultProxy):
         # The proxy answers "500"/"429" itself; a 503 is the same path with another status.
         if kind == "503":
             return Fault("500", path, method)
-        return Fault(kind, path, method, retry_after=1, hold=STALL if kind == "stall" else 0.0)
+        return Fault(kind, path, method, retry_after=1, hold=self.stall if kind == "stall" else 0.0)
 
 
 @dataclass
@@ -156,11 +157,12 @@ class Soak:
     report: Path
     keyring: str
     reference: str = ""
+    timeout: float = TIMEOUT
 
     def argv(self, n: int) -> list[str]:
         return [sys.executable, "-m", "copa", "patch", "-i", f"{self.reg_proxy.host}/{SRC}:1", "-r", str(self.report),
                 "-t", f"{self.reg_proxy.host}/soak/run{n}:1", "--push", "--cache-dir", str(self.work / f"cache{n}"),
-                "--ignore-errors", "--json", "--progress", "quiet", "--timeout", str(TIMEOUT), "--mirror",
+                "--ignore-errors", "--json", "--progress", "quiet", "--timeout", str(self.timeout), "--mirror",
                 f"{debimage.REPO_URL}=http://{self.repo_proxy.host}", "--keyring", self.keyring]
 
     def one(self, n: int, outcome: Outcome) -> None:
@@ -182,9 +184,11 @@ class Soak:
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def run_soak(registry: RunningRegistry, work: Path, runs: int, rate: float, seed: int) -> tuple[Outcome, Soak]:
-    """`runs` patch runs at fault rate `rate` (pushed to `registry`, under `work`). The source image is pushed and
-    a reference digest taken by a run without faults first."""
+def run_soak(registry: RunningRegistry, work: Path, runs: int, rate: float, seed: int,
+             timeout: float = TIMEOUT) -> tuple[Outcome, Soak]:
+    """`runs` patch runs at fault rate `rate` (pushed to `registry`, under `work`), copa's --timeout `timeout` (a
+    stall is held half as long again). The source image is pushed and a reference digest taken by a run without
+    faults first."""
     repo = debimage.hermetic_repo()
     base = debimage.base_image()
     copied = subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{base.layout}:{base.ref}",
@@ -195,9 +199,10 @@ def run_soak(registry: RunningRegistry, work: Path, runs: int, rate: float, seed
     rng = random.Random(seed)
     outcome = Outcome()
     with RepoServer(repo.root) as server:
-        reg_proxy = RandomFaults(registry.host, 0.0, rng).start()
-        repo_proxy = RandomFaults(server.url.removeprefix("http://"), 0.0, rng).start()
-        soak = Soak(registry, reg_proxy, repo_proxy, work, report, str(repo.key.keyring) if repo.key else "")
+        reg_proxy = RandomFaults(registry.host, 0.0, rng, timeout * 1.5).start()
+        repo_proxy = RandomFaults(server.url.removeprefix("http://"), 0.0, rng, timeout * 1.5).start()
+        soak = Soak(registry, reg_proxy, repo_proxy, work, report, str(repo.key.keyring) if repo.key else "",
+                    timeout=timeout)
         try:
             proc = subprocess.run(soak.argv(0), cwd=ROOT, capture_output=True, text=True, env=RUN_ENV, timeout=600)
             if proc.returncode != 0:

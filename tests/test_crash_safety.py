@@ -12,7 +12,7 @@ json` event line appears on the pipe; the process is SIGKILLed right then. The o
 output tar (each verifies every blob's digest), and sha256 of every cache file against its name (the cache's
 contract: `sha256/<2>/<hex>` holds the bytes hashing to <hex>; `derived/<name>` hashes to `derived-sums/<name>`).
 
-CI runs SAMPLE (a few kill points, about 25 s); `-m sweep` runs every point and timed kills across a whole run.
+CI runs SAMPLE (three kill points, about 25 s); `-m sweep` runs every point and timed kills across a whole run.
 """
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ def kills(layer: str) -> list[Kill]:
 
 
 # layout-blob-copy found the one fix this file forced (temporary files out of blobs/sha256/): it stays in CI.
-SAMPLE = ("package-download", "blob-upload", "manifest-push-committed", "layout-blob-copy")
+SAMPLE = ("package-download", "manifest-push-committed", "layout-blob-copy")
 ALL = tuple(k.name for k in kills("x"))
 
 
@@ -344,8 +344,9 @@ def test_killed_at_timed_points(env: Env, tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------- the fault soak
 
-SOAK_RUNS = 3  # CI's share of benchmarks/soak_faults.py (100 runs at 10%): fewer runs, a higher fault rate
-SOAK_RATE = 0.2
+SOAK_RUNS = 2  # CI's share of benchmarks/soak_faults.py (100 runs at 10%): fewer runs, a higher fault rate
+SOAK_RATE = 0.25
+SOAK_TIMEOUT = 1.0  # copa's --timeout in CI's soak: stalls cost 1.5 s each instead of 3
 
 
 def _soak_module() -> Any:
@@ -360,9 +361,9 @@ def _soak_module() -> Any:
 def test_fault_soak_leaves_no_partial_tag_or_corrupt_cache(anon_registry: RunningRegistry, tmp_path: Path) -> None:
     """Random resets, 5xx, 429s, cut bodies and stalls on pull, package download and push: whatever each run's
     outcome, no tag is partial, no cache entry corrupt, and a failure is one clean line. (The success share is the
-    benchmark's figure: three runs are too few to judge it.)"""
+    benchmark's figure: two runs are too few to judge it.)"""
     soak = _soak_module()
-    outcome, run = soak.run_soak(anon_registry, tmp_path, SOAK_RUNS, SOAK_RATE, seed=7)
+    outcome, run = soak.run_soak(anon_registry, tmp_path, SOAK_RUNS, SOAK_RATE, seed=7, timeout=SOAK_TIMEOUT)
     print("\n".join([*outcome.errors, soak.summary(outcome, run, SOAK_RATE)]))
     assert sum(run.reg_proxy.injected.values()) + sum(run.repo_proxy.injected.values()) > 0, "no fault was injected"
     assert outcome.runs == SOAK_RUNS

@@ -7,7 +7,7 @@ mutations (bit flips, truncation, cut-and-splice, inserted tokens that parsers t
 bytes. A parser is called the way copa calls it, and the parsed value is then used (every field read, every
 iterator drained), because lazy parsers fail late.
 
-Bounds: EXAMPLES per parser (the whole file runs in about 15 s); `-m sweep` runs SWEEP_EXAMPLES. A failing input
+Bounds: EXAMPLES per parser (the whole file runs in about 10 s); `-m sweep` runs SWEEP_EXAMPLES. A failing input
 hypothesis finds is printed; it becomes a case in tests/test_fuzz_corpus.py.
 """
 
@@ -47,7 +47,7 @@ from copa.report.load import parse_report
 from tests.support import debimage
 from tests.support.trivy import write_report
 
-EXAMPLES = 150
+EXAMPLES = 100
 SWEEP_EXAMPLES = 2000
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
