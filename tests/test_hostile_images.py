@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from copa.errors import CopaError, IntegrityError, LocalIOError, UnsupportedImageError
+from copa.oci.archive import ArchiveSource
 from copa.oci.image import Image
 from copa.oci.layout import LayoutSource
 from copa.oci.model import Manifest, ManifestFormatError
@@ -37,10 +38,12 @@ from tests.support.hostile_images import (
     OCI_MANIFEST,
     Entry,
     Layout,
+    archive_members,
     debian_base,
     digest,
     layer_tar,
     sparse_blob,
+    write_archive,
     write_layout,
 )
 from tests.support.registry import RunningRegistry
@@ -335,6 +338,47 @@ def test_clean_image_reads() -> None:
         root = source.root()
         assert isinstance(root, Manifest)
         assert detect(scan(Image.load(source, root), None, CAPTURE, large=CAPTURE_LARGE)).os_release.id == "debian"
+
+
+# --------------------------------------------------------------------------------------------- docker-archive
+
+_MEMBERS, _ENTRY = archive_members([layer_tar(BASE)])
+# name -> (manifest.json, extra members, words of the UnsupportedImageError); "" words: the archive reads.
+ARCHIVE_CASES: dict[str, tuple[object, list[Entry], tuple[str, ...]]] = {
+    "baseline": ([_ENTRY], [], ()),
+    "manifest-json-nested-deeply": (b"[" * 100_000 + b"]" * 100_000, [], ("nested too deeply",)),
+    "manifest-json-not-a-list": ({"Config": _ENTRY["Config"]}, [], ("not a list",)),
+    "repo-tags-number": ([{**_ENTRY, "RepoTags": 5}], [], ("RepoTags",)),
+    "layers-number": ([{**_ENTRY, "Layers": 5}], [], ("Layers",)),
+    "layers-null-entry": ([{**_ENTRY, "Layers": [None]}], [], ("Layers",)),
+    "config-path-escape": ([{**_ENTRY, "Config": "../../../../etc/passwd"}], [], ("missing",)),
+    "layer-path-escape": ([{**_ENTRY, "Layers": ["../../../../etc/passwd"]}], [], ("missing",)),
+    "layer-symlink-to-host": ([{**_ENTRY, "Layers": ["evil.tar"]}], [Entry("evil.tar", "symlink", link="/etc/passwd")],
+                              ("missing",)),
+    "config-symlink-loop": ([{**_ENTRY, "Config": "a"}], [Entry("a", "symlink", link="b"),
+                                                          Entry("b", "symlink", link="a")], ("missing",)),
+    "archive-100000-layers": ([{**_ENTRY, "Layers": _ENTRY["Layers"] * 100_000}], [], ("100000 layers",)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ARCHIVE_CASES))
+def test_archive_case(name: str, tmp_path: Path) -> None:
+    manifest, extra, words = ARCHIVE_CASES[name]
+    path = write_archive(tmp_path / "a.tar", manifest, [*_MEMBERS, *extra])
+
+    def read() -> str:
+        source = ArchiveSource(path)
+        root = source.root()
+        assert isinstance(root, Manifest)
+        return detect(scan(Image.load(source, root), None, CAPTURE, large=CAPTURE_LARGE)).os_release.id
+
+    if not words:
+        assert read() == "debian"
+        return
+    with pytest.raises(UnsupportedImageError) as info:
+        read()
+    line = str(info.value)
+    assert "\n" not in line and all(w.lower() in line.lower() for w in words), line
 
 
 # --------------------------------------------------------------------------------------------- the CLI

@@ -23,7 +23,16 @@ from typing import Any, BinaryIO
 from copa.errors import IntegrityError, LocalIOError, UnsupportedImageError, UsageError
 from copa.oci.digest import Digest, verifying
 from copa.oci.image import Bundle, decompressed
-from copa.oci.model import Descriptor, ImageConfig, Index, Manifest, MediaType, layer_compression, parse_manifest
+from copa.oci.model import (
+    MAX_LAYERS,
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+    MediaType,
+    layer_compression,
+    parse_manifest,
+)
 from copa.oci.reference import Reference
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -162,11 +171,19 @@ class ArchiveSource:
             raise UnsupportedImageError(f"{self._path}: manifest.json is not a list of image entries")
         return doc
 
+    def _list(self, entry: dict[str, Any], key: str) -> list[str]:
+        """entry[key] as a list of strings (absent or null: empty); another JSON type is a malformed archive."""
+        value = entry.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UnsupportedImageError(f"{self._path}: manifest.json {key} must be a list of strings; the archive "
+                                        f"is malformed")
+        return value
+
     def _choose(self, entries: list[Any]) -> dict[str, Any]:
-        all_tags = [str(t) for e in entries for t in e.get("RepoTags") or ()]
+        all_tags = [t for e in entries for t in self._list(e, "RepoTags")]
         if self._tag is not None:
             for entry in entries:
-                if any(_tag_matches(self._tag, str(t)) for t in entry.get("RepoTags") or ()):
+                if any(_tag_matches(self._tag, t) for t in self._list(entry, "RepoTags")):
                     return dict(entry)
             raise LocalIOError(
                 f"{self._path} has no image tagged {self._tag!r} (tags: {', '.join(all_tags) or 'none'}); "
@@ -182,7 +199,10 @@ class ArchiveSource:
         config_member = self._member(entry.get("Config"))
         config_raw = self._read_member(config_member, _CONFIG_LIMIT)
         config = ImageConfig.parse(config_raw)
-        layer_names = list(entry.get("Layers") or ())
+        layer_names = self._list(entry, "Layers")
+        if len(layer_names) > MAX_LAYERS:  # before each is looked at: the synthesized manifest would refuse them
+            raise UnsupportedImageError(f"{self.description}: manifest.json lists {len(layer_names)} layers, more "
+                                        f"than {MAX_LAYERS}: no runtime can stack that many; the archive is malformed")
         if len(layer_names) != len(config.diff_ids):
             raise UnsupportedImageError(
                 f"{self.description}: {len(layer_names)} layers but the config lists {len(config.diff_ids)} "

@@ -164,3 +164,22 @@ def snapshot(roots: Sequence[Path]) -> set[str]:
         for dirpath, dirnames, filenames in os.walk(root):
             found.update(os.path.join(dirpath, n) for n in (*dirnames, *filenames))
     return found
+
+
+def write_archive(path: Path, manifest: Any, members: Sequence[Entry]) -> Path:
+    """A docker-archive tar: `manifest` (a JSON value, or raw bytes) as manifest.json, then `members` as given."""
+    raw = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
+    path.write_bytes(layer_tar([Entry("manifest.json", data=raw), *members]))
+    return path
+
+
+def archive_members(layers: Sequence[bytes], config: dict[str, Any] | None = None
+                    ) -> tuple[list[Entry], dict[str, Any]]:
+    """The members and the manifest.json entry of a well-formed docker-archive holding `layers` (uncompressed)."""
+    cfg: dict[str, Any] = {"architecture": "amd64", "os": "linux",
+                           "rootfs": {"type": "layers", "diff_ids": [digest(t) for t in layers]}}
+    cfg.update(config or {})
+    raw = json.dumps(cfg).encode()
+    cfg_name = digest(raw).split(":")[1] + ".json"
+    members = [Entry(cfg_name, data=raw)] + [Entry(f"layer{i}.tar", data=t) for i, t in enumerate(layers)]
+    return members, {"Config": cfg_name, "RepoTags": ["app:1"], "Layers": [f"layer{i}.tar" for i in range(len(layers))]}
