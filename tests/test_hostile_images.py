@@ -479,3 +479,81 @@ def test_hostile_layers_through_the_registry(anon_registry: RunningRegistry, tmp
     assert view.read("etc/os-release") == ALPINE_OS_RELEASE
     assert view.get(ESCAPED) is not None and not (Path("/") / ESCAPED).exists()
 
+
+
+# --------------------------------------------------------------------------------------------- wrong types
+
+
+def _json_paths(doc: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Every path to a value in `doc` (dict keys, the first and last list index)."""
+    out: list[tuple[object, ...]] = []
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            out += [(*prefix, key), *_json_paths(value, (*prefix, key))]
+    elif isinstance(doc, list) and doc:
+        for index in sorted({0, len(doc) - 1}):
+            out += [(*prefix, index), *_json_paths(doc[index], (*prefix, index))]
+    return out
+
+
+def _with(doc: object, path: tuple[object, ...], value: object) -> object:
+    out = json.loads(json.dumps(doc))
+    target = out
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    return out
+
+
+WRONG_TYPES: tuple[object, ...] = (None, True, -1, 1.5, "", "x", [], {}, [None], {"": None})
+
+
+def test_wrong_type_in_every_document_field(tiny_layout: Path) -> None:
+    """A real (umoci-built) manifest, config and index.json, each field in turn replaced by each JSON type it does not
+    hold: parse_manifest and ImageConfig.parse answer a well-typed document or a one-line ManifestFormatError (an
+    UnsupportedImageError), never another exception."""
+    from copa.oci.model import ImageConfig, parse_manifest
+
+    index = json.loads((tiny_layout / "index.json").read_text())
+    manifest_digest = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((tiny_layout / "blobs" / "sha256" / manifest_digest).read_bytes())
+    config = json.loads((tiny_layout / "blobs" / "sha256" / manifest["config"]["digest"].split(":")[1]).read_bytes())
+    documents = (("index", index, parse_manifest), ("manifest", manifest, parse_manifest),
+                 ("config", config, ImageConfig.parse))
+    failures: list[str] = []
+    cases = refused = 0
+    for what, doc, parse in documents:
+        for path in _json_paths(doc):
+            for value in WRONG_TYPES:
+                cases += 1
+                raw = json.dumps(_with(doc, path, value)).encode()
+                try:
+                    parsed = parse(raw)
+                except UnsupportedImageError as e:
+                    refused += 1
+                    assert "\n" not in str(e)
+                    continue
+                except Exception as e:  # the bug this sweep looks for
+                    failures.append(f"{what} {path}={value!r}: {type(e).__name__}: {e}")
+                    continue
+                _well_typed(parsed)
+    assert not failures, "\n".join(failures[:20]) + f"\n({len(failures)} of {cases})"
+    assert cases > 200 and refused > cases // 4, (cases, refused)
+
+
+def _well_typed(parsed: object) -> None:
+    from copa.oci.model import Descriptor, ImageConfig, Index
+
+    descriptors: list[Descriptor] = []
+    if isinstance(parsed, Manifest):
+        descriptors = [parsed.config, *parsed.layers]
+    elif isinstance(parsed, Index):
+        descriptors = list(parsed.manifests)
+    elif isinstance(parsed, ImageConfig):
+        assert all(isinstance(v, str) for v in (parsed.os, parsed.architecture, parsed.variant))
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.labels.items())
+        return
+    for d in descriptors:
+        assert isinstance(d.media_type, str) and isinstance(d.size, int) and d.size >= 0
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in d.annotations.items())
+        assert all(isinstance(u, str) for u in d.urls)

@@ -44,16 +44,17 @@ CLI_SECONDS = 20.0
 CLI_PEAK_RSS_BYTES = 200 << 20
 
 
-def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    """Every path to a value in `doc`: dict keys, and the first and last index of each list."""
+def _paths(doc: Any, prefix: tuple[Any, ...] = (), every: bool = False) -> Iterator[tuple[Any, ...]]:
+    """Every path to a value in `doc`: dict keys, and the first and last index of each list (every index with
+    `every`)."""
     if isinstance(doc, dict):
         for key, value in doc.items():
             yield (*prefix, key)
-            yield from _paths(value, (*prefix, key))
+            yield from _paths(value, (*prefix, key), every)
     elif isinstance(doc, list) and doc:
-        for index in sorted({0, len(doc) - 1}):
+        for index in range(len(doc)) if every else sorted({0, len(doc) - 1}):
             yield (*prefix, index)
-            yield from _paths(doc[index], (*prefix, index))
+            yield from _paths(doc[index], (*prefix, index), every)
 
 
 def _replaced(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
@@ -94,11 +95,10 @@ def _one_line(e: ReportError) -> str:
     return text
 
 
-def _cases() -> list[tuple[str, Any]]:
-    cases: list[tuple[str, Any]] = []
-    for path in SWEPT:
+def _cases(documents: tuple[Path, ...] = SWEPT, every: bool = False) -> Iterator[tuple[str, Any]]:
+    for path in documents:
         doc = json.loads(path.read_text())
-        for where in _paths(doc):
+        for where in _paths(doc, every=every):
             original: Any = doc
             for step in where:
                 original = original[step]
@@ -106,18 +106,34 @@ def _cases() -> list[tuple[str, Any]]:
                 if _same_kind(original, value):
                     continue
                 name = f"{path.name}:{'.'.join(map(str, where))}={json.dumps(value)}"
-                cases.append((name, _replaced(doc, where, value)))
-    return cases
+                yield name, _replaced(doc, where, value)
 
 
 def test_wrong_type_in_every_field() -> None:
-    """The differential sweep: hundreds of documents, each one field off; one line or a well-typed Report."""
-    cases = _cases()
-    assert len(cases) > 300, len(cases)  # the sweep really covers the documents
-    refused = 0
-    failures: list[str] = []
+    """The differential sweep: thousands of documents, each one field off; one line or a well-typed Report."""
     start = time.monotonic()
+    count, refused = _sweep(_cases())
+    assert count > 300, count  # the sweep really covers the documents
+    # Most replacements hit fields copa reads: a sweep refusing nothing would be sweeping the wrong documents.
+    assert refused > count // 4, (refused, count)
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.sweep
+def test_wrong_type_in_every_field_of_every_element() -> None:
+    """The full sweep: every element of every list, of every report in ../shared/reports and the fixtures (about
+    100,000 documents; a few minutes)."""
+    documents = (*sorted(SHARED.glob("*.json")), *sorted(FIXTURES.rglob("*.json")))
+    count, _ = _sweep(_cases(documents, every=True))
+    print(f"wrong-type sweep: {count} documents, no exception but ReportError")
+
+
+def _sweep(cases: Iterator[tuple[str, Any]]) -> tuple[int, int]:
+    """(documents parsed, documents refused); fails on any exception but a one-line ReportError."""
+    count = refused = 0
+    failures: list[str] = []
     for name, doc in cases:
+        count += 1
         data = json.dumps(doc).encode()
         try:
             _well_typed(parse_report(data, name))
@@ -126,10 +142,8 @@ def test_wrong_type_in_every_field() -> None:
             refused += 1
         except Exception as e:  # the point: any other exception is the bug this sweep looks for
             failures.append(f"{name}: {type(e).__name__}: {e}")
-    assert not failures, "\n".join(failures[:20]) + f"\n({len(failures)} of {len(cases)})"
-    # Most replacements hit fields copa reads: a sweep refusing nothing would be sweeping the wrong documents.
-    assert refused > len(cases) // 4, (refused, len(cases))
-    assert time.monotonic() - start < 30
+    assert not failures, "\n".join(failures[:20]) + f"\n({len(failures)} of {count})"
+    return count, refused
 
 
 @pytest.mark.parametrize(("name", "data", "words"), [
