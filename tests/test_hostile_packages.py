@@ -14,6 +14,7 @@ under resource limits (wall time, peak RSS measured with wait4), and `-m sweep` 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tarfile
 import tempfile
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from copa import cli
-from tests.support import debimage
+from tests.support import alpine, apkrepo, debimage, images
 from tests.support import hostile_pkgs as hp
 from tests.support.aptrepo import AptRepo, RepoServer, make_key, write_release
 from tests.support.trivy import write_report
@@ -377,5 +378,173 @@ def test_deb_case_subprocess(case: DebCase, deb_world: DebWorld, tmp_path: Path)
     scratch = Scratch(tmp_path)
     before = _canaries()
     run = hp.run_copa(deb_args(deb_world, case, scratch), scratch.root)
+    verify(run, case.outcome, scratch, before)
+    assert run.seconds < hp.CASE_SECONDS and run.peak_rss < hp.CASE_RSS, (run.seconds, run.peak_rss)
+
+
+# =================================================================================================== .apk
+
+APK_URL = "http://apk.copa-test.invalid/repo"  # the image's repository; each case maps it onto its own (--mirror)
+APK_NAME, APK_OLD, APK_NEW = "c-ares", "1.34.8-r0", "1.34.8-r1"
+APK_LIB = "usr/lib/libcares.so.2.19.7"
+
+
+def _apk_data(*members: hp.Member, base: bool = True) -> bytes:
+    """The data member: c-ares's own layout (usr/lib, the library and its soname link) plus `members`."""
+    lib = b"\x7fELF not really\n"
+    start = [hp.Member("usr", kind="dir", mode=0o755), hp.Member("usr/lib", kind="dir", mode=0o755),
+             hp.Member(APK_LIB, data=lib, pax={"APK-TOOLS.checksum.SHA1": hashlib.sha1(lib).hexdigest()}),
+             hp.Member("usr/lib/libcares.so.2", kind="symlink", linkname="libcares.so.2.19.7")] if base else []
+    return hp.compress(hp.tar_bytes([*start, *members]), "gz")
+
+
+@dataclass(frozen=True)
+class ApkCase:
+    name: str
+    outcome: Outcome
+    data: Callable[[], bytes] = _apk_data  # the data member (gzip)
+    pkginfo: dict[str, str] = field(default_factory=dict)  # .PKGINFO fields replaced
+    record: dict[str, str] = field(default_factory=dict)  # index fields replaced (an index that lies)
+    datahash: str | None = None
+    control_extra: bytes = b""
+    mangle: Callable[[bytes], bytes] | None = None  # the whole package's bytes (the index then names these)
+    sign_with_other_key: bool = False
+
+
+def _apk_setuid(members: dict[str, tarfile.TarInfo], contents: dict[str, bytes]) -> None:
+    assert members["usr/lib/suid"].mode == 0o4755 and members["usr/lib/sgid"].mode == 0o2755
+    assert members[APK_LIB].mode == 0o644 and contents["usr/lib/suid"] == b"s\n"
+
+
+def _apk_nested(members: dict[str, tarfile.TarInfo], contents: dict[str, bytes]) -> None:
+    assert contents["usr/lib/data.tar.gz"] == _apk_data(hp.Member(f"../../{CANARY_PATH}", data=b"inner\n"))
+    assert not any(CANARY in n for n in members)
+
+
+def _apk_control_bomb() -> bytes:
+    info = tarfile.TarInfo(".post-install")
+    info.size = 1 << 30
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+APK_CASES = [
+    ApkCase("dotdot_path", refused(5, "'..'"), lambda: _apk_data(hp.Member(f"usr/lib/../../../../{CANARY_PATH}",
+                                                                          data=b"x"))),
+    ApkCase("path_through_own_symlink", refused(5, "symlink"), lambda: _apk_data(
+        hp.Member("usr/lib/up", kind="symlink", linkname="/tmp"), hp.Member(f"usr/lib/up/{CANARY}", data=b"x"))),
+    ApkCase("path_through_image_file", refused(5, "not a directory"), lambda: _apk_data(
+        hp.Member(f"etc/alpine-release/{CANARY}", data=b"x"))),
+    ApkCase("hardlink_outside", refused(5, "'..'"), lambda: _apk_data(
+        hp.Member("usr/lib/shadow", kind="hardlink", linkname="../../etc/shadow"))),
+    ApkCase("hardlink_to_image_file", refused(5, "hard link"), lambda: _apk_data(
+        hp.Member("usr/lib/shadow", kind="hardlink", linkname="etc/shadow"))),
+    ApkCase("hardlink_to_nothing", refused(5, "hard link"), lambda: _apk_data(
+        hp.Member("usr/lib/dangling", kind="hardlink", linkname="usr/lib/missing"))),
+    ApkCase("device_node", refused(5, "device"), lambda: _apk_data(hp.Member("usr/lib/null", kind="chardev"))),
+    ApkCase("fifo", refused(5, "fifo"), lambda: _apk_data(hp.Member("usr/lib/pipe", kind="fifo"))),
+    ApkCase("setuid_setgid_kept_as_stated", accepted(_apk_setuid), lambda: _apk_data(
+        hp.Member("usr/lib/suid", data=b"s\n", mode=0o4755), hp.Member("usr/lib/sgid", data=b"g\n", mode=0o2755))),
+    ApkCase("duplicate_entries", refused(5, "twice"), lambda: _apk_data(
+        hp.Member("usr/lib/dup", data=b"first\n"), hp.Member("usr/lib/dup", data=b"second\n"))),
+    ApkCase("nul_in_name", refused(5, "NUL"), lambda: _apk_data(hp.Member(
+        "usr/lib/x", data=b"x", pax={"path": f"usr/lib/a\x00/../../../{CANARY_PATH}"}))),
+    ApkCase("newline_in_name", refused(5, "newline"), lambda: _apk_data(hp.Member("usr/lib/a\nb", data=b"x"))),
+    ApkCase("invalid_utf8_name", refused(5, "UTF-8"), lambda: _apk_data(hp.Member(b"usr/lib/\xff\xfe", data=b"x"))),
+    ApkCase("name_of_4096_bytes", refused(5, "long"), lambda: _apk_data(hp.Member(
+        "usr/lib/" + "/".join(["d" * 200] * 21), data=b"x"))),
+    ApkCase("truncated_archive", refused(5, "corrupt"), mangle=lambda apk: apk[:len(apk) - 40]),
+    ApkCase("trailing_garbage", refused(5, "datahash"), mangle=lambda apk: apk + b"garbage after the data"),
+    ApkCase("index_size_mismatch", refused(5, "index's 12 bytes"), record={"S": "12"}),
+    ApkCase("tar_member_claims_huge_size", refused(5, "corrupt"), lambda: _apk_data(
+        hp.Member("usr/lib/huge", data=b"only this", size=1 << 40))),
+    ApkCase("gzip_bomb", refused(5, "bomb"), lambda: hp.bomb_tar("usr/lib/zeros", 2 << 30, "gz")),
+    ApkCase("control_bomb", refused(5, "control"), control_extra=_apk_control_bomb() + bytes(64 << 20)),
+    ApkCase("datahash_mismatch", refused(5, "datahash"), datahash="0" * 64),
+    ApkCase("identity_mismatch", refused(5, "C:"), record={"C": "Q1" + "A" * 27 + "="}),
+    ApkCase("index_signed_by_untrusted_key", refused(5, "signature"), sign_with_other_key=True),
+    ApkCase("pkginfo_name_differs_from_index", refused(5, "musl"), pkginfo={"pkgname": "musl"}),
+    ApkCase("pkginfo_version_differs_from_index", refused(5, "9.9-r0"), pkginfo={"pkgver": "9.9-r0"}),
+    ApkCase("pkginfo_arch_differs_from_index", refused(5, "aarch64"), pkginfo={"arch": "aarch64"}),
+    ApkCase("nested_archive_is_only_a_file", accepted(_apk_nested), lambda: _apk_data(hp.Member(
+        "usr/lib/data.tar.gz", data=_apk_data(hp.Member(f"../../{CANARY_PATH}", data=b"inner\n"))))),
+]
+APK_SUBPROCESS = {"gzip_bomb", "hardlink_outside"}
+
+
+@dataclass
+class ApkWorld:
+    layout: Path
+    ref: str
+    key: apkrepo.RepoKey
+    other_key: apkrepo.RepoKey
+    srv: Path
+    url: str
+    report: Path
+    fields: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def apk_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApkWorld]:
+    tmp = tmp_path_factory.mktemp("hostile-apk")
+    src, ref = alpine.alpine_layout()
+    layout = images.copy_layout(src, tmp / "layout")
+    key = apkrepo.test_key()
+    apkrepo.add_key_layer(layout, ref, alpine.alpine_rootfs(), key, APK_URL)
+    fields = dict(apkrepo.read_installed(alpine.alpine_rootfs())[APK_NAME].fields)
+    assert fields["V"] == APK_OLD
+    report = write_report(tmp / "trivy.json", {APK_NAME: (APK_OLD, APK_NEW)}, os_version="3.23.6", family="alpine")
+    other = apkrepo.RepoKey(key.name, apkrepo.test_key.__wrapped__().private_pem, key.public_pem)
+    srv = tmp / "srv"
+    srv.mkdir()
+    with RepoServer(srv) as server:
+        yield ApkWorld(layout, ref, key, other, srv, server.url, report, fields)
+
+
+def serve_apk(world: ApkWorld, case: ApkCase) -> str:
+    root = world.srv / case.name
+    if not root.exists():
+        arch = root / apkrepo.ARCH
+        arch.mkdir(parents=True)
+        f = world.fields
+        pkginfo = {"pkgname": APK_NAME, "pkgver": APK_NEW, "pkgdesc": f.get("T", ""), "url": f.get("U", ""),
+                   "builddate": str(hp.MTIME), "size": "1", "arch": apkrepo.ARCH, "origin": f.get("o", APK_NAME),
+                   "license": f.get("L", ""), "provides": f.get("p", "").split()[0],
+                   "depend": f.get("D", "").split()[0], **case.pkginfo}
+        key = world.key
+        apk, control = hp.apk_bytes(lambda data: apkrepo.sign(key, data), key.name, pkginfo, case.data(),
+                                    datahash=case.datahash, control_extra=case.control_extra)
+        filename = f"{APK_NAME}-{APK_NEW}.apk"
+        apk = case.mangle(apk) if case.mangle else apk
+        record = {"C": hp.apk_identity(control), "P": APK_NAME, "V": APK_NEW, "A": apkrepo.ARCH,
+                  "S": str(len(apk)), "I": "1", "T": f.get("T", ""), "U": f.get("U", ""), "L": f.get("L", ""),
+                  "o": f.get("o", APK_NAME), "t": str(hp.MTIME), "p": f.get("p", ""), "D": f.get("D", ""),
+                  **case.record}
+        (arch / filename).write_bytes(apk)
+        index_key = world.other_key if case.sign_with_other_key else world.key
+        apkrepo.write_index(arch, [hp.apk_record(record)], index_key)
+    return f"{world.url}/{case.name}"
+
+
+def apk_args(world: ApkWorld, case: ApkCase, scratch: Scratch) -> list[str]:
+    return ["patch", "-i", f"oci:{world.layout}:{world.ref}", "-r", str(world.report), "--oci-dir",
+            str(scratch.out), "-t", "patched", "--mirror", f"{APK_URL}={serve_apk(world, case)}"]
+
+
+@pytest.mark.parametrize("case", APK_CASES, ids=lambda c: c.name)
+def test_apk_case(case: ApkCase, apk_world: ApkWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  capsys: pytest.CaptureFixture[str]) -> None:
+    scratch = Scratch(tmp_path)
+    before = _canaries()
+    run = run_inprocess(apk_args(apk_world, case, scratch), scratch, monkeypatch, capsys)
+    verify(run, case.outcome, scratch, before)
+    assert run.seconds < INPROCESS_SECONDS
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=() if c.name in APK_SUBPROCESS
+                                               else pytest.mark.sweep) for c in APK_CASES])
+def test_apk_case_subprocess(case: ApkCase, apk_world: ApkWorld, tmp_path: Path) -> None:
+    scratch = Scratch(tmp_path)
+    before = _canaries()
+    run = hp.run_copa(apk_args(apk_world, case, scratch), scratch.root)
     verify(run, case.outcome, scratch, before)
     assert run.seconds < hp.CASE_SECONDS and run.peak_rss < hp.CASE_RSS, (run.seconds, run.peak_rss)

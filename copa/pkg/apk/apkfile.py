@@ -20,12 +20,13 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from copa.errors import IntegrityError, UnsafePathError
 from copa.oci.layer import clean_path
 from copa.pkg.apk.index import decode_hash
 from copa.pkg.apk.signing import Keys, find_signature, tar_members, verify
+from copa.pkg.streams import inflate
 
 CHECKSUM_PAX = "APK-TOOLS.checksum.SHA1"
 SCRIPT_NAMES = (".pre-install", ".post-install", ".pre-upgrade", ".post-upgrade", ".pre-deinstall",
@@ -160,11 +161,18 @@ def _unpack_data(f: BinaryIO, stage: Path, datahash: str, what: str) -> tuple[Da
     stage.mkdir(parents=True, exist_ok=True)
     reader = _HashingReader(f)
     files: list[DataFile] = []
-    gz = gzip.GzipFile(fileobj=io.BufferedReader(reader, _CHUNK), mode="rb")
+
+    def bomb(reason: str) -> IntegrityError:
+        return IntegrityError(f"{what}: data segment {reason}; refusing it as a decompression bomb")
+
+    gz = inflate(io.BufferedReader(reader, _CHUNK), lambda s: cast(BinaryIO, gzip.GzipFile(fileobj=s, mode="rb")), bomb)
+    kinds: dict[str, str] = {}  # path -> kind of the members read so far
     try:
         with tarfile.open(fileobj=gz, mode="r|") as tar:
             for member in tar:
-                files.append(_member(tar, member, stage, len(files), what))
+                got = _member(tar, member, stage, len(files), what, kinds)
+                kinds[got.path] = got.kind
+                files.append(got)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise IntegrityError(f"{what}: bad data archive ({e}); the package is corrupt") from None
     reader.drain()
@@ -174,8 +182,21 @@ def _unpack_data(f: BinaryIO, stage: Path, datahash: str, what: str) -> tuple[Da
     return tuple(files)
 
 
-def _member(tar: tarfile.TarFile, m: tarfile.TarInfo, stage: Path, n: int, what: str) -> DataFile:
+def _member(tar: tarfile.TarFile, m: tarfile.TarInfo, stage: Path, n: int, what: str, kinds: dict[str, str]
+            ) -> DataFile:
     path = clean_path(m.name, f"{what} entry")
+    if "\n" in path:
+        # The installed database is one path a line: such a name would forge database lines.
+        raise UnsafePathError(f"{what}: entry {path!r} has a newline in its name; refusing the package")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnsafePathError(f"{what}: entry {path.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; "
+                              "refusing the package") from None
+    seen = kinds.get(path)
+    if seen is not None and not (seen == "dir" and m.isdir()):
+        raise UnsafePathError(f"{what}: entry {path!r} appears twice in the data archive; refusing an ambiguous "
+                              "package")
     pax = m.pax_headers.get(CHECKSUM_PAX, "")
     try:
         sha1 = bytes.fromhex(pax) if pax else None
@@ -202,6 +223,13 @@ def _member(tar: tarfile.TarFile, m: tarfile.TarInfo, stage: Path, n: int, what:
             raise IntegrityError(f"{what}: {path}: link target does not match its SHA1 header; the package is corrupt")
     elif m.islnk():
         kind = "hardlink"
+        target = clean_path(m.linkname, f"{what}: {path}: hard link target")
+        if kinds.get(target) not in ("file", "hardlink"):
+            # As apk: a hard link names a file extracted earlier from this package, never one of the image's.
+            raise UnsafePathError(f"{what}: {path} is a hard link to {target!r}, which is not a file earlier in the "
+                                  "package; refusing it")
+        return DataFile(path, kind, m.mode & 0o7777, m.uid, m.gid, m.uname, m.gname, int(m.mtime), 0, target, None,
+                        sha1)
     else:
         raise UnsafePathError(f"{what}: {path} is a device, fifo or other special file; refusing the package")
     return DataFile(path, kind, m.mode & 0o7777, m.uid, m.gid, m.uname, m.gname, int(m.mtime), m.size if staged

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from copa.oci.layer import Entry, Kind
+from copa.errors import IntegrityError
+from copa.oci.layer import Entry, Kind, check_parents
 from copa.oci.rootfs import View
 from copa.pkg.apk.apkfile import ApkContents, DataFile
 from copa.pkg.apk.index import ApkRecord, decode_hash
@@ -82,7 +83,12 @@ class LayerPlan:
     def add(self, entry: Entry) -> None:
         self.entries[entry.path] = entry
 
+    def _kind(self, path: str) -> str | None:
+        node = self.view.get(path)
+        return node.kind if node is not None else None
+
     def add_data(self, f: DataFile, path: str) -> None:
+        check_parents(path, self._kind, "package path")
         uid, gid = self.owners.of(f)
         if f.kind == "dir":
             if self.view.get(path) is None and path not in self.entries:
@@ -105,7 +111,22 @@ def _protected(path: str) -> bool:
     return path.startswith("etc/") and not path.startswith(("etc/apk/", "etc/init.d/"))
 
 
+def check_identity(pkg: Installing) -> None:
+    """The package's .PKGINFO must name what the index record that selected it names (the signed index vouches for
+    the control segment's checksum, not for the two agreeing): else the database would record another package."""
+    if not pkg.contents.pkginfo:
+        return  # a virtual (I:0) package: nothing of it was read
+    for key, label, expected in (("pkgname", "name", pkg.record.name), ("pkgver", "version", pkg.record.version),
+                                 ("arch", "architecture", pkg.record.arch)):
+        got = pkg.contents.info(key)
+        if expected and got != expected:
+            raise IntegrityError(f"{pkg.record.name}-{pkg.record.version}.apk: its .PKGINFO says {key} = "
+                                 f"{got or '(none)'} but the index lists {label} {expected}; the repository serves a "
+                                 "wrong or tampered package")
+
+
 def install_package(plan: LayerPlan, pkg: Installing) -> None:
+    check_identity(pkg)
     old_digest: dict[str, str] = {}
     if pkg.old is not None:
         for d in pkg.old.dirs:
