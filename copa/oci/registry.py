@@ -425,6 +425,9 @@ class _ResponseStream(io.RawIOBase):
                     continue
                 self._resp.close()
                 self._resp = resp
+                if self._deadline is not None:  # the resumed body gets the allowance afresh: the backoff used it
+                    self._deadline = time.monotonic() + (self._deadline - self._started)
+                    self._started = time.monotonic()
                 break
             else:
                 detail = failure.message if isinstance(failure, RegistryError) else describe_connection_error(failure)
