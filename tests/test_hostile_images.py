@@ -29,7 +29,7 @@ from copa.oci.layout import LayoutSource
 from copa.oci.model import Manifest, ManifestFormatError
 from copa.oci.reference import Reference
 from copa.oci.registry import RegistryClient, RegistrySource
-from copa.oci.rootfs import View, scan
+from copa.oci.rootfs import MAX_CAPTURED_TOTAL, View, scan
 from copa.pkg.detect import CAPTURE, CAPTURE_LARGE, detect
 from tests.support.hostile_images import (
     ALPINE_OS_RELEASE,
@@ -44,6 +44,7 @@ from tests.support.hostile_images import (
     layer_tar,
     sparse_blob,
     write_archive,
+    write_bomb_layout,
     write_layout,
 )
 from tests.support.registry import RunningRegistry
@@ -52,6 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Bounds every CLI case is held to (each fails while reading the image: no package work happens).
 CLI_SECONDS = 30.0
 CLI_PEAK_RSS_BYTES = 400 << 20  # the 100,000-layer manifest is a 15 MB JSON document parsed whole
+# The compression bomb is read until MAX_CAPTURED_TOTAL is held: that much more.
+BOMB_PEAK_RSS_BYTES = MAX_CAPTURED_TOTAL + CLI_PEAK_RSS_BYTES
 # The escape target of the `../` cases, relative to the work directory; it must never appear.
 ESCAPED = "copa-hostile-escaped"
 
@@ -428,6 +431,9 @@ CLI_CASES: dict[str, tuple[Callable[[Path], Layout], int, tuple[str, ...]]] = {
                               ("digest mismatch",)),
     "layer-media-type-unknown": (lambda w: write_layout(w / "img", [layer_tar(BASE)], edit_manifest=_edit_layer(
         "mediaType", "application/x-evil")), 6, ("media type",)),
+    # 20 files of 16 MiB zeros under /etc in a 1.5 MB layer: refused once MAX_CAPTURED_TOTAL is held (before the fix,
+    # 40 of them held 640 MB; a thousand would have exhausted memory).
+    "captured-files-compression-bomb": (lambda w: write_bomb_layout(w / "img", 20, 16 << 20), 6, ("more than",)),
     "manifest-annotations-list": (lambda w: write_layout(w / "img", [layer_tar(BASE)], edit_manifest=lambda m: m.update(
         annotations=["x"])), 6, ("annotations",)),
 }
@@ -454,7 +460,7 @@ def test_cli_case(name: str, tmp_path: Path) -> None:
     created = (set(os.listdir("/tmp")) - outside_before) & {ESCAPED, f"{ESCAPED}-dir"}
     assert not created and not (Path("/") / ESCAPED).exists()
     assert seconds < CLI_SECONDS, seconds
-    assert peak < CLI_PEAK_RSS_BYTES, peak
+    assert peak < (BOMB_PEAK_RSS_BYTES if "bomb" in name else CLI_PEAK_RSS_BYTES), peak
 
 
 # --------------------------------------------------------------------------------------------- a real registry

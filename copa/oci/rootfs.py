@@ -29,6 +29,10 @@ from copa.oci.layercache import LayerCache, LayerRecord, Member
 _MAX_LINK_DEPTH = 40
 _MAX_FILE = 256 << 20
 _MAX_CAPTURED = 16 << 20  # larger files under a captured path are indexed but not kept in memory
+# All captured contents held at once (the merged view's plus the layer being read). Real images hold a few MB (/etc,
+# dpkg's status and info, an rpm database of up to ~100 MB); a crafted layer of thousands of 16 MiB files of zeros
+# under /etc compresses 1000:1 and would otherwise fill memory (40 of them took 1.3 GB for a 650 KB layer).
+MAX_CAPTURED_TOTAL = 256 << 20
 _DRAIN = 1 << 20
 
 
@@ -280,6 +284,7 @@ def scan(image: Image, upto: int | None = None, capture: Iterable[str] = (), ear
         local: dict[str, bytes] = {}
         elsewhere: dict[str, list[str]] = {}  # hardlink target outside the captured paths -> captured links
         unresolved: set[str] = set()  # the same for every link of the layer, visible or not: what a record keeps
+        held = sum(map(len, contents.values()))
         for m in members:
             path = m.path
             if early_call is not None and index == 0 and path > early_dir and not path.startswith(early_dir + "/"):
@@ -292,6 +297,12 @@ def scan(image: Image, upto: int | None = None, capture: Iterable[str] = (), ear
             captured = m.kind == "hardlink" and _at_or_under(path, prefixes)
             if m.content is not None:
                 local[path] = m.content
+                held += len(m.content)
+                if held > MAX_CAPTURED_TOTAL:
+                    raise UnsupportedImageError(
+                        f"the image's files under {', '.join('/' + p for p in prefixes)} hold more than "
+                        f"{MAX_CAPTURED_TOTAL} bytes (at /{path} in layer {index + 1}); no image's configuration and "
+                        f"package database are that large: the image is malformed")
             else:
                 local.pop(path, None)  # a later entry of the path (a link, a directory) replaced its content
             if recording is not None and captured and _norm(m.linkname) not in local:

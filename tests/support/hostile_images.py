@@ -183,3 +183,60 @@ def archive_members(layers: Sequence[bytes], config: dict[str, Any] | None = Non
     cfg_name = digest(raw).split(":")[1] + ".json"
     members = [Entry(cfg_name, data=raw)] + [Entry(f"layer{i}.tar", data=t) for i, t in enumerate(layers)]
     return members, {"Config": cfg_name, "RepoTags": ["app:1"], "Layers": [f"layer{i}.tar" for i in range(len(layers))]}
+
+
+class _Zeros(io.RawIOBase):
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+class _Hashing(io.RawIOBase):
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.hasher = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.hasher.update(data)
+        self.inner.write(data)
+        return len(data)
+
+
+def write_bomb_layout(path: Path, files: int, size: int, under: str = "etc") -> Layout:
+    """The Debian baseline plus a layer of `files` files of `size` zero bytes under `under`: a compression bomb
+    (about 1000:1), streamed to disk so that writing it costs no memory."""
+    layout = write_layout(path, [layer_tar(debian_base())])
+    tmp = path / "bomb.tmp"
+    with tmp.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=1) as gz:
+        plain = _Hashing(gz)
+        with tarfile.open(fileobj=plain, mode="w|") as tar:
+            for i in range(files):
+                info = tarfile.TarInfo(f"{under}/bomb{i}")
+                info.size = size
+                tar.addfile(info, _Zeros(size))
+    diff_id = "sha256:" + plain.hasher.hexdigest()
+    blob_hasher = hashlib.sha256()
+    with tmp.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            blob_hasher.update(chunk)
+    blob_digest = "sha256:" + blob_hasher.hexdigest()
+    tmp.rename(path / "blobs" / "sha256" / blob_digest[7:])
+    layout.manifest["layers"].append({"mediaType": OCI_LAYER_GZIP, "digest": blob_digest,
+                                      "size": (path / "blobs" / "sha256" / blob_digest[7:]).stat().st_size})
+    layout.config["rootfs"]["diff_ids"].append(diff_id)
+    layout.config["history"].append({"created_by": "bomb"})
+    config = json.dumps(layout.config).encode()
+    layout.manifest["config"].update(digest=layout.put_blob(config), size=len(config))
+    layout.set_root(OCI_MANIFEST, json.dumps(layout.manifest).encode())
+    return layout
