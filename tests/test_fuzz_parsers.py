@@ -27,21 +27,31 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from copa.bulk.config import parse_config
 from copa.errors import CopaError
+from copa.oci.auth import parse_www_authenticate
 from copa.oci.digest import Digest, verifying
 from copa.oci.image import Image
 from copa.oci.model import Descriptor, ImageConfig, Manifest, MediaType, Platform, parse_document, parse_manifest
+from copa.oci.reference import Reference
 from copa.oci.rootfs import scan
 from copa.pkg.apk.index import parse_index, read_apkindex
 from copa.pkg.apk.installed import parse_installed
+from copa.pkg.apk.repos import parse_repositories
 from copa.pkg.apk.signing import Keys
+from copa.pkg.apt.conf import parse_into
 from copa.pkg.apt.packages import IndexText
+from copa.pkg.apt.preferences import parse_preferences
 from copa.pkg.apt.release import Release
+from copa.pkg.apt.sources import parse_file as parse_sources_file
+from copa.pkg.dpkg.config import parse_diversions, parse_filters
 from copa.pkg.dpkg.debfile import read_deb
 from copa.pkg.dpkg.status import parse_status
+from copa.pkg.repoauth import NetrcFile, Uri
 from copa.pkg.rpm.cpio import CpioReader
 from copa.pkg.rpm.header import Entry, Header, Value
 from copa.pkg.rpm.repomd import iter_packages, parse_repomd
+from copa.pkg.rpm.repos import parse_ini
 from copa.pkg.rpm.tags import Type
 from copa.report.load import parse_report
 from tests.support import debimage
@@ -93,10 +103,12 @@ def inputs(*seeds: bytes) -> st.SearchStrategy[bytes]:
 STRICT = {"on": False}
 
 
-def holds(fn: Callable[[], Any]) -> None:
-    """The property: a value or the parser's own error."""
+def holds(fn: Callable[[], Any], documented: tuple[type[Exception], ...] = ()) -> None:
+    """The property: a value or the parser's own error (or an exception its docstring names for its caller)."""
     try:
         fn()
+    except documented:
+        assert not STRICT["on"], "a seed does not parse"
     except CopaError as e:
         assert not STRICT["on"], f"a seed does not parse: {e}"
         assert str(e).strip() and "\n" not in str(e).strip(), f"error message is not one line: {e!r}"
@@ -453,6 +465,123 @@ def check_deb(data: bytes) -> None:
             assert staged.resolve().is_relative_to(Path(d).resolve())
 
 
+# Configuration files read from the image (as hostile as its packages) and from the user.
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def check_apt_sources(data: bytes) -> None:
+    holds(lambda: _drain(parse_sources_file(_text(data), "/etc/apt/sources.list")))
+
+
+def check_apt_deb822(data: bytes) -> None:
+    holds(lambda: _drain(parse_sources_file(_text(data), "/etc/apt/sources.list.d/x.sources")))
+
+
+def check_apt_preferences(data: bytes) -> None:
+    holds(lambda: _drain(parse_preferences(_text(data), "/etc/apt/preferences")))
+
+
+def check_apt_conf(data: bytes) -> None:
+    values: dict[str, str] = {}
+    holds(lambda: parse_into(values, _text(data), "/etc/apt/apt.conf"))
+
+
+def check_dpkg_diversions(data: bytes) -> None:
+    holds(lambda: _drain(parse_diversions(data)))
+
+
+def check_dpkg_filters(data: bytes) -> None:
+    holds(lambda: _drain(parse_filters(data)))
+
+
+def check_dnf_ini(data: bytes) -> None:
+    holds(lambda: _drain(parse_ini(_text(data), "/etc/yum.repos.d/x.repo")), (ValueError,))  # dnf skips the file
+
+
+def check_apk_repositories(data: bytes) -> None:
+    holds(lambda: _drain(parse_repositories(_text(data), "x86_64")))
+
+
+def check_netrc(data: bytes) -> None:
+    def run() -> None:
+        netrc = NetrcFile.parse(_text(data), "auth.conf")
+        netrc.check()
+        netrc.match(Uri.parse("https://deb.example.invalid/debian/dists/x"))
+    holds(run)
+
+
+def check_bulk_config(data: bytes) -> None:
+    holds(lambda: _drain(parse_config(data, "fleet.yaml")))
+
+
+def check_reference(data: bytes) -> None:
+    holds(lambda: _drain(Reference.parse(_text(data))))
+
+
+def check_challenge(data: bytes) -> None:
+    holds(lambda: _drain(parse_www_authenticate(_text(data))))
+
+
+SOURCES_SEED = b"""deb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] http://deb.example.invalid/debian bookworm main
+deb-src http://deb.example.invalid/debian bookworm main
+"""
+DEB822_SEED = b"""Types: deb deb-src
+URIs: http://deb.example.invalid/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+Architectures: amd64 arm64
+Enabled: yes
+"""
+PREFERENCES_SEED = b"""Package: *
+Pin: release a=bookworm-backports
+Pin-Priority: 500
+
+Package: app libfoo*
+Pin: version 2.0*
+Pin-Priority: 1001
+"""
+APT_CONF_SEED = b"""APT::Install-Recommends "false";
+APT { Get { Upgrade-By-Source-Package "true"; }; };
+Dir::Etc::trusted "/etc/apt/trusted.gpg";
+#clear APT::Never-MarkAuto-Sections;
+APT::Default-Release "bookworm";
+"""
+DIVERSIONS_SEED = b"/usr/bin/man\n/usr/bin/man.REAL\n:\n/usr/bin/tool\n/usr/bin/tool.victim\ndiverter\n"
+FILTERS_SEED = (b"path-exclude /usr/share/doc/*\npath-include /usr/share/doc/*/copyright\n"
+                b"path-exclude=/usr/share/man/*\n")
+DNF_SEED = b"""[baseos]
+name=BaseOS $releasever - $basearch
+baseurl=https://cdn.example.invalid/$releasever/$basearch/baseos/os
+        https://mirror.example.invalid/baseos
+gpgcheck=1
+enabled=1
+gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-redhat-release
+priority=10
+excludepkgs=kernel*
+"""
+APK_REPOS_SEED = b"https://dl-cdn.example.invalid/alpine/v3.19/main\n@edge https://dl-cdn.example.invalid/alpine/edge/community\n#x\n"
+NETRC_SEED = (b"machine deb.example.invalid/debian login u password p\n"
+              b"machine https://other.invalid:8443 login a password b\n")
+BULK_SEED = b"""apiVersion: copa.sh/v1alpha1
+kind: PatchConfig
+images:
+  - name: "nginx"
+    image: "docker.io/library/nginx"
+    tags:
+      strategy: "pattern"
+      pattern: '^1\\.2[0-9]\\.[0-9]+$'
+      maxTags: 3
+    target:
+      tag: "{{ .SourceTag }}-patched"
+"""
+REFERENCE_SEED = b"registry.example.invalid:5000/ns/app:1.0@sha256:" + b"a" * 64
+CHALLENGE_SEED = b'Bearer realm="https://auth.example.invalid/token",service="registry",scope="repository:a/b:pull"'
+
+
 TARGETS: dict[str, tuple[Callable[[bytes], None], tuple[bytes, ...]]] = {
     "dpkg-status": (check_status, (STATUS_SEED,)),
     "apt-release": (check_release, (REPO_RELEASE,)),
@@ -471,6 +600,18 @@ TARGETS: dict[str, tuple[Callable[[bytes], None], tuple[bytes, ...]]] = {
     "layer-tar": (check_layer, (TAR_SEED,)),
     "layer-tar-gzip": (check_layer_gzip, (gzip.compress(TAR_SEED, mtime=0),)),
     "deb": (check_deb, (DEB_SEED,)),
+    "apt-sources": (check_apt_sources, (SOURCES_SEED,)),
+    "apt-deb822": (check_apt_deb822, (DEB822_SEED,)),
+    "apt-preferences": (check_apt_preferences, (PREFERENCES_SEED,)),
+    "apt-conf": (check_apt_conf, (APT_CONF_SEED,)),
+    "dpkg-diversions": (check_dpkg_diversions, (DIVERSIONS_SEED,)),
+    "dpkg-filters": (check_dpkg_filters, (FILTERS_SEED,)),
+    "dnf-ini": (check_dnf_ini, (DNF_SEED,)),
+    "apk-repositories": (check_apk_repositories, (APK_REPOS_SEED,)),
+    "repository-auth": (check_netrc, (NETRC_SEED,)),
+    "bulk-config": (check_bulk_config, (BULK_SEED,)),
+    "reference": (check_reference, (REFERENCE_SEED,)),
+    "www-authenticate": (check_challenge, (CHALLENGE_SEED,)),
 }
 
 
