@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
 import tarfile
 import tempfile
 import time
@@ -26,9 +28,10 @@ from pathlib import Path
 import pytest
 
 from copa import cli
-from tests.support import alpine, apkrepo, debimage, images
+from tests.support import alpine, apkrepo, debimage, images, rpmtools
 from tests.support import hostile_pkgs as hp
 from tests.support.aptrepo import AptRepo, RepoServer, make_key, write_release
+from tests.support.rpmrepo import createrepo
 from tests.support.trivy import write_report
 
 INPROCESS_SECONDS = 20.0  # one in-process case; the bombs must be refused long before they expand
@@ -548,3 +551,191 @@ def test_apk_case_subprocess(case: ApkCase, apk_world: ApkWorld, tmp_path: Path)
     run = hp.run_copa(apk_args(apk_world, case, scratch), scratch.root)
     verify(run, case.outcome, scratch, before)
     assert run.seconds < hp.CASE_SECONDS and run.peak_rss < hp.CASE_RSS, (run.seconds, run.peak_rss)
+
+
+# =================================================================================================== .rpm
+
+RPM_URL = "http://rpm.copa-test.invalid/ubi9"  # the image's baseurl; each case maps it onto its own (--mirror)
+RPM_OS_RELEASE = 'NAME="Red Hat Enterprise Linux"\nID="rhel"\nID_LIKE="fedora"\nVERSION_ID="9.4"\n'
+RPM_FILE = "libfoo-1.1-1.el9.noarch.rpm"
+REG, DIR, LNK = 0o100644, 0o40755, 0o120777
+
+
+def _rfiles(*extra: hp.RFile) -> list[hp.RFile]:
+    return [hp.RFile("/usr/share/foo", mode=DIR), hp.RFile("/usr/share/foo/data", b"1.1\n"), *extra]
+
+
+def _rpm(*extra: hp.RFile, **kw: object) -> Callable[[], bytes]:
+    return lambda: hp.rpm_bytes("libfoo", "1.1", "1.el9", _rfiles(*extra), **kw)  # type: ignore[arg-type]
+
+
+def _rpm_bomb() -> bytes:
+    cpio = hp.cpio_archive(_rfiles())
+    return hp.rpm_bytes("libfoo", "1.1", "1.el9", _rfiles(), compressed=hp.bomb_stream(cpio, 2 << 30, "gz"))
+
+
+def _rpm_truncated() -> bytes:
+    data = hp.rpm_bytes("libfoo", "1.1", "1.el9", _rfiles(hp.RFile("/usr/share/foo/big", os.urandom(100_000))))
+    return data[:len(data) - 30_000]
+
+
+def _rpm_setuid(members: dict[str, tarfile.TarInfo], contents: dict[str, bytes]) -> None:
+    assert members["usr/share/foo/suid"].mode == 0o4755 and members["usr/share/foo/sgid"].mode == 0o2755
+    assert members["usr/share/foo/data"].mode == 0o644 and contents["usr/share/foo/suid"] == b"s\n"
+
+
+def _rpm_no_device(members: dict[str, tarfile.TarInfo], contents: dict[str, bytes]) -> None:
+    # rpm would mknod these; a layer of copa's carries no device node or fifo (the database still lists them)
+    assert "usr/share/foo/null" not in members and "usr/share/foo/pipe" not in members
+    assert contents["usr/share/foo/data"] == b"1.1\n"
+
+
+def _rpm_nested(members: dict[str, tarfile.TarInfo], contents: dict[str, bytes]) -> None:
+    assert contents["usr/share/foo/payload.cpio"] == hp.cpio_archive([hp.RFile(f"/../../{CANARY_PATH}", b"in\n")])
+    assert not any(CANARY in n for n in members)
+
+
+_HONEST = _rpm()
+
+
+@dataclass(frozen=True)
+class RpmCase:
+    name: str
+    outcome: Outcome
+    rpm: Callable[[], bytes] = _HONEST
+    gpg: bool = False  # --repository with gpgcheck=1, trusting a key that did not sign the package
+    vouch: bool = True  # the metadata names the hostile file's checksum (else the good package's)
+
+
+RPM_CASES = [
+    RpmCase("dotdot_path", refused(5, "'..'"), _rpm(hp.RFile(f"/usr/share/foo/../../../../{CANARY_PATH}", b"x"))),
+    RpmCase("dotdot_only_in_payload", refused(5, "'..'"), _rpm(hp.RFile(
+        "/usr/share/foo/xx", b"x", cpio_name=f"./../../{CANARY_PATH}".encode()))),
+    RpmCase("path_through_own_symlink", refused(5, "symlink"), _rpm(
+        hp.RFile("/usr/share/foo/up", mode=LNK, link="/tmp"), hp.RFile(f"/usr/share/foo/up/{CANARY}", b"x"))),
+    RpmCase("path_through_image_file", refused(5, "not a directory"), _rpm(hp.RFile(f"/etc/os-release/{CANARY}",
+                                                                                    b"x"))),
+    RpmCase("device_and_fifo_not_written", accepted(_rpm_no_device), _rpm(
+        hp.RFile("/usr/share/foo/null", mode=0o20666), hp.RFile("/usr/share/foo/pipe", mode=0o10644))),
+    RpmCase("setuid_setgid_kept_as_stated", accepted(_rpm_setuid), _rpm(
+        hp.RFile("/usr/share/foo/suid", b"s\n", mode=0o104755), hp.RFile("/usr/share/foo/sgid", b"g\n",
+                                                                            mode=0o102755))),
+    RpmCase("duplicate_entries", refused(5, "twice"), _rpm(hp.RFile("/usr/share/foo/data", b"1.1\n"))),
+    RpmCase("nul_in_payload_name", refused(5, "NUL"), _rpm(hp.RFile(
+        "/usr/share/foo/xx", b"x", cpio_name=b"./usr/share/foo/xx\0/../../x"))),
+    RpmCase("name_of_4096_bytes", refused(5, "long"), _rpm(hp.RFile("/usr/share/foo/" + "/".join(["d" * 200] * 21),
+                                                                    b"x"))),
+    RpmCase("truncated_payload", refused(5, "corrupt"), _rpm_truncated),
+    RpmCase("trailing_garbage", refused(5, "corrupt"), lambda: _rpm()() + b"garbage after the payload"),
+    RpmCase("trailing_gzip_member", refused(5, "bomb"), lambda: _rpm()() + hp.compress(bytes(1 << 20), "gz")),
+    RpmCase("gzip_bomb_after_the_trailer", refused(5, "bomb"), _rpm_bomb),
+    RpmCase("header_claims_huge_file", refused(5, "GiB"), _rpm(hp.RFile("/usr/share/foo/huge", b"tiny",
+                                                                        size=1 << 44), sizes_64=True)),
+    RpmCase("payload_entry_size_lies", refused(5, "bytes in the payload"), lambda: hp.rpm_bytes(
+        "libfoo", "1.1", "1.el9", _rfiles(), payload=hp.cpio_entry(b"./usr/share/foo", DIR, b"", 1)
+        + hp.cpio_entry(b"./usr/share/foo/data", REG, b"1.1\n", 2, size=1 << 31))),
+    RpmCase("payload_digest_mismatch", refused(5, "payload digest"), _rpm(payload_digest="0" * 64)),
+    RpmCase("checksum_mismatch", refused(5, "sha256"), lambda: _rpm()()[:-1] + b"\xff", vouch=False),
+    RpmCase("unsigned_package_with_gpgcheck", refused(5, "sign"), gpg=True),
+    RpmCase("header_name_differs_from_index", refused(5, "evil-1.1-1.el9.noarch"), lambda: hp.rpm_bytes(
+        "evil", "1.1", "1.el9", _rfiles())),
+    RpmCase("header_version_differs_from_index", refused(5, "libfoo-9.9-1.el9"), lambda: hp.rpm_bytes(
+        "libfoo", "9.9", "1.el9", _rfiles())),
+    RpmCase("header_arch_differs_from_index", refused(5, "x86_64"), lambda: hp.rpm_bytes(
+        "libfoo", "1.1", "1.el9", _rfiles(), arch="x86_64")),
+    RpmCase("nested_archive_is_only_a_file", accepted(_rpm_nested), _rpm(hp.RFile(
+        "/usr/share/foo/payload.cpio", hp.cpio_archive([hp.RFile(f"/../../{CANARY_PATH}", b"in\n")])))),
+]
+RPM_SUBPROCESS = {"gzip_bomb_after_the_trailer", "path_through_own_symlink"}
+
+
+@dataclass
+class RpmWorld:
+    layout: Path
+    template: Path  # a repository of the honest libfoo 1.1, made by createrepo_c
+    srv: Path
+    url: str
+    report: Path
+    other_key: Path  # an armored key that signed nothing here
+
+
+@pytest.fixture(scope="module")
+def rpm_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RpmWorld]:
+    if shutil.which("rpmbuild") is None or shutil.which("createrepo_c") is None:
+        pytest.skip("needs rpmbuild and createrepo_c")
+    tmp = tmp_path_factory.mktemp("hostile-rpm")
+    old = rpmtools.build_rpm(rpmtools.RpmSpec("libfoo", "1.0", "1.el9", files=(
+        rpmtools.RpmFile("/usr/share/foo/data", b"1.0\n"),)), tmp / "old")
+    root = tmp / "root"
+    rpmtools.init_root(root, [old])
+    (root / "etc/yum.repos.d").mkdir(parents=True)
+    (root / "etc/os-release").write_text(RPM_OS_RELEASE)
+    (root / "etc/yum.repos.d/t.repo").write_text(f"[t]\nname=t\nbaseurl={RPM_URL}/\nenabled=1\ngpgcheck=0\n")
+    images.builder.make_oci_layout(root, tmp / "layout", "ubi", cmd=None)
+    template = tmp / "template"
+    template.mkdir()
+    (template / RPM_FILE).write_bytes(_rpm()())
+    createrepo(template)
+    key = rpmtools.make_gpg_key(tmp / "gpg")
+    report = write_report(tmp / "trivy.json", {"libfoo": ("1.0-1.el9", "1.1-1.el9")}, os_version="9.4",
+                          family="redhat")
+    srv = tmp / "srv"
+    srv.mkdir()
+    with RepoServer(srv) as server:
+        yield RpmWorld(tmp / "layout", template, srv, server.url, report, key.public)
+
+
+def serve_rpm(world: RpmWorld, case: RpmCase) -> str:
+    root = world.srv / case.name
+    if not root.exists():
+        shutil.copytree(world.template, root)
+        data = case.rpm()
+        if case.vouch:
+            hp.swap_package(root, RPM_FILE, data)
+        else:
+            (root / RPM_FILE).write_bytes(data)
+    return f"{world.url}/{case.name}"
+
+
+def rpm_args(world: RpmWorld, case: RpmCase, scratch: Scratch) -> list[str]:
+    url = serve_rpm(world, case)
+    where = (["--repository", url, "--keyring", str(world.other_key)] if case.gpg
+             else ["--mirror", f"{RPM_URL}={url}", "--allow-unsigned-repositories"])
+    return ["patch", "-i", f"oci:{world.layout}:ubi", "-r", str(world.report), "--oci-dir", str(scratch.out),
+            "-t", "patched", *where]
+
+
+@pytest.mark.parametrize("case", RPM_CASES, ids=lambda c: c.name)
+def test_rpm_case(case: RpmCase, rpm_world: RpmWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  capsys: pytest.CaptureFixture[str]) -> None:
+    scratch = Scratch(tmp_path)
+    before = _canaries()
+    run = run_inprocess(rpm_args(rpm_world, case, scratch), scratch, monkeypatch, capsys)
+    verify(run, case.outcome, scratch, before)
+    assert run.seconds < INPROCESS_SECONDS
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=() if c.name in RPM_SUBPROCESS
+                                               else pytest.mark.sweep) for c in RPM_CASES])
+def test_rpm_case_subprocess(case: RpmCase, rpm_world: RpmWorld, tmp_path: Path) -> None:
+    scratch = Scratch(tmp_path)
+    before = _canaries()
+    run = hp.run_copa(rpm_args(rpm_world, case, scratch), scratch.root)
+    verify(run, case.outcome, scratch, before)
+    assert run.seconds < hp.CASE_SECONDS and run.peak_rss < hp.CASE_RSS, (run.seconds, run.peak_rss)
+
+
+def test_the_crafted_rpm_is_valid_to_rpm(tmp_path: Path) -> None:
+    """The oracle for the rpm builder: the real rpm reads the honest crafted package, checks its digests, and lists
+    what it holds, so each case differs from a valid package only by its attack."""
+    if shutil.which("rpm") is None:
+        pytest.skip("needs rpm")
+    path = tmp_path / RPM_FILE
+    path.write_bytes(hp.rpm_bytes("libfoo", "1.1", "1.el9", _rfiles(
+        hp.RFile("/usr/share/foo/link", mode=LNK, link="data"), hp.RFile("/usr/share/foo/a", b"same\n", inode=7),
+        hp.RFile("/usr/share/foo/b", b"same\n", inode=7))))
+    checked = subprocess.run(["rpm", "-Kv", "--nosignature", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0 and "Payload SHA256 digest: OK" in checked.stdout, checked.stdout + checked.stderr
+    listed = subprocess.run(["rpm", "-qlp", "--nosignature", str(path)], capture_output=True, text=True, check=True)
+    assert listed.stdout.split() == ["/usr/share/foo", "/usr/share/foo/data", "/usr/share/foo/link",
+                                     "/usr/share/foo/a", "/usr/share/foo/b"]

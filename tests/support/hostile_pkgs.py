@@ -345,3 +345,164 @@ def apk_identity(control_gz: bytes) -> str:
 
 def apk_record(fields: Mapping[str, str]) -> str:
     return "".join(f"{k}:{v}\n" for k, v in fields.items())
+
+
+# --------------------------------------------------------------------------------------------------- .rpm
+# Written from rpm's file format (lib/header.c, lib/package.c, rpmio/cpio): a lead, a signature header with
+# SHA256HEADER and SIZE, a main header with its HEADERIMMUTABLE region, a gzip cpio payload with PAYLOADDIGEST.
+# The real `rpm -qlp` reads a package made from honest inputs (tests check it), so every case differs from a valid
+# package only by its attack.
+
+_NULL, _CHAR, _INT8, _INT16, _INT32, _INT64, _STRING, _BIN, _STRING_ARRAY, _I18N = range(10)
+_ALIGN = {_INT16: 2, _INT32: 4, _INT64: 8}
+
+
+@dataclass(frozen=True)
+class RFile:
+    """One file of a crafted rpm: `mode` includes the type bits; `size` overrides the header's size (a lie);
+    `inode` shares content (hard links); `cpio_name` overrides the payload's name for it."""
+
+    path: str
+    data: bytes = b""
+    mode: int = 0o100644
+    link: str = ""
+    inode: int = 0
+    size: int | None = None
+    cpio_name: bytes | None = None
+    in_payload: bool = True
+
+
+def _header(entries: Sequence[tuple[int, int, int, bytes]], region: int) -> bytes:
+    """A header with magic: `entries` (tag, type, count, raw data), sorted by tag, inside one `region`."""
+    index: list[bytes] = []
+    data = bytearray()
+    n = len(entries) + 1
+    for tag, type_, count, raw in sorted(entries):
+        align = _ALIGN.get(type_, 1)
+        data += b"\0" * (-len(data) % align)
+        index.append(struct.pack(">iIiI", tag, type_, len(data), count))
+        data += raw
+    trailer_at = len(data)
+    data += struct.pack(">iIiI", region, _BIN, -n * 16, 16)
+    index.insert(0, struct.pack(">iIiI", region, _BIN, trailer_at, 16))
+    return b"\x8e\xad\xe8\x01\0\0\0\0" + struct.pack(">II", n, len(data)) + b"".join(index) + bytes(data)
+
+
+def _s(tag: int, text: str, type_: int = _STRING) -> tuple[int, int, int, bytes]:
+    return (tag, type_, 1, text.encode("utf-8", "surrogateescape") + b"\0")
+
+
+def _sa(tag: int, texts: Sequence[str]) -> tuple[int, int, int, bytes]:
+    return (tag, _STRING_ARRAY, len(texts), b"".join(t.encode("utf-8", "surrogateescape") + b"\0" for t in texts))
+
+
+def _i32(tag: int, values: Sequence[int]) -> tuple[int, int, int, bytes]:
+    return (tag, _INT32, len(values), struct.pack(f">{len(values)}I", *values))
+
+
+def _i16(tag: int, values: Sequence[int]) -> tuple[int, int, int, bytes]:
+    return (tag, _INT16, len(values), struct.pack(f">{len(values)}H", *values))
+
+
+def _i64(tag: int, values: Sequence[int]) -> tuple[int, int, int, bytes]:
+    return (tag, _INT64, len(values), struct.pack(f">{len(values)}Q", *values))
+
+
+def cpio_entry(name: bytes, mode: int, data: bytes, ino: int, nlink: int = 1, size: int | None = None) -> bytes:
+    fields = [ino, mode, 0, 0, nlink, MTIME, len(data) if size is None else size, 0, 0, 0, 0, len(name) + 1, 0]
+    head = b"070701" + b"".join(b"%08x" % v for v in fields) + name + b"\0"
+    head += b"\0" * (-len(head) % 4)
+    return head + data + b"\0" * (-len(data) % 4)
+
+
+def cpio_archive(files: Sequence[RFile]) -> bytes:
+    out = bytearray()
+    last_of_inode = {f.inode: i for i, f in enumerate(files) if f.inode}
+    for i, f in enumerate(files):
+        if not f.in_payload:
+            continue
+        data = f.data if (f.mode & 0o170000) == 0o100000 else f.link.encode() if f.link else b""
+        if f.inode and last_of_inode[f.inode] != i:
+            data = b""  # rpm puts a hard link group's content on its last member only
+        name = f.cpio_name if f.cpio_name is not None else b"." + f.path.encode("utf-8", "surrogateescape")
+        out += cpio_entry(name, f.mode, data, f.inode or i + 1, sum(1 for g in files if f.inode and g.inode == f.inode)
+                          or 1)
+    trailer = cpio_entry(b"TRAILER!!!", 0, b"", 0)
+    return bytes(out + trailer)
+
+
+def rpm_bytes(name: str, version: str, release: str, files: Sequence[RFile], *, arch: str = "noarch",
+              payload: bytes | None = None, compressed: bytes | None = None,
+              header_extra: Sequence[tuple[int, int, int, bytes]] = (), payload_digest: str | None = None,
+              sizes_64: bool = False) -> bytes:
+    """A binary rpm holding `files` (header and cpio agree unless a RFile lies). `payload` replaces the cpio,
+    `compressed` the gzip payload; `payload_digest` replaces the PAYLOADDIGEST the header would carry."""
+    cpio = payload if payload is not None else cpio_archive(files)
+    body = compressed if compressed is not None else gzip.compress(cpio, mtime=0)
+    dirs: list[str] = []
+    dir_index, base = [], []
+    for f in files:
+        d, _, b = f.path.rpartition("/")
+        d += "/"
+        if d not in dirs:
+            dirs.append(d)
+        dir_index.append(dirs.index(d))
+        base.append(b)
+    sizes = [f.size if f.size is not None else len(f.link.encode()) if f.link else len(f.data) for f in files]
+    digests = [hashlib.sha256(f.data).hexdigest() if (f.mode & 0o170000) == 0o100000 else "" for f in files]
+    nevr = f"{version}-{release}"
+    entries = [
+        (100, _STRING_ARRAY, 1, b"C\0"),  # HEADERI18NTABLE
+        _s(1000, name), _s(1001, version), _s(1002, release), _s(1004, "hostile test package", _I18N),
+        _s(1005, "hostile test package built by tests/support/hostile_pkgs.py", _I18N), _i32(1006, [MTIME]),
+        _s(1007, "copa-test"), _i32(1009, [sum(sizes) & 0xFFFFFFFF]), _s(1014, "MIT"), _s(1016, "Unspecified", _I18N),
+        _s(1021, "linux"), _s(1022, arch), _s(1044, f"{name}-{nevr}.src.rpm"),
+        _sa(1047, [name]), _i32(1112, [8]), _sa(1113, [nevr]), _s(1064, "4.18.0"),
+        _s(1124, "cpio"), _s(1125, "gzip"), _s(1126, "9"), _i32(5011, [8]),
+        _sa(5092, [payload_digest or hashlib.sha256(body).hexdigest()]), _i32(5093, [8]),
+    ]
+    if files:
+        entries += [
+            _i64(5008, sizes) if sizes_64 else _i32(1028, sizes), _i16(1030, [f.mode for f in files]),
+            _i16(1033, [0] * len(files)), _i32(1034, [MTIME] * len(files)), _sa(1035, digests),
+            _sa(1036, [f.link for f in files]), _i32(1037, [0] * len(files)), _sa(1039, ["root"] * len(files)),
+            _sa(1040, ["root"] * len(files)), _i32(1095, [1] * len(files)),
+            _i32(1096, [f.inode or 1000 + i for i, f in enumerate(files)]), _sa(1097, [""] * len(files)),
+            _i32(1116, dir_index), _sa(1117, base), _sa(1118, dirs),
+        ]
+    header = _header([*entries, *header_extra], 63)
+    signature = _header([_s(273, hashlib.sha256(header).hexdigest()), _i32(1000, [len(header) + len(body)])], 62)
+    signature += b"\0" * (-len(signature) % 8)
+    lead = bytearray(96)
+    lead[0:4] = b"\xed\xab\xee\xdb"
+    lead[4], lead[5] = 3, 0
+    lead[6:8] = struct.pack(">H", 0)
+    lead[8:10] = struct.pack(">H", 1)
+    label = f"{name}-{nevr}".encode()[:65]
+    lead[10:10 + len(label)] = label
+    lead[76:78] = struct.pack(">H", 1)
+    lead[78:80] = struct.pack(">H", 5)
+    return bytes(lead) + signature + header + body
+
+
+def swap_package(repo: Path, filename: str, data: bytes) -> None:
+    """Replace repo/filename with `data` and make primary.xml (and repomd.xml) name its checksum and size, as a
+    mirror holding the signing key would: the index vouches for the hostile bytes."""
+    old = (repo / filename).read_bytes()
+    (repo / filename).write_bytes(data)
+    repodata = repo / "repodata"
+    repomd = (repodata / "repomd.xml").read_text()
+    primary = next(p for p in repodata.iterdir() if p.name.endswith("primary.xml.gz"))
+    raw = primary.read_bytes()
+    text = gzip.decompress(raw).decode()
+    text = text.replace(hashlib.sha256(old).hexdigest(), hashlib.sha256(data).hexdigest())
+    text = text.replace(f'package="{len(old)}"', f'package="{len(data)}"')
+    new_raw = gzip.compress(text.encode(), mtime=0)
+    primary.write_bytes(new_raw)
+    for before, after in ((hashlib.sha256(raw).hexdigest(), hashlib.sha256(new_raw).hexdigest()),
+                          (hashlib.sha256(gzip.decompress(raw)).hexdigest(), hashlib.sha256(text.encode()).hexdigest()),
+                          (f"<size>{len(raw)}</size>", f"<size>{len(new_raw)}</size>"),
+                          (f"<open-size>{len(gzip.decompress(raw))}</open-size>",
+                           f"<open-size>{len(text.encode())}</open-size>")):
+        repomd = repomd.replace(before, after, 1)
+    (repodata / "repomd.xml").write_text(repomd)

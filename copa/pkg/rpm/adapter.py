@@ -55,7 +55,7 @@ from copa.pkg.rpm.plan import Chosen, Installed, Policy, Wanted, resolve
 from copa.pkg.rpm.repomd import RepoIndex, RpmPackage, load_repository
 from copa.pkg.rpm.repos import RepoSetup, RpmRepository, Tree, read_setup, repository_auth, repository_keyring
 from copa.pkg.rpm.rpmdb.installed import RpmDatabase, read_database
-from copa.pkg.rpm.rpmfile import RpmContents, read_rpm
+from copa.pkg.rpm.rpmfile import RpmContents, expect_identity, read_rpm
 from copa.pkg.rpm.signature import checker
 from copa.pkg.rpm.tags import Tag
 from copa.pkg.rpm.version import compare_versions, rpmvercmp
@@ -392,6 +392,7 @@ def _download_and_read(ctx: ImageContext, repos: _Repositories, chosen: Sequence
     out = []
     for i, (path, c) in enumerate(zip(paths, chosen, strict=True)):
         assert isinstance(c.record, Candidate)
-        out.append(read_rpm(path, ctx.workdir / "stage" / f"{i:04d}", f"{c.record.package.nevra}.rpm",
-                            checks[i]))  # type: ignore[arg-type]
+        pkg = c.record.package
+        check = expect_identity(pkg.name, pkg.epoch, pkg.version, pkg.release, pkg.arch, checks[i])  # type: ignore[arg-type]
+        out.append(read_rpm(path, ctx.workdir / "stage" / f"{i:04d}", f"{pkg.nevra}.rpm", check))
     return out

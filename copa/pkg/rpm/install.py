@@ -22,7 +22,7 @@ import posixpath
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from copa.oci.layer import Entry, Kind
+from copa.oci.layer import Entry, Kind, check_parents
 from copa.oci.rootfs import View
 from copa.pkg.effects.model import Package
 from copa.pkg.rpm import caps
@@ -124,6 +124,7 @@ class LayerPlan:
             self.entries.pop(path, None)
 
     def file_entry(self, f: RpmFile, path: str) -> Entry:
+        check_parents(path, self._kind, "package file")
         uid, gid = self.users.get(f.user, 0), self.groups.get(f.group, 0)
         mode = f.mode & 0o7777
         if f.kind == "dir":
@@ -133,6 +134,10 @@ class LayerPlan:
         if f.kind == "hardlink":
             return Entry(path, Kind.HARDLINK, mode, uid, gid, linkname=self.real(f.linkname), mtime=f.mtime)
         return Entry(path, Kind.FILE, mode, uid, gid, f.size, f.open, mtime=f.mtime, pax=self.caps_pax(f))
+
+    def _kind(self, path: str) -> str | None:
+        node = self.view.get(path)
+        return node.kind if node is not None else None
 
     def caps_pax(self, f: RpmFile) -> dict[str, str]:
         """%caps: the security.capability xattr rpm sets (cap_set_file), as the PAX record runtimes apply."""

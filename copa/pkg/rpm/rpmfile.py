@@ -35,7 +35,7 @@ from copa.oci.layer import clean_path
 from copa.pkg.rpm.cpio import CpioReader
 from copa.pkg.rpm.header import Header
 from copa.pkg.rpm.tags import DigestAlgo, FileFlag, Sig, Tag
-from copa.pkg.streams import open_content
+from copa.pkg.streams import MAX_UNPACKED_BYTES, open_content
 
 LEAD_MAGIC = b"\xed\xab\xee\xdb"
 LEAD_SIZE = 96
@@ -43,6 +43,9 @@ _SIGTYPE_HEADERSIG = 5  # the lead's signature type: a signature header follows
 _INLINE_MAX = 64 << 10  # files up to this size stay in memory...
 _INLINE_BUDGET = 2 << 20  # ...up to this much per package; the rest is spooled to disk
 _CHUNK = 1 << 20
+# What may follow the cpio trailer inside the payload (rpm writes none; old cpio writers padded to 512-byte blocks):
+# anything more is not the package's, and decompressing an unbounded tail of zeros would be a bomb.
+_TAIL_MAX = 64 << 10
 _HASHES = {DigestAlgo.MD5: "md5", DigestAlgo.SHA1: "sha1", DigestAlgo.SHA224: "sha224", DigestAlgo.SHA256: "sha256",
            DigestAlgo.SHA384: "sha384", DigestAlgo.SHA512: "sha512"}
 _CORRUPT: tuple[type[Exception], ...] = (lzma.LZMAError, zstandard.ZstdError, *CORRUPT_STREAM)
@@ -378,8 +381,12 @@ def _read_payload(f: BinaryIO, headers: RpmHeaders, stage: Path) -> RpmContents:
     alt = [_hasher(digest_algo, what)] if payload_alt else []
     archive = _Hashing(decompressed, alt)
     # Without a payload digest in the (signed) header, the per-file digests are what vouch for the contents.
-    files = _unpack(cast(BinaryIO, io.BufferedReader(archive, _CHUNK)), h, stage, what, not payload_digest)
-    archive.drain()
+    reader = io.BufferedReader(archive, _CHUNK)
+    files = _unpack(cast(BinaryIO, reader), h, stage, what, not payload_digest)
+    tail = len(reader.read(_TAIL_MAX + 1))
+    if tail > _TAIL_MAX:
+        raise BadRpm(f"{what}: payload goes on for more than {_TAIL_MAX} bytes after its cpio trailer; refusing "
+                     "it as a decompression bomb")
     raw.drain()
     if payload_digest and compressed[0].hexdigest() != payload_digest[0].lower():
         raise BadRpm(f"{what}: payload digest does not match the header; the package is corrupt or tampered")
@@ -398,6 +405,11 @@ def _read_payload(f: BinaryIO, headers: RpmHeaders, stage: Path) -> RpmContents:
 def _unpack(stream: BinaryIO, h: Header, stage: Path, what: str, need_digests: bool) -> tuple[RpmFile, ...]:
     meta = _file_meta(h, what)
     n = len(meta.paths)
+    declared = sum(meta.sizes[i] for i in range(n) if stat.S_ISREG(meta.modes[i]))
+    if declared > MAX_UNPACKED_BYTES:
+        # Checked before any byte is decompressed: the header (digest-checked) is what the payload must match.
+        raise BadRpm(f"{what}: header declares {declared} bytes of files, more than copa's limit of "
+                     f"{MAX_UNPACKED_BYTES >> 30} GiB per package; refusing it")
     clean = [clean_path(p, f"{what}: file") for p in meta.paths]
     by_path = {p: i for i, p in enumerate(clean)}
     if len(by_path) != n:
@@ -480,3 +492,21 @@ def _file(i: int, meta: _Meta, clean: list[str], leader: list[int], content: dic
     return RpmFile(clean[i], kind, stat.S_IMODE(mode), meta.users[i], meta.groups[i], meta.mtimes[i],
                    meta.sizes[i], linkname, flags, meta.digests[i], meta.inodes[i], meta.rdevs[i], meta.caps[i],
                    meta.langs[i], staged, inline, offset)
+
+
+def expect_identity(name: str, epoch: str, version: str, release: str, arch: str, then: HeaderCheck | None = None
+                    ) -> HeaderCheck:
+    """A header check: the package's own header must name the NEVRA of the repository entry that selected it (the
+    metadata vouches for the file's checksum, not for the two agreeing), then `then` runs."""
+    def check(headers: RpmHeaders) -> None:
+        h = headers.header
+        got_epoch = h.integer(Tag.EPOCH)
+        want = (name, str(int(epoch)) if epoch.isdigit() else "0", version, release, arch)
+        got = (h.string(Tag.NAME) or "", str(got_epoch or 0), h.string(Tag.VERSION) or "",
+               h.string(Tag.RELEASE) or "", h.string(Tag.ARCH) or "")
+        if got != want:
+            raise BadRpm(f"{headers.what}: its header says {headers.nevra} but the repository metadata lists "
+                         f"{name}-{version}-{release}.{arch}; the repository serves a wrong or tampered package")
+        if then is not None:
+            then(headers)
+    return check
