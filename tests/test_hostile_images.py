@@ -248,6 +248,20 @@ def _config_is(raw: bytes) -> Callable[[Layout], None]:
     return hook
 
 
+def _not_regular(target: str, kind: str) -> Callable[[Layout], None]:
+    """Replace the layout's `target` ("config", "index.json", "oci-layout") by a FIFO (which blocked open() forever
+    before the fix) or a link to /dev/zero (which never ends)."""
+    def hook(layout: Layout) -> None:
+        config = f"blobs/sha256/{layout.manifest['config']['digest'][7:]}"
+        path = layout.path / (config if target == "config" else target)
+        path.unlink()
+        if kind == "fifo":
+            os.mkfifo(path)
+        else:
+            os.symlink("/dev/zero", path)
+    return hook
+
+
 E = dict[str, object]
 # name -> (write_layout keyword arguments, the error, words of its message)
 DOCUMENT_CASES: dict[str, tuple[E, type[CopaError], tuple[str, ...]]] = {
@@ -298,6 +312,10 @@ DOCUMENT_CASES: dict[str, tuple[E, type[CopaError], tuple[str, ...]]] = {
     "config-labels-list": ({"config": {"config": {"Labels": ["a"]}}}, ManifestFormatError, ("Labels",)),
     "config-history-object": ({"config": {"history": {"a": 1}}}, ManifestFormatError, ("history",)),
     "config-os-list": ({"config": {"os": ["linux"]}}, ManifestFormatError, ("os",)),
+    "config-blob-is-a-fifo": ({"after": _not_regular("config", "fifo")}, LocalIOError, ("not a regular file",)),
+    "config-blob-is-dev-zero": ({"after": _not_regular("config", "zero")}, LocalIOError, ("not a regular file",)),
+    "index-json-is-a-fifo": ({"after": _not_regular("index.json", "fifo")}, LocalIOError, ("not a regular file",)),
+    "oci-layout-is-dev-zero": ({"after": _not_regular("oci-layout", "zero")}, LocalIOError, ("not a regular file",)),
     "config-number-of-5000-digits": ({"after": _config_is(b'{"os": ' + b"9" * 5000 + b"}")}, ManifestFormatError,
                                      ("image config",)),
 }
@@ -360,6 +378,7 @@ ARCHIVE_CASES: dict[str, tuple[object, list[Entry], tuple[str, ...]]] = {
                               ("missing",)),
     "config-symlink-loop": ([{**_ENTRY, "Config": "a"}], [Entry("a", "symlink", link="b"),
                                                           Entry("b", "symlink", link="a")], ("missing",)),
+    "archive-is-a-fifo": (None, [], ("not a regular file",)),
     "archive-100000-layers": ([{**_ENTRY, "Layers": _ENTRY["Layers"] * 100_000}], [], ("100000 layers",)),
 }
 
@@ -367,7 +386,11 @@ ARCHIVE_CASES: dict[str, tuple[object, list[Entry], tuple[str, ...]]] = {
 @pytest.mark.parametrize("name", sorted(ARCHIVE_CASES))
 def test_archive_case(name: str, tmp_path: Path) -> None:
     manifest, extra, words = ARCHIVE_CASES[name]
-    path = write_archive(tmp_path / "a.tar", manifest, [*_MEMBERS, *extra])
+    path = tmp_path / "a.tar"
+    if manifest is None:
+        os.mkfifo(path)  # opening it for reading blocked forever before the fix
+    else:
+        write_archive(path, manifest, [*_MEMBERS, *extra])
 
     def read() -> str:
         source = ArchiveSource(path)
@@ -378,7 +401,7 @@ def test_archive_case(name: str, tmp_path: Path) -> None:
     if not words:
         assert read() == "debian"
         return
-    with pytest.raises(UnsupportedImageError) as info:
+    with pytest.raises((UnsupportedImageError, LocalIOError)) as info:
         read()
     line = str(info.value)
     assert "\n" not in line and all(w.lower() in line.lower() for w in words), line

@@ -81,6 +81,9 @@ class _Slice(io.RawIOBase):
 
 def _index_members(path: Path) -> dict[str, _Member]:
     """Regular-file members by normalized name, with symlinks and hard links resolved to their targets."""
+    # Members are read by offset from a file: a FIFO would block the open forever, a device would never end.
+    if path.exists() and not path.is_file():
+        raise LocalIOError(f"docker archive {path} is not a regular file; pass the archive file itself")
     try:
         with path.open("rb") as f:
             magic = f.read(4)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,9 +37,24 @@ def blob_path(root: Path, digest: Digest) -> Path:
     return root / "blobs" / digest.algorithm / digest.hex
 
 
+def _open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading if it is a regular file (or a link to one). A layout made by someone else may hold a
+    FIFO, which would block open() forever, or a device such as /dev/zero, which never ends: both are refused
+    (OSError, as for an unreadable file). O_NONBLOCK makes opening a FIFO return at once, so it can be checked."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _read_small(path: Path, what: str) -> bytes:
     try:
-        with path.open("rb") as f:
+        with _open_regular(path) as f:
             data = f.read(_MANIFEST_LIMIT + 1)
     except FileNotFoundError:
         raise LocalIOError(f"{what} {path} does not exist; is this an OCI image layout directory?") from None
@@ -119,7 +136,7 @@ class LayoutSource:
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         path = blob_path(self._root, desc.digest)
         try:
-            raw = path.open("rb")
+            raw = _open_regular(path)
         except FileNotFoundError:
             raise LocalIOError(f"{self.description}: blob {desc.digest} is missing; the layout is incomplete") from None
         except OSError as e:
