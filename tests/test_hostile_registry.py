@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from copa.errors import AuthError, CopaError, IntegrityError, RegistryError
-from copa.oci.image import Image
-from copa.oci.model import Manifest
+from copa.oci.image import Image, resolve_platform
+from copa.oci.model import Index, Manifest, Platform
 from copa.oci.reference import Reference
 from copa.oci.registry import MAX_REDIRECTS, RegistryClient, RegistryOptions, RegistrySource
 from copa.oci.rootfs import scan
@@ -43,10 +43,13 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileRegist
 
 
 def _pull(registry: HostileRegistry, ref: str) -> int:
-    """What copa patch reads of an image from a registry: root, config, every layer; the number of paths."""
+    """What copa patch reads of an image from a registry: root (the linux/amd64 image of an index), config, every
+    layer; the number of paths."""
     with RegistryClient(RegistryOptions(timeout=TIMEOUT, retries=1, backoff=0.05)) as client:
         source = RegistrySource(client, Reference.parse(ref))
         root = source.root()
+        if isinstance(root, Index):
+            root, _ = resolve_platform(source, root, Platform("linux", "amd64"))
         assert isinstance(root, Manifest)
         return len(scan(Image.load(source, root), None, ("etc",)).nodes)
 
@@ -80,6 +83,7 @@ CASES: dict[str, tuple[str, type[CopaError], tuple[str, ...], int]] = {
     "token-garbage": ("app:1", RegistryError, ("no token",), 4),
     "401-loop": ("app:1", AuthError, ("401",), 8),
     "retry-after-forever": ("app:1", RegistryError, ("longer than --timeout",), 4),
+    "index-contains-itself": ("app:1", IntegrityError, ("hashing to",), 4),
 }
 
 

@@ -19,6 +19,8 @@ API for a client to pull: `GET /v2/`, manifests by tag or digest, blobs. `mode` 
     token-garbage           the token server answers 200 with a body that is not JSON
     401-loop                every request is 401 with a fresh Bearer challenge, whatever the token
     retry-after-forever     every manifest request is 429 with Retry-After: 3600
+    index-contains-itself   the tag is an index whose one entry names a digest; asked for that digest, the registry
+                            serves the index again (the nearest a registry can come to an index containing itself)
 
 Requests are logged as (method, path, status) so a test can bound how many a client made.
 """
@@ -36,9 +38,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 MODES = ("ok", "redirect-loop", "redirect-pingpong", "manifest-endless", "manifest-larger", "blob-endless",
          "blob-shorter", "trickle-manifest", "trickle-blob", "trickle-token", "wrong-digest-header", "wrong-manifest",
-         "token-never-answers", "token-garbage", "401-loop", "retry-after-forever")
+         "token-never-answers", "token-garbage", "401-loop", "retry-after-forever", "index-contains-itself")
 
 
 @dataclass
@@ -177,6 +180,11 @@ class HostileRegistry:
         mode = self.mode
         body = self.manifest
         headers = {"Content-Type": MANIFEST_TYPE, "Docker-Content-Digest": self.manifest_digest}
+        if mode == "index-contains-itself":
+            index = json.dumps({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [
+                {"mediaType": INDEX_TYPE, "digest": "sha256:" + "b" * 64, "size": 300}]}).encode()
+            self._reply(h, 200, index, {"Content-Type": INDEX_TYPE})
+            return
         if ref.startswith("sha256:") and ref != self.manifest_digest:
             self._reply(h, 404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
             return
