@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import shutil
+import stat
+import struct
 import subprocess
 import tarfile
 import tempfile
@@ -143,15 +146,16 @@ class DebCase:
     sign_with_other_key: bool = False
 
 
-def _data(*members: hp.Member) -> bytes:
+def _data(*members: hp.Member, fmt: int = tarfile.PAX_FORMAT) -> bytes:
     base = [hp.Member("./", kind="dir", mode=0o755), hp.Member("./usr/", kind="dir", mode=0o755),
             hp.Member("./usr/share/", kind="dir", mode=0o755), hp.Member("./usr/share/app/", kind="dir", mode=0o755),
             hp.Member("./usr/share/app/keep.txt", data=b"keep 2.0\n")]
-    return hp.tar_bytes([*base, *members])
+    return hp.tar_bytes([*base, *members], fmt=fmt)
 
 
-def _raw(*members: hp.Member, control: str = APP, compression: str = "xz") -> Callable[[Path], bytes]:
-    return lambda _work: hp.deb_bytes(control, _data(*members), compression=compression)
+def _raw(*members: hp.Member, control: str = APP, compression: str = "xz", fmt: int = tarfile.PAX_FORMAT
+         ) -> Callable[[Path], bytes]:
+    return lambda _work: hp.deb_bytes(control, _data(*members, fmt=fmt), compression=compression)
 
 
 def _tool(*files: hp.TreeFile, control: str = APP) -> Callable[[Path], bytes]:
@@ -287,7 +291,7 @@ DEB_CASES = [
         "./usr/share/app/x", data=b"x", pax={"path": f"./usr/share/app/a\x00/../../../../{CANARY_PATH}"}))),
     DebCase("newline_in_name", refused(5, "newline"), _raw(hp.Member("./usr/share/app/a\nb", data=b"x"))),
     DebCase("invalid_utf8_name_kept_as_bytes", accepted(_raw_name_kept),
-            _raw(hp.Member(b"./usr/share/app/\xff\xfe", data=b"latin\n"))),
+            _raw(hp.Member(b"./usr/share/app/\xff\xfe", data=b"latin\n"), fmt=tarfile.GNU_FORMAT)),
     DebCase("name_of_4096_bytes", refused(5, "long"), _raw(hp.Member(
         "./usr/share/app/" + "/".join(["d" * 200] * 21), data=b"x"))),
     DebCase("component_of_256_bytes", refused(5, "long"), _raw(hp.Member("./usr/share/app/" + "n" * 256,
@@ -579,6 +583,17 @@ def _rpm_truncated() -> bytes:
     return data[:len(data) - 30_000]
 
 
+def _rpm_header_counts(il: int, dl: int) -> bytes:
+    """The honest package with its main header's index count and data length replaced (what rpm reads first)."""
+    data = bytearray(_HONEST())
+    sig_il, sig_dl = struct.unpack_from(">II", data, 96 + 8)
+    sig_len = 16 + 16 * sig_il + sig_dl
+    main = 96 + sig_len + (-sig_len % 8)
+    assert data[main:main + 4] == b"\x8e\xad\xe8\x01"
+    struct.pack_into(">II", data, main + 8, il, dl)
+    return bytes(data)
+
+
 def _rpm_setuid(members: dict[str, tarfile.TarInfo], contents: dict[str, bytes]) -> None:
     assert members["usr/share/foo/suid"].mode == 0o4755 and members["usr/share/foo/sgid"].mode == 0o2755
     assert members["usr/share/foo/data"].mode == 0o644 and contents["usr/share/foo/suid"] == b"s\n"
@@ -588,6 +603,12 @@ def _rpm_no_device(members: dict[str, tarfile.TarInfo], contents: dict[str, byte
     # rpm would mknod these; a layer of copa's carries no device node or fifo (the database still lists them)
     assert "usr/share/foo/null" not in members and "usr/share/foo/pipe" not in members
     assert contents["usr/share/foo/data"] == b"1.1\n"
+
+
+def _rpm_odd_names(members: dict[str, tarfile.TarInfo], contents: dict[str, bytes]) -> None:
+    # rpm takes file names as bytes (its database is no text file): the layer keeps the header's bytes.
+    odd = [n for n in members if n.startswith("usr/share/foo/") and n not in ("usr/share/foo/data",)]
+    assert len(odd) == 1 and contents[odd[0]] in (b"nl\n", b"latin\n"), odd
 
 
 def _rpm_nested(members: dict[str, tarfile.TarInfo], contents: dict[str, bytes]) -> None:
@@ -623,6 +644,9 @@ RPM_CASES = [
     RpmCase("duplicate_entries", refused(5, "twice"), _rpm(hp.RFile("/usr/share/foo/data", b"1.1\n"))),
     RpmCase("nul_in_payload_name", refused(5, "NUL"), _rpm(hp.RFile(
         "/usr/share/foo/xx", b"x", cpio_name=b"./usr/share/foo/xx\0/../../x"))),
+    RpmCase("newline_in_name", accepted(_rpm_odd_names), _rpm(hp.RFile("/usr/share/foo/a\nb", b"nl\n"))),
+    RpmCase("invalid_utf8_name_kept_as_bytes", accepted(_rpm_odd_names), _rpm(hp.RFile(
+        b"/usr/share/foo/\xff\xfe".decode("utf-8", "surrogateescape"), b"latin\n"))),
     RpmCase("name_of_4096_bytes", refused(5, "long"), _rpm(hp.RFile("/usr/share/foo/" + "/".join(["d" * 200] * 21),
                                                                     b"x"))),
     RpmCase("truncated_payload", refused(5, "corrupt"), _rpm_truncated),
@@ -631,6 +655,8 @@ RPM_CASES = [
     RpmCase("gzip_bomb_after_the_trailer", refused(5, "bomb"), _rpm_bomb),
     RpmCase("header_claims_huge_file", refused(5, "GiB"), _rpm(hp.RFile("/usr/share/foo/huge", b"tiny",
                                                                         size=1 << 44), sizes_64=True)),
+    RpmCase("header_index_claims_huge_counts", refused(5, "claims"), lambda: _rpm_header_counts(0xFFFFFF, 1 << 31)),
+    RpmCase("header_data_claims_past_the_file", refused(5, "truncated"), lambda: _rpm_header_counts(40, 200 << 20)),
     RpmCase("payload_entry_size_lies", refused(5, "bytes in the payload"), lambda: hp.rpm_bytes(
         "libfoo", "1.1", "1.el9", _rfiles(), payload=hp.cpio_entry(b"./usr/share/foo", DIR, b"", 1)
         + hp.cpio_entry(b"./usr/share/foo/data", REG, b"1.1\n", 2, size=1 << 31))),
@@ -739,3 +765,33 @@ def test_the_crafted_rpm_is_valid_to_rpm(tmp_path: Path) -> None:
     listed = subprocess.run(["rpm", "-qlp", "--nosignature", str(path)], capture_output=True, text=True, check=True)
     assert listed.stdout.split() == ["/usr/share/foo", "/usr/share/foo/data", "/usr/share/foo/link",
                                      "/usr/share/foo/a", "/usr/share/foo/b"]
+
+
+DEB_ACCEPTED = [c for c in DEB_CASES if c.outcome.code == 0]
+
+
+@pytest.mark.parametrize("case", DEB_ACCEPTED, ids=lambda c: c.name)
+def test_deb_accepted_case_equals_dpkg(case: DebCase, deb_world: DebWorld, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The oracle for the accepted .deb cases: real `dpkg --root -i` of the same package into a copy of the image
+    puts every path the patch layer holds with the same type, mode and content (the layer's own database files
+    aside, which test_dpkg_hermetic compares)."""
+    scratch = Scratch(tmp_path / "copa")
+    run = run_inprocess(deb_args(deb_world, case, scratch), scratch, monkeypatch, capsys)
+    assert run.code == 0, run.stderr
+    members, contents = layer_of(scratch.out)
+    deb = tmp_path / "app.deb"
+    deb.write_bytes((deb_world.srv / case.name / DEB_FILE).read_bytes())
+    root = debimage.dpkg_oracle(deb_world.base.rootfs, tmp_path / "dpkg", [deb])
+    for name, member in members.items():
+        if name.startswith("var/lib/dpkg/") or posixpath.basename(name).startswith(".wh."):
+            continue
+        path = root / name.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
+        st = path.lstat()
+        assert stat.S_IMODE(st.st_mode) == member.mode, name
+        if member.isreg():
+            assert stat.S_ISREG(st.st_mode) and path.read_bytes() == contents[name], name
+        elif member.isdir():
+            assert stat.S_ISDIR(st.st_mode), name
+        elif member.issym():
+            assert os.readlink(path) == member.linkname, name

@@ -2,9 +2,10 @@
 file's content (in memory or spooled), and the guard every decompressed package stream goes through.
 
 Decompression bombs: a package member may inflate to at most MAX_UNPACKED_BYTES, and past RATIO_FLOOR bytes to at
-most MAX_EXPANSION_RATIO times the compressed bytes read so far. Real packages stay far below both (Debian's and
-Alpine's biggest expand about 10x, a few GiB at most); a stream of zeros compresses about 1000:1 (gzip) to 7000:1
-(xz), so a bomb is stopped after RATIO_FLOOR bytes (about a quarter second of decompression), whatever it claims."""
+most MAX_EXPANSION_RATIO times the compressed bytes read so far. Packages of real files expand a few times to a
+few tens of times; a stream of zeros compresses about 1000:1 (gzip) to 7000:1 (xz), and far more as concatenated
+streams, so a bomb is stopped after RATIO_FLOOR bytes (well under a second of decompression), whatever it claims.
+A package that really holds hundreds of MiB of zeros is refused too: the price of a bound that needs no trust."""
 
 from __future__ import annotations
 
