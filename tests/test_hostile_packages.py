@@ -144,6 +144,7 @@ class DebCase:
     index: dict[str, str] = field(default_factory=dict)  # Packages fields replaced (an index that lies)
     control: str = APP  # the control the Packages stanza is made from
     sign_with_other_key: bool = False
+    linked_image: bool = False  # the image with LINKS added on top (symlinks an attack goes through)
 
 
 def _data(*members: hp.Member, fmt: int = tarfile.PAX_FORMAT) -> bytes:
@@ -254,6 +255,15 @@ def _through_image_link(members: dict[str, tarfile.TarInfo], contents: dict[str,
 
 
 CANARY_PATH = f"tmp/{CANARY}"
+# Symlinks a layer on top of the hermetic image adds: one climbing out (absolute and with '..'), one a loop.
+LINKS = {"usr/share/app/escape": "/../../../tmp", "usr/share/app/loop": "loop"}
+
+
+def _through_image_escape(members: dict[str, tarfile.TarInfo], contents: dict[str, bytes]) -> None:
+    # The image's link is resolved as the runtime (and dpkg in a chroot) would: '/' is the image's root, '..' stops
+    # there. The file lands in the image's /tmp, never the host's (the canary check), and the link is untouched.
+    assert contents[CANARY_PATH] == b"through the image's link\n"
+    assert not any(n.startswith("usr/share/app/escape") for n in members)
 
 DEB_CASES = [
     DebCase("dotdot_path", refused(5, "'..'"), _raw(hp.Member(f"./usr/share/app/../../../../../../{CANARY_PATH}",
@@ -270,6 +280,10 @@ DEB_CASES = [
         hp.Member(f"./usr/share/app/up/{CANARY_PATH}", data=b"through the link\n"))),
     DebCase("path_through_image_symlink_is_resolved", accepted(_through_image_link),
             _tool(hp.TreeFile("bin/app", b"app 2.0\n", mode=0o755))),
+    DebCase("path_through_image_symlink_out_of_the_root", accepted(_through_image_escape), _raw(hp.Member(
+        f"./usr/share/app/escape/{CANARY}", data=b"through the image's link\n")), linked_image=True),
+    DebCase("path_through_image_symlink_loop", refused(5, "symlink"), _raw(hp.Member(
+        "./usr/share/app/loop/x", data=b"x")), linked_image=True),
     DebCase("path_through_image_file", refused(5, "not a directory"), _raw(
         hp.Member(f"./etc/os-release/{CANARY}", data=b"under a file\n"))),
     DebCase("hardlink_outside", refused(5, "'..'"), _raw(
@@ -326,6 +340,7 @@ DEB_SUBPROCESS = {"xz_bomb", "dotdot_path", "setuid_setgid_kept_as_stated"}
 @dataclass
 class DebWorld:
     base: debimage.BaseImage
+    linked: str  # image reference of the base with LINKS added
     key: object
     other_key: object
     srv: Path
@@ -341,8 +356,18 @@ def deb_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebWorld]:
     srv = tmp / "srv"
     srv.mkdir()
     report = write_report(tmp / "trivy.json", DEB_REPORT)
+    linked = images.copy_layout(base.layout, tmp / "linked")
+    layer = tmp / "links.tar"
+    with tarfile.open(layer, "w") as tar:
+        for name, target in LINKS.items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.mode, info.mtime = tarfile.SYMTYPE, target, 0o777, hp.MTIME
+            tar.addfile(info)
+    subprocess.run(["umoci", "raw", "add-layer", f"--image={linked}:{base.ref}", str(layer)], check=True,
+                   capture_output=True)
     with RepoServer(srv) as server:
-        yield DebWorld(base, make_key(tmp / "key"), make_key(tmp / "other"), srv, server.url, report, tmp)
+        yield DebWorld(base, f"oci:{linked}:{base.ref}", make_key(tmp / "key"), make_key(tmp / "other"), srv,
+                       server.url, report, tmp)
 
 
 def serve_deb(world: DebWorld, case: DebCase) -> str:
@@ -363,7 +388,8 @@ def serve_deb(world: DebWorld, case: DebCase) -> str:
 
 
 def deb_args(world: DebWorld, case: DebCase, scratch: Scratch) -> list[str]:
-    return ["patch", "-i", world.base.image_ref, "-r", str(world.report), "--oci-dir", str(scratch.out),
+    image = world.linked if case.linked_image else world.base.image_ref
+    return ["patch", "-i", image, "-r", str(world.report), "--oci-dir", str(scratch.out),
             "-t", "patched", "--mirror", f"{debimage.REPO_URL}={serve_deb(world, case)}",
             "--keyring", str(world.key.keyring)]  # type: ignore[attr-defined]
 
@@ -767,7 +793,7 @@ def test_the_crafted_rpm_is_valid_to_rpm(tmp_path: Path) -> None:
                                      "/usr/share/foo/a", "/usr/share/foo/b"]
 
 
-DEB_ACCEPTED = [c for c in DEB_CASES if c.outcome.code == 0]
+DEB_ACCEPTED = [c for c in DEB_CASES if c.outcome.code == 0 and not c.linked_image]
 
 
 @pytest.mark.parametrize("case", DEB_ACCEPTED, ids=lambda c: c.name)
