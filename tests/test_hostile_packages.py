@@ -15,6 +15,7 @@ under resource limits (wall time, peak RSS measured with wait4), and `-m sweep` 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import posixpath
 import shutil
@@ -115,6 +116,12 @@ def verify(run: hp.Run, outcome: Outcome, scratch: Scratch, outside_before: set[
     else:
         assert outcome.check is not None
         outcome.check(*layer_of(scratch.out))
+
+
+def figures(name: str, run: hp.Run) -> None:
+    """The bounds every subprocess run must keep; its figures printed (pytest -s) for the README's table."""
+    print(f"hostile {name}: exit {run.code}, {run.seconds:.2f} s, peak RSS {run.peak_rss >> 20} MiB")
+    assert run.seconds < hp.CASE_SECONDS and run.peak_rss < hp.CASE_RSS, (run.seconds, run.peak_rss)
 
 
 def _canaries() -> set[str]:
@@ -412,7 +419,7 @@ def test_deb_case_subprocess(case: DebCase, deb_world: DebWorld, tmp_path: Path)
     before = _canaries()
     run = hp.run_copa(deb_args(deb_world, case, scratch), scratch.root)
     verify(run, case.outcome, scratch, before)
-    assert run.seconds < hp.CASE_SECONDS and run.peak_rss < hp.CASE_RSS, (run.seconds, run.peak_rss)
+    figures(case.name, run)
 
 
 # =================================================================================================== .apk
@@ -580,7 +587,7 @@ def test_apk_case_subprocess(case: ApkCase, apk_world: ApkWorld, tmp_path: Path)
     before = _canaries()
     run = hp.run_copa(apk_args(apk_world, case, scratch), scratch.root)
     verify(run, case.outcome, scratch, before)
-    assert run.seconds < hp.CASE_SECONDS and run.peak_rss < hp.CASE_RSS, (run.seconds, run.peak_rss)
+    figures(case.name, run)
 
 
 # =================================================================================================== .rpm
@@ -774,7 +781,7 @@ def test_rpm_case_subprocess(case: RpmCase, rpm_world: RpmWorld, tmp_path: Path)
     before = _canaries()
     run = hp.run_copa(rpm_args(rpm_world, case, scratch), scratch.root)
     verify(run, case.outcome, scratch, before)
-    assert run.seconds < hp.CASE_SECONDS and run.peak_rss < hp.CASE_RSS, (run.seconds, run.peak_rss)
+    figures(case.name, run)
 
 
 def test_the_crafted_rpm_is_valid_to_rpm(tmp_path: Path) -> None:
@@ -821,3 +828,25 @@ def test_deb_accepted_case_equals_dpkg(case: DebCase, deb_world: DebWorld, tmp_p
             assert stat.S_ISDIR(st.st_mode), name
         elif member.issym():
             assert os.readlink(path) == member.linkname, name
+
+
+def test_inflate_bounds() -> None:
+    """The bomb guard on its own: zeros below RATIO_FLOOR pass whatever their ratio; past it, a ratio above
+    MAX_EXPANSION_RATIO is refused; the absolute bound holds even at an honest ratio."""
+    import gzip as gz
+    from typing import BinaryIO, cast
+
+    from copa.pkg import streams
+
+    def bomb(reason: str) -> ValueError:
+        return ValueError(reason)
+
+    def drain(data: bytes) -> int:
+        stream = streams.inflate(io.BytesIO(data), lambda s: cast(BinaryIO, gz.GzipFile(fileobj=s)), bomb)
+        return sum(len(c) for c in iter(lambda: stream.read(1 << 20), b""))
+
+    assert drain(hp.bomb_stream(b"", 64 << 20, "gz")) == (64 << 20) + 1024  # 1000:1, but under the floor
+    with pytest.raises(ValueError, match="times its size"):
+        drain(hp.bomb_stream(b"", streams.RATIO_FLOOR + (64 << 20), "gz"))
+    honest = os.urandom(1 << 20)
+    assert drain(gz.compress(honest)) == len(honest)
