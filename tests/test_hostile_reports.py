@@ -24,6 +24,7 @@ import pytest
 
 from copa.errors import ReportError
 from copa.report import Report, load_report, parse_report
+from tests.support.hostile_cli import refused, run_copa
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "reports"
@@ -208,19 +209,6 @@ def test_report_from_a_pipe_still_reads(tmp_path: Path) -> None:
     assert report == parse_report(data, str(fifo))
 
 
-def _cli(report: Path, out: Path) -> tuple[subprocess.CompletedProcess[str], float, int]:
-    """copa patch on the report through the CLI, with the time and the child's peak RSS (bytes)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "copa", "patch", "-i", f"oci:{out.parent / 'no-such'}", "-r",
-                           str(report), "--oci-dir", str(out)], cwd=out.parent, capture_output=True, text=True,
-                          env={**os.environ, "COPA_DEBUG": ""}, timeout=CLI_SECONDS * 3)
-    seconds = time.monotonic() - start
-    # RUSAGE_CHILDREN's maxrss is the largest child so far: only a bound if this child set it, which is the point.
-    peak = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) * 1024
-    return proc, seconds, peak
-
-
 @pytest.mark.parametrize("kind", ["sparse-1GB", "nested", "wrong-type"])
 def test_cli_refuses_hostile_report(tmp_path: Path, kind: str) -> None:
     """Through the CLI: exit 3, one line, no traceback, nothing written, within time and memory bounds."""
@@ -236,13 +224,7 @@ def test_cli_refuses_hostile_report(tmp_path: Path, kind: str) -> None:
         doc = json.loads((SHARED / "trivy-alpine-3.21.0.json").read_text())
         doc["Results"][0]["Vulnerabilities"][0]["PkgName"] = {"name": "musl"}
         report.write_text(json.dumps(doc))
-    out = work / "out"
-    proc, seconds, peak = _cli(report, out)
-    assert proc.returncode == 3, proc.stderr
-    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("copa: error: "), proc.stderr
-    assert proc.stdout == ""
+    run = run_copa(["patch", "-i", f"oci:{work / 'no-such'}", "-r", str(report), "--oci-dir", str(work / "out")],
+                   work, tmp_path / "logs", kill_after=CLI_SECONDS * 3)
+    refused(run, 3, (), seconds=CLI_SECONDS, peak_rss=CLI_PEAK_RSS_BYTES)
     assert sorted(p.name for p in work.iterdir()) == ["report.json"], "nothing may be written"
-    assert seconds < CLI_SECONDS, seconds
-    assert peak < CLI_PEAK_RSS_BYTES, peak
