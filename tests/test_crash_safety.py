@@ -386,3 +386,16 @@ def test_layer_body_cut_midway_is_resumed(env: Env, tmp_path: Path) -> None:
     layer_gets = [status for method, path, status in env.reg_proxy.log
                   if method == "GET" and path.endswith(f"/blobs/{env.layer_digest}")]
     assert 206 in layer_gets, layer_gets  # the registry was asked for the rest, not the whole blob again
+
+
+def test_cut_inrelease_is_fetched_again(env: Env, tmp_path: Path) -> None:
+    """An InRelease whose body stops half-way (its full length announced) is a transient fault, fetched again; the
+    soak found it read as whole and refused as tampered with (exit 5). Both fetches are cut: the warm-up's and the
+    plan's."""
+    cut = Fault("truncate", r"/InRelease$", "GET", count=2)
+    env.repo_proxy.add(cut)
+    proc = _run(_argv(env, tmp_path, "crash/inrelease"))
+    remaining, cut.count = cut.count, 0
+    assert remaining == 0 and cut.fired.is_set()
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["digest"] == env.reference_digest

@@ -203,10 +203,15 @@ class Fetcher:
         """A small document (InRelease, Release.gpg) read whole, refusing anything absurdly large."""
 
         def consume(stream: BinaryIO) -> bytes:
-            data = stream.read(limit + 1)
-            if len(data) > limit:
-                raise RegistryError(f"{what}: {redact(url)} is larger than {limit} bytes; refusing it")
-            return data
+            # Read to the end: one read(n) of the raw stream returns what arrived before a connection closed early
+            # without complaint; only the read after it raises the short body (IncompleteRead), which is retried.
+            # Accepted, a cut InRelease failed its signature check as tampered with (exit 5) instead.
+            data = bytearray()
+            while chunk := stream.read(limit + 1 - len(data)):
+                data += chunk
+                if len(data) > limit:
+                    raise RegistryError(f"{what}: {redact(url)} is larger than {limit} bytes; refusing it")
+            return bytes(data)
 
         name = url.rsplit("/", 1)[-1]
         label = what if what.endswith(name) else f"{what}: {name}"
