@@ -408,6 +408,7 @@ def test_archive_case(name: str, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------- the CLI
 
 
+# A sample of the cases above through the CLI (the rest are read in-process: the CLI adds nothing to them).
 CLI_CASES: dict[str, tuple[Callable[[Path], Layout], int, tuple[str, ...]]] = {
     # Read like any Debian image (the escaping member is filed inside the root), then refused for want of repositories.
     "dotdot-escape": (lambda w: write_layout(w / "img", LAYER_CASES["dotdot-escape"]), 7, ("repositories",)),
@@ -426,15 +427,9 @@ CLI_CASES: dict[str, tuple[Callable[[Path], Layout], int, tuple[str, ...]]] = {
                                ("100000 layers",)),
     "config-100MB": (lambda w: write_layout(w / "img", [layer_tar(BASE)], after=_config_100mb(100 << 20)), 6,
                      ("too large",)),
-    "index-contains-itself": (lambda w: write_layout(w / "img", [layer_tar(BASE)], after=_index_contains_itself), 5,
-                              ("digest mismatch",)),
-    "layer-media-type-unknown": (lambda w: write_layout(w / "img", [layer_tar(BASE)], edit_manifest=_edit_layer(
-        "mediaType", "application/x-evil")), 6, ("media type",)),
     # 20 files of 16 MiB zeros under /etc in a 1.5 MB layer: refused once MAX_CAPTURED_TOTAL is held (before the fix,
     # 40 of them held 640 MB; a thousand would have exhausted memory).
     "captured-files-compression-bomb": (lambda w: write_bomb_layout(w / "img", 20, 16 << 20), 6, ("more than",)),
-    "manifest-annotations-list": (lambda w: write_layout(w / "img", [layer_tar(BASE)], edit_manifest=lambda m: m.update(
-        annotations=["x"])), 6, ("annotations",)),
 }
 
 
