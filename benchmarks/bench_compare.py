@@ -50,7 +50,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -188,10 +188,10 @@ def run(argv: Sequence[str], what: str, env: dict[str, str] | None = None) -> No
         raise MeasureError(f"{what}: exited {proc.returncode}: {tail}")
 
 
-def copy_in_registry(reg: RunningRegistry, repo: str) -> str:
+def copy_in_registry(reg: RunningRegistry, image: str, repo: str) -> str:
     """The benchmark image under `repo` of the same registry (blobs mounted): a source whose repository has
     never seen copa's patch layer, so that pushing it is a real upload."""
-    run(skopeo(f"docker://{reg.host}/{IMAGE}", f"docker://{reg.host}/{repo}:1"), f"copying the image to {repo}")
+    run(skopeo(f"docker://{reg.host}/{image}", f"docker://{reg.host}/{repo}:1"), f"copying the image to {repo}")
     return f"{reg.host}/{repo}:1"
 
 
@@ -306,7 +306,7 @@ def curl_command(urls: Sequence[str]) -> list[str]:
 # ------------------------------------------------------------------------------------------------ first request
 
 
-def first_request_seconds(report: Path, cache: Path) -> float:
+def first_request_seconds(image: str, report: Path, cache: Path) -> float:
     """Seconds from starting copa to the first byte it sends over the network: copa patches an image on a listener
     of ours that notes that byte and never answers; copa is then stopped (no other work of it is timed)."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -322,7 +322,7 @@ def first_request_seconds(report: Path, cache: Path) -> float:
         watcher = threading.Thread(target=note_first_byte, daemon=True)
         watcher.start()
         started = time.monotonic()
-        proc = subprocess.Popen(copa_patch(f"127.0.0.1:{port}/{IMAGE}", report, "never"), env=copa_environment(cache),
+        proc = subprocess.Popen(copa_patch(f"127.0.0.1:{port}/{image}", report, "never"), env=copa_environment(cache),
                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
             watcher.join(timeout=60)
@@ -337,15 +337,14 @@ def first_request_seconds(report: Path, cache: Path) -> float:
 # ------------------------------------------------------------------------------------------------ (b) buildah
 
 
-def buildah_rebuild(image: str, packages: Sequence[str], push_to: str, root: Path) -> list[Measurement]:
-    """`buildah from`, `run --isolation chroot`, `commit`, `push`, each timed; the store is private and removed."""
+def buildah_rebuild(image: str, script: str, push_to: str, root: Path) -> list[Measurement]:
+    """`buildah from`, `run --isolation chroot` of `script`, `commit`, `push`, each timed; the store is private
+    and removed afterwards."""
     store = ["buildah", "--storage-driver", "vfs", "--root", str(root / "root"), "--runroot", str(root / "run")]
-    script = (f"apt-get {APT_OPTS} update && DEBIAN_FRONTEND=noninteractive apt-get {APT_OPTS} -y install "
-              f"--only-upgrade {' '.join(packages)}")  # fmt: skip
     try:
         steps = [
             ("(b) buildah from", ["from", "--quiet", "--tls-verify=false", "--name", "bench", f"docker://{image}"]),
-            ("(b) buildah run (apt)", ["run", "--isolation", "chroot", "bench", "--", "sh", "-c", script]),
+            ("(b) buildah run (the upgrade)", ["run", "--isolation", "chroot", "bench", "--", "sh", "-c", script]),
             ("(b) buildah commit", ["commit", "--quiet", "bench", "bench-patched"]),
             ("(b) buildah push", ["push", "--quiet", "--tls-verify=false", "bench-patched", f"docker://{push_to}"]),
         ]
@@ -363,125 +362,183 @@ def total(label: str, parts: Sequence[Measurement]) -> Measurement:
 # ------------------------------------------------------------------------------------------------ main
 
 
+@dataclass(frozen=True)
+class Case:
+    """One image to patch and what its package manager needs for the same job."""
+
+    name: str  # "Debian"
+    image: str  # REPOSITORY:TAG in the registry
+    packages: tuple[str, ...]
+    report: Path
+    upgrade_script: str  # the upgrade `buildah run` runs inside the image
+    package_manager: Callable[[], Measurement]  # (a), on a private copy of the rootfs
+
+
+@contextlib.contextmanager
+def debian_case(work: Path, reg: RunningRegistry) -> Iterator[Case]:
+    base, oracle = images.debian_rootfs(), images.oracle_rootfs()
+    fixes = fixed_packages(dpkg_versions(base), dpkg_versions(oracle))
+    packages = tuple(sorted(fixes))
+    layout, ref = images.debian_layout()
+    images.push_layout(layout, ref, reg.host, IMAGE)
+    script = (f"apt-get {APT_OPTS} update && DEBIAN_FRONTEND=noninteractive apt-get {APT_OPTS} -y install "
+              f"--only-upgrade {' '.join(packages)}")  # fmt: skip
+    yield Case("Debian", IMAGE, packages, write_report(work / "trivy.json", fixes), script,
+               lambda: apt_upgrade(base, list(packages)))  # fmt: skip
+
+
+@contextlib.contextmanager
+def alpine_case(work: Path, reg: RunningRegistry) -> Iterator[Case]:
+    """bench_alpine.py's hermetic setup: a signed repository on 127.0.0.1 holding a newer release of the image's
+    packages, and the image plus a layer trusting its key and listing only it."""
+    import bench_alpine
+
+    from tests.support import alpine, apkrepo
+
+    base = alpine.alpine_rootfs()
+    os_version = (base / "etc/alpine-release").read_text().strip()
+    repo = bench_alpine.build_repo(base, work / "apk-repo")
+    keys = work / "apk-keys"
+    repo.key.write_public(keys)
+    fixes = {p.name: (p.old_version or "", p.version) for p in repo.packages}
+    packages = tuple(sorted(fixes))
+    report = write_report(work / "trivy.json", fixes, os_version=os_version, family="alpine")
+    with apkrepo.serve(repo.directory) as url:
+        layout, ref = bench_alpine.image_layout(work, base, repo, url)
+        images.push_layout(layout, ref, reg.host, "bench/alpine:1")
+
+        def add_u(root: Path, url: str, keys: Path) -> list[str]:
+            return [*bench_alpine.apk_argv(root, url, keys)[:-1], "add", "-u", *packages]
+
+        yield Case("Alpine", "bench/alpine:1", packages, report, f"apk add -u --no-cache {' '.join(packages)}",
+                   lambda: bench_alpine.apk_upgrade("(a) apk add -u (root copy)", work, base, add_u, url, keys,
+                                                    repo))  # fmt: skip
+
+
+CASES = {"debian": debian_case, "alpine": alpine_case}
+
+
+def compare(case: Case, reg: RunningRegistry, work: Path, repeat: int) -> None:
+    """Discovery, then `repeat` interleaved rounds of every measurement; prints the table and the targets line."""
+    print(f"{case.name}: {len(case.packages)} packages to upgrade: {' '.join(case.packages)}")
+    # Discovery (untimed): what copa fetches, and the layer it pushes. Only the registry may bypass the proxy (a
+    # hermetic package repository on 127.0.0.1 must go through it to be logged); requests matches no_proxy against
+    # an IP address without its port, so the registry is named `localhost` here.
+    store = work / "fetched"
+    store.mkdir()
+    with logging_proxy(store) as proxy:
+        env = {**copa_environment(work / "cache-discovery"), "http_proxy": proxy.url, "HTTP_PROXY": proxy.url,
+               "no_proxy": "localhost", "NO_PROXY": "localhost"}  # fmt: skip
+        source = copy_in_registry(reg, case.image, "bench/discovery").replace("127.0.0.1:", "localhost:", 1)
+        run(copa_patch(source, case.report, "patched"), "discovery run of copa", env=env)
+        fetched = sorted(proxy.fetched, key=lambda f: f.path.name)
+        if proxy.refused:
+            print(f"not counted (status other than 200): {'; '.join(proxy.refused)}")
+    if not fetched:
+        raise MeasureError("the discovery run fetched nothing through the proxy: is the repository https?")
+    layer = pull_patch_layer(f"{reg.host}/bench/discovery:patched", work)
+    by_tool = compressed_inputs(fetched, work)
+    mib = 1 << 20
+    print(f"copa fetched {len(fetched)} files, {sum(f.size for f in fetched) / mib:.1f} MiB; "
+          f"decompressed by the floor: " + ", ".join(f"{len(p)} with {t}" for t, p in by_tool.items()))
+    print(f"patch layer: {layer.blob.stat().st_size / mib:.1f} MiB {layer.media_type.rsplit('.', 1)[-1]}, "
+          f"{layer.tar.stat().st_size / mib:.1f} MiB uncompressed")
+    upload_layout = one_layer_layout(layer, work / "one-layer")
+    image = f"{reg.host}/{case.image}"
+    repository = case.image.rsplit(":", 1)[0]
+
+    rows: dict[str, list[Measurement]] = {}
+    first_request: list[float] = []
+
+    def keep(m: Measurement) -> Measurement:
+        rows.setdefault(m.label, []).append(m)
+        return m
+
+    for i in range(repeat):
+        cache = work / f"cache-{i}"
+        keep(measure("copa cold", copa_patch(copy_in_registry(reg, case.image, f"bench/cold-{i}"), case.report,
+                                             "patched"), env=copa_environment(cache), cwd=REPO))  # fmt: skip
+        keep(measure("copa warm", copa_patch(copy_in_registry(reg, case.image, f"bench/warm-{i}"), case.report,
+                                             "patched"), env=copa_environment(cache), cwd=REPO))  # fmt: skip
+        first_request.append(first_request_seconds(case.image, case.report, work / f"cache-first-{i}"))
+        keep(measure("copa start-up: --version", [sys.executable, "-m", "copa", "--version"],
+                     env=copa_environment(cache), cwd=REPO))  # fmt: skip
+        manager = keep(case.package_manager())
+        steps = buildah_rebuild(image, case.upgrade_script, f"{reg.host}/{repository}:buildah-{i}",
+                                work / f"buildah-{i}")  # fmt: skip
+        for step in steps:
+            keep(step)
+        keep(total("(b) buildah from + run + commit + push", steps))
+        floor = [
+            keep(measure("(c) pull: skopeo copy -> oci dir",
+                         skopeo(f"docker://{image}", f"oci:{work / f'pulled-{i}'}:x"))),
+            keep(measure("(c) downloads: curl", curl_command([f.url for f in fetched]))),
+            keep(measure("(c) decompress: xz/zstd/gzip -d", decompress_command(by_tool))),
+            keep(measure("(c) compress: igzip -1 of the layer", ["sh", "-c", f"igzip -1 -c {layer.tar} > /dev/null"])),
+        ]  # fmt: skip
+        with registry("upload") as sink:
+            floor.append(keep(measure("(c) upload: skopeo copy of one layer",
+                                      skopeo(f"oci:{upload_layout}:x", f"docker://{sink.host}/one:1"))))
+        shutil.rmtree(work / f"pulled-{i}", ignore_errors=True)
+        keep(total("(c) floor: the five steps above", floor))
+        keep(total("(c) floor without downloads", [m for m in floor if "curl" not in m.label]))
+        shutil.rmtree(cache, ignore_errors=True)
+        print(f"round {i + 1}/{repeat} done", flush=True)
+
+    medians = {label: median(label, runs) for label, runs in rows.items()}
+    cold, warm = medians["copa cold"], medians["copa warm"]
+    pm = medians[manager.label]
+    rebuild = medians["(b) buildah from + run + commit + push"]
+    floor_all = medians["(c) floor: the five steps above"]
+    floor_local = medians["(c) floor without downloads"]
+    ratios = {label: f"{m.seconds / floor_all.seconds:.2f}x (c)" for label, m in medians.items()}
+    ratios["copa warm"] = f"{warm.seconds / floor_local.seconds:.2f}x (c) w/o downloads"
+    print_table(f"patching {len(case.packages)} packages of the {case.name} fixture image (median of {repeat}; "
+                f"a total's median is the median of the per-round sums)", list(medians.values()), ratios)
+    first_ms = statistics.median(first_request) * 1000
+    print(f"\ncopa cold        {cold.seconds:.2f} s = {cold.seconds / floor_all.seconds:.2f}x (c) floor "
+          f"{floor_all.seconds:.2f} s, {cold.seconds / pm.seconds:.2f}x (a) {pm.seconds:.2f} s, "
+          f"{cold.seconds / rebuild.seconds:.2f}x (b) buildah {rebuild.seconds:.2f} s")
+    print(f"copa warm        {warm.seconds:.2f} s = {warm.seconds / floor_local.seconds:.2f}x the floor "
+          f"without downloads {floor_local.seconds:.2f} s")
+    print(f"first request    {first_ms:.0f} ms after start (median; runs: "
+          f"{', '.join(f'{s * 1000:.0f}' for s in first_request)} ms)")
+    peak = max(cold.peak_rss_mib, warm.peak_rss_mib)
+    print(f"peak RSS         {peak:.1f} MiB (copa cold or warm)")
+
+    def verdict(value: float, target: float) -> str:
+        return "ok" if value <= target else "MISSED"
+
+    checks = [
+        (cold.seconds / floor_all.seconds, TARGET_FLOOR, "x (c)"),
+        (cold.seconds / pm.seconds, TARGET_APT, "x (a)"),
+        (cold.seconds / rebuild.seconds, TARGET_BUILDAH, "x (b)"),
+        (warm.seconds / floor_local.seconds, TARGET_FLOOR, "x (c) w/o downloads, warm"),
+    ]
+    parts = [f"{v:.2f}{unit} <= {t}: {verdict(v, t)}" for v, t, unit in checks]
+    parts.append(f"RSS {peak:.0f} MiB < {TARGET_RSS_MIB}: {verdict(peak, TARGET_RSS_MIB)}")
+    parts.append(f"first request {first_ms:.0f} ms < {TARGET_FIRST_REQUEST_MS}: "
+                 f"{verdict(first_ms, TARGET_FIRST_REQUEST_MS)}")  # fmt: skip
+    print(f"\ntargets ({case.name}): copa cold " + "; ".join(parts))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3, help="rounds (each figure is the median of them)")
+    parser.add_argument("--image", choices=[*CASES, "all"], default="debian", help="which fixture (default debian)")
     args = parser.parse_args(argv)
     for tool, package in (("igzip", "isal"), ("buildah", "buildah"), ("curl", "curl"), ("xz", "xz-utils"),
                           ("zstd", "zstd"), ("skopeo", "skopeo")):  # fmt: skip
         if shutil.which(tool) is None:
             subprocess.run(["apt-get", "install", "-y", "-q", package], check=True, capture_output=True,
                            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
-
-    base, oracle = images.debian_rootfs(), images.oracle_rootfs()
-    fixes = fixed_packages(dpkg_versions(base), dpkg_versions(oracle))
-    packages = sorted(fixes)
-    print(f"packages with a fix in bookworm-security ({len(packages)}): {' '.join(packages)}")
-    layout, ref = images.debian_layout()
-    work = Path(tempfile.mkdtemp(prefix="bench-compare-"))
-    try:
-        report = write_report(work / "trivy.json", fixes)
-        with registry("compare") as reg:
-            images.push_layout(layout, ref, reg.host, IMAGE)
-
-            # Discovery (untimed): what copa fetches, and the layer it pushes.
-            store = work / "fetched"
-            store.mkdir()
-            with logging_proxy(store) as proxy:
-                env = {**copa_environment(work / "cache-discovery"), "http_proxy": proxy.url, "HTTP_PROXY": proxy.url,
-                       "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}  # fmt: skip
-                source = copy_in_registry(reg, "bench/discovery")
-                run(copa_patch(source, report, "patched"), "discovery run of copa", env=env)
-                fetched = sorted(proxy.fetched, key=lambda f: f.path.name)
-                if proxy.refused:
-                    print(f"not counted (status other than 200): {'; '.join(proxy.refused)}")
-            if not fetched:
-                raise MeasureError("the discovery run fetched nothing through the proxy: is the mirror https?")
-            layer = pull_patch_layer(f"{reg.host}/bench/discovery:patched", work)
-            by_tool = compressed_inputs(fetched, work)
-            mib = 1 << 20
-            print(f"copa fetched {len(fetched)} files, {sum(f.size for f in fetched) / mib:.1f} MiB; "
-                  f"decompressed by the floor: " + ", ".join(f"{len(p)} with {t}" for t, p in by_tool.items()))
-            print(f"patch layer: {layer.blob.stat().st_size / mib:.1f} MiB {layer.media_type.rsplit('.', 1)[-1]}, "
-                  f"{layer.tar.stat().st_size / mib:.1f} MiB uncompressed")
-            upload_layout = one_layer_layout(layer, work / "one-layer")
-
-            rows: dict[str, list[Measurement]] = {}
-            first_request: list[float] = []
-
-            def keep(m: Measurement) -> Measurement:
-                rows.setdefault(m.label, []).append(m)
-                return m
-
-            for i in range(args.repeat):
-                cache = work / f"cache-{i}"
-                keep(measure("copa cold", copa_patch(copy_in_registry(reg, f"bench/cold-{i}"), report, "patched"),
-                             env=copa_environment(cache), cwd=REPO))  # fmt: skip
-                keep(measure("copa warm", copa_patch(copy_in_registry(reg, f"bench/warm-{i}"), report, "patched"),
-                             env=copa_environment(cache), cwd=REPO))  # fmt: skip
-                first_request.append(first_request_seconds(report, work / f"cache-first-{i}"))
-                keep(measure("copa start-up: --version", [sys.executable, "-m", "copa", "--version"],
-                             env=copa_environment(cache), cwd=REPO))  # fmt: skip
-                keep(apt_upgrade(base, packages))
-                steps = buildah_rebuild(f"{reg.host}/{IMAGE}", packages, f"{reg.host}/bench/debian:buildah-{i}",
-                                        work / f"buildah-{i}")  # fmt: skip
-                for step in steps:
-                    keep(step)
-                keep(total("(b) buildah from + run + commit + push", steps))
-                floor = [
-                    keep(measure("(c) pull: skopeo copy -> oci dir",
-                                 skopeo(f"docker://{reg.host}/{IMAGE}", f"oci:{work / f'pulled-{i}'}:x"))),
-                    keep(measure("(c) downloads: curl", curl_command([f.url for f in fetched]))),
-                    keep(measure("(c) decompress: xz/zstd/gzip -d", decompress_command(by_tool))),
-                    keep(measure("(c) compress: igzip -1 of the layer",
-                                 ["sh", "-c", f"igzip -1 -c {layer.tar} > /dev/null"])),
-                ]  # fmt: skip
-                with registry("upload") as sink:
-                    floor.append(keep(measure("(c) upload: skopeo copy of one layer",
-                                              skopeo(f"oci:{upload_layout}:x", f"docker://{sink.host}/one:1"))))
-                shutil.rmtree(work / f"pulled-{i}", ignore_errors=True)
-                keep(total("(c) floor: the five steps above", floor))
-                keep(total("(c) floor without downloads", [m for m in floor if "curl" not in m.label]))
-                shutil.rmtree(cache, ignore_errors=True)
-                print(f"round {i + 1}/{args.repeat} done", flush=True)
-
-        medians = {label: median(label, runs) for label, runs in rows.items()}
-        cold, warm = medians["copa cold"], medians["copa warm"]
-        apt = medians["(a) apt-get update + upgrade (chroot)"]
-        rebuild = medians["(b) buildah from + run + commit + push"]
-        floor_all = medians["(c) floor: the five steps above"]
-        floor_local = medians["(c) floor without downloads"]
-        ratios = {label: f"{m.seconds / floor_all.seconds:.2f}x (c)" for label, m in medians.items()}
-        ratios["copa warm"] = f"{warm.seconds / floor_local.seconds:.2f}x (c) w/o downloads"
-        print_table(f"patching {len(packages)} packages of the Debian fixture image (median of {args.repeat}; "
-                    f"a total's median is the median of the per-round sums)", list(medians.values()), ratios)
-        first_ms = statistics.median(first_request) * 1000
-        print(f"\ncopa cold        {cold.seconds:.2f} s = {cold.seconds / floor_all.seconds:.2f}x (c) floor "
-              f"{floor_all.seconds:.2f} s, {cold.seconds / apt.seconds:.2f}x (a) apt {apt.seconds:.2f} s, "
-              f"{cold.seconds / rebuild.seconds:.2f}x (b) buildah {rebuild.seconds:.2f} s")
-        print(f"copa warm        {warm.seconds:.2f} s = {warm.seconds / floor_local.seconds:.2f}x the floor "
-              f"without downloads {floor_local.seconds:.2f} s")
-        print(f"first request    {first_ms:.0f} ms after start (median; runs: "
-              f"{', '.join(f'{s * 1000:.0f}' for s in first_request)} ms)")
-        peak = max(cold.peak_rss_mib, warm.peak_rss_mib)
-        print(f"peak RSS         {peak:.1f} MiB (copa cold or warm)")
-
-        def verdict(value: float, target: float) -> str:
-            return "ok" if value <= target else "MISSED"
-
-        checks = [
-            (cold.seconds / floor_all.seconds, TARGET_FLOOR, "x (c)"),
-            (cold.seconds / apt.seconds, TARGET_APT, "x (a)"),
-            (cold.seconds / rebuild.seconds, TARGET_BUILDAH, "x (b)"),
-            (warm.seconds / floor_local.seconds, TARGET_FLOOR, "x (c) w/o downloads, warm"),
-        ]
-        parts = [f"{v:.2f}{unit} <= {t}: {verdict(v, t)}" for v, t, unit in checks]
-        parts.append(f"RSS {peak:.0f} MiB < {TARGET_RSS_MIB}: {verdict(peak, TARGET_RSS_MIB)}")
-        parts.append(f"first request {first_ms:.0f} ms < {TARGET_FIRST_REQUEST_MS}: "
-                     f"{verdict(first_ms, TARGET_FIRST_REQUEST_MS)}")  # fmt: skip
-        print("\ntargets: copa cold " + "; ".join(parts))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    for name in CASES if args.image == "all" else [args.image]:
+        work = Path(tempfile.mkdtemp(prefix=f"bench-compare-{name}-"))
+        try:
+            with registry("compare") as reg, CASES[name](work, reg) as case:
+                compare(case, reg, work, args.repeat)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
