@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""The honest benchmark (issue 13): one cold `copa patch` of the Debian fixture image against (a) the package
-manager doing the same upgrade in a chroot, (b) the whole rebuild a user without BuildKit runs, and (c) the floor:
-the transfers and decompression the job cannot avoid, timed with standard tools one after another. All in one run,
-interleaved round by round so that a change in the machine's load or the mirror's speed hits every figure alike.
+"""The honest benchmark (issue 13): one cold `copa patch` of a fixture image (Debian; Alpine) against (a) the
+package manager doing the same upgrade on a copy of the image's rootfs, (b) the whole rebuild a user without BuildKit
+runs, and (c) the floor: the transfers and decompression the job cannot avoid, timed with standard tools one after
+another. All in one run, interleaved round by round so that a change in the machine's load or the mirror's speed
+hits every figure alike.
 
-Setup (not measured): the fixture image (tests/support/images.py) is pushed to a fresh docker-registry; a Trivy
-report names every package whose bookworm-security version (the oracle image) is newer. One untimed discovery run
-of copa cold goes through a logging HTTP forward proxy (`http_proxy`; the registry on 127.0.0.1 is not proxied): it
+Setup (not measured): the fixture image is pushed to a fresh docker-registry. Debian (tests/support/images.py): a
+Trivy report names every package whose bookworm-security version (the oracle image) is newer. Alpine: bench_alpine's
+hermetic signed repository on 127.0.0.1 holds a newer release of 24 packages of the image, which lists only it. One
+untimed discovery run of copa cold goes through a logging HTTP forward proxy (`http_proxy`; the registry is not): it
 records every repository URL copa fetched (signed release files, indexes, packages) and keeps their bodies, and its
 pushed image gives the patch layer whose size the floor's gzip and upload use.
 
@@ -14,9 +16,11 @@ Measured each round (wall time and peak RSS of the process tree, GNU time):
   copa cold     `python -m copa patch -i REG/SRC -r REPORT -t TAG --push`, an empty COPA_CACHE_DIR; SRC is a copy
                 of the image in a repository of its own, so that the patch layer is really uploaded
   copa warm     the same with the cold run's cache, from another such copy
-  (a) apt       `apt-get update` + `apt-get install --only-upgrade PKGS` chrooted into a copy of the rootfs
-                (bench_debian.apt_upgrade); it neither pulls, nor builds a layer, nor pushes
-  (b) buildah   `buildah from` the image, `buildah run --isolation chroot` the same apt commands, `buildah commit`,
+  (a)           Debian: `apt-get update` + `apt-get install --only-upgrade PKGS` chrooted into a copy of the rootfs
+                (bench_debian.apt_upgrade); Alpine: the image's apk `add -u PKGS` with `--root` on a copy (as
+                bench_alpine runs it). Neither pulls, nor builds a layer, nor pushes
+  (b) buildah   `buildah from` the image, `buildah run --isolation chroot` the same upgrade (apk: `apk add -u
+                --no-cache PKGS`), `buildah commit`,
                 `buildah push` (to the source repository, as a user would), `--storage-driver vfs` with a private
                 `--root`/`--runroot` per round: the sum of the four steps
   (c) floor     the sum of: `skopeo copy` of the image to an OCI layout (pull); one `curl` process fetching every
@@ -28,7 +32,7 @@ the first byte it receives; copa is then stopped), median of the rounds; peak RS
 Targets (cold cache): copa <= 1.0x (c), <= 0.3x (a), <= 0.15x (b); warm <= 1.0x (c) without its downloads; peak
 RSS < 150 MiB; first request < 150 ms. The last line printed holds the ratios against them.
 
-    .venv/bin/python benchmarks/bench_compare.py [--repeat N]
+    .venv/bin/python benchmarks/bench_compare.py [--repeat N] [--image debian|alpine|all]
 """
 
 from __future__ import annotations
