@@ -291,7 +291,7 @@ def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
 
 def check_identity(control: bytes, name: str, version: str, architecture: str, what: str) -> None:
     """The package's own control must name what the index entry that selected it names: otherwise the status
-    database would record another package (or version) than the plan installed. apt checks the same."""
+    database would record another package (or version) than the plan chose, and dpkg installs what the control says."""
     fields: dict[str, str] = {}
     for line in control.decode("utf-8", "replace").splitlines():
         key, sep, value = line.partition(":")
