@@ -327,14 +327,18 @@ def first_request_seconds(image: str, report: Path, cache: Path) -> float:
         watcher.start()
         started = time.monotonic()
         proc = subprocess.Popen(copa_patch(f"127.0.0.1:{port}/{image}", report, "never"), env=copa_environment(cache),
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        deadline = started + 60
         try:
-            watcher.join(timeout=60)
+            # Also watch copa itself: one that exits before any request (a bad report, say) ends the wait at once.
+            while watcher.is_alive() and proc.poll() is None and time.monotonic() < deadline:
+                watcher.join(timeout=0.02)
         finally:
             proc.kill()
-            proc.wait()
+            _, err = proc.communicate()
         if not seen:
-            raise MeasureError("first request: copa sent nothing to the registry within 60 s")
+            tail = " | ".join(err.decode(errors="replace").strip().splitlines()[-3:])
+            raise MeasureError(f"first request: copa sent nothing to the registry (exit {proc.returncode}): {tail}")
         return seen[0] - started
 
 
