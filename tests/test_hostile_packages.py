@@ -449,6 +449,7 @@ class ApkCase:
     control_extra: bytes = b""
     mangle: Callable[[bytes], bytes] | None = None  # the whole package's bytes (the index then names these)
     sign_with_other_key: bool = False
+    bad_package_signature: bool = False  # .SIGN.RSA256 names the trusted key, its bytes are not its signature
 
 
 def _apk_setuid(members: dict[str, tarfile.TarInfo], contents: dict[str, bytes]) -> None:
@@ -502,6 +503,7 @@ APK_CASES = [
     ApkCase("datahash_mismatch", refused(5, "datahash"), datahash="0" * 64),
     ApkCase("identity_mismatch", refused(5, "C:"), record={"C": "Q1" + "A" * 27 + "="}),
     ApkCase("index_signed_by_untrusted_key", refused(5, "signature"), sign_with_other_key=True),
+    ApkCase("package_signature_invalid", refused(5, "signature"), bad_package_signature=True),
     ApkCase("pkginfo_name_differs_from_index", refused(5, "musl"), pkginfo={"pkgname": "musl"}),
     ApkCase("pkginfo_version_differs_from_index", refused(5, "9.9-r0"), pkginfo={"pkgver": "9.9-r0"}),
     ApkCase("pkginfo_arch_differs_from_index", refused(5, "aarch64"), pkginfo={"arch": "aarch64"}),
@@ -551,7 +553,8 @@ def serve_apk(world: ApkWorld, case: ApkCase) -> str:
                    "license": f.get("L", ""), "provides": f.get("p", "").split()[0],
                    "depend": f.get("D", "").split()[0], **case.pkginfo}
         key = world.key
-        apk, control = hp.apk_bytes(lambda data: apkrepo.sign(key, data), key.name, pkginfo, case.data(),
+        sign = (lambda data: bytes(256)) if case.bad_package_signature else (lambda data: apkrepo.sign(key, data))
+        apk, control = hp.apk_bytes(sign, key.name, pkginfo, case.data(),
                                     datahash=case.datahash, control_extra=case.control_extra)
         filename = f"{APK_NAME}-{APK_NEW}.apk"
         apk = case.mangle(apk) if case.mangle else apk
