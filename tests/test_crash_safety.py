@@ -70,6 +70,7 @@ class Kill:
     registry_faults: list[Fault] = field(default_factory=list)
     repo_faults: list[Fault] = field(default_factory=list)
     event: Callable[[dict[str, object]], bool] | None = None
+    midway: str = ""  # a glob (under the work directory) that must match right after the kill: proof it landed
 
 
 def _skopeo(*args: str) -> subprocess.CompletedProcess[str]:
@@ -280,7 +281,8 @@ def kills(layer: str) -> list[Kill]:
         Kill("pull-layer", registry_faults=[Fault("truncate", rf"/v2/{SRC_REPO}/blobs/{layer}", "GET", hold=HOLD)]),
         Kill("index-download", repo_faults=[Fault("truncate", r"Packages", "GET", hold=HOLD)]),
         Kill("index-release", repo_faults=[Fault("stall", r"InRelease", "GET", hold=HOLD)]),
-        Kill("package-download", repo_faults=[Fault("truncate", r"/app_2\.0_amd64\.deb", "GET", hold=HOLD)]),
+        Kill("package-download", repo_faults=[Fault("truncate", r"/app_2\.0_amd64\.deb", "GET", hold=HOLD)],
+             midway="cache/sha256/*/.tmp-*"),
         Kill("cache-write-index", event=_kind("download", "done", "Packages")),
         Kill("cache-write-package", event=_kind("download", "done", ".deb")),
         Kill("layer-write", event=_kind("layer-write")),
@@ -288,7 +290,11 @@ def kills(layer: str) -> list[Kill]:
         # The base layer read a second time, by the layout writer copying it (the first read was the scan).
         Kill("layout-blob-copy", registry_faults=[Fault("pass", rf"/v2/{SRC_REPO}/blobs/{layer}", "GET"),
                                                   Fault("truncate", rf"/v2/{SRC_REPO}/blobs/{layer}", "GET",
-                                                        hold=HOLD)]),
+                                                        hold=HOLD)], midway="out/blobs/.tmp-*"),
+        # Its third read, by the docker-archive writer (after the layout's).
+        Kill("tar-layer-copy", registry_faults=[Fault("pass", rf"/v2/{SRC_REPO}/blobs/{layer}", "GET", count=2),
+                                                Fault("truncate", rf"/v2/{SRC_REPO}/blobs/{layer}", "GET",
+                                                      hold=HOLD)], midway="out.tar.tmp"),
         Kill("blob-upload-start", registry_faults=[Fault("stall", r"/blobs/uploads/", "POST", hold=HOLD)]),
         Kill("blob-upload", registry_faults=[Fault("stall", blob_put, "PUT", hold=HOLD)]),
         Kill("blob-upload-committed", registry_faults=[Fault("truncate", blob_put, "PUT", hold=HOLD)]),
@@ -306,6 +312,8 @@ def _one(env: Env, name: str, tmp_path: Path) -> None:
     kill = next(k for k in kills(env.layer_digest) if k.name == name)
     target = f"crash/{name}"
     printed = _kill_at(env, kill, _argv(env, tmp_path, target))
+    if kill.midway:
+        assert list(tmp_path.glob(kill.midway)), f"{name}: nothing matches {kill.midway}: the kill missed its phase"
     _assert_safe_then_rerun(env, kill, tmp_path, target, printed)
 
 
