@@ -294,7 +294,7 @@ def kills(layer: str) -> list[Kill]:
         # Its third read, by the docker-archive writer (after the layout's).
         Kill("tar-layer-copy", registry_faults=[Fault("pass", rf"/v2/{SRC_REPO}/blobs/{layer}", "GET", count=2),
                                                 Fault("truncate", rf"/v2/{SRC_REPO}/blobs/{layer}", "GET",
-                                                      hold=HOLD)], midway="out.tar.tmp"),
+                                                      hold=HOLD)], midway="*out.tar*tmp*"),
         Kill("blob-upload-start", registry_faults=[Fault("stall", r"/blobs/uploads/", "POST", hold=HOLD)]),
         Kill("blob-upload", registry_faults=[Fault("stall", blob_put, "PUT", hold=HOLD)]),
         Kill("blob-upload-committed", registry_faults=[Fault("truncate", blob_put, "PUT", hold=HOLD)]),
