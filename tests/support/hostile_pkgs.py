@@ -35,14 +35,17 @@ from pathlib import Path
 
 import zstandard
 
+from tests.support.hostile_cli import _sample_peak
+
 ROOT = Path(__file__).resolve().parents[2]
 MTIME = 1704067200
 
 # Bounds every hostile run must stay under (the README states them). A patch of the tiny test images takes 1-2 s and
-# 100-180 MiB (measured over the whole corpus: at most 1.9 s and 182 MiB, the .apk control bomb held to its 64 MiB
-# limit); the margin is for a loaded CI machine. A case that needs more than this is a bomb copa failed to stop.
+# 55-75 MiB of its own (measured over the whole corpus: at most 2.0 s; 182 MiB for the .apk control bomb, whose
+# control segment is held in memory up to its 64 MiB limit); the margin is for a loaded CI machine. A case that
+# needs more than this is a bomb copa failed to stop.
 CASE_SECONDS = 30.0  # wall time of one `copa patch` (the subprocess is killed past it)
-CASE_RSS = 384 << 20  # peak resident memory of one `copa patch`
+CASE_RSS = 256 << 20  # peak resident memory of one `copa patch` (its own VmHWM)
 CASE_ADDRESS_SPACE = 6 << 30  # RLIMIT_AS of the child: a runaway allocation fails instead of swapping the machine
 CASE_FILE_SIZE = 4 << 30  # RLIMIT_FSIZE of the child: no single file written may grow past this
 
@@ -228,7 +231,7 @@ class Run:
     stdout: str
     stderr: str
     seconds: float
-    peak_rss: int  # bytes, of the copa process alone (wait4's rusage)
+    peak_rss: int  # bytes: the copa process's own VmHWM, sampled while it runs
     killed: bool
 
     def error_line(self) -> str:
@@ -248,8 +251,9 @@ def _limits() -> None:
 
 def run_copa(args: Sequence[str], scratch: Path, env: Mapping[str, str] | None = None) -> Run:
     """`python -m copa ARGS` with TMPDIR, the cache and the working directory inside `scratch`, the resource
-    limits above and a wall-time limit; its peak RSS from wait4 (this child's alone: RUSAGE_CHILDREN would be the
-    largest of every child the test process ever waited for, dpkg-deb and umoci included)."""
+    limits above and a wall-time limit. Its peak RSS is its own VmHWM, sampled as tests/support/hostile_cli.py
+    does: getrusage(RUSAGE_CHILDREN) would be the largest of every child this process ever waited for, and even
+    wait4's ru_maxrss carries the forking pytest process's mark over fork and exec."""
     tmp = scratch / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "TMPDIR": str(tmp), "COPA_CACHE_DIR": str(scratch / "cache"), "COPA_DEBUG": "",
@@ -261,6 +265,10 @@ def run_copa(args: Sequence[str], scratch: Path, env: Mapping[str, str] | None =
         proc = subprocess.Popen([sys.executable, "-m", "copa", *args, "--progress", "plain"], cwd=scratch,
                                 stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=full_env, preexec_fn=_limits)
     killed = threading.Event()
+    peak = [0]
+    done = threading.Event()
+    sampler = threading.Thread(target=_sample_peak, args=(proc.pid, peak, done), daemon=True)
+    sampler.start()
 
     def kill() -> None:
         killed.set()
@@ -269,13 +277,15 @@ def run_copa(args: Sequence[str], scratch: Path, env: Mapping[str, str] | None =
     timer = threading.Timer(CASE_SECONDS, kill)
     timer.start()
     try:
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status = os.waitpid(proc.pid, 0)
     finally:
         timer.cancel()
+        done.set()
+        sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.monotonic() - start
     return Run(proc.returncode, out.read_text(errors="replace"), err.read_text(errors="replace"), seconds,
-               usage.ru_maxrss * 1024, killed.is_set())
+               peak[0], killed.is_set())
 
 
 def leftovers(scratch: Path) -> list[str]:
