@@ -9,7 +9,7 @@ bits, a tar file shipped as a file, an absolute name) must put exactly what the 
 
 Every case runs in-process through `copa.cli.main` (the whole patch path: index, signature, download, reader,
 installer, layer writer) to stay inside the suite's time budget; the bombs and a sample run as a real subprocess
-under resource limits (wall time, peak RSS measured with wait4), and `-m sweep` runs every case that way.
+under resource limits (wall time; peak RSS, its own VmHWM), and `-m sweep` runs every case that way.
 """
 
 from __future__ import annotations
