@@ -120,8 +120,10 @@ def _root_digest(layout: Path, ref: str) -> str:
     return str(entry["digest"]).split(":")[1]
 
 
-def _kill_at(env: Env, kill: Kill, argv: list[str]) -> str:
-    """Start copa, SIGKILL it at the kill point; returns what the process printed (for failure messages)."""
+def _kill_at(env: Env, kill: Kill, argv: list[str], work: Path) -> str:
+    """Start copa, SIGKILL it at the kill point; returns what the process printed (for failure messages). With
+    `midway`, the kill waits for its file too: a fault fires as its answer starts, a moment before copa opens the
+    file it writes the held body into (and copa cannot get past the held body)."""
     for f in kill.registry_faults:
         env.reg_proxy.add(f)
     for f in kill.repo_faults:
@@ -152,7 +154,8 @@ def _kill_at(env: Env, kill: Kill, argv: list[str]) -> str:
     deadline = time.monotonic() + KILL_WAIT
     try:
         while time.monotonic() < deadline:
-            if any(f.fired.is_set() for f in faults) or hit.is_set():
+            reached = any(f.fired.is_set() for f in faults) or hit.is_set()
+            if reached and (not kill.midway or list(work.glob(kill.midway)) or proc.poll() is not None):
                 break
             time.sleep(0.005)
         alive = proc.poll() is None
@@ -311,7 +314,7 @@ ALL = tuple(k.name for k in kills("x"))
 def _one(env: Env, name: str, tmp_path: Path) -> None:
     kill = next(k for k in kills(env.layer_digest) if k.name == name)
     target = f"crash/{name}"
-    printed = _kill_at(env, kill, _argv(env, tmp_path, target))
+    printed = _kill_at(env, kill, _argv(env, tmp_path, target), tmp_path)
     if kill.midway:
         assert list(tmp_path.glob(kill.midway)), f"{name}: nothing matches {kill.midway}: the kill missed its phase"
     _assert_safe_then_rerun(env, kill, tmp_path, target, printed)
