@@ -463,10 +463,19 @@ def test_dry_run_plans_every_image_and_writes_nothing(images: list[fleet.FleetIm
 
 
 def test_a_local_worker_killed_mid_job_fails_that_job_alone(images: list[fleet.FleetImage], template: PatchOptions,
-                                                            oracle: dict[str, str], tmp_path: Path) -> None:
+                                                            oracle: dict[str, str], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGKILL of the local worker while copa patch runs in it (its temporary directory exists): that job is
     reported failed with the signal, the worker is replaced, the other jobs are patched, no tag is left behind
     for the killed job and its temporary files are gone."""
+    import tempfile
+
+    # The workers' temporary directories in a directory of this test's own: another copa run on the machine
+    # (another test session) must not be taken for this worker.
+    own = tmp_path / "tmp"
+    own.mkdir()
+    monkeypatch.setenv("TMPDIR", str(own))
+    monkeypatch.setattr(tempfile, "tempdir", None)
     killed: list[Path] = []
 
     def on_event(event: Event) -> None:
