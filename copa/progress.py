@@ -219,7 +219,7 @@ class TtyReporter(Reporter):
 def make_reporter(mode: str, stream: TextIO) -> Reporter:
     """The renderer for `--progress mode` writing to `stream` (stderr); close it when the run ends."""
     if mode == "auto":
-        mode = "tty" if _is_terminal(stream) else "plain"
+        mode = "tty" if is_terminal(stream) else "plain"
     if mode == "tty":
         return TtyReporter(stream)
     if mode == "plain":
@@ -231,7 +231,8 @@ def make_reporter(mode: str, stream: TextIO) -> Reporter:
     raise UsageError(f"unknown --progress {mode!r}: use one of {', '.join(MODES)}")
 
 
-def _is_terminal(stream: TextIO) -> bool:
+def is_terminal(stream: TextIO) -> bool:
+    """Whether live bars belong on `stream` (what --progress auto asks; the sweep's view asks it too)."""
     try:
         return stream.isatty() and os.environ.get("TERM", "") != "dumb"
     except (AttributeError, ValueError):

@@ -8,7 +8,6 @@ per line per job started and finished), quiet (nothing); auto picks tty on a ter
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -19,8 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from copa.bulk.runner import Event, Finished, Started
 from copa.bulk.worker import CANCELLED, FAILED, PATCHED, PLANNED, RESULTS, SKIPPED, UP_TO_DATE, JobResult
 from copa.errors import BulkError, BulkStoppedError, UsageError
-
-MODES = ("auto", "plain", "tty", "quiet", "json")
+from copa.progress import MODES, is_terminal
 
 
 def _short(image: str) -> str:
@@ -143,7 +141,7 @@ def make_view(mode: str, total: int, stream: TextIO | None) -> SweepView:
     if stream is None or mode == "quiet":
         return SweepView(total)
     if mode == "auto":
-        mode = "tty" if _is_terminal(stream) else "plain"
+        mode = "tty" if is_terminal(stream) else "plain"
     if mode == "tty":
         return TtyView(total, stream)
     if mode == "plain":
@@ -151,13 +149,6 @@ def make_view(mode: str, total: int, stream: TextIO | None) -> SweepView:
     if mode == "json":
         return JsonView(total, stream)
     raise UsageError(f"unknown --progress {mode!r}: use one of {', '.join(MODES)}")
-
-
-def _is_terminal(stream: TextIO) -> bool:
-    try:
-        return stream.isatty() and os.environ.get("TERM", "") != "dumb"
-    except (AttributeError, ValueError):
-        return False
 
 
 # ------------------------------------------------------------------------------------------------ end of sweep
