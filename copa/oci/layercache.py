@@ -26,7 +26,7 @@ import zstandard
 
 from copa.oci.digest import Digest
 
-FORMAT = 1  # bump when what a record holds changes (which members get content, the encoding)
+FORMAT = 2  # bump when what a record holds changes (which members get content, the encoding, path cleaning)
 MAGIC = b"copa-layer-record\n"
 _MAX_RECORD = 1 << 30  # a decompressed record beyond this is not one we wrote
 _KINDS = frozenset({"file", "dir", "symlink", "hardlink", "other"})
