@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -15,14 +14,14 @@ from pathlib import Path
 
 from copa import events, sbom, vex
 from copa.eol import check_end_of_life, eol_error
-from copa.errors import CopaError, ReportError, UnsupportedImageError, UsageError
+from copa.errors import CopaError, UnsupportedImageError, UsageError
 from copa.oci import referrers
-from copa.oci.image import Image, is_docker, platform_entries, resolve_platform
+from copa.oci.image import Image, is_docker, platform_entries
 from copa.oci.layer import Compression, LayerBlob, write_layer
 from copa.oci.layercache import LayerCache
 from copa.oci.layerstore import BlobHomes, LayerStore, layer_key, writer_version
 from copa.oci.loaders import check_available
-from copa.oci.model import Descriptor, Index, Manifest, Platform
+from copa.oci.model import Index, Manifest
 from copa.oci.mutate import Original, Patched, assemble, original_of, patched_image
 from copa.oci.reference import Reference
 from copa.oci.registry import RegistryClient, RegistryOptions
@@ -33,34 +32,11 @@ from copa.pkg.cache import Cache
 from copa.pkg.detect import CAPTURE, CAPTURE_LARGE, PREFETCH_WATCH, EarlyDownloads, adapter_for, detect
 from copa.pkg.fetch import make_fetcher
 from copa.pkg.inventory import InstalledPackage
-from copa.report.directory import load_reports
-from copa.report.load import load_report
-from copa.report.model import Report
+from copa.report.match import check_report
+from copa.targets import Reports, Target, platform_tag, read_reports, select
 from copa.vex import VexFix
 
 Progress = Callable[[str], None]
-
-DEFAULT_PLATFORM = Platform("linux", "amd64")
-
-# Report OS families that name the same package world as an image's os-release ID.
-_FAMILY_ALIASES = {
-    "debian": {"debian"},
-    "ubuntu": {"ubuntu"},
-    "alpine": {"alpine"},
-    "wolfi": {"wolfi", "chainguard"},
-    "chainguard": {"wolfi", "chainguard"},
-    "cbl-mariner": {"mariner", "cbl-mariner"},
-    "azurelinux": {"azurelinux"},
-    # Trivy's RPM families: "redhat" is RHEL and UBI only (CentOS, Rocky, Alma... are reported as themselves).
-    "redhat": {"rhel"},
-    "centos": {"centos"},
-    "rocky": {"rocky"},
-    "alma": {"almalinux"},
-    "oracle": {"ol"},
-    "amazon": {"amzn"},
-    "fedora": {"fedora"},
-}
-
 
 @dataclass(frozen=True)
 class PatchOptions:
@@ -134,50 +110,6 @@ def _created() -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-_KNOWN_IDS = frozenset(i for ids in _FAMILY_ALIASES.values() for i in ids)
-# Families whose VERSION_ID names a release by major.minor (alpine 3.21, ubuntu 22.04); others by the major alone.
-_MINOR_MATTERS = frozenset({"alpine", "ubuntu"})
-# Rolling distributions: the version is a date or build number, not a release.
-_ROLLING = frozenset({"wolfi", "chainguard"})
-
-
-def _release(version: str, parts: int) -> str | None:
-    """'12.5' -> '12', '3.21.0' -> '3.21' (parts=2), '2 (Karoo)' -> '2'; None when the version does not start
-    with a number. Trivy names Amazon Linux 1 "AMI release 2018.03": the words before the number go."""
-    m = re.match(r"\d+(?:\.\d+)*", version.strip().removeprefix("AMI release "))
-    if m is None:
-        return None
-    return ".".join(m.group(0).split(".")[:parts])
-
-
-def _check_report(report: Report, os_release: OSRelease) -> None:
-    """The report must be for this image's distribution and release: a Debian report applied to Ubuntu, or a
-    bookworm report to bullseye, names versions from another package world."""
-    family = report.os.family.lower()
-    accepted = _FAMILY_ALIASES.get(family, {family})
-    # ID_LIKE only speaks for a derivative we do not know by its own ID (ubuntu is ID_LIKE=debian, but not Debian).
-    ids = {os_release.id} if os_release.id in _KNOWN_IDS else set(os_release.families)
-    if not accepted & ids:
-        raise ReportError(
-            f"report is for {report.os.family} {report.os.version} but the image is "
-            f"{os_release.pretty_name}; scan this image and pass that report"
-        )
-    if family in _ROLLING or os_release.id not in accepted:
-        return
-    parts = 2 if family in _MINOR_MATTERS else 1
-    wanted, actual = _release(report.os.version, parts), _release(os_release.version_id, parts)
-    if wanted is not None and actual is not None and wanted != actual:
-        raise ReportError(
-            f"report is for {report.os.family} {report.os.version} but the image is {os_release.pretty_name} "
-            f"(VERSION_ID {os_release.version_id}); scan this image and pass that report"
-        )
-
-
-def _wanted_platforms(options: PatchOptions) -> tuple[Platform, ...]:
-    texts = ((options.platform,) if options.platform else ()) + options.platforms
-    return tuple(dict.fromkeys(Platform.parse(t) for t in texts))
-
-
 def registry_options(options: PatchOptions) -> RegistryOptions:
     return RegistryOptions(
         insecure=frozenset(options.insecure), ca_bundle=options.ca_bundle, timeout=options.timeout,
@@ -191,7 +123,7 @@ def patch(options: PatchOptions, progress: Progress = lambda _m: None, *,
     images (copa bulk) keep one registry client, its connections and tokens, across them; it is not closed."""
     started = time.monotonic()
     compression = Compression.parse(options.compression)
-    reports = _load_reports(options)
+    reports = read_reports(options.report, options.scanner, options.timeout)
     if client is not None:
         return _patch(options, progress, client, compression, reports, started)
     with RegistryClient(registry_options(options)) as own:
@@ -199,118 +131,10 @@ def patch(options: PatchOptions, progress: Progress = lambda _m: None, *,
 
 
 @dataclass(frozen=True)
-class _Reports:
-    """The report(s) given with -r: one file (for the one platform patched) or a directory of one per platform."""
-
-    single: Report | None = None
-    per_platform: tuple[Report, ...] = ()
-    directory: str | None = None
-
-
-def _load_reports(options: PatchOptions) -> _Reports:
-    if not options.report:
-        return _Reports()
-    if Path(options.report).is_dir():
-        found = load_reports(options.report, options.scanner, plugin_timeout=options.timeout)
-        return _Reports(per_platform=found, directory=options.report)
-    return _Reports(single=load_report(options.report, options.scanner, plugin_timeout=options.timeout))
-
-
-@dataclass(frozen=True)
-class _Target:
-    platform: Platform | None  # None: a single image, not an entry of an index
-    manifest: Manifest
-    report: Report | None
-    explicit: bool  # named by --platform or a report: failing to patch it is an error, not a note
-
-
-def _targets(opened: Opened, root: Manifest | Index, options: PatchOptions, reports: _Reports) -> list[_Target]:
-    """Which images of `root` to patch, with the report for each."""
-    wanted = _wanted_platforms(options)
-    if isinstance(root, Manifest):
-        report = reports.single
-        if reports.per_platform:
-            report = _report_for_single(root, opened, reports)
-        return [_Target(None, root, report, True)]
-    entries = [(p, d) for p, d in platform_entries(opened.source, root) if p.os not in _NOT_PATCHABLE_OS]
-    if reports.per_platform:
-        targets = []
-        for report in reports.per_platform:
-            rp = report.platform
-            assert rp is not None  # load_reports refuses a report without a platform
-            if wanted and not any(w.matches(rp) for w in wanted):
-                continue
-            entry = _entry_for(entries, rp)
-            if entry is None:
-                available = ", ".join(str(p) for p, _ in entries) or "none"
-                raise ReportError(f"{report.source}: report is for {rp} but {opened.name} has no such platform "
-                                  f"(platforms: {available}); remove that report or scan the right image")
-            targets.append(_Target(entry[0], _manifest(opened, entry[1]), report, True))
-        return _unique(targets)
-    if wanted:
-        targets = []
-        for w in wanted:
-            manifest, found = resolve_platform(opened.source, root, w)
-            targets.append(_Target(found or w, manifest, reports.single, True))
-        return _unique(targets)
-    if reports.single is not None:
-        # One report file speaks for one platform: the one it names (else linux/amd64), as before.
-        wanted_one = reports.single.platform or DEFAULT_PLATFORM
-        manifest, found = resolve_platform(opened.source, root, wanted_one)
-        return [_Target(found or wanted_one, manifest, reports.single, True)]
-    # No report and no --platform: every platform of the index, as Copacetic does.
-    return _unique([_Target(p, _manifest(opened, d), None, False) for p, d in entries])
-
-
-# Entries that are not runnable images of an OS we could patch: buildx attestations ("unknown/unknown") and
-# Windows images are kept by digest.
-_NOT_PATCHABLE_OS = frozenset({"unknown", "windows"})
-
-
-def _entry_for(entries: list[tuple[Platform, Descriptor]], wanted: Platform) -> tuple[Platform, Descriptor] | None:
-    exact = [e for e in entries if e[0] == wanted]
-    if exact:
-        return exact[0]
-    usual = [e for e in entries if wanted.matches(e[0])]
-    return usual[0] if usual else None
-
-
-def _manifest(opened: Opened, desc: Descriptor) -> Manifest:
-    doc = opened.source.fetch_manifest(desc)
-    if not isinstance(doc, Manifest):
-        raise UnsupportedImageError(f"{opened.name}: entry {desc.digest} is not an image manifest")
-    return doc
-
-
-def _unique(targets: list[_Target]) -> list[_Target]:
-    seen: set[object] = set()
-    out = []
-    for t in targets:
-        if t.manifest.digest not in seen:
-            seen.add(t.manifest.digest)
-            out.append(t)
-    return out
-
-
-def _report_for_single(root: Manifest, opened: Opened, reports: _Reports) -> Report:
-    if len(reports.per_platform) == 1:
-        return reports.per_platform[0]
-    raise ReportError(f"{reports.directory}: {len(reports.per_platform)} reports for {opened.name}, which is a "
-                      "single-platform image; pass the one report file for it")
-
-
-def platform_tag(tag: str, platform: Platform) -> str:
-    """Copacetic's name for one platform's patched image: TAG-ARCH[-VARIANT], the variant normalised as
-    containerd does (arm64/v8 is plain arm64)."""
-    variant = "" if platform.architecture == "arm64" and platform.variant in ("v8", "8") else platform.variant
-    return "-".join(x for x in (tag, platform.architecture, variant) if x)
-
-
-@dataclass(frozen=True)
 class _Done:
     """One image's patch, before anything is written."""
 
-    target: _Target
+    target: Target
     result: str  # "patched", "up-to-date", "kept" (not patchable, not asked for), "failed" (--ignore-errors)
     os: str = ""
     updates: tuple[Update, ...] = ()
@@ -326,10 +150,11 @@ class _Done:
 
 
 def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, compression: Compression,
-           reports: _Reports, started: float) -> PatchResult:
+           reports: Reports, started: float) -> PatchResult:
     opened = open_image(options.image, client)
     root = opened.source.root()
-    targets = _targets(opened, root, options, reports)
+    targets = select(opened, root, ((options.platform,) if options.platform else ()) + options.platforms,
+                     reports)
     multi = isinstance(root, Index)
     if options.output_tar and len(targets) > 1:
         raise UsageError(f"--output-tar holds one image but {len(targets)} platforms are to be patched; pass "
@@ -459,11 +284,11 @@ def _result(opened: Opened, options: PatchOptions, done: list[_Done], written: t
     )
 
 
-def _patch_all(opened: Opened, targets: list[_Target], options: PatchOptions, compression: Compression,
+def _patch_all(opened: Opened, targets: list[Target], options: PatchOptions, compression: Compression,
                tmp: Path, progress: Progress, multi: bool) -> list[_Done]:
     """Patch each target; several at once (threads: most of the time is I/O and inflating, which release the
     GIL). At most three at a time bounds memory: each holds its image's package database and captured files."""
-    def one(i: int, target: _Target) -> _Done:
+    def one(i: int, target: Target) -> _Done:
         workdir = tmp / f"p{i}"
         workdir.mkdir()
         try:
@@ -493,7 +318,7 @@ def _patch_all(opened: Opened, targets: list[_Target], options: PatchOptions, co
             raise
 
 
-def _patch_one(opened: Opened, target: _Target, options: PatchOptions, compression: Compression, workdir: Path,
+def _patch_one(opened: Opened, target: Target, options: PatchOptions, compression: Compression, workdir: Path,
                progress: Progress) -> _Done:
     image = Image.load(opened.source, target.manifest)
     # Refuse a compression the image's format cannot carry (zstd in Docker v2s2) before any package work.
@@ -537,7 +362,7 @@ def _patch_one(opened: Opened, target: _Target, options: PatchOptions, compressi
             ca_bundle=options.ca_bundle,
         )
         if report is not None:
-            _check_report(report, ctx.os_release)
+            check_report(report, ctx.os_release)
         progress(f"planning updates for {detected.os_release.pretty_name} ({adapter.name})")
         plan = adapter.plan(ctx, report)
         unfixed = len(report.unfixed) if report is not None else 0

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 import copa.api
-from copa.api import _FAMILY_ALIASES
 from copa.errors import ReportError
 from copa.oci.model import Platform
 from copa.report import load_report
 from copa.report.grype import _FAMILIES
+from copa.report.match import FAMILY_ALIASES as _FAMILY_ALIASES
 from tests.support import debimage
 from tests.support.aptrepo import RepoServer
 from tests.support.trivy import write_report

@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from copa.api import _check_report
 from copa.errors import ReportError, UnsupportedImageError
 from copa.pkg.base import OSRelease
 from copa.pkg.detect import FAMILIES, KINDS, Detected, adapter_for, version_order
 from copa.pkg.rpm.version import EVR, compare_versions, rpmvercmp
 from copa.report import load_report
+from copa.report.match import check_report as _check_report
 
 needs_rpm = pytest.mark.skipif(shutil.which("rpmlua") is None, reason="rpmlua (rpm 4.18) not installed")
 

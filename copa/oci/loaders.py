@@ -4,7 +4,7 @@ What Copacetic does (pkg/imageloader, pkg/patch/single.go and multi.go), and wha
 - The image is handed over as a docker-archive tar; the store tags it by the archive's RepoTags, the patched
   name (`REPO:TAG`), and the store's image ID is the config digest (Docker's classic store, podman).
 - A multi-platform result is loaded one image per patched platform, each tagged `TAG-ARCH[-VARIANT]` (the
-  caller names them: copa.api.platform_tag); platforms kept as they were are not loaded. A local store holds one
+  caller names them: copa.targets.platform_tag); platforms kept as they were are not loaded. A local store holds one
   platform per name.
 - podman has no daemon: the `podman` command loads the archive (`podman load -i FILE`). The Docker engine is
   spoken to over its API (`POST /images/load`, the tar streamed as the body); no docker command is needed.
