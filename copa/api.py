@@ -123,6 +123,10 @@ def patch(options: PatchOptions, progress: Progress = lambda _m: None, *,
     images (copa bulk) keep one registry client, its connections and tokens, across them; it is not closed."""
     started = time.monotonic()
     compression = Compression.parse(options.compression)
+    if options.vex_output:  # before any network or package work
+        if options.dry_run:
+            raise UsageError("-o writes the OpenVEX document of a patched image; drop --dry-run or -o")
+        vex.check_writable(Path(options.vex_output))
     reports = read_reports(options.report, options.scanner, options.timeout)
     if client is not None:
         return _patch(options, progress, client, compression, reports, started)
@@ -164,10 +168,6 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
     )
     if outputs is not None and outputs.loader is not None:
         check_available(outputs.loader, timeout=options.timeout)
-    if options.vex_output:
-        if options.dry_run:
-            raise UsageError("-o writes the OpenVEX document of a patched image; drop --dry-run or -o")
-        vex.check_writable(Path(options.vex_output))
     with tempfile.TemporaryDirectory(prefix="copa-") as tmp:
         done = _patch_all(opened, targets, options, compression, Path(tmp), progress, multi)
         patched = [d.patched for d in done if d.patched is not None]
