@@ -204,7 +204,8 @@ def _publish(options: PatchOptions, opened: Opened, outputs: Outputs, root: Mani
     OCI referrers of it (after the image itself is in place)."""
     if not (options.vex_output or options.attach):
         return
-    repository = outputs.reference or opened.reference or Reference("", outputs.tag.rpartition(":")[0] or "image")
+    # An image from a layout or archive, written to one, has no registry: its purl names it by its ref name alone.
+    repository = outputs.reference or opened.reference or Reference("", opened.tag or outputs.tag or "image")
     patched = [d for d in done if d.patched is not None]
     products = []
     for d in patched:

@@ -61,5 +61,6 @@ def oci(repository: str, digest: str, *, registry: str = "", tag: str = "", arch
     """pkg:oci/NAME@sha256:... for an image: the name is the repository's last path segment, lowercased; where it
     lives (registry/repository) goes into repository_url."""
     name = repository.rstrip("/").rsplit("/", 1)[-1].lower()
-    location = f"{registry}/{repository}" if registry else repository
+    # An image known by no registry (an OCI layout, an archive) has no location to name.
+    location = f"{registry}/{repository}" if registry else ""
     return build("oci", name, version=digest, qualifiers={"repository_url": location, "tag": tag, "arch": arch})
