@@ -1,7 +1,9 @@
 """Shared helpers of the benchmarks: run a command under GNU time, keep registries alive, print a table.
 
 Peak RSS comes from GNU time's %M, i.e. wait4()'s ru_maxrss: the largest resident set of the command or of any
-descendant it waited for (the biggest single process of the tree, not their sum). Wall time is time's %e.
+descendant it waited for (the biggest single process of the tree, not their sum). Wall time is time's %e; CPU time
+is %U + %S (user + system seconds of the command and every descendant it waited for, all threads): on a machine
+shared with other work, CPU time moves less with the load than wall time does.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class Measurement:
     seconds: float
     peak_rss_kib: int
     note: str = ""
+    cpu_seconds: float | None = None  # user + system; None where the figure was not measured by GNU time
+
 
     @property
     def peak_rss_mib(self) -> float:
@@ -57,7 +61,7 @@ def measure(
     """Run `argv` once under GNU time; raise MeasureError with the output's tail if it fails."""
     with tempfile.NamedTemporaryFile("r", prefix="bench-time-", suffix=".txt") as out:
         proc = subprocess.run(
-            [ensure_gnu_time(), "-f", "%e %M", "-o", out.name, *argv],
+            [ensure_gnu_time(), "-f", "%e %U %S %M", "-o", out.name, *argv],
             env=dict(env) if env is not None else None,
             cwd=cwd,
             capture_output=True,
@@ -67,17 +71,21 @@ def measure(
         if proc.returncode != 0:
             tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
             raise MeasureError(f"{label}: {' '.join(argv[:4])} ... exited {proc.returncode}: {tail}")
-        seconds, rss = out.read().split()[-2:]
-    return Measurement(label, float(seconds), int(rss), note)
+        # The format's fields are the last line's: GNU time may write a note line before it.
+        seconds, user, system, rss = out.read().split()[-4:]
+    return Measurement(label, float(seconds), int(rss), note, float(user) + float(system))
 
 
 def median(label: str, runs: Sequence[Measurement], note: str = "") -> Measurement:
-    """One row for repeated runs: the median wall time and the highest peak RSS seen."""
+    """One row for repeated runs: the median wall time, the median CPU time (when every run has one) and the
+    highest peak RSS seen."""
+    cpus = [r.cpu_seconds for r in runs if r.cpu_seconds is not None]
     return Measurement(
         label,
         statistics.median(r.seconds for r in runs),
         max(r.peak_rss_kib for r in runs),
         note or (f"median of {len(runs)}" if len(runs) > 1 else ""),
+        statistics.median(cpus) if len(cpus) == len(runs) else None,
     )
 
 
@@ -95,11 +103,12 @@ def registry(prefix: str) -> Iterator[RunningRegistry]:
 
 def print_table(title: str, rows: Sequence[Measurement], extra: Mapping[str, str] | None = None) -> None:
     """A plain-text table; `extra` adds a column (keyed by row label), e.g. a ratio to a baseline."""
-    headers = ["", "wall s", "peak RSS MiB", *(["vs"] if extra else []), "note"]
+    headers = ["", "wall s", "cpu s", "peak RSS MiB", *(["vs"] if extra else []), "note"]
     body = [
         [
             r.label,
             f"{r.seconds:.2f}",
+            "-" if r.cpu_seconds is None else f"{r.cpu_seconds:.2f}",
             f"{r.peak_rss_mib:.1f}",
             *([extra.get(r.label, "")] if extra else []),
             r.note,

@@ -50,6 +50,7 @@ from bench_debian import copa_argv, copa_env, profile_copa
 
 from tests.support import images
 from tests.support.aptrepo import RepoServer
+from tests.support.registry import RunningRegistry
 from tests.support.rpmrepo import build_repo
 from tests.support.rpmtools import (
     GpgKey,
@@ -183,6 +184,23 @@ def build_root(root: Path, pkgs: Packages, url: str) -> None:
         f"gpgkey=file:///etc/pki/rpm-gpg/{KEY_NAME}\n")
 
 
+def push_image(work: Path, pkgs: Packages, url: str, reg: RunningRegistry) -> tuple[Path, Path]:
+    """The image (its rootfs under `work`, the repository at `url`) as a one-layer OCI layout pushed to `reg` as
+    IMAGE; returns the rootfs and the layer's blob."""
+    base = work / "rootfs"
+    build_root(base, pkgs, url)
+    images.builder.make_oci_layout(base, work / "layout", REF, cmd=None)
+    images.push_layout(work / "layout", REF, reg.host, IMAGE)
+    layer = max((p for p in (work / "layout/blobs/sha256").iterdir()), key=lambda p: p.stat().st_size)
+    return base, layer
+
+
+def trivy_report(path: Path, updated: Sequence[str]) -> Path:
+    """A Trivy report (family redhat) naming `updated` with their fixed version."""
+    return write_report(path, {n: ("-".join(OLD), "-".join(NEW)) for n in updated}, os_version="9.4",
+                        family="redhat")  # fmt: skip
+
+
 def installed_versions(root: Path) -> dict[str, str]:
     proc = subprocess.run([*rpm_root_args(root), "-qa", "--qf", "%{NAME} %{VERSION}-%{RELEASE}\\n"],
                           capture_output=True, text=True, check=True)  # fmt: skip
@@ -273,12 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     dnf_env = {**os.environ, "HOME": str(rpm_home(work))}
     try:
         with RepoServer(pkgs.repo) as server, registry("rpm") as reg:
-            base = work / "rootfs"
-            build_root(base, pkgs, server.url)
-            images.builder.make_oci_layout(base, work / "layout", REF, cmd=None)
-            images.push_layout(work / "layout", REF, reg.host, IMAGE)
+            base, layer = push_image(work, pkgs, server.url, reg)
             image = f"{reg.host}/{IMAGE}"
-            layer = max((p for p in (work / "layout/blobs/sha256").iterdir()), key=lambda p: p.stat().st_size)
             print(f"image {image}: one layer of {layer.stat().st_size / (1 << 20):.1f} MiB (gzip)")
             pull = [
                 measure("(c) skopeo copy registry -> oci dir", [
@@ -291,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             summary: list[str] = []
             for size in sizes:
                 updated = order[:size]
-                report = write_report(work / f"trivy-{size}.json", {n: ("-".join(OLD), "-".join(NEW)) for n in updated},
-                                      os_version="9.4", family="redhat")  # fmt: skip
+                report = trivy_report(work / f"trivy-{size}.json", updated)
                 cold: list[Measurement] = []
                 warm: list[Measurement] = []
                 for i in range(args.repeat):
