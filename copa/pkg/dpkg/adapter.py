@@ -122,7 +122,7 @@ def _foreign_index(ctx: ImageContext, foreign: dict[str, tuple[Installed, ...]]
 
     def versions(name: str, architecture: str) -> Sequence[Candidate]:
         if architecture not in loaded:
-            loaded[architecture] = load_index(ctx, architecture, names.__contains__)
+            loaded[architecture] = load_index(ctx, architecture, names)
         return [r for r in loaded[architecture].versions(name) if r.architecture == architecture]
 
     return versions
@@ -136,7 +136,7 @@ class DpkgAdapter:
         installed = db.installed()
         if report is not None:
             _reported(report, installed)  # a report for another image fails before any download
-        index = load_index(ctx, db.architecture, _likely_names(installed, report).__contains__)
+        index = load_index(ctx, db.architecture, _likely_names(installed, report))
         behaviour = apt_behaviour(ctx, installed)
         policy = image_policy(ctx, behaviour.default_release)
         wanted = _wanted(report, installed, Candidates(installed, index.versions, db.architecture, compare_versions,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,7 +81,8 @@ def _image_key_root(ctx: ImageContext, sources: list[AptSource]) -> Path:
     return root
 
 
-def load_index(ctx: ImageContext, architecture: str, keep: Callable[[str], bool] | None = None) -> RepositoryIndex:
+def load_index(ctx: ImageContext, architecture: str,
+               keep: Callable[[str], bool] | AbstractSet[str] | None = None) -> RepositoryIndex:
     sources, _from_user = select_sources(ctx)
     keyrings_for: Callable[[AptSource], Keyring]
     if ctx.repos.keyrings:

@@ -17,25 +17,27 @@ _PYC = re.compile(r"^(?P<stem>.+)\.(cpython|pypy)[0-9a-z_-]*(\.opt-[12])?\.pyc$"
 
 def stale(merged: Merged) -> tuple[list[Entry], list[str]]:
     """Whiteouts for the cached bytecode of every .py the layer writes or deletes; the modules' paths."""
-    out: list[Entry] = []
-    modules: list[str] = []
+    # Grouped by directory: one listing of each __pycache__ serves all of its modules (python3.11's stdlib
+    # directory holds hundreds of them, and a listing per module made this quadratic).
+    stems: dict[str, set[str]] = {}
     for path in merged.layer_paths():
-        if not path.endswith(".py"):
-            continue
-        directory, name = posixpath.split(path)
-        stem = name[:-3]
+        if path.endswith(".py"):
+            directory, name = posixpath.split(path)
+            stems.setdefault(directory, set()).add(name[:-3])
+    found: list[tuple[str, str]] = []  # (module path, its stale .pyc)
+    for directory, names in stems.items():
         cache_dir = posixpath.join(directory, "__pycache__")
         if merged.kind(cache_dir) != "dir":
             continue
         for pyc in merged.listdir(cache_dir):
             m = _PYC.match(pyc)
-            full = posixpath.join(cache_dir, pyc)
-            if m is None or m.group("stem") != stem:
+            if m is None or m.group("stem") not in names:
                 continue
+            full = posixpath.join(cache_dir, pyc)
             entry = merged.layer.get(full)
             if entry is not None and entry.kind is not Kind.WHITEOUT:
                 continue  # the package ships its own bytecode (apk packages do): it is current
             if entry is None:
-                out.append(Entry.whiteout(full))
-                modules.append(path)
-    return out, sorted(set(modules))
+                found.append((posixpath.join(directory, m.group("stem") + ".py"), full))
+    found.sort()  # the order of the layer's own paths, as a walk over them gives
+    return [Entry.whiteout(full) for _, full in found], sorted({module for module, _ in found})
