@@ -3,38 +3,38 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from copa import events, sbom, vex
-from copa.eol import check_end_of_life, eol_error
+from copa import events
 from copa.errors import CopaError, UnsupportedImageError, UsageError
-from copa.oci import referrers
-from copa.oci.image import Image, is_docker, platform_entries
-from copa.oci.layer import Compression, LayerBlob, write_layer
-from copa.oci.layercache import LayerCache
-from copa.oci.layerstore import BlobHomes, LayerStore, layer_key, writer_version
-from copa.oci.loaders import check_available
 from copa.oci.model import Index, Manifest
-from copa.oci.mutate import Original, Patched, assemble, original_of, patched_image
 from copa.oci.reference import Reference
 from copa.oci.registry import RegistryClient, RegistryOptions
-from copa.oci.rootfs import Files, scan
 from copa.oci.transport import Opened, Outputs, Written, check_tag, open_image, plan_outputs, write_outputs
-from copa.pkg.base import ImageContext, OSRelease, PackageManager, Plan, RepositoryOptions, Skip, Update
-from copa.pkg.cache import Cache
-from copa.pkg.detect import CAPTURE, CAPTURE_LARGE, PREFETCH_WATCH, EarlyDownloads, adapter_for, detect
-from copa.pkg.fetch import make_fetcher
-from copa.pkg.inventory import InstalledPackage
-from copa.report.match import check_report
+from copa.pkg.base import RepositoryOptions
 from copa.targets import Reports, Target, platform_tag, read_reports, select
-from copa.vex import VexFix
+
+# At the top: only what a patch needs up to its first registry request (the options, the reports, the registry
+# client). The engine (layer codecs, the layer scan and cache, package detection and fetching, mutate, the SBOM,
+# VEX, referrers, end-of-life and loader modules) is imported where it is used, once that request is made: a run
+# that fails at the registry, or a --dry-run, does not pay for what it never uses. `_import_engine` loads it in the
+# calling thread before platforms are patched in worker threads.
+if TYPE_CHECKING:
+    from copa.oci.image import Image
+    from copa.oci.layer import Compression, LayerBlob
+    from copa.oci.mutate import Original, Patched
+    from copa.pkg.base import ImageContext, OSRelease, PackageManager, Plan, Skip, Update
+    from copa.pkg.cache import Cache
+    from copa.pkg.inventory import InstalledPackage
+    from copa.vex import VexFix
 
 Progress = Callable[[str], None]
 
@@ -121,9 +121,13 @@ def patch(options: PatchOptions, progress: Progress = lambda _m: None, *,
           client: RegistryClient | None = None) -> PatchResult:
     """Patch one image (every platform of an index that is asked for). `client` lets a caller that patches many
     images (copa bulk) keep one registry client, its connections and tokens, across them; it is not closed."""
+    from copa.oci.layer import Compression
+
     started = time.monotonic()
     compression = Compression.parse(options.compression)
     if options.vex_output:  # before any network or package work
+        from copa import vex
+
         if options.dry_run:
             raise UsageError("-o writes the OpenVEX document of a patched image; drop --dry-run or -o")
         vex.check_writable(Path(options.vex_output))
@@ -132,6 +136,19 @@ def patch(options: PatchOptions, progress: Progress = lambda _m: None, *,
         return _patch(options, progress, client, compression, reports, started)
     with RegistryClient(registry_options(options)) as own:
         return _patch(options, progress, own, compression, reports, started)
+
+
+def _import_engine(options: PatchOptions) -> None:
+    """Load the modules a patch uses after its first request, in the calling thread: platforms are patched in worker
+    threads, and imports made there would be slower (and, with import cycles, could deadlock on the import locks)."""
+    for name in (*_ENGINE, *(("copa.eol",) if options.exit_on_eol else ()),
+                 *(("copa.vex",) if options.vex_output or options.attach else ())):
+        importlib.import_module(name)
+
+
+_ENGINE = ("concurrent.futures", "copa.oci.image", "copa.oci.layer", "copa.oci.layercache", "copa.oci.layerstore",
+           "copa.oci.mutate", "copa.oci.rootfs", "copa.pkg.cache", "copa.pkg.detect", "copa.pkg.fetch",
+           "copa.report.match")
 
 
 @dataclass(frozen=True)
@@ -157,6 +174,11 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
            reports: Reports, started: float) -> PatchResult:
     opened = open_image(options.image, client)
     root = opened.source.root()
+    _import_engine(options)
+    from copa.oci.layerstore import BlobHomes
+    from copa.oci.loaders import check_available
+    from copa.oci.mutate import assemble
+
     targets = select(opened, root, ((options.platform,) if options.platform else ()) + options.platforms,
                      reports)
     multi = isinstance(root, Index)
@@ -204,6 +226,9 @@ def _publish(options: PatchOptions, opened: Opened, outputs: Outputs, root: Mani
     OCI referrers of it (after the image itself is in place)."""
     if not (options.vex_output or options.attach):
         return
+    from copa import sbom, vex
+    from copa.oci import referrers
+
     # An image from a layout or archive, written to one, has no registry: its purl names it by its ref name alone.
     repository = outputs.reference or opened.reference or Reference("", opened.tag or outputs.tag or "image")
     patched = [d for d in done if d.patched is not None]
@@ -239,6 +264,8 @@ def _publish(options: PatchOptions, opened: Opened, outputs: Outputs, root: Mani
 
 def _result(opened: Opened, options: PatchOptions, done: list[_Done], written: tuple[Written, ...],
             tags: dict[str, Manifest], root: Manifest | Index, started: float) -> PatchResult:
+    from copa.oci.image import platform_entries
+
     # The summary names the registry image when one was pushed, else the first sink written.
     main = next((w for w in written if w.kind == "registry"), written[0] if written else None)
     by_digest = {m.digest: t for t, m in tags.items()}
@@ -289,6 +316,8 @@ def _patch_all(opened: Opened, targets: list[Target], options: PatchOptions, com
                tmp: Path, progress: Progress, multi: bool) -> list[_Done]:
     """Patch each target; several at once (threads: most of the time is I/O and inflating, which release the
     GIL). At most three at a time bounds memory: each holds its image's package database and captured files."""
+    from concurrent.futures import ThreadPoolExecutor
+
     def one(i: int, target: Target) -> _Done:
         workdir = tmp / f"p{i}"
         workdir.mkdir()
@@ -321,6 +350,16 @@ def _patch_all(opened: Opened, targets: list[Target], options: PatchOptions, com
 
 def _patch_one(opened: Opened, target: Target, options: PatchOptions, compression: Compression, workdir: Path,
                progress: Progress) -> _Done:
+    # (Loaded by _import_engine in the thread that started the patch: here they are look-ups.)
+    from copa.oci.image import Image, is_docker
+    from copa.oci.layercache import LayerCache
+    from copa.oci.mutate import Original, original_of
+    from copa.oci.rootfs import Files, scan
+    from copa.pkg.base import ImageContext
+    from copa.pkg.detect import CAPTURE, CAPTURE_LARGE, PREFETCH_WATCH, EarlyDownloads, adapter_for, detect
+    from copa.pkg.fetch import make_fetcher
+    from copa.report.match import check_report
+
     image = Image.load(opened.source, target.manifest)
     # Refuse a compression the image's format cannot carry (zstd in Docker v2s2) before any package work.
     compression.media_type(is_docker(image.manifest.media_type))
@@ -375,8 +414,11 @@ def _patch_one(opened: Opened, target: Target, options: PatchOptions, compressio
         layer, updates = _patch_layer(image, original, adapter, ctx, plan, options, compression, workdir, progress)
         patched = _patched(image, original, layer, updates)
         scanned = report.os if report is not None else None
-        fixes = vex.fixes_of(updates, lambda n, v, a: adapter.purl(ctx, n, v, a, scanned)) \
-            if options.vex_output or options.attach else ()
+        fixes: tuple[VexFix, ...] = ()
+        if options.vex_output or options.attach:
+            from copa import vex
+
+            fixes = vex.fixes_of(updates, lambda n, v, a: adapter.purl(ctx, n, v, a, scanned))
         inventory = adapter.inventory(ctx, plan) if options.attach else ()
         return _Done(target, "patched", os_name, updates, plan.skipped, unfixed, patched=patched, fixes=fixes,
                      inventory=inventory, os_release=detected.os_release)
@@ -385,6 +427,8 @@ def _patch_one(opened: Opened, target: Target, options: PatchOptions, compressio
 def _check_end_of_life(os_release: OSRelease, options: PatchOptions, progress: Progress) -> None:
     """--exit-on-eol: asked whenever the flag is set (Copacetic asks only without a report; its docs say always).
     An API that does not answer is a warning, as in Copacetic: the flag must not make patching depend on it."""
+    from copa.eol import check_end_of_life, eol_error
+
     status = check_end_of_life(os_release.id, os_release.version_id, options.eol_api_url, min(options.timeout, 10.0),
                                codename=os_release.version_codename, ca_bundle=options.ca_bundle)
     if status.warning:
@@ -394,6 +438,8 @@ def _check_end_of_life(os_release: OSRelease, options: PatchOptions, progress: P
 
 
 def _cache(options: PatchOptions) -> Cache:
+    from copa.pkg.cache import Cache
+
     return Cache(Path(options.cache_dir) if options.cache_dir else None)
 
 
@@ -403,6 +449,10 @@ def _patch_layer(image: Image, original: Original, adapter: PackageManager, ctx:
     """The patch layer for `plan`: built once per identical input, then taken from the cache. The layer is
     deterministic, so the same original layers, the same updates, the same repositories and options and the same
     writer give the same bytes: the same image under many tags or repositories (a sweep) is built once."""
+    from copa.oci.image import is_docker
+    from copa.oci.layer import write_layer
+    from copa.oci.layerstore import LayerStore, layer_key, writer_version
+
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     docker = is_docker(image.manifest.media_type)
     key = layer_key(
@@ -440,6 +490,8 @@ def _patch_layer(image: Image, original: Original, adapter: PackageManager, ctx:
 
 
 def _patched(image: Image, original: Original, layer: LayerBlob, updates: tuple[Update, ...]) -> Patched:
+    from copa.oci.mutate import patched_image
+
     names = ", ".join(f"{u.name} {u.new_version or '(removed)'}" for u in updates[:20])
     if len(updates) > 20:
         names += f" and {len(updates) - 20} more"

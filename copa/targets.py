@@ -6,14 +6,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from copa.errors import ReportError, UnsupportedImageError
-from copa.oci.image import platform_entries, resolve_platform
 from copa.oci.model import Descriptor, Index, Manifest, Platform
-from copa.oci.transport import Opened
 from copa.report.directory import load_reports
 from copa.report.load import load_report
 from copa.report.model import Report
+
+if TYPE_CHECKING:
+    from copa.oci.transport import Opened
 
 DEFAULT_PLATFORM = Platform("linux", "amd64")
 
@@ -47,6 +49,10 @@ class Target:
 def select(opened: Opened, root: Manifest | Index, platforms: Sequence[str], reports: Reports) -> list[Target]:
     """Which images of `root` to patch (`platforms`: --platform's OS/ARCH[/VARIANT] texts), with the report for
     each."""
+    # Here, not at the top: reading the reports comes before the first registry request, which must not wait for
+    # the layer codecs copa.oci.image imports.
+    from copa.oci.image import platform_entries, resolve_platform
+
     wanted = tuple(dict.fromkeys(Platform.parse(t) for t in platforms))
     if isinstance(root, Manifest):
         report = reports.single

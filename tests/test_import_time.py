@@ -23,6 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 # The third-party libraries that cost the most to import (tens of ms each): only the code that uses them loads them.
 HEAVY = ("rich", "requests", "urllib3", "zstandard", "isal", "pysequoia", "cryptography", "yaml", "networkx",
          "debian", "multiprocessing")  # fmt: skip
+# copa's own modules a patch uses only after its first registry request (the layer scan and cache, the image's
+# layers, package detection and downloads, mutate, the outputs) or only for some flags (-o, --attach, -l,
+# --exit-on-eol, oci:/docker-archive: images): copa.api imports them where they are used.
+DEFERRED = ("copa.oci.image", "copa.oci.layercache", "copa.oci.layerstore", "copa.oci.rootfs", "copa.oci.mutate",
+            "copa.oci.layout", "copa.oci.archive", "copa.oci.loaders", "copa.oci.referrers", "copa.pkg.fetch",
+            "copa.pkg.cache", "copa.pkg.repoauth", "copa.pkg.inventory", "copa.report.match", "copa.sbom", "copa.vex",
+            "copa.eol")  # fmt: skip
 
 
 def _child(code: str, *args: str) -> dict[str, object]:
@@ -41,7 +48,7 @@ def test_import_cli_loads_no_heavy_library() -> None:
         heavy = {HEAVY!r}
         import copa.cli
         before = sorted(m for m in heavy if m in sys.modules)
-        import copa.api, copa.progress, rich.console, yaml
+        import copa.api, copa.oci.image, copa.progress, rich.console, yaml
         after = sorted(m for m in heavy if m in sys.modules)
         print(json.dumps({{"before": before, "after": after}}))
     """)
@@ -79,7 +86,7 @@ def test_patch_without_bars_loads_no_rich_yaml_or_cryptography_before_its_first_
 ) -> None:
     """The first connection of a `copa patch` (to a listener of ours that never answers) is where the child stops
     and reports what it has imported: requests, by then, and none of what only bars, PatchConfig files, client
-    certificates or the sweep need."""
+    certificates or the sweep need, nor the engine copa.api imports once that request is made."""
     report = tmp_path / "trivy.json"
     report.write_text(json.dumps({
         "SchemaVersion": 2, "ArtifactName": "x", "ArtifactType": "container_image",
@@ -91,14 +98,18 @@ def test_patch_without_bars_loads_no_rich_yaml_or_cryptography_before_its_first_
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
         got = _child(f"""
-            import json, os, socket, sys
+            import importlib, json, os, socket, sys
             heavy = {HEAVY!r}
+            deferred = {DEFERRED!r}
             real_connect = socket.socket.connect
 
             def first_connect(sock, address):
                 # Stop at the first network request: report what is loaded by then, and end without a traceback.
-                print(json.dumps({{"address": list(address)[:2],
-                                  "loaded": sorted(m for m in heavy if m in sys.modules)}}), flush=True)
+                loaded = sorted(m for m in heavy + deferred if m in sys.modules)
+                # The control: every deferred name is a module that imports (a misspelt one would pass unseen).
+                for name in deferred:
+                    importlib.import_module(name)
+                print(json.dumps({{"address": list(address)[:2], "loaded": loaded}}), flush=True)
                 os._exit(0)
 
             socket.socket.connect = first_connect
@@ -110,3 +121,4 @@ def test_patch_without_bars_loads_no_rich_yaml_or_cryptography_before_its_first_
     loaded = set(got["loaded"])  # type: ignore[arg-type]
     assert "requests" in loaded  # the control: it is at its first request
     assert not loaded & {"rich", "yaml", "cryptography", "networkx", "pysequoia", "multiprocessing"}, loaded
+    assert not loaded & set(DEFERRED), loaded

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
 import requests
@@ -42,10 +42,13 @@ from copa.oci.certs import (
 )
 from copa.oci.credentials import lookup
 from copa.oci.digest import Digest, verifying
-from copa.oci.image import Bundle
-from copa.oci.layerstore import BlobHomes
 from copa.oci.model import Descriptor, Document, Index, Manifest, ManifestFormatError, MediaType, Opaque, parse_document
 from copa.oci.reference import Reference
+
+if TYPE_CHECKING:
+    # Types only: a patch's first request (this client's) must not wait for the layer codecs these import.
+    from copa.oci.image import Bundle
+    from copa.oci.layerstore import BlobHomes
 
 T = TypeVar("T")
 
@@ -834,7 +837,10 @@ def push(client: RegistryClient, target: Reference, bundle: Bundle, homes: BlobH
     root_digest = bundle.root.digest
     if target.digest is not None and target.digest != root_digest:
         raise UsageError(f"cannot push to {target}: the image's digest is {root_digest}; drop the @digest")
-    homes = homes if homes is not None else BlobHomes.disabled()
+    if homes is None:
+        from copa.oci.layerstore import BlobHomes
+
+        homes = BlobHomes.disabled()
     pusher = _Pusher(client, target, bundle)
     for desc in bundle.iter_blobs():
         if desc.urls:

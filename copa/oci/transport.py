@@ -9,16 +9,18 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from copa.errors import UsageError
-from copa.oci.archive import ArchiveSource, write_archive
 from copa.oci.digest import Digest
-from copa.oci.image import Bundle, Source
-from copa.oci.layerstore import BlobHomes
-from copa.oci.layout import LayoutSource, write_layout
-from copa.oci.loaders import check_name, load
 from copa.oci.reference import Reference, valid_tag
 from copa.oci.registry import RegistryClient, RegistrySource, push
+
+# The layout, archive and loader modules (and the layer codecs they import) are imported where an image argument or
+# an output names them: a registry image's first request waits for none of them.
+if TYPE_CHECKING:
+    from copa.oci.image import Bundle, Source
+    from copa.oci.layerstore import BlobHomes
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +41,13 @@ def _split_path(rest: str) -> tuple[str, str]:
 
 def open_image(text: str, client: RegistryClient) -> Opened:
     if text.startswith("oci:"):
+        from copa.oci.layout import LayoutSource
+
         path, name = _split_path(text[4:])
         return Opened(LayoutSource(Path(path), name or None), None, text, name)
     if text.startswith("docker-archive:"):
+        from copa.oci.archive import ArchiveSource
+
         rest = text[len("docker-archive:"):]
         path, _, tag = rest.partition(":")
         return Opened(ArchiveSource(Path(path), tag or None), None, text, tag.rpartition(":")[2] if tag else "")
@@ -98,6 +104,8 @@ def plan_outputs(
     if push and full is None:
         raise UsageError("--push needs -t REGISTRY/REPOSITORY:TAG when the image does not come from a registry")
     if loader is not None:
+        from copa.oci.loaders import check_name
+
         # The name write_outputs loads under, refused now rather than after all the patch work.
         check_name(str(full) if full is not None else ref_name)
     return Outputs(full, push, Path(oci_dir) if oci_dir else None, Path(output_tar) if output_tar else None, ref_name,
@@ -133,6 +141,10 @@ class Written:
 def write_outputs(outputs: Outputs, bundle: Bundle, client: RegistryClient, workdir: Path | None = None,
                   timeout: float = 300.0, homes: BlobHomes | None = None) -> tuple[Written, ...]:
     """Write to every named sink. Each sink writes blobs first and its tag or index last."""
+    from copa.oci.archive import write_archive
+    from copa.oci.layout import write_layout
+    from copa.oci.loaders import load
+
     written: list[Written] = []
     if outputs.oci_dir is not None:
         digest = write_layout(outputs.oci_dir, bundle, outputs.tag)

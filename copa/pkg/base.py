@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from copa.errors import ResolutionError
-from copa.oci.image import Image
-from copa.oci.layer import Entry
-from copa.oci.rootfs import Files, View
-from copa.pkg.fetch import Fetcher
-from copa.report.model import OSInfo, Report
 
 if TYPE_CHECKING:
+    # Types only: the CLI builds RepositoryOptions before the first registry request, which must not wait for the
+    # layer codecs (zstandard, isal) and requests that these modules import.
+    from copa.oci.image import Image
+    from copa.oci.layer import Entry
+    from copa.oci.rootfs import Files, View
+    from copa.pkg.fetch import Fetcher
     from copa.pkg.inventory import InstalledPackage
+    from copa.report.model import OSInfo, Report
 
 
 @dataclass(frozen=True, slots=True)
