@@ -19,7 +19,7 @@ from copa.oci.model import Index, Manifest
 from copa.oci.reference import Reference
 from copa.oci.registry import RegistryClient, RegistryOptions
 from copa.oci.transport import Opened, Outputs, Written, check_tag, open_image, plan_outputs, write_outputs
-from copa.pkg.base import RepositoryOptions
+from copa.pkg.options import RepositoryOptions
 from copa.targets import Reports, Target, platform_tag, read_reports, select
 
 # At the top: only what a patch needs up to its first registry request (the options, the reports, the registry
@@ -147,8 +147,8 @@ def _import_engine(options: PatchOptions) -> None:
 
 
 _ENGINE = ("concurrent.futures", "copa.oci.image", "copa.oci.layer", "copa.oci.layercache", "copa.oci.layerstore",
-           "copa.oci.mutate", "copa.oci.rootfs", "copa.pkg.cache", "copa.pkg.detect", "copa.pkg.fetch",
-           "copa.report.match")
+           "copa.oci.mutate", "copa.oci.rootfs", "copa.pkg.base", "copa.pkg.cache", "copa.pkg.detect",
+           "copa.pkg.fetch", "copa.report.match")
 
 
 @dataclass(frozen=True)

@@ -168,7 +168,7 @@ def options_from(args: argparse.Namespace) -> PatchOptions:
         raise UsageError(f"--pkg-types {args.pkg_types}: copa patches OS packages only; pass --pkg-types os")
     # The engine is imported when a patch is asked for, not with the CLI: `copa --version` and `--help` stay quick.
     from copa.api import PatchOptions
-    from copa.pkg.base import RepositoryOptions
+    from copa.pkg.options import RepositoryOptions
 
     return PatchOptions(
         image=args.image,

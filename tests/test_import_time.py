@@ -27,9 +27,9 @@ HEAVY = ("rich", "requests", "urllib3", "zstandard", "isal", "pysequoia", "crypt
 # layers, package detection and downloads, mutate, the outputs) or only for some flags (-o, --attach, -l,
 # --exit-on-eol, oci:/docker-archive: images): copa.api imports them where they are used.
 DEFERRED = ("copa.oci.image", "copa.oci.layercache", "copa.oci.layerstore", "copa.oci.rootfs", "copa.oci.mutate",
-            "copa.oci.layout", "copa.oci.archive", "copa.oci.loaders", "copa.oci.referrers", "copa.pkg.fetch",
-            "copa.pkg.cache", "copa.pkg.repoauth", "copa.pkg.inventory", "copa.report.match", "copa.sbom", "copa.vex",
-            "copa.eol")  # fmt: skip
+            "copa.oci.layout", "copa.oci.archive", "copa.oci.loaders", "copa.oci.referrers", "copa.pkg.base",
+            "copa.pkg.fetch", "copa.pkg.cache", "copa.pkg.repoauth", "copa.pkg.inventory", "copa.report.match",
+            "copa.sbom", "copa.vex", "copa.eol")  # fmt: skip
 
 
 def _child(code: str, *args: str) -> dict[str, object]:

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from copa.errors import ResolutionError
+from copa.pkg.options import RepositoryOptions as RepositoryOptions  # re-exported: the adapters import it from here
 
 if TYPE_CHECKING:
-    # Types only: the CLI builds RepositoryOptions before the first registry request, which must not wait for the
+    # Types only: copa.api imports this module before its first registry request, which must not wait for the
     # layer codecs (zstandard, isal) and requests that these modules import.
     from copa.oci.image import Image
     from copa.oci.layer import Entry
@@ -52,22 +53,6 @@ class OSRelease:
     @property
     def families(self) -> tuple[str, ...]:
         return (self.id, *self.id_like)
-
-
-@dataclass(frozen=True, slots=True)
-class RepositoryOptions:
-    """What the user says about package repositories; each adapter reads what applies to it."""
-
-    repositories: tuple[str, ...] = ()
-    repositories_file: Path | None = None
-    keyrings: tuple[Path, ...] = ()
-    mirrors: tuple[tuple[str, str], ...] = ()
-    allow_unsigned: bool = False
-    # --repository-auth: netrc-format credentials (apt's auth.conf syntax) for package repositories; read by copa
-    # only, never written into the image. --repository-cert/--repository-key: a TLS client certificate for them.
-    auth_file: Path | None = None
-    client_cert: Path | None = None
-    client_key: Path | None = None
 
 
 @dataclass(frozen=True)
