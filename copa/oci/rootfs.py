@@ -25,6 +25,7 @@ from copa import events
 from copa.errors import IntegrityError, UnsafePathError, UnsupportedImageError
 from copa.oci.image import CORRUPT_STREAM, Image, decompressed
 from copa.oci.layercache import LayerCache, LayerRecord, Member
+from copa.oci.tarstream import TarMember, TarStream
 
 _MAX_LINK_DEPTH = 40
 _MAX_FILE = 256 << 20
@@ -66,7 +67,7 @@ class Node:
     layer: int  # index into image.layers of the layer that provides this path
 
 
-def _kind(member: tarfile.TarInfo) -> str:
+def _kind(member: TarMember) -> str:
     if member.isreg():
         return "file"
     if member.isdir():
@@ -104,7 +105,7 @@ class _Hiding:
             self.pending_deleted.add(posixpath.join(parent, base[4:]))
         return True
 
-    def replaced(self, member: tarfile.TarInfo, path: str) -> None:
+    def replaced(self, member: TarMember, path: str) -> None:
         """A visible non-directory hides whatever lower layers have below its path (a lower directory it
         replaces and all its children), as overlayfs and every unpacker do."""
         self.replaced_kind(_kind(member), path)
@@ -135,7 +136,7 @@ class _Hiding:
 
 
 def _members(image: Image, index: int, hasher: hashlib._Hash | None = None
-             ) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+             ) -> Iterator[tuple[TarStream, TarMember]]:
     """The layer's tar members in stream order. With `hasher`, every uncompressed byte passes through it, the
     stream is read to its end (so the blob's digest is checked too), and the caller compares it with the diff_id."""
     layer = image.layers[index]
@@ -146,7 +147,7 @@ def _members(image: Image, index: int, hasher: hashlib._Hash | None = None
             decompressed(events.counted(image.source.open_blob(desc), task), desc.media_type) as stream:
         source: BinaryIO = stream if hasher is None else cast(BinaryIO, _Hashing(stream, hasher))
         try:
-            with tarfile.open(fileobj=source, mode="r|") as tar:
+            with TarStream(source) as tar:
                 for member in tar:
                     yield tar, member
             if hasher is not None:
@@ -388,7 +389,7 @@ def _through_symlinks(nodes: dict[str, Node], contents: dict[str, bytes], whiteo
             contents.pop(real, None)
 
 
-def _content(image: Image, index: int, tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes | None:
+def _content(image: Image, index: int, tar: TarStream, member: TarMember) -> bytes | None:
     """A member's bytes. Read here, in the consumer of _members, so a tar cut inside a member (its header claims
     more than the stream holds) fails here: _members' own handler does not see what its caller reads."""
     f = tar.extractfile(member)

@@ -24,6 +24,7 @@ from isal import igzip
 from copa.errors import IntegrityError, LocalIOError, UnsafePathError
 from copa.oci.image import CORRUPT_STREAM
 from copa.oci.layer import clean_path
+from copa.oci.tarstream import TarStream
 from copa.pkg.streams import Bounded, inflate, open_content
 
 _AR_MAGIC = b"!<arch>\n"
@@ -176,7 +177,7 @@ def _control_members(stream: BinaryIO, what: str) -> tuple[bytes, dict[str, byte
     control = b""
     members: dict[str, bytes] = {}
     total = 0
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
+    with TarStream(stream) as tar:
         for m in tar:
             name = posixpath.normpath(m.name).lstrip("./")
             if not m.isreg() or "/" in name:
@@ -234,7 +235,7 @@ def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
     spool: _StageFile | None = None
     kinds: dict[str, str] = {}  # path -> kind of the members read so far
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        with TarStream(stream) as tar:
             for m in tar:
                 path = clean_path(m.name, f"{what}: member")
                 if not path:
