@@ -205,7 +205,7 @@ def test_apk_reads_and_verifies(tmp_path: Path) -> None:
     assert c.signed_by == KEY_NAME and c.info("pkgname") == "tool" and ".post-install" in c.scripts
     assert [f.path for f in c.files] == ["usr", "usr/bin", "usr/bin/tool", "usr/bin/alias"]
     tool = c.files[2]
-    assert tool.staged is not None and tool.staged.read_bytes() == b"#!/bin/sh\necho hi\n"
+    assert tool.has_content and tool.open().read() == b"#!/bin/sh\necho hi\n"
     assert tool.sha1 == hashlib.sha1(b"#!/bin/sh\necho hi\n").digest()
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -121,24 +122,9 @@ class ApkAdapter:
     def build(self, ctx: ImageContext, plan: Plan) -> LayerContent:
         payload = plan.payload
         assert isinstance(payload, _Payload)
-        fetcher = apk_fetcher(ctx, payload.repositories)
-        repos = {r.url: r for r in payload.repositories}
         old = {p.name: p for p in payload.packages}
-        installing: list[Installing] = []
-        for i, chosen in enumerate(payload.chosen):
-            record = chosen.record
-            if record.installed_size == 0:
-                # apk treats I:0 as a virtual package: it neither fetches nor unpacks it (apk_db_pkg_add marks it
-                # cached; no .PKGINFO is read), records it with no files, and the old version's files go.
-                installing.append(Installing(record, ApkContents(record.identity, {}, {}, (), ""),
-                                             old.get(record.name)))
-                continue
-            repo = repos[record.repository]
-            what = f"{record.name}-{record.version}.apk"
-            path = fetch_apk(fetcher, repo.package_url(payload.arch, record.filename), record, what)
-            contents = read_apk(path, ctx.workdir / "apk-stage" / f"{i:04d}", payload.keys, expected=record.checksum,
-                                require_signature=False, what=what)
-            installing.append(Installing(record, contents, old.get(record.name)))
+        contents = _download_and_read(ctx, payload)
+        installing = [Installing(c.record, contents[i], old.get(c.record.name)) for i, c in enumerate(payload.chosen)]
         mtime = max((p.record.build_time for p in installing), default=0)
         layer = LayerPlan(ctx.root, mtime)
         for pkg in installing:
@@ -163,6 +149,38 @@ class ApkAdapter:
         if scanned_os is not None and scanned_os.family:
             return apk_scanner_purl(scanned_os.family, scanned_os.version, name, version, architecture)
         return apk_scanner_purl(ctx.os_release.id, ctx.os_release.version_id, name, version, architecture)
+
+
+def _download_and_read(ctx: ImageContext, payload: _Payload) -> list[ApkContents]:
+    """Every chosen package downloaded and read (verified), in the plan's order. Each read starts as soon as its
+    download lands, biggest first, on every core (inflate and hashing release the GIL) while the rest download; the
+    first failure in plan order is raised once every worker has finished."""
+    fetcher = apk_fetcher(ctx, payload.repositories)
+    repos = {r.url: r for r in payload.repositories}
+    records = [c.record for c in payload.chosen]
+    # apk treats I:0 as a virtual package: it neither fetches nor unpacks it (apk_db_pkg_add marks it cached; no
+    # .PKGINFO is read), records it with no files, and the old version's files go.
+    real = sorted((i for i, r in enumerate(records) if r.installed_size != 0), key=lambda i: -records[i].size)
+
+    def download(i: int) -> Path:
+        record = records[i]
+        url = repos[record.repository].package_url(payload.arch, record.filename)
+        return fetch_apk(fetcher, url, record, _what(record))
+
+    with ThreadPoolExecutor(max_workers=fetcher.workers, thread_name_prefix="copa-fetch") as fetch_pool, \
+            ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="copa-unpack") as read_pool:
+        fetched = {i: fetch_pool.submit(download, i) for i in real}
+
+        def read(i: int) -> ApkContents:
+            return read_apk(fetched[i].result(), ctx.workdir / "apk-stage" / f"{i:04d}", payload.keys,
+                            expected=records[i].checksum, require_signature=False, what=_what(records[i]))
+
+        reads = {i: read_pool.submit(read, i) for i in real}
+    return [reads[i].result() if i in reads else ApkContents(r.identity, {}, {}, (), "") for i, r in enumerate(records)]
+
+
+def _what(record: ApkRecord) -> str:
+    return f"{record.name}-{record.version}.apk"
 
 
 def fetch_apk(fetcher: Fetcher, url: str, record: ApkRecord, what: str) -> Path:

@@ -15,10 +15,8 @@ import hashlib
 import io
 import tarfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
 
 from copa.errors import IntegrityError
 from copa.oci.layer import Entry, Kind, check_parents
@@ -40,10 +38,6 @@ class Installing:
     record: ApkRecord
     contents: ApkContents
     old: InstalledPackage | None
-
-
-def _opener(path: Path) -> Callable[[], BinaryIO]:
-    return lambda: path.open("rb")
 
 
 def _ids(text: bytes | None) -> dict[str, int]:
@@ -96,8 +90,8 @@ class LayerPlan:
             return
         kind = {"file": Kind.FILE, "symlink": Kind.SYMLINK, "hardlink": Kind.HARDLINK}[f.kind]
         linkname = self.real(f.linkname) if f.kind == "hardlink" else f.linkname
-        self.add(Entry(path, kind, f.mode, uid, gid, f.size if f.staged else 0,
-                       _opener(f.staged) if f.staged else None, linkname, f.mtime, f.uname, f.gname))
+        self.add(Entry(path, kind, f.mode, uid, gid, f.size if f.has_content else 0,
+                       f.open if f.has_content else None, linkname, f.mtime, f.uname, f.gname))
 
     def remove(self, path: str) -> None:
         node = self.view.get(path)
@@ -136,7 +130,7 @@ def install_package(plan: LayerPlan, pkg: Installing) -> None:
     for f in pkg.contents.files:
         new_paths.add(f.path)
         path = plan.real(f.path)
-        if f.kind == "file" and _protected(f.path) and f.path in old_digest and f.staged is not None:
+        if f.kind == "file" and _protected(f.path) and f.path in old_digest and f.has_content:
             current = plan.view.read(path)
             was = old_digest[f.path]
             changed = current is None or not was or decode_hash(was) != sha1_z(current)
