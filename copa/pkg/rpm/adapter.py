@@ -33,10 +33,17 @@ from copa.pkg.effects import apply
 from copa.pkg.effects import note as effects_note
 from copa.pkg.fetch import FetchItem, fetcher_for
 from copa.pkg.inventory import InstalledPackage
-from copa.pkg.openpgp import Keyring
 from copa.pkg.rpm.deps import EQUAL, Dep, overlaps
 from copa.pkg.rpm.header import Header, installed_header
-from copa.pkg.rpm.install import LayerPlan, effects_package, install_package, other_owned, owned_files
+from copa.pkg.rpm.install import (
+    InstalledTriggers,
+    LayerPlan,
+    OwnedFile,
+    effects_package,
+    install_package,
+    other_owned,
+    owned_files,
+)
 from copa.pkg.rpm.inventory import RpmIdentity, rpm_inventory, rpm_scanner_purl, scanner_vendor
 from copa.pkg.rpm.modules import (
     DEFAULTS_DIR,
@@ -55,7 +62,7 @@ from copa.pkg.rpm.plan import Chosen, Installed, Policy, Wanted, resolve
 from copa.pkg.rpm.repomd import RepoIndex, RpmPackage, load_repository
 from copa.pkg.rpm.repos import RepoSetup, RpmRepository, Tree, read_setup, repository_auth, repository_keyring
 from copa.pkg.rpm.rpmdb.installed import RpmDatabase, read_database
-from copa.pkg.rpm.rpmfile import RpmContents, expect_identity, read_rpm
+from copa.pkg.rpm.rpmfile import HeaderCheck, RpmContents, expect_identity, read_rpm
 from copa.pkg.rpm.signature import checker
 from copa.pkg.rpm.tags import Tag
 from copa.pkg.rpm.version import compare_versions, rpmvercmp
@@ -138,6 +145,7 @@ class Candidate:
 class _Payload:
     db: RpmDatabase
     headers: dict[int, Header]
+    owned: dict[int, tuple[OwnedFile, ...]]  # the files each installed header owns, by hnum
     hnums: dict[tuple[str, str], int]  # (name, arch) -> hnum of the installed header
     chosen: tuple[Chosen, ...]
     setup: RepoSetup
@@ -272,7 +280,8 @@ class RpmAdapter:
         keep = frozenset({i.name for i in installed} | {d.name for i in installed for d in i.requires}
                          | ({p.name for p in report.packages} if report is not None else set()))
         repos = _Repositories(ctx, setup, keep)
-        files = frozenset("/" + f.path for h in headers.values() for f in owned_files(h))
+        owned = {hnum: owned_files(h) for hnum, h in headers.items()}
+        files = frozenset("/" + f.path for fs in owned.values() for f in fs)
         resolution = resolve(installed, _wanted(report, installed, repos), repos.versions, repos.providers,
                              rpmvercmp, files.__contains__,
                              Policy())
@@ -288,7 +297,7 @@ class RpmAdapter:
                                 reason=e.reason) for e in resolution.erased)
         skipped: tuple[Skip, ...] = resolution.skipped + resolution.failures
         erased = tuple(by_key[e.installed.key] for e in resolution.erased)
-        return Plan(updates, skipped, _Payload(db, headers, by_key, resolution.chosen, setup, erased, repos))
+        return Plan(updates, skipped, _Payload(db, headers, owned, by_key, resolution.chosen, setup, erased, repos))
 
     def build(self, ctx: ImageContext, plan: Plan) -> LayerContent:
         payload = plan.payload
@@ -298,7 +307,7 @@ class RpmAdapter:
         mtime = max((f.mtime for c in contents for f in c.files), default=0)
         layer = LayerPlan.of(ctx.root, mtime)
         replaced = [payload.hnums[c.installed.key] for c in payload.chosen if c.installed is not None]
-        owned = other_owned(payload.headers, [*replaced, *payload.erased])
+        owned = other_owned(payload.owned, [*replaced, *payload.erased])
         notes: dict[str, list[str]] = {}
         for chosen, new in zip(payload.chosen, contents, strict=True):
             old = payload.headers[payload.hnums[chosen.installed.key]] if chosen.installed else None
@@ -307,7 +316,7 @@ class RpmAdapter:
         # (a replacement often ships the same paths: rpm -e of the obsoleted one skips files shared with it).
         installed_now = {f.path for c in contents for f in c.files}
         for hnum in payload.erased:
-            for f in owned_files(payload.headers[hnum]):
+            for f in payload.owned[hnum]:
                 if "/" + f.path not in owned and f.path not in installed_now:
                     real = layer.real(f.path)
                     node = ctx.root.get(real)
@@ -321,8 +330,9 @@ class RpmAdapter:
         for entry in change.entries():
             layer.entries[entry.path] = entry
         # What the scriptlets and triggers would have done (copa/pkg/effects); its entries win at their paths.
+        triggers = InstalledTriggers.of(payload.headers.values())
         outcome = apply(layer.entries, ctx.root, [effects_package(c, payload.headers[payload.hnums[ch.installed.key]]
-                                                                  if ch.installed else None, payload.headers.values())
+                                                                  if ch.installed else None, triggers)
                                                   for c, ch in zip(contents, payload.chosen, strict=True)],
                         "rpm", ctx.architecture, mtime)
         updates = []
@@ -364,35 +374,45 @@ def _install_time(contents: Sequence[RpmContents]) -> int:
 
 
 def _download_and_read(ctx: ImageContext, repos: _Repositories, chosen: Sequence[Chosen]) -> list[RpmContents]:
+    """Every chosen package downloaded (checksum from the verified metadata) and read, each read starting as soon
+    as its download is done, biggest first, on every core: payload decompression and hashing (which release the
+    GIL) overlap the other downloads and each other. The first failed download in plan order is raised, else the
+    first failed read, once every worker has finished."""
     fetcher = repos.fetcher
-    items = []
+    packages: list[RpmPackage] = []
     for c in chosen:
         assert isinstance(c.record, Candidate)
         pkg = c.record.package
         if pkg.checksum.type != "sha256":
             raise IntegrityError(f"{pkg.nevra}: the repository names a {pkg.checksum.type} checksum; copa verifies "
                                  "packages by sha256 only")
-        items.append(FetchItem(url=pkg.url, sha256=pkg.checksum.value, size=pkg.size, what=f"{pkg.nevra}.rpm"))
-    keys: dict[str, Keyring | None] = {}
+        packages.append(pkg)
+    order = sorted(range(len(packages)), key=lambda i: -packages[i].size)
+    with ThreadPoolExecutor(max_workers=fetcher.workers, thread_name_prefix="copa-fetch") as fetch_pool, \
+            ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="copa-unpack") as read_pool:
+        fetched = {i: fetch_pool.submit(fetcher.fetch, FetchItem(url=packages[i].url, sha256=packages[i].checksum.value,
+                                                                 size=packages[i].size,
+                                                                 what=f"{packages[i].nevra}.rpm"))
+                   for i in order}
+        # The repositories' keys (a gpgkey may be fetched) while the packages download.
+        keys: dict[str, HeaderCheck | None] = {}
+        try:
+            for pkg in packages:
+                if pkg.repo_id not in keys:
+                    repo = repos.repo_of(pkg)
+                    ring = repository_keyring(repo, repos.tree, ctx.repos, fetcher) if repo.gpgcheck else None
+                    keys[repo.id] = checker(ring) if ring is not None else None
+        except BaseException:
+            for future in fetched.values():
+                future.cancel()  # a key that cannot be had fails the patch: no need to finish the downloads
+            raise
 
-    def check_for(c: Chosen) -> object:
-        assert isinstance(c.record, Candidate)
-        repo = repos.repo_of(c.record.package)
-        if repo.id not in keys:
-            keys[repo.id] = None
-            if repo.gpgcheck:
-                ring = repository_keyring(repo, repos.tree, ctx.repos, fetcher)
-                keys[repo.id] = ring
-        found = keys[repo.id]
-        return checker(found) if found is not None else None
+        def read(i: int) -> RpmContents:
+            pkg = packages[i]
+            check = expect_identity(pkg.name, pkg.epoch, pkg.version, pkg.release, pkg.arch, keys[pkg.repo_id])
+            return read_rpm(fetched[i].result(), ctx.workdir / "stage" / f"{i:04d}", f"{pkg.nevra}.rpm", check)
 
-    checks = [check_for(c) for c in chosen]
-    with ThreadPoolExecutor(max_workers=fetcher.workers, thread_name_prefix="copa-fetch") as pool:
-        paths = list(pool.map(fetcher.fetch, items))
-    out = []
-    for i, (path, c) in enumerate(zip(paths, chosen, strict=True)):
-        assert isinstance(c.record, Candidate)
-        pkg = c.record.package
-        check = expect_identity(pkg.name, pkg.epoch, pkg.version, pkg.release, pkg.arch, checks[i])  # type: ignore[arg-type]
-        out.append(read_rpm(path, ctx.workdir / "stage" / f"{i:04d}", f"{pkg.nevra}.rpm", check))
-    return out
+        reads = {i: read_pool.submit(read, i) for i in order}
+    for i in range(len(packages)):
+        fetched[i].result()
+    return [reads[i].result() for i in range(len(packages))]

@@ -36,6 +36,9 @@ MAX_DATA = 256 << 20
 REGION_TAGS = frozenset({Tag.HEADERIMAGE, Tag.HEADERSIGNATURES, Tag.HEADERIMMUTABLE})
 _ENTRY = struct.Struct(">iIiI")  # tag, type, offset, count: offset is signed (region trailers are negative)
 _INTS = {Type.CHAR: "B", Type.INT8: "B", Type.INT16: "H", Type.INT32: "I", Type.INT64: "Q"}
+_TYPES = tuple(Type)  # by type code (0..9)
+_SIZES = tuple(t.size for t in _TYPES)
+_STRING_TYPES = frozenset({Type.STRING, Type.STRING_ARRAY, Type.I18NSTRING})
 # What a signature-header value may be to be merged into an installed header (headerMergeLegacySigs).
 _MERGE_MAX_COUNT = 16 * 1024
 
@@ -156,32 +159,36 @@ class Header:
     def _from_parts(cls, index: memoryview, data: bytes, what: str, error: type[CopaError]) -> Header:
         entries: list[Entry] = []
         for tag, type_code, offset, count in _ENTRY.iter_unpack(index):
-            if not 0 <= type_code <= Type.I18NSTRING:
+            if type_code >= len(_TYPES):  # (unsigned: never negative)
                 raise error(f"{what}: header tag {tag} has unknown type {type_code}; the package is corrupt")
-            entries.append(Entry(tag, Type(type_code), offset, count))
+            entries.append(Entry(tag, _TYPES[type_code], offset, count))
         return cls(tuple(entries), data, what, error)
 
     def _fail(self, problem: str) -> CopaError:
         return self.error(f"{self.what}: {problem}; the package or database is corrupt")
 
     def _check(self, e: Entry, i: int) -> None:
+        # Called for every entry of every header read (hundreds of installed headers, each with ~100 tags): plain
+        # comparisons and table look-ups, no enum machinery.
         dl = len(self.data)
-        if e.tag in REGION_TAGS and i == 0:
-            if e.type != Type.BIN or e.count != 16 or not 0 <= e.offset <= dl - 16:
+        type_, offset, count = e.type, e.offset, e.count
+        if i == 0 and e.tag in REGION_TAGS:
+            if type_ != Type.BIN or count != 16 or not 0 <= offset <= dl - 16:
                 raise self._fail(f"region tag {e.tag} is malformed")
             return
-        if e.count < 1 or e.count > MAX_DATA or not 0 <= e.offset <= dl:
-            raise self._fail(f"tag {e.tag} points outside the header data (offset {e.offset}, count {e.count})")
-        if e.type == Type.NULL:
+        if count < 1 or count > MAX_DATA or not 0 <= offset <= dl:
+            raise self._fail(f"tag {e.tag} points outside the header data (offset {offset}, count {count})")
+        if type_ == Type.NULL:
             return
-        size = e.type.size
-        if e.offset % size:
-            raise self._fail(f"tag {e.tag} is misaligned")
-        if e.type in (Type.STRING, Type.STRING_ARRAY, Type.I18NSTRING):
-            if e.type == Type.STRING and e.count != 1:
-                raise self._fail(f"string tag {e.tag} has count {e.count}")
+        if type_ in _STRING_TYPES:
+            if type_ == Type.STRING and count != 1:
+                raise self._fail(f"string tag {e.tag} has count {count}")
             self._string_end(e)
-        elif e.offset + size * e.count > dl:
+            return
+        size = _SIZES[type_]
+        if offset % size:
+            raise self._fail(f"tag {e.tag} is misaligned")
+        if offset + size * count > dl:
             raise self._fail(f"tag {e.tag} runs past the header data")
 
     def _string_end(self, e: Entry) -> int:
@@ -189,10 +196,17 @@ class Header:
         key = (e.offset, e.count)
         end = self._ends.get(key)
         if end is None:
-            found = _strings_pattern(e.count).match(self.data, e.offset)
-            if found is None:
-                raise self._fail(f"string tag {e.tag} is not NUL-terminated")
-            end = self._ends[key] = found.end()
+            if e.count == 1:
+                nul = self.data.find(b"\0", e.offset)
+                if nul < 0:
+                    raise self._fail(f"string tag {e.tag} is not NUL-terminated")
+                end = nul + 1
+            else:
+                found = _strings_pattern(e.count).match(self.data, e.offset)
+                if found is None:
+                    raise self._fail(f"string tag {e.tag} is not NUL-terminated")
+                end = found.end()
+            self._ends[key] = end
         return end
 
     def _find_region(self) -> Region | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import posixpath
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from copa.oci.layer import Entry, Kind, check_parents
@@ -352,13 +352,14 @@ def _config_fate(plan: LayerPlan, f: RpmFile, path: str, old: OwnedFile | None, 
     return "rpmnew" if f.noreplace else "rpmsave"
 
 
-def other_owned(headers: Mapping[int, Header], updated: Iterable[int]) -> set[str]:
-    """Every path (leading slash) a header not being replaced owns."""
+def other_owned(owned: Mapping[int, Sequence[OwnedFile]], updated: Iterable[int]) -> set[str]:
+    """Every path (leading slash) an installed header not being replaced owns; `owned` is each header's
+    owned_files by hnum (read once per plan: an image's headers list tens of thousands of files)."""
     skip = set(updated)
     out: set[str] = set()
-    for hnum, h in headers.items():
+    for hnum, files in owned.items():
         if hnum not in skip:
-            out.update("/" + f.path for f in owned_files(h))
+            out.update("/" + f.path for f in files)
     return out
 
 
@@ -391,39 +392,72 @@ _TRIGGER_TAGS = ((Tag.TRIGGERNAME, Tag.TRIGGERINDEX, Tag.TRIGGERSCRIPTS, Tag.TRI
 _TRIGGERIN = 1 << 16  # RPMSENSE_TRIGGERIN
 
 
-def _installed_triggers(new: RpmContents, installed: Iterable[Header]) -> list[str]:
-    """The %triggerin / %filetriggerin / %transfiletriggerin scriptlets of installed packages that this package's
-    installation fires (its name, or a path under the prefix), as "# who\nscript" texts; ldconfig ones are left to
-    the libraries effect."""
-    name = new.header.string(Tag.NAME) or ""
-    paths = ["/" + f.path for f in new.files]
-    out: list[str] = []
-    for h in installed:
-        who = h.string(Tag.NAME) or ""
-        if who == name:
-            continue
-        for names_tag, index_tag, scripts_tag, progs_tag, flags_tag, kind in _TRIGGER_TAGS:
-            names, indexes, bodies = h.strings(names_tag), h.ints(index_tag), h.strings(scripts_tag)
-            progs, flags = h.strings(progs_tag), h.ints(flags_tag)
+@dataclass(frozen=True, slots=True)
+class _Trigger:
+    """One %triggerin-type entry of an installed package: what fires it and the script it runs (None for an
+    ldconfig one, left to the libraries effect; it still counts as fired, so its other targets are skipped)."""
+
+    who: str
+    kind: str  # "trigger" (a package name) or "file trigger" (a path prefix)
+    target: str
+    index: int  # the script's index: a script fires once per package whatever the number of targets it has
+    text: str | None
+
+
+@dataclass(frozen=True)
+class InstalledTriggers:
+    """The installed packages' %triggerin, %filetriggerin and %transfiletriggerin entries, read from their headers
+    once: each package an upgrade installs is matched against this list, not against every installed header."""
+
+    groups: tuple[tuple[str, tuple[_Trigger, ...]], ...]  # per installed header and trigger kind, in order
+
+    @classmethod
+    def of(cls, installed: Iterable[Header]) -> InstalledTriggers:
+        groups: list[tuple[str, tuple[_Trigger, ...]]] = []
+        for h in installed:
+            if not any(t[0] in h for t in _TRIGGER_TAGS):
+                continue
+            who = h.string(Tag.NAME) or ""
+            for names_tag, index_tag, scripts_tag, progs_tag, flags_tag, kind in _TRIGGER_TAGS:
+                names, indexes, bodies = h.strings(names_tag), h.ints(index_tag), h.strings(scripts_tag)
+                progs, flags = h.strings(progs_tag), h.ints(flags_tag)
+                found = []
+                for i, target in enumerate(names):
+                    if i >= len(indexes) or i >= len(flags) or not flags[i] & _TRIGGERIN:
+                        continue
+                    j = indexes[i]
+                    prog = progs[j] if j < len(progs) else "/bin/sh"
+                    body = bodies[j] if j < len(bodies) else ""
+                    text = None if posixpath.basename(prog) == "ldconfig" and not body.strip() else \
+                        body if prog in _SHELLS else f"{prog}\n"
+                    found.append(_Trigger(who, kind, target, j, text))
+                if found:
+                    groups.append((who, tuple(found)))
+        return cls(tuple(groups))
+
+    def fired_by(self, new: RpmContents) -> list[str]:
+        """The scriptlets this package's installation fires (its name, or a path under the prefix), as
+        "# who\nscript" texts."""
+        name = new.header.string(Tag.NAME) or ""
+        paths = ["/" + f.path for f in new.files]
+        out: list[str] = []
+        for who, triggers in self.groups:
+            if who == name:
+                continue
             fired: set[int] = set()
-            for i, target in enumerate(names):
-                if i >= len(indexes) or i >= len(flags) or not flags[i] & _TRIGGERIN or indexes[i] in fired:
+            for t in triggers:
+                if t.index in fired:
                     continue
-                hit = target == name if kind == "trigger" else any(p.startswith(target) for p in paths)
-                if not hit:
+                if not (t.target == name if t.kind == "trigger" else any(p.startswith(t.target) for p in paths)):
                     continue
-                fired.add(indexes[i])
-                j = indexes[i]
-                prog = progs[j] if j < len(progs) else "/bin/sh"
-                body = bodies[j] if j < len(bodies) else ""
-                if posixpath.basename(prog) == "ldconfig" and not body.strip():
-                    continue
-                text = body if prog in _SHELLS else f"{prog}\n"
-                out.append(f"# {who}'s {kind} on {target}\n{text}")
-    return out
+                fired.add(t.index)
+                if t.text is not None:
+                    out.append(f"# {who}'s {t.kind} on {t.target}\n{t.text}")
+        return out
 
 
-def effects_package(new: RpmContents, old: Header | None, installed: Iterable[Header] = ()) -> Package:
+def effects_package(new: RpmContents, old: Header | None,
+                    installed: Iterable[Header] | InstalledTriggers = ()) -> Package:
     """The copa.pkg.effects view of one package an upgrade installs: the new version's %pretrans, %pre, %post and
     %posttrans, the old version's %preun/%postun, the new version's triggers and the installed packages' triggers
     it fires (these last three only noted)."""
@@ -445,7 +479,8 @@ def effects_package(new: RpmContents, old: Header | None, installed: Iterable[He
     files = [*h.strings(Tag.FILETRIGGERSCRIPTS), *h.strings(_TRANSFILETRIGGERSCRIPTS)]
     if files:
         scripts["%filetriggers"] = "\n".join(files).encode()
-    fired = _installed_triggers(new, installed)
+    table = installed if isinstance(installed, InstalledTriggers) else InstalledTriggers.of(installed)
+    fired = table.fired_by(new)
     if fired:
         scripts["%installed triggers"] = "\n".join(fired).encode()
     return Package(h.string(Tag.NAME) or "", _evr(old) if old is not None else "", _evr(h), scripts)

@@ -43,6 +43,7 @@ _SIGTYPE_HEADERSIG = 5  # the lead's signature type: a signature header follows
 _INLINE_MAX = 64 << 10  # files up to this size stay in memory...
 _INLINE_BUDGET = 2 << 20  # ...up to this much per package; the rest is spooled to disk
 _CHUNK = 1 << 20
+_ZEROS = bytes(_CHUNK)
 # What may follow the cpio trailer inside the payload (rpm writes none; old cpio writers padded to 512-byte blocks):
 # anything more is not the package's, and decompressing an unbounded tail of zeros would be a bomb.
 _TAIL_MAX = 64 << 10
@@ -316,7 +317,7 @@ class _Spool:
             if self._f is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._f = cast(BinaryIO, self.path.open("wb"))
-            if data.count(0) == len(data):
+            if data == (_ZEROS if len(data) == _CHUNK else bytes(len(data))):  # (memcmp: stops at the first byte set)
                 self._f.seek(len(data), io.SEEK_CUR)  # zeros become a hole: a huge empty image costs no disk
             else:
                 self._f.write(data)
@@ -378,10 +379,14 @@ def _read_payload(f: BinaryIO, headers: RpmHeaders, stage: Path) -> RpmContents:
         # (rpmbuild's w0.ufdio packages have no compressor tag).
         compressor = "gzip" if buffered.peek(2)[:2] == b"\x1f\x8b" else ""
     decompressed = _decompressor(compressor, cast(BinaryIO, buffered), what)
-    alt = [_hasher(digest_algo, what)] if payload_alt else []
-    archive = _Hashing(decompressed, alt)
+    # PAYLOADDIGESTALT (over the cpio) is rpm's alternative to PAYLOADDIGEST (over the compressed bytes): rpm
+    # accepts a package when either verifies (rpmvsVerify's getAlt). The cpio is a function of the compressed
+    # bytes, so once PAYLOADDIGEST is checked a second pass of sha256 over every decompressed byte proves nothing
+    # more: it is hashed only for a package that has no PAYLOADDIGEST.
+    alt = [_hasher(digest_algo, what)] if payload_alt and not payload_digest else []
+    archive: BinaryIO = cast(BinaryIO, _Hashing(decompressed, alt)) if alt else decompressed
     # Without a payload digest in the (signed) header, the per-file digests are what vouch for the contents.
-    reader = io.BufferedReader(archive, _CHUNK)
+    reader = io.BufferedReader(cast(io.RawIOBase, archive), _CHUNK)
     files = _unpack(cast(BinaryIO, reader), h, stage, what, not payload_digest)
     tail = len(reader.read(_TAIL_MAX + 1))
     if tail > _TAIL_MAX:
@@ -390,7 +395,7 @@ def _read_payload(f: BinaryIO, headers: RpmHeaders, stage: Path) -> RpmContents:
     raw.drain()
     if payload_digest and compressed[0].hexdigest() != payload_digest[0].lower():
         raise BadRpm(f"{what}: payload digest does not match the header; the package is corrupt or tampered")
-    if payload_alt and alt[0].hexdigest() != payload_alt[0].lower():
+    if alt and alt[0].hexdigest() != payload_alt[0].lower():
         raise BadRpm(f"{what}: uncompressed payload digest does not match the header; the package is corrupt")
     if legacy_md5 is not None and bytes.fromhex(compressed[-1].hexdigest()) != legacy_md5:
         raise BadRpm(f"{what}: package MD5 digest does not match; the package is corrupt or tampered")
