@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import subprocess
 import tarfile
@@ -28,10 +29,11 @@ REAL = ("busybox", "ca-certificates", "libcrypto3", "musl", "zlib")
 
 MODES = {
     "as shipped": {},
-    "tar on disk": {"_MEMORY_TAR_MAX": 0},  # every data tar spills to the stage directory
+    # every data member streamed from the file (hashed in a first pass), every data tar spilled to the stage
+    "tar on disk": {"_READ_WHOLE_MAX": 0, "_MEMORY_TAR_MAX": 0},
     "all inline": {"_INLINE_MAX": 1 << 40, "_INLINE_BUDGET": 1 << 40},
     "none inline": {"_INLINE_MAX": -1},  # every file's content read by offset from the staged tar
-    "on disk, none inline": {"_MEMORY_TAR_MAX": 0, "_INLINE_MAX": -1},
+    "on disk, none inline": {"_READ_WHOLE_MAX": 0, "_MEMORY_TAR_MAX": 0, "_INLINE_MAX": -1},
 }
 
 
@@ -254,3 +256,34 @@ def test_mutated_packages_fail_only_with_one_line_errors(tmp_path: Path) -> None
             assert str(e).strip() and "\n" not in str(e).strip()
     for p in (tmp_path / "stages").rglob("*"):
         assert p.is_dir() or p.name == "data.tar"
+
+
+# Two repositories (main and community, as an Alpine image lists them): their indexes are fetched at once.
+
+
+def test_two_repositories_plan_as_real_apk(tmp_path: Path) -> None:
+    """An image listing two repositories, each holding newer builds of some of its packages: copa's plan (every
+    package with a newer version, no report) equals what real apk upgrades from the same two repositories."""
+    from tests.support import images
+    from tests.test_alpine_e2e import copa
+
+    base = alpine.alpine_rootfs()
+    first = apkrepo.build_repo(base, [apkrepo.PackageUpdate(n) for n in ("zlib", "libcrypto3", "libssl3")],
+                               tmp_path / "first")
+    second = apkrepo.build_repo(base, [apkrepo.PackageUpdate("musl"), apkrepo.PackageUpdate("musl-utils")],
+                                tmp_path / "second")
+    keys = tmp_path / "keys"
+    first.key.write_public(keys)
+    with apkrepo.serve(first.directory) as url1, apkrepo.serve(second.directory) as url2:
+        root = alpine.copy_rootfs(base, tmp_path / "oracle")
+        before = alpine.installed_versions(root)
+        alpine.run_apk(root, "--repository", url1, "--repository", url2, "--keys-dir", str(keys.resolve()),
+                       "--no-cache", "--no-scripts", "upgrade")
+        after = alpine.installed_versions(root)
+        src, ref = alpine.alpine_layout()
+        layout = images.copy_layout(src, tmp_path / "layout")
+        apkrepo.add_key_layer(layout, ref, base, first.key, f"{url1}\n{url2}")  # two lines of etc/apk/repositories
+        proc = copa("patch", "-i", f"oci:{layout}:{ref}", "--dry-run", "--json")
+    planned = {u["name"]: (u["from"], u["to"]) for u in json.loads(proc.stdout)["updates"]}
+    assert planned == {n: (before[n], v) for n, v in after.items() if before.get(n) != v}
+    assert set(planned) == {"zlib", "libcrypto3", "libssl3", "musl", "musl-utils"}

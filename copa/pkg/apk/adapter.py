@@ -90,8 +90,9 @@ class ApkAdapter:
 
     def plan(self, ctx: ImageContext, report: Report | None) -> Plan:
         packages = read_installed(ctx)
-        installed = {p.name: Installed(p.name, p.version, p.record.origin, p.record.depends, p.record.provides,
-                                       p.record.install_if) for p in packages}
+        records = [p.record for p in packages]  # parsed from the header at each access: once each here
+        installed = {r.name: Installed(r.name, r.version, r.origin, r.depends, r.provides, r.install_if)
+                     for r in records}
         arch = image_arch(ctx)
         world = read_world(ctx)
         pinned = {p.field("s"): p.name for p in packages if p.field("s")}

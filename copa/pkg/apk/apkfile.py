@@ -39,8 +39,9 @@ CHECKSUM_PAX = "APK-TOOLS.checksum.SHA1"
 SCRIPT_NAMES = (".pre-install", ".post-install", ".pre-upgrade", ".post-upgrade", ".pre-deinstall",
                 ".post-deinstall", ".trigger")
 _CHUNK = 1 << 16
-_READ_WHOLE_MAX = 16 << 20  # a compressed data member up to this size is read (and hashed) once, in memory
-_MEMORY_TAR_MAX = 48 << 20  # a decompressed data tar up to this size is walked in memory; a bigger one on disk
+_READ_WHOLE_MAX = 8 << 20  # a compressed data member up to this size is read (and hashed) once, in memory...
+_MEMORY_TAR_MAX = 16 << 20  # ...and its tar walked in memory up to this size (bigger: on disk). Both per reader
+# thread (one a core): together they bound what reading packages adds to the peak RSS.
 _OUT_CHUNK = 1 << 20  # most decompressed bytes per call once on disk: the bomb limits are checked this often
 _INLINE_MAX = 64 << 10  # files up to this size are kept in memory...
 _INLINE_BUDGET = 2 << 20  # ...up to this much per package (as the deb and rpm readers); the rest stays staged
@@ -166,8 +167,9 @@ def _compressed_data(f: BinaryIO, datahash: str, what: str) -> Iterator[bytes]:
             raise _datahash_error(what)
         yield whole  # at once: the decompressor's output limit, not its input, bounds each step
         return
+    h = hashlib.sha256(whole)
+    del whole  # not held while the rest streams
     if datahash:
-        h = hashlib.sha256(whole)
         while chunk := f.read(1 << 20):
             h.update(chunk)
         if h.hexdigest() != datahash:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from copa.errors import LocalIOError, NotFoundError, ResolutionError
@@ -130,12 +131,19 @@ def trusted_keys(ctx: ImageContext) -> Keys:
 
 def load_indexes(ctx: ImageContext, repos: list[Repository], keys: Keys, fetcher: Fetcher
                  ) -> list[tuple[Repository, RepositoryIndex]]:
-    out = []
-    for repo in repos:
-        what = f"apk index {repo.index_url}"
+    def fetch(repo: Repository) -> bytes:
         try:
-            data = fetcher.get_bytes(repo.index_url, what)
+            return fetcher.get_bytes(repo.index_url, f"apk index {repo.index_url}")
         except NotFoundError as e:
             raise ResolutionError(f"{e.message}; {_HINT}") from None
-        out.append((repo, read_apkindex(data, keys, ctx.repos.allow_unsigned, repo.url, what)))
-    return out
+
+    # Every repository's index at once (an image lists main and community, or several Wolfi ones): the waits for
+    # the servers overlap. The first failure in the image's order is raised once all are done.
+    if len(repos) > 1:
+        with ThreadPoolExecutor(max_workers=min(len(repos), fetcher.workers), thread_name_prefix="copa-fetch") as pool:
+            futures = [pool.submit(fetch, repo) for repo in repos]
+        bodies = [f.result() for f in futures]
+    else:
+        bodies = [fetch(repo) for repo in repos]
+    return [(repo, read_apkindex(data, keys, ctx.repos.allow_unsigned, repo.url, f"apk index {repo.index_url}"))
+            for repo, data in zip(repos, bodies, strict=True)]
