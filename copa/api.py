@@ -355,7 +355,7 @@ def _patch_one(opened: Opened, target: Target, options: PatchOptions, compressio
     from copa.oci.layercache import LayerCache
     from copa.oci.mutate import Original, original_of
     from copa.oci.rootfs import Files, scan
-    from copa.pkg.base import ImageContext
+    from copa.pkg.base import ImageContext, PrefetchHints
     from copa.pkg.detect import CAPTURE, CAPTURE_LARGE, PREFETCH_WATCH, EarlyDownloads, adapter_for, detect
     from copa.pkg.fetch import make_fetcher
     from copa.report.match import check_report
@@ -370,59 +370,69 @@ def _patch_one(opened: Opened, target: Target, options: PatchOptions, compressio
         progress(f"image was patched before; patching its original ({original.base_reference}) again")
     progress("reading the image's files")
     # Repository indexes start downloading as soon as the base layer's /etc has been read (see detect.EarlyDownloads).
+    # With a report, the family's prefetch also reads the named packages' newest versions ahead (on the core the
+    # scan leaves idle); a dry run builds no layer, so it reads nothing ahead.
+    wanted = tuple(p.name for p in target.report.packages) if target.report is not None and not options.dry_run \
+        else ()
     prefetch = EarlyDownloads(options.repos, image.config.architecture or "amd64", image.config.variant,
                              make_fetcher(Path(options.cache_dir) if options.cache_dir else None, options.timeout,
-                                          options.ca_bundle, options.repos))
+                                          options.ca_bundle, options.repos),
+                             PrefetchHints(wanted, workdir))
     try:
-        # What each layer holds is recorded by its diff_id: a second image on the same base reads only its own layers.
-        root_view = scan(image, original.layers, CAPTURE, early=(PREFETCH_WATCH, prefetch.start), large=CAPTURE_LARGE,
-                         cache=LayerCache(_cache(options)))
+        try:
+            # What each layer holds is recorded by its diff_id: a second image on the same base reads only its own
+            # layers.
+            root_view = scan(image, original.layers, CAPTURE, early=(PREFETCH_WATCH, prefetch.start),
+                             large=CAPTURE_LARGE, cache=LayerCache(_cache(options)))
+        finally:
+            prefetch.join()
+        detected = detect(root_view)
+        if options.exit_on_eol:
+            _check_end_of_life(detected.os_release, options, progress)
+        adapter = adapter_for(detected)
+        report = target.report
+        with tempfile.TemporaryDirectory(prefix="adapter-", dir=workdir) as adapter_tmp:
+            ctx = ImageContext(
+                image=image,
+                layers=original.layers,
+                os_release=detected.os_release,
+                architecture=image.config.architecture or "amd64",
+                variant=image.config.variant,
+                workdir=Path(adapter_tmp),
+                repos=options.repos,
+                files=Files(root_view.contents),
+                root=root_view,
+                ignore_errors=options.ignore_errors,
+                allow_remove=options.allow_remove,
+                cache_dir=Path(options.cache_dir) if options.cache_dir else None,
+                timeout=options.timeout,
+                ca_bundle=options.ca_bundle,
+                ahead=prefetch.ahead(detected.kind.name),
+            )
+            if report is not None:
+                check_report(report, ctx.os_release)
+            progress(f"planning updates for {detected.os_release.pretty_name} ({adapter.name})")
+            plan = adapter.plan(ctx, report)
+            unfixed = len(report.unfixed) if report is not None else 0
+            os_name = detected.os_release.pretty_name
+            if not plan.updates:
+                return _Done(target, "up-to-date", os_name, (), plan.skipped, unfixed)
+            if options.dry_run:
+                return _Done(target, "planned", os_name, plan.updates, plan.skipped, unfixed)
+            layer, updates = _patch_layer(image, original, adapter, ctx, plan, options, compression, workdir, progress)
+            patched = _patched(image, original, layer, updates)
+            scanned = report.os if report is not None else None
+            fixes: tuple[VexFix, ...] = ()
+            if options.vex_output or options.attach:
+                from copa import vex
+
+                fixes = vex.fixes_of(updates, lambda n, v, a: adapter.purl(ctx, n, v, a, scanned))
+            inventory = adapter.inventory(ctx, plan) if options.attach else ()
+            return _Done(target, "patched", os_name, updates, plan.skipped, unfixed, patched=patched, fixes=fixes,
+                         inventory=inventory, os_release=detected.os_release)
+
     finally:
-        prefetch.join()
-    detected = detect(root_view)
-    if options.exit_on_eol:
-        _check_end_of_life(detected.os_release, options, progress)
-    adapter = adapter_for(detected)
-    report = target.report
-    with tempfile.TemporaryDirectory(prefix="adapter-", dir=workdir) as adapter_tmp:
-        ctx = ImageContext(
-            image=image,
-            layers=original.layers,
-            os_release=detected.os_release,
-            architecture=image.config.architecture or "amd64",
-            variant=image.config.variant,
-            workdir=Path(adapter_tmp),
-            repos=options.repos,
-            files=Files(root_view.contents),
-            root=root_view,
-            ignore_errors=options.ignore_errors,
-            allow_remove=options.allow_remove,
-            cache_dir=Path(options.cache_dir) if options.cache_dir else None,
-            timeout=options.timeout,
-            ca_bundle=options.ca_bundle,
-        )
-        if report is not None:
-            check_report(report, ctx.os_release)
-        progress(f"planning updates for {detected.os_release.pretty_name} ({adapter.name})")
-        plan = adapter.plan(ctx, report)
-        unfixed = len(report.unfixed) if report is not None else 0
-        os_name = detected.os_release.pretty_name
-        if not plan.updates:
-            return _Done(target, "up-to-date", os_name, (), plan.skipped, unfixed)
-        if options.dry_run:
-            return _Done(target, "planned", os_name, plan.updates, plan.skipped, unfixed)
-        layer, updates = _patch_layer(image, original, adapter, ctx, plan, options, compression, workdir, progress)
-        patched = _patched(image, original, layer, updates)
-        scanned = report.os if report is not None else None
-        fixes: tuple[VexFix, ...] = ()
-        if options.vex_output or options.attach:
-            from copa import vex
-
-            fixes = vex.fixes_of(updates, lambda n, v, a: adapter.purl(ctx, n, v, a, scanned))
-        inventory = adapter.inventory(ctx, plan) if options.attach else ()
-        return _Done(target, "patched", os_name, updates, plan.skipped, unfixed, patched=patched, fixes=fixes,
-                     inventory=inventory, os_release=detected.os_release)
-
+        prefetch.close()  # what it still reads ahead is not needed any more
 
 def _check_end_of_life(os_release: OSRelease, options: PatchOptions, progress: Progress) -> None:
     """--exit-on-eol: asked whenever the flag is set (Copacetic asks only without a report; its docs say always).

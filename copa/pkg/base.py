@@ -73,6 +73,9 @@ class ImageContext:
     cache_dir: Path | None = None
     timeout: float = 300.0  # --timeout, for package downloads as for the registry
     ca_bundle: str | None = None  # --ca-bundle: CA certificates for HTTPS package repositories too
+    # What this family's Prefetcher prepared beyond the cache while the image was read (Prefetcher.ahead), for
+    # the adapter to take if it matches its plan; opaque to the orchestrator.
+    ahead: object = None
 
 
 class UpdateKind(enum.Enum):
@@ -139,16 +142,35 @@ class LayerContent:
     default_mtime: int = 0
 
 
+@dataclass(frozen=True)
+class PrefetchHints:
+    """What the run knows before the image is read: the names of the packages the report asks to fix, and a
+    directory (removed with the run) where a prefetcher may stage what it reads ahead."""
+
+    packages: tuple[str, ...] = ()
+    workdir: Path | None = None
+
+
 class Prefetcher(Protocol):
     """An adapter's early download: built before the image's kind is known, started (from a thread of the layer
     scan) with the files captured under /etc so far, and joined before planning. It may only warm the
-    checksum-addressed cache: nothing it fetches is trusted until the plan verifies it."""
+    checksum-addressed cache, and read ahead what the plan will most likely want: nothing it fetches is trusted
+    until the plan verifies it, and what it read ahead is used only for packages the verified plan names by the
+    same checksum."""
 
-    def __init__(self, repos: RepositoryOptions, oci_arch: str, oci_variant: str, fetcher: Fetcher) -> None: ...
+    def __init__(self, repos: RepositoryOptions, oci_arch: str, oci_variant: str, fetcher: Fetcher,
+                 hints: PrefetchHints) -> None: ...
 
     def start(self, captured: Mapping[str, bytes]) -> None: ...
 
-    def join(self) -> None: ...
+    def join(self) -> None:
+        """Wait for the downloads the plan needs first (indexes); reading ahead may go on."""
+
+    def ahead(self) -> object:
+        """What was prepared beyond the cache, for the adapter (ImageContext.ahead); None if nothing."""
+
+    def close(self) -> None:
+        """Stop reading ahead and wait for what is running: the patch is done, or failed."""
 
 
 class PackageManager(Protocol):

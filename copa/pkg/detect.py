@@ -10,7 +10,7 @@ from copa.errors import UnsupportedImageError
 
 if TYPE_CHECKING:  # `copa --version` reads FAMILIES: it need not import the engine (requests, isal, zstandard)
     from copa.oci.rootfs import View
-    from copa.pkg.base import OSRelease, PackageManager, Prefetcher, RepositoryOptions
+    from copa.pkg.base import OSRelease, PackageManager, Prefetcher, PrefetchHints, RepositoryOptions
     from copa.pkg.fetch import Fetcher
     from copa.report.model import Compare
 
@@ -141,19 +141,32 @@ PREFETCH_WATCH = "etc"
 
 
 class EarlyDownloads:
-    """The families' Prefetchers together: `start` is a rootfs.scan early hook, `join` waits for all of them."""
+    """The families' Prefetchers together: `start` is a rootfs.scan early hook, `join` waits for what the plans
+    need first, `ahead(kind)` is what the detected family read ahead, `close` stops them all."""
 
-    def __init__(self, repos: RepositoryOptions, oci_arch: str, oci_variant: str, fetcher: Fetcher) -> None:
-        self._parts = [f.prefetch()(repos, oci_arch, oci_variant, fetcher)
-                       for f in FAMILIES.values() if f.prefetch is not None]
+    def __init__(self, repos: RepositoryOptions, oci_arch: str, oci_variant: str, fetcher: Fetcher,
+                 hints: PrefetchHints | None = None) -> None:
+        from copa.pkg.base import PrefetchHints
+
+        given = hints if hints is not None else PrefetchHints()
+        self._parts = {name: f.prefetch()(repos, oci_arch, oci_variant, fetcher, given)
+                       for name, f in FAMILIES.items() if f.prefetch is not None}
 
     def start(self, captured: Mapping[str, bytes]) -> None:
-        for part in self._parts:
+        for part in self._parts.values():
             part.start(captured)
 
     def join(self) -> None:
-        for part in self._parts:
+        for part in self._parts.values():
             part.join()
+
+    def ahead(self, kind: str) -> object:
+        part = self._parts.get(kind)
+        return part.ahead() if part is not None else None
+
+    def close(self) -> None:
+        for part in self._parts.values():
+            part.close()
 
 
 @dataclass(frozen=True)

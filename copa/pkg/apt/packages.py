@@ -548,42 +548,46 @@ def _index_architecture(path: str, arch: str) -> str:
     return m.group(1) if m else arch
 
 
-def prefetch_indexes(sources: Sequence[AptSource], arch: str, fetcher: Fetcher) -> None:
+def prefetch_indexes(sources: Sequence[AptSource], arch: str, fetcher: Fetcher) -> list[tuple[AptSource, IndexText]]:
     """Download the sources' Packages indexes into the cache before their Release is verified: a warm-up while
-    the image is still being read. Nothing is trusted or even decompressed from here (an unverified index could
-    be a decompression bomb): files land in the cache under the sha256 the unverified Release names, checked
-    against it, and `load_indexes` verifies the Release and finds them by the hashes the verified one names."""
-    def one(source: AptSource) -> None:
+    the image is still being read. Nothing here is trusted: files land in the cache under the sha256 the unverified
+    Release names, checked against it, decompressed within bounds, and `load_indexes` verifies the Release and finds
+    them by the hashes the verified one names. Returns the index texts it has, unverified, for reading ahead."""
+    def one(source: AptSource) -> list[tuple[AptSource, IndexText]]:
         release, _ = fetch_release(source, lambda _s: Keyring.merge(()), True, fetcher)
+        texts = []
         for _comp, path, entry in _index_paths(source, release, arch):
             item, plain = _fetch_item(source, release, path, entry)
             cached = fetcher.cache.named(f"packages-text-{item.sha256}")
-            if cached.is_file():
-                continue  # decompressed before: nothing to download
-            try:
-                got = fetcher.fetch(item)
-            except NotFoundError:
-                if plain == item:
-                    raise
-                got = fetcher.fetch(plain)
-            # Decompressing here too takes it off the plan's path (xz releases the GIL, so it overlaps reading
-            # the image). The text is a function of the downloaded bytes alone, and `load_indexes` uses it only
-            # under the sha256 the verified Release names for them; until then it is bounded like a bomb: by
-            # the size the Release names for the uncompressed index, else a ratio no real index reaches.
-            plain_entry = release.files.get(path.rsplit(".", 1)[0]) if path.endswith((".xz", ".gz")) else None
-            limit = plain_entry.size if plain_entry is not None else entry.size * _RATIO_LIMIT + (1 << 20)
+            if not cached.is_file():
+                try:
+                    got = fetcher.fetch(item)
+                except NotFoundError:
+                    if plain == item:
+                        raise
+                    got = fetcher.fetch(plain)
+                # Decompressing here too takes it off the plan's path (xz releases the GIL, so it overlaps reading
+                # the image). The text is a function of the downloaded bytes alone, and `load_indexes` uses it
+                # only under the sha256 the verified Release names for them; until then it is bounded like a
+                # bomb: by the size the Release names for the uncompressed index, else a ratio no index reaches.
+                plain_entry = release.files.get(path.rsplit(".", 1)[0]) if path.endswith((".xz", ".gz")) else None
+                limit = plain_entry.size if plain_entry is not None else entry.size * _RATIO_LIMIT + (1 << 20)
 
-            def write(out: BinaryIO, got: Path = got, path: str = path, what: str = item.what, limit: int = limit
-                      ) -> None:
-                _decompress(got, path, cast(BinaryIO, _Limited(out, limit, what)), what)
+                def write(out: BinaryIO, got: Path = got, path: str = path, what: str = item.what,
+                          limit: int = limit) -> None:
+                    _decompress(got, path, cast(BinaryIO, _Limited(out, limit, what)), what)
 
-            fetcher.cache.write_named(cached.name, write)
+                fetcher.cache.write_named(cached.name, write)
+            texts.append((source, IndexText(item.what, path=cached)))
+        return texts
 
     wanted = [s for s in sources if not s.architectures or arch in s.architectures]
     with ThreadPoolExecutor(max_workers=fetcher.workers, thread_name_prefix="copa-prefetch") as pool:
         futures = [pool.submit(one, s) for s in wanted]
+    found: list[tuple[AptSource, IndexText]] = []
     for fut in futures:
         try:
-            fut.result()
+            found.extend(fut.result())
         except (CopaError, OSError, ValueError) as e:  # the real, verified load reports what matters
             log.debug("prefetch: %s", e)
+    return found

@@ -27,6 +27,7 @@ from copa.pkg.dpkg.install import (
 )
 from copa.pkg.dpkg.inventory import deb_scanner_purl, dpkg_inventory
 from copa.pkg.dpkg.plan import Candidate, Candidates, Chosen, Installed, Removal, Wanted, resolve
+from copa.pkg.dpkg.prefetch import ReadAhead
 from copa.pkg.dpkg.relations import parse_relations
 from copa.pkg.dpkg.repos import apt_fetcher, image_policy, load_index
 from copa.pkg.dpkg.status import StatusEntry, StatusParseError, entry_from_control
@@ -273,6 +274,8 @@ def _download_and_read(ctx: ImageContext, records: Sequence[PackageRecord]) -> l
     is done, biggest first: decompression (which releases the GIL) runs on every core while the rest download.
     The first failure in record order is raised once every worker has finished."""
     fetcher = apt_fetcher(ctx)
+    # What the prefetch read while the image was being read (copa.pkg.dpkg.prefetch), for the same sha256 only.
+    ahead = ctx.ahead if isinstance(ctx.ahead, ReadAhead) else None
     order = sorted(range(len(records)), key=lambda i: -records[i].size)
     with ThreadPoolExecutor(max_workers=fetcher.workers, thread_name_prefix="copa-fetch") as fetch_pool, \
             ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="copa-unpack") as read_pool:
@@ -280,7 +283,8 @@ def _download_and_read(ctx: ImageContext, records: Sequence[PackageRecord]) -> l
 
         def read(i: int) -> DebContents:
             name = posixpath.basename(records[i].filename)
-            contents = read_deb(fetched[i].result(), ctx.workdir / "stage" / f"{i:04d}", name)
+            early = ahead.take(records[i].sha256) if ahead is not None else None
+            contents = early or read_deb(fetched[i].result(), ctx.workdir / "stage" / f"{i:04d}", name)
             check_identity(contents.control, records[i].package, records[i].version, records[i].architecture, name)
             return contents
 

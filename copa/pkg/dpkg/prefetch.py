@@ -5,23 +5,74 @@ reading the image's base layer, which is CPU work: overlapping the two hides one
 members come in path order, so its /etc is complete well before the layer ends (usr/ and var/ come later).
 The prefetch only fills the download cache, content-addressed and unverified; the plan then loads the indexes
 as always, verifying the Release and finding each index in the cache by the hash the verified Release names.
+
+With a report, it also reads ahead: for each package the report names, the newest version the (still unverified)
+indexes offer for the image's architecture is downloaded and unpacked (copa.pkg.dpkg.debfile.read_deb) while the
+base layer is still being read, on the core the layer scan leaves idle. The adapter takes what was read ahead only
+for a .deb its verified plan names with the same sha256, so an index served wrongly costs time, never correctness.
 """
 
 from __future__ import annotations
 
 import logging
+import posixpath
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 from copa.errors import CopaError
-from copa.pkg.apt.packages import prefetch_indexes
-from copa.pkg.apt.sources import apply_mirrors
-from copa.pkg.base import RepositoryOptions
+from copa.pkg.apt.packages import IndexText, prefetch_indexes
+from copa.pkg.apt.sources import AptSource, apply_mirrors
+from copa.pkg.base import PrefetchHints, RepositoryOptions
 from copa.pkg.dpkg.arch import deb_architecture
+from copa.pkg.dpkg.debfile import DebContents, read_deb
 from copa.pkg.dpkg.repos import SOURCES_DIR, SOURCES_LIST, image_auth, sources_in, user_sources
-from copa.pkg.fetch import Fetcher
+from copa.pkg.dpkg.version import compare_versions
+from copa.pkg.fetch import Fetcher, FetchItem
 
 log = logging.getLogger(__name__)
+
+class ReadAhead:
+    """.debs read ahead, by the sha256 of the file: `take` hands one over (or None) to the adapter's build."""
+
+    def __init__(self, stage: Path) -> None:
+        self._stage = stage
+        self._reads: dict[str, Future[DebContents]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, fetcher: Fetcher, item: FetchItem, name: str) -> None:
+        with self._lock:
+            if self._closed or item.sha256 in self._reads:
+                return
+            if self._pool is None:
+                # One reader: the layer scan keeps the other core busy (and the plan's own readers use them all).
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="copa-ahead")
+            stage = self._stage / f"{len(self._reads):04d}"
+            self._reads[item.sha256] = self._pool.submit(lambda: read_deb(fetcher.fetch(item), stage, name))
+
+    def take(self, sha256: str) -> DebContents | None:
+        """The contents read ahead for this file, once read; None if it was not read ahead or the read failed (the
+        adapter then reads it itself, and reports what goes wrong as it always does)."""
+        with self._lock:
+            future = self._reads.pop(sha256, None)
+        if future is None or future.cancel():
+            return None  # not read ahead, or not started yet: the adapter's own readers (every core) do it
+        try:
+            return future.result()
+        except Exception as e:  # any failure: the ordinary path reads the file again
+            log.debug("read ahead: %s", e)
+            return None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
 
 class IndexPrefetch:
     """The apt family's Prefetcher (copa.pkg.base). It needs etc/apt's files and is started once the base layer
@@ -29,11 +80,15 @@ class IndexPrefetch:
     (directory walk, or plain path sort) unless a root entry sorts between etc and etc/ (etc-x): then it just
     starts early, with fewer sources."""
 
-    def __init__(self, repos: RepositoryOptions, oci_arch: str, oci_variant: str, fetcher: Fetcher) -> None:
+    def __init__(self, repos: RepositoryOptions, oci_arch: str, oci_variant: str, fetcher: Fetcher,
+                 hints: PrefetchHints | None = None) -> None:
         self._repos = repos
         self._arch = deb_architecture(oci_arch, oci_variant)
         self._fetcher = fetcher
+        self._hints = hints or PrefetchHints()
         self._thread: threading.Thread | None = None
+        self._indexes_done = threading.Event()
+        self._ahead = ReadAhead(self._hints.workdir / "ahead") if self._hints.workdir is not None else None
 
     def start(self, captured: Mapping[str, bytes]) -> None:
         try:
@@ -48,11 +103,48 @@ class IndexPrefetch:
             return  # not an apt image (or one without sources): nothing to warm up
         sources = apply_mirrors(sources, self._repos.mirrors)
         fetcher = self._fetcher.with_auth(image_auth(captured))
-        self._thread = threading.Thread(target=prefetch_indexes, args=(sources, self._arch, fetcher),
-                                        name="copa-prefetch", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(sources, fetcher), name="copa-prefetch", daemon=True)
         self._thread.start()
 
+    def _run(self, sources: Sequence[AptSource], fetcher: Fetcher) -> None:
+        try:
+            texts = prefetch_indexes(sources, self._arch, fetcher)
+        finally:
+            self._indexes_done.set()
+        if self._ahead is not None and self._hints.packages:
+            try:
+                for item, name in _newest(texts, set(self._hints.packages), self._arch):
+                    self._ahead.submit(fetcher, item, name)
+            except (CopaError, OSError, ValueError) as e:  # a guess gone wrong: the plan does the real work
+                log.debug("read ahead: %s", e)
+
     def join(self) -> None:
+        # The plan needs the indexes; reading ahead goes on while it resolves.
+        if self._thread is not None:
+            self._indexes_done.wait()
+
+    def ahead(self) -> object:
+        return self._ahead
+
+    def close(self) -> None:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._ahead is not None:
+            self._ahead.close()
+
+
+def _newest(texts: Sequence[tuple[AptSource, IndexText]], names: set[str], arch: str) -> list[tuple[FetchItem, str]]:
+    """For each wanted name, the newest version the indexes offer for `arch` (or all): what apt's candidate is
+    unless pins or the image's own state say otherwise. Biggest first, as the adapter reads them."""
+    best: dict[str, tuple[str, str, FetchItem, int]] = {}
+    for source, text in texts:
+        for row in text.rows(names):
+            package, version, architecture, filename, size, sha256 = row[0], row[1], row[2], row[13], row[14], row[15]
+            if architecture not in (arch, "all") or not sha256 or not filename:
+                continue
+            seen = best.get(package)
+            if seen is None or compare_versions(version, seen[0]) > 0:
+                name = posixpath.basename(filename)
+                best[package] = (version, name, FetchItem(f"{source.uri}/{filename}", sha256, size, name), size)
+    return [(item, name) for _, name, item, _ in sorted(best.values(), key=lambda v: -v[3])]

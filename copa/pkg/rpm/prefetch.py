@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from copa.errors import CopaError
-from copa.pkg.base import OSRelease, RepositoryOptions
+from copa.pkg.base import OSRelease, PrefetchHints, RepositoryOptions
 from copa.pkg.fetch import Fetcher
 from copa.pkg.rpm.repomd import prefetch_repository
 from copa.pkg.rpm.repos import RepoSetup, Tree, read_setup, repository_auth
@@ -28,7 +28,8 @@ _OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
 
 
 class MetadataPrefetch:
-    def __init__(self, repos: RepositoryOptions, oci_arch: str, oci_variant: str, fetcher: Fetcher) -> None:
+    def __init__(self, repos: RepositoryOptions, oci_arch: str, oci_variant: str, fetcher: Fetcher,
+                 hints: PrefetchHints | None = None) -> None:
         self._repos = repos
         self._arch = oci_arch
         self._variant = oci_variant
@@ -78,3 +79,9 @@ class MetadataPrefetch:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    def ahead(self) -> object:
+        return None  # only the cache is warmed
+
+    def close(self) -> None:
+        self.join()

@@ -1,0 +1,102 @@
+"""Reading packages ahead (copa/pkg/dpkg/prefetch.py): while the image is read, the newest versions of the reported
+packages are downloaded and unpacked. It may change how fast a patch is, never what it produces: the patch layer
+is byte for byte the one built without reading ahead, and a read-ahead of other files than the verified plan picks
+is not used. The patched tree itself is checked against real dpkg in tests/test_dpkg_hermetic.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import copa.pkg.dpkg.prefetch as prefetch
+import copa.pkg.dpkg.version
+from copa.cli import main
+from tests.support import debimage
+from tests.support.aptrepo import AptRepo, RepoServer
+from tests.support.trivy import write_report
+
+
+@pytest.fixture(scope="module")
+def repo() -> AptRepo:
+    return debimage.hermetic_repo()
+
+
+@pytest.fixture(scope="module")
+def server(repo: AptRepo) -> Iterator[RepoServer]:
+    with RepoServer(repo.root) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def base() -> debimage.BaseImage:
+    return debimage.base_image()
+
+
+def _patch_layer(base: debimage.BaseImage, repo: AptRepo, server: RepoServer, tmp: Path) -> str:
+    tmp.mkdir(parents=True, exist_ok=True)
+    out = tmp / "layout"
+    report = write_report(tmp / "trivy.json", debimage.FIXES)
+    code = main(["patch", "-i", base.image_ref, "-r", str(report), "--oci-dir", str(out), "-t", "patched",
+                 "--ignore-errors", "--progress", "quiet", *debimage.copa_args(server.url, repo)])
+    assert code == 0
+    index = json.loads((out / "index.json").read_text())
+    digest = index["manifests"][0]["digest"].split(":", 1)[1]
+    manifest = json.loads((out / "blobs/sha256" / digest).read_text())
+    return str(manifest["layers"][-1]["digest"])
+
+
+def _record_takes(monkeypatch: pytest.MonkeyPatch, wait: bool) -> list[bool]:
+    """Every take() and whether it handed contents over; with `wait`, the plan waits for the reads ahead to end,
+    so that they are all there to take (on a busy machine they may otherwise still be queued)."""
+    taken: list[bool] = []
+    original_take = prefetch.ReadAhead.take
+    original_join = prefetch.IndexPrefetch.join
+
+    def take(self: prefetch.ReadAhead, sha256: str) -> object:
+        got = original_take(self, sha256)
+        taken.append(got is not None)
+        return got
+
+    def join(self: prefetch.IndexPrefetch) -> None:
+        original_join(self)
+        if wait and self._thread is not None:
+            self._thread.join()
+            ahead = self.ahead()
+            assert isinstance(ahead, prefetch.ReadAhead)
+            for future in list(ahead._reads.values()):
+                future.exception()
+
+    monkeypatch.setattr(prefetch.ReadAhead, "take", take)
+    monkeypatch.setattr(prefetch.IndexPrefetch, "join", join)
+    return taken
+
+
+def test_layer_is_the_same_with_and_without_reading_ahead(base: debimage.BaseImage, repo: AptRepo,
+                                                          server: RepoServer, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COPA_CACHE_DIR", str(tmp_path / "cache-a"))
+    taken = _record_takes(monkeypatch, wait=True)
+    ahead = _patch_layer(base, repo, server, tmp_path / "a")
+    assert taken and any(taken), "nothing was read ahead"
+    monkeypatch.setattr(prefetch.ReadAhead, "submit", lambda *_a, **_k: None)
+    monkeypatch.setenv("COPA_CACHE_DIR", str(tmp_path / "cache-b"))
+    plain = _patch_layer(base, repo, server, tmp_path / "b")
+    assert ahead == plain
+
+
+def test_files_the_plan_does_not_pick_are_not_used(base: debimage.BaseImage, repo: AptRepo, server: RepoServer,
+                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What was read ahead is not what the verified plan picks (here the oldest versions the repository holds, as
+    an index that changed in between or a guess gone wrong would give): it is read, none of it is taken, and the
+    layer is what it is without reading ahead."""
+    monkeypatch.setattr(prefetch, "compare_versions", lambda a, b: -copa.pkg.dpkg.version.compare_versions(a, b))
+    monkeypatch.setenv("COPA_CACHE_DIR", str(tmp_path / "cache-a"))
+    taken = _record_takes(monkeypatch, wait=True)
+    guessed_wrong = _patch_layer(base, repo, server, tmp_path / "a")
+    assert taken and not any(taken)
+    monkeypatch.setattr(prefetch.ReadAhead, "submit", lambda *_a, **_k: None)
+    monkeypatch.setenv("COPA_CACHE_DIR", str(tmp_path / "cache-b"))
+    assert _patch_layer(base, repo, server, tmp_path / "b") == guessed_wrong
