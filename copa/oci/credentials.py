@@ -11,7 +11,6 @@ import binascii
 import json
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +105,8 @@ def _from_auths_entry(entry: Any, path: Path, key: str) -> Credential | None:
 
 def run_helper(helper: str, server: str) -> Credential | None:
     """`docker-credential-<helper> get`: server URL on stdin, JSON {Username, Secret} on stdout."""
+    import subprocess  # here: only a credential helper runs one, and a patch's first request does not wait for it
+
     program = f"docker-credential-{helper}"
     exe = shutil.which(program)
     if exe is None:

@@ -17,11 +17,14 @@ import re
 import selectors
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from copa.errors import ReportError, UsageError
+
+if TYPE_CHECKING:
+    import subprocess
 
 # The names copa reads itself; any other -s value names a plugin.
 BUILTIN_SCANNERS = ("trivy", "grype", "native")
@@ -43,6 +46,8 @@ def executable_name(scanner: str) -> str:
 
 def run_plugin(scanner: str, report: Path, timeout: float = DEFAULT_TIMEOUT, max_output: int | None = None) -> bytes:
     """What `copa-SCANNER REPORT` prints on stdout, after it exited 0. Errors are one-line ReportErrors."""
+    import subprocess  # here: only a plugin needs it, and reading a report comes before a patch's first request
+
     exe = executable_name(scanner)
     max_output = MAX_OUTPUT_BYTES if max_output is None else max_output
     found = shutil.which(exe)
@@ -71,6 +76,8 @@ def run_plugin(scanner: str, report: Path, timeout: float = DEFAULT_TIMEOUT, max
 def _collect(proc: subprocess.Popen[bytes], timeout: float, max_output: int) -> tuple[bytes, bytes, str | None]:
     """(stdout, the start of stderr, why it was cut short or None). Both pipes are drained together so a plugin
     filling one of them while we wait on the other cannot stall."""
+    import subprocess
+
     assert proc.stdout is not None and proc.stderr is not None
     deadline = time.monotonic() + timeout
     out = bytearray()
