@@ -27,8 +27,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-import yaml
-
 from copa.errors import IntegrityError
 from copa.pkg.fetch import Fetcher
 from copa.pkg.rpm.repomd import LoadedRepomd, RpmPackage, fetch_entry, open_decompressed
@@ -106,10 +104,16 @@ def _profiles(value: Any, key: str | None) -> dict[str, tuple[str, ...]]:
 def parse_modules_yaml(stream: BinaryIO | str | bytes, what: str) -> ModuleMetadata:
     """modulemd v2 and modulemd-defaults v1 documents; other document kinds (translations, obsoletes) are
     skipped."""
+    # Imported here: only a repository with modules metadata (RHEL 8 AppStream) or an image with module defaults
+    # needs a YAML parser, and loading it costs every other rpm patch time after the image is read.
+    import yaml
+
+    # BaseLoader: every scalar stays a string; the C loader when libyaml is there (modules.yaml can be megabytes).
+    loader: Any = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
     streams: list[ModuleStream] = []
     defaults: dict[str, ModuleDefaults] = {}
     try:
-        for doc in yaml.load_all(stream, Loader=_Loader):
+        for doc in yaml.load_all(stream, Loader=loader):
             if not isinstance(doc, dict):
                 continue
             kind, data = _str(doc.get("document")), doc.get("data")
@@ -153,9 +157,6 @@ def _stream(data: dict[str, Any], what: str) -> ModuleStream:
         requires=tuple(requires),
     )
 
-
-# BaseLoader: every scalar stays a string; the C loader when libyaml is there (modules.yaml can be megabytes).
-_Loader: Any = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
 
 
 def parse_module_states(files: Mapping[str, bytes]) -> dict[str, ModuleState]:

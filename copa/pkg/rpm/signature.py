@@ -24,11 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pysequoia
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from pysequoia.packet import PacketPile
 
 from copa.errors import IntegrityError
@@ -116,8 +111,9 @@ def verify_headers(headers: RpmHeaders, keys: Keyring) -> Signer:
 _PK_RSA = (1, 3)  # RSA, RSA sign-only
 _PK_EDDSA = 22  # EdDSA (legacy, v4), Ed25519 only
 _ED25519_OID = bytes.fromhex("2b06010401da470f01")
-_HASHES: dict[int, type[hashes.HashAlgorithm]] = {2: hashes.SHA1, 8: hashes.SHA256, 9: hashes.SHA384,
-                                                  10: hashes.SHA512, 11: hashes.SHA224}
+# OpenPGP hash ids -> cryptography's hash classes (by name: cryptography is imported only when this check runs,
+# for a key Sequoia's policy refuses, not at every start of an rpm patch).
+_HASHES = {2: "SHA1", 8: "SHA256", 9: "SHA384", 10: "SHA512", 11: "SHA224"}
 
 
 def _packet_body(packet: bytes) -> bytes | None:
@@ -194,7 +190,9 @@ def _verify_as_rpm(packet: bytes, data: bytes, certs: list[Any]) -> Signer | Non
         return None
     issuer = _subpacket_issuer(body[6:hashed_end]) or _subpacket_issuer(body[hashed_end + 2:rest])
     left16, signature = body[rest:rest + 2], body[rest + 2:]
-    digest = hashes.Hash(_HASHES[hash_algo]())
+    from cryptography.hazmat.primitives import hashes
+
+    digest = hashes.Hash(getattr(hashes, _HASHES[hash_algo])())
     digest.update(data)
     digest.update(body[:hashed_end])
     digest.update(b"\x04\xff" + struct.pack(">I", hashed_end))
@@ -219,6 +217,12 @@ def _key_packets(cert: Any) -> list[bytes]:
 
 def _check(key: bytes, pk_algo: int, hash_algo: int, value: bytes, signature: bytes) -> bool:
     """Whether `signature` (the packet's MPIs) over the digest `value` verifies with the v4 key packet body."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
     if len(key) < 6 or key[0] != 4 or (key[5] != pk_algo and not (key[5] in _PK_RSA and pk_algo in _PK_RSA)):
         return False
     material = key[6:]
@@ -231,7 +235,7 @@ def _check(key: bytes, pk_algo: int, hash_algo: int, value: bytes, signature: by
             n, e = (int.from_bytes(x, "big") for x in numbers)
             public = rsa.RSAPublicNumbers(e, n).public_key()
             raw = sig[0].rjust((n.bit_length() + 7) // 8, b"\0")
-            public.verify(raw, value, padding.PKCS1v15(), Prehashed(_HASHES[hash_algo]()))
+            public.verify(raw, value, padding.PKCS1v15(), Prehashed(getattr(hashes, _HASHES[hash_algo])()))
             return True
         if pk_algo == _PK_EDDSA:
             oid_len = material[0] if material else 0
