@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import lzma
 import re
@@ -29,12 +30,14 @@ from copa.oci.image import CORRUPT_STREAM
 from copa.pkg.apt.openpgp import unverified_cleartext, verify_clearsigned, verify_detached
 from copa.pkg.apt.release import IndexFile, Release, ReleaseInfo
 from copa.pkg.apt.sources import AptSource
+from copa.pkg.cache import Cache
 from copa.pkg.fetch import Fetcher, FetchItem, default_fetcher
 from copa.pkg.openpgp import Keyring
 
 log = logging.getLogger(__name__)
 
 _PARSER_VERSION = 3  # 3: Recommends
+_TEXT_PREFIX = "packages-text-"  # a decompressed index in the cache, by the sha256 of the download
 _WANTED = (
     "Package",
     "Version",
@@ -137,11 +140,15 @@ _BLOCK = 2 << 20  # bytes of index text scanned at once: whole paragraphs, a bou
 class IndexText:
     """One decompressed Packages file (a cached file, or bytes) that is scanned, never parsed whole."""
 
-    def __init__(self, what: str, path: Path | None = None, data: bytes | None = None) -> None:
+    def __init__(self, what: str, path: Path | None = None, data: bytes | None = None, cache: Cache | None = None
+                 ) -> None:
         self.what = what
         self._path = path
         self._data = data
         self._provides: list[tuple[str, str]] | None = None
+        # With the cache (and a cached text), the Provides pairs are kept beside the text: they take a full pass to
+        # find, and every later run on the same index (and the prefetch, ahead of the plan) can skip it.
+        self._cache = cache if path is not None and path.name.startswith(_TEXT_PREFIX) else None
 
     def _blocks(self) -> Iterator[bytes]:
         """The text in blocks that each end at a paragraph boundary."""
@@ -185,22 +192,45 @@ class IndexText:
 
     def provides(self) -> list[tuple[str, str]]:
         """(package, Provides field) of every paragraph with a Provides: what virtual names resolve through."""
+        if self._provides is None and self._cache is not None:
+            self._provides = self._cached_provides(self._cache)
         if self._provides is None:
-            found = []
-            for block in self._blocks():
-                for para in block.split(b"\n\n"):
-                    # A cheap substring test first: ~1 paragraph in 6 has the field.
-                    if b"Provides:" not in para:
-                        continue
-                    m = _PROVIDES_FIELD.search(para)
-                    name = _package_name(para)
-                    if m is None or name is None:
-                        continue
-                    value = m.group(1).decode("utf-8", "replace").strip()
-                    if value:
-                        found.append((name.decode("utf-8", "replace"), value))
-            self._provides = found
+            self._provides = self._find_provides()
+            if self._cache is not None:
+                data = json.dumps(self._provides, separators=(",", ":")).encode()
+                self._cache.write_named(self._provides_name(), lambda out: out.write(data))
         return self._provides
+
+    def _provides_name(self) -> str:
+        assert self._path is not None
+        return f"packages-provides-v{_PARSER_VERSION}-" + self._path.name[len(_TEXT_PREFIX):]
+
+    def _cached_provides(self, cache: Cache) -> list[tuple[str, str]] | None:
+        path = cache.named(self._provides_name())  # its sum is checked: a damaged entry is dropped and redone
+        try:
+            pairs = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and
+                                                  all(isinstance(x, str) for x in p) for p in pairs):
+            return None
+        return [(p[0], p[1]) for p in pairs]
+
+    def _find_provides(self) -> list[tuple[str, str]]:
+        found = []
+        for block in self._blocks():
+            for para in block.split(b"\n\n"):
+                # A cheap substring test first: ~1 paragraph in 6 has the field.
+                if b"Provides:" not in para:
+                    continue
+                m = _PROVIDES_FIELD.search(para)
+                name = _package_name(para)
+                if m is None or name is None:
+                    continue
+                value = m.group(1).decode("utf-8", "replace").strip()
+                if value:
+                    found.append((name.decode("utf-8", "replace"), value))
+        return found
 
 
 def _package_name(para: bytes) -> bytes | None:
@@ -487,9 +517,9 @@ def _fetch_item(source: AptSource, release: Release, path: str, entry: IndexFile
 def _load_rows(fetcher: Fetcher, item: FetchItem, fallback: FetchItem, name: str, use_cache: bool) -> IndexText:
     """The index's text: decompressed once into the cache (named by the verified sha256 of the download), or
     held in memory without the cache."""
-    cached = fetcher.cache.named(f"packages-text-{item.sha256}")
+    cached = fetcher.cache.named(f"{_TEXT_PREFIX}{item.sha256}")
     if use_cache and cached.is_file():
-        return IndexText(item.what, path=cached)
+        return IndexText(item.what, path=cached, cache=fetcher.cache)
     try:
         path = fetcher.fetch(item)
     except NotFoundError:
@@ -501,7 +531,7 @@ def _load_rows(fetcher: Fetcher, item: FetchItem, fallback: FetchItem, name: str
         _decompress(path, name, buffer, item.what)
         return IndexText(item.what, data=buffer.getvalue())
     fetcher.cache.write_named(cached.name, lambda out: _decompress(path, name, out, item.what))
-    return IndexText(item.what, path=cached)
+    return IndexText(item.what, path=cached, cache=fetcher.cache)
 
 
 def load_indexes(
@@ -558,7 +588,7 @@ def prefetch_indexes(sources: Sequence[AptSource], arch: str, fetcher: Fetcher) 
         texts = []
         for _comp, path, entry in _index_paths(source, release, arch):
             item, plain = _fetch_item(source, release, path, entry)
-            cached = fetcher.cache.named(f"packages-text-{item.sha256}")
+            cached = fetcher.cache.named(f"{_TEXT_PREFIX}{item.sha256}")
             if not cached.is_file():
                 try:
                     got = fetcher.fetch(item)
@@ -578,7 +608,7 @@ def prefetch_indexes(sources: Sequence[AptSource], arch: str, fetcher: Fetcher) 
                     _decompress(got, path, cast(BinaryIO, _Limited(out, limit, what)), what)
 
                 fetcher.cache.write_named(cached.name, write)
-            texts.append((source, IndexText(item.what, path=cached)))
+            texts.append((source, IndexText(item.what, path=cached, cache=fetcher.cache)))
         return texts
 
     wanted = [s for s in sources if not s.architectures or arch in s.architectures]

@@ -63,10 +63,18 @@ class LayerPlan:
         # real path -> packages whose new version lists the directory but does not unpack it (a path filter):
         # dpkg still lists it, so to the other packages' removals it is a shared directory and stays.
         self.filtered_dirs: dict[str, set[str]] = {}
+        self._parents: dict[str, str] = {}  # package directory -> its real path in the image (see `real`)
 
     def real(self, package_path: str) -> str:
         """Where dpkg would put `package_path`: parent directories resolved through the image's symlinks."""
-        return self.view.resolve(package_path, follow_last=False)
+        parent, _, base = package_path.rpartition("/")
+        if base in ("", ".", "..") or not parent:
+            return self.view.resolve(package_path, follow_last=False)
+        # A package's thousands of files share a few hundred directories: each is resolved once.
+        real_parent = self._parents.get(parent)
+        if real_parent is None:
+            real_parent = self._parents[parent] = self.view.resolve(parent)
+        return f"{real_parent}/{base}" if real_parent else base
 
     def target(self, package_path: str, package: str) -> str:
         """Where dpkg puts `package`'s file `package_path`: through diversions, then the image's symlinks."""

@@ -109,14 +109,21 @@ class IndexPrefetch:
     def _run(self, sources: Sequence[AptSource], fetcher: Fetcher) -> None:
         try:
             texts = prefetch_indexes(sources, self._arch, fetcher)
+            if self._ahead is not None and self._hints.packages:
+                try:
+                    for item, name in _newest(texts, set(self._hints.packages), self._arch):
+                        self._ahead.submit(fetcher, item, name)
+                except (CopaError, OSError, ValueError) as e:  # a guess gone wrong: the plan does the real work
+                    log.debug("read ahead: %s", e)
+            # The indexes' Provides pairs take a pass over each index: found here, the plan finds them cached (it
+            # waits for this, rather than doing the same pass at the same time).
+            for _source, text in texts:
+                try:
+                    text.provides()
+                except (CopaError, OSError, ValueError) as e:
+                    log.debug("prefetch: %s", e)
         finally:
             self._indexes_done.set()
-        if self._ahead is not None and self._hints.packages:
-            try:
-                for item, name in _newest(texts, set(self._hints.packages), self._arch):
-                    self._ahead.submit(fetcher, item, name)
-            except (CopaError, OSError, ValueError) as e:  # a guess gone wrong: the plan does the real work
-                log.debug("read ahead: %s", e)
 
     def join(self) -> None:
         # The plan needs the indexes; reading ahead goes on while it resolves.

@@ -1,0 +1,53 @@
+"""The layer's tar writer (copa.oci.layer._TarWriter) against tarfile's stream writer, which wrote every layer before
+it: the same bytes for the same members (the layer digest must not move with the writer)."""
+
+from __future__ import annotations
+
+import io
+import random
+import tarfile
+
+import pytest
+
+from copa.oci.layer import _TarWriter
+
+
+def _members(rng: random.Random) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    out: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    for i in range(rng.randint(1, 60)):
+        name = "/".join(rng.choice(["usr", "lib", "é", "n" * rng.choice([3, 120])]) for _ in range(rng.randint(0, 4)))
+        info = tarfile.TarInfo(f"{name}/f{i}" if name else f"f{i}")
+        info.mtime = rng.choice([0, 1700000000, 2**33])
+        info.mode = rng.choice([0o644, 0o755, 0o4755])
+        info.uid, info.gid = rng.choice([(0, 0), (1000, 1000), (2**22, 7)])
+        info.uname, info.gname = rng.choice([("", ""), ("root", "root"), ("ü", "g")])
+        if rng.random() < 0.2:
+            info.pax_headers = {"SCHILY.xattr.security.capability": "\x01\x00\x00\x02"}
+        kind = rng.choice(["file", "file", "dir", "sym", "link"])
+        data: bytes | None = None
+        if kind == "file":
+            data = rng.randbytes(rng.choice([0, 1, 511, 512, 513, 10240, 70000, (1 << 20) + 3]))
+            info.size = len(data)
+        elif kind == "dir":
+            info.type = tarfile.DIRTYPE
+        elif kind == "sym":
+            info.type, info.linkname = tarfile.SYMTYPE, "../" + "t" * rng.choice([3, 150])
+        else:
+            info.type, info.linkname = tarfile.LNKTYPE, "f0"
+        out.append((info, data))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_same_bytes_as_tarfile(seed: int) -> None:
+    members = _members(random.Random(seed))
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    got = io.BytesIO()
+    writer = _TarWriter(got)
+    for info, data in members:
+        writer.add(info, io.BytesIO(data) if data is not None else None)
+    writer.close()
+    assert got.getvalue() == expected.getvalue()
