@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import os
 import posixpath
@@ -229,12 +230,18 @@ class DpkgAdapter:
                 files[name] = tuple(line.split(None, 1)[1].strip() for line in md5.decode("utf-8", "replace")
                                     .splitlines() if len(line.split(None, 1)) == 2)
             return files, info
+        # The image's info/ paths, sorted once: each package's files are then one contiguous range of them.
+        info_paths = sorted(p for p in ctx.root.nodes if p.startswith(INFO + "/"))
         for name, stem in stems.items():
             content = ctx.root.read(f"{INFO}/{stem}.list") or b""
             files[name] = tuple(p.lstrip("/") for p in content.decode("utf-8", "replace").splitlines()
                                 if p.strip() and p != "/.")
             prefix = f"{INFO}/{stem}."
-            info[name] = tuple(sorted(p[len(INFO) + 1:] for p in ctx.root.nodes if p.startswith(prefix)))
+            start = bisect.bisect_left(info_paths, prefix)
+            end = start
+            while end < len(info_paths) and info_paths[end].startswith(prefix):
+                end += 1
+            info[name] = tuple(p[len(INFO) + 1:] for p in info_paths[start:end])
         return files, info
 
     def _other_owned(self, ctx: ImageContext, db: DpkgDatabase, entries: Sequence[StatusEntry]) -> set[str]:

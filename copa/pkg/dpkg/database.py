@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass
 
@@ -52,8 +53,16 @@ class DpkgDatabase:
                 out.setdefault(e.package, []).append(_installed(e))
         return {name: tuple(v) for name, v in out.items()}
 
+    @functools.cached_property
+    def _installed_by_name(self) -> dict[str, list[StatusEntry]]:
+        by_name: dict[str, list[StatusEntry]] = {}
+        for e in self.entries:
+            if e.installed:
+                by_name.setdefault(e.package, []).append(e)
+        return by_name
+
     def entry(self, name: str, architecture: str | None = None) -> StatusEntry | None:
-        found = [e for e in self.entries if e.package == name and e.installed]
+        found = self._installed_by_name.get(name, [])  # database order, as a scan of the entries gives
         if architecture is not None:
             return next((e for e in found if e.architecture == architecture), None)
         native = [e for e in found if e.architecture in (self.architecture, "all")]

@@ -6,6 +6,7 @@ against the real dpkg binary on version pairs with epochs, tildes and security s
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from functools import total_ordering
@@ -63,6 +64,7 @@ def normalize_version(text: str) -> str:
     return str(DpkgVersion.parse(text))
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a plan compares the same few thousand pairs over and over
 def compare_versions(a: str, b: str) -> int:
     """-1, 0 or 1 as dpkg orders Debian versions a and b. Raises InvalidVersionError on a malformed one."""
     va, vb = DpkgVersion.parse(a), DpkgVersion.parse(b)
