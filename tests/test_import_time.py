@@ -122,3 +122,46 @@ def test_patch_without_bars_loads_no_rich_yaml_or_cryptography_before_its_first_
     assert "requests" in loaded  # the control: it is at its first request
     assert not loaded & {"rich", "yaml", "cryptography", "networkx", "pysequoia", "multiprocessing"}, loaded
     assert not loaded & set(DEFERRED), loaded
+
+
+_DEB = b"deb http://127.0.0.1:9/debian bookworm main\n"
+_DEB822 = b"Types: deb\nURIs: http://127.0.0.1:9/debian\nSuites: bookworm\nComponents: main\n"
+_REPO = b"[ubi]\nname=ubi\nbaseurl=http://127.0.0.1:9/ubi/$basearch\nenabled=1\ngpgcheck=0\n"
+# The /etc a layer scan captures of an image of each family (and of none): which early downloads are imported.
+_ETC: dict[str, dict[str, bytes]] = {
+    "debian": {"etc/apt/sources.list": _DEB, "etc/os-release": b"ID=debian\nVERSION_ID=12\n"},
+    "debian-deb822": {"etc/apt/sources.list.d/debian.sources": _DEB822, "etc/os-release": b"ID=debian\n"},
+    "ubi": {"etc/yum.repos.d/ubi.repo": _REPO, "etc/dnf/dnf.conf": b"[main]\n",
+            "etc/os-release": b'ID="rhel"\nVERSION_ID="9.4"\n'},
+    "amazon": {"etc/yum.conf": b"[main]\n", "etc/yum.repos.d/amzn2-core.repo": _REPO,
+               "etc/os-release": b'ID="amzn"\nVERSION_ID="2"\n'},
+    "alpine": {"etc/apk/repositories": b"http://127.0.0.1:9/alpine/v3.19/main\n", "etc/os-release": b"ID=alpine\n"},
+    "distroless": {"etc/os-release": b"ID=debian\n"},
+}
+
+
+@pytest.mark.parametrize("image", sorted(_ETC))
+def test_an_image_imports_only_the_early_downloads_its_etc_configures(image: str, tmp_path: Path) -> None:
+    """copa.pkg.detect.prefetch_families decides, before importing a family's Prefetcher, whether the captured /etc
+    gives it anything to do. The oracle is each Prefetcher's own decision (apt: the sources it finds; rpm: the
+    repositories its setup reads): every family that would download must be loaded, and an image of another family
+    (or of none) loads none of it."""
+    from copa.pkg.base import PrefetchHints, RepositoryOptions
+    from copa.pkg.detect import prefetch_families
+    from copa.pkg.dpkg.repos import SOURCES_DIR, SOURCES_LIST, sources_in, user_sources
+    from copa.pkg.fetch import make_fetcher
+    from copa.pkg.rpm.prefetch import MetadataPrefetch
+
+    captured = _ETC[image]
+    repos = RepositoryOptions()
+    apt = user_sources(repos) or sources_in(captured.get(SOURCES_LIST),
+                                            {p: c for p, c in captured.items() if p.startswith(SOURCES_DIR + "/")})
+    setup = MetadataPrefetch(repos, "amd64", "", make_fetcher(tmp_path, 5.0, None, repos),
+                             PrefetchHints()).setup(captured)
+    would = {name for name, busy in (("dpkg", bool(apt)), ("rpm", setup is not None and bool(setup.repos))) if busy}
+    loaded = set(prefetch_families(captured, repos))
+    expected = {"debian": {"dpkg"}, "debian-deb822": {"dpkg"}, "ubi": {"rpm"}, "amazon": {"rpm"}}.get(image, set())
+    assert loaded == would == expected
+    # Repositories the user names are read by every family its own way: each one's early download is loaded.
+    named = RepositoryOptions(repositories=("deb http://127.0.0.1:9/debian bookworm main",))
+    assert set(prefetch_families(captured, named)) == {"dpkg", "rpm"}

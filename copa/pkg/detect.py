@@ -104,18 +104,24 @@ class Family:
     report_families: tuple[str, ...]
     version_order: Callable[[], Compare]
     prefetch: Callable[[], type[Prefetcher]] | None = None
+    # The captured files under /etc (a name ending in "/": any file below it) that configure this family's
+    # repositories. Without one of them, and without --repository/--repositories-file, its Prefetcher would find
+    # nothing to do: it is not imported (an Alpine image does not load the apt and rpm-md machinery).
+    prefetch_config: tuple[str, ...] = ()
     formats: str = ""  # the package formats (and their versions) the adapter reads and writes: `copa --version`
 
 
 # Adapters by kind name; a kind without one is detected but not yet supported.
 FAMILIES: dict[str, Family] = {
     "dpkg": Family(_dpkg, ("debian", "ubuntu"), _dpkg_order, _apt_prefetch,
+                   ("etc/apt/sources.list", "etc/apt/sources.list.d/"),
                    "deb 2.0 packages (gzip, xz, zstd members); dpkg status database 1.x incl. distroless "
                    "status.d; apt InRelease/Release and Packages indexes, sources.list and deb822 .sources"),
-    "apk": Family(_apk, ("alpine", "wolfi", "chainguard"), _apk_order, None,
+    "apk": Family(_apk, ("alpine", "wolfi", "chainguard"), _apk_order, None, (),
                   "apk v2 packages and signed APKINDEX.tar.gz; installed database of apk-tools 2 and 3"),
     "rpm": Family(_rpm, ("redhat", "centos", "rocky", "alma", "oracle", "amazon", "fedora"), _rpm_order,
                   _rpm_prefetch,
+                  ("etc/yum.repos.d/", "etc/yum/repos.d/", "etc/distro.repos.d/", "etc/dnf/dnf.conf", "etc/yum.conf"),
                   "rpm v4 packages (header v3/v4 signatures); rpmdb sqlite, Berkeley DB (hash/btree) and ndb; "
                   "rpm-md repositories (repomd.xml), modular metadata"),
 }
@@ -142,18 +148,24 @@ PREFETCH_WATCH = "etc"
 
 class EarlyDownloads:
     """The families' Prefetchers together: `start` is a rootfs.scan early hook, `join` waits for what the plans
-    need first, `ahead(kind)` is what the detected family read ahead, `close` stops them all."""
+    need first, `ahead(kind)` is what the detected family read ahead, `close` stops them all. A family's Prefetcher
+    is imported and built in `start`, only when the captured files (or the user's repositories) give it something
+    to do; `start` runs in the thread that scans the image, as the adapter's import does later."""
 
     def __init__(self, repos: RepositoryOptions, oci_arch: str, oci_variant: str, fetcher: Fetcher,
                  hints: PrefetchHints | None = None) -> None:
-        from copa.pkg.base import PrefetchHints
-
-        given = hints if hints is not None else PrefetchHints()
-        self._parts = {name: f.prefetch()(repos, oci_arch, oci_variant, fetcher, given)
-                       for name, f in FAMILIES.items() if f.prefetch is not None}
+        self._repos, self._arch, self._variant = repos, oci_arch, oci_variant
+        self._fetcher, self._hints = fetcher, hints
+        self._parts: dict[str, Prefetcher] = {}
 
     def start(self, captured: Mapping[str, bytes]) -> None:
-        for part in self._parts.values():
+        from copa.pkg.base import PrefetchHints
+
+        given = self._hints if self._hints is not None else PrefetchHints()
+        for name in prefetch_families(captured, self._repos):
+            make = FAMILIES[name].prefetch
+            assert make is not None  # prefetch_families names only families with one
+            part = self._parts[name] = make()(self._repos, self._arch, self._variant, self._fetcher, given)
             part.start(captured)
 
     def join(self) -> None:
@@ -167,6 +179,14 @@ class EarlyDownloads:
     def close(self) -> None:
         for part in self._parts.values():
             part.close()
+
+
+def prefetch_families(captured: Mapping[str, bytes], repos: RepositoryOptions) -> tuple[str, ...]:
+    """The families whose early download may have something to do: those whose repository configuration was
+    captured, or every one when the user names repositories (each family reads those lines its own way)."""
+    user = bool(repos.repositories) or repos.repositories_file is not None
+    return tuple(name for name, f in FAMILIES.items() if f.prefetch is not None and (user or any(
+        path.startswith(c) if c.endswith("/") else path == c for c in f.prefetch_config for path in captured)))
 
 
 @dataclass(frozen=True)
