@@ -13,7 +13,7 @@ import posixpath
 import re
 import shutil
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -139,7 +139,12 @@ class DebContents:
     files: tuple[DataFile, ...]  # in archive order, which is the order dpkg lists them
 
 
-def read_deb(path: Path, stage: Path, name: str | None = None) -> DebContents:
+class Stopped(Exception):
+    """Raised out of read_deb when its `stop` says so: nobody wants the package any more."""
+
+
+def read_deb(path: Path, stage: Path, name: str | None = None, stop: Callable[[], bool] | None = None
+             ) -> DebContents:
     """Read a .deb: control members in memory (small), data files staged under `stage`. `name` is how errors
     call it (cached files are named by digest, which tells the user nothing)."""
     what = name or path.name
@@ -156,7 +161,7 @@ def read_deb(path: Path, stage: Path, name: str | None = None) -> DebContents:
             elif member.name.startswith("data.tar"):
                 if files is not None:
                     raise BadDeb(f"{what} has a second data.tar member; the package is corrupt or tampered")
-                files = _stage_data(_decompress(member.name, cast(BinaryIO, body), what), stage, what)
+                files = _stage_data(_decompress(member.name, cast(BinaryIO, body), what), stage, what, stop)
     if control is None or files is None:
         raise BadDeb(f"{what} lacks a control or data archive; it is not a valid .deb")
     return DebContents(control, control_files, tuple(files))
@@ -226,7 +231,8 @@ class _StageFile:
             raise self._error(e) from None
 
 
-def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
+def _stage_data(stream: BinaryIO, stage: Path, what: str, stop: Callable[[], bool] | None = None
+                ) -> list[DataFile]:
     out: list[DataFile] = []
     try:
         stage.mkdir(parents=True, exist_ok=True)
@@ -239,6 +245,8 @@ def _stage_data(stream: BinaryIO, stage: Path, what: str) -> list[DataFile]:
     try:
         with TarStream(stream) as tar:
             for m in tar:
+                if stop is not None and stop():
+                    raise Stopped(what)
                 path = clean_path(m.name, f"{what}: member")
                 if not path:
                     continue

@@ -42,6 +42,7 @@ class ReadAhead:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._stop = threading.Event()  # set by close(): a read under way stops at its next member
 
     def submit(self, fetcher: Fetcher, item: FetchItem, name: str) -> None:
         with self._lock:
@@ -51,7 +52,8 @@ class ReadAhead:
                 # One reader: the layer scan keeps the other core busy (and the plan's own readers use them all).
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="copa-ahead")
             stage = self._stage / f"{len(self._reads):04d}"
-            self._reads[item.sha256] = self._pool.submit(lambda: read_deb(fetcher.fetch(item), stage, name))
+            self._reads[item.sha256] = self._pool.submit(
+                lambda: read_deb(fetcher.fetch(item), stage, name, stop=self._stop.is_set))
 
     def take(self, sha256: str) -> DebContents | None:
         """The contents read ahead for this file, once read; None if it was not read ahead or the read failed (the
@@ -69,6 +71,7 @@ class ReadAhead:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            self._stop.set()
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
