@@ -156,7 +156,10 @@ def _listdir(view: View, directory: str) -> list[str]:
         real = view.resolve(directory)
     except Exception:  # a symlink loop
         return []
-    return sorted(posixpath.basename(p) for p in view.nodes if posixpath.dirname(p) == real)
+    # A prefix test per path, not posixpath.dirname: an image holds tens of thousands of paths.
+    prefix = real + "/" if real else ""
+    cut = len(prefix)
+    return sorted(p[cut:] for p in view.nodes if p.startswith(prefix) and "/" not in p[cut:])
 
 
 def _lang_skipped(langs: tuple[str, ...], flangs: str) -> bool:
