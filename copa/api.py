@@ -28,8 +28,9 @@ from copa.targets import Reports, Target, platform_tag, read_reports, select
 # that fails at the registry, or a --dry-run, does not pay for what it never uses. `_import_engine` loads it in the
 # calling thread before platforms are patched in worker threads.
 if TYPE_CHECKING:
+    from copa.oci.compression import Compression
     from copa.oci.image import Image
-    from copa.oci.layer import Compression, LayerBlob
+    from copa.oci.layer import LayerBlob
     from copa.oci.mutate import Original, Patched
     from copa.pkg.base import ImageContext, OSRelease, PackageManager, Plan, Skip, Update
     from copa.pkg.cache import Cache
@@ -121,7 +122,7 @@ def patch(options: PatchOptions, progress: Progress = lambda _m: None, *,
           client: RegistryClient | None = None) -> PatchResult:
     """Patch one image (every platform of an index that is asked for). `client` lets a caller that patches many
     images (copa bulk) keep one registry client, its connections and tokens, across them; it is not closed."""
-    from copa.oci.layer import Compression
+    from copa.oci.compression import Compression
 
     started = time.monotonic()
     compression = Compression.parse(options.compression)

@@ -29,7 +29,7 @@ HEAVY = ("rich", "requests", "urllib3", "zstandard", "isal", "pysequoia", "crypt
 DEFERRED = ("copa.oci.image", "copa.oci.layercache", "copa.oci.layerstore", "copa.oci.rootfs", "copa.oci.mutate",
             "copa.oci.layout", "copa.oci.archive", "copa.oci.loaders", "copa.oci.referrers", "copa.pkg.base",
             "copa.pkg.fetch", "copa.pkg.cache", "copa.pkg.repoauth", "copa.pkg.inventory", "copa.report.match",
-            "copa.sbom", "copa.vex", "copa.eol")  # fmt: skip
+            "copa.sbom", "copa.vex", "copa.eol", "copa.oci.layer")  # fmt: skip
 
 
 def _child(code: str, *args: str) -> dict[str, object]:

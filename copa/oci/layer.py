@@ -27,9 +27,8 @@ import zstandard
 from isal import igzip
 
 from copa import events
-from copa.errors import LocalIOError, UnsafePathError, UsageError
+from copa.errors import LocalIOError, UnsafePathError
 from copa.oci.digest import Digest
-from copa.oci.model import MediaType
 
 WHITEOUT_PREFIX = ".wh."
 # ISA-L's best level: 8x faster than zlib's default 6 (which docker uses) for a layer ~10% larger; the patch
@@ -47,23 +46,7 @@ class Kind(enum.Enum):
     WHITEOUT = "whiteout"
 
 
-class Compression(enum.Enum):
-    GZIP = "gzip"
-    ZSTD = "zstd"
-
-    @classmethod
-    def parse(cls, text: str) -> Compression:
-        try:
-            return cls(text)
-        except ValueError:
-            raise UsageError(f"unknown --compression {text!r}: use gzip or zstd") from None
-
-    def media_type(self, docker: bool) -> str:
-        if self is Compression.ZSTD:
-            if docker:
-                raise UsageError("--compression zstd needs an OCI image; this is a Docker v2s2 image, use gzip")
-            return MediaType.OCI_LAYER_ZSTD
-        return MediaType.DOCKER_LAYER_GZIP if docker else MediaType.OCI_LAYER_GZIP
+from copa.oci.compression import Compression as Compression  # noqa: E402  # re-exported: callers import it from here
 
 
 def clean_path(path: str, what: str = "path") -> str:
