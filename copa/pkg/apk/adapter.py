@@ -111,7 +111,10 @@ class ApkAdapter:
                     continue
                 available.append(r)
         resolution = resolve(installed, _wanted(report, installed, available, world), available, world)
-        check_failures(resolution.failures, ctx.ignore_errors)
+        if report is not None:
+            check_failures(resolution.failures, ctx.ignore_errors)
+        # Without a report (`apk upgrade`), what cannot move (an installed package pins its version, and has no
+        # newer build itself) is kept back, as apk keeps it: the summary lists it as skipped, with the reason.
         updates = tuple(
             Update(c.record.name, c.record.arch or arch, c.installed.version if c.installed else "",
                    c.record.version, c.kind, c.vulnerabilities, reason=c.reason)
