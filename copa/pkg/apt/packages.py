@@ -578,13 +578,25 @@ def _index_architecture(path: str, arch: str) -> str:
     return m.group(1) if m else arch
 
 
-def prefetch_indexes(sources: Sequence[AptSource], arch: str, fetcher: Fetcher) -> list[tuple[AptSource, IndexText]]:
-    """Download the sources' Packages indexes into the cache before their Release is verified: a warm-up while
-    the image is still being read. Nothing here is trusted: files land in the cache under the sha256 the unverified
-    Release names, checked against it, decompressed within bounds, and `load_indexes` verifies the Release and finds
-    them by the hashes the verified one names. Returns the index texts it has, unverified, for reading ahead."""
-    def one(source: AptSource) -> list[tuple[AptSource, IndexText]]:
-        release, _ = fetch_release(source, lambda _s: Keyring.merge(()), True, fetcher)
+def prefetch_indexes(sources: Sequence[AptSource], arch: str, fetcher: Fetcher,
+                     keyrings_for: KeyringsFor | None = None, allow_insecure: bool = False
+                     ) -> list[tuple[AptSource, IndexText, bool]]:
+    """Download the sources' Packages indexes into the cache, a warm-up while the image is still being read. The
+    Release is verified with `keyrings_for` if the keys known so far can; if not, it is used unverified for the
+    warm-up only: files land in the cache under the sha256 that Release names, checked against it, decompressed
+    within bounds, and `load_indexes` verifies the Release and finds them by the hashes the verified one names.
+    Returns the index texts it has, each with whether its Release was verified (or is trusted as the plan trusts
+    it: trusted=yes, --allow-unsigned-repositories): only those may guide reading packages ahead."""
+    def release_of(source: AptSource) -> tuple[Release, bool]:
+        if keyrings_for is not None:
+            try:
+                return fetch_release(source, keyrings_for, allow_insecure, fetcher)[0], True
+            except (CopaError, OSError, ValueError) as e:  # keys not read yet, or a bad signature: the plan decides
+                log.debug("prefetch: %s", e)
+        return fetch_release(source, lambda _s: Keyring.merge(()), True, fetcher)[0], False
+
+    def one(source: AptSource) -> list[tuple[AptSource, IndexText, bool]]:
+        release, trusted = release_of(source)
         texts = []
         for _comp, path, entry in _index_paths(source, release, arch):
             item, plain = _fetch_item(source, release, path, entry)
@@ -608,13 +620,13 @@ def prefetch_indexes(sources: Sequence[AptSource], arch: str, fetcher: Fetcher) 
                     _decompress(got, path, cast(BinaryIO, _Limited(out, limit, what)), what)
 
                 fetcher.cache.write_named(cached.name, write)
-            texts.append((source, IndexText(item.what, path=cached, cache=fetcher.cache)))
+            texts.append((source, IndexText(item.what, path=cached, cache=fetcher.cache), trusted))
         return texts
 
     wanted = [s for s in sources if not s.architectures or arch in s.architectures]
     with ThreadPoolExecutor(max_workers=fetcher.workers, thread_name_prefix="copa-prefetch") as pool:
         futures = [pool.submit(one, s) for s in wanted]
-    found: list[tuple[AptSource, IndexText]] = []
+    found: list[tuple[AptSource, IndexText, bool]] = []
     for fut in futures:
         try:
             found.extend(fut.result())

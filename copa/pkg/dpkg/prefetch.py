@@ -17,19 +17,29 @@ from __future__ import annotations
 import logging
 import posixpath
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from copa.errors import CopaError
+from copa.pkg.apt.openpgp import default_keyrings
 from copa.pkg.apt.packages import IndexText, prefetch_indexes
 from copa.pkg.apt.sources import AptSource, apply_mirrors
 from copa.pkg.base import PrefetchHints, RepositoryOptions
 from copa.pkg.dpkg.arch import deb_architecture
 from copa.pkg.dpkg.debfile import DebContents, read_deb
-from copa.pkg.dpkg.repos import SOURCES_DIR, SOURCES_LIST, image_auth, sources_in, user_sources
+from copa.pkg.dpkg.repos import (
+    SOURCES_DIR,
+    SOURCES_LIST,
+    image_auth,
+    key_root,
+    keyrings_for_sources,
+    sources_in,
+    user_sources,
+)
 from copa.pkg.dpkg.version import compare_versions
 from copa.pkg.fetch import Fetcher, FetchItem
+from copa.pkg.openpgp import Keyring
 
 log = logging.getLogger(__name__)
 
@@ -106,27 +116,58 @@ class IndexPrefetch:
             return  # not an apt image (or one without sources): nothing to warm up
         sources = apply_mirrors(sources, self._repos.mirrors)
         fetcher = self._fetcher.with_auth(image_auth(captured))
-        self._thread = threading.Thread(target=self._run, args=(sources, fetcher), name="copa-prefetch", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(sources, fetcher, captured), name="copa-prefetch",
+                                        daemon=True)
         self._thread.start()
 
-    def _run(self, sources: Sequence[AptSource], fetcher: Fetcher) -> None:
+    def _run(self, sources: Sequence[AptSource], fetcher: Fetcher, captured: Mapping[str, bytes]) -> None:
         try:
-            texts = prefetch_indexes(sources, self._arch, fetcher)
+            keyrings_for = None
+            if self._ahead is not None and self._hints.packages and self._hints.workdir is not None:
+                # Packages are read ahead only from indexes whose Release the keys read so far verify (the image's
+                # /etc/apt keys, or --keyring): nothing an unverified index names is downloaded.
+                keyrings_for = self._keys(sources, captured, self._hints.workdir / "apt-keys-ahead")
+            texts = prefetch_indexes(sources, self._arch, fetcher, keyrings_for, self._repos.allow_unsigned)
             if self._ahead is not None and self._hints.packages:
                 try:
-                    for item, name in _newest(texts, set(self._hints.packages), self._arch):
+                    trusted = [(source, text) for source, text, ok in texts if ok]
+                    for item, name in _newest(trusted, set(self._hints.packages), self._arch):
                         self._ahead.submit(fetcher, item, name)
                 except (CopaError, OSError, ValueError) as e:  # a guess gone wrong: the plan does the real work
                     log.debug("read ahead: %s", e)
             # The indexes' Provides pairs take a pass over each index: found here, the plan finds them cached (it
             # waits for this, rather than doing the same pass at the same time).
-            for _source, text in texts:
+            for _source, text, _trusted in texts:
                 try:
                     text.provides()
                 except (CopaError, OSError, ValueError) as e:
                     log.debug("prefetch: %s", e)
         finally:
             self._indexes_done.set()
+
+    def _keys(self, sources: Sequence[AptSource], captured: Mapping[str, bytes], root: Path
+              ) -> Callable[[AptSource], Keyring]:
+        """Keys to verify a Release with before reading ahead: as the plan chooses them (--keyring, else the
+        source's Signed-By) when the files are at hand; a Signed-By file under usr/ is not read yet when this runs,
+        and then the keys the image trusts for every source (etc/apt/trusted.gpg{,.d}) stand in. Only which
+        packages are read ahead depends on this: the plan verifies every Release with exactly the keys apt would."""
+        made: list[Path] = []
+
+        def image_root() -> Path:
+            if not made:
+                made.append(key_root(captured.get, lambda d: {p: c for p, c in captured.items()
+                                                             if p.startswith(d + "/")}, sources, root))
+            return made[0]
+
+        exact = keyrings_for_sources(self._repos, image_root)
+
+        def keys(source: AptSource) -> Keyring:
+            try:
+                return exact(source)
+            except (CopaError, OSError, ValueError):
+                return Keyring.merge(default_keyrings(image_root()))
+
+        return keys
 
     def join(self) -> None:
         # The plan needs the indexes; reading ahead goes on while it resolves.

@@ -67,12 +67,17 @@ def select_sources(ctx: ImageContext) -> tuple[list[AptSource], bool]:
 
 def _image_key_root(ctx: ImageContext, sources: list[AptSource]) -> Path:
     """Copy the keyrings the image trusts into a directory laid out like the image's root."""
-    root = ctx.workdir / "apt-keys-root"
+    return key_root(ctx.root.read, ctx.root.under, sources, ctx.workdir / "apt-keys-root")
+
+
+def key_root(read: Callable[[str], bytes | None], under: Callable[[str], Mapping[str, bytes]],
+             sources: Sequence[AptSource], root: Path) -> Path:
+    """The keyrings an image trusts (read through `read`/`under`), copied to `root` laid out as in the image."""
     paths = list(KEY_PATHS) + [s.lstrip("/") for src in sources for s in src.signed_by
                                if s.startswith("/") and "\n" not in s]
-    found = {p: c for p in paths if (c := ctx.root.read(p)) is not None}
+    found = {p: c for p in paths if (c := read(p)) is not None}
     for directory in KEY_DIRS:
-        found.update(ctx.root.under(directory))
+        found.update(under(directory))
     for path, content in found.items():
         target = root / path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -81,21 +86,27 @@ def _image_key_root(ctx: ImageContext, sources: list[AptSource]) -> Path:
     return root
 
 
+def keyrings_for_sources(repos: RepositoryOptions, image_root: Callable[[], Path]) -> Callable[[AptSource], Keyring]:
+    """Which keys vouch for a source: --keyring's when given, else the image's own (`image_root()`, written on
+    first need), for the user's sources too (a mirror of the image's own archive is signed by the same keys)."""
+    if repos.keyrings:
+        user_ring = Keyring.merge(Keyring.from_file(p) for p in _existing(repos.keyrings))
+        return lambda _source: user_ring
+    return lambda source: keyring_for_source(source, image_root())
+
+
 def load_index(ctx: ImageContext, architecture: str,
                keep: Callable[[str], bool] | AbstractSet[str] | None = None) -> RepositoryIndex:
     sources, _from_user = select_sources(ctx)
-    keyrings_for: Callable[[AptSource], Keyring]
-    if ctx.repos.keyrings:
-        user_ring = Keyring.merge(Keyring.from_file(p) for p in _existing(ctx.repos.keyrings))
-        keyrings_for = lambda _source: user_ring  # noqa: E731
-    else:
-        # Without --keyring, the image's own keys vouch for every source, the user's ones included
-        # (a mirror of the image's own archive is signed by the same keys).
-        root = _image_key_root(ctx, sources)
-        keyrings_for = lambda source: keyring_for_source(source, root)  # noqa: E731
+    root: list[Path] = []
 
-    return load_indexes(sources, architecture, keyrings_for, ctx.repos.allow_unsigned, fetcher=apt_fetcher(ctx),
-                        keep=keep)
+    def image_root() -> Path:
+        if not root:
+            root.append(_image_key_root(ctx, sources))
+        return root[0]
+
+    return load_indexes(sources, architecture, keyrings_for_sources(ctx.repos, image_root), ctx.repos.allow_unsigned,
+                        fetcher=apt_fetcher(ctx), keep=keep)
 
 
 def image_auth(files: Mapping[str, bytes] | None = None, *, ctx: ImageContext | None = None) -> RepoAuth:
