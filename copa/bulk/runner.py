@@ -43,6 +43,7 @@ from copa.api import PatchOptions
 from copa.bulk.job import Job
 from copa.bulk.worker import CANCELLED, FAILED, SIGNAL_BASE, TIMEOUT_CODE, JobResult, run_job
 from copa.errors import UsageError
+from copa.memory import limit_malloc_arenas
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 # How long past a job's deadline the scheduler side waits for it to stop on its own before killing (local) or
@@ -124,6 +125,7 @@ def _timed_out(job: Job, timeout: float, how: str) -> JobResult:
 def _worker_main(conn: Connection, tmpdir: str) -> None:
     """A local worker: runs jobs sent down `conn` until told to stop. Its temporary files go under `tmpdir`, which
     the parent removes when the worker ends, killed or not."""
+    limit_malloc_arenas()  # a spawned worker is a process of its own (copa/memory.py)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
     os.environ["TMPDIR"] = tmpdir
     tempfile.tempdir = tmpdir
