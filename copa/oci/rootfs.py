@@ -25,7 +25,6 @@ from copa import events
 from copa.errors import IntegrityError, UnsafePathError, UnsupportedImageError
 from copa.oci.image import CORRUPT_STREAM, Image, decompressed
 from copa.oci.layercache import LayerCache, LayerRecord, Member
-from copa.oci.pipe import ReadAheadStream
 from copa.oci.tarstream import TarMember, TarStream
 
 _MAX_LINK_DEPTH = 40
@@ -146,17 +145,14 @@ def _members(image: Image, index: int, hasher: hashlib._Hash | None = None
     label = f"layer {index + 1}/{len(image.layers)} {desc.digest.hex[:12]}"
     with events.task(events.Kind.LAYER_READ, label, desc.size) as task, \
             decompressed(events.counted(image.source.open_blob(desc), task), desc.media_type) as stream:
-        chain: BinaryIO = stream if hasher is None else cast(BinaryIO, _Hashing(stream, hasher))
+        source: BinaryIO = stream if hasher is None else cast(BinaryIO, _Hashing(stream, hasher))
         try:
-            # Fetching, inflating and hashing run a few chunks ahead in a thread of their own (copa.oci.pipe).
-            with ReadAheadStream(chain) as ahead:
-                source = cast(BinaryIO, ahead)
-                with TarStream(source) as tar:
-                    for member in tar:
-                        yield tar, member
-                if hasher is not None:
-                    while source.read(_DRAIN):
-                        pass
+            with TarStream(source) as tar:
+                for member in tar:
+                    yield tar, member
+            if hasher is not None:
+                while source.read(_DRAIN):
+                    pass
         except tarfile.TarError as e:
             raise UnsupportedImageError(f"layer {layer.descriptor.digest} is not a valid tar stream: {e}") from None
         except CORRUPT_STREAM as e:
