@@ -7,6 +7,11 @@ download: the plan fetches repomd again, verifies it as configured and finds pri
 checksum the verified repomd names. For a repository without repo_gpgcheck (the plan trusts its repomd as it
 comes, as dnf does) primary is also parsed into the parse cache here, the slow part of a cold run; a signed
 repository's metadata is not decompressed before the plan has verified it.
+
+With a report (PrefetchHints.packages), the newest version of each named package that such a parsed primary offers
+for the image's architecture is downloaded too, into the same cache, while the image is still being read: the
+adapter's download of a package its verified plan names finds it there only under the same sha256, so a wrong
+guess (an excluded version, another repository's priority, a module stream) costs a download and nothing else.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from copa.errors import CopaError
 from copa.pkg.base import OSRelease, PrefetchHints, RepositoryOptions
-from copa.pkg.fetch import Fetcher
-from copa.pkg.rpm.repomd import prefetch_repository
+from copa.pkg.fetch import Fetcher, FetchItem
+from copa.pkg.rpm.repomd import RepoIndex, RpmPackage, prefetch_repository
 from copa.pkg.rpm.repos import RepoSetup, Tree, read_setup, repository_auth
+from copa.pkg.rpm.version import compare_versions
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,12 @@ class MetadataPrefetch:
         self._arch = oci_arch
         self._variant = oci_variant
         self._fetcher = fetcher
+        self._wanted = frozenset((hints or PrefetchHints()).packages)
         self._thread: threading.Thread | None = None
+        self._metadata = threading.Event()  # set once the repositories' metadata is in the cache (or failed)
+        self._closed = False
+        self._lock = threading.Lock()
+        self._downloads: ThreadPoolExecutor | None = None
 
     def setup(self, captured: Mapping[str, bytes]) -> RepoSetup | None:
         """The repositories the captured files configure, or None when they are no rpm image's."""
@@ -57,31 +68,89 @@ class MetadataPrefetch:
         if setup is None or not setup.repos:
             return
         tree = Tree.of_mapping(captured)
-        self._thread = threading.Thread(target=self._run, args=(setup, tree), name="copa-rpm-prefetch",
+        metadata = self._metadata = threading.Event()  # (a new one: `join` waits for this start's metadata)
+        self._thread = threading.Thread(target=self._run, args=(setup, tree, metadata), name="copa-rpm-prefetch",
                                         daemon=True)
         self._thread.start()
 
-    def _run(self, setup: RepoSetup, tree: Tree) -> None:
-        fetcher = self._fetcher.with_auth(repository_auth(setup, tree, None))
+    def _run(self, setup: RepoSetup, tree: Tree, metadata: threading.Event) -> None:
+        indexes: list[RepoIndex] = []
+        try:  # (`join` waits for `metadata`: it is set whatever happens here)
+            fetcher = self._fetcher.with_auth(repository_auth(setup, tree, None))
 
-        def one(repo_index: int) -> None:
-            prefetch_repository(setup.repos[repo_index], fetcher, setup.variables, self._repos.mirrors)
+            def one(repo_index: int) -> RepoIndex | None:
+                return prefetch_repository(setup.repos[repo_index], fetcher, setup.variables, self._repos.mirrors,
+                                           self._wanted)
 
-        with ThreadPoolExecutor(max_workers=self._fetcher.workers, thread_name_prefix="copa-prefetch") as pool:
-            futures = [pool.submit(one, i) for i in range(len(setup.repos))]
-        for fut in futures:
+            with ThreadPoolExecutor(max_workers=self._fetcher.workers, thread_name_prefix="copa-prefetch") as pool:
+                futures = [pool.submit(one, i) for i in range(len(setup.repos))]
+            for fut in futures:
+                try:
+                    found = fut.result()
+                except (CopaError, OSError, ValueError) as e:  # the real, verified load reports what matters
+                    log.debug("prefetch: %s", e)
+                    continue
+                if found is not None:
+                    indexes.append(found)
+        except (CopaError, OSError, ValueError) as e:  # (the image's repository credentials): the plan reports it
+            log.debug("prefetch: %s", e)
+            return
+        finally:
+            metadata.set()
+        if self._wanted and indexes:
             try:
-                fut.result()
-            except (CopaError, OSError, ValueError) as e:  # the real, verified load reports what matters
-                log.debug("prefetch: %s", e)
+                self._download_ahead(indexes, setup.variables.get("basearch", ""), fetcher)
+            except (CopaError, OSError, ValueError) as e:  # a guess gone wrong: the plan does the real work
+                log.debug("download ahead: %s", e)
+
+    def _download_ahead(self, indexes: list[RepoIndex], basearch: str, fetcher: Fetcher) -> None:
+        """The newest version of each wanted name for the image's architecture (or noarch), biggest first."""
+        best: dict[str, RpmPackage] = {}
+        for index in indexes:
+            for name in self._wanted:
+                for pkg in index.versions(name):
+                    if pkg.arch not in (basearch, "noarch") or pkg.checksum.type != "sha256":
+                        continue
+                    key = f"{name}.{pkg.arch}"
+                    if key not in best or compare_versions(pkg.evr, best[key].evr) > 0:
+                        best[key] = pkg
+        with self._lock:
+            if self._closed:
+                return
+            pool = self._downloads = ThreadPoolExecutor(max_workers=self._fetcher.workers,
+                                                        thread_name_prefix="copa-rpm-ahead")
+        for pkg in sorted(best.values(), key=lambda p: -p.size):
+            item = FetchItem(url=pkg.url, sha256=pkg.checksum.value, size=pkg.size, what=f"{pkg.nevra}.rpm")
+            try:
+                pool.submit(self._fetch_quietly, fetcher, item)
+            except RuntimeError:  # closed meanwhile (the pool no longer takes work)
+                return
+
+    @staticmethod
+    def _fetch_quietly(fetcher: Fetcher, item: FetchItem) -> None:
+        try:
+            fetcher.fetch(item)
+        except (CopaError, OSError, ValueError) as e:  # the adapter's own download reports what matters
+            log.debug("download ahead: %s", e)
 
     def join(self) -> None:
+        # The plan needs the metadata; the packages may go on downloading while it resolves.
+        if self._thread is not None:
+            self._metadata.wait()
+
+    def ahead(self) -> object:
+        return None  # the cache is warmed, nothing else
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._metadata.wait()
+        with self._lock:
+            self._closed = True
+            pool = self._downloads
+        if pool is not None:
+            # Downloads under way finish (a file half-written into the cache is not published); queued ones do not
+            # start: the patch that asked for them is over.
+            pool.shutdown(wait=True, cancel_futures=True)
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-
-    def ahead(self) -> object:
-        return None  # only the cache is warmed
-
-    def close(self) -> None:
-        self.join()

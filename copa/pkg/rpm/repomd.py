@@ -758,19 +758,26 @@ def load_repository(repo: RpmRepository, fetcher: Fetcher, keyring_for: Callable
 
 
 def prefetch_repository(repo: RpmRepository, fetcher: Fetcher, variables: Mapping[str, str],
-                        mirrors: Sequence[tuple[str, str]]) -> None:
+                        mirrors: Sequence[tuple[str, str]], wanted: frozenset[str] = frozenset()
+                        ) -> RepoIndex | None:
     """repomd.xml and primary into the cache (checked only against the repomd fetched here), and primary parsed
-    into the parse cache when the repository's repomd is not signed anyway: a warm-up."""
+    into the parse cache when the repository's repomd is not signed anyway: a warm-up. That parsed index is
+    returned (with the `wanted` names decoded), None for a signed repository."""
     loaded = fetch_repomd(repo, fetcher, lambda _r: Keyring((), ""), variables, mirrors, verify=False)
     entry = loaded.repomd.entries.get("primary")
     if entry is None:
-        return
+        return None
     primary = fetch_entry(loaded, entry, fetcher)
-    if not repo.repo_gpgcheck:
-        # Without repo_gpgcheck the plan trusts this very repomd (re-fetched, same checksums) as much as the
-        # warm-up does, so primary's slow parse can happen here, overlapped with the layer scan. A signed repomd
-        # is verified first: its files are not even decompressed before that.
-        RepoIndex(loaded, primary, None, fetcher.cache).warm()
+    if repo.repo_gpgcheck:
+        return None
+    # Without repo_gpgcheck the plan trusts this very repomd (re-fetched, same checksums) as much as the warm-up
+    # does, so primary's slow parse can happen here, overlapped with the layer scan. A signed repomd is verified
+    # first: its files are not even decompressed before that.
+    index = RepoIndex(loaded, primary, wanted.__contains__, fetcher.cache)
+    if not wanted:
+        index.warm()  # (nothing to decode: no pass over the rows)
+        return index
+    return index.load()
 
 
 def load_repositories(repos: Sequence[RpmRepository], fetcher: Fetcher,
