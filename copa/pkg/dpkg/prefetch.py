@@ -152,12 +152,14 @@ class IndexPrefetch:
         and then the keys the image trusts for every source (etc/apt/trusted.gpg{,.d}) stand in. Only which
         packages are read ahead depends on this: the plan verifies every Release with exactly the keys apt would."""
         made: list[Path] = []
+        lock = threading.Lock()  # the Releases are fetched in threads: one writes the keys, the others wait
 
         def image_root() -> Path:
-            if not made:
-                made.append(key_root(captured.get, lambda d: {p: c for p, c in captured.items()
-                                                             if p.startswith(d + "/")}, sources, root))
-            return made[0]
+            with lock:
+                if not made:
+                    made.append(key_root(captured.get, lambda d: {p: c for p, c in captured.items()
+                                                                 if p.startswith(d + "/")}, sources, root))
+                return made[0]
 
         exact = keyrings_for_sources(self._repos, image_root)
 

@@ -98,12 +98,12 @@ def keyrings_for_sources(repos: RepositoryOptions, image_root: Callable[[], Path
 def load_index(ctx: ImageContext, architecture: str,
                keep: Callable[[str], bool] | AbstractSet[str] | None = None) -> RepositoryIndex:
     sources, _from_user = select_sources(ctx)
-    root: list[Path] = []
+    # Written before the Releases are fetched (in threads, which all read it), and only when the image's keys count.
+    root = None if ctx.repos.keyrings else _image_key_root(ctx, sources)
 
     def image_root() -> Path:
-        if not root:
-            root.append(_image_key_root(ctx, sources))
-        return root[0]
+        assert root is not None  # asked for only when the image's keys count
+        return root
 
     return load_indexes(sources, architecture, keyrings_for_sources(ctx.repos, image_root), ctx.repos.allow_unsigned,
                         fetcher=apt_fetcher(ctx), keep=keep)
