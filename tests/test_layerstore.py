@@ -206,3 +206,41 @@ def test_a_stale_home_falls_back_to_an_upload(client: RegistryClient, anon_regis
     for desc in bundle.blobs:
         assert homes.candidates(desc.digest, host, "homes/other") == [target.repository]
     _readable(target, tmp_path / "copy")
+
+
+def test_put_links_the_layer_in_and_copies_across_file_systems(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer this process wrote is linked into the store (same inode, not read again); where linking fails (the
+    cache on another file system: EXDEV) it is copied and checked against its digest like any download."""
+    import errno
+    import hashlib
+    import io
+    import os
+
+    from copa.errors import IntegrityError
+
+    def layer(name: str) -> LayerBlob:
+        data = name.encode() * 1000
+        directory = tmp_path / name
+        directory.mkdir()
+        entry = Entry(f"f-{name}", Kind.FILE, 0o644, 0, 0, len(data), lambda: io.BytesIO(data))
+        return write_layer([entry], directory)
+
+    store = LayerStore(Cache(tmp_path / "cache"))
+    linked = layer("a")
+    stored = store.put("key-a", linked)
+    assert os.stat(stored.path).st_ino == os.stat(linked.path).st_ino
+    assert hashlib.sha256(stored.path.read_bytes()).hexdigest() == linked.digest.hex
+
+    def no_link(*_a: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    copied = layer("b")
+    stored_b = store.put("key-b", copied)
+    assert os.stat(stored_b.path).st_ino != os.stat(copied.path).st_ino
+    assert stored_b.path.read_bytes() == copied.path.read_bytes()
+    wrong = layer("c")
+    lie = LayerBlob(wrong.path, Digest("sha256", "0" * 64), wrong.diff_id, wrong.size, wrong.media_type)
+    with pytest.raises(IntegrityError):
+        store.put("key-c", lie)

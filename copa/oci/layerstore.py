@@ -47,6 +47,8 @@ class BlobStore(Protocol):
 
     def store_stream(self, stream: BinaryIO, sha256: str, size: int | None, what: str) -> Path: ...
 
+    def adopt(self, path: Path, sha256: str, size: int, what: str) -> Path: ...
+
     def named(self, name: str) -> Path: ...
 
     def store_named(self, name: str, data: bytes) -> Path: ...
@@ -142,8 +144,8 @@ class LayerStore:
     def put(self, key: str, layer: LayerBlob, extra: dict[str, Any] | None = None) -> LayerBlob:
         """Copy `layer` into the store (atomically, verified against its digest) and return the stored copy.
         `extra`: a JSON-serialisable object kept with it (`get_with_extra`)."""
-        with layer.open() as f:
-            path = self.cache.store_stream(f, layer.digest.hex, layer.size, f"patch layer {layer.digest}")
+        # The layer file is this process's own, its digest computed as it was written: linked in, not copied.
+        path = self.cache.adopt(layer.path, layer.digest.hex, layer.size, f"patch layer {layer.digest}")
         meta = _Meta(layer.digest, layer.diff_id, layer.size, layer.media_type, dict(extra or {}))
         self.cache.store_named(self._name(key), meta.encode())
         return LayerBlob(path, layer.digest, layer.diff_id, layer.size, layer.media_type)

@@ -151,6 +151,29 @@ class Cache:
         self._account(count)
         return final
 
+    def adopt(self, path: Path, sha256: str, size: int, what: str) -> Path:
+        """Put a file this process wrote itself (its sha256 computed while writing) into the cache: hard-linked,
+        without reading it again, where the cache shares its file system; else copied and verified as any stream."""
+        final = self.path_for(sha256)
+        fd, tmp = self._tmp_in(final.parent)
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+            os.link(path, tmp)  # a new name for the same inode, in the cache's directory: then made visible at once
+            if os.stat(tmp).st_size != size:
+                raise IntegrityError(f"{what}: got {os.stat(tmp).st_size} bytes, expected {size}")
+            os.replace(tmp, final)
+        except OSError:  # another file system (EXDEV), or links not allowed: copy it
+            Path(tmp).unlink(missing_ok=True)
+            with path.open("rb") as f:
+                return self.store_stream(f, sha256, size, what)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._remember(final)
+        self._account(size)
+        return final
+
     # -- derived entries, by name --------------------------------------------------------------
 
     def store_named(self, name: str, data: bytes) -> Path:
