@@ -219,7 +219,7 @@ def test_resolution_failure_after_authenticated_work(registries: Registries, mir
 # A bug injected just before the outputs are written, so that the traceback is printed with every credential of the
 # run loaded (registry tokens cached in the client, the repository logins read).
 _BUG = (
-    "import sys, copa.oci.transport as t\n"
+    "import sys, copa.oci.layout as t\n"  # transport imports write_layout from here when it writes a layout
     "def bug(*a, **k):\n"
     "    raise RuntimeError('injected bug')\n"
     "t.write_layout = bug\n"
