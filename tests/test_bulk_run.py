@@ -53,17 +53,6 @@ def reproducible() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def repo() -> AptRepo:
-    return debimage.hermetic_repo()
-
-
-@pytest.fixture(scope="module")
-def server(repo: AptRepo) -> Iterator[RepoServer]:
-    with RepoServer(repo.root) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def images(anon_registry: RunningRegistry, tmp_path_factory: pytest.TempPathFactory) -> list[fleet.FleetImage]:
     return fleet.push_fleet(anon_registry.host, "bulkrun", APPS, tmp_path_factory.mktemp("fleet"))
 

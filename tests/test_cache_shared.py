@@ -35,17 +35,6 @@ ENV = {**os.environ, "COPA_DEBUG": "", "SOURCE_DATE_EPOCH": "1700000000"}
 
 
 @pytest.fixture(scope="module")
-def repo() -> AptRepo:
-    return debimage.hermetic_repo()
-
-
-@pytest.fixture(scope="module")
-def server(repo: AptRepo) -> Iterator[RepoServer]:
-    with RepoServer(repo.root) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_report(tmp_path_factory.mktemp("report") / "trivy.json", debimage.FIXES)
 

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +37,6 @@ def error_line(proc: subprocess.CompletedProcess[str]) -> str:
     errors = [line for line in lines if line.startswith("copa: error: ")]
     assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
     return errors[0]
-
-
-@pytest.fixture(scope="module")
-def repo() -> AptRepo:
-    return debimage.hermetic_repo()
-
-
-@pytest.fixture(scope="module")
-def server(repo: AptRepo) -> Iterator[RepoServer]:
-    with RepoServer(repo.root) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def base() -> debimage.BaseImage:
-    return debimage.base_image()
 
 
 @pytest.fixture(scope="module")

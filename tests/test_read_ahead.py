@@ -6,7 +6,6 @@ is not used. The patched tree itself is checked against real dpkg in tests/test_
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,6 @@ from copa.cli import main
 from tests.support import debimage
 from tests.support.aptrepo import AptRepo, RepoServer
 from tests.support.trivy import write_report
-
-
-@pytest.fixture(scope="module")
-def repo() -> AptRepo:
-    return debimage.hermetic_repo()
-
-
-@pytest.fixture(scope="module")
-def server(repo: AptRepo) -> Iterator[RepoServer]:
-    with RepoServer(repo.root) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def base() -> debimage.BaseImage:
-    return debimage.base_image()
 
 
 def _patch_layer(base: debimage.BaseImage, repo: AptRepo, server: RepoServer, tmp: Path) -> str:
