@@ -177,18 +177,21 @@ class IndexText:
             wanted = {n.encode("utf-8") for n in want}
         else:
             check = want
+        for para in self._paragraphs():
+            name = _package_name(para)
+            if name is None:
+                continue
+            if wanted is not None and name not in wanted:
+                continue
+            if check is not None and not check(name.decode("utf-8", "replace")):
+                continue
+            row = _row(para.decode("utf-8", "replace"), self.what)
+            if row is not None:
+                yield row
+
+    def _paragraphs(self) -> Iterator[bytes]:
         for block in self._blocks():
-            for para in block.split(b"\n\n"):
-                name = _package_name(para)
-                if name is None:
-                    continue
-                if wanted is not None and name not in wanted:
-                    continue
-                if check is not None and not check(name.decode("utf-8", "replace")):
-                    continue
-                row = _row(para.decode("utf-8", "replace"), self.what)
-                if row is not None:
-                    yield row
+            yield from block.split(b"\n\n")
 
     def provides(self) -> list[tuple[str, str]]:
         """(package, Provides field) of every paragraph with a Provides: what virtual names resolve through."""
@@ -218,18 +221,17 @@ class IndexText:
 
     def _find_provides(self) -> list[tuple[str, str]]:
         found = []
-        for block in self._blocks():
-            for para in block.split(b"\n\n"):
-                # A cheap substring test first: ~1 paragraph in 6 has the field.
-                if b"Provides:" not in para:
-                    continue
-                m = _PROVIDES_FIELD.search(para)
-                name = _package_name(para)
-                if m is None or name is None:
-                    continue
-                value = m.group(1).decode("utf-8", "replace").strip()
-                if value:
-                    found.append((name.decode("utf-8", "replace"), value))
+        for para in self._paragraphs():
+            # A cheap substring test first: ~1 paragraph in 6 has the field.
+            if b"Provides:" not in para:
+                continue
+            m = _PROVIDES_FIELD.search(para)
+            name = _package_name(para)
+            if m is None or name is None:
+                continue
+            value = m.group(1).decode("utf-8", "replace").strip()
+            if value:
+                found.append((name.decode("utf-8", "replace"), value))
         return found
 
 

@@ -6,14 +6,16 @@ members come in path order, so its /etc is complete well before the layer ends (
 The prefetch only fills the download cache, content-addressed and unverified; the plan then loads the indexes
 as always, verifying the Release and finding each index in the cache by the hash the verified Release names.
 
-With a report, it also reads ahead: for each package the report names, the newest version the (still unverified)
-indexes offer for the image's architecture is downloaded and unpacked (copa.pkg.dpkg.debfile.read_deb) while the
-base layer is still being read, on the core the layer scan leaves idle. The adapter takes what was read ahead only
-for a .deb its verified plan names with the same sha256, so an index served wrongly costs time, never correctness.
+With a report, it also reads ahead: for each package the report names, the newest version the indexes offer for
+the image's architecture is downloaded and unpacked (copa.pkg.dpkg.debfile.read_deb) while the base layer is still
+being read, on the core the layer scan leaves idle; only from indexes whose Release the keys read so far verify.
+The adapter takes what was read ahead only for a .deb its verified plan names with the same sha256, so a guess
+gone wrong (pins, the image's own state) costs time, never correctness.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import posixpath
 import threading
@@ -53,6 +55,7 @@ class ReadAhead:
         self._lock = threading.Lock()
         self._closed = False
         self._stop = threading.Event()  # set by close(): a read under way stops at its next member
+        self._stages = itertools.count()  # one staging directory per read, never reused
 
     def submit(self, fetcher: Fetcher, item: FetchItem, name: str) -> None:
         with self._lock:
@@ -61,7 +64,7 @@ class ReadAhead:
             if self._pool is None:
                 # One reader: the layer scan keeps the other core busy (and the plan's own readers use them all).
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="copa-ahead")
-            stage = self._stage / f"{len(self._reads):04d}"
+            stage = self._stage / f"{next(self._stages):04d}"
             self._reads[item.sha256] = self._pool.submit(
                 lambda: read_deb(fetcher.fetch(item), stage, name, stop=self._stop.is_set))
 
