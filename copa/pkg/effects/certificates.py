@@ -159,12 +159,21 @@ def rewrite_conf(merged: Merged, pkg: Package) -> str | None:
             out.append(ca)
         else:
             out.append("!" + ca)
+    # `grep "^$ca"` over the lines so far: a line equal to the name matches, which settles most names without
+    # running the pattern over every line (~150 certificates against ~150 lines).
+    lines = set(out)
+
+    def listed(pattern: str) -> bool:
+        return pattern in lines or any(_bre_prefix(pattern).match(line) for line in out)
+
     for ca in enabled:
-        if not any(_bre_prefix(ca).match(line) for line in out):
+        if not listed(ca):
             out.append(ca)
+            lines.add(ca)
     for ca in available:
-        if ca not in enabled_set and not any(_bre_prefix("!" + ca).match(line) for line in out):
+        if ca not in enabled_set and not listed("!" + ca):
             out.append("!" + ca)
+            lines.add("!" + ca)
     return "".join(line + "\n" for line in out)
 
 
