@@ -83,3 +83,13 @@ def test_files_the_plan_does_not_pick_are_not_used(base: debimage.BaseImage, rep
     monkeypatch.setattr(prefetch.ReadAhead, "submit", lambda *_a, **_k: None)
     monkeypatch.setenv("COPA_CACHE_DIR", str(tmp_path / "cache-b"))
     assert _patch_layer(base, repo, server, tmp_path / "b") == guessed_wrong
+
+
+def test_each_release_file_is_downloaded_once(base: debimage.BaseImage, repo: AptRepo, server: RepoServer,
+                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan verifies the InRelease the prefetch downloaded instead of asking the mirror for it again."""
+    monkeypatch.setenv("COPA_CACHE_DIR", str(tmp_path / "cache"))
+    before = len(server.requests)
+    _patch_layer(base, repo, server, tmp_path / "a")
+    asked = [r for r in server.requests[before:] if r.endswith("/InRelease")]
+    assert asked and len(asked) == len(set(asked)), asked

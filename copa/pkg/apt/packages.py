@@ -439,16 +439,24 @@ KeyringsFor = Callable[[AptSource], Keyring]
 
 
 def fetch_release(
-    source: AptSource, keyrings_for: KeyringsFor, allow_insecure: bool, fetcher: Fetcher
+    source: AptSource, keyrings_for: KeyringsFor, allow_insecure: bool, fetcher: Fetcher,
+    fetched: dict[str, bytes] | None = None,
 ) -> tuple[Release, bool]:
-    """The parsed Release of `source`, verified unless the source is trusted=yes or insecure mode is on."""
+    """The parsed Release of `source`, verified unless the source is trusted=yes or insecure mode is on.
+    `fetched`: InRelease bodies by URL, filled with what is downloaded here and used instead of downloading again
+    (the prefetch's copy, seconds old, for the plan: it is verified here all the same)."""
     what = f"repository {source.description}"
     insecure = allow_insecure or source.trusted
     base = source.dist_url
-    try:
-        data = fetcher.get_bytes(f"{base}/InRelease", what)
-    except NotFoundError:
-        data = None
+    url = f"{base}/InRelease"
+    data = fetched.get(url) if fetched is not None else None
+    if data is None:
+        try:
+            data = fetcher.get_bytes(url, what)
+        except NotFoundError:
+            data = None
+        if data is not None and fetched is not None:
+            fetched[url] = data
     if data is not None:
         text = unverified_cleartext(data, what) if insecure else verify_clearsigned(data, keyrings_for(source), what)
     else:
@@ -547,6 +555,7 @@ def load_indexes(
     now: datetime | None = None,
     use_parsed_cache: bool = True,
     keep: Callable[[str], bool] | AbstractSet[str] | None = None,
+    fetched: dict[str, bytes] | None = None,
 ) -> RepositoryIndex:
     """Verify each source's Release, fetch and check its Packages indexes for `arch`, and index every record."""
     f = fetcher or default_fetcher()
@@ -554,7 +563,7 @@ def load_indexes(
     jobs: list[tuple[LoadedSource, str, str, FetchItem, FetchItem]] = []
     wanted = [s for s in sources if not s.architectures or arch in s.architectures]
     with ThreadPoolExecutor(max_workers=f.workers, thread_name_prefix="copa-release") as pool:
-        release_futures = [pool.submit(fetch_release, s, keyrings_for, allow_insecure, f) for s in wanted]
+        release_futures = [pool.submit(fetch_release, s, keyrings_for, allow_insecure, f, fetched) for s in wanted]
     for source, release_future in zip(wanted, release_futures, strict=True):
         release, verified = release_future.result()
         if check_valid_until and source.check_valid_until:
@@ -581,21 +590,22 @@ def _index_architecture(path: str, arch: str) -> str:
 
 
 def prefetch_indexes(sources: Sequence[AptSource], arch: str, fetcher: Fetcher,
-                     keyrings_for: KeyringsFor | None = None, allow_insecure: bool = False
-                     ) -> list[tuple[AptSource, IndexText, bool]]:
+                     keyrings_for: KeyringsFor | None = None, allow_insecure: bool = False,
+                     fetched: dict[str, bytes] | None = None) -> list[tuple[AptSource, IndexText, bool]]:
     """Download the sources' Packages indexes into the cache, a warm-up while the image is still being read. The
     Release is verified with `keyrings_for` if the keys known so far can; if not, it is used unverified for the
     warm-up only: files land in the cache under the sha256 that Release names, checked against it, decompressed
     within bounds, and `load_indexes` verifies the Release and finds them by the hashes the verified one names.
     Returns the index texts it has, each with whether its Release was verified (or is trusted as the plan trusts
-    it: trusted=yes, --allow-unsigned-repositories): only those may guide reading packages ahead."""
+    it: trusted=yes, --allow-unsigned-repositories): only those may guide reading packages ahead. `fetched`
+    collects the InRelease bodies it downloads, for the plan to verify rather than download again."""
     def release_of(source: AptSource) -> tuple[Release, bool]:
         if keyrings_for is not None:
             try:
-                return fetch_release(source, keyrings_for, allow_insecure, fetcher)[0], True
+                return fetch_release(source, keyrings_for, allow_insecure, fetcher, fetched)[0], True
             except (CopaError, OSError, ValueError) as e:  # keys not read yet, or a bad signature: the plan decides
                 log.debug("prefetch: %s", e)
-        return fetch_release(source, lambda _s: Keyring.merge(()), True, fetcher)[0], False
+        return fetch_release(source, lambda _s: Keyring.merge(()), True, fetcher, fetched)[0], False
 
     def one(source: AptSource) -> list[tuple[AptSource, IndexText, bool]]:
         release, trusted = release_of(source)

@@ -124,7 +124,7 @@ def _foreign_index(ctx: ImageContext, foreign: dict[str, tuple[Installed, ...]]
 
     def versions(name: str, architecture: str) -> Sequence[Candidate]:
         if architecture not in loaded:
-            loaded[architecture] = load_index(ctx, architecture, names)
+            loaded[architecture] = load_index(ctx, architecture, names, fetched=_releases(ctx))
         return [r for r in loaded[architecture].versions(name) if r.architecture == architecture]
 
     return versions
@@ -138,7 +138,7 @@ class DpkgAdapter:
         installed = db.installed()
         if report is not None:
             _reported(report, installed)  # a report for another image fails before any download
-        index = load_index(ctx, db.architecture, _likely_names(installed, report))
+        index = load_index(ctx, db.architecture, _likely_names(installed, report), fetched=_releases(ctx))
         behaviour = apt_behaviour(ctx, installed)
         policy = image_policy(ctx, behaviour.default_release)
         wanted = _wanted(report, installed, Candidates(installed, index.versions, db.architecture, compare_versions,
@@ -274,6 +274,11 @@ def _old_entry(db: DpkgDatabase, chosen: Chosen) -> StatusEntry | None:
     if chosen.installed is None:
         return None
     return db.entry(chosen.installed.name, chosen.installed.architecture) or db.entry(chosen.installed.name)
+
+
+def _releases(ctx: ImageContext) -> dict[str, bytes] | None:
+    """The InRelease bodies the prefetch downloaded this run (verified again by the plan), if it ran."""
+    return ctx.ahead.releases if isinstance(ctx.ahead, ReadAhead) else None
 
 
 def _download_and_read(ctx: ImageContext, records: Sequence[PackageRecord]) -> list[DebContents]:

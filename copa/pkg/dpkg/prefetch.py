@@ -56,6 +56,9 @@ class ReadAhead:
         self._closed = False
         self._stop = threading.Event()  # set by close(): a read under way stops at its next member
         self._stages = itertools.count()  # one staging directory per read, never reused
+        # The InRelease bodies the prefetch downloaded, by URL: the plan verifies these instead of downloading them
+        # again (one round trip per repository, on its critical path, against a distant mirror).
+        self.releases: dict[str, bytes] = {}
 
     def submit(self, fetcher: Fetcher, item: FetchItem, name: str) -> None:
         with self._lock:
@@ -130,7 +133,9 @@ class IndexPrefetch:
                 # Packages are read ahead only from indexes whose Release the keys read so far verify (the image's
                 # /etc/apt keys, or --keyring): nothing an unverified index names is downloaded.
                 keyrings_for = self._keys(sources, captured, self._hints.workdir / "apt-keys-ahead")
-            texts = prefetch_indexes(sources, self._arch, fetcher, keyrings_for, self._repos.allow_unsigned)
+            releases = self._ahead.releases if self._ahead is not None else None
+            texts = prefetch_indexes(sources, self._arch, fetcher, keyrings_for, self._repos.allow_unsigned,
+                                     releases)
             if self._ahead is not None and self._hints.packages:
                 try:
                     trusted = [(source, text) for source, text, ok in texts if ok]

@@ -95,8 +95,8 @@ def keyrings_for_sources(repos: RepositoryOptions, image_root: Callable[[], Path
     return lambda source: keyring_for_source(source, image_root())
 
 
-def load_index(ctx: ImageContext, architecture: str,
-               keep: Callable[[str], bool] | AbstractSet[str] | None = None) -> RepositoryIndex:
+def load_index(ctx: ImageContext, architecture: str, keep: Callable[[str], bool] | AbstractSet[str] | None = None,
+               fetched: dict[str, bytes] | None = None) -> RepositoryIndex:
     sources, _from_user = select_sources(ctx)
     # Written before the Releases are fetched (in threads, which all read it), and only when the image's keys count.
     root = None if ctx.repos.keyrings else _image_key_root(ctx, sources)
@@ -106,7 +106,7 @@ def load_index(ctx: ImageContext, architecture: str,
         return root
 
     return load_indexes(sources, architecture, keyrings_for_sources(ctx.repos, image_root), ctx.repos.allow_unsigned,
-                        fetcher=apt_fetcher(ctx), keep=keep)
+                        fetcher=apt_fetcher(ctx), keep=keep, fetched=fetched)
 
 
 def image_auth(files: Mapping[str, bytes] | None = None, *, ctx: ImageContext | None = None) -> RepoAuth:
