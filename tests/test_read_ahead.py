@@ -93,3 +93,40 @@ def test_each_release_file_is_downloaded_once(base: debimage.BaseImage, repo: Ap
     _patch_layer(base, repo, server, tmp_path / "a")
     asked = [r for r in server.requests[before:] if r.endswith("/InRelease")]
     assert asked and len(asked) == len(set(asked)), asked
+
+
+def test_reads_the_plan_does_not_name_are_cancelled(repo: AptRepo, tmp_path: Path) -> None:
+    """Once the plan is made, queued reads of files it does not name never start (a report may name packages the
+    image lacks); the ones it names are still taken."""
+    import threading
+
+    from copa.pkg.fetch import FetchItem
+
+    debs = {name: repo.deb(name, "2.0") for name in ("app", "conf", "libfoo1")}
+    release = threading.Event()
+    fetched: list[str] = []
+
+    class Fetcher:
+        def fetch(self, item: FetchItem) -> Path:
+            fetched.append(item.what)
+            if item.what == "app":
+                release.wait(30)  # the one reader is busy with the first file while the plan is made
+            return debs[item.what]
+
+    ahead = prefetch.ReadAhead(tmp_path / "ahead")
+    try:
+        items = {name: FetchItem(f"http://x/{name}", f"{i:064x}", None, name) for i, name in enumerate(debs)}
+        for name, item in items.items():
+            ahead.submit(Fetcher(), item, name)  # type: ignore[arg-type]
+        ahead.keep_only({items["app"].sha256, items["libfoo1"].sha256})
+        release.set()
+        # The one reader goes through its queue in order: once libfoo1 (queued after conf) is read, conf has been
+        # skipped or read.
+        ahead._reads[items["libfoo1"].sha256].result(30)
+        assert fetched == ["app", "libfoo1"]
+        got = ahead.take(items["app"].sha256)
+        assert got is not None and b"Package: app" in got.control
+        assert ahead.take(items["conf"].sha256) is None
+    finally:
+        release.set()
+        ahead.close()

@@ -288,6 +288,8 @@ def _download_and_read(ctx: ImageContext, records: Sequence[PackageRecord]) -> l
     fetcher = apt_fetcher(ctx)
     # What the prefetch read while the image was being read (copa.pkg.dpkg.prefetch), for the same sha256 only.
     ahead = ctx.ahead if isinstance(ctx.ahead, ReadAhead) else None
+    if ahead is not None:
+        ahead.keep_only({r.sha256 for r in records})
     order = sorted(range(len(records)), key=lambda i: -records[i].size)
     with ThreadPoolExecutor(max_workers=fetcher.workers, thread_name_prefix="copa-fetch") as fetch_pool, \
             ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="copa-unpack") as read_pool:

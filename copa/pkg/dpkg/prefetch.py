@@ -20,6 +20,7 @@ import logging
 import posixpath
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -70,6 +71,14 @@ class ReadAhead:
             stage = self._stage / f"{next(self._stages):04d}"
             self._reads[item.sha256] = self._pool.submit(
                 lambda: read_deb(fetcher.fetch(item), stage, name, stop=self._stop.is_set))
+
+    def keep_only(self, wanted: AbstractSet[str]) -> None:
+        """The plan is made: reads of files it does not name are cancelled before they start (a report can name
+        packages the image does not have, or versions its pins hold back)."""
+        with self._lock:
+            for sha256 in [s for s in self._reads if s not in wanted]:
+                if self._reads[sha256].cancel():
+                    del self._reads[sha256]
 
     def take(self, sha256: str) -> DebContents | None:
         """The contents read ahead for this file, once read; None if it was not read ahead or the read failed (the
