@@ -221,24 +221,13 @@ def test_dpkg_inventory_equals_dpkg_and_syft(which: str, tmp_path: Path) -> None
 
 
 @pytest.fixture(scope="module")
-def apt_repo() -> AptRepo:
-    return debimage.hermetic_repo()
-
-
-@pytest.fixture(scope="module")
-def apt_server(apt_repo: AptRepo) -> Iterator[RepoServer]:
-    with RepoServer(apt_repo.root) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def dpkg_patched(apt_repo: AptRepo, apt_server: RepoServer,
+def dpkg_patched(repo: AptRepo, server: RepoServer,
                  tmp_path_factory: pytest.TempPathFactory) -> tuple[ImageContext, tuple[InstalledPackage, ...]]:
     """The hermetic Debian image planned by the dpkg adapter against the local signed repository."""
     work = tmp_path_factory.mktemp("dpkg")
     base = debimage.base_image()
-    assert apt_repo.key is not None
-    repos = RepositoryOptions(mirrors=((debimage.REPO_URL, apt_server.url),), keyrings=(apt_repo.key.keyring,))
+    assert repo.key is not None
+    repos = RepositoryOptions(mirrors=((debimage.REPO_URL, server.url),), keyrings=(repo.key.keyring,))
     adapter, ctx = context(base.image_ref, work, repos)
     report = load_report(str(write_report(work / "trivy.json", debimage.FIXES)))
     plan = adapter.plan(ctx, report)
@@ -247,8 +236,8 @@ def dpkg_patched(apt_repo: AptRepo, apt_server: RepoServer,
 
 
 @pytest.fixture(scope="module")
-def dpkg_oracle(apt_repo: AptRepo, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    debs = [apt_repo.deb(name, version) for name, version in debimage.ORACLE_DEBS]
+def dpkg_oracle(repo: AptRepo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    debs = [repo.deb(name, version) for name, version in debimage.ORACLE_DEBS]
     return debimage.dpkg_oracle(debimage.base_image().rootfs, tmp_path_factory.mktemp("oracle") / "rootfs", debs)
 
 
