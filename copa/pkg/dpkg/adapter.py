@@ -276,9 +276,15 @@ def _old_entry(db: DpkgDatabase, chosen: Chosen) -> StatusEntry | None:
     return db.entry(chosen.installed.name, chosen.installed.architecture) or db.entry(chosen.installed.name)
 
 
+def _read_ahead(ctx: ImageContext) -> ReadAhead | None:
+    """What this run's prefetch prepared (copa.pkg.dpkg.prefetch), if it ran."""
+    return ctx.ahead if isinstance(ctx.ahead, ReadAhead) else None
+
+
 def _releases(ctx: ImageContext) -> dict[str, bytes] | None:
     """The InRelease bodies the prefetch downloaded this run (verified again by the plan), if it ran."""
-    return ctx.ahead.releases if isinstance(ctx.ahead, ReadAhead) else None
+    ahead = _read_ahead(ctx)
+    return ahead.releases if ahead is not None else None
 
 
 def _download_and_read(ctx: ImageContext, records: Sequence[PackageRecord]) -> list[DebContents]:
@@ -287,7 +293,7 @@ def _download_and_read(ctx: ImageContext, records: Sequence[PackageRecord]) -> l
     The first failure in record order is raised once every worker has finished."""
     fetcher = apt_fetcher(ctx)
     # What the prefetch read while the image was being read (copa.pkg.dpkg.prefetch), for the same sha256 only.
-    ahead = ctx.ahead if isinstance(ctx.ahead, ReadAhead) else None
+    ahead = _read_ahead(ctx)
     if ahead is not None:
         ahead.keep_only({r.sha256 for r in records})
     order = sorted(range(len(records)), key=lambda i: -records[i].size)
