@@ -51,3 +51,12 @@ def test_same_bytes_as_tarfile(seed: int) -> None:
         writer.add(info, io.BytesIO(data) if data is not None else None)
     writer.close()
     assert got.getvalue() == expected.getvalue()
+
+
+def test_content_shorter_than_declared_is_refused() -> None:
+    from copa.errors import UnsafePathError
+
+    info = tarfile.TarInfo("f")
+    info.size = 10
+    with pytest.raises(UnsafePathError, match="shorter than its declared size"):
+        _TarWriter(io.BytesIO()).add(info, io.BytesIO(b"12345"))

@@ -268,7 +268,7 @@ def write_layer(
                     if entry.content is None:
                         raise ValueError(f"file entry {entry.path} has no content")
                     with entry.content() as src:
-                        tar.add(info, cast(BinaryIO, _exact(src, entry.size, entry.path)))
+                        tar.add(info, src)  # reads exactly entry.size bytes; short content is refused
                     task.advance(entry.size)
                 else:
                     tar.add(info)
@@ -386,30 +386,3 @@ class _TarWriter:
         if self._offset % tarfile.RECORDSIZE:
             self._emit(bytes(tarfile.RECORDSIZE - self._offset % tarfile.RECORDSIZE))
         self._flush()
-
-
-class _exact(io.RawIOBase):
-    """Reads exactly `size` bytes from `src`; a short source is an error, not silent zero padding."""
-
-    def __init__(self, src: BinaryIO, size: int, name: str) -> None:
-        super().__init__()
-        self._src, self._left, self._name = src, size, name
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        view = memoryview(buffer)
-        want = min(len(view), self._left)
-        if want == 0:
-            return 0
-        # Fill the request: tarfile takes a short read for the end of the data and fails with a bare OSError.
-        got = 0
-        while got < want:
-            chunk = self._src.read(want - got)
-            if not chunk:
-                raise UnsafePathError(f"content of {self._name!r} is shorter than its declared size")
-            view[got : got + len(chunk)] = chunk
-            got += len(chunk)
-        self._left -= got
-        return got
