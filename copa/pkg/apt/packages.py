@@ -524,9 +524,10 @@ def _fetch_item(source: AptSource, release: Release, path: str, entry: IndexFile
     return (by_hash if release.acquire_by_hash else plain), plain
 
 
-def _load_rows(fetcher: Fetcher, item: FetchItem, fallback: FetchItem, name: str, use_cache: bool) -> IndexText:
-    """The index's text: decompressed once into the cache (named by the verified sha256 of the download), or
-    held in memory without the cache."""
+def _load_rows(fetcher: Fetcher, item: FetchItem, fallback: FetchItem, name: str, use_cache: bool,
+               limit: int | None = None) -> IndexText:
+    """The index's text: decompressed once into the cache (named by the sha256 of the download), or held in memory
+    without the cache. `limit`: the most bytes it may decompress to (an index whose Release is not verified yet)."""
     cached = fetcher.cache.named(f"{_TEXT_PREFIX}{item.sha256}")
     if use_cache and cached.is_file():
         return IndexText(item.what, path=cached, cache=fetcher.cache)
@@ -536,11 +537,15 @@ def _load_rows(fetcher: Fetcher, item: FetchItem, fallback: FetchItem, name: str
         if fallback == item:
             raise
         path = fetcher.fetch(fallback)
+
+    def write(out: BinaryIO) -> None:
+        _decompress(path, name, out if limit is None else cast(BinaryIO, _Limited(out, limit, item.what)), item.what)
+
     if not use_cache:
         buffer = io.BytesIO()
-        _decompress(path, name, buffer, item.what)
+        write(buffer)
         return IndexText(item.what, data=buffer.getvalue())
-    fetcher.cache.write_named(cached.name, lambda out: _decompress(path, name, out, item.what))
+    fetcher.cache.write_named(cached.name, write)
     return IndexText(item.what, path=cached, cache=fetcher.cache)
 
 
@@ -612,27 +617,13 @@ def prefetch_indexes(sources: Sequence[AptSource], arch: str, fetcher: Fetcher,
         texts = []
         for _comp, path, entry in _index_paths(source, release, arch):
             item, plain = _fetch_item(source, release, path, entry)
-            cached = fetcher.cache.named(f"{_TEXT_PREFIX}{item.sha256}")
-            if not cached.is_file():
-                try:
-                    got = fetcher.fetch(item)
-                except NotFoundError:
-                    if plain == item:
-                        raise
-                    got = fetcher.fetch(plain)
-                # Decompressing here too takes it off the plan's path (xz releases the GIL, so it overlaps reading
-                # the image). The text is a function of the downloaded bytes alone, and `load_indexes` uses it
-                # only under the sha256 the verified Release names for them; until then it is bounded like a
-                # bomb: by the size the Release names for the uncompressed index, else a ratio no index reaches.
-                plain_entry = release.files.get(path.rsplit(".", 1)[0]) if path.endswith((".xz", ".gz")) else None
-                limit = plain_entry.size if plain_entry is not None else entry.size * _RATIO_LIMIT + (1 << 20)
-
-                def write(out: BinaryIO, got: Path = got, path: str = path, what: str = item.what,
-                          limit: int = limit) -> None:
-                    _decompress(got, path, cast(BinaryIO, _Limited(out, limit, what)), what)
-
-                fetcher.cache.write_named(cached.name, write)
-            texts.append((source, IndexText(item.what, path=cached, cache=fetcher.cache), trusted))
+            # Decompressing here too takes it off the plan's path (xz releases the GIL, so it overlaps reading the
+            # image). The text is a function of the downloaded bytes alone, and `load_indexes` uses it only under
+            # the sha256 the verified Release names for them; until then it is bounded like a bomb: by the size the
+            # Release names for the uncompressed index, else a ratio no index reaches.
+            plain_entry = release.files.get(path.rsplit(".", 1)[0]) if path.endswith((".xz", ".gz")) else None
+            limit = plain_entry.size if plain_entry is not None else entry.size * _RATIO_LIMIT + (1 << 20)
+            texts.append((source, _load_rows(fetcher, item, plain, path, True, limit), trusted))
         return texts
 
     wanted = [s for s in sources if not s.architectures or arch in s.architectures]
