@@ -373,12 +373,12 @@ def _patch_one(opened: Opened, target: Target, options: PatchOptions, compressio
     # Repository indexes start downloading as soon as the base layer's /etc has been read (see detect.EarlyDownloads).
     # With a report, the family's prefetch also reads the named packages' newest versions ahead (on the core the
     # scan leaves idle); a dry run builds no layer, so it reads nothing ahead.
-    wanted = tuple(p.name for p in target.report.packages) if target.report is not None and not options.dry_run \
-        else ()
+    reported = target.report.packages if target.report is not None and not options.dry_run else ()
+    hints = PrefetchHints(tuple(p.name for p in reported), workdir,
+                          tuple((p.name, p.fixed_version) for p in reported if p.fixed_version), options.ignore_errors)
     prefetch = EarlyDownloads(options.repos, image.config.architecture or "amd64", image.config.variant,
                              make_fetcher(Path(options.cache_dir) if options.cache_dir else None, options.timeout,
-                                          options.ca_bundle, options.repos),
-                             PrefetchHints(wanted, workdir))
+                                          options.ca_bundle, options.repos), hints)
     try:
         try:
             # What each layer holds is recorded by its diff_id: a second image on the same base reads only its own

@@ -149,6 +149,10 @@ class PrefetchHints:
 
     packages: tuple[str, ...] = ()
     workdir: Path | None = None
+    # (name, fixed version) of each reported package, and --ignore-errors: a plan that will fail for want of a fix
+    # needs nothing read ahead.
+    fixed: tuple[tuple[str, str], ...] = ()
+    ignore_errors: bool = False
 
 
 class Prefetcher(Protocol):

@@ -148,8 +148,10 @@ class IndexPrefetch:
             if self._ahead is not None and self._hints.packages:
                 try:
                     trusted = [(source, text) for source, text, ok in texts if ok]
-                    for item, name in _newest(trusted, set(self._hints.packages), self._arch):
-                        self._ahead.submit(fetcher, item, name)
+                    newest = _newest(trusted, set(self._hints.packages), self._arch)
+                    if self._hints.ignore_errors or _fixes_available(newest, self._hints.fixed):
+                        for _package, _version, item, name in newest:
+                            self._ahead.submit(fetcher, item, name)
                 except (CopaError, OSError, ValueError) as e:  # a guess gone wrong: the plan does the real work
                     log.debug("read ahead: %s", e)
             # The indexes' Provides pairs take a pass over each index: found here, the plan finds them cached (it
@@ -204,9 +206,11 @@ class IndexPrefetch:
             self._ahead.close()
 
 
-def _newest(texts: Sequence[tuple[AptSource, IndexText]], names: set[str], arch: str) -> list[tuple[FetchItem, str]]:
+def _newest(texts: Sequence[tuple[AptSource, IndexText]], names: set[str], arch: str
+            ) -> list[tuple[str, str, FetchItem, str]]:
     """For each wanted name, the newest version the indexes offer for `arch` (or all): what apt's candidate is
-    unless pins or the image's own state say otherwise. Biggest first, as the adapter reads them."""
+    unless pins or the image's own state say otherwise. (package, version, the file, its name), biggest first, as
+    the adapter reads them."""
     best: dict[str, tuple[str, str, FetchItem, int]] = {}
     for source, text in texts:
         for row in text.rows(names):
@@ -217,4 +221,12 @@ def _newest(texts: Sequence[tuple[AptSource, IndexText]], names: set[str], arch:
             if seen is None or compare_versions(version, seen[0]) > 0:
                 name = posixpath.basename(filename)
                 best[package] = (version, name, FetchItem(f"{source.uri}/{filename}", sha256, size, name), size)
-    return [(item, name) for _, name, item, _ in sorted(best.values(), key=lambda v: -v[3])]
+    ordered = sorted(best.items(), key=lambda kv: -kv[1][3])
+    return [(package, version, item, name) for package, (version, name, item, _) in ordered]
+
+
+def _fixes_available(newest: Sequence[tuple[str, str, FetchItem, str]], fixed: Sequence[tuple[str, str]]) -> bool:
+    """Whether the indexes offer every reported fix: if one is missing, the plan fails (without --ignore-errors)
+    before anything is installed, and reading ahead would only download packages nobody unpacks."""
+    versions = {package: version for package, version, _item, _name in newest}
+    return all(name in versions and compare_versions(versions[name], version) >= 0 for name, version in fixed)
