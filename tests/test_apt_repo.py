@@ -4,6 +4,7 @@ sources)."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import lzma
 import subprocess
@@ -136,7 +137,8 @@ def test_index_over_http_matches_debs(repo: AptRepo, server: RepoServer, fetcher
     assert [r.package for r in index.providers("hello-virtual")] == ["hello-data"]
     assert [r.package for r in index.providers("hello-assets")] == ["hello-data"]
     assert index.sources[0].verified
-    assert not [p for p in server.requests if p.endswith(("Packages", "Packages.gz"))]  # .xz preferred
+    # gzip preferred (the same text, inflated several times faster than xz); nothing else fetched
+    assert [p for p in server.requests if "Packages" in p] == ["/dists/stable/main/binary-amd64/Packages.gz"]
 
 
 def test_arm64_index(repo: AptRepo, server: RepoServer, fetcher: Fetcher) -> None:
@@ -179,7 +181,8 @@ def test_tampered_packages_rejected(repo: AptRepo, server: RepoServer, fetcher: 
     packages = repo.dist / "main/binary-amd64/Packages.xz"
     text = lzma.decompress(packages.read_bytes()).replace(b"Version: 1.0-1", b"Version: 9.0-1")
     packages.write_bytes(lzma.compress(text))
-    with pytest.raises(IntegrityError, match=r"Packages\.xz.*(sha256|bytes)"):
+    (repo.dist / "main/binary-amd64/Packages.gz").write_bytes(gzip.compress(text))
+    with pytest.raises(IntegrityError, match=r"Packages\.gz.*(sha256|bytes)"):
         _load(repo, fetcher, server.url)
     assert not list((fetcher.cache.root / "sha256").rglob("*"))[1:]  # nothing but directories
 
@@ -224,8 +227,30 @@ def test_unsigned_repository(tmp_path: Path, fetcher: Fetcher) -> None:
 
 def test_insecure_still_checks_index_hashes(repo: AptRepo, server: RepoServer, fetcher: Fetcher) -> None:
     (repo.dist / "main/binary-amd64/Packages.xz").write_bytes(lzma.compress(b"Package: evil\n"))
+    (repo.dist / "main/binary-amd64/Packages.gz").write_bytes(gzip.compress(b"Package: evil\n"))
     with pytest.raises(IntegrityError):
         _load(repo, fetcher, server.url, allow_insecure=True)
+
+
+@pytest.mark.parametrize("by_hash", [False, True])
+def test_index_variant_not_served_falls_back(tmp_path: Path, key: SigningKey, fetcher: Fetcher, by_hash: bool
+                                             ) -> None:
+    # A partial mirror: its Release lists Packages.gz, .xz and the plain file, but only .xz is there. The index
+    # loads from .xz, with the same records as from the full repository.
+    repo = build_repo(tmp_path / "r", DEBS, key=key, by_hash=by_hash)
+    expected = {(r.package, r.version, r.sha256) for r in _load(repo, fetcher)}
+    directory = repo.dist / "main/binary-amd64"
+    gone = {hashlib.sha256((directory / n).read_bytes()).hexdigest() for n in ("Packages.gz", "Packages")}
+    for f in [directory / "Packages.gz", directory / "Packages", *directory.glob("by-hash/SHA256/*")]:
+        if f.name in ("Packages.gz", "Packages") or f.name in gone:
+            f.unlink()
+    with RepoServer(repo.root) as server:
+        index = _load(repo, Fetcher(Cache(tmp_path / "partial-cache")), server.url)
+        assert {(r.package, r.version, r.sha256) for r in index} == expected
+        asked = [p for p in server.requests if "/binary-amd64/" in p]
+        assert asked[0].endswith("Packages.gz") or asked[0].rsplit("/", 1)[1] in gone  # .gz was tried first
+        xz = hashlib.sha256((directory / "Packages.xz").read_bytes()).hexdigest()
+        assert asked[-1].endswith("Packages.xz" if not by_hash else xz)
 
 
 def test_expired_release(tmp_path: Path, key: SigningKey, fetcher: Fetcher) -> None:
@@ -350,10 +375,10 @@ def test_live_security_index_and_deb(security_source: AptSource, live_fetcher: F
     assert index.sources[0].verified and len(index) > 100
     # oracle: python-debian's parser over the same (verified, cached) Packages file
     release = index.sources[0].release
-    name = "main/binary-amd64/Packages.xz"
+    name = next(n for n in ("main/binary-amd64/Packages.gz", "main/binary-amd64/Packages.xz") if n in release.files)
     cached = live_fetcher.cache.lookup(release.files[name].sha256, release.files[name].size)
     assert cached is not None
-    with lzma.open(cached, "rt", encoding="utf-8") as f:
+    with (gzip.open if name.endswith(".gz") else lzma.open)(cached, "rt", encoding="utf-8") as f:
         paragraphs = deb822.Packages.iter_paragraphs(f, use_apt_pkg=False)
         expected = {(p["Package"], p["Version"], p["SHA256"]) for p in paragraphs}
     assert {(r.package, r.version, r.sha256) for r in index} == expected
