@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
 import logging
 import lzma
@@ -133,6 +134,8 @@ def _row(paragraph: str, what: str) -> _Row | None:
 
 
 _PACKAGE_LINE = re.compile(rb"^Package:[ \t]*(\S+)", re.M)
+# The same line found after a newline: a literal to search for, ~8 times faster than a multi-line ^ on 50 MB.
+_PACKAGE_AFTER_NEWLINE = re.compile(rb"\nPackage:[ \t]*(\S+)")
 _PROVIDES_FIELD = re.compile(rb"^Provides:[ \t]*(.*(?:\n[ \t].*)*)", re.M)
 _BLOCK = 2 << 20  # bytes of index text scanned at once: whole paragraphs, a bounded slice of the file
 
@@ -171,23 +174,39 @@ class IndexText:
     def rows(self, want: Callable[[str], bool] | AbstractSet[str] | None = None) -> Iterator[_Row]:
         """Parsed rows, in file order, of the paragraphs whose Package `want` accepts (all without it). A set
         is checked on the raw name bytes, without decoding each of the ~60k names."""
-        wanted: AbstractSet[bytes] | None = None
-        check: Callable[[str], bool] | None = None
         if isinstance(want, AbstractSet):
-            wanted = {n.encode("utf-8") for n in want}
-        else:
-            check = want
+            yield from self._rows_named({n.encode("utf-8") for n in want})
+            return
         for para in self._paragraphs():
             name = _package_name(para)
             if name is None:
                 continue
-            if wanted is not None and name not in wanted:
-                continue
-            if check is not None and not check(name.decode("utf-8", "replace")):
+            if want is not None and not want(name.decode("utf-8", "replace")):
                 continue
             row = _row(para.decode("utf-8", "replace"), self.what)
             if row is not None:
                 yield row
+
+    def _rows_named(self, wanted: AbstractSet[bytes]) -> Iterator[_Row]:
+        """The rows of the paragraphs whose Package is in `wanted`. A patch wants a few dozen of ~60k names: the
+        Package lines are found with one regex pass over each block, and only the wanted paragraphs are cut out
+        (splitting every paragraph took twice as long)."""
+        for block in self._blocks():
+            last = -1
+            first = _PACKAGE_LINE.match(block)  # the block's first line; every other one follows a newline
+            for m in itertools.chain((first,) if first is not None else (), _PACKAGE_AFTER_NEWLINE.finditer(block)):
+                if m.group(1) not in wanted:
+                    continue
+                start, end = _paragraph_around(block, m.start() + (block[m.start()] == 0x0A))
+                if start == last:
+                    continue  # a second Package line in one paragraph: the first one names it, as _package_name
+                last = start
+                para = block[start:end]
+                if _package_name(para) != m.group(1):
+                    continue  # (that first line named another package)
+                row = _row(para.decode("utf-8", "replace"), self.what)
+                if row is not None:
+                    yield row
 
     def _paragraphs(self) -> Iterator[bytes]:
         for block in self._blocks():
@@ -220,19 +239,34 @@ class IndexText:
         return [(p[0], p[1]) for p in pairs]
 
     def _find_provides(self) -> list[tuple[str, str]]:
+        """Only the paragraphs with a Provides line are cut out (~1 in 6): each is found from that line."""
         found = []
-        for para in self._paragraphs():
-            # A cheap substring test first: ~1 paragraph in 6 has the field.
-            if b"Provides:" not in para:
-                continue
-            m = _PROVIDES_FIELD.search(para)
-            name = _package_name(para)
-            if m is None or name is None:
-                continue
-            value = m.group(1).decode("utf-8", "replace").strip()
-            if value:
-                found.append((name.decode("utf-8", "replace"), value))
+        for block in self._blocks():
+            last = -1
+            at = 0 if block.startswith(b"Provides:") else block.find(b"\nProvides:")
+            while at >= 0:
+                start, end = _paragraph_around(block, at + (block[at] == 0x0A))
+                at = block.find(b"\nProvides:", max(at + 1, end))
+                if start == last:
+                    continue
+                last = start
+                para = block[start:end]
+                m = _PROVIDES_FIELD.search(para)
+                name = _package_name(para)
+                if m is None or name is None:
+                    continue
+                value = m.group(1).decode("utf-8", "replace").strip()
+                if value:
+                    found.append((name.decode("utf-8", "replace"), value))
         return found
+
+
+def _paragraph_around(block: bytes, pos: int) -> tuple[int, int]:
+    """The bounds of the paragraph holding the line that starts at `pos`: as splitting the block on blank lines
+    cuts it, give or take the extra newlines of a run of blank lines (which no field parser sees)."""
+    start = block.rfind(b"\n\n", 0, pos)
+    end = block.find(b"\n\n", pos)
+    return (0 if start < 0 else start + 2), (len(block) if end < 0 else end)
 
 
 def _package_name(para: bytes) -> bytes | None:
