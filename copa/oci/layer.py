@@ -191,14 +191,19 @@ def check_entries(entries: Iterable[Entry], is_base_symlink: Callable[[str], boo
             entry.mtime, entry.uname, entry.gname, entry.pax,
         )
     symlinks = {p for p, e in cleaned.items() if e.kind is Kind.SYMLINK}
+    # Directories whose every ancestor (and themselves) passed: thousands of files share a few hundred of them.
+    passed: set[str] = set()
     for path, entry in cleaned.items():
         parent = posixpath.dirname(path)
-        while parent:
+        climbed = []
+        while parent and parent not in passed:
             if parent in symlinks or (parent not in cleaned and is_base_symlink(parent)):
                 raise UnsafePathError(
                     f"layer path {path!r} would be written through the symlink {parent!r}; refusing it"
                 )
+            climbed.append(parent)
             parent = posixpath.dirname(parent)
+        passed.update(climbed)
         if entry.kind is Kind.HARDLINK and entry.linkname not in cleaned and is_base_symlink(entry.linkname):
             raise UnsafePathError(f"hardlink {path!r} points at the symlink {entry.linkname!r}; refusing it")
     return _links_after_targets([cleaned[p] for p in sorted(cleaned)])
