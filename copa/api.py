@@ -177,7 +177,6 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
     root = opened.source.root()
     _import_engine(options)
     from copa.oci.layerstore import BlobHomes
-    from copa.oci.loaders import check_available
     from copa.oci.mutate import assemble
 
     targets = select(opened, root, ((options.platform,) if options.platform else ()) + options.platforms,
@@ -190,6 +189,8 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
         opened, options.tag, options.tag_suffix, options.push, options.oci_dir, options.output_tar, options.loader
     )
     if outputs is not None and outputs.loader is not None:
+        from copa.oci.loaders import check_available  # only with -l: it loads subprocess and the archive writer
+
         check_available(outputs.loader, timeout=options.timeout)
     with tempfile.TemporaryDirectory(prefix="copa-") as tmp:
         done = _patch_all(opened, targets, options, compression, Path(tmp), progress, multi)

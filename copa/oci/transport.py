@@ -140,16 +140,17 @@ class Written:
 
 def write_outputs(outputs: Outputs, bundle: Bundle, client: RegistryClient, workdir: Path | None = None,
                   timeout: float = 300.0, homes: BlobHomes | None = None) -> tuple[Written, ...]:
-    """Write to every named sink. Each sink writes blobs first and its tag or index last."""
-    from copa.oci.archive import write_archive
-    from copa.oci.layout import write_layout
-    from copa.oci.loaders import load
-
+    """Write to every named sink. Each sink writes blobs first and its tag or index last. Each sink's module is
+    imported only when it is written to: a push does not load the layout, archive and loader modules."""
     written: list[Written] = []
     if outputs.oci_dir is not None:
+        from copa.oci.layout import write_layout
+
         digest = write_layout(outputs.oci_dir, bundle, outputs.tag)
         written.append(Written("oci-dir", f"oci:{outputs.oci_dir}:{outputs.tag}", digest))
     if outputs.output_tar is not None:
+        from copa.oci.archive import write_archive
+
         write_archive(outputs.output_tar, bundle, archive_tags(outputs))
         written.append(Written("output-tar", f"docker-archive:{outputs.output_tar}", bundle.primary.config.digest))
     if outputs.push and outputs.reference is not None:
@@ -157,6 +158,8 @@ def write_outputs(outputs: Outputs, bundle: Bundle, client: RegistryClient, work
     if outputs.loader is not None:
         # A local store holds one platform per name: each patched platform of an index is loaded under its
         # TAG-ARCH[-VARIANT] name, as Copacetic does; a single image under the patched name.
+        from copa.oci.loaders import load
+
         name = str(outputs.reference) if outputs.reference is not None else outputs.tag
         with tempfile.TemporaryDirectory(prefix="copa-load-", dir=workdir) as tmp:
             if bundle.child_tags and outputs.reference is not None:

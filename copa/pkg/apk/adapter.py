@@ -29,7 +29,6 @@ from copa.pkg.apk.repos import (
 from copa.pkg.apk.signing import Keys
 from copa.pkg.apk.version import compare_versions
 from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, check_failures
-from copa.pkg.effects import Package, apply, note
 from copa.pkg.fetch import Fetcher
 from copa.pkg.inventory import InstalledPackage as InventoryPackage
 from copa.report.model import OSInfo, Report
@@ -135,6 +134,10 @@ class ApkAdapter:
             install_package(layer, pkg)
         database_entries(layer, payload.packages, installing)
         # What the package scripts and triggers would have done (copa/pkg/effects); its entries win at their paths.
+        # Imported here: only a build needs it, and a warm run (the layer taken from the cache) or a dry run does
+        # not build (about 10 ms of imports: the CA bundle, ld.so.cache, alternatives and ELF readers).
+        from copa.pkg.effects import Package, apply, note
+
         outcome = apply(layer.entries, ctx.root, [Package(p.record.name, p.old.version if p.old else "",
                                                           p.record.version, p.contents.scripts,
                                                           tuple(p.contents.pkginfo.get("triggers", ())))

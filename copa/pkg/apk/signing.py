@@ -14,11 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
 from copa.errors import IntegrityError, LocalIOError
+from copa.pkg.apk.rsa import BadKey, PublicKey, load_pem_public_key
 
 KEYS_DIR = "etc/apk/keys"
 _SIGN_PREFIXES = ((".SIGN.RSA256.", "sha256"), (".SIGN.RSA.", "sha1"))
@@ -52,17 +49,17 @@ class Keys:
                 raise LocalIOError(f"cannot read --keyring {p}: {e.strerror}; pass an RSA public key file") from None
         return cls(out)
 
-    def public_key(self, name: str, what: str) -> rsa.RSAPublicKey | None:
+    def public_key(self, name: str, what: str) -> PublicKey | None:
         pem = self.by_name.get(name)
         if pem is None:
             return None
         try:
-            key = serialization.load_pem_public_key(pem)
-        except ValueError:
+            return load_pem_public_key(pem)
+        except BadKey as e:
+            if str(e).startswith("not RSA"):
+                raise IntegrityError(f"{what}: trusted key {name} is not an RSA key; apk v2 signatures need RSA") \
+                    from None
             raise IntegrityError(f"{what}: trusted key {name} is not a PEM public key; fix the keyring") from None
-        if not isinstance(key, rsa.RSAPublicKey):
-            raise IntegrityError(f"{what}: trusted key {name} is not an RSA key; apk v2 signatures need RSA")
-        return key
 
 
 def split_members(data: bytes, count: int, what: str) -> tuple[list[bytes], int]:
@@ -132,12 +129,9 @@ def verify(signature: Signature | None, signed: bytes, keys: Keys, allow_unsigne
             f"{what}: signed by {signature.key_name}, which is not a trusted key; add it with --keyring FILE "
             "(named as the key)"
         )
-    algorithm: hashes.HashAlgorithm = hashes.SHA256() if signature.algorithm == "sha256" else hashes.SHA1()
-    try:
-        key.verify(signature.value, signed, padding.PKCS1v15(), algorithm)
-    except InvalidSignature:
+    if not key.verify(signature.value, signed, signature.algorithm):
         raise IntegrityError(
             f"{what}: signature by {signature.key_name} does not verify; the repository or mirror serves "
             "corrupt or tampered content"
-        ) from None
+        )
     return True
