@@ -4,11 +4,14 @@ ld.so.cache, and the shell-script reader on the host's real maintainer scripts."
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from copa.oci.layer import Entry, Kind
 from copa.pkg.effects import ldcache, libraries, scripts, shells
@@ -166,3 +169,14 @@ def test_add_shell_adds_the_usr_twin(tmp_path: Path) -> None:
                        check=True)
         with entry.content() as f:
             assert f.read() == (root / "etc/shells").read_bytes()
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.text(alphabet=" \t\r\n\x0b\x0c\xa0abc$=-/.'\"\\", max_size=40))
+def test_script_words_are_shlex_words(segment: str) -> None:
+    # oracle: shlex.split itself (posix), which the fast path for lines without quotes or escapes stands in for
+    try:
+        expected = shlex.split(segment, posix=True)
+    except ValueError:
+        expected = segment.split()
+    assert scripts._words(segment) == expected

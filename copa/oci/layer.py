@@ -9,6 +9,7 @@ in memory. Every path is checked before anything is written.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import io
 import os
@@ -50,6 +51,8 @@ class Kind(enum.Enum):
 from copa.oci.compression import Compression as Compression  # noqa: E402  # re-exported: callers import it from here
 
 
+# Memoised: the effects look the same few thousand paths up many times (a refusal raises, and is not cached).
+@functools.lru_cache(maxsize=1 << 16)
 def clean_path(path: str, what: str = "path") -> str:
     """Normalise a path inside the image root to 'a/b/c' form, refusing anything that could escape it."""
     if "\x00" in path:

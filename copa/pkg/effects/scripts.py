@@ -115,7 +115,15 @@ def _segments(line: str) -> list[str]:
     return [segment for segment in out if not segment.startswith("\0")]
 
 
+# Without quotes or backslashes, shlex.split (posix) splits on its whitespace and nothing else: most script lines
+# take this path, and shlex's character-by-character reader was the largest cost of reproducing effects.
+_QUOTING = re.compile(r"['\"\\]")
+_SHLEX_BLANKS = re.compile(r"[ \t\r\n]+")
+
+
 def _words(segment: str) -> list[str]:
+    if _QUOTING.search(segment) is None:
+        return [word for word in _SHLEX_BLANKS.split(segment) if word]
     try:
         return shlex.split(segment, posix=True)
     except ValueError:
