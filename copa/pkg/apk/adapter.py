@@ -41,6 +41,7 @@ class _Payload:
     arch: str
     repositories: tuple[Repository, ...]
     keys: Keys
+    vouched: frozenset[str] = frozenset()  # URLs of the repositories whose index signature verified
 
 
 def read_installed(ctx: ImageContext) -> list[InstalledPackage]:
@@ -99,7 +100,10 @@ class ApkAdapter:
         repos = select_repositories(ctx, arch, set(pinned))
         keys = trusted_keys(ctx)
         available: list[ApkRecord] = []
+        vouched: set[str] = set()
         for repo, index in load_indexes(ctx, repos, keys, apk_fetcher(ctx, repos)):
+            if index.signed_by:
+                vouched.add(index.url)
             for r in index.records:
                 if r.arch not in (arch, "noarch", ""):
                     continue
@@ -120,7 +124,8 @@ class ApkAdapter:
             for c in resolution.chosen
         )
         skipped: tuple[Skip, ...] = resolution.skipped + resolution.failures
-        return Plan(updates, skipped, _Payload(tuple(packages), resolution.chosen, arch, tuple(repos), keys))
+        payload = _Payload(tuple(packages), resolution.chosen, arch, tuple(repos), keys, frozenset(vouched))
+        return Plan(updates, skipped, payload)
 
     def build(self, ctx: ImageContext, plan: Plan) -> LayerContent:
         payload = plan.payload
@@ -180,7 +185,8 @@ def _download_and_read(ctx: ImageContext, payload: _Payload) -> list[ApkContents
 
         def read(i: int) -> ApkContents:
             return read_apk(fetched[i].result(), ctx.workdir / "apk-stage" / f"{i:04d}", payload.keys,
-                            expected=records[i].checksum, require_signature=False, what=_what(records[i]))
+                            expected=records[i].checksum, require_signature=False, what=_what(records[i]),
+                            vouched=records[i].repository in payload.vouched)
 
         reads = {i: read_pool.submit(read, i) for i in real}
     return [reads[i].result() if i in reads else ApkContents(r.identity, {}, {}, (), "") for i, r in enumerate(records)]
