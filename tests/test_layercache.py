@@ -1,4 +1,4 @@
-"""Layer records by diff_id (copa.oci.layercache): `scan` with the cache gives the View it gives without it, and a
+"""Layer records by blob digest (copa.oci.layercache): `scan` with the cache gives the View it gives without it, and a
 second image on an already-seen base reads only its own layers.
 
 The View without the cache is the oracle (tests/test_rootfs.py checks it against `umoci unpack`); here it is compared
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import random
 import subprocess
 import tarfile
 from collections import Counter
@@ -17,6 +18,7 @@ from typing import BinaryIO
 
 import pytest
 
+from copa.errors import IntegrityError
 from copa.oci.digest import Digest
 from copa.oci.image import Image, Source
 from copa.oci.layercache import LayerCache
@@ -135,8 +137,9 @@ def test_a_damaged_record_is_read_again_from_the_layer(tmp_path: Path) -> None:
     assert record.is_file() and record.read_bytes() != bytes(data), "the record was not written again"
 
 
-def test_a_layer_that_does_not_match_its_diff_id_is_not_recorded(tmp_path: Path) -> None:
-    """The record is keyed by the config's diff_id: it is written only when the layer's content hashes to it."""
+def test_records_follow_the_blob_digest_not_the_configs_diff_id(tmp_path: Path) -> None:
+    """A record is keyed by the layer blob's digest, which every read checks: a config whose diff_id lies does not
+    change what the blob holds, so its record serves the honest image too (and the other way round)."""
     layout = _umoci_layout(tmp_path, [[_file("etc/os-release", b"ID=test\n")]])
     image, _ = _image(layout, "s")
     lying = Image(image.source, image.manifest,
@@ -144,9 +147,28 @@ def test_a_layer_that_does_not_match_its_diff_id_is_not_recorded(tmp_path: Path)
     store = LayerCache(Cache(tmp_path / "cache"))
     view = _scan(lying, store)
     assert view.read("etc/os-release") == b"ID=test\n"
-    assert not list((tmp_path / "cache" / "derived").rglob("*.rec"))
-    _scan(image, store)
     assert len(list((tmp_path / "cache" / "derived").rglob("*.rec"))) == 1
+    honest, source = _image(layout, "s")
+    _same(_scan(honest, store), view)
+    assert _layer_reads(honest, source) == [0]
+
+
+def test_a_blob_that_does_not_match_its_digest_is_not_recorded(tmp_path: Path) -> None:
+    """The scan fails (as it does without the cache) and leaves no record: one is made only of a blob read to its
+    end with the digest the manifest names."""
+    # 8 MiB after the tar's end: the scan reaches the end of the archive long before the end of the blob.
+    layout = _umoci_layout(tmp_path, [[_file("etc/os-release", b"ID=test\n")]], trailing=8 << 20)
+    image, _ = _image(layout, "s")
+    blob = layout / "blobs" / "sha256" / image.layers[0].descriptor.digest.hex
+    data = bytearray(blob.read_bytes())
+    data[4] ^= 0xFF  # the gzip header's MTIME: the layer still decompresses as before, only the digest can tell
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    store = LayerCache(Cache(tmp_path / "cache"))
+    damaged, _ = _image(layout, "s")
+    with pytest.raises(IntegrityError):
+        _scan(damaged, store)
+    assert not list((tmp_path / "cache" / "derived").rglob("*.rec"))
 
 
 def test_hardlinks_duplicates_and_whiteouts_replay_exactly(tmp_path: Path) -> None:
@@ -226,8 +248,9 @@ def _opaque(directory: str) -> Member:
     return _file(f"{directory}/.wh..wh..opq", b"")
 
 
-def _umoci_layout(tmp: Path, layers: list[list[Member]]) -> Path:
-    """An OCI layout made by umoci from tars written here (umoci computes the digests and diff_ids)."""
+def _umoci_layout(tmp: Path, layers: list[list[Member]], trailing: int = 0) -> Path:
+    """An OCI layout made by umoci from tars written here (umoci computes the digests and diff_ids); `trailing`
+    random bytes after each tar's end-of-archive blocks (where readers stop), which compress to as many."""
     layout = tmp / "layout"
     subprocess.run(["umoci", "init", "--layout", str(layout)], check=True, capture_output=True)
     subprocess.run(["umoci", "new", "--image", f"{layout}:s"], check=True, capture_output=True)
@@ -236,6 +259,8 @@ def _umoci_layout(tmp: Path, layers: list[list[Member]]) -> Path:
         with tarfile.open(plain, "w", format=tarfile.PAX_FORMAT) as tar:
             for info, data in members:
                 tar.addfile(info, io.BytesIO(data) if data is not None else None)
+        with plain.open("ab") as f:
+            f.write(random.Random(i).randbytes(trailing))
         subprocess.run(["umoci", "raw", "add-layer", "--image", f"{layout}:s", str(plain)],
                        check=True, capture_output=True)
     return layout

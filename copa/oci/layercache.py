@@ -1,4 +1,4 @@
-"""What reading one layer taught `rootfs.scan`, kept by the layer's diff_id so a sweep reads each base layer once.
+"""What reading one layer taught `rootfs.scan`, kept by the layer blob's digest so a sweep reads each base layer once.
 
 A record is the layer's tar members in stream order (path, type, mode, owner, size, link target) with the contents
 scan captured (package databases, /etc, ...), and the hardlink targets outside the captured paths that a second
@@ -26,7 +26,9 @@ import zstandard
 
 from copa.oci.digest import Digest
 
-FORMAT = 2  # bump when what a record holds changes (which members get content, the encoding, path cleaning)
+# Bump when what a record holds changes (which members get content, the encoding, path cleaning). 3: records are
+# keyed by the blob's digest.
+FORMAT = 3
 MAGIC = b"copa-layer-record\n"
 _MAX_RECORD = 1 << 30  # a decompressed record beyond this is not one we wrote
 _KINDS = frozenset({"file", "dir", "symlink", "hardlink", "other"})
@@ -140,7 +142,7 @@ def decode(raw: BinaryIO) -> LayerRecord:
 
 
 class LayerCache:
-    """Layer records in a copa cache directory, by (diff_id, capture spec, format)."""
+    """Layer records in a copa cache directory, by (blob digest, capture spec, format)."""
 
     def __init__(self, store: NamedStore) -> None:
         self.store = store
@@ -148,12 +150,12 @@ class LayerCache:
         self.misses = 0
 
     @staticmethod
-    def name(diff_id: Digest, spec: str) -> str:
-        key = hashlib.sha256(f"{FORMAT}\0{diff_id}\0{spec}".encode()).hexdigest()
+    def name(blob: Digest, spec: str) -> str:
+        key = hashlib.sha256(f"{FORMAT}\0{blob}\0{spec}".encode()).hexdigest()
         return f"layers/{key[:2]}/{key}.rec"
 
-    def get(self, diff_id: Digest, spec: str) -> LayerRecord | None:
-        path = self.store.named(self.name(diff_id, spec))
+    def get(self, blob: Digest, spec: str) -> LayerRecord | None:
+        path = self.store.named(self.name(blob, spec))
         try:
             with path.open("rb") as f:
                 record = decode(f)
@@ -168,8 +170,8 @@ class LayerCache:
         self.hits += 1
         return record
 
-    def put(self, diff_id: Digest, spec: str, record: LayerRecord) -> None:
-        self.store.write_named(self.name(diff_id, spec), lambda out: encode(record, out))
+    def put(self, blob: Digest, spec: str, record: LayerRecord) -> None:
+        self.store.write_named(self.name(blob, spec), lambda out: encode(record, out))
 
 
 def roundtrip(record: LayerRecord) -> LayerRecord:

@@ -12,14 +12,11 @@ Layers are read from the top down, applying OCI whiteouts (`.wh.<name>` hides a 
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import posixpath
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import BinaryIO, cast
 
 from copa import events
 from copa.errors import IntegrityError, UnsafePathError, UnsupportedImageError
@@ -135,48 +132,32 @@ class _Hiding:
         self.pending_opaque.clear()
 
 
-def _members(image: Image, index: int, hasher: hashlib._Hash | None = None
-             ) -> Iterator[tuple[TarStream, TarMember]]:
-    """The layer's tar members in stream order. With `hasher`, every uncompressed byte passes through it, the
-    stream is read to its end (so the blob's digest is checked too), and the caller compares it with the diff_id."""
+def _members(image: Image, index: int, drain: bool = False) -> Iterator[tuple[TarStream, TarMember]]:
+    """The layer's tar members in stream order. With `drain`, the stream is read to its end after the last member,
+    so the blob's digest has been checked (copa.oci.digest.VerifyingReader) once the iteration ends."""
     layer = image.layers[index]
     desc = layer.descriptor
     # Progress counts the compressed bytes read (what the descriptor's size measures), so the blob is opened here.
     label = f"layer {index + 1}/{len(image.layers)} {desc.digest.hex[:12]}"
     with events.task(events.Kind.LAYER_READ, label, desc.size) as task, \
-            decompressed(events.counted(image.source.open_blob(desc), task), desc.media_type) as stream:
-        source: BinaryIO = stream if hasher is None else cast(BinaryIO, _Hashing(stream, hasher))
+            events.counted(image.source.open_blob(desc), task) as blob, \
+            decompressed(blob, desc.media_type) as stream:
         try:
-            with TarStream(source) as tar:
+            with TarStream(stream) as tar:
                 for member in tar:
                     yield tar, member
-            if hasher is not None:
-                while source.read(_DRAIN):
+            if drain:
+                # The decompressed stream to its end, then the blob's own (bytes after the compressed data, which
+                # a decompressor may leave unread, are part of what the digest covers).
+                while stream.read(_DRAIN):
+                    pass
+                while blob.read(_DRAIN):
                     pass
         except tarfile.TarError as e:
             raise UnsupportedImageError(f"layer {layer.descriptor.digest} is not a valid tar stream: {e}") from None
         except CORRUPT_STREAM as e:
             raise IntegrityError(f"layer {layer.descriptor.digest} does not decompress ({e or type(e).__name__}); "
                                  "the blob is damaged: push the image again") from None
-
-
-class _Hashing(io.RawIOBase):
-    def __init__(self, inner: BinaryIO, hasher: hashlib._Hash) -> None:
-        self.inner = inner
-        self.hasher = hasher
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int | None = -1) -> bytes:
-        data = self.inner.read(-1 if n is None else n)
-        self.hasher.update(data)
-        return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
 
 @dataclass(frozen=True)
@@ -263,8 +244,9 @@ def scan(image: Image, upto: int | None = None, capture: Iterable[str] = (), ear
     them; the callback must treat what it gets as a hint (the View returned is what counts).
     `large`: captured paths whose files are kept up to _MAX_FILE instead of _MAX_CAPTURED (package databases that
     are one big file, such as an rpm database).
-    `cache`: records of what each layer held (copa.oci.layercache), by diff_id: a layer already recorded for the
-    same capture spec is not read again; a layer read here is recorded once its content matched its diff_id."""
+    `cache`: records of what each layer held (copa.oci.layercache), by the layer blob's digest: a layer already
+    recorded for the same capture spec is not read again; a layer read here is recorded once its blob was read to
+    the end and matched that digest."""
     count = len(image.layers) if upto is None else upto
     early_dir, early_call = (_norm(early[0]), early[1]) if early is not None else ("", None)
     prefixes = tuple(_norm(p) for p in capture)
@@ -275,11 +257,13 @@ def scan(image: Image, upto: int | None = None, capture: Iterable[str] = (), ear
     contents: dict[str, bytes] = {}
     whiteouts: list[tuple[str, int]] = []  # (path, layer): re-applied through symlinks at the end
     for index in reversed(range(count)):
-        diff_id = image.layers[index].diff_id
-        record = cache.get(diff_id, spec) if cache is not None else None
+        # Records are keyed by the blob's digest, which every source checks as the blob is read: what the layer
+        # holds follows from it. (Keyed by the config's diff_id, each record had to hash the uncompressed stream too,
+        # ~0.1 s per 200 MB of layer.)
+        blob = image.layers[index].descriptor.digest
+        record = cache.get(blob, spec) if cache is not None else None
         recording: list[Member] | None = [] if cache is not None and record is None else None
-        hasher = diff_id.hasher() if recording is not None else None
-        members = iter(record.members) if record is not None else _live(image, index, prefixes, big, hasher, recording)
+        members = iter(record.members) if record is not None else _live(image, index, prefixes, big, recording)
         # A hardlink's content is its target's *in the same layer*: an upper layer may have replaced the target
         # path in the merged view since. So this layer's captured files are kept, hidden or not, until it ends.
         local: dict[str, bytes] = {}
@@ -336,8 +320,8 @@ def scan(image: Image, upto: int | None = None, capture: Iterable[str] = (), ear
             if target in targets:
                 for link in links:
                     contents[link] = targets[target]
-        if cache is not None and recording is not None and hasher is not None and hasher.hexdigest() == diff_id.hex:
-            cache.put(diff_id, spec, LayerRecord(tuple(recording), {t: targets[t] for t in unresolved if t in targets}))
+        if cache is not None and recording is not None:
+            cache.put(blob, spec, LayerRecord(tuple(recording), {t: targets[t] for t in unresolved if t in targets}))
         hiding.next_layer()
     _through_symlinks(nodes, contents, whiteouts)
     return View(nodes, contents)
@@ -405,10 +389,11 @@ def _content(image: Image, index: int, tar: TarStream, member: TarMember) -> byt
                              f"({e or type(e).__name__}); the blob is damaged: push the image again") from None
 
 
-def _live(image: Image, index: int, prefixes: tuple[str, ...], big: tuple[str, ...], hasher: hashlib._Hash | None,
+def _live(image: Image, index: int, prefixes: tuple[str, ...], big: tuple[str, ...],
           recording: list[Member] | None) -> Iterator[Member]:
-    """The layer's members as scan uses them, read from the blob (and appended to `recording`)."""
-    for tar, member in _members(image, index, hasher):
+    """The layer's members as scan uses them, read from the blob (and appended to `recording`: then the blob is
+    read to its end, so that a record is only ever made of a blob whose digest matched)."""
+    for tar, member in _members(image, index, drain=recording is not None):
         path = _member_path(member.name)
         if not path:
             continue
