@@ -59,6 +59,7 @@ from copa.pkg.rpm.modules import (
     split_nevra,
 )
 from copa.pkg.rpm.plan import Chosen, Installed, Policy, Wanted, resolve
+from copa.pkg.rpm.readahead import ReadAhead
 from copa.pkg.rpm.repomd import RepoIndex, RpmPackage, load_repository
 from copa.pkg.rpm.repos import RepoSetup, RpmRepository, Tree, read_setup, repository_auth, repository_keyring
 from copa.pkg.rpm.rpmdb.installed import RpmDatabase, read_database
@@ -162,10 +163,13 @@ class _Repositories:
         self.fetcher = fetcher_for(ctx, repository_auth(setup, self.tree, ctx.workdir))
         self.ctx = ctx
         self.indexes: list[RepoIndex] = []
+        ahead = _read_ahead(ctx)
+        # (The repomd.xml bodies the prefetch downloaded are verified here as configured, not downloaded again.)
+        bodies = dict(ahead.metadata) if ahead is not None else None
         for repo in setup.repos:
             self.indexes.append(load_repository(
                 repo, self.fetcher, lambda r: repository_keyring(r, self.tree, ctx.repos, self.fetcher),
-                variables=setup.variables, mirrors=ctx.repos.mirrors, keep=keep.__contains__))
+                variables=setup.variables, mirrors=ctx.repos.mirrors, keep=keep.__contains__, bodies=bodies))
         self.module_streams: tuple[ModuleStream, ...] = ()
         self.modular = self._modular_filter()
         # The resolver asks for the same names over and over (every best-candidate check); the wrapped candidates
@@ -373,11 +377,17 @@ def _install_time(contents: Sequence[RpmContents]) -> int:
     return max((c.header.integer(Tag.BUILDTIME) or 0 for c in contents), default=0)
 
 
+def _read_ahead(ctx: ImageContext) -> ReadAhead | None:
+    """What the prefetch (copa.pkg.rpm.prefetch) prepared for this run, if anything."""
+    return ctx.ahead if isinstance(ctx.ahead, ReadAhead) else None
+
+
 def _download_and_read(ctx: ImageContext, repos: _Repositories, chosen: Sequence[Chosen]) -> list[RpmContents]:
     """Every chosen package downloaded (checksum from the verified metadata) and read, each read starting as soon
     as its download is done, biggest first, on every core: payload decompression and hashing (which release the
-    GIL) overlap the other downloads and each other. The first failed download in plan order is raised, else the
-    first failed read, once every worker has finished."""
+    GIL) overlap the other downloads and each other. A package the prefetch read ahead under the same sha256 is
+    taken as it was read, once this build's own header check passes on it. The first failed download in plan
+    order is raised, else the first failed read, once every worker has finished."""
     fetcher = repos.fetcher
     packages: list[RpmPackage] = []
     for c in chosen:
@@ -388,6 +398,9 @@ def _download_and_read(ctx: ImageContext, repos: _Repositories, chosen: Sequence
                                  "packages by sha256 only")
         packages.append(pkg)
     order = sorted(range(len(packages)), key=lambda i: -packages[i].size)
+    ahead = _read_ahead(ctx)
+    if ahead is not None:
+        ahead.keep_only({p.checksum.value for p in packages})
     with ThreadPoolExecutor(max_workers=fetcher.workers, thread_name_prefix="copa-fetch") as fetch_pool, \
             ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="copa-unpack") as read_pool:
         fetched = {i: fetch_pool.submit(fetcher.fetch, FetchItem(url=packages[i].url, sha256=packages[i].checksum.value,
@@ -410,6 +423,10 @@ def _download_and_read(ctx: ImageContext, repos: _Repositories, chosen: Sequence
         def read(i: int) -> RpmContents:
             pkg = packages[i]
             check = expect_identity(pkg.name, pkg.epoch, pkg.version, pkg.release, pkg.arch, keys[pkg.repo_id])
+            early = ahead.take(pkg.checksum.value) if ahead is not None else None
+            if early is not None:
+                check(early.headers)  # what read_rpm runs before the payload: the same error if it fails
+                return early
             return read_rpm(fetched[i].result(), ctx.workdir / "stage" / f"{i:04d}", f"{pkg.nevra}.rpm", check)
 
         reads = {i: read_pool.submit(read, i) for i in order}

@@ -3,29 +3,38 @@
 The rpm family's Prefetcher (copa.pkg.base): once the base layer has gone past etc/, the captured dnf/yum
 configuration names the repositories; their repomd.xml and primary are fetched into the checksum-addressed
 cache. primary lands under the checksum the repomd fetched here names, so a forged repomd can only waste a
-download: the plan fetches repomd again, verifies it as configured and finds primary in the cache by the
-checksum the verified repomd names. For a repository without repo_gpgcheck (the plan trusts its repomd as it
-comes, as dnf does) primary is also parsed into the parse cache here, the slow part of a cold run; a signed
-repository's metadata is not decompressed before the plan has verified it.
+download: the plan verifies the same repomd.xml (and repomd.xml.asc) bodies as configured (ReadAhead.metadata)
+and finds primary in the cache by the checksum the verified repomd names. primary is also parsed into the parse
+cache here, the slow part of a cold run, when the plan will trust this repomd: a repository without
+repo_gpgcheck, or one whose repomd.xml.asc verifies with the keys read so far (--keyring, else the repository's
+gpgkey files in the image's /etc); any other repository's metadata is not decompressed before the plan has
+verified it.
 
 With a report (PrefetchHints.packages), the newest version of each named package that such a parsed primary offers
-for the image's architecture is downloaded too, into the same cache, while the image is still being read: the
-adapter's download of a package its verified plan names finds it there only under the same sha256, so a wrong
-guess (an excluded version, another repository's priority, a module stream) costs a download and nothing else.
+for the image's architecture is downloaded too, into the same cache, and read (decompressed, verified, staged) on
+one thread while the image is still being read, when the indexes offer every reported fix (or with
+--ignore-errors): a plan that fails for a missing fix needs nothing. The build takes a package read ahead only for
+a file its verified plan names by the same sha256, and runs its own header check on it; a wrong guess (an excluded
+version, another repository's priority, a module stream) costs a download and a read, nothing else.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from copa.errors import CopaError
 from copa.pkg.base import OSRelease, PrefetchHints, RepositoryOptions
 from copa.pkg.fetch import Fetcher, FetchItem
+from copa.pkg.openpgp import Keyring
+from copa.pkg.rpm.readahead import ReadAhead
 from copa.pkg.rpm.repomd import RepoIndex, RpmPackage, prefetch_repository
-from copa.pkg.rpm.repos import RepoSetup, Tree, read_setup, repository_auth
+from copa.pkg.rpm.repos import RepoSetup, RpmRepository, Tree, read_setup, repository_auth, repository_keyring
+from copa.pkg.rpm.rpmfile import HeaderCheck, expect_identity
+from copa.pkg.rpm.signature import checker
 from copa.pkg.rpm.version import compare_versions
 
 log = logging.getLogger(__name__)
@@ -40,12 +49,15 @@ class MetadataPrefetch:
         self._arch = oci_arch
         self._variant = oci_variant
         self._fetcher = fetcher
-        self._wanted = frozenset((hints or PrefetchHints()).packages)
+        self._hints = hints or PrefetchHints()
+        self._wanted = frozenset(self._hints.packages)
         self._thread: threading.Thread | None = None
         self._metadata = threading.Event()  # set once the repositories' metadata is in the cache (or failed)
         self._closed = False
         self._lock = threading.Lock()
         self._downloads: ThreadPoolExecutor | None = None
+        workdir = self._hints.workdir
+        self._ahead = ReadAhead(workdir / "rpm-ahead" if workdir is not None else None)
 
     def setup(self, captured: Mapping[str, bytes]) -> RepoSetup | None:
         """The repositories the captured files configure, or None when they are no rpm image's."""
@@ -75,12 +87,13 @@ class MetadataPrefetch:
 
     def _run(self, setup: RepoSetup, tree: Tree, metadata: threading.Event) -> None:
         indexes: list[RepoIndex] = []
+        keys = self._keys(tree)
         try:  # (`join` waits for `metadata`: it is set whatever happens here)
             fetcher = self._fetcher.with_auth(repository_auth(setup, tree, None))
 
             def one(repo_index: int) -> RepoIndex | None:
                 return prefetch_repository(setup.repos[repo_index], fetcher, setup.variables, self._repos.mirrors,
-                                           self._wanted)
+                                           self._wanted, keys, self._ahead.metadata)
 
             with ThreadPoolExecutor(max_workers=self._fetcher.workers, thread_name_prefix="copa-prefetch") as pool:
                 futures = [pool.submit(one, i) for i in range(len(setup.repos))]
@@ -99,14 +112,32 @@ class MetadataPrefetch:
             metadata.set()
         if self._wanted and indexes:
             try:
-                self._download_ahead(indexes, setup.variables.get("basearch", ""), fetcher)
+                self._download_ahead(indexes, setup.variables.get("basearch", ""), fetcher, keys)
             except (CopaError, OSError, ValueError) as e:  # a guess gone wrong: the plan does the real work
                 log.debug("download ahead: %s", e)
 
-    def _download_ahead(self, indexes: list[RepoIndex], basearch: str, fetcher: Fetcher) -> None:
+    def _keys(self, tree: Tree) -> Callable[[RpmRepository], Keyring]:
+        """The keys read so far that vouch for a repository, as the plan chooses them (--keyring, else its gpgkey
+        files, from the captured /etc); one the image does not hold there (an http(s) gpgkey) raises: such a
+        repository is not read ahead."""
+        rings: dict[str, Keyring] = {}
+        lock = threading.Lock()
+
+        def keys(repo: RpmRepository) -> Keyring:
+            with lock:
+                if repo.id not in rings:
+                    rings[repo.id] = repository_keyring(repo, tree, self._repos, None)
+                return rings[repo.id]
+
+        return keys
+
+    def _download_ahead(self, indexes: list[RepoIndex], basearch: str, fetcher: Fetcher,
+                        keys: Callable[[RpmRepository], Keyring]) -> None:
         """The newest version of each wanted name for the image's architecture (or noarch), biggest first."""
         best: dict[str, RpmPackage] = {}
+        repos: dict[str, RpmRepository] = {}
         for index in indexes:
+            repos[index.repo.id] = index.repo
             for name in self._wanted:
                 for pkg in index.versions(name):
                     if pkg.arch not in (basearch, "noarch") or pkg.checksum.type != "sha256":
@@ -114,17 +145,31 @@ class MetadataPrefetch:
                     key = f"{name}.{pkg.arch}"
                     if key not in best or compare_versions(pkg.evr, best[key].evr) > 0:
                         best[key] = pkg
+        if not self._hints.ignore_errors and not _fixes_available(best.values(), self._hints.fixed):
+            return
         with self._lock:
             if self._closed:
                 return
             pool = self._downloads = ThreadPoolExecutor(max_workers=self._fetcher.workers,
                                                         thread_name_prefix="copa-rpm-ahead")
+        checks: dict[str, HeaderCheck | None] = {}
         for pkg in sorted(best.values(), key=lambda p: -p.size):
             item = FetchItem(url=pkg.url, sha256=pkg.checksum.value, size=pkg.size, what=f"{pkg.nevra}.rpm")
             try:
                 pool.submit(self._fetch_quietly, fetcher, item)
             except RuntimeError:  # closed meanwhile (the pool no longer takes work)
                 return
+            if not self._ahead.reads:
+                continue
+            repo = repos[pkg.repo_id]
+            if repo.id not in checks:
+                try:
+                    checks[repo.id] = checker(keys(repo)) if repo.gpgcheck else None
+                except (CopaError, OSError, ValueError) as e:  # no key at hand: downloaded, not read, ahead
+                    log.debug("read ahead: %s", e)
+                    continue
+            check = expect_identity(pkg.name, pkg.epoch, pkg.version, pkg.release, pkg.arch, checks[repo.id])
+            self._ahead.submit(functools.partial(fetcher.fetch, item), item.sha256, item.what, check)
 
     @staticmethod
     def _fetch_quietly(fetcher: Fetcher, item: FetchItem) -> None:
@@ -139,7 +184,7 @@ class MetadataPrefetch:
             self._metadata.wait()
 
     def ahead(self) -> object:
-        return None  # the cache is warmed, nothing else
+        return self._ahead
 
     def close(self) -> None:
         if self._thread is not None:
@@ -147,6 +192,7 @@ class MetadataPrefetch:
         with self._lock:
             self._closed = True
             pool = self._downloads
+        self._ahead.close()
         if pool is not None:
             # Downloads under way finish (a file half-written into the cache is not published); queued ones do not
             # start: the patch that asked for them is over.
@@ -154,3 +200,13 @@ class MetadataPrefetch:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+def _fixes_available(best: Iterable[RpmPackage], fixed: Sequence[tuple[str, str]]) -> bool:
+    """Whether the indexes offer every reported fix: if one is missing, the plan fails (without --ignore-errors)
+    before anything is installed, and reading ahead would only fetch packages nobody installs."""
+    newest: dict[str, str] = {}
+    for pkg in best:
+        if pkg.name not in newest or compare_versions(pkg.evr, newest[pkg.name]) > 0:
+            newest[pkg.name] = pkg.evr
+    return all(name in newest and compare_versions(newest[name], version) >= 0 for name, version in fixed)

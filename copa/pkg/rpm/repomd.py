@@ -20,7 +20,7 @@ import logging
 import lzma
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,16 +384,19 @@ class LoadedRepomd:
 
 def fetch_repomd(repo: RpmRepository, fetcher: Fetcher, keyring_for: Callable[[RpmRepository], Keyring],
                  variables: Mapping[str, str] = {}, mirrors: Sequence[tuple[str, str]] = (),
-                 verify: bool = True) -> LoadedRepomd:
+                 verify: bool = True, bodies: MutableMapping[str, bytes] | None = None) -> LoadedRepomd:
     """repomd.xml from the first mirror that serves it, checked against a metalink's hashes and, with
-    repo_gpgcheck (and `verify`), against repomd.xml.asc."""
+    repo_gpgcheck (and `verify`), against repomd.xml.asc. `bodies` (by URL): repomd.xml and repomd.xml.asc
+    already downloaded (the prefetch's), used instead of asking the mirror again and checked just the same; what
+    is downloaded here is added to it."""
     found = resolve_mirrors(repo, fetcher, variables, mirrors)
     what = repo.description
     last: CopaError | None = None
     mismatch: IntegrityError | None = None
+    got = bodies if bodies is not None else {}
     for base in found.urls:
         try:
-            data = fetcher.get_bytes(f"{base}/{REPOMD}", f"{what}: repomd.xml", limit=16 << 20)
+            data = _body(fetcher, got, f"{base}/{REPOMD}", f"{what}: repomd.xml", 16 << 20)
         except (NotFoundError, RegistryError) as e:  # dnf goes on to the next mirror too
             last = e
             continue
@@ -405,7 +408,7 @@ def fetch_repomd(repo: RpmRepository, fetcher: Fetcher, keyring_for: Callable[[R
         signed = False
         if repo.repo_gpgcheck and verify:
             try:
-                signature = fetcher.get_bytes(f"{base}/{REPOMD}.asc", f"{what}: repomd.xml.asc", limit=1 << 20)
+                signature = _body(fetcher, got, f"{base}/{REPOMD}.asc", f"{what}: repomd.xml.asc", 1 << 20)
             except NotFoundError:
                 raise IntegrityError(f"{what}: repo_gpgcheck=1 but {base}/{REPOMD}.asc does not exist; "
                                      f"{_KEY_HINT}") from None
@@ -414,6 +417,31 @@ def fetch_repomd(repo: RpmRepository, fetcher: Fetcher, keyring_for: Callable[[R
         return LoadedRepomd(repo, base, parse_repomd(data, f"{what}: repomd.xml"), signed)
     assert last is not None
     raise mismatch or last  # a mirror serving the wrong repomd says more than one that is down
+
+
+def _body(fetcher: Fetcher, bodies: MutableMapping[str, bytes], url: str, what: str, limit: int) -> bytes:
+    data = bodies.get(url)
+    if data is None:
+        data = bodies[url] = fetcher.get_bytes(url, what, limit=limit)
+    return data
+
+
+def signature_verifies(loaded: LoadedRepomd, fetcher: Fetcher, keyring: Keyring,
+                       bodies: MutableMapping[str, bytes]) -> bool:
+    """Whether the repomd.xml in `bodies` that `loaded` was read from has a repomd.xml.asc that verifies with
+    `keyring` (the prefetch's question: may it read this repository's metadata before the plan does)."""
+    url = f"{loaded.base_url}/{REPOMD}"
+    data = bodies.get(url)
+    if data is None or not keyring.certs:
+        return False
+    what = loaded.repo.description
+    try:
+        signature = _body(fetcher, bodies, url + ".asc", f"{what}: repomd.xml.asc", 1 << 20)
+        verify_repomd_signature(data, signature, keyring, what)
+    except (CopaError, OSError, ValueError) as e:
+        log.debug("prefetch: %s", e)
+        return False
+    return True
 
 
 def entry_url(loaded: LoadedRepomd, entry: RepomdEntry) -> str:
@@ -747,9 +775,10 @@ class RepoIndex:
 
 def load_repository(repo: RpmRepository, fetcher: Fetcher, keyring_for: Callable[[RpmRepository], Keyring], *,
                     variables: Mapping[str, str] = {}, mirrors: Sequence[tuple[str, str]] = (),
-                    keep: Callable[[str], bool] | None = None) -> RepoIndex:
-    """repomd (verified as configured), then primary (checksum-verified) indexed."""
-    loaded = fetch_repomd(repo, fetcher, keyring_for, variables, mirrors)
+                    keep: Callable[[str], bool] | None = None, bodies: MutableMapping[str, bytes] | None = None
+                    ) -> RepoIndex:
+    """repomd (verified as configured; `bodies` as for fetch_repomd), then primary (checksum-verified) indexed."""
+    loaded = fetch_repomd(repo, fetcher, keyring_for, variables, mirrors, bodies=bodies)
     entry = loaded.repomd.entries.get("primary")
     if entry is None:
         raise IntegrityError(f"{repo.description}: repomd.xml lists no primary metadata")
@@ -758,21 +787,33 @@ def load_repository(repo: RpmRepository, fetcher: Fetcher, keyring_for: Callable
 
 
 def prefetch_repository(repo: RpmRepository, fetcher: Fetcher, variables: Mapping[str, str],
-                        mirrors: Sequence[tuple[str, str]], wanted: frozenset[str] = frozenset()
-                        ) -> RepoIndex | None:
-    """repomd.xml and primary into the cache (checked only against the repomd fetched here), and primary parsed
-    into the parse cache when the repository's repomd is not signed anyway: a warm-up. That parsed index is
-    returned (with the `wanted` names decoded), None for a signed repository."""
-    loaded = fetch_repomd(repo, fetcher, lambda _r: Keyring((), ""), variables, mirrors, verify=False)
+                        mirrors: Sequence[tuple[str, str]], wanted: frozenset[str] = frozenset(),
+                        keyring_for: Callable[[RpmRepository], Keyring] | None = None,
+                        bodies: MutableMapping[str, bytes] | None = None) -> RepoIndex | None:
+    """repomd.xml and primary into the cache (checked only against the repomd fetched here; repomd.xml and its
+    signature kept in `bodies` for the plan), and primary parsed into the parse cache when the plan will trust
+    this very repomd: a repository without repo_gpgcheck, or one whose repomd.xml.asc verifies with the keys
+    `keyring_for` gives (those read so far). That parsed index is returned (with the `wanted` names decoded),
+    None otherwise."""
+    got = bodies if bodies is not None else {}
+    loaded = fetch_repomd(repo, fetcher, lambda _r: Keyring((), ""), variables, mirrors, verify=False, bodies=got)
     entry = loaded.repomd.entries.get("primary")
     if entry is None:
         return None
+    trusted = not repo.repo_gpgcheck
+    if not trusted and keyring_for is not None:
+        try:
+            ring = keyring_for(repo)
+        except (CopaError, OSError, ValueError) as e:  # (a key not in /etc, an http one): the plan fetches it
+            log.debug("prefetch: %s", e)
+        else:
+            trusted = signature_verifies(loaded, fetcher, ring, got)
     primary = fetch_entry(loaded, entry, fetcher)
-    if repo.repo_gpgcheck:
+    if not trusted:
         return None
-    # Without repo_gpgcheck the plan trusts this very repomd (re-fetched, same checksums) as much as the warm-up
-    # does, so primary's slow parse can happen here, overlapped with the layer scan. A signed repomd is verified
-    # first: its files are not even decompressed before that.
+    # The plan trusts this very repomd (re-verified there, same checksums) as much as the prefetch does, so
+    # primary's slow parse can happen here, overlapped with the layer scan. A repomd whose signature is not verified
+    # yet is not even decompressed.
     index = RepoIndex(loaded, primary, wanted.__contains__, fetcher.cache)
     if not wanted:
         index.warm()  # (nothing to decode: no pass over the rows)
