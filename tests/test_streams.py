@@ -11,10 +11,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from copa.errors import IntegrityError
 from copa.pkg.apt.packages import parse_packages_file
 from copa.pkg.dpkg.debfile import BadDeb, read_deb
+from copa.pkg.streams import xz_reader
 
 PARAGRAPHS = [
     {"Package": f"p{i}", "Version": f"1.{i}", "Architecture": "amd64", "Filename": f"pool/p{i}.deb",
@@ -91,3 +94,50 @@ def test_gzip_members_read_and_damage_is_bad_deb(tmp_path: Path) -> None:
                              ("data.tar.gz", bytes(damaged))]))
         with pytest.raises(BadDeb):
             read_deb(bad, tmp_path / f"stage-bad{i}")
+
+
+def _lzma_file(data: bytes, size: int) -> tuple[bytes, str]:
+    """Oracle: what lzma.LZMAFile reads (and the error it stops with, by type)."""
+    out = bytearray()
+    try:
+        with lzma.LZMAFile(io.BytesIO(data)) as f:
+            while chunk := f.read(size):
+                out += chunk
+    except (EOFError, lzma.LZMAError) as e:
+        return bytes(out), type(e).__name__
+    return bytes(out), ""
+
+
+def _xz_reader(data: bytes, size: int) -> tuple[bytes, str]:
+    out = bytearray()
+    try:
+        with xz_reader(io.BytesIO(data)) as f:
+            while chunk := f.read(size):
+                out += chunk
+    except (EOFError, lzma.LZMAError) as e:
+        return bytes(out), type(e).__name__
+    return bytes(out), ""
+
+
+@settings(max_examples=60, deadline=None)
+@given(parts=st.lists(st.binary(max_size=3000) | st.sampled_from([b"\0" * 600_000, bytes(range(256)) * 4000]),
+                      min_size=1, max_size=3),
+       tail=st.sampled_from([b"", b"\0\0\0\0", b"garbage", b"\0" * 8 + b"x"]),
+       cut=st.sampled_from([None, 10, 200, -30]), flip=st.sampled_from([None, 40, 100]),
+       size=st.sampled_from([1, 4096, 1 << 20, -1]))
+def test_xz_reader_reads_what_lzmafile_reads(parts: list[bytes], tail: bytes, cut: int | None, flip: int | None,
+                                             size: int) -> None:
+    # Concatenated streams, padding and trailing data, streams cut short and damaged, read in any sizes: the same
+    # bytes, and the same error where LZMAFile fails, as the stdlib reader that dpkg's xz members used to go through.
+    data = bytearray(b"".join(lzma.compress(p) for p in parts) + tail)
+    if cut is not None:
+        data = data[:cut]
+    if flip is not None and flip < len(data):
+        data[flip] ^= 0x55
+    got, got_error = _xz_reader(bytes(data), size)
+    want, want_error = _lzma_file(bytes(data), size)
+    assert got_error == want_error
+    if want_error:  # both fail; in larger steps, after fewer bytes of the damaged stream (a prefix of LZMAFile's)
+        assert want.startswith(got)
+    else:
+        assert got == want

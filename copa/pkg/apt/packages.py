@@ -14,7 +14,6 @@ import io
 import itertools
 import json
 import logging
-import lzma
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
@@ -34,6 +33,7 @@ from copa.pkg.apt.sources import AptSource
 from copa.pkg.cache import Cache
 from copa.pkg.fetch import Fetcher, FetchItem, default_fetcher
 from copa.pkg.openpgp import Keyring
+from copa.pkg.streams import xz_reader
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def _package_name(para: bytes) -> bytes | None:
 
 def _open_compressed(path: Path, name: str) -> BinaryIO:
     if name.endswith(".xz"):
-        return cast(BinaryIO, lzma.open(path, "rb"))
+        return xz_reader(path.open("rb"))
     if name.endswith(".gz"):
         return cast(BinaryIO, igzip.open(path, "rb"))  # type: ignore[no-untyped-call]
     return path.open("rb")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import lzma
 import posixpath
 import re
 import shutil
@@ -25,7 +24,7 @@ from copa.errors import IntegrityError, LocalIOError, UnsafePathError
 from copa.oci.image import CORRUPT_STREAM
 from copa.oci.layer import clean_path
 from copa.oci.tarstream import TarStream
-from copa.pkg.streams import Bounded, inflate, open_content
+from copa.pkg.streams import Bounded, inflate, open_content, xz_reader
 
 _AR_MAGIC = b"!<arch>\n"
 _AR_HEADER_START = re.compile(rb"[!-~]+ *(?:[0-9]+ *)*\Z")  # a member name then numeric fields, cut short
@@ -83,7 +82,7 @@ def _decompress(name: str, stream: BinaryIO, what: str) -> BinaryIO:
         return BadDeb(f"{what}: member {name} {reason}; refusing it as a decompression bomb")
 
     if name.endswith(".xz"):
-        return inflate(stream, lambda s: cast(BinaryIO, lzma.LZMAFile(s)), bomb)
+        return inflate(stream, xz_reader, bomb)
     if name.endswith(".gz"):
         return inflate(stream, lambda s: cast(BinaryIO, igzip.GzipFile(fileobj=s)), bomb)  # type: ignore[no-untyped-call]
     if name.endswith(".zst"):
