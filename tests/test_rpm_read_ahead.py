@@ -10,6 +10,7 @@ was read ahead (a package the prefetch accepted is still refused when the build'
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,7 +27,10 @@ import copa.pkg.rpm.prefetch as prefetch
 from copa.cli import main
 from copa.pkg.base import PrefetchHints, RepositoryOptions
 from copa.pkg.fetch import make_fetcher
+from copa.pkg.openpgp import Keyring
 from copa.pkg.rpm.readahead import ReadAhead
+from copa.pkg.rpm.repomd import RepoIndex, fetch_entry, fetch_repomd
+from copa.pkg.rpm.repos import RpmRepository
 from tests.support import images
 from tests.support.aptrepo import RepoServer
 from tests.support.rpmrepo import createrepo
@@ -174,7 +178,11 @@ def test_layer_is_the_same_with_and_without_reading_ahead(signed: Signed, tmp_pa
     def nothing(*_: Any) -> None:
         return None
 
+    # Without reading ahead, and without the prefetch's parse of primary (the plan loads it from the cache).
     monkeypatch.setattr(ReadAhead, "submit", nothing)
+    real_parsed = RepoIndex.parsed_primary
+    monkeypatch.setattr(RepoIndex, "parsed_primary",
+                        lambda self: dataclasses.replace(real_parsed(self), key="not-this-primary"))
     taken.clear()
     code, plain = _patch(signed.layout, tmp_path / "plain", capsys)
     assert code == 0, plain
@@ -212,3 +220,19 @@ def test_the_build_checks_what_was_read_ahead(world: World, signed: Signed, tmp_
     assert "Traceback" not in err and len(errors) == 1, err
     assert any(f"{nevra}.rpm is not signed" in errors[0] for nevra in taken), err
     assert not (tmp_path / "patch" / "out" / "index.json").exists()
+
+
+def test_the_plan_starts_from_the_prefetchs_parse_of_the_same_primary_only(signed: Signed, tmp_path: Path) -> None:
+    part, ahead = _prefetch(_captured(signed.root), tmp_path, ("libfoo",))
+    part.close()
+    assert len(ahead.primaries) == 1
+    (key, parsed), = ahead.primaries.items()
+    marked = dataclasses.replace(parsed, names=parsed.names | {"only-in-the-prefetchs-parse"})
+    fetcher = make_fetcher(tmp_path / "cache", 30.0, None)
+    loaded = fetch_repomd(RpmRepository("copa-test", "copa test", (signed.server.url,)), fetcher,
+                          lambda _r: Keyring((), ""), verify=False)
+    primary = fetch_entry(loaded, loaded.repomd.entries["primary"], fetcher)
+    same = RepoIndex(loaded, primary, None, fetcher.cache, parsed={key: marked}).load()
+    assert "only-in-the-prefetchs-parse" in same.names()  # taken: the same primary
+    other = RepoIndex(loaded, primary, None, fetcher.cache, parsed={"another": marked}).load()
+    assert other.names() == parsed.names == {"libfoo", "foo-tools", "newdep"}  # the repository's packages

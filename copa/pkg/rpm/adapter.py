@@ -169,7 +169,8 @@ class _Repositories:
         for repo in setup.repos:
             self.indexes.append(load_repository(
                 repo, self.fetcher, lambda r: repository_keyring(r, self.tree, ctx.repos, self.fetcher),
-                variables=setup.variables, mirrors=ctx.repos.mirrors, keep=keep.__contains__, bodies=bodies))
+                variables=setup.variables, mirrors=ctx.repos.mirrors, keep=keep.__contains__, bodies=bodies,
+                parsed=ahead.primaries if ahead is not None else {}))
         self.module_streams: tuple[ModuleStream, ...] = ()
         self.modular = self._modular_filter()
         # The resolver asks for the same names over and over (every best-candidate check); the wrapped candidates

@@ -110,6 +110,8 @@ class MetadataPrefetch:
                     continue
                 if found is not None:
                     indexes.append(found)
+                    parsed = found.parsed_primary()
+                    self._ahead.primaries[parsed.key] = parsed
         except (CopaError, OSError, ValueError) as e:  # (the image's repository credentials): the plan reports it
             log.debug("prefetch: %s", e)
             return

@@ -2,7 +2,9 @@
 
 `metadata`: the repomd.xml and repomd.xml.asc bodies it downloaded, by URL; the plan verifies these (signature,
 metalink hashes) exactly as it verifies what it downloads, instead of asking the mirror again: one round trip per
-repository less on the plan's path.
+repository less on the plan's path. `primaries`: the primaries it parsed, by checksum; the plan's index of a
+primary its verified repomd names by the same checksum starts from that parse instead of loading it back from the
+cache.
 
 Packages read ahead: the build takes one (copa.pkg.rpm.adapter) only for a file whose sha256 its verified plan
 names, and runs its own header check (the package's identity, the repository's keys) on it before using it; a
@@ -19,6 +21,7 @@ from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from copa.pkg.rpm.repomd import ParsedPrimary
 from copa.pkg.rpm.rpmfile import HeaderCheck, RpmContents, read_rpm
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,7 @@ class ReadAhead:
     def __init__(self, stage: Path | None) -> None:
         self._stage = stage
         self.metadata: dict[str, bytes] = {}  # URL -> body, written by the prefetch before its metadata is joined
+        self.primaries: dict[str, ParsedPrimary] = {}  # the primaries it parsed (RepoIndex.parsed), likewise
         self._reads: dict[str, Future[RpmContents]] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
