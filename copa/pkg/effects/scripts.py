@@ -5,7 +5,6 @@ separators, shell keywords and function definitions, which is what package scrip
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 
 _KEYWORDS = {"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "for", "in", "case", "esac", "!",
@@ -115,19 +114,43 @@ def _segments(line: str) -> list[str]:
     return [segment for segment in out if not segment.startswith("\0")]
 
 
-# Without quotes or backslashes, shlex.split (posix) splits on its whitespace and nothing else: most script lines
-# take this path, and shlex's character-by-character reader was the largest cost of reproducing effects.
-_QUOTING = re.compile(r"['\"\\]")
-_SHLEX_BLANKS = re.compile(r"[ \t\r\n]+")
+# The words shlex.split(segment, posix=True) gives, found with regular expressions: shlex's character-by-character
+# reader was the largest cost of reproducing effects. A word is a run of unquoted characters, 'single-quoted' text,
+# "double-quoted" text (where a backslash escapes only " and itself) and backslash escapes, up to shlex's whitespace
+# (space, tab, CR, LF). tests/test_effects.py compares the two on generated text.
+_SHLEX_WORD = re.compile(r"""(?:[^ \t\r\n'"\\]+|'[^']*'|"(?:[^"\\]|\\.)*"|\\.)+""", re.S)
+_SHLEX_PART = re.compile(r"""[^'"\\]+|'([^']*)'|"((?:[^"\\]|\\.)*)"|\\(.)""", re.S)
+_DQ_ESCAPE = re.compile(r'\\([\\"])')
+_SHLEX_BLANKS = re.compile(r"[ \t\r\n]*")
 
 
 def _words(segment: str) -> list[str]:
-    if _QUOTING.search(segment) is None:
-        return [word for word in _SHLEX_BLANKS.split(segment) if word]
-    try:
-        return shlex.split(segment, posix=True)
-    except ValueError:
-        return segment.split()
+    words = []
+    at = _SHLEX_BLANKS.match(segment).end()  # type: ignore[union-attr]  # matches the empty string at least
+    while at < len(segment):
+        m = _SHLEX_WORD.match(segment, at)
+        if m is None:
+            return segment.split()  # an unclosed quote or a final backslash: shlex raises ValueError
+        words.append(_unquote(m.group()))
+        at = _SHLEX_BLANKS.match(segment, m.end()).end()  # type: ignore[union-attr]
+    return words
+
+
+def _unquote(word: str) -> str:
+    if "'" not in word and '"' not in word and "\\" not in word:
+        return word
+    out = []
+    for m in _SHLEX_PART.finditer(word):
+        single, double, escaped = m.groups()
+        if single is not None:
+            out.append(single)
+        elif double is not None:
+            out.append(_DQ_ESCAPE.sub(r"\1", double))
+        elif escaped is not None:
+            out.append(escaped)
+        else:
+            out.append(m.group())
+    return "".join(out)
 
 
 _TRIVIAL = re.compile(r"^\s*(#.*|set -e|set -eu|exit 0|)\s*$")
