@@ -132,20 +132,41 @@ class LayerBlob:
 
 
 class _HashingWriter(io.RawIOBase):
-    def __init__(self, out: BinaryIO) -> None:
+    """Passes writes through, hashing them. With `background`, the hashing runs on a thread of its own, in order
+    (sha256 releases the GIL on large buffers): the layer's uncompressed stream is ~3 times its compressed size,
+    and hashing it on the writing thread held up the tar writer. `hexdigest()` waits for it."""
+
+    def __init__(self, out: BinaryIO, background: bool = False) -> None:
         super().__init__()
         self._out = out
-        self.hash = hashlib.sha256()
+        self._hash = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="copa-hash") if background else None
+        self._last: Future[None] | None = None
         self.size = 0
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        self.hash.update(data)
+        if self._pool is not None:
+            # Hashed after this returns: the caller must not change `data` afterwards (_TarWriter hands over each
+            # buffer and starts a new one).
+            self._last = self._pool.submit(self._hash.update, data)
+        else:
+            self._hash.update(data)
         self.size += len(data)
         self._out.write(data)
         return len(data)
+
+    def hexdigest(self) -> str:
+        if self._last is not None:
+            self._last.result()
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        super().close()
 
 
 def _tarinfo(entry: Entry, name: str, mtime: int) -> tarfile.TarInfo:
@@ -254,6 +275,7 @@ def write_layer(
         raise _disk_error(directory, e) from None
     tmp = Path(tmp_name)
     gz: _ParallelGzip | None = None
+    uncompressed: _HashingWriter | None = None
     try:
         # Progress counts the file contents put into the layer (known up front), compression included in the time.
         content = sum(e.size for e in ordered if e.kind is Kind.FILE)
@@ -266,7 +288,7 @@ def write_layer(
                 comp_stream = cast(BinaryIO, gz)
             else:
                 comp_stream = cast(BinaryIO, zstandard.ZstdCompressor(level=3).stream_writer(sink, closefd=False))
-            uncompressed = _HashingWriter(comp_stream)
+            uncompressed = _HashingWriter(comp_stream, background=True)
             tar = _TarWriter(cast(BinaryIO, uncompressed))
             for entry in ordered:
                 mtime = entry.mtime if entry.mtime is not None else default_mtime
@@ -283,10 +305,11 @@ def write_layer(
                     tar.add(info)
             tar.close()
             comp_stream.close()
-        digest = Digest("sha256", compressed.hash.hexdigest())
+        digest = Digest("sha256", compressed.hexdigest())
+        diff_id = Digest("sha256", uncompressed.hexdigest())
         final = directory / f"{digest.hex}.layer"
         shutil.move(tmp, final)
-        return LayerBlob(final, digest, Digest("sha256", uncompressed.hash.hexdigest()), compressed.size, media_type)
+        return LayerBlob(final, digest, diff_id, compressed.size, media_type)
     except OSError as e:
         # Package content is read from our own staging files and the layer goes to our work directory: an OSError
         # here is the local disk (ENOSPC, EIO), not bad input.
@@ -294,6 +317,8 @@ def write_layer(
     finally:
         if gz is not None:
             gz.abort()  # no-op after a clean close; after a failure, stops the workers without writing more
+        if uncompressed is not None:
+            uncompressed.close()  # its hashing thread
         tmp.unlink(missing_ok=True)  # gone already after the move; a failure leaves nothing half-written
 
 
