@@ -149,6 +149,7 @@ class IndexText:
         self._path = path
         self._data = data
         self._provides: list[tuple[str, str]] | None = None
+        self._provided_by: dict[str, list[str]] | None = None
         # With the cache (and a cached text), the Provides pairs are kept beside the text: they take a full pass to
         # find, and every later run on the same index (and the prefetch, ahead of the plan) can skip it.
         self._cache = cache if path is not None and path.name.startswith(_TEXT_PREFIX) else None
@@ -222,6 +223,19 @@ class IndexText:
                 data = json.dumps(self._provides, separators=(",", ":")).encode()
                 self._cache.write_named(self._provides_name(), lambda out: out.write(data))
         return self._provides
+
+    def provided_by(self) -> dict[str, list[str]]:
+        """Virtual name -> the packages that provide it, in index order (from `provides`, made once: the prefetch
+        makes it while the image is read, and the plan merges it)."""
+        if self._provided_by is None:
+            by: dict[str, list[str]] = {}
+            for package, provides in self.provides():
+                for virtual in _provided_names(provides):
+                    names = by.setdefault(virtual, [])
+                    if package not in names:
+                        names.append(package)
+            self._provided_by = by
+        return self._provided_by
 
     def _provides_name(self) -> str:
         assert self._path is not None
@@ -403,8 +417,12 @@ class RepositoryIndex:
     def _add_rows(self, text: IndexText, source: AptSource, component: str, release: ReleaseInfo = _NO_RELEASE
                   ) -> None:
         self._loaders.append((text, source, component, release))
-        for package, provides in text.provides():
-            self._note_provides(package, provides)
+        for virtual, packages in text.provided_by().items():
+            names = self._provides.setdefault(virtual, [])
+            if not names:
+                names.extend(packages)
+            else:
+                names.extend(p for p in packages if p not in names)
         for r in text.rows(self._keep_rows):
             self._add(r[0], (r[0], r[1], r[2], r[15]), (r, source, component, [release]))
 

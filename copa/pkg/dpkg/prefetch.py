@@ -158,7 +158,7 @@ class IndexPrefetch:
             # waits for this, rather than doing the same pass at the same time).
             for _source, text, _trusted in texts:
                 try:
-                    text.provides()
+                    text.provided_by()
                 except (CopaError, OSError, ValueError) as e:
                     log.debug("prefetch: %s", e)
         finally:
