@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
@@ -608,7 +609,7 @@ def _load_rows(fetcher: Fetcher, source: AptSource, release: Release, variants: 
     what = f"repository {source.description}: {first}"
     cached = fetcher.cache.named(f"{_TEXT_PREFIX}{entry.sha256}")
     if use_cache and cached.is_file():
-        return IndexText(what, path=cached, cache=fetcher.cache)
+        return _text_at(what, cached, fetcher.cache)
     path, name = _fetch_variant(fetcher, source, release, variants)
 
     def write(out: BinaryIO) -> None:
@@ -619,7 +620,22 @@ def _load_rows(fetcher: Fetcher, source: AptSource, release: Release, variants: 
         write(buffer)
         return IndexText(what, data=buffer.getvalue())
     fetcher.cache.write_named(cached.name, write)
-    return IndexText(what, path=cached, cache=fetcher.cache)
+    return _text_at(what, cached, fetcher.cache)
+
+
+# The index texts this process has opened, by cache file: the file is named by the sha256 of what it was made from
+# and never changes, so the prefetch's object (with the Provides pairs and virtual names it found while the image
+# was being read) is the plan's too, and a sweep's later images reuse them.
+_TEXTS: dict[tuple[Path, str], IndexText] = {}
+_TEXTS_LOCK = threading.Lock()
+
+
+def _text_at(what: str, path: Path, cache: Cache) -> IndexText:
+    with _TEXTS_LOCK:
+        text = _TEXTS.get((path, what))
+        if text is None:
+            text = _TEXTS[(path, what)] = IndexText(what, path=path, cache=cache)
+        return text
 
 
 def load_indexes(
