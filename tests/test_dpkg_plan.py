@@ -6,6 +6,7 @@ checked against `dpkg --compare-versions` in test_dpkg_status.py). Each row says
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -329,3 +330,35 @@ def test_multi_arch_same_instances_move_in_step() -> None:
     res = resolve({"libfoo": native}, [W("libfoo", "1.1")], lambda n: repo.get(n, []), "amd64", compare_versions,
                   foreign={"libfoo": (other,)}, foreign_versions_of=lambda _n, _arch: [])
     assert not res.chosen and "i386" in res.failures[0].detail
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_acyclic_unpack_order_is_networkx_order(seed: int) -> None:
+    # oracle: networkx's condensation + lexicographical topological sort, which orders every plan with a cycle
+    import networkx as nx
+
+    from copa.pkg.dpkg.plan import _acyclic_order
+
+    rng = random.Random(seed)
+    names = [f"p{rng.randrange(1000):03d}" for _ in range(rng.randint(1, 30))]
+    after: dict[str, set[str]] = {n: set() for n in names}
+    ranked = sorted(set(names), key=lambda n: rng.random())
+    for i, a in enumerate(ranked):
+        for b in ranked[i + 1:]:
+            if rng.random() < 0.15:
+                after[a].add(b)  # edges follow one ranking: acyclic
+    cyclic = seed % 3 == 0 and len(ranked) > 1
+    if cyclic:
+        after[ranked[0]].add(ranked[-1])
+        after[ranked[-1]].add(ranked[0])  # a two-package cycle
+    graph: nx.DiGraph = nx.DiGraph()
+    graph.add_nodes_from(after)
+    graph.add_edges_from((a, b) for a, bs in after.items() for b in bs)
+    condensed = nx.condensation(graph)
+    expected = [name for c in nx.lexicographical_topological_sort(
+        condensed, key=lambda c: min(condensed.nodes[c]["members"])) for name in sorted(condensed.nodes[c]["members"])]
+    got = _acyclic_order(after)
+    if cyclic:
+        assert got is None
+    else:
+        assert got == expected

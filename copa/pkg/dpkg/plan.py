@@ -23,11 +23,10 @@ candidates are ever installed, as with apt without an explicit version request.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import heapq
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-import networkx as nx
 
 from copa.pkg.base import Skip, SkipReason, UpdateKind
 from copa.pkg.dpkg.relations import Clause, Relation, parse_provides, parse_relations
@@ -680,13 +679,47 @@ def _kind(inst: Installed | None, record: Candidate, source: str) -> UpdateKind:
 
 def _unpack_order(chosen: Mapping[str, Chosen]) -> Iterable[Chosen]:
     """Dependencies before their dependents; cycles (common between sibling libraries) kept together."""
-    graph: nx.DiGraph = nx.DiGraph()
-    graph.add_nodes_from(chosen)
+    after: dict[str, set[str]] = {name: set() for name in chosen}  # dependency -> its dependents
     for name, ch in chosen.items():
         for clause in _relations(ch.record.depends, ch.record.pre_depends):
             for rel in clause:
                 if rel.name in chosen and rel.name != name:
-                    graph.add_edge(rel.name, name)
+                    after[rel.name].add(name)
+    order = _acyclic_order(after)
+    if order is not None:
+        return [chosen[name] for name in order]
+    return _condensed_order(chosen, after)
+
+
+def _acyclic_order(after: Mapping[str, set[str]]) -> list[str] | None:
+    """Without a cycle, the order below is the plain topological order that takes the smallest ready name first
+    (every component is one package, keyed by its name): found without loading networkx (~70 ms of a patch run)
+    for the many patches whose updates depend on each other without a cycle. None if there is a cycle."""
+    waiting = {name: 0 for name in after}
+    for dependents in after.values():
+        for dependent in dependents:
+            waiting[dependent] += 1
+    ready = [name for name, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        name = heapq.heappop(ready)
+        order.append(name)
+        for dependent in after[name]:
+            waiting[dependent] -= 1
+            if waiting[dependent] == 0:
+                heapq.heappush(ready, dependent)
+    return order if len(order) == len(after) else None
+
+
+def _condensed_order(chosen: Mapping[str, Chosen], after: Mapping[str, set[str]]) -> Iterator[Chosen]:
+    """The strongly connected components in topological order, the one with the smallest member first among those
+    ready; each component's members sorted."""
+    import networkx as nx
+
+    graph: nx.DiGraph = nx.DiGraph()
+    graph.add_nodes_from(chosen)
+    graph.add_edges_from((name, dependent) for name, dependents in after.items() for dependent in dependents)
     condensed = nx.condensation(graph)
     for component in nx.lexicographical_topological_sort(condensed, key=lambda c: min(condensed.nodes[c]["members"])):
         for name in sorted(condensed.nodes[component]["members"]):
