@@ -12,6 +12,7 @@ Layers are read from the top down, applying OCI whiteouts (`.wh.<name>` hides a 
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 import tarfile
@@ -336,13 +337,22 @@ def _through_symlinks(nodes: dict[str, Node], contents: dict[str, bytes], whiteo
     if not links:
         return
 
+    beneath: dict[str, bool] = {"": False}  # directory -> whether it or a parent is a symlink; thousands of paths
+                                             # share a few hundred directories
+
     def under_link(path: str) -> bool:
+        climbed = []
         parent = posixpath.dirname(path)
-        while parent:
+        while parent not in beneath:
             if parent in links:
-                return True
+                beneath[parent] = True
+                break
+            climbed.append(parent)
             parent = posixpath.dirname(parent)
-        return False
+        found = beneath[parent]
+        for directory in climbed:
+            beneath[directory] = found
+        return found
 
     def link_of(path: str) -> str | None:
         node = nodes.get(path)
@@ -421,7 +431,12 @@ def _capture_targets(image: Image, index: int, targets: set[str]) -> dict[str, b
 
 
 def _at_or_under(path: str, prefixes: tuple[str, ...]) -> bool:
-    return any(path == p or path.startswith(p + "/") for p in prefixes)
+    return path.startswith(_with_slashes(prefixes)) or path in prefixes
+
+
+@functools.lru_cache(maxsize=64)
+def _with_slashes(prefixes: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(p + "/" for p in prefixes)
 
 
 @dataclass(frozen=True)
