@@ -146,6 +146,7 @@ def test_an_image_imports_only_the_early_downloads_its_etc_configures(image: str
     gives it anything to do. The oracle is each Prefetcher's own decision (apt: the sources it finds; rpm: the
     repositories its setup reads): every family that would download must be loaded, and an image of another family
     (or of none) loads none of it."""
+    from copa.pkg.apk.prefetch import index_urls
     from copa.pkg.base import PrefetchHints, RepositoryOptions
     from copa.pkg.detect import prefetch_families
     from copa.pkg.dpkg.repos import SOURCES_DIR, SOURCES_LIST, sources_in, user_sources
@@ -158,10 +159,13 @@ def test_an_image_imports_only_the_early_downloads_its_etc_configures(image: str
                                             {p: c for p, c in captured.items() if p.startswith(SOURCES_DIR + "/")})
     setup = MetadataPrefetch(repos, "amd64", "", make_fetcher(tmp_path, 5.0, None, repos),
                              PrefetchHints()).setup(captured)
-    would = {name for name, busy in (("dpkg", bool(apt)), ("rpm", setup is not None and bool(setup.repos))) if busy}
+    apk = index_urls(captured, repos, "amd64", "")
+    would = {name for name, busy in (("dpkg", bool(apt)), ("rpm", setup is not None and bool(setup.repos)),
+                                     ("apk", bool(apk))) if busy}
     loaded = set(prefetch_families(captured, repos))
-    expected = {"debian": {"dpkg"}, "debian-deb822": {"dpkg"}, "ubi": {"rpm"}, "amazon": {"rpm"}}.get(image, set())
+    expected = {"debian": {"dpkg"}, "debian-deb822": {"dpkg"}, "ubi": {"rpm"}, "amazon": {"rpm"},
+                "alpine": {"apk"}}.get(image, set())
     assert loaded == would == expected
     # Repositories the user names are read by every family its own way: each one's early download is loaded.
     named = RepositoryOptions(repositories=("deb http://127.0.0.1:9/debian bookworm main",))
-    assert set(prefetch_families(captured, named)) == {"dpkg", "rpm"}
+    assert set(prefetch_families(captured, named)) == {"dpkg", "rpm", "apk"}

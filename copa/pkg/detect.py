@@ -89,6 +89,12 @@ def _rpm_prefetch() -> type[Prefetcher]:
     return MetadataPrefetch
 
 
+def _apk_prefetch() -> type[Prefetcher]:
+    from copa.pkg.apk.prefetch import IndexPrefetch
+
+    return IndexPrefetch
+
+
 def _apt_prefetch() -> type[Prefetcher]:
     from copa.pkg.dpkg.prefetch import IndexPrefetch
 
@@ -117,7 +123,8 @@ FAMILIES: dict[str, Family] = {
                    ("etc/apt/sources.list", "etc/apt/sources.list.d/"),
                    "deb 2.0 packages (gzip, xz, zstd members); dpkg status database 1.x incl. distroless "
                    "status.d; apt InRelease/Release and Packages indexes, sources.list and deb822 .sources"),
-    "apk": Family(_apk, ("alpine", "wolfi", "chainguard"), _apk_order, None, (),
+    "apk": Family(_apk, ("alpine", "wolfi", "chainguard"), _apk_order, _apk_prefetch,
+                  ("etc/apk/repositories", "etc/apk/repositories.d/"),
                   "apk v2 packages and signed APKINDEX.tar.gz; installed database of apk-tools 2 and 3"),
     "rpm": Family(_rpm, ("redhat", "centos", "rocky", "alma", "oracle", "amazon", "fedora"), _rpm_order,
                   _rpm_prefetch,

@@ -77,11 +77,16 @@ def image_arch(ctx: ImageContext) -> str:
     text = (ctx.root.read(ARCH_FILE) or b"").decode("utf-8", "replace").split()
     if text:
         return text[0]
-    arch = _GOARCH.get((ctx.architecture, ctx.variant)) or _GOARCH.get((ctx.architecture, ""))
+    arch = arch_for(ctx.architecture, ctx.variant)
     if arch is None:
         raise ResolutionError(f"unknown apk architecture for {ctx.architecture}{ctx.variant and '/' + ctx.variant}; "
                               "the image has no /etc/apk/arch")
     return arch
+
+
+def arch_for(oci_arch: str, oci_variant: str) -> str | None:
+    """apk's name of an OCI architecture (and variant), None if apk has none."""
+    return _GOARCH.get((oci_arch, oci_variant)) or _GOARCH.get((oci_arch, ""))
 
 
 def apply_mirrors(url: str, mirrors: Iterable[tuple[str, str]]) -> str:
@@ -131,7 +136,14 @@ def trusted_keys(ctx: ImageContext) -> Keys:
 
 def load_indexes(ctx: ImageContext, repos: list[Repository], keys: Keys, fetcher: Fetcher
                  ) -> list[tuple[Repository, RepositoryIndex]]:
+    from copa.pkg.apk.prefetch import ApkAhead
+
+    # Bodies the early download fetched while the image was read (unverified, as any download: checked below).
+    early = ctx.ahead.indexes if isinstance(ctx.ahead, ApkAhead) else {}
+
     def fetch(repo: Repository) -> bytes:
+        if repo.index_url in early:
+            return early[repo.index_url]
         try:
             return fetcher.get_bytes(repo.index_url, f"apk index {repo.index_url}")
         except NotFoundError as e:
