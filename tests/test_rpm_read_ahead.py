@@ -236,3 +236,20 @@ def test_the_plan_starts_from_the_prefetchs_parse_of_the_same_primary_only(signe
     assert "only-in-the-prefetchs-parse" in same.names()  # taken: the same primary
     other = RepoIndex(loaded, primary, None, fetcher.cache, parsed={"another": marked}).load()
     assert other.names() == parsed.names == {"libfoo", "foo-tools", "newdep"}  # the repository's packages
+
+
+def test_the_providers_index_reads_back_from_the_cache_as_parsed(signed: Signed, tmp_path: Path) -> None:
+    """The cached providers index (NUL-joined names) answers every capability and file as the fresh parse does
+    (whose answers tests/test_rpm_repomd.py checks against dnf repoquery)."""
+    fetcher = make_fetcher(tmp_path / "cache", 30.0, None)
+    loaded = fetch_repomd(RpmRepository("copa-test", "copa test", (signed.server.url,)), fetcher,
+                          lambda _r: Keyring((), ""), verify=False)
+    primary = fetch_entry(loaded, loaded.repomd.entries["primary"], fetcher)
+    fresh = RepoIndex(loaded, primary, None, None).load()  # no cache: parsed here
+    RepoIndex(loaded, primary, None, fetcher.cache).warm()
+    cached = RepoIndex(loaded, primary, None, fetcher.cache).load()
+    capabilities = {r.name for p in fresh for r in p.provides} | {f for p in fresh for f in p.files}
+    assert len(capabilities) > 5 and cached.names() == fresh.names() == {"libfoo", "foo-tools", "newdep"}
+    for cap in sorted(capabilities):
+        assert [p.nevra for p in cached.providers(cap)] == [p.nevra for p in fresh.providers(cap)], cap
+        assert fresh.providers(cap), cap
