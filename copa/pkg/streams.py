@@ -168,7 +168,9 @@ class _XzReader(io.RawIOBase):
                 try:
                     data = self._decompressor.decompress(raw, _XZ_STEP_OUT)
                 except lzma.LZMAError:
-                    return False  # trailing data that is not a stream, as LZMAFile ignores it
+                    # Trailing data that is not a stream, ignored as LZMAFile ignores it (its first step into the
+                    # data is shorter: damage a few KiB into a second stream fails there, is ignored here).
+                    return False
             else:
                 raw = b""
                 if self._decompressor.needs_input:
