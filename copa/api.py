@@ -382,8 +382,8 @@ def _patch_one(opened: Opened, target: Target, options: PatchOptions, compressio
                                           options.ca_bundle, options.repos), hints)
     try:
         try:
-            # What each layer holds is recorded by its diff_id: a second image on the same base reads only its own
-            # layers.
+            # What each layer holds is recorded by its blob's digest: a second image on the same base reads only its
+            # own layers.
             root_view = scan(image, original.layers, CAPTURE, early=(PREFETCH_WATCH, prefetch.start),
                              large=CAPTURE_LARGE, cache=LayerCache(_cache(options)))
         finally:
