@@ -87,8 +87,10 @@ def test_the_reported_packages_are_in_the_cache(world: World, tmp_path: Path, mo
     assert sorted(fetched) == sorted(p.name for p in wanted)  # foo-tools is not named: not fetched
 
 
-def test_a_signed_repository_is_not_read_ahead(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                               ) -> None:
+def test_a_repository_whose_signature_cannot_be_checked_is_not_read_ahead(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # repo_gpgcheck=1 and no repomd.xml.asc here: nothing verifies it before the plan (a signed repository whose
+    # signature verifies with the keys read so far is read ahead: tests/test_rpm_read_ahead.py)
     text = (world.root / "etc/yum.repos.d/copa-test.repo").read_text() + "repo_gpgcheck=1\n"
     _, indexes, fetched = _prefetch(world, tmp_path / "cache", ("libfoo",), monkeypatch, text)
     assert indexes == [] and fetched == []  # its primary is not decompressed before the plan verifies repomd
