@@ -421,7 +421,8 @@ def _capture_targets(image: Image, index: int, targets: set[str]) -> dict[str, b
     """A second read of one layer for hardlink targets outside the captured paths (rare: links usually stay
     within one directory tree)."""
     found: dict[str, bytes] = {}
-    for tar, member in _members(image, index):
+    # Read to the end: this second read of the blob is checked against its digest too, before its files are used.
+    for tar, member in _members(image, index, drain=True):
         path = _member_path(member.name)
         if path in targets and member.isreg() and member.size <= _MAX_CAPTURED:
             content = _content(image, index, tar, member)
