@@ -231,10 +231,7 @@ class IndexText:
         if self._provided_by is None:
             by: dict[str, list[str]] = {}
             for package, provides in self.provides():
-                for virtual in _provided_names(provides):
-                    names = by.setdefault(virtual, [])
-                    if package not in names:
-                        names.append(package)
+                _note_provides(by, package, provides)
             self._provided_by = by
         return self._provided_by
 
@@ -257,14 +254,10 @@ class IndexText:
         """Only the paragraphs with a Provides line are cut out (~1 in 6): each is found from that line."""
         found = []
         for block in self._blocks():
-            last = -1
             at = 0 if block.startswith(b"Provides:") else block.find(b"\nProvides:")
             while at >= 0:
                 start, end = _paragraph_around(block, at + (block[at] == 0x0A))
-                at = block.find(b"\nProvides:", max(at + 1, end))
-                if start == last:
-                    continue
-                last = start
+                at = block.find(b"\nProvides:", max(at + 1, end))  # the next paragraph's: one pass per paragraph
                 para = block[start:end]
                 m = _PROVIDES_FIELD.search(para)
                 name = _package_name(para)
@@ -343,6 +336,14 @@ def parse_packages_file(path: Path, name: str, what: str) -> Iterator[_Row]:
     return IndexText(what, data=buffer.getvalue()).rows()
 
 
+def _note_provides(by: dict[str, list[str]], package: str, provides: str) -> None:
+    """Add `package` to the providers of each virtual name its Provides field names, once, in order."""
+    for virtual in _provided_names(provides):
+        names = by.setdefault(virtual, [])
+        if package not in names:
+            names.append(package)
+
+
 def _provided_names(provides: str) -> Iterator[str]:
     for item in provides.split(","):
         virtual = item.split("(", 1)[0].strip().split(":", 1)[0]
@@ -395,7 +396,7 @@ class RepositoryIndex:
         self.passes = 0  # full reads of the loaded indexes after the first one (tests check misses are batched)
         self._complete: set[str] = set()
         for rec in records:
-            self._note_provides(rec.package, rec.provides)
+            _note_provides(self._provides, rec.package, rec.provides)
             self._add(rec.package, (rec.package, rec.version, rec.architecture, rec.sha256), rec)
 
     def _add(self, name: str, key: tuple[str, str, str, str], entry: PackageRecord | _Pending) -> None:
@@ -408,12 +409,6 @@ class RepositoryIndex:
             return
         self._seen[key] = None if isinstance(entry, PackageRecord) else entry[3]
         self._by_name.setdefault(name, []).append(entry)
-
-    def _note_provides(self, package: str, provides: str) -> None:
-        for virtual in _provided_names(provides):
-            names = self._provides.setdefault(virtual, [])
-            if package not in names:
-                names.append(package)
 
     def _add_rows(self, text: IndexText, source: AptSource, component: str, release: ReleaseInfo = _NO_RELEASE
                   ) -> None:
