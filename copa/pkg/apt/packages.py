@@ -701,10 +701,10 @@ def prefetch_indexes(sources: Sequence[AptSource], arch: str, fetcher: Fetcher,
         texts = []
         for _comp, variants in _index_paths(source, release, arch):
             path = variants[0][0]
-            # Decompressing here too takes it off the plan's path (xz releases the GIL, so it overlaps reading the
-            # image). The text is a function of the downloaded bytes alone, and `load_indexes` uses it only under
-            # the sha256 the verified Release names for them; until then it is bounded like a bomb: by the size the
-            # Release names for the uncompressed index, else a ratio no index reaches.
+            # Decompressing here too takes it off the plan's path (the decompressor releases the GIL, so it overlaps
+            # reading the image). The text is a function of the downloaded bytes alone, and `load_indexes` uses it
+            # only under the sha256 the verified Release names for them; until then it is bounded like a bomb: by
+            # the size the Release names for the uncompressed index, else a ratio no index reaches.
             plain_entry = release.files.get(path.rsplit(".", 1)[0]) if path.endswith((".xz", ".gz")) else None
             limit = (plain_entry.size if plain_entry is not None
                      else max(e.size for _, e in variants) * _RATIO_LIMIT + (1 << 20))

@@ -1,8 +1,9 @@
 """Start downloading an image's apt indexes while the image is still being read.
 
-A cold patch spends about a second downloading and decompressing bookworm's main index, and about as long
-reading the image's base layer, which is CPU work: overlapping the two hides one of them. The base layer's
-members come in path order, so its /etc is complete well before the layer ends (usr/ and var/ come later).
+A cold patch spends a good part of a second downloading, decompressing and scanning bookworm's main index, and
+about a second reading the image's base layer, which is CPU work: overlapping the two hides most of the first.
+The base layer's members come in path order, so its /etc is complete well before the layer ends (usr/ and var/
+come later).
 The prefetch only fills the download cache, content-addressed and unverified; the plan then loads the indexes
 as always, verifying the Release and finding each index in the cache by the hash the verified Release names.
 
