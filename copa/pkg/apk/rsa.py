@@ -41,8 +41,9 @@ class PublicKey:
     def verify(self, signature: bytes, message: bytes, algorithm: str) -> bool:
         """True if `signature` is this key's PKCS#1 v1.5 signature of `message` hashed with `algorithm`."""
         k = self.size
-        # OpenSSL (and so `cryptography`) takes a signature shorter than the modulus as the integer it encodes.
-        if len(signature) > k:
+        # Exactly the modulus' length, as OpenSSL's RSA_verify (apk-tools) and `cryptography` require: a shorter
+        # one whose missing leading bytes would be zeros is refused too.
+        if len(signature) != k:
             return False
         s = int.from_bytes(signature, "big")
         if s >= self.n:
