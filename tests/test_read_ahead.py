@@ -117,7 +117,7 @@ def test_reads_the_plan_does_not_name_are_cancelled(repo: AptRepo, tmp_path: Pat
     try:
         items = {name: FetchItem(f"http://x/{name}", f"{i:064x}", None, name) for i, name in enumerate(debs)}
         for name, item in items.items():
-            ahead.submit(Fetcher(), item, name)  # type: ignore[arg-type]
+            ahead.submit_deb(Fetcher(), item, name)  # type: ignore[arg-type]
         ahead.keep_only({items["app"].sha256, items["libfoo1"].sha256})
         release.set()
         # The one reader goes through its queue in order: once libfoo1 (queued after conf) is read, conf has been

@@ -16,13 +16,10 @@ gone wrong (pins, the image's own state) costs time, never correctness.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import posixpath
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from collections.abc import Set as AbstractSet
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from copa.errors import CopaError
@@ -44,63 +41,22 @@ from copa.pkg.dpkg.repos import (
 from copa.pkg.dpkg.version import compare_versions
 from copa.pkg.fetch import Fetcher, FetchItem
 from copa.pkg.openpgp import Keyring
+from copa.pkg.readahead import Reads
 
 log = logging.getLogger(__name__)
 
-class ReadAhead:
+
+class ReadAhead(Reads[DebContents]):
     """.debs read ahead, by the sha256 of the file: `take` hands one over (or None) to the adapter's build."""
 
     def __init__(self, stage: Path) -> None:
-        self._stage = stage
-        self._reads: dict[str, Future[DebContents]] = {}
-        self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-        self._closed = False
-        self._stop = threading.Event()  # set by close(): a read under way stops at its next member
-        self._stages = itertools.count()  # one staging directory per read, never reused
+        super().__init__(stage, "copa-ahead")
         # The InRelease bodies the prefetch downloaded, by URL: the plan verifies these instead of downloading them
         # again (one round trip per repository, on its critical path, against a distant mirror).
         self.releases: dict[str, bytes] = {}
 
-    def submit(self, fetcher: Fetcher, item: FetchItem, name: str) -> None:
-        with self._lock:
-            if self._closed or item.sha256 in self._reads:
-                return
-            if self._pool is None:
-                # One reader: the layer scan keeps the other core busy (and the plan's own readers use them all).
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="copa-ahead")
-            stage = self._stage / f"{next(self._stages):04d}"
-            self._reads[item.sha256] = self._pool.submit(
-                lambda: read_deb(fetcher.fetch(item), stage, name, stop=self._stop.is_set))
-
-    def keep_only(self, wanted: AbstractSet[str]) -> None:
-        """The plan is made: reads of files it does not name are cancelled before they start (a report can name
-        packages the image does not have, or versions its pins hold back)."""
-        with self._lock:
-            for sha256 in [s for s in self._reads if s not in wanted]:
-                if self._reads[sha256].cancel():
-                    del self._reads[sha256]
-
-    def take(self, sha256: str) -> DebContents | None:
-        """The contents read ahead for this file, once read; None if it was not read ahead or the read failed (the
-        adapter then reads it itself, and reports what goes wrong as it always does)."""
-        with self._lock:
-            future = self._reads.pop(sha256, None)
-        if future is None or future.cancel():
-            return None  # not read ahead, or not started yet: the adapter's own readers (every core) do it
-        try:
-            return future.result()
-        except Exception as e:  # any failure: the ordinary path reads the file again
-            log.debug("read ahead: %s", e)
-            return None
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._stop.set()
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    def submit_deb(self, fetcher: Fetcher, item: FetchItem, name: str) -> None:
+        self.submit(item.sha256, lambda stage: read_deb(fetcher.fetch(item), stage, name, stop=self.stopped))
 
 
 class IndexPrefetch:
@@ -152,7 +108,7 @@ class IndexPrefetch:
                     newest = _newest(trusted, set(self._hints.packages), self._arch)
                     if self._hints.ignore_errors or _fixes_available(newest, self._hints.fixed):
                         for _package, _version, item, name in newest:
-                            self._ahead.submit(fetcher, item, name)
+                            self._ahead.submit_deb(fetcher, item, name)
                 except (CopaError, OSError, ValueError) as e:  # a guess gone wrong: the plan does the real work
                     log.debug("read ahead: %s", e)
             # The indexes' Provides pairs take a pass over each index: found here, the plan finds them cached (it

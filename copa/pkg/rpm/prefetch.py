@@ -176,7 +176,7 @@ class MetadataPrefetch:
                     log.debug("read ahead: %s", e)
                     continue
             check = expect_identity(pkg.name, pkg.epoch, pkg.version, pkg.release, pkg.arch, checks[repo.id])
-            self._ahead.submit(functools.partial(fetcher.fetch, item), item.sha256, item.what, check)
+            self._ahead.submit_rpm(functools.partial(fetcher.fetch, item), item.sha256, item.what, check)
 
     @staticmethod
     def _fetch_quietly(fetcher: Fetcher, item: FetchItem) -> None:
