@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 from copa import __version__, events
 from copa.bulk import command as bulk
 from copa.errors import CopaError, UsageError
-from copa.memory import limit_malloc_arenas
+from copa.memory import fewer_collections, limit_malloc_arenas
 from copa.progress import Reporter, make_reporter
 
 if TYPE_CHECKING:
@@ -300,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         limit_malloc_arenas()  # before any thread starts (copa/memory.py)
+        fewer_collections()
         if args.command == "bulk" or (args.command == "patch" and args.config):
             sweep = True
             return bulk.run_sweep(args, options_from, _write_out)

@@ -307,7 +307,13 @@ def _decompress(path: Path, name: str, out: BinaryIO, what: str) -> None:
             while chunk := src.read(1 << 20):
                 chunk = carry + chunk
                 carry = b"\r" if chunk.endswith(b"\r") else b""
-                out.write((chunk[:-1] if carry else chunk).replace(b"\r\n", b"\n"))
+                if carry:
+                    chunk = chunk[:-1]
+                # A CR is looked for first (memchr): real indexes have none, and replace's search for the pair
+                # over bookworm's 50 MB main index cost ~50 ms of the prefetch's CPU.
+                if b"\r" in chunk:
+                    chunk = chunk.replace(b"\r\n", b"\n")
+                out.write(chunk)
             out.write(carry)
     except CORRUPT_STREAM as e:
         raise IntegrityError(f"{what}: cannot decompress {name}: {e}; the index is corrupt") from e
