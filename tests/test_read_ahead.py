@@ -97,7 +97,8 @@ def test_each_release_file_is_downloaded_once(base: debimage.BaseImage, repo: Ap
 
 def test_reads_the_plan_does_not_name_are_cancelled(repo: AptRepo, tmp_path: Path) -> None:
     """Once the plan is made, queued reads of files it does not name never start (a report may name packages the
-    image lacks); the ones it names are still taken."""
+    image lacks); the ones it names are still taken. (Their downloads started at once, a few in parallel: each
+    file is fetched once by its download and once more, from the cache, by its read.)"""
     import threading
 
     from copa.pkg.fetch import FetchItem
@@ -123,10 +124,42 @@ def test_reads_the_plan_does_not_name_are_cancelled(repo: AptRepo, tmp_path: Pat
         # The one reader goes through its queue in order: once libfoo1 (queued after conf) is read, conf has been
         # skipped or read.
         ahead._reads[items["libfoo1"].sha256].result(30)
-        assert fetched == ["app", "libfoo1"]
+        assert sorted(fetched) == ["app", "app", "conf", "libfoo1", "libfoo1"]  # conf: its download, no read
         got = ahead.take(items["app"].sha256)
         assert got is not None and b"Package: app" in got.control
         assert ahead.take(items["conf"].sha256) is None
     finally:
         release.set()
+        ahead.close()
+
+
+def test_downloads_do_not_wait_for_the_reader(repo: AptRepo, tmp_path: Path) -> None:
+    """The downloads of the files read ahead run from the moment they are submitted, not one by one on the reader
+    thread: here the first file's download finishes only once the last one's has started (fetched inside the
+    read, as before, the last download waited for the first read and this one timed out)."""
+    import threading
+
+    from copa.pkg.fetch import FetchItem
+
+    debs = {name: repo.deb(name, "2.0") for name in ("app", "conf", "libfoo1")}
+    last_started = threading.Event()
+    waited: list[bool] = []
+
+    class Fetcher:
+        def fetch(self, item: FetchItem) -> Path:
+            if item.what == "libfoo1":
+                last_started.set()
+            if item.what == "app" and not waited:
+                waited.append(last_started.wait(10))
+            return debs[item.what]
+
+    ahead = prefetch.ReadAhead(tmp_path / "ahead")
+    try:
+        items = {name: FetchItem(f"http://x/{name}", f"{i:064x}", None, name) for i, name in enumerate(debs)}
+        for name, item in items.items():
+            ahead.submit_deb(Fetcher(), item, name)  # type: ignore[arg-type]
+        got = ahead.take(items["app"].sha256)
+        assert waited == [True]
+        assert got is not None and b"Package: app" in got.control
+    finally:
         ahead.close()

@@ -56,7 +56,9 @@ class ReadAhead(Reads[DebContents]):
         self.releases: dict[str, bytes] = {}
 
     def submit_deb(self, fetcher: Fetcher, item: FetchItem, name: str) -> None:
-        self.submit(item.sha256, lambda stage: read_deb(fetcher.fetch(item), stage, name, stop=self.stopped))
+        # The download starts now, with the others; the read takes the file from the cache once it is there.
+        self.submit(item.sha256, lambda stage: read_deb(fetcher.fetch(item), stage, name, stop=self.stopped),
+                    fetch=lambda: fetcher.fetch(item))
 
 
 class IndexPrefetch:
