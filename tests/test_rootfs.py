@@ -15,12 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from copa.oci.image import Image, Source
 from copa.oci.layer import Entry, Kind, write_layer
 from copa.oci.layout import LayoutSource
 from copa.oci.model import Manifest
-from copa.oci.rootfs import Node, read_files, scan
+from copa.oci.rootfs import Node, View, read_files, scan
 from tests.support import images
 
 pytestmark = [pytest.mark.slow]
@@ -253,3 +255,15 @@ def test_large_database_files_are_captured_where_asked(tmp_path: Path) -> None:
     view = scan(_image(layout, "s"), capture=["etc", "var/lib/rpm"], large=["var/lib/rpm"])
     assert view.read("var/lib/rpm/Packages") == big
     assert view.get("etc/big") is not None and view.read("etc/big") is None
+
+
+_PARTS = st.sampled_from(["a", "b", "a-b", "a.b", "ab", "é", "a b", "\udcff", "0", "~"])
+
+
+@given(st.sets(st.lists(_PARTS, min_size=1, max_size=4).map("/".join), max_size=40),
+       st.lists(_PARTS, min_size=1, max_size=3).map("/".join))
+def test_paths_below_is_the_filter_it_replaces(paths: set[str], directory: str) -> None:
+    """View.paths_below (a bisection over the sorted paths) against the plain filter over every path; names that
+    sort next to "dir/" ("dir-x", "dir.x", "dir0") must stay out."""
+    view = View({p: Node(p, "file", 0o644, 0, 0, 0, "", 0) for p in paths})
+    assert view.paths_below(directory) == sorted(p for p in paths if p.startswith(directory + "/"))

@@ -12,6 +12,7 @@ Layers are read from the top down, applying OCI whiteouts (`.wh.<name>` hides a 
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import posixpath
@@ -184,11 +185,29 @@ class View:
         asked = _norm(prefix)
         real = self.resolve(asked)
         out: dict[str, bytes] = {}
-        for path in sorted(p for p in self.nodes if p.startswith(real + "/")):
+        for path in self.paths_below(real):
             content = self.read(path)
             if content is not None and self.nodes[path].kind in ("file", "hardlink"):
                 out[asked + path[len(real):]] = content
         return out
+
+    def paths_below(self, directory: str) -> list[str]:
+        """The paths that start with `directory` + "/" (a normalised path), sorted: a range of the sorted paths,
+        found by bisection. (Filtering every path of the image took a few ms per call, and a plan asks for a dozen
+        directories.)"""
+        ordered = self._sorted_paths
+        prefix = directory + "/"
+        out = []
+        for i in range(bisect.bisect_left(ordered, prefix), len(ordered)):
+            if not ordered[i].startswith(prefix):
+                break
+            out.append(ordered[i])
+        return out
+
+    @functools.cached_property
+    def _sorted_paths(self) -> list[str]:
+        # Computed once: a View's nodes are complete when scan() returns it and are not changed afterwards.
+        return sorted(self.nodes)
 
     def is_symlink(self, path: str) -> bool:
         node = self.nodes.get(_norm(path))

@@ -231,7 +231,7 @@ class DpkgAdapter:
                                     .splitlines() if len(line.split(None, 1)) == 2)
             return files, info
         # The image's info/ paths, sorted once: each package's files are then one contiguous range of them.
-        info_paths = sorted(p for p in ctx.root.nodes if p.startswith(INFO + "/"))
+        info_paths = ctx.root.paths_below(INFO)
         for name, stem in stems.items():
             content = ctx.root.read(f"{INFO}/{stem}.list") or b""
             files[name] = tuple(p.lstrip("/") for p in content.decode("utf-8", "replace").splitlines()
