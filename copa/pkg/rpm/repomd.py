@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 from urllib.parse import urljoin
+from xml.parsers import expat
 
 import pysequoia
 import zstandard
@@ -282,9 +283,13 @@ def parse_repomd(data: bytes, what: str) -> Repomd:
 
 
 def _checksum(elem: ET.Element, what: str) -> Checksum:
-    kind = (elem.get("type") or "").lower()
+    return _checksum_of(elem.get("type"), elem.text, what)
+
+
+def _checksum_of(kind_attr: str | None, text: str | None, what: str) -> Checksum:
+    kind = (kind_attr or "").lower()
     kind = "sha1" if kind == "sha" else kind
-    value = (elem.text or "").strip().lower()
+    value = (text or "").strip().lower()
     if kind not in _HASHES or not re.fullmatch(r"[0-9a-f]+", value):
         raise IntegrityError(f"{what}: unsupported checksum {kind!r} {value[:20]!r}")
     return Checksum(kind, value)
@@ -532,51 +537,201 @@ _COMMON_NS = "{http://linux.duke.edu/metadata/common}"
 _DEP_TAGS = {_RPM_NS + k: i for i, k in enumerate(_DEP_KINDS)}
 
 
-def _relations(elem: ET.Element) -> list[list[Any]]:
-    return [[e.get("name", ""), e.get("flags", ""), e.get("epoch", ""), e.get("ver", ""), e.get("rel", ""),
-             e.get("pre", "0") in ("1", "true")] for e in elem]
+_RPM_URI = "http://linux.duke.edu/metadata/rpm"
+# A dependency list's element as expat names it: in rpm's namespace, or in none (a primary written without namespaces).
+_DEP_ELEMENTS = {name: i for i, k in enumerate(_DEP_KINDS) for name in (f"{_RPM_URI}}}{k}", k)}
+_XML_BASE_ATTR = "http://www.w3.org/XML/1998/namespace}base"  # xml:base as expat names it
+_TEXT_FIELDS = frozenset({"name", "arch", "checksum"})  # a <package>'s children whose text is read
+_ATTR_FIELDS = frozenset({"version", "location", "size", "time"})  # ... and those whose attributes are
+
+# What a frame on the reader's element stack is: (kind, package, detail)
+_OTHER, _PACKAGE, _FIELD, _FORMAT, _DEPS, _FILE, _SOURCERPM = range(7)
 
 
-def _element_row(elem: ET.Element, what: str) -> list[Any]:
-    """A <package> element as a row of plain values (what the parse cache stores, one JSON line each): the one
-    place primary's XML is read. Children are found by their namespaced tags, and by local name for a primary
-    written without namespaces."""
-    fields: dict[str, ET.Element] = {}
-    for c in elem:
-        fields.setdefault(_local(c.tag), c)
-    name, version = fields.get("name"), fields.get("version")
-    if name is None or not name.text or version is None:
+@dataclass(slots=True)
+class _Fields:
+    """One open <package> element's direct children as the row needs them: the first child of each name (a second
+    <name> or <format> is ignored), within the first <format> every dependency list (the last of a kind counts),
+    every <file>, the last <sourcerpm> and <header-range>. Texts are an element's character data before its first
+    child element, None when it has none (ElementTree's `text`)."""
+
+    kind: str  # the type attribute ("rpm" unless said)
+    texts: dict[str, str | None] = field(default_factory=dict)  # name, arch, checksum
+    attrs: dict[str, dict[str, str]] = field(default_factory=dict)  # version, location, size, time, checksum
+    format_seen: bool = False
+    deps: list[list[list[Any]]] = field(default_factory=lambda: [[] for _ in _DEP_KINDS])
+    files: list[str] = field(default_factory=list)
+    sourcerpm: str = ""
+    header: tuple[int, int] = (0, 0)
+
+
+class _PrimaryReader:
+    """expat handlers turning primary.xml's <package> elements into rows, with no element tree in between (the
+    parse of a distribution's primary is most of a cold rpm patch's CPU). A <package> is any element of that local
+    name, at any depth, and each row is what ElementTree's parse of it gave (tests/test_rpm_primary_reader.py
+    compares the two).
+
+    Two things keep the handlers' cost down. Character data is delivered only while the innermost open element is
+    one whose text is read: the handler is set and unset as elements open and close, so the whitespace between the
+    elements costs nothing. And inside a dependency list (most of primary's elements are its entries) the handlers
+    are swapped for two that only append the entry and count its depth; anything unusual there (an element inside
+    an entry, a <package> in the list) goes back to the general ones."""
+
+    def __init__(self, what: str, want: Callable[[str], bool] | None) -> None:
+        self.what = what
+        self.want = want
+        self.rows: list[list[Any]] = []  # finished rows, drained by the caller after each feed
+        self.parser = expat.ParserCreate(None, "}")
+        self.parser.buffer_text = True
+        self.parser.StartElementHandler = self._start
+        self.parser.EndElementHandler = self._end
+        # Frames: [kind, package fields, detail, text]; text: the pieces of character data read for the element (up
+        # to its first child element), None for an element whose text is not read.
+        self._stack: list[list[Any]] = [[_OTHER, None, None, None]]
+        self._entries: list[list[Any]] = []  # the open dependency list's entries (while its handlers are on)
+        self._in_entry = False  # an entry of that list is open
+
+    def _start(self, name: str, attrs: dict[str, str]) -> None:
+        top = self._stack[-1]
+        kind, pkg = top[0], top[1]
+        if top[3] is not None:  # a child element ends the parent's text (what follows it is the child's tail)
+            self.parser.CharacterDataHandler = None
+        if kind == _DEPS:
+            # A <package> directly in a list (an entry is read by _entry_start): an entry too, with the attributes
+            # of an element already emptied (ElementTree's parse had yielded and cleared it before reading the list).
+            top[2].append(["", "", "", "", "", False])
+        local = name.rpartition("}")[2]
+        if local == "package":
+            self._stack.append([_PACKAGE, _Fields(attrs.get("type", "rpm")), None, None])
+            return
+        frame: list[Any] = [_OTHER, None, None, None]
+        if kind == _PACKAGE:
+            assert isinstance(pkg, _Fields)
+            if local in _TEXT_FIELDS and local not in pkg.texts:
+                pkg.texts[local] = None
+                frame = [_FIELD, pkg, local, []]
+                if local == "checksum":
+                    pkg.attrs[local] = attrs
+            elif local in _ATTR_FIELDS and local not in pkg.attrs:
+                pkg.attrs[local] = attrs
+            elif local == "format" and not pkg.format_seen:
+                pkg.format_seen = True
+                frame = [_FORMAT, pkg, None, None]
+        elif kind == _FORMAT:
+            assert isinstance(pkg, _Fields)
+            dep = _DEP_ELEMENTS.get(name)
+            if dep is not None:
+                entries: list[list[Any]] = []
+                pkg.deps[dep] = entries
+                self._stack.append([_DEPS, pkg, entries, None])
+                self._list_handlers(entries)
+                return
+            if local == "file":
+                frame = [_FILE, pkg, None, []]
+            elif local == "sourcerpm":
+                frame = [_SOURCERPM, pkg, None, []]
+            elif local == "header-range":
+                pkg.header = (_int(attrs.get("start")), _int(attrs.get("end")))
+        if frame[3] is not None:
+            self.parser.CharacterDataHandler = frame[3].append
+        self._stack.append(frame)
+
+    def _end(self, _name: str) -> None:
+        kind, pkg, detail, text = self._stack.pop()
+        if text is not None:
+            self.parser.CharacterDataHandler = None
+            value = "".join(text) or None
+            if kind == _FIELD:
+                pkg.texts[detail] = value
+            elif kind == _FILE:
+                if value:
+                    pkg.files.append(value)
+            elif kind == _SOURCERPM:
+                pkg.sourcerpm = value or ""
+        elif kind == _PACKAGE:
+            assert isinstance(pkg, _Fields)
+            if pkg.kind == "rpm" and (self.want is None or self.want((pkg.texts.get("name") or "").strip())):
+                self.rows.append(_element_row(pkg, self.what))
+        top = self._stack[-1]
+        if top[0] == _DEPS:  # back in a dependency list (after a <package> in it, or inside one of its entries)
+            self._list_handlers(top[2])
+
+    def _list_handlers(self, entries: list[list[Any]]) -> None:
+        self._entries, self._in_entry = entries, False
+        self.parser.StartElementHandler = self._entry_start
+        self.parser.EndElementHandler = self._entry_end
+
+    def _entry_start(self, name: str, attrs: dict[str, str]) -> None:
+        if not self._in_entry and not name.endswith("}package") and name != "package":
+            self._entries.append([attrs.get("name", ""), attrs.get("flags", ""), attrs.get("epoch", ""),
+                                  attrs.get("ver", ""), attrs.get("rel", ""), attrs.get("pre", "0") in ("1", "true")])
+            self._in_entry = True
+            return
+        # An element inside an entry, or a <package> in the list: the general handlers take over, with the open
+        # entry (if any) on the stack as an element whose contents are not read.
+        self.parser.StartElementHandler = self._start
+        self.parser.EndElementHandler = self._end
+        if self._in_entry:
+            self._stack.append([_OTHER, None, None, None])
+        self._start(name, attrs)
+
+    def _entry_end(self, name: str) -> None:
+        if self._in_entry:
+            self._in_entry = False
+            return
+        self.parser.StartElementHandler = self._start  # the list itself ends
+        self.parser.EndElementHandler = self._end
+        self._end(name)
+
+
+def _element_row(pkg: _Fields, what: str) -> list[Any]:
+    """A <package> element's fields as a row of plain values (what the parse cache stores, one JSON line each):
+    the one place primary's packages are made."""
+    name, version = pkg.texts.get("name"), pkg.attrs.get("version")
+    if not name or version is None:
         raise IntegrityError(f"{what}: a <package> without <name> or <version>")
-    location, checksum, size = fields.get("location"), fields.get("checksum"), fields.get("size")
-    time, fmt, arch = fields.get("time"), fields.get("format"), fields.get("arch")
-    deps: list[list[list[Any]]] = [[] for _ in _DEP_KINDS]
-    files: list[str] = []
-    sourcerpm = ""
-    header = (0, 0)
-    for c in fmt if fmt is not None else ():
-        tag = c.tag
-        kind = _DEP_TAGS.get(tag)
-        if kind is None and not tag.startswith("{"):
-            kind = _DEP_TAGS.get(_RPM_NS + tag)
-        if kind is not None:
-            deps[kind] = _relations(c)
-            continue
-        local = _local(tag)
-        if local == "file" and c.text:
-            files.append(c.text)
-        elif local == "sourcerpm":
-            sourcerpm = c.text or ""
-        elif local == "header-range":
-            header = (_int(c.get("start")), _int(c.get("end")))
-    ck = _checksum(checksum, what) if checksum is not None else Checksum("sha256", "")
+    location, size, time = pkg.attrs.get("location"), pkg.attrs.get("size"), pkg.attrs.get("time")
+    ck = (_checksum_of(pkg.attrs["checksum"].get("type"), pkg.texts["checksum"], what) if "checksum" in pkg.texts
+          else Checksum("sha256", ""))
     return [
-        name.text.strip(), (arch.text or "").strip() if arch is not None else "",
+        name.strip(), (pkg.texts.get("arch") or "").strip(),
         version.get("epoch", "0") or "0", version.get("ver", ""), version.get("rel", ""), ck.type, ck.value,
         location.get("href", "") if location is not None else "",
-        (location.get(_XML_BASE, "") or location.get("base", "")) if location is not None else "",
+        (location.get(_XML_BASE_ATTR, "") or location.get("base", "")) if location is not None else "",
         _int(size.get("package")) if size is not None else 0, _int(size.get("installed")) if size is not None else 0,
-        _int(time.get("build")) if time is not None else 0, sourcerpm, header[0], header[1], files, *deps,
+        _int(time.get("build")) if time is not None else 0, pkg.sourcerpm, pkg.header[0], pkg.header[1], pkg.files,
+        *pkg.deps,
     ]
+
+
+def iter_rows(stream: BinaryIO, what: str, want: Callable[[str], bool] | None = None) -> Iterator[list[Any]]:
+    """primary.xml's rpm packages as rows (only those whose name `want` accepts, if given), streamed: the same
+    guards as `iter_elements` (no DOCTYPE, so no entity declarations; undefined entities are expat errors)."""
+    reader = _PrimaryReader(what, want)
+    head = b""
+    checked = False
+    try:
+        while chunk := stream.read(_CHUNK):
+            if not checked:
+                head += chunk
+                checked = _check_prolog(head, what)
+                if not checked:
+                    if len(head) > _MAX_PROLOG:
+                        raise IntegrityError(f"{what}: no XML root element in the first {_MAX_PROLOG} bytes")
+                    continue
+                chunk, head = head, b""
+            reader.parser.Parse(chunk, False)
+            yield from reader.rows
+            reader.rows.clear()
+        if not checked and not head.strip():
+            raise IntegrityError(f"{what}: empty document")
+        reader.parser.Parse(head, True)
+        yield from reader.rows
+    except expat.ExpatError as e:
+        raise IntegrityError(f"{what}: malformed XML ({e}); the repository metadata is corrupt") from None
+    except (LookupError, ValueError) as e:  # the encoding the XML declaration names: unknown, or multi-byte
+        raise IntegrityError(f"{what}: XML in an unsupported encoding ({e}); the repository metadata is corrupt"
+                             ) from None
 
 
 def _row_package(r: list[Any], repo_id: str = "", repo_base: str = "") -> RpmPackage:
@@ -590,21 +745,10 @@ def _row_package(r: list[Any], repo_id: str = "", repo_base: str = "") -> RpmPac
     )
 
 
-def package_from(elem: ET.Element, what: str) -> RpmPackage:
-    """One <package> element turned into a record."""
-    return _row_package(_element_row(elem, what))
-
-
 def iter_packages(stream: BinaryIO, what: str, want: Callable[[str], bool] | None = None) -> Iterator[RpmPackage]:
     """primary.xml's packages (only those whose name `want` accepts, if given), streamed."""
-    for elem in iter_elements(stream, what, "package"):
-        if elem.get("type", "rpm") != "rpm":
-            continue
-        if want is not None:
-            name = _child(elem, "name")
-            if name is None or not want((name.text or "").strip()):
-                continue
-        yield package_from(elem, what)
+    for row in iter_rows(stream, what, want):
+        yield _row_package(row)
 
 
 def iter_filelists(stream: BinaryIO, what: str, want: Callable[[str], bool]) -> Iterator[tuple[str, str, str]]:
@@ -704,10 +848,7 @@ class RepoIndex:
         providers: dict[str, str] = {}
         provides = _DEP_KINDS.index("provides") + 16
         with open_decompressed(self.primary, entry, what) as stream:
-            for elem in iter_elements(stream, what, "package"):
-                if elem.get("type", "rpm") != "rpm":
-                    continue
-                row = _element_row(elem, what)
+            for row in iter_rows(stream, what):
                 lines.append(json.dumps(row, separators=(",", ":")))
                 name = row[0]
                 self._names.add(name)
