@@ -47,6 +47,7 @@ _HASHES = ("sha256", "sha512", "sha384", "sha224", "sha1", "md5")
 _CHUNK = 1 << 20
 _MAX_PROLOG = 64 << 10
 _MAX_OPEN = 8 << 30  # decompressed size when repomd states none
+_HEX = re.compile(r"[0-9a-f]+")  # (compiled once: every package of a primary has a checksum)
 _FLAGS = {"EQ": EQUAL, "LT": LESS, "LE": LESS | EQUAL, "GT": GREATER, "GE": GREATER | EQUAL}
 _KEY_HINT = "pass --keyring FILE with the repository's signing key, or --allow-unsigned-repositories"
 # "unknown encoding", "not well-formed" and friends: everything expat reports
@@ -290,7 +291,7 @@ def _checksum_of(kind_attr: str | None, text: str | None, what: str) -> Checksum
     kind = (kind_attr or "").lower()
     kind = "sha1" if kind == "sha" else kind
     value = (text or "").strip().lower()
-    if kind not in _HASHES or not re.fullmatch(r"[0-9a-f]+", value):
+    if kind not in _HASHES or not _HEX.fullmatch(value):
         raise IntegrityError(f"{what}: unsupported checksum {kind!r} {value[:20]!r}")
     return Checksum(kind, value)
 
@@ -663,8 +664,9 @@ class _PrimaryReader:
 
     def _entry_start(self, name: str, attrs: dict[str, str]) -> None:
         if not self._in_entry and not name.endswith("}package") and name != "package":
-            self._entries.append([attrs.get("name", ""), attrs.get("flags", ""), attrs.get("epoch", ""),
-                                  attrs.get("ver", ""), attrs.get("rel", ""), attrs.get("pre", "0") in ("1", "true")])
+            get = attrs.get
+            self._entries.append([get("name", ""), get("flags", ""), get("epoch", ""), get("ver", ""), get("rel", ""),
+                                  get("pre", "0") in ("1", "true")])
             self._in_entry = True
             return
         # An element inside an entry, or a <package> in the list: the general handlers take over, with the open
@@ -768,6 +770,7 @@ _ROWS_VERSION = 2  # 2: the providers index's values are NUL-joined names
 # str -> str is not tracked by the garbage collector, where one of lists (hundreds of thousands for a distribution's
 # primary) made the collector's full passes most of the parse (20k packages: 9.7 s of CPU, 3.5 s without them).
 _SEP = "\0"
+_ROW_JSON = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(row, separators=...), one encoder
 _ROW_NAME = re.compile(r'^\["((?:[^"\\]|\\.)*)"')
 
 
@@ -849,7 +852,7 @@ class RepoIndex:
         provides = _DEP_KINDS.index("provides") + 16
         with open_decompressed(self.primary, entry, what) as stream:
             for row in iter_rows(stream, what):
-                lines.append(json.dumps(row, separators=(",", ":")))
+                lines.append(_ROW_JSON(row))
                 name = row[0]
                 self._names.add(name)
                 for cap in {e[0] for e in row[provides]} | set(row[15]):
