@@ -21,6 +21,7 @@ from copa.pkg.rpm.header import Header
 from copa.pkg.rpm.rpmdb.indexes import INDEXES, INSTALLTID, Tags, index_keys
 
 _MAGIC = b"SQLite format 3\x00"
+_BATCH = 500  # hnums a DELETE names at once (sqlite allows 32766 parameters; older builds 999)
 
 
 def _damaged(what: str, detail: object) -> UnsupportedImageError:
@@ -110,15 +111,26 @@ def write_upgrade(db: bytes, wal: bytes | None, removed: Iterable[int], added: S
                 assert hnum is not None
                 hnums.append(hnum)
                 for ix in indexes:
-                    # CAST keeps a TEXT key's bytes as they are: rpm binds raw strings, not necessarily UTF-8.
-                    value = "?" if ix.binary else "CAST(? AS TEXT)"
-                    conn.executemany(f"INSERT INTO '{ix.name}' (key, hnum, idx) VALUES ({value}, ?, ?)",
-                                     [(key, hnum, idx) for key, idx in index_keys(tags, ix, endian)])
-            for hnum in removed:
+                    rows = [(key, hnum, idx) for key, idx in index_keys(tags, ix, endian)]
+                    if rows:  # (most headers have no key for most indexes: no statement for those)
+                        # CAST keeps a TEXT key's bytes as they are: rpm binds raw strings, not necessarily UTF-8.
+                        value = "?" if ix.binary else "CAST(? AS TEXT)"
+                        conn.executemany(f"INSERT INTO '{ix.name}' (key, hnum, idx) VALUES ({value}, ?, ?)", rows)
+            # The old headers' rows, one statement per table for all of them (the tables are indexed by hnum; a
+            # statement per header and table was most of the write: 50 headers x 18 tables).
+            gone = list(removed)
+            seen: set[int] = set()
+            for start in range(0, len(gone), _BATCH):
+                batch = gone[start:start + _BATCH]
+                marks = ", ".join("?" * len(batch))
+                present = {r[0] for r in conn.execute(f"SELECT hnum FROM Packages WHERE hnum IN ({marks})", batch)}
+                for hnum in batch:  # (named twice: the second time it is gone, as a statement per header found)
+                    if hnum not in present or hnum in seen:
+                        raise _damaged(what, f"no installed header {hnum} to remove")
+                    seen.add(hnum)
                 for ix in indexes:
-                    conn.execute(f"DELETE FROM '{ix.name}' WHERE hnum = ?", (hnum,))
-                if conn.execute("DELETE FROM Packages WHERE hnum = ?", (hnum,)).rowcount != 1:
-                    raise _damaged(what, f"no installed header {hnum} to remove")
+                    conn.execute(f"DELETE FROM '{ix.name}' WHERE hnum IN ({marks})", batch)
+                conn.execute(f"DELETE FROM Packages WHERE hnum IN ({marks})", batch)
             conn.execute("COMMIT")
             # What rpm's sqlite backend runs when it closes a database it wrote.
             conn.execute("PRAGMA optimize")
