@@ -17,7 +17,7 @@ from copa import events
 from copa.errors import CopaError, UnsupportedImageError, UsageError
 from copa.oci.model import Index, Manifest
 from copa.oci.reference import Reference
-from copa.oci.registry import RegistryClient, RegistryOptions
+from copa.oci.registry import RegistryClient, RegistryOptions, StreamedUpload
 from copa.oci.transport import Opened, Outputs, Written, check_tag, open_image, plan_outputs, write_outputs
 from copa.pkg.options import RepositoryOptions
 from copa.targets import Reports, Target, platform_tag, read_reports, select
@@ -29,6 +29,7 @@ from copa.targets import Reports, Target, platform_tag, read_reports, select
 # calling thread before platforms are patched in worker threads.
 if TYPE_CHECKING:
     from copa.oci.compression import Compression
+    from copa.oci.digest import Digest
     from copa.oci.image import Image
     from copa.oci.layer import LayerBlob
     from copa.oci.mutate import Original, Patched
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from copa.vex import VexFix
 
 Progress = Callable[[str], None]
+# Where a patch layer is uploaded while it is written: the client and the repository pushed to (None: not pushed).
+StreamTo = tuple[RegistryClient, Reference] | None
 
 @dataclass(frozen=True)
 class PatchOptions:
@@ -169,6 +172,8 @@ class _Done:
     fixes: tuple[VexFix, ...] = ()
     inventory: tuple[InstalledPackage, ...] = ()
     os_release: OSRelease | None = None
+    # The patch layer's digest and its upload started while it was written (the push closes that session).
+    streamed: tuple[Digest, Callable[[], str | None]] | None = None
 
 
 def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, compression: Compression,
@@ -193,7 +198,9 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
 
         check_available(outputs.loader, timeout=options.timeout)
     with tempfile.TemporaryDirectory(prefix="copa-") as tmp:
-        done = _patch_all(opened, targets, options, compression, Path(tmp), progress, multi)
+        # A patch layer bound for a registry goes up while it is written (copa.oci.registry.StreamedUpload).
+        stream_to = (client, outputs.reference) if outputs is not None and outputs.push and outputs.reference else None
+        done = _patch_all(opened, targets, options, compression, Path(tmp), progress, multi, stream_to)
         patched = [d.patched for d in done if d.patched is not None]
         written: tuple[Written, ...] = ()
         child_tags: list[tuple[str, Manifest]] = []
@@ -209,7 +216,8 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
                         check_tag(tag, "per-platform tag")
                         child_tags.append((tag, d.patched.manifest))
             bundle = assemble(opened.source, root, patched, created=_created(), child_tags=child_tags)
-            bundle = dataclasses.replace(bundle, mount_from=opened.reference)
+            bundle = dataclasses.replace(bundle, mount_from=opened.reference,
+                                         streamed={d.streamed[0]: d.streamed[1] for d in done if d.streamed})
             progress("writing " + ", ".join(
                 str(x) for x in (outputs.reference if outputs.push else None, outputs.oci_dir, outputs.output_tar,
                                  outputs.loader) if x is not None
@@ -315,7 +323,7 @@ def _result(opened: Opened, options: PatchOptions, done: list[_Done], written: t
 
 
 def _patch_all(opened: Opened, targets: list[Target], options: PatchOptions, compression: Compression,
-               tmp: Path, progress: Progress, multi: bool) -> list[_Done]:
+               tmp: Path, progress: Progress, multi: bool, stream_to: StreamTo = None) -> list[_Done]:
     """Patch each target; several at once (threads: most of the time is I/O and inflating, which release the
     GIL). At most three at a time bounds memory: each holds its image's package database and captured files."""
     from concurrent.futures import ThreadPoolExecutor
@@ -326,7 +334,7 @@ def _patch_all(opened: Opened, targets: list[Target], options: PatchOptions, com
         try:
             # Progress of each platform (its steps, downloads, layers) is labelled with it, from every thread.
             with events.scope(str(target.platform) if multi else None):
-                return _patch_one(opened, target, options, compression, workdir, progress)
+                return _patch_one(opened, target, options, compression, workdir, progress, stream_to)
         except UnsupportedImageError as e:
             if target.explicit:
                 raise
@@ -351,7 +359,7 @@ def _patch_all(opened: Opened, targets: list[Target], options: PatchOptions, com
 
 
 def _patch_one(opened: Opened, target: Target, options: PatchOptions, compression: Compression, workdir: Path,
-               progress: Progress) -> _Done:
+               progress: Progress, stream_to: StreamTo = None) -> _Done:
     # (Loaded by _import_engine in the thread that started the patch: here they are look-ups.)
     from copa.oci.image import Image, is_docker
     from copa.oci.layercache import LayerCache
@@ -421,7 +429,8 @@ def _patch_one(opened: Opened, target: Target, options: PatchOptions, compressio
                 return _Done(target, "up-to-date", os_name, (), plan.skipped, unfixed)
             if options.dry_run:
                 return _Done(target, "planned", os_name, plan.updates, plan.skipped, unfixed)
-            layer, updates = _patch_layer(image, original, adapter, ctx, plan, options, compression, workdir, progress)
+            layer, updates, streamed = _patch_layer(image, original, adapter, ctx, plan, options, compression,
+                                                    workdir, progress, stream_to)
             patched = _patched(image, original, layer, updates)
             scanned = report.os if report is not None else None
             fixes: tuple[VexFix, ...] = ()
@@ -431,6 +440,7 @@ def _patch_one(opened: Opened, target: Target, options: PatchOptions, compressio
                 fixes = vex.fixes_of(updates, lambda n, v, a: adapter.purl(ctx, n, v, a, scanned))
             inventory = adapter.inventory(ctx, plan) if options.attach else ()
             return _Done(target, "patched", os_name, updates, plan.skipped, unfixed, patched=patched, fixes=fixes,
+                         streamed=(layer.digest, streamed.location) if streamed is not None else None,
                          inventory=inventory, os_release=detected.os_release)
 
     finally:
@@ -456,8 +466,8 @@ def _cache(options: PatchOptions) -> Cache:
 
 
 def _patch_layer(image: Image, original: Original, adapter: PackageManager, ctx: ImageContext, plan: Plan,
-                 options: PatchOptions, compression: Compression, workdir: Path,
-                 progress: Progress) -> tuple[LayerBlob, tuple[Update, ...]]:
+                 options: PatchOptions, compression: Compression, workdir: Path, progress: Progress,
+                 stream_to: StreamTo = None) -> tuple[LayerBlob, tuple[Update, ...], StreamedUpload | None]:
     """The patch layer for `plan`: built once per identical input, then taken from the cache. The layer is
     deterministic, so the same original layers, the same updates, the same repositories and options and the same
     writer give the same bytes: the same image under many tags or repositories (a sweep) is built once."""
@@ -480,10 +490,11 @@ def _patch_layer(image: Image, original: Original, adapter: PackageManager, ctx:
         notes = extra.get("notes", {}) if isinstance(extra, dict) else {}
         progress(f"the patch layer for these {len(plan.updates)} packages was built before; reusing {layer.digest}")
         return layer, tuple(dataclasses.replace(u, scripts_note=str(notes.get(f"{u.name}:{u.architecture}", "")))
-                            for u in plan.updates)
+                            for u in plan.updates), None
     progress(f"building the patch layer ({len(plan.updates)} packages)")
     content = adapter.build(ctx, plan)
     updates = content.updates or plan.updates
+    streamed = StreamedUpload(*stream_to) if stream_to is not None else None
     layer = write_layer(
         content.entries,
         workdir,
@@ -492,13 +503,14 @@ def _patch_layer(image: Image, original: Original, adapter: PackageManager, ctx:
         default_mtime=content.default_mtime,
         clamp_mtime=int(epoch) if epoch and epoch.isdigit() else None,
         is_base_symlink=content.is_base_symlink,
+        watch=streamed,
     )
     notes = {f"{u.name}:{u.architecture}": u.scripts_note for u in updates if u.scripts_note}
     # Only a plan whose updates the build kept as they were is stored: its notes can then be put back on a hit.
     if [(u.name, u.architecture, u.new_version) for u in updates] == \
             [(u.name, u.architecture, u.new_version) for u in plan.updates]:
         layer = store.put(key, layer, {"notes": notes})
-    return layer, updates
+    return layer, updates, streamed
 
 
 def _patched(image: Image, original: Original, layer: LayerBlob, updates: tuple[Update, ...]) -> Patched:

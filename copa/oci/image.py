@@ -13,8 +13,8 @@ import gzip
 import io
 import lzma
 import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, cast
 
 import zstandard
@@ -235,6 +235,9 @@ class Bundle:
     mount_from: Reference | None = None  # set when the source is a registry
     # Child manifests a registry sink also tags (after the children, before the root): per-platform tags.
     child_tags: tuple[tuple[str, Manifest], ...] = ()
+    # Blobs already sent to the registry sink's repository while they were written (copa.oci.registry's
+    # StreamedUpload): the upload session to close, or None to upload the blob as usual.
+    streamed: Mapping[Digest, Callable[[], str | None]] = field(default_factory=dict)
 
     def iter_blobs(self) -> Iterator[Descriptor]:
         seen: set[Digest] = set()

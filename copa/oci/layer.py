@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, Protocol, cast
 
 import zstandard
 from isal import igzip
@@ -256,6 +256,42 @@ def _links_after_targets(ordered: list[Entry]) -> list[Entry]:
     return out
 
 
+class LayerWatch(Protocol):
+    """Told how far the compressed layer file has been written, as it is written (copa.oci.registry's
+    StreamedUpload sends it to the registry meanwhile)."""
+
+    def started(self, path: Path) -> None:
+        """The file being written (under a temporary name: it is renamed at the end, an open file stays valid)."""
+
+    def grew(self, size: int) -> None:
+        """The first `size` bytes of the file are written and flushed, final."""
+
+    def ended(self, size: int | None) -> None:
+        """The layer is complete at `size` bytes; None: its writing failed (the file is gone)."""
+
+
+class _Watched(io.RawIOBase):
+    """Writes through to a file, flushing and telling `watch` each time another `step` bytes are in it."""
+
+    def __init__(self, out: BinaryIO, watch: LayerWatch, step: int = 64 << 10) -> None:
+        super().__init__()
+        self._out, self._watch, self._step = out, watch, step
+        self.size = 0
+        self._told = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self._out.write(data)
+        self.size += len(data)
+        if self.size - self._told >= self._step:
+            self._out.flush()
+            self._told = self.size
+            self._watch.grew(self.size)
+        return len(data)
+
+
 def write_layer(
     entries: Iterable[Entry],
     directory: Path,
@@ -265,8 +301,25 @@ def write_layer(
     default_mtime: int = 0,
     clamp_mtime: int | None = None,
     is_base_symlink: Callable[[str], bool] = lambda _p: False,
+    watch: LayerWatch | None = None,
 ) -> LayerBlob:
-    """Write `entries` as one compressed tar layer file in `directory` and return its digests."""
+    """Write `entries` as one compressed tar layer file in `directory` and return its digests. `watch` follows the
+    compressed file as it grows (and is told how it ended, whatever happens)."""
+    try:
+        blob = _write_layer(entries, directory, compression, docker, default_mtime, clamp_mtime, is_base_symlink,
+                            watch)
+    except BaseException:
+        if watch is not None:
+            watch.ended(None)
+        raise
+    if watch is not None:
+        watch.ended(blob.size)
+    return blob
+
+
+def _write_layer(entries: Iterable[Entry], directory: Path, compression: Compression, docker: bool,
+                 default_mtime: int, clamp_mtime: int | None, is_base_symlink: Callable[[str], bool],
+                 watch: LayerWatch | None) -> LayerBlob:
     media_type = compression.media_type(docker)
     ordered = check_entries(entries, is_base_symlink)
     try:
@@ -280,7 +333,9 @@ def write_layer(
         # Progress counts the file contents put into the layer (known up front), compression included in the time.
         content = sum(e.size for e in ordered if e.kind is Kind.FILE)
         with os.fdopen(fd, "wb") as raw_out, events.task(events.Kind.LAYER_WRITE, "patch layer", content) as task:
-            compressed = _HashingWriter(raw_out)
+            if watch is not None:
+                watch.started(tmp)
+            compressed = _HashingWriter(cast(BinaryIO, _Watched(raw_out, watch)) if watch is not None else raw_out)
             sink = cast(BinaryIO, compressed)
             comp_stream: BinaryIO
             if compression is Compression.GZIP:

@@ -13,6 +13,7 @@ import email.utils
 import hashlib
 import io
 import json
+import logging
 import random
 import re
 import tempfile
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from copa.oci.layerstore import BlobHomes
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 MANIFEST_ACCEPT = ", ".join(
     (MediaType.OCI_INDEX, MediaType.OCI_MANIFEST, MediaType.DOCKER_LIST, MediaType.DOCKER_MANIFEST)
@@ -807,6 +810,119 @@ class _Pusher:
                 )
 
 
+# The piece of a streamed layer sent at a time: the writer gets ahead of the upload by at most about this much (the
+# file on disk holds the rest), and a layer smaller than one piece is not streamed at all but pushed as before.
+STREAM_CHUNK = 8 << 20
+
+
+class StreamedUpload:
+    """A layer uploaded while it is written (copa.oci.layer.LayerWatch): pieces of the growing file go to one upload
+    session of `target`'s repository as chunks (OCI distribution: PATCH with Content-Range), and `push` only
+    closes the session with the digest (PUT ?digest=) once the image is assembled. Anything that goes wrong here
+    (no chunked uploads, no push access, a dropped connection) just makes `location()` None: the push then uploads
+    the blob as it always does, and reports what goes wrong. Nothing is tagged by this: an unfinished session is
+    left for the registry to expire."""
+
+    def __init__(self, client: RegistryClient, target: Reference, chunk: int | None = None) -> None:
+        self._client = client
+        self._target = target
+        self._chunk = chunk or STREAM_CHUNK
+        self._cond = threading.Condition()
+        self._file: BinaryIO | None = None
+        self._size = 0  # bytes of the file written and flushed so far
+        self._final: int | None = None  # the whole size once written; -1 when the writing failed
+        self._thread: threading.Thread | None = None
+        self._sent = 0
+        self._location: str | None = None
+        self._failed = False
+
+    # -- the layer writer's side (LayerWatch) --------------------------------------------------------------------
+
+    def started(self, path: Path) -> None:
+        # Opened now, on the writer's thread: the file is renamed when complete, and an open file stays readable.
+        try:
+            self._file = path.open("rb")
+        except OSError as e:
+            log.debug("streamed upload: %s", e)
+
+    def grew(self, size: int) -> None:
+        with self._cond:
+            self._size = size
+            if self._thread is None and self._file is not None and size >= self._chunk:
+                self._thread = threading.Thread(target=self._run, name="copa-stream", daemon=True,
+                                                 args=(contextvars.copy_context(),))
+                self._thread.start()
+            self._cond.notify_all()
+
+    def ended(self, size: int | None) -> None:
+        with self._cond:
+            self._final = -1 if size is None else size
+            if size is not None:
+                self._size = size
+            started = self._thread is not None
+            self._cond.notify_all()
+        if not started and self._file is not None:
+            self._file.close()
+
+    # -- the push's side -----------------------------------------------------------------------------------------
+
+    def location(self) -> str | None:
+        """Once the upload has ended: the session to close with the digest, if every byte of the layer went up;
+        None if it was not streamed (too small) or something failed."""
+        if self._thread is None:
+            return None
+        self._thread.join()
+        if self._failed or self._final is None or self._sent != self._final:
+            return None
+        return self._location
+
+    # -- the upload ----------------------------------------------------------------------------------------------
+
+    def _run(self, context: contextvars.Context) -> None:
+        assert self._file is not None
+        try:
+            with self._file as f:
+                context.run(self._send_all, f)
+        except (CopaError, OSError) as e:
+            log.debug("streamed upload to %s: %s", self._target, e)
+            self._failed = True
+
+    def _send_all(self, f: BinaryIO) -> None:
+        target, client = self._target, self._client
+        resp = client.send("POST", target, client.repo_url(target, "blobs/uploads/"), actions="pull,push",
+                           headers={"Content-Length": "0"}, retry=False)
+        with resp:
+            if resp.status_code != 202 or not resp.headers.get("Location"):
+                raise RegistryError(f"upload session: HTTP {resp.status_code}")
+            location = urljoin(resp.url, resp.headers["Location"])
+            # A registry that needs larger chunks says so (OCI distribution's OCI-Chunk-Min-Length).
+            least = resp.headers.get("OCI-Chunk-Min-Length", "")
+        chunk = max(self._chunk, int(least)) if least.isdigit() else self._chunk
+        while True:
+            with self._cond:
+                while self._final is None and self._size - self._sent < chunk:
+                    self._cond.wait()
+                final, size = self._final, self._size
+            if final == -1:
+                return  # the layer was not written: nothing to finish
+            end = min(size, self._sent + chunk) if final is None else min(final, self._sent + chunk)
+            if end <= self._sent:
+                self._location = location
+                return  # everything sent (final, and nothing left)
+            f.seek(self._sent)
+            # Streamed from the file, not read into memory: a chunk is 8 MiB.
+            body = _SizedBody(f, end - self._sent, "patch layer", False)
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(end - self._sent),
+                       "Content-Range": f"{self._sent}-{end - 1}"}
+            resp = client.send("PATCH", target, location, actions="pull,push", headers=headers, data=body,
+                               retry=False)
+            with resp:
+                if resp.status_code != 202 or not resp.headers.get("Location"):
+                    raise RegistryError(f"chunk {self._sent}-{end - 1}: HTTP {resp.status_code}")
+                location = urljoin(resp.url, resp.headers["Location"])
+            self._sent = end
+
+
 def _mount_known(pusher: _Pusher, desc: Descriptor, homes: BlobHomes) -> bool:
     """Mount `desc` from another repository of the registry where this process (or the sweep sharing its cache)
     pushed or found it. A home that does not mount (blob gone, no pull access there) is forgotten, and the next is
@@ -853,6 +969,21 @@ def push(client: RegistryClient, target: Reference, bundle: Bundle, homes: BlobH
     return root_digest
 
 
+def _finish_streamed(pusher: _Pusher, desc: Descriptor) -> bool:
+    """Close the upload session a StreamedUpload filled with this blob (the registry checks the digest); False when
+    there is none or it does not close: the blob is then uploaded as usual."""
+    streamed = pusher.bundle.streamed.get(desc.digest)
+    location = streamed() if streamed is not None else None
+    if location is None:
+        return False
+    try:
+        pusher.finish(desc, location, b"", 0)
+    except CopaError as e:
+        log.debug("streamed upload of %s not accepted: %s", desc.digest, e)
+        return False
+    return True
+
+
 # Blobs pushed at once: each blob's existence check, mount or upload is a few round trips that wait on the registry
 # (the config, the base layers' checks and the patch layer's upload of a small patch overlap instead of following
 # one another: 9 round trips in a row become 3). A few, not one per blob: an index of many platforms has dozens.
@@ -868,6 +999,10 @@ def _each_blob(pusher: _Pusher, blobs: list[Descriptor], homes: BlobHomes) -> No
         with events.task(events.Kind.PUSH, f"blob {desc.digest.hex[:12]}", desc.size) as task:
             if pusher.blob_exists(desc):
                 task.done("exists")
+                homes.add(desc.digest, target.registry, target.repository)
+                return
+            if _finish_streamed(pusher, desc):
+                task.done("streamed while written")
                 homes.add(desc.digest, target.registry, target.repository)
                 return
             session = None
