@@ -472,6 +472,8 @@ class _Solver:
 
     def fix_broken(self) -> str | None:
         """Installed packages left with an unmet Requires (through an erasure by Obsoletes): dnf would refuse."""
+        if not self.erased:  # nothing erased: no requirement can have lost its provider that way
+            return None
         for key, inst in sorted(self.installed.items()):
             if key in self.chosen or key in self.erased:
                 continue
