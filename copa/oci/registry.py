@@ -883,7 +883,7 @@ class StreamedUpload:
         try:
             with self._file as f:
                 context.run(self._send_all, f)
-        except (CopaError, OSError) as e:
+        except Exception as e:  # whatever fails here only costs the overlap: the push then uploads the blob whole
             log.debug("streamed upload to %s: %s", self._target, e)
             self._failed = True
 
