@@ -15,7 +15,6 @@ file) and `-shm`, and `.rpm.lock`, which rpm creates empty on its next run: left
 
 from __future__ import annotations
 
-import posixpath
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -168,8 +167,11 @@ def find_directory(view: View, dbpath: str | None = None) -> str:
 
 def read_database(view: View, dbpath: str | None = None) -> RpmDatabase:
     directory = find_directory(view, dbpath)
-    names = sorted(posixpath.basename(p) for p in view.nodes
-                   if posixpath.dirname(p) == directory and view.nodes[p].kind in ("file", "hardlink"))
+    # The directory's own files, from the view's sorted paths (testing the dirname of every path of the image took
+    # ~10 ms on a 30 000-path image, at every plan).
+    below = len(directory) + 1
+    names = [p[below:] for p in view.paths_below(directory)
+             if "/" not in p[below:] and view.nodes[p].kind in ("file", "hardlink")]
     files: dict[str, bytes] = {}
     modes: dict[str, int] = {}
 
