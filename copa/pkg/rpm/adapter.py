@@ -38,11 +38,10 @@ from copa.pkg.rpm.header import Header, installed_header
 from copa.pkg.rpm.install import (
     InstalledTriggers,
     LayerPlan,
-    OwnedFile,
     effects_package,
     install_package,
     other_owned,
-    owned_files,
+    owned_paths,
 )
 from copa.pkg.rpm.inventory import RpmIdentity, rpm_inventory, rpm_scanner_purl, scanner_vendor
 from copa.pkg.rpm.modules import (
@@ -146,7 +145,7 @@ class Candidate:
 class _Payload:
     db: RpmDatabase
     headers: dict[int, Header]
-    owned: dict[int, tuple[OwnedFile, ...]]  # the files each installed header owns, by hnum
+    owned: dict[int, tuple[str, ...]]  # the paths of the files each installed header owns, by hnum
     hnums: dict[tuple[str, str], int]  # (name, arch) -> hnum of the installed header
     chosen: tuple[Chosen, ...]
     setup: RepoSetup
@@ -285,8 +284,8 @@ class RpmAdapter:
         keep = frozenset({i.name for i in installed} | {d.name for i in installed for d in i.requires}
                          | ({p.name for p in report.packages} if report is not None else set()))
         repos = _Repositories(ctx, setup, keep)
-        owned = {hnum: owned_files(h) for hnum, h in headers.items()}
-        files = frozenset("/" + f.path for fs in owned.values() for f in fs)
+        owned = {hnum: owned_paths(h) for hnum, h in headers.items()}
+        files = frozenset("/" + p for paths in owned.values() for p in paths)
         resolution = resolve(installed, _wanted(report, installed, repos), repos.versions, repos.providers,
                              rpmvercmp, files.__contains__,
                              Policy())
@@ -321,9 +320,9 @@ class RpmAdapter:
         # (a replacement often ships the same paths: rpm -e of the obsoleted one skips files shared with it).
         installed_now = {f.path for c in contents for f in c.files}
         for hnum in payload.erased:
-            for f in payload.owned[hnum]:
-                if "/" + f.path not in owned and f.path not in installed_now:
-                    real = layer.real(f.path)
+            for path in payload.owned[hnum]:
+                if "/" + path not in owned and path not in installed_now:
+                    real = layer.real(path)
                     node = ctx.root.get(real)
                     if node is not None and node.kind != "dir":
                         layer.remove(real)

@@ -47,20 +47,47 @@ class OwnedFile:
 
 
 def owned_files(h: Header) -> tuple[OwnedFile, ...]:
-    names = h.strings(Tag.BASENAMES)
-    dirs = h.strings(Tag.DIRNAMES)
-    index = h.ints(Tag.DIRINDEXES)
+    paths = owned_paths(h)
     flags = h.ints(Tag.FILEFLAGS)
     digests = h.strings(Tag.FILEDIGESTS)
     modes = h.ints(Tag.FILEMODES)
     states = h.ints(Tag.FILESTATES)
+    return tuple(OwnedFile(path, flags[i] if i < len(flags) else 0, digests[i] if i < len(digests) else "",
+                           modes[i] & 0xFFFF if i < len(modes) else 0,
+                           _signed_char(states[i]) if i < len(states) else FileState.NORMAL)
+                 for i, path in enumerate(paths))
+
+
+def owned_paths(h: Header) -> tuple[str, ...]:
+    """The paths of the files an installed header lists (normalised, no leading slash), in its order: what the
+    plan and the build need of every installed package (an image's headers list tens of thousands of files;
+    OwnedFile records are made only for the headers being replaced)."""
+    names = h.strings(Tag.BASENAMES)
+    dirs = h.strings(Tag.DIRNAMES)
+    index = h.ints(Tag.DIRINDEXES)
+    prefixes: dict[int, str | None] = {}
     out = []
     for i, base in enumerate(names):
-        d = dirs[index[i]] if i < len(index) and index[i] < len(dirs) else "/"
-        out.append(OwnedFile(posixpath.normpath(d + base).lstrip("/"), flags[i] if i < len(flags) else 0,
-                             digests[i] if i < len(digests) else "", modes[i] & 0xFFFF if i < len(modes) else 0,
-                             _signed_char(states[i]) if i < len(states) else FileState.NORMAL))
+        d = index[i] if i < len(index) and index[i] < len(dirs) else -1
+        try:
+            prefix = prefixes[d]
+        except KeyError:
+            prefix = prefixes[d] = _dir_prefix(dirs[d] if d >= 0 else "/")
+        if prefix is None or "/" in base or base in ("", ".", ".."):
+            out.append(posixpath.normpath((dirs[d] if d >= 0 else "/") + base).lstrip("/"))
+        else:
+            out.append(prefix + base)
     return tuple(out)
+
+
+def _dir_prefix(directory: str) -> str | None:
+    """What normalising DIRNAME + BASENAME puts before a plain basename (no "/", not "." or ".."), computed once a
+    directory: for a DIRNAME ending in "/" (as rpm writes them), normpath of the two joined is normpath of the
+    directory, then the name. None for any other DIRNAME: each of its files is normalised whole."""
+    if not directory.endswith("/"):
+        return None
+    head = posixpath.normpath(directory).lstrip("/")
+    return "" if head == "." or not head else head + "/"
 
 
 def _signed_char(value: int) -> int:
@@ -355,14 +382,14 @@ def _config_fate(plan: LayerPlan, f: RpmFile, path: str, old: OwnedFile | None, 
     return "rpmnew" if f.noreplace else "rpmsave"
 
 
-def other_owned(owned: Mapping[int, Sequence[OwnedFile]], updated: Iterable[int]) -> set[str]:
+def other_owned(owned: Mapping[int, Sequence[str]], updated: Iterable[int]) -> set[str]:
     """Every path (leading slash) an installed header not being replaced owns; `owned` is each header's
-    owned_files by hnum (read once per plan: an image's headers list tens of thousands of files)."""
+    owned_paths by hnum (read once per plan: an image's headers list tens of thousands of files)."""
     skip = set(updated)
     out: set[str] = set()
-    for hnum, files in owned.items():
+    for hnum, paths in owned.items():
         if hnum not in skip:
-            out.update("/" + f.path for f in files)
+            out.update("/" + p for p in paths)
     return out
 
 
