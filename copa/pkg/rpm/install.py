@@ -183,10 +183,11 @@ def _listdir(view: View, directory: str) -> list[str]:
         real = view.resolve(directory)
     except Exception:  # a symlink loop
         return []
-    # A prefix test per path, not posixpath.dirname: an image holds tens of thousands of paths.
-    prefix = real + "/" if real else ""
-    cut = len(prefix)
-    return sorted(p[cut:] for p in view.nodes if p.startswith(prefix) and "/" not in p[cut:])
+    if not real:  # (the root: every top-level path)
+        return sorted(p for p in view.nodes if "/" not in p)
+    # A range of the view's sorted paths (bisection), not a test of every path: an image holds tens of thousands.
+    cut = len(real) + 1
+    return [p[cut:] for p in view.paths_below(real) if "/" not in p[cut:]]
 
 
 def _lang_skipped(langs: tuple[str, ...], flangs: str) -> bool:
