@@ -462,10 +462,8 @@ def pairs(data: bytes, endian: str, what: str) -> Iterator[tuple[int, int]]:
     """An index value: the (hnum, idx) pairs rpm packs as two native 32-bit integers each."""
     if len(data) % 8:
         raise _damaged(what, f"an index value of {len(data)} bytes")
-    for i in range(0, len(data), 8):
-        hnum, idx = struct.unpack_from(endian + "II", data, i)
-        yield hnum, idx
+    return struct.iter_unpack(endian + "II", data)  # (in C: every key of every index is read at each upgrade)
 
 
 def pack_pairs(values: list[tuple[int, int]], endian: str) -> bytes:
-    return b"".join(struct.pack(endian + "II", h, i) for h, i in values)
+    return struct.pack(f"{endian}{2 * len(values)}I", *(n for pair in values for n in pair))
