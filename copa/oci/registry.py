@@ -1002,6 +1002,7 @@ def _each_blob(pusher: _Pusher, blobs: list[Descriptor], homes: BlobHomes) -> No
                 homes.add(desc.digest, target.registry, target.repository)
                 return
             if _finish_streamed(pusher, desc):
+                task.advance(desc.size)  # uploaded, while the layer was being written
                 task.done("streamed while written")
                 homes.add(desc.digest, target.registry, target.repository)
                 return
