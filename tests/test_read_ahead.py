@@ -13,6 +13,7 @@ import pytest
 import copa.pkg.dpkg.prefetch as prefetch
 import copa.pkg.dpkg.version
 from copa.cli import main
+from copa.pkg.fetch import FetchItem
 from tests.support import debimage
 from tests.support.aptrepo import AptRepo, RepoServer
 from tests.support.trivy import write_report
@@ -101,8 +102,6 @@ def test_reads_the_plan_does_not_name_are_cancelled(repo: AptRepo, tmp_path: Pat
     file is fetched once by its download and once more, from the cache, by its read.)"""
     import threading
 
-    from copa.pkg.fetch import FetchItem
-
     debs = {name: repo.deb(name, "2.0") for name in ("app", "conf", "libfoo1")}
     release = threading.Event()
     fetched: list[str] = []
@@ -116,9 +115,7 @@ def test_reads_the_plan_does_not_name_are_cancelled(repo: AptRepo, tmp_path: Pat
 
     ahead = prefetch.ReadAhead(tmp_path / "ahead")
     try:
-        items = {name: FetchItem(f"http://x/{name}", f"{i:064x}", None, name) for i, name in enumerate(debs)}
-        for name, item in items.items():
-            ahead.submit_deb(Fetcher(), item, name)  # type: ignore[arg-type]
+        items = _submit_all(ahead, Fetcher(), debs)
         ahead.keep_only({items["app"].sha256, items["libfoo1"].sha256})
         release.set()
         # The one reader goes through its queue in order: once libfoo1 (queued after conf) is read, conf has been
@@ -139,8 +136,6 @@ def test_downloads_do_not_wait_for_the_reader(repo: AptRepo, tmp_path: Path) -> 
     read, as before, the last download waited for the first read and this one timed out)."""
     import threading
 
-    from copa.pkg.fetch import FetchItem
-
     debs = {name: repo.deb(name, "2.0") for name in ("app", "conf", "libfoo1")}
     last_started = threading.Event()
     waited: list[bool] = []
@@ -155,11 +150,17 @@ def test_downloads_do_not_wait_for_the_reader(repo: AptRepo, tmp_path: Path) -> 
 
     ahead = prefetch.ReadAhead(tmp_path / "ahead")
     try:
-        items = {name: FetchItem(f"http://x/{name}", f"{i:064x}", None, name) for i, name in enumerate(debs)}
-        for name, item in items.items():
-            ahead.submit_deb(Fetcher(), item, name)  # type: ignore[arg-type]
+        items = _submit_all(ahead, Fetcher(), debs)
         got = ahead.take(items["app"].sha256)
         assert waited == [True]
         assert got is not None and b"Package: app" in got.control
     finally:
         ahead.close()
+
+
+def _submit_all(ahead: prefetch.ReadAhead, fetcher: object, debs: dict[str, Path]) -> dict[str, FetchItem]:
+    """Every .deb of `debs` submitted to `ahead`, in order, fetched by `fetcher`; their FetchItems by name."""
+    items = {name: FetchItem(f"http://x/{name}", f"{i:064x}", None, name) for i, name in enumerate(debs)}
+    for name, item in items.items():
+        ahead.submit_deb(fetcher, item, name)  # type: ignore[arg-type]
+    return items
