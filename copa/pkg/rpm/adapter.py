@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from copa.errors import IntegrityError, ReportError, ResolutionError
 from copa.pkg.base import (
@@ -32,7 +33,6 @@ from copa.pkg.base import (
 from copa.pkg.effects import apply
 from copa.pkg.effects import note as effects_note
 from copa.pkg.fetch import FetchItem, fetcher_for
-from copa.pkg.inventory import InstalledPackage
 from copa.pkg.rpm.deps import EQUAL, Dep, overlaps
 from copa.pkg.rpm.header import Header, installed_header
 from copa.pkg.rpm.install import (
@@ -42,20 +42,6 @@ from copa.pkg.rpm.install import (
     install_package,
     other_owned,
     owned_paths,
-)
-from copa.pkg.rpm.inventory import RpmIdentity, rpm_inventory, rpm_scanner_purl, scanner_vendor
-from copa.pkg.rpm.modules import (
-    DEFAULTS_DIR,
-    MODULES_DIR,
-    ModularFilter,
-    ModuleMetadata,
-    ModuleStream,
-    build_filter,
-    load_modules,
-    local_defaults,
-    parse_module_states,
-    platform_of,
-    split_nevra,
 )
 from copa.pkg.rpm.plan import Chosen, Installed, Policy, Wanted, resolve
 from copa.pkg.rpm.readahead import ReadAhead
@@ -67,6 +53,13 @@ from copa.pkg.rpm.signature import checker
 from copa.pkg.rpm.tags import Tag
 from copa.pkg.rpm.version import compare_versions, rpmvercmp
 from copa.report.model import OSInfo, Report
+
+# Imported where used: modular metadata only for a repository that lists `modules` (RHEL 8 AppStream), the
+# inventory only for --attach and -o. The adapter is imported by the prefetch thread while the main thread scans
+# the image, and Python code there slows the scan about as much as it runs (the GIL).
+if TYPE_CHECKING:
+    from copa.pkg.inventory import InstalledPackage
+    from copa.pkg.rpm.modules import ModularFilter, ModuleStream
 
 _PSEUDO = frozenset({"gpg-pubkey"})  # keys imported into the rpmdb: not packages anyone upgrades
 
@@ -181,6 +174,19 @@ class _Repositories:
         """dnf 4's modular filtering (copa/pkg/rpm/modules.py), when some repository lists `modules`: the
         repositories' streams and defaults, the image's /etc/dnf/modules.defaults.d over them, its
         /etc/dnf/modules.d states, and the platform stream of its os-release's PLATFORM_ID."""
+        if not any("modules" in ix.loaded.repomd.entries for ix in self.indexes):
+            return None  # (what load_modules finds in a repository without modules metadata: nothing)
+        from copa.pkg.rpm.modules import (
+            DEFAULTS_DIR,
+            MODULES_DIR,
+            ModuleMetadata,
+            build_filter,
+            load_modules,
+            local_defaults,
+            parse_module_states,
+            platform_of,
+        )
+
         meta = ModuleMetadata()
         for ix in self.indexes:
             meta = meta.merged(load_modules(ix.loaded, self.fetcher))
@@ -216,6 +222,8 @@ class _Repositories:
         """For a fix modular filtering hid: which module streams ship `name` at `fixed` or newer."""
         if self.modular is None:
             return ""
+        from copa.pkg.rpm.modules import split_nevra
+
         found = sorted({f"{s.name}:{s.stream}" for s in self.module_streams
                         if (s.name, s.stream) not in self.modular.active
                         for nevra in s.artifacts
@@ -351,6 +359,8 @@ class RpmAdapter:
     def inventory(self, ctx: ImageContext, plan: Plan) -> tuple[InstalledPackage, ...]:
         payload = plan.payload
         assert isinstance(payload, _Payload)
+        from copa.pkg.rpm.inventory import RpmIdentity, rpm_inventory
+
         gone = {payload.hnums[c.installed.key] for c in payload.chosen if c.installed is not None}
         gone.update(payload.erased)
         chosen = []
@@ -362,6 +372,8 @@ class RpmAdapter:
 
     def purl(self, ctx: ImageContext, name: str, version: str, architecture: str,
              scanned_os: OSInfo | None = None) -> str:
+        from copa.pkg.rpm.inventory import rpm_scanner_purl, scanner_vendor
+
         if scanned_os is not None and scanned_os.family:
             return rpm_scanner_purl(scanned_os.family, scanned_os.version, name, version, architecture)
         vendor = scanner_vendor(ctx.os_release.id)

@@ -23,7 +23,10 @@ from copa.errors import UnsupportedImageError
 from copa.oci.layer import Entry
 from copa.oci.rootfs import View
 from copa.pkg.rpm.header import Header
-from copa.pkg.rpm.rpmdb import bdb, ndb, sqlite
+from copa.pkg.rpm.rpmdb import sqlite
+
+# The BerkeleyDB and ndb readers and writers are imported by the code paths of those formats only (most images,
+# RHEL/UBI 9, hold rpmdb.sqlite).
 from copa.pkg.rpm.rpmdb.indexes import INDEXES, HeaderTags, Tags, index_keys
 
 DB_DIRS = ("var/lib/rpm", "usr/lib/sysimage/rpm")
@@ -74,6 +77,8 @@ class RpmDatabase:
         return self._upgrade_bdb(removed, tagged)
 
     def _is_bdb(self, name: str) -> bool:
+        from copa.pkg.rpm.rpmdb import bdb
+
         head = self.others_heads.get(name, b"")
         return len(head) >= 16 and any(struct.unpack_from(e + "I", head, 12)[0] in (bdb.HASH_MAGIC, bdb.BTREE_MAGIC)
                                        for e in "<>")
@@ -88,6 +93,8 @@ class RpmDatabase:
         return Change(((self._path(SQLITE), data, self.modes.get(SQLITE, 0o644)),), gone, tuple(hnums))
 
     def _upgrade_ndb(self, removed: Sequence[int], added: Sequence[bytes]) -> Change:
+        from copa.pkg.rpm.rpmdb import ndb
+
         blobs, generation, next_index = ndb.read_packages(self.files[NDB], "/" + self._path(NDB))
         for hnum in removed:
             del blobs[hnum]
@@ -99,6 +106,8 @@ class RpmDatabase:
         return Change(((self._path(NDB), data, self.modes.get(NDB, 0o644)),), gone, tuple(hnums))
 
     def _upgrade_bdb(self, removed: Sequence[int], added: Sequence[tuple[bytes, Tags]]) -> Change:
+        from copa.pkg.rpm.rpmdb import bdb
+
         e = self.endian
         what = "/" + self._path(PACKAGES)
         packages = bdb.read_hash(self.files[PACKAGES], what)
@@ -192,6 +201,8 @@ def read_database(view: View, dbpath: str | None = None) -> RpmDatabase:
         blobs = sqlite.read_headers(files[SQLITE], files.get(SQLITE + "-wal") or None, f"/{directory}/{SQLITE}")
         return RpmDatabase(directory, "sqlite", files, modes, tuple(n for n in names if n not in files), blobs)
     if PACKAGES in names:
+        from copa.pkg.rpm.rpmdb import bdb
+
         data = need(PACKAGES)
         what = f"/{directory}/{PACKAGES}"
         meta = bdb.read_meta(data, what)
@@ -208,6 +219,8 @@ def read_database(view: View, dbpath: str | None = None) -> RpmDatabase:
         others = tuple(n for n in names if n not in files)
         heads = {n: (view.read(f"{directory}/{n}") or b"")[:64] for n in others}
         return RpmDatabase(directory, "bdb", files, modes, others, headers, meta.endian, heads)
+    from copa.pkg.rpm.rpmdb import ndb
+
     need(NDB)
     blobs, _generation, _next = ndb.read_packages(files[NDB], f"/{directory}/{NDB}")
     return RpmDatabase(directory, "ndb", files, modes, tuple(n for n in names if n not in files), blobs)
