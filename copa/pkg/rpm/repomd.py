@@ -192,6 +192,28 @@ def _check_prolog(head: bytes, what: str) -> bool:
             return True
 
 
+def _document_chunks(stream: BinaryIO, what: str) -> Iterator[bytes]:
+    """The document's bytes, chunk by chunk, from the point its prolog passed `_check_prolog` (no DOCTYPE); a
+    document too short for the check to decide comes whole at the end, for the parser to judge; an empty one is an
+    error."""
+    head = b""
+    checked = False
+    while chunk := stream.read(_CHUNK):
+        if not checked:
+            head += chunk
+            checked = _check_prolog(head, what)
+            if not checked:
+                if len(head) > _MAX_PROLOG:
+                    raise IntegrityError(f"{what}: no XML root element in the first {_MAX_PROLOG} bytes")
+                continue
+            chunk, head = head, b""
+        yield chunk
+    if not checked:
+        if not head.strip():
+            raise IntegrityError(f"{what}: empty document")
+        yield head
+
+
 def iter_elements(stream: BinaryIO, what: str, *tags: str) -> Iterator[ET.Element]:
     """Each complete element named one of `tags` (local names), streamed; the caller reads it before asking for the next
     one, then it is emptied, so memory stays that of one element (plus an empty husk per element in the root)."""
@@ -199,28 +221,13 @@ def iter_elements(stream: BinaryIO, what: str, *tags: str) -> Iterator[ET.Elemen
     parser: Any = ET.XMLPullParser(events=("end",))  # typeshed types its events too loosely
     wanted = frozenset(tags)
     suffixes = tuple("}" + t for t in tags)
-    head = b""
-    checked = False
     try:
-        while chunk := stream.read(_CHUNK):
-            if not checked:
-                head += chunk
-                checked = _check_prolog(head, what)
-                if not checked:
-                    if len(head) > _MAX_PROLOG:
-                        raise IntegrityError(f"{what}: no XML root element in the first {_MAX_PROLOG} bytes")
-                    continue
-                chunk, head = head, b""
+        for chunk in _document_chunks(stream, what):
             parser.feed(chunk)
             for _event, element in parser.read_events():
                 if element.tag in wanted or element.tag.endswith(suffixes):
                     yield element
                     element.clear()
-        if not checked:
-            if head.strip():
-                parser.feed(head)
-            else:
-                raise IntegrityError(f"{what}: empty document")
         parser.close()
         for _event, element in parser.read_events():
             if element.tag in wanted or element.tag.endswith(suffixes):
@@ -710,24 +717,12 @@ def iter_rows(stream: BinaryIO, what: str, want: Callable[[str], bool] | None = 
     """primary.xml's rpm packages as rows (only those whose name `want` accepts, if given), streamed: the same
     guards as `iter_elements` (no DOCTYPE, so no entity declarations; undefined entities are expat errors)."""
     reader = _PrimaryReader(what, want)
-    head = b""
-    checked = False
     try:
-        while chunk := stream.read(_CHUNK):
-            if not checked:
-                head += chunk
-                checked = _check_prolog(head, what)
-                if not checked:
-                    if len(head) > _MAX_PROLOG:
-                        raise IntegrityError(f"{what}: no XML root element in the first {_MAX_PROLOG} bytes")
-                    continue
-                chunk, head = head, b""
+        for chunk in _document_chunks(stream, what):
             reader.parser.Parse(chunk, False)
             yield from reader.rows
             reader.rows.clear()
-        if not checked and not head.strip():
-            raise IntegrityError(f"{what}: empty document")
-        reader.parser.Parse(head, True)
+        reader.parser.Parse(b"", True)
         yield from reader.rows
     except expat.ExpatError as e:
         raise IntegrityError(f"{what}: malformed XML ({e}); the repository metadata is corrupt") from None
