@@ -19,7 +19,7 @@ import random
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,19 +127,18 @@ class World:
     candidates: list[RepoPkg]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("rpm-dnf")
-    old = [build_rpm(s, tmp / "old") for s in OLD]
-    repos = {"main": tmp / "repo-main", "high": tmp / "repo-high"}
-    for s in NEW:
-        build_rpm(s, repos["main"])
-    for s in HIGH_PRIORITY:
-        build_rpm(s, repos["high"])
-    for d in repos.values():
+def make_world(tmp: Path, old: Sequence[RpmSpec], repos: Mapping[str, tuple[Sequence[RpmSpec], int]]) -> World:
+    """`old` built and installed by the real rpm into a root, and each repository (id -> its packages and dnf
+    priority) built and indexed by createrepo_c; the installed packages and the candidates as rpm reads them."""
+    installed_rpms = [build_rpm(s, tmp / "old") for s in old]
+    directories = {repo_id: tmp / f"repo-{repo_id}" for repo_id in repos}
+    for repo_id, (specs, _priority) in repos.items():
+        for s in specs:
+            build_rpm(s, directories[repo_id])
+    for d in directories.values():
         createrepo(d)
     root = tmp / "root"
-    init_root(root, old)
+    init_root(root, installed_rpms)
     home = tmp / "home"
     home.mkdir()
     (home / ".rpmmacros").write_text("%_dbpath /var/lib/rpm\n%_db_backend sqlite\n")
@@ -147,11 +146,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     installed = [Installed(r.name, r.arch, r.evr, r.provides, r.requires, r.conflicts, r.obsoletes, r.recommends)
                  for r in _records(query.stdout, 0)]
     candidates: list[RepoPkg] = []
-    for repo_id, directory in repos.items():
+    for repo_id, directory in directories.items():
         rpms = sorted(str(p) for p in directory.glob("*.rpm"))
         q = subprocess.run(["rpm", "-qp", "--qf", _QF, *rpms], capture_output=True, text=True, check=True)
-        candidates += _records(q.stdout, 10 if repo_id == "high" else 99)
-    yield World(root, repos, home, installed, candidates)
+        candidates += _records(q.stdout, repos[repo_id][1])
+    return World(root, directories, home, installed, candidates)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    yield make_world(tmp_path_factory.mktemp("rpm-dnf"), OLD, {"main": (NEW, 99), "high": (HIGH_PRIORITY, 10)})
 
 
 def dnf_plan(world: World, tmp: Path, names: Sequence[str]) -> frozenset[tuple[str, str, str]] | None:

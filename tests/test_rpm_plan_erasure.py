@@ -8,16 +8,12 @@ installed by the real rpm (the helpers of tests/test_rpm_dnf_oracle.py)."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from copa.pkg.rpm.plan import Installed
-from tests.support.rpmrepo import createrepo
-from tests.support.rpmtools import build_rpm, init_root, rpm_root_args
-from tests.test_rpm_dnf_oracle import _QF, World, _records, _spec, copa_plan, dnf_plan
+from tests.test_rpm_dnf_oracle import World, _spec, copa_plan, dnf_plan, make_world
 
 pytestmark = pytest.mark.skipif(shutil.which("dnf") is None or shutil.which("rpmbuild") is None,
                                 reason="needs dnf and rpmbuild as the oracle")
@@ -34,23 +30,7 @@ NEW = [_spec("host", "2.0", obsoletes=("plug-old < 2",)),  # erases the only pro
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("rpm-erasure")
-    old = [build_rpm(s, tmp / "old") for s in OLD]
-    repo = tmp / "repo-main"
-    for s in NEW:
-        build_rpm(s, repo)
-    createrepo(repo)
-    root = tmp / "root"
-    init_root(root, old)
-    home = tmp / "home"
-    home.mkdir()
-    (home / ".rpmmacros").write_text("%_dbpath /var/lib/rpm\n%_db_backend sqlite\n")
-    query = subprocess.run([*rpm_root_args(root), "-qa", "--qf", _QF], capture_output=True, text=True, check=True)
-    installed = [Installed(r.name, r.arch, r.evr, r.provides, r.requires, r.conflicts, r.obsoletes, r.recommends)
-                 for r in _records(query.stdout, 0)]
-    rpms = sorted(str(p) for p in repo.glob("*.rpm"))
-    q = subprocess.run(["rpm", "-qp", "--qf", _QF, *rpms], capture_output=True, text=True, check=True)
-    yield World(root, {"main": repo}, home, installed, _records(q.stdout, 99))
+    yield make_world(tmp_path_factory.mktemp("rpm-erasure"), OLD, {"main": (NEW, 99)})
 
 
 @pytest.mark.parametrize("names", [("host",), ("host2",), ("lone",), ("host", "lone")])
