@@ -50,8 +50,7 @@ def proxy(anon_registry: RunningRegistry) -> Iterator[FaultProxy]:
     p.stop()
 
 
-def _patch(app: str, report: Path, proxy: FaultProxy, anon_registry: RunningRegistry, tag: str, out: Path,
-           cache: Path) -> str:
+def _patch(app: str, report: Path, proxy: FaultProxy, anon_registry: RunningRegistry, tag: str, out: Path) -> str:
     via_proxy = app.replace(anon_registry.host, proxy.host)
     code = main(["patch", "-i", via_proxy, "-r", str(report), "--push", "-t", tag, "--oci-dir", str(out),
                  "--progress", "quiet"])
@@ -90,7 +89,7 @@ def test_the_layer_streamed_while_written_is_the_layer_pushed(app: str, report: 
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COPA_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(registry, "STREAM_CHUNK", SMALL_CHUNK)
-    ref = _patch(app, report, proxy, anon_registry, "1.0-streamed", tmp_path / "out", tmp_path / "cache")
+    ref = _patch(app, report, proxy, anon_registry, "1.0-streamed", tmp_path / "out")
     layer = _pushed_layer(ref)
     patches = [(p, s) for m, p, s in proxy.log if m == "PATCH"]
     assert len(patches) >= 2 and all(s == 202 for _, s in patches), patches
@@ -109,7 +108,7 @@ def test_a_registry_refusing_chunks_gets_the_layer_whole(app: str, report: Path,
     monkeypatch.setenv("COPA_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(registry, "STREAM_CHUNK", SMALL_CHUNK)
     proxy.add(Fault("500", r"/blobs/uploads/", "PATCH", count=1000))
-    ref = _patch(app, report, proxy, anon_registry, "1.0-whole", tmp_path / "out", tmp_path / "cache")
+    ref = _patch(app, report, proxy, anon_registry, "1.0-whole", tmp_path / "out")
     assert ("PATCH", 500) in [(m, s) for m, _, s in proxy.log], proxy.log
     assert _pushed_layer(ref) == _written_layer(tmp_path / "out", "1.0-whole")
     _check_pushed(ref, tmp_path / "copy")
@@ -119,7 +118,7 @@ def test_a_layer_smaller_than_a_chunk_is_pushed_as_before(app: str, report: Path
                                                           anon_registry: RunningRegistry, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COPA_CACHE_DIR", str(tmp_path / "cache"))
-    ref = _patch(app, report, proxy, anon_registry, "1.0-small", tmp_path / "out", tmp_path / "cache")
+    ref = _patch(app, report, proxy, anon_registry, "1.0-small", tmp_path / "out")
     assert not [p for m, p, _ in proxy.log if m == "PATCH"], "a layer under STREAM_CHUNK opens no chunked upload"
     _check_pushed(ref, tmp_path / "copy")
 
