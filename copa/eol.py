@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import requests
-
 from copa.errors import EndOfLifeError, UsageError
 from copa.net import describe_connection_error
+from copa.web.errors import WebError
+from copa.web.response import Response
+from copa.web.session import Session
 
 _MAX_BODY = 1 << 20  # one release's answer is a few hundred bytes
 _RETRY_BUDGET = 15.0  # seconds of 429 retries, as Copacetic
@@ -154,7 +155,7 @@ def _answer(doc: Any, today: datetime.date) -> tuple[datetime.date | bool, bool]
     return None
 
 
-def _read(resp: requests.Response) -> bytes:
+def _read(resp: Response) -> bytes:
     out = bytearray()
     for chunk in resp.iter_content(1 << 14):
         out += chunk
@@ -184,29 +185,30 @@ def check_end_of_life(os_release_id: str, version_id: str, api_url: str, timeout
     url = release_url(api_url, product, cycle)
     started = time.monotonic()
     wait = 1.0
-    while True:
-        try:
-            resp = requests.get(url, timeout=timeout, verify=ca_bundle or True, stream=True,
-                                headers={"User-Agent": "copa", "Accept": "application/json"})
-        except requests.RequestException as e:
-            return unknown(url, f"cannot reach {url} ({describe_connection_error(e)})")
-        with resp:
-            if resp.status_code == 429:
-                left = retry_budget - (time.monotonic() - started)
-                if left <= 0:
-                    return unknown(url, f"{url} kept answering 429 Too Many Requests for {retry_budget:g} s")
-                time.sleep(min(wait, left))
-                wait = min(wait * 2, 8.0)
-                continue
-            if resp.status_code == 404:
-                return unknown(url, f"{product} {cycle} is not in the end-of-life database (404 from {url})")
-            if resp.status_code != 200:
-                return unknown(url, f"{url} answered {resp.status_code} {resp.reason or ''}".rstrip())
+    with Session() as session:
+        while True:
             try:
-                body = _read(resp)
-            except requests.RequestException as e:
-                return unknown(url, f"lost the connection to {url} ({describe_connection_error(e)})")
-        break
+                resp = session.get(url, timeout=timeout, verify=ca_bundle or True, stream=True,
+                                   headers={"User-Agent": "copa", "Accept": "application/json"})
+            except WebError as e:
+                return unknown(url, f"cannot reach {url} ({describe_connection_error(e)})")
+            with resp:
+                if resp.status_code == 429:
+                    left = retry_budget - (time.monotonic() - started)
+                    if left <= 0:
+                        return unknown(url, f"{url} kept answering 429 Too Many Requests for {retry_budget:g} s")
+                    time.sleep(min(wait, left))
+                    wait = min(wait * 2, 8.0)
+                    continue
+                if resp.status_code == 404:
+                    return unknown(url, f"{product} {cycle} is not in the end-of-life database (404 from {url})")
+                if resp.status_code != 200:
+                    return unknown(url, f"{url} answered {resp.status_code} {resp.reason or ''}".rstrip())
+                try:
+                    body = _read(resp)
+                except WebError as e:
+                    return unknown(url, f"lost the connection to {url} ({describe_connection_error(e)})")
+            break
     try:
         doc = json.loads(body)
     except ValueError:

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import re
 
-import requests
+from copa.web.errors import TimedOut, TlsError
 
-# getaddrinfo's EAI_NONAME texts (glibc, BSD/macOS, urllib3's wrapper). "Temporary failure in name resolution"
+# getaddrinfo's EAI_NONAME texts (glibc, BSD/macOS). "Temporary failure in name resolution"
 # (EAI_AGAIN) is not among them: a resolver that is down for a moment is worth another attempt.
 _NO_SUCH_HOST = ("name or service not known", "nodename nor servname", "failed to resolve",
                  "no address associated with hostname")
 
 
 def _chain(e: BaseException) -> str:
-    """The text of an exception and what caused it: requests wraps urllib3, which wraps the socket error."""
+    """The text of an exception and what caused it: copa.web wraps the socket or TLS error."""
     parts = []
     seen: set[int] = set()
     cur: BaseException | None = e
@@ -30,7 +30,7 @@ def _chain(e: BaseException) -> str:
 
 def is_permanent(e: BaseException) -> bool:
     """Whether a connection failure will happen again on retry: TLS errors and unknown host names."""
-    if isinstance(e, requests.exceptions.SSLError):
+    if isinstance(e, TlsError):
         return True
     text = _chain(e)
     if "temporary failure in name resolution" in text:
@@ -41,13 +41,13 @@ def is_permanent(e: BaseException) -> bool:
 def describe_connection_error(e: BaseException) -> str:
     """A few words for an error message: what went wrong with the connection."""
     text = _chain(e)
-    if isinstance(e, requests.exceptions.SSLError):
+    if isinstance(e, TlsError):
         return "TLS handshake failed"
     if "refused" in text:
         return "connection refused"
     if any(s in text for s in _NO_SUCH_HOST):
         return "host name does not resolve"
-    if isinstance(e, requests.Timeout) or "timed out" in text:
+    if isinstance(e, TimedOut) or "timed out" in text:
         return "timed out"
     if "reset" in text or "aborted" in text or "remote end closed" in text or "remotedisconnected" in text:
         return "connection dropped"

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from debian import deb822
 
 from copa.errors import IntegrityError, NotFoundError, RegistryError
@@ -26,6 +25,8 @@ from copa.pkg.apt.sources import AptSource, parse_file
 from copa.pkg.cache import Cache
 from copa.pkg.fetch import Fetcher
 from copa.pkg.openpgp import Keyring
+from copa.web.response import Response
+from copa.web.session import Session
 from tests.support.aptrepo import (
     AptRepo,
     DebSpec,
@@ -388,8 +389,8 @@ def test_live_security_index_and_deb(security_source: AptSource, live_fetcher: F
     info = subprocess.run(["dpkg-deb", "-f", str(path), "Package", "Version"], capture_output=True, text=True)
     assert info.stdout == f"Package: {smallest.package}\nVersion: {smallest.version}\n"
 
-    class NoNetwork(requests.Session):
-        def request(self, *a: Any, **k: Any) -> requests.Response:  # type: ignore[override]
+    class NoNetwork(Session):
+        def request(self, *a: Any, **k: Any) -> Response:  # type: ignore[override]
             raise AssertionError("the cached .deb must not touch the network")
 
     assert fetch_deb(smallest, Fetcher(cache, session=NoNetwork())) == path

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from copa.oci.digest import Digest
 from copa.oci.image import Bundle, manifest_blobs
@@ -25,6 +24,7 @@ from copa.oci.reference import Reference
 from copa.oci.registry import RegistryClient, RegistryOptions, RegistrySource, push
 from copa.pkg import cache as cache_module
 from copa.pkg.cache import Cache
+from copa.web.response import Response
 from tests.support.registry import RunningRegistry
 
 FAST = RegistryOptions(retries=3, backoff=0.05, timeout=20)
@@ -129,7 +129,7 @@ def test_concurrent_builders_build_once(tmp_path: Path) -> None:
 def _record(client: RegistryClient) -> list[tuple[str, str, int]]:
     log: list[tuple[str, str, int]] = []
 
-    def hook(resp: requests.Response, *args: Any, **kwargs: Any) -> None:
+    def hook(resp: Response, *args: Any, **kwargs: Any) -> None:
         log.append((resp.request.method or "", resp.request.url or "", resp.status_code))
 
     client.session.hooks["response"].append(hook)

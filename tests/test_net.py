@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from copa.errors import RegistryError
 from copa.net import describe_connection_error, is_permanent
@@ -17,6 +16,8 @@ from copa.oci.reference import Reference
 from copa.oci.registry import RegistryClient
 from copa.pkg.cache import Cache
 from copa.pkg.fetch import Fetcher
+from copa.web.errors import ConnectError, TlsError
+from copa.web.session import Session
 
 _ANSWER = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
@@ -79,26 +80,26 @@ def test_server_errors_are_retried(server: PlainServer, tmp_path: Path) -> None:
 
 
 def test_classification_of_real_failures(server: PlainServer) -> None:
-    with pytest.raises(requests.exceptions.SSLError) as tls:
-        requests.get(f"https://127.0.0.1:{server.port}/", timeout=5)
+    with pytest.raises(TlsError) as tls:
+        Session().get(f"https://127.0.0.1:{server.port}/", timeout=5)
     assert is_permanent(tls.value) and describe_connection_error(tls.value) == "TLS handshake failed"
-    with pytest.raises(requests.ConnectionError) as nohost:
+    with pytest.raises(ConnectError) as nohost:
         # .invalid never resolves (RFC 2606), with or without a network.
-        requests.get("http://copa-test.invalid/", timeout=5)
+        Session().get("http://copa-test.invalid/", timeout=5)
     assert is_permanent(nohost.value), nohost.value
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()
-    with pytest.raises(requests.ConnectionError) as refused:
-        requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+    with pytest.raises(ConnectError) as refused:
+        Session().get(f"http://127.0.0.1:{port}/", timeout=5)
     assert not is_permanent(refused.value) and describe_connection_error(refused.value) == "connection refused"
 
 
 def test_registry_client_does_not_retry_a_tls_failure(server: PlainServer) -> None:
     ref = Reference.parse(f"127.0.0.1:{server.port}/repo:tag")
-    with pytest.raises(requests.exceptions.SSLError) as tls:
-        requests.get(f"https://127.0.0.1:{server.port}/v2/", timeout=5)
+    with pytest.raises(TlsError) as tls:
+        Session().get(f"https://127.0.0.1:{server.port}/v2/", timeout=5)
     with RegistryClient() as client:
         err = client._connection_error(ref, tls.value)
     assert type(err) is RegistryError and "--ca-bundle" in str(err)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from copa.errors import AuthError, IntegrityError, NotFoundError, RegistryError
 from copa.oci.digest import Digest
@@ -23,6 +22,7 @@ from copa.oci.image import Bundle, manifest_blobs
 from copa.oci.model import Descriptor, Index, Manifest, MediaType, Platform, parse_manifest
 from copa.oci.reference import Reference
 from copa.oci.registry import RegistryClient, RegistryOptions, RegistrySource, head_manifest, push, tag_exists
+from copa.web.response import Response
 from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.registry import PASSWORD, USER, RunningRegistry, free_port
 
@@ -92,7 +92,7 @@ def record(client: RegistryClient) -> list[tuple[str, str, int]]:
     """Every response the client's session sees, as (method, url, status)."""
     log: list[tuple[str, str, int]] = []
 
-    def hook(resp: requests.Response, *args: Any, **kwargs: Any) -> None:
+    def hook(resp: Response, *args: Any, **kwargs: Any) -> None:
         log.append((resp.request.method or "", resp.request.url or "", resp.status_code))
 
     client.session.hooks["response"].append(hook)

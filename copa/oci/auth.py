@@ -17,11 +17,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
-
 from copa.errors import AuthError, RegistryError
 from copa.oci.bodies import read_body
 from copa.oci.credentials import Credential
+from copa.web.errors import WebError
+from copa.web.session import Session
 
 # A token answer is a small JSON object (real ones are a few KiB of JWT).
 _MAX_TOKEN_BODY = 1 << 20
@@ -77,7 +77,7 @@ class Authenticator:
         registry: str,
         challenge: Challenge | None,
         credentials: CredentialLookup,
-        session: requests.Session,
+        session: Session,
         timeout: float,
         verify: bool | str,
     ) -> None:
@@ -152,7 +152,7 @@ class Authenticator:
                 auth = (cred.username, cred.password) if cred is not None and cred.username else None
                 resp = self._session.get(realm, params=params, auth=auth, timeout=self._timeout, verify=self._verify,
                                          stream=True)
-        except requests.RequestException as e:
+        except WebError as e:
             raise RegistryError(
                 f"cannot reach token server {realm} for registry {self.registry}: {type(e).__name__}; check the network"
             ) from None

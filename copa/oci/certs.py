@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests.utils
-
 from copa.errors import LocalIOError, UsageError
+from copa.web.tls import default_ca_bundle
 
 
 def default_cert_dirs() -> tuple[Path, ...]:
@@ -37,7 +36,7 @@ class ClientPair:
     cert: Path
     key: Path | None
 
-    def for_requests(self) -> str | tuple[str, str]:
+    def as_cert(self) -> str | tuple[str, str]:
         return str(self.cert) if self.key is None else (str(self.cert), str(self.key))
 
 
@@ -61,7 +60,7 @@ def check_client_pair(cert: str | Path | None, key: str | Path | None, hint: str
                       ) -> ClientPair | None:
     """The pair a TLS client will present, refusing what OpenSSL could not load or that does not belong together.
 
-    Unreadable files are LocalIOError; a file that is no PEM certificate or key, an encrypted key (requests
+    Unreadable files are LocalIOError; a file that is no PEM certificate or key, an encrypted key (OpenSSL
     would stop to prompt for its password) or a key of another certificate are UsageError."""
     if cert is None and key is None:
         return None
@@ -91,7 +90,7 @@ def check_client_pair(cert: str | Path | None, key: str | Path | None, hint: str
         raise UsageError(f"{key_path} holds no PEM private key: pass the certificate's key in PEM form") from None
     if private.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(*spki):
         raise UsageError(f"client key {key_name} does not belong to certificate {cert_path}: pass the matching key")
-    # What requests hands to OpenSSL must load there as well (e.g. a key type this OpenSSL refuses).
+    # What the client hands to OpenSSL must load there as well (e.g. a key type this OpenSSL refuses).
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         context.load_cert_chain(cert_path, key_path, password="")
@@ -148,10 +147,16 @@ def read_host_dir(directory: Path) -> HostTls:
     return HostTls(directory, tuple(ca_files), client)
 
 
+def _system_bundle() -> str:
+    """OpenSSL's default CA file, for a Python without certifi."""
+    paths = ssl.get_default_verify_paths()
+    return paths.cafile or paths.openssl_cafile
+
+
 def merged_bundle(base: str | None, extra: Sequence[Path], dest: Path) -> Path:
-    """One CA file for requests: `base` (--ca-bundle, else the default roots requests uses) plus `extra`."""
+    """One CA file: `base` (--ca-bundle, else the default roots, copa.web.tls.default_ca_bundle) plus `extra`."""
     hint = "check --ca-bundle and the certs.d directory"
-    sources = [Path(base or requests.utils.DEFAULT_CA_BUNDLE_PATH), *extra]
+    sources = [Path(base or default_ca_bundle() or _system_bundle()), *extra]
     try:
         with dest.open("wb") as out:
             for source in sources:

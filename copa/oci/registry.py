@@ -1,4 +1,4 @@
-"""OCI distribution (registry) client: an image Source and a push sink, on `requests`.
+"""OCI distribution (registry) client: an image Source and a push sink, on copa.web.
 
 One `RegistryClient` holds one HTTP session and one authenticator per registry host. Transient
 failures (connection errors, 5xx, 429) are retried with exponential backoff; 4xx never are. Blob
@@ -25,9 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
-import requests
-import urllib3.exceptions
-
 from copa import events
 from copa.errors import AuthError, CopaError, IntegrityError, NotFoundError, RegistryError, UsageError
 from copa.net import describe_connection_error, is_permanent
@@ -46,6 +43,9 @@ from copa.oci.credentials import lookup
 from copa.oci.digest import Digest, verifying
 from copa.oci.model import Descriptor, Document, Index, Manifest, ManifestFormatError, MediaType, Opaque, parse_document
 from copa.oci.reference import Reference
+from copa.web.errors import TooManyRedirects, WebError
+from copa.web.response import Response
+from copa.web.session import Session
 
 if TYPE_CHECKING:
     # Types only: a patch's first request (this client's) must not wait for the layer codecs these import.
@@ -61,7 +61,7 @@ MANIFEST_ACCEPT = ", ".join(
 )
 _MAX_MANIFEST = 8 << 20  # distribution refuses manifests over 4 MiB; anything far larger is not one
 _MAX_RETRY_AFTER = 120.0
-# Go's http client follows at most 10 redirects (skopeo's and Copacetic's limit); requests' default is 30.
+# Go's http client follows at most 10 redirects (skopeo's and Copacetic's limit).
 MAX_REDIRECTS = 10
 _MAX_ERROR_BODY = 64 << 10
 _ERROR_SECONDS = 10.0
@@ -103,7 +103,7 @@ class _Transient(RegistryError):
         self.retry_after = retry_after
 
 
-def _error_detail(resp: requests.Response) -> tuple[str, str]:
+def _error_detail(resp: Response) -> tuple[str, str]:
     """(code, message) from the registry's JSON errors body, else the HTTP reason."""
     code, message = "", ""
     try:
@@ -113,13 +113,13 @@ def _error_detail(resp: requests.Response) -> tuple[str, str]:
         doc: Any = json.loads(raw)
         first = doc["errors"][0]
         code, message = str(first.get("code", "")), str(first.get("message", ""))
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError, requests.RequestException,
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError, WebError,
             CopaError):
         pass
     return code or (resp.reason or "").upper().replace(" ", "_") or "ERROR", message
 
 
-def _retry_after(resp: requests.Response) -> float | None:
+def _retry_after(resp: Response) -> float | None:
     value = resp.headers.get("Retry-After", "").strip()
     if not value:
         return None
@@ -137,14 +137,14 @@ class RegistryClient:
 
     def __init__(self, options: RegistryOptions | None = None) -> None:
         self.options = options or RegistryOptions()
-        self.session = requests.Session()
+        self.session = Session()
         self.session.headers["User-Agent"] = self.options.user_agent
         self.session.max_redirects = MAX_REDIRECTS
         self._auth: dict[str, Authenticator] = {}
         # Checked now: a wrong --cert/--key is a usage error, not a failed handshake later.
         self._client = check_client_pair(self.options.client_cert, self.options.client_key)
         if self._client is not None:
-            self.session.cert = self._client.for_requests()  # token servers see it too, as with skopeo
+            self.session.cert = self._client.as_cert()  # token servers see it too, as with skopeo
         self._tls: dict[str, tuple[bool | str, ClientPair | None]] = {}
         self._tls_lock = threading.Lock()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -189,7 +189,7 @@ class RegistryClient:
 
     def _request_tls(self, ref: Reference) -> dict[str, Any]:
         verify, client = self._tls_for(ref)
-        return {"verify": verify, "cert": client.for_requests() if client is not None else None}
+        return {"verify": verify, "cert": client.as_cert() if client is not None else None}
 
     def base_url(self, ref: Reference) -> str:
         plain = ref.is_local or ref.registry in self.options.insecure or ref.api_host in self.options.insecure
@@ -243,7 +243,7 @@ class RegistryClient:
         try:
             # Streamed: only the status and headers count, so a body that never ends cannot hold us.
             resp = self.session.get(url, timeout=self.options.timeout, stream=True, **self._request_tls(ref))
-        except requests.RequestException as e:
+        except WebError as e:
             raise self._connection_error(ref, e) from None
         with resp:
             if resp.status_code == 200:
@@ -261,7 +261,7 @@ class RegistryClient:
             )
 
     def _connection_error(self, ref: Reference, e: BaseException) -> RegistryError:
-        if isinstance(e, requests.TooManyRedirects):
+        if isinstance(e, TooManyRedirects):
             return RegistryError(f"registry {ref.registry} redirected more than {MAX_REDIRECTS} times (a redirect "
                                  f"loop); check the registry address and any proxy in front of it")
         client = self._tls.get(ref.registry, (True, self._client))[1]
@@ -290,13 +290,13 @@ class RegistryClient:
         data: bytes | _SizedBody | None = None,
         stream: bool = False,
         retry: bool = True,
-    ) -> requests.Response:
+    ) -> Response:
         """One authenticated request. Raises AuthError on 401/403 and retries transient failures
         (when `retry`); returns any other response for the caller to interpret.
 
         `data` is bytes (replayable) or a one-shot streamed body, which callers retry themselves."""
 
-        def once() -> requests.Response:
+        def once() -> Response:
             return self._send_once(method, ref, url, actions, extra_scopes, headers, data, stream)
 
         return self.retrying(once) if retry else once()
@@ -311,7 +311,7 @@ class RegistryClient:
         headers: dict[str, str] | None,
         data: bytes | _SizedBody | None,
         stream: bool,
-    ) -> requests.Response:
+    ) -> Response:
         auth = self._authenticator(ref)
         scopes = (repository_scope(ref.repository, actions), *extra_scopes)
         replayable = data is None or isinstance(data, bytes)
@@ -325,7 +325,7 @@ class RegistryClient:
                     method, url, headers=h, data=data, stream=stream, timeout=self.options.timeout,
                     **self._request_tls(ref),
                 )
-            except requests.RequestException as e:
+            except WebError as e:
                 raise self._connection_error(ref, e) from None
             if resp.status_code == 401 and attempt == 0 and replayable:
                 if auth.challenge is None:
@@ -359,7 +359,7 @@ class RegistryClient:
             )
         return resp
 
-    def fail(self, resp: requests.Response, ref: Reference, what: str) -> RegistryError:
+    def fail(self, resp: Response, ref: Reference, what: str) -> RegistryError:
         """The error for an unexpected response: NotFoundError for 404, else RegistryError."""
         code, message = _error_detail(resp)
         resp.close()
@@ -393,8 +393,8 @@ class _ResponseStream(io.RawIOBase):
     not be restarted by the caller (its consumer has taken the bytes), and without this one reset in a large
     layer failed the whole run."""
 
-    def __init__(self, resp: requests.Response, what: str,
-                 reopen: Callable[[int], requests.Response] | None = None, resumes: int = 0,
+    def __init__(self, resp: Response, what: str,
+                 reopen: Callable[[int], Response] | None = None, resumes: int = 0,
                  backoff: float = 0.5, deadline: float | None = None) -> None:
         super().__init__()
         self._resp = resp
@@ -419,7 +419,7 @@ class _ResponseStream(io.RawIOBase):
                 # read1: one socket read, so a body trickling a byte at a time comes back here to meet the deadline.
                 chunk = self._resp.raw.read1(len(view))
                 break
-            except (urllib3.exceptions.HTTPError, OSError) as e:
+            except OSError as e:
                 failure: BaseException = e
             # Resumed with a Range request; the verifying reader above still hashes every byte in order.
             while attempt < self._resumes and self._reopen is not None:
@@ -451,7 +451,7 @@ class _ResponseStream(io.RawIOBase):
             super().close()
 
 
-def _read_limited(resp: requests.Response, limit: int, what: str, seconds: float) -> bytes:
+def _read_limited(resp: Response, limit: int, what: str, seconds: float) -> bytes:
     return read_body(resp, limit, seconds, what)
 
 
@@ -544,7 +544,7 @@ class RegistrySource:
             f"{what} from {ref}",
         )
 
-    def _resume_blob(self, desc: Descriptor, offset: int) -> requests.Response:
+    def _resume_blob(self, desc: Descriptor, offset: int) -> Response:
         """The blob's body from byte `offset` on: a 206 to `Range`, or a whole 200 body with the first bytes
         skipped (a registry may ignore Range; its redirect target, a CDN, may too)."""
         ref = self.ref
@@ -563,7 +563,7 @@ class RegistrySource:
                 if not skipped:
                     raise RegistryError(f"blob {desc.digest} from {ref} ended before byte {offset}")
                 left -= len(skipped)
-        except (urllib3.exceptions.HTTPError, OSError) as e:
+        except OSError as e:
             resp.close()
             raise RegistryError(describe_connection_error(e)) from None
         return resp
@@ -646,7 +646,7 @@ def list_tags(client: RegistryClient, ref: Reference, *, page_size: int = 1000, 
 
 
 class _SizedBody:
-    """Exactly `size` bytes of `stream`, with a length so requests sends Content-Length, not chunked.
+    """Exactly `size` bytes of `stream`, with a length so it is sent with Content-Length, not chunked.
 
     With `final`, reading the last byte also reads past it, so a verifying stream checks its
     digest before the last chunk leaves and a corrupt source fails the upload."""
@@ -700,7 +700,7 @@ class _Pusher:
             (repository_scope(self.mount_from.repository, "pull"),) if self.mount_from is not None else ()
         )
 
-    def send(self, method: str, url: str, **kw: Any) -> requests.Response:
+    def send(self, method: str, url: str, **kw: Any) -> Response:
         return self.client.send(method, self.target, url, actions="pull,push", extra_scopes=self.extra_scopes, **kw)
 
     def blob_exists(self, desc: Descriptor) -> bool:
@@ -712,7 +712,7 @@ class _Pusher:
                 return False
             raise self.client.fail(resp, self.target, f"blob {desc.digest}")
 
-    def location(self, resp: requests.Response, what: str) -> str:
+    def location(self, resp: Response, what: str) -> str:
         loc = resp.headers.get("Location", "")
         if not loc:
             raise RegistryError(

@@ -13,7 +13,7 @@ from copa.pkg.options import RepositoryOptions as RepositoryOptions  # re-export
 
 if TYPE_CHECKING:
     # Types only: copa.api imports this module before its first registry request, which must not wait for the
-    # layer codecs (zstandard, isal) and requests that these modules import.
+    # layer codecs (zstandard, isal) that these modules import.
     from copa.oci.image import Image
     from copa.oci.layer import Entry
     from copa.oci.rootfs import Files, View

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from copa.errors import UnsupportedImageError
 
-if TYPE_CHECKING:  # `copa --version` reads FAMILIES: it need not import the engine (requests, isal, zstandard)
+if TYPE_CHECKING:  # `copa --version` reads FAMILIES: it need not import the engine (its HTTP client, isal, zstandard)
     from copa.oci.rootfs import View
     from copa.pkg.base import OSRelease, PackageManager, Prefetcher, PrefetchHints, RepositoryOptions
     from copa.pkg.fetch import Fetcher

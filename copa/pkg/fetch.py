@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 from urllib.parse import unquote, urljoin, urlparse
 
-import requests
-import urllib3.exceptions
-
 from copa import events
 from copa.errors import LocalIOError, NotFoundError, RegistryError
 from copa.net import describe_connection_error, is_permanent, redact
 from copa.pkg.cache import Cache
 from copa.pkg.repoauth import RepoAuth, strip_userinfo, user_auth
+from copa.web.errors import BodyError, ConnectError, TimedOut, TlsError, WebError
+from copa.web.response import Response
+from copa.web.session import Session
 
 if TYPE_CHECKING:
     from copa.pkg.base import ImageContext, RepositoryOptions
@@ -34,11 +34,9 @@ T = TypeVar("T")
 
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _TRANSIENT = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    urllib3.exceptions.ProtocolError,
-    urllib3.exceptions.ReadTimeoutError,
+    ConnectError,
+    TimedOut,
+    BodyError,
 )
 _MAX_REDIRECTS = 10  # as apt's http method
 
@@ -60,7 +58,7 @@ class Fetcher:
         self,
         cache: Cache | None = None,
         *,
-        session: requests.Session | None = None,
+        session: Session | None = None,
         timeout: float = 30.0,
         retries: int = 4,
         backoff: float = 0.5,
@@ -91,7 +89,7 @@ class Fetcher:
         twin.scope = self.scope
         return twin
 
-    def _get(self, url: str, what: str) -> tuple[requests.Response, bool]:
+    def _get(self, url: str, what: str) -> tuple[Response, bool]:
         """The response for `url`, following redirects here so that each hop gets the login and certificate of
         its own URL (as apt looks auth.conf up again for a redirect target); and whether a login was sent."""
         for _ in range(_MAX_REDIRECTS + 1):
@@ -124,15 +122,11 @@ class Fetcher:
         return "the repository did not accept the client certificate (--repository-cert) or TLS settings"
 
     @property
-    def session(self) -> requests.Session:
+    def session(self) -> Session:
         with self._lock:
             if self._session is None:
-                s = requests.Session()
-                adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(self.workers, 10))
-                s.mount("http://", adapter)
-                s.mount("https://", adapter)
-                # Index files are checksummed as served; on-the-fly compression would break the sha256.
-                s.headers["Accept-Encoding"] = "identity"
+                # Index files are checksummed as served: the session asks for no on-the-fly compression.
+                s = Session(pool_size=max(self.workers, 10))
                 s.headers["User-Agent"] = "copa-apt/0.1"
                 s.verify = self.verify
                 self._session = s
@@ -158,12 +152,12 @@ class Fetcher:
             resp, sent_login = self._get(url, what)
         except _TRANSIENT as e:
             if is_permanent(e):
-                hint = self._tls_hint(e, url) if isinstance(e, requests.exceptions.SSLError) \
+                hint = self._tls_hint(e, url) if isinstance(e, TlsError) \
                     else "check the repository URL"
                 raise RegistryError(f"{what}: cannot fetch {redact(url)}: {describe_connection_error(e)}; {hint}") \
                     from None
             raise _Retryable(f"{describe_connection_error(e)}: {e}") from e
-        except requests.RequestException as e:
+        except WebError as e:
             raise RegistryError(f"{what}: request to {redact(url)} failed: {type(e).__name__}") from None
         with resp:
             if resp.status_code in _RETRY_STATUS:

@@ -264,7 +264,7 @@ class RepoAuth:
         return None
 
     def cert_for(self, url: str) -> tuple[str, str] | str | None:
-        """What requests takes as `cert=`: (cert, key), a file with both, or None."""
+        """What copa.web takes as `cert=`: (cert, key), a file with both, or None."""
         for tls in self.tls:
             if tls.cert is not None and tls.applies(url):
                 return (str(tls.cert), str(tls.key)) if tls.key is not None else str(tls.cert)

@@ -60,7 +60,7 @@ class IndexPrefetch:
         for url, future in futures.items():
             try:
                 self._bodies[url] = future.result()
-            except (CopaError, OSError):  # requests' exceptions are OSErrors
+            except (CopaError, OSError):  # copa.web's exceptions are OSErrors
                 continue  # the plan downloads it again and reports what fails
 
     def join(self) -> None:
