@@ -11,17 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from copa.pkg.dpkg import (
-    InvalidVersionError,
+from copa.pkg.dpkg.status import (
     StatusEntry,
     StatusParseError,
-    compare_versions,
     entry_from_control,
     format_status,
     merge_status,
-    normalize_version,
     parse_status,
 )
+from copa.pkg.dpkg.version import InvalidVersionError, compare_versions, normalize_version
 
 REAL_STATUS = Path("/var/lib/dpkg/status")
 

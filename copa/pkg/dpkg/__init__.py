@@ -1,30 +1,3 @@
-"""dpkg database types: versions and the status file."""
-
-from copa.pkg.dpkg.status import (
-    Conffile,
-    StatusEntry,
-    StatusParseError,
-    entry_from_control,
-    format_entry,
-    format_status,
-    merge_status,
-    parse_status,
-    sort_entries,
-)
-from copa.pkg.dpkg.version import DpkgVersion, InvalidVersionError, compare_versions, normalize_version
-
-__all__ = [
-    "Conffile",
-    "DpkgVersion",
-    "InvalidVersionError",
-    "StatusEntry",
-    "StatusParseError",
-    "compare_versions",
-    "entry_from_control",
-    "format_entry",
-    "format_status",
-    "merge_status",
-    "normalize_version",
-    "parse_status",
-    "sort_entries",
-]
+"""The dpkg adapter: Debian and Ubuntu images, distroless ones included (versions, the status file, apt
+repositories, .deb packages). Import the modules themselves: this package imports none of them, so the version
+order a report needs before the first registry request loads python-debian alone, not the status file's code."""
