@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from copa.web.errors import TimedOut, TlsError
+from copa.web.errors import InvalidRequest, InvalidURL, TimedOut, TlsError
 
 # getaddrinfo's EAI_NONAME texts (glibc, BSD/macOS). "Temporary failure in name resolution"
 # (EAI_AGAIN) is not among them: a resolver that is down for a moment is worth another attempt.
@@ -30,7 +30,7 @@ def _chain(e: BaseException) -> str:
 
 def is_permanent(e: BaseException) -> bool:
     """Whether a connection failure will happen again on retry: TLS errors and unknown host names."""
-    if isinstance(e, TlsError):
+    if isinstance(e, (TlsError, InvalidURL, InvalidRequest)):  # a bad setting or request fails again the same way
         return True
     text = _chain(e)
     if "temporary failure in name resolution" in text:
@@ -41,6 +41,8 @@ def is_permanent(e: BaseException) -> bool:
 def describe_connection_error(e: BaseException) -> str:
     """A few words for an error message: what went wrong with the connection."""
     text = _chain(e)
+    if isinstance(e, (InvalidURL, InvalidRequest)):
+        return str(e)
     if isinstance(e, TlsError):
         return "TLS handshake failed"
     if "refused" in text:

@@ -153,10 +153,23 @@ def _system_bundle() -> str:
     return paths.cafile or paths.openssl_cafile
 
 
+def _bundle_files(path: Path) -> list[Path]:
+    """The files a CA setting names: the file itself, or a directory's certificates (an OpenSSL hashed directory
+    such as /etc/ssl/certs, where REQUESTS_CA_BUNDLE may point), each once however many links point to it."""
+    if not path.is_dir():
+        return [path]
+    found: dict[Path, Path] = {}
+    for entry in sorted(path.iterdir()):
+        hashed = len(entry.name) >= 10 and entry.name[8] == "." and entry.name[9:].isdigit()
+        if (entry.suffix in (".pem", ".crt") or hashed) and entry.is_file():
+            found.setdefault(entry.resolve(), entry)
+    return list(found.values())
+
+
 def merged_bundle(base: str | None, extra: Sequence[Path], dest: Path) -> Path:
     """One CA file: `base` (--ca-bundle, else the default roots, copa.web.tls.default_ca_bundle) plus `extra`."""
     hint = "check --ca-bundle and the certs.d directory"
-    sources = [Path(base or default_ca_bundle() or _system_bundle()), *extra]
+    sources = [*_bundle_files(Path(base or default_ca_bundle() or _system_bundle())), *extra]
     try:
         with dest.open("wb") as out:
             for source in sources:

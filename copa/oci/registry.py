@@ -713,7 +713,7 @@ class _Pusher:
             raise self.client.fail(resp, self.target, f"blob {desc.digest}")
 
     def location(self, resp: Response, what: str) -> str:
-        loc = resp.headers.get("Location", "")
+        loc = resp.location or ""
         if not loc:
             raise RegistryError(
                 f"registry {self.target.registry} gave no upload Location for {what} in repository "
@@ -892,9 +892,9 @@ class StreamedUpload:
         resp = client.send("POST", target, client.repo_url(target, "blobs/uploads/"), actions="pull,push",
                            headers={"Content-Length": "0"}, retry=False)
         with resp:
-            if resp.status_code != 202 or not resp.headers.get("Location"):
+            if resp.status_code != 202 or not resp.location:
                 raise RegistryError(f"upload session: HTTP {resp.status_code}")
-            location = urljoin(resp.url, resp.headers["Location"])
+            location = urljoin(resp.url, resp.location)
             # A registry that needs larger chunks says so (OCI distribution's OCI-Chunk-Min-Length).
             least = resp.headers.get("OCI-Chunk-Min-Length", "")
         chunk = max(self._chunk, int(least)) if least.isdigit() else self._chunk
@@ -917,9 +917,9 @@ class StreamedUpload:
             resp = client.send("PATCH", target, location, actions="pull,push", headers=headers, data=body,
                                retry=False)
             with resp:
-                if resp.status_code != 202 or not resp.headers.get("Location"):
+                if resp.status_code != 202 or not resp.location:
                     raise RegistryError(f"chunk {self._sent}-{end - 1}: HTTP {resp.status_code}")
-                location = urljoin(resp.url, resp.headers["Location"])
+                location = urljoin(resp.url, resp.location)
             self._sent = end
 
 

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urljoin, urlparse
 
 from copa import events
 from copa.errors import LocalIOError, NotFoundError, RegistryError
-from copa.net import describe_connection_error, is_permanent, redact
+from copa.net import describe_connection_error, is_permanent, redact, redact_text
 from copa.pkg.cache import Cache
 from copa.pkg.repoauth import RepoAuth, strip_userinfo, user_auth
 from copa.web.errors import BodyError, ConnectError, TimedOut, TlsError, WebError
@@ -102,7 +102,7 @@ class Fetcher:
             )
             if not resp.is_redirect:
                 return resp, login is not None
-            url = urljoin(bare, resp.headers["location"])
+            url = urljoin(bare, resp.location or "")
             resp.close()
         raise RegistryError(f"{what}: more than {_MAX_REDIRECTS} redirects from {redact(url)}; "
                             "check the repository URL")
@@ -158,7 +158,8 @@ class Fetcher:
                     from None
             raise _Retryable(f"{describe_connection_error(e)}: {e}") from e
         except WebError as e:
-            raise RegistryError(f"{what}: request to {redact(url)} failed: {type(e).__name__}") from None
+            reason = redact_text(describe_connection_error(e))
+            raise RegistryError(f"{what}: request to {redact(url)} failed: {reason}") from None
         with resp:
             if resp.status_code in _RETRY_STATUS:
                 raise _Retryable(f"HTTP {resp.status_code}")

@@ -39,3 +39,8 @@ class TooManyRedirects(WebError):
 
 class InvalidURL(WebError):
     """A URL this client cannot request (scheme, host or characters)."""
+
+
+class InvalidRequest(WebError):
+    """A request this client will not send: a header value with a line break, or characters HTTP cannot carry
+    (a token server's answer used as a header, for one)."""

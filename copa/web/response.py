@@ -5,14 +5,19 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
-from copa.web.errors import BodyError, ReadTimedOut
+from copa.web.errors import BodyError, ReadTimedOut, WebError
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Characters a request target may carry as they are; anything else (a space, a non-ASCII letter in a redirect's
+# Location) is percent-encoded. '%' is kept: what arrives encoded stays as encoded (a pre-signed URL's signature).
+TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"
 # At most this much decoded data per decompression step: a small gzip body must not inflate into gigabytes at once.
 _INFLATE_STEP = 1 << 20
 
@@ -69,24 +74,74 @@ def _links(header: str) -> dict[str, dict[str, str]]:
     return out
 
 
+class WireResponse(http.client.HTTPResponse):
+    """http.client's response, skipping every interim (1xx) response before the final one, not only 100
+    Continue: a 103 Early Hints taken for the answer would leave the real one on the connection for the next
+    request to read."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 100 < status < 200 or status == 101:
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # the interim response's headers, dropped
+
+
+class _Inflater:
+    """Content-Encoding gzip or deflate undone: several gzip members one after another (as gzip -d reads them),
+    and a "deflate" body with or without its zlib wrapper (servers send both)."""
+
+    def __init__(self, encoding: str) -> None:
+        self._raw_deflate_possible = encoding == "deflate"
+        self._d: Any = zlib.decompressobj(47)  # zlib or gzip framing, whichever the header shows
+        self._started = False
+
+    @property
+    def tail(self) -> bytes:
+        return bytes(self._d.unconsumed_tail)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self._d.eof) and not self._d.unused_data
+
+    def decompress(self, data: bytes, limit: int) -> bytes:
+        if self._d.eof and self._d.unused_data:  # the next gzip member
+            data = self._d.unused_data + data
+            self._d = zlib.decompressobj(47)
+        try:
+            out = self._d.decompress(data, limit)
+        except zlib.error:
+            if not (self._raw_deflate_possible and not self._started):
+                raise
+            self._d = zlib.decompressobj(-15)
+            out = self._d.decompress(data, limit)
+        self._started = True
+        return bytes(out)
+
+
 class Body:
     """The body of one response, read from its connection. `read(n)` fills up to n bytes, `read1(n)` returns
     after one socket read (so a body trickling in comes back to a caller checking its deadline). Transport
     failures become BodyError or ReadTimedOut. Reaching the end hands the connection back to its pool.
 
     `decode_content`: undo a gzip or deflate Content-Encoding (copa asks for identity, so only a server that
-    ignores that sends one)."""
+    ignores that sends one). `timeout` bounds how long a decoding read may go on without producing a byte."""
 
-    def __init__(self, raw: http.client.HTTPResponse, release: Callable[[bool], None]) -> None:
+    def __init__(self, raw: http.client.HTTPResponse, release: Callable[[bool], None],
+                 timeout: float | None = None) -> None:
         self._raw = raw
         self._release: Callable[[bool], None] | None = release
+        self._timeout = timeout
         self.decode_content = False
-        self._inflater: Any = None
+        self._inflater: _Inflater | None = None
         self._decoded_end = False
-        encoding = (raw.getheader("Content-Encoding") or "").strip().lower()
-        self._encoded = encoding in ("gzip", "x-gzip", "deflate")
+        self._encoding = (raw.getheader("Content-Encoding") or "").strip().lower()
+        self._encoded = self._encoding in ("gzip", "x-gzip", "deflate")
         if raw.length == 0 or raw.isclosed():
-            self._finish(reusable=True)
+            # No body (HEAD, 204, 304, Content-Length: 0). One announced anyway (a chunked 204) is not read: the
+            # connection is not used again.
+            announced = raw.chunked or (raw.getheader("Content-Length") or "0").strip() != "0"
+            self._finish(reusable=not (announced and raw.status in (204, 304)))
 
     @property
     def closed(self) -> bool:
@@ -95,10 +150,8 @@ class Body:
     def _finish(self, reusable: bool) -> None:
         release, self._release = self._release, None
         if release is not None:
-            if reusable:
-                self._raw.read()  # a zero-length remainder: marks the response complete for http.client
-            else:
-                self._raw.close()
+            # Closing the response marks it complete for its connection (which stays open when reusable).
+            self._raw.close()
             release(reusable and not self._raw.will_close)
 
     def _transport(self, read: Callable[[int], bytes], n: int) -> bytes:
@@ -110,7 +163,7 @@ class Body:
         except TimeoutError as e:
             self._finish(reusable=False)
             raise ReadTimedOut(f"read timed out ({e})") from e
-        except (http.client.HTTPException, OSError) as e:
+        except (http.client.HTTPException, OSError, ValueError) as e:
             self._finish(reusable=False)
             raise BodyError(f"connection lost during the body: {type(e).__name__}: {e}") from e
         if not data and n:
@@ -125,23 +178,29 @@ class Body:
 
     def _decoded(self, read: Callable[[int], bytes], n: int) -> bytes:
         if self._inflater is None:
-            self._inflater = zlib.decompressobj(47)  # zlib or gzip framing, whichever the header shows
+            self._inflater = _Inflater(self._encoding)
+        # Compressed input that decodes to nothing (empty deflate blocks, trickled) must not hold the caller past
+        # the timeout: it checks its own deadline only when a read returns.
+        deadline = time.monotonic() + self._timeout if self._timeout is not None else None
         while not self._decoded_end:
-            pending = self._inflater.unconsumed_tail
+            pending = self._inflater.tail
             if not pending:
                 pending = self._transport(read, max(n, 1 << 16))
                 if not pending:
                     self._decoded_end = True
-                    if not self._inflater.eof:  # all input was decoded as it came (max_length bounds output only)
-                        raise BodyError(f"the {self._raw.getheader('Content-Encoding')} body ended before its "
-                                        "compressed stream did")
+                    if not self._inflater.finished:
+                        raise BodyError(f"the {self._encoding} body ended before its compressed stream did")
                     return b""
             try:
-                out = self._inflater.decompress(pending, min(n, _INFLATE_STEP) if n > 0 else _INFLATE_STEP)
+                out = self._inflater.decompress(pending, min(n, _INFLATE_STEP))
             except zlib.error as e:
-                raise BodyError(f"the {self._raw.getheader('Content-Encoding')} body is corrupt: {e}") from None
+                self.close()
+                raise BodyError(f"the {self._encoding} body is corrupt: {e}") from None
             if out:
-                return bytes(out)
+                return out
+            if deadline is not None and time.monotonic() > deadline:
+                self.close()
+                raise ReadTimedOut(f"the {self._encoding} body decoded to nothing for {self._timeout} s")
         return b""
 
     def read1(self, n: int = -1) -> bytes:
@@ -160,28 +219,49 @@ class Body:
             return self._decoded(self._raw.read, n)
         return self._transport(self._raw.read, n)
 
+    def drain(self, limit: int) -> None:
+        """Read and drop what is left of a small body (a redirect's), so the connection can be used again; a
+        body of unknown or larger size closes the connection instead."""
+        left = self._raw.length
+        if left is not None and left <= limit and not self._raw.chunked:
+            try:
+                while self._transport(self._raw.read1, 1 << 16):
+                    pass
+            except WebError:
+                pass
+        self.close()
+
     def readable(self) -> bool:
         return True
 
     def close(self) -> None:
         if self._release is not None:
-            self._raw.close()
             self._finish(reusable=False)
 
 
 class Response:
-    def __init__(self, raw: http.client.HTTPResponse, sent: Sent, release: Callable[[bool], None]) -> None:
+    def __init__(self, raw: http.client.HTTPResponse, sent: Sent, release: Callable[[bool], None],
+                 timeout: float | None = None) -> None:
         self.status_code = raw.status
         self.reason = raw.reason
         self.headers = Headers(raw.getheaders())
         self.url = sent.url
         self.request = sent
-        self.raw = Body(raw, release)
+        self.raw = Body(raw, release, timeout)
         self._content: bytes | None = None
 
     @property
     def is_redirect(self) -> bool:
         return self.status_code in REDIRECTS and "Location" in self.headers
+
+    @property
+    def location(self) -> str | None:
+        """The Location header as a URL to request: http.client decodes header bytes as latin-1, so the bytes
+        as sent are percent-encoded here (a UTF-8 path stays UTF-8, not encoded twice)."""
+        value = self.headers.get("Location")
+        if value is None:
+            return None
+        return quote(value.strip().encode("latin-1", "replace"), safe=TARGET_SAFE)
 
     @property
     def content(self) -> bytes:

@@ -17,6 +17,7 @@ from copa.web import tls
 from copa.web.errors import (
     ConnectError,
     ConnectTimedOut,
+    InvalidRequest,
     InvalidURL,
     ReadTimedOut,
     TlsError,
@@ -24,7 +25,7 @@ from copa.web.errors import (
     WebError,
 )
 from copa.web.proxies import Proxy, proxy_for
-from copa.web.response import Response, Sent
+from copa.web.response import TARGET_SAFE, Response, Sent, WireResponse
 
 DEFAULT_HEADERS = {
     "User-Agent": "copa",
@@ -33,9 +34,7 @@ DEFAULT_HEADERS = {
     "Accept-Encoding": "identity",
 }
 _BLOCK = 1 << 16  # request bodies are sent in 64 KiB writes (http.client's default is 8 KiB)
-# Characters a request target may carry as they are; anything else (a space, a non-ASCII letter in a redirect's
-# Location) is percent-encoded. '%' is kept: what arrives encoded stays as encoded.
-_TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"
+_DRAIN = 64 << 10  # a redirect's body up to this size is read to keep its connection; a larger one closes it
 # What a connection kept alive for reuse may fail with when the server has closed it meanwhile; a request that
 # meets one before any response byte is sent again on a fresh connection, when its body can be sent again.
 _STALE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, http.client.RemoteDisconnected)
@@ -81,10 +80,11 @@ class _Pool:
 def _dropped(sock: socket.socket) -> bool:
     """Whether an idle kept-alive connection was closed by the server (it is readable: EOF or stray bytes)."""
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        poller = select.poll()  # not select(): it fails for descriptors past 1023, which a busy program has
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 def _content_length(body: Any) -> int | None:
@@ -116,9 +116,11 @@ def _same_host(old: str, new: str) -> bool:
     a, b = urlsplit(old), urlsplit(new)
     if a.hostname != b.hostname:
         return False
+    default = {"http": 80, "https": 443}
+    a_port, b_port = a.port or default.get(a.scheme), b.port or default.get(b.scheme)
     if a.scheme == b.scheme:
-        return a.port == b.port
-    return a.scheme == "http" and b.scheme == "https" and a.port in (None, 80) and b.port in (None, 443)
+        return a_port == b_port
+    return a.scheme == "http" and b.scheme == "https" and a_port == 80 and b_port == 443
 
 
 class Session:
@@ -207,9 +209,9 @@ class Session:
                 if not stream:
                     _ = resp.content
                 return resp
-            target = urljoin(url, resp.headers["Location"])
-            resp.close()
-            if (resp.status_code == 303 and method != "HEAD") or (resp.status_code in (301, 302) and method == "POST"):
+            target = urljoin(url, resp.location or "")
+            resp.raw.drain(_DRAIN)  # a small redirect body is read, so its connection serves the next request
+            if resp.status_code in (301, 302, 303) and method not in ("GET", "HEAD"):  # as Go's client (skopeo)
                 method, data = "GET", None
                 for name in ("content-length", "content-type", "transfer-encoding"):
                     merged.pop(name, None)
@@ -245,9 +247,9 @@ class Session:
         except ValueError:
             raise InvalidURL(f"cannot request {url}: the port is not a number") from None
         proxy = proxy_for(scheme, parts.hostname, port)
-        target = quote(parts.path or "/", safe=_TARGET_SAFE)
+        target = quote(parts.path or "/", safe=TARGET_SAFE)
         if parts.query:
-            target += "?" + quote(parts.query, safe=_TARGET_SAFE)
+            target += "?" + quote(parts.query, safe=TARGET_SAFE)
         if proxy is not None and scheme == "http":
             target = f"http://{parts.netloc.rpartition('@')[2]}{target}"  # a plain proxy is sent the absolute URL
         out = {name: value for name, value in headers.values()}
@@ -263,18 +265,12 @@ class Session:
             if conn.sock is not None:
                 conn.sock.settimeout(timeout)
             try:
-                if conn.sock is None:
-                    _connect(conn, url, proxy)
-                conn.request(method, target, body=data, headers=out,
-                             encode_chunked=data is not None and length is None)
-                raw = conn.getresponse()
+                raw = _exchange(conn, method, target, data, out, length, url, proxy)
             except _STALE as e:
-                conn.close()
                 if reused and attempt == 0 and _replayable(data):
                     continue
                 raise ConnectError(f"{method} {url}: connection lost before the response ({e})") from e
             except ssl.SSLError as e:
-                conn.close()
                 # A kept-alive TLS connection the server closed just now can also end in an EOF the TLS layer
                 # reports; that is the stale case above, not a handshake failure.
                 if reused and attempt == 0 and _replayable(data) and isinstance(e, (ssl.SSLEOFError,
@@ -282,10 +278,10 @@ class Session:
                     continue
                 raise TlsError(f"{method} {url}: TLS failed ({e})") from e
             except TimeoutError as e:
-                conn.close()
                 raise ReadTimedOut(f"{method} {url}: no response within {timeout} s ({e})") from e
+            except ValueError as e:  # http.client refuses a header value with a line break or beyond latin-1
+                raise InvalidRequest(f"{method} {url}: a header cannot be sent ({e})") from None
             except (http.client.HTTPException, OSError) as e:
-                conn.close()
                 if isinstance(e, WebError):
                     raise
                 raise ConnectError(f"{method} {url}: {type(e).__name__}: {e}") from e
@@ -297,7 +293,30 @@ class Session:
             else:
                 conn.close()
 
-        return Response(raw, Sent(method, url), release)
+        return Response(raw, Sent(method, url), release, timeout)
+
+
+def _exchange(conn: http.client.HTTPConnection, method: str, target: str, data: Any, headers: dict[str, str],
+              length: int | None, url: str, proxy: Proxy | None) -> http.client.HTTPResponse:
+    """Send the request and read the response's head on `conn`, which is closed if that fails."""
+    try:
+        if conn.sock is None:
+            _connect(conn, url, proxy)
+        try:
+            conn.request(method, target, body=data, headers=headers, encode_chunked=data is not None and length is None)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError) as e:
+            # A server may answer and close while the body is still going (413 for a blob too large, 401 for an
+            # upload): that answer is what to report, not the broken pipe. The connection is not used again.
+            try:
+                early = conn.getresponse()
+            except (http.client.HTTPException, OSError):
+                raise e from None
+            early.will_close = True
+            return early
+        return conn.getresponse()
+    except BaseException:
+        conn.close()
+        raise
 
 
 def _start_position(data: Any) -> int | None:
@@ -324,8 +343,10 @@ def _connection(scheme: str, host: str, port: int, proxy: Proxy | None, verify: 
         if proxy is not None:
             tunnel = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
             conn.set_tunnel(host, port, headers=tunnel)
-        return conn
-    return http.client.HTTPConnection(peer_host, peer_port, timeout=timeout, blocksize=_BLOCK)
+    else:
+        conn = http.client.HTTPConnection(peer_host, peer_port, timeout=timeout, blocksize=_BLOCK)
+    conn.response_class = WireResponse
+    return conn
 
 
 def _connect(conn: http.client.HTTPConnection, url: str, proxy: Proxy | None) -> None:

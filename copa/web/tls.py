@@ -45,4 +45,9 @@ def context(verify: Verify, cert: Cert) -> ssl.SSLContext:
     if cert is not None:
         certfile, keyfile = (cert, None) if isinstance(cert, str) else cert
         ctx.load_cert_chain(certfile, keyfile)
+        # A TLS 1.3 server may ask for the certificate after the handshake, for one path only (Apache's
+        # SSLVerifyClient in a <Location>); without this it never gets one.
+        if getattr(ctx, "post_handshake_auth", None) is not None:
+            ctx.post_handshake_auth = True
+    ctx.set_alpn_protocols(["http/1.1"])  # what this client speaks, for servers that also offer HTTP/2
     return ctx
