@@ -97,17 +97,23 @@ class _Inflater:
         self._started = False
 
     @property
-    def tail(self) -> bytes:
-        return bytes(self._d.unconsumed_tail)
+    def pending(self) -> bool:
+        """Whether input is held back: past the output limit, or the start of a next gzip member."""
+        return bool(self._d.unconsumed_tail) or (bool(self._d.eof) and bool(self._d.unused_data))
 
     @property
     def finished(self) -> bool:
         return bool(self._d.eof) and not self._d.unused_data
 
     def decompress(self, data: bytes, limit: int) -> bytes:
-        if self._d.eof and self._d.unused_data:  # the next gzip member
+        """Up to `limit` decoded bytes from what is held back plus `data`."""
+        if self._d.eof:  # what follows a finished member is the next one (a finished member's tail is moot)
             data = self._d.unused_data + data
+            if not data:
+                return b""
             self._d = zlib.decompressobj(47)
+        elif self._d.unconsumed_tail:
+            data = self._d.unconsumed_tail + data
         try:
             out = self._d.decompress(data, limit)
         except zlib.error:
@@ -183,16 +189,16 @@ class Body:
         # the timeout: it checks its own deadline only when a read returns.
         deadline = time.monotonic() + self._timeout if self._timeout is not None else None
         while not self._decoded_end:
-            pending = self._inflater.tail
-            if not pending:
-                pending = self._transport(read, max(n, 1 << 16))
-                if not pending:
+            data = b""
+            if not self._inflater.pending:
+                data = self._transport(read, max(n, 1 << 16))
+                if not data:
                     self._decoded_end = True
                     if not self._inflater.finished:
                         raise BodyError(f"the {self._encoding} body ended before its compressed stream did")
                     return b""
             try:
-                out = self._inflater.decompress(pending, min(n, _INFLATE_STEP))
+                out = self._inflater.decompress(data, min(n, _INFLATE_STEP))
             except zlib.error as e:
                 self.close()
                 raise BodyError(f"the {self._encoding} body is corrupt: {e}") from None
