@@ -531,9 +531,9 @@ def test_engine_failing_during_the_load(patched: Bundle, mode: str, want: str, t
 @pytest.mark.slow
 @pytest.mark.sweep  # about a minute: three platforms patched from the Debian archive
 def test_cli_loads_every_patched_platform_of_a_real_index(podman: PodmanStore, tmp_path: Path) -> None:
-    """The multi-platform fixture (amd64, arm64, arm/v7, a ppc64le image copa cannot patch, attestations), patched
-    whole as Copacetic does without a report: podman holds TAG-amd64, TAG-arm64 and TAG-arm-v7, each the image of
-    that platform in the index copa wrote in the same run; nothing else is loaded."""
+    """The multi-platform fixture (amd64, arm64, arm/v7, 386, a ppc64le image copa cannot patch, attestations),
+    patched whole as Copacetic does without a report: podman holds TAG-amd64, TAG-arm64, TAG-arm-v7 and TAG-386, each
+    the image of that platform in the index copa wrote in the same run; nothing else is loaded."""
     layout, ref = multiplatform.multiplatform_layout()
     name = "registry.test/multi-real:1"
     out = tmp_path / "out"
@@ -545,10 +545,10 @@ def test_cli_loads_every_patched_platform_of_a_real_index(podman: PodmanStore, t
     expected: dict[str, dict[str, Any]] = {}
     for entry in index["manifests"]:
         platform = entry.get("platform", {})
-        if platform.get("architecture") in ("amd64", "arm64", "arm"):
+        if platform.get("architecture") in ("amd64", "arm64", "arm", "386"):
             suffix = "-".join(x for x in (platform["architecture"], platform.get("variant", "")) if x)
             expected[f"{name}-{suffix}"] = json.loads((out / "blobs/sha256" / entry["digest"][7:]).read_bytes())
-    assert set(expected) == {f"{name}-amd64", f"{name}-arm64", f"{name}-arm-v7"}
+    assert set(expected) == {f"{name}-amd64", f"{name}-arm64", f"{name}-arm-v7", f"{name}-386"}
     assert set(loaded) == {f"containers-storage:{n}" for n in expected}
     assert podman.names() >= set(expected) and not podman.names() & {name, f"{name}-ppc64le"}
     for tag, manifest in expected.items():

@@ -15,6 +15,7 @@ from urllib.parse import quote
 from copa.web.errors import BodyError, ReadTimedOut, WebError
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+CONTENT_LIMIT = 64 << 20  # the most `content` reads (and a request without `stream` preloads)
 # Characters a request target may carry as they are; anything else (a space, a non-ASCII letter in a redirect's
 # Location) is percent-encoded. '%' is kept: what arrives encoded stays as encoded (a pre-signed URL's signature).
 TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"
@@ -271,10 +272,18 @@ class Response:
 
     @property
     def content(self) -> bytes:
-        """The whole body, decoded (read once; later calls return the same bytes)."""
+        """The whole body, decoded (read once; later calls return the same bytes), at most CONTENT_LIMIT bytes:
+        what is read whole is a small document; blobs are streamed."""
         if self._content is None:
             self.raw.decode_content = True
-            self._content = self.raw.read()
+            out = bytearray()
+            while chunk := self.raw.read1(1 << 16):
+                out += chunk
+                if len(out) > CONTENT_LIMIT:
+                    self.raw.close()
+                    raise BodyError(f"{self.request.method} {self.url}: the response is larger than "
+                                    f"{CONTENT_LIMIT >> 20} MiB, more than any document copa reads whole")
+            self._content = bytes(out)
         return self._content
 
     @property
