@@ -8,10 +8,14 @@ import base64
 import contextlib
 import datetime
 import gzip
+import os
+import resource
 import socket
 import ssl
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
@@ -26,11 +30,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from copa.net import describe_connection_error
+from copa.net import describe_connection_error, is_permanent
+from copa.oci.certs import merged_bundle
+from copa.pkg.cache import Cache
+from copa.pkg.fetch import Fetcher
 from copa.web.errors import (
     BodyError,
     ConnectError,
     ConnectTimedOut,
+    InvalidRequest,
     InvalidURL,
     ReadTimedOut,
     TlsError,
@@ -957,3 +965,360 @@ def test_missing_client_certificate_fails(mtls_origin: Origin, pki: Pki, session
         session.get(mtls_origin.url("/a", host="localhost"), verify=pki.ca, timeout=5)
     assert mtls_origin.seen == []
 
+
+
+# == 8. regressions: defects found in review ======================================================================
+
+
+def _serve_paths(answer: Callable[[str], bytes], lines: list[bytes] | None = None,
+                 ) -> Callable[[socket.socket, RawServer], None]:
+    """A keep-alive raw handler: each request on the connection gets the bytes `answer(path)` returns; request
+    lines are recorded in `lines`."""
+
+    def handle(conn: socket.socket, _: RawServer) -> None:
+        while True:
+            try:
+                line, _headers, _rest = _read_head(conn)
+            except ConnectionError:
+                return
+            if lines is not None:
+                lines.append(line.encode("latin-1"))
+            conn.sendall(answer(line.split(" ")[1]))
+
+    return handle
+
+
+def _ok(body: bytes = b"ok") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+# A Location as a server sends it: UTF-8 and a space in the path, a signature whose %2F and + must not change.
+_LOCATION = b"/caf\xc3\xa9 x?X-Amz-Signature=a%2Fb+c&q=%7E"
+_LOCATION_TARGET = "/caf%C3%A9%20x?X-Amz-Signature=a%2Fb+c&q=%7E"
+
+
+def _to_cafe(path: str) -> bytes:
+    if path == "/start":
+        return b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n" % _LOCATION
+    if path == _LOCATION_TARGET:
+        return _ok()
+    return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+
+
+def test_non_ascii_location_is_requested_as_its_utf8_encoding(raw_server: Callable[..., RawServer],
+                                                              session: Session) -> None:
+    lines: list[bytes] = []
+    server = raw_server(_serve_paths(_to_cafe, lines))
+    assert session.get(server.url("/start"), allow_redirects=False).location == _LOCATION_TARGET
+    resp = session.get(server.url("/start"))
+    assert (resp.status_code, resp.content, resp.url) == (200, b"ok", server.url(_LOCATION_TARGET))
+    assert lines[-1] == f"GET {_LOCATION_TARGET} HTTP/1.1".encode()
+
+
+def test_non_ascii_location_through_the_package_fetcher(raw_server: Callable[..., RawServer], session: Session,
+                                                        tmp_path: Path) -> None:
+    # copa.pkg.fetch follows redirects itself (each hop gets its own login): the same Location, the same target.
+    lines: list[bytes] = []
+    server = raw_server(_serve_paths(_to_cafe, lines))
+    fetcher = Fetcher(Cache(tmp_path / "cache"), session=session, retries=1)
+    assert fetcher.get_bytes(server.url("/start"), "InRelease") == b"ok"
+    assert lines == [b"GET /start HTTP/1.1", f"GET {_LOCATION_TARGET} HTTP/1.1".encode()]
+
+
+def _refuses_the_body(conn: socket.socket, _: RawServer) -> None:
+    # A registry refusing a blob upload from its head: it answers, reads nothing more, and drops the connection
+    # (with unread data a close is a reset; SO_LINGER 0 makes it one for sure).
+    _read_head(conn)
+    body = b'{"errors":[{"code":"SIZE_INVALID","message":"too big"}]}'
+    conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    time.sleep(0.2)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+@pytest.mark.parametrize("body", ["sized", "generator"])
+def test_answer_before_the_whole_body_is_returned(body: str, raw_server: Callable[..., RawServer],
+                                                  session: Session) -> None:
+    # Far more than the socket buffers hold: the client is still sending when the connection is reset.
+    size = 32 << 20
+    data = Sized(b"x" * size) if body == "sized" else (b"x" * (1 << 16) for _ in range(size >> 16))
+    resp = session.put(raw_server(_refuses_the_body).url("/v2/a/blobs/uploads/1"), data=data, timeout=5)
+    assert resp.status_code == 413
+    assert resp.json()["errors"][0]["code"] == "SIZE_INVALID"
+
+
+def _early_hints(path: str) -> bytes:
+    body = f"body of {path}".encode()
+    hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n" if path == "/a" else b""
+    return hints * 2 + _ok(body)
+
+
+def test_interim_103_responses_are_skipped(raw_server: Callable[..., RawServer], session: Session) -> None:
+    server = raw_server(_serve_paths(_early_hints))
+    first = session.get(server.url("/a"))
+    assert (first.status_code, first.content) == (200, b"body of /a")
+    second = session.get(server.url("/b"))  # on the same connection: nothing of the first answer is left over
+    assert (second.status_code, second.content) == (200, b"body of /b")
+    assert server.connections == 1
+
+
+def _chunked_without_body(status: int, then_close: bool) -> Callable[[socket.socket, RawServer], None]:
+    # "Transfer-Encoding: chunked" on a response that has no body by definition, and no chunks.
+    def handle(conn: socket.socket, server: RawServer) -> None:
+        if server.connections > 1:
+            _serve_paths(lambda _: _ok())(conn, server)
+            return
+        _read_head(conn)
+        conn.sendall(b"HTTP/1.1 %d No body\r\nTransfer-Encoding: chunked\r\n\r\n" % status)
+        if not then_close:
+            server.stopped.wait(10)
+
+    return handle
+
+
+@pytest.mark.parametrize("then_close", [False, True], ids=["stays open", "closes"])
+@pytest.mark.parametrize("status", [204, 304])
+def test_chunked_header_on_a_response_without_body(status: int, then_close: bool,
+                                                   raw_server: Callable[..., RawServer], session: Session) -> None:
+    server = raw_server(_chunked_without_body(status, then_close))
+    start = time.monotonic()
+    resp = session.request("PUT" if status == 204 else "GET", server.url("/a"), timeout=2)
+    assert (resp.status_code, resp.content) == (status, b"")
+    assert time.monotonic() - start < 1.5
+    assert session.get(server.url("/b"), timeout=2).content == b"ok"
+    assert server.connections == 2  # what follows such a head is unknown: its connection is not used again
+
+
+def _encoded(path: str) -> bytes:
+    encoding, body = {
+        "/multi-member": (b"gzip", gzip.compress(b"first member, ") + gzip.compress(b"second member")),
+        "/raw-deflate": (b"deflate", _raw_deflate(b"raw deflate, no zlib wrapper")),
+        "/zlib-deflate": (b"deflate", zlib.compress(b"deflate with its zlib wrapper")),
+    }[path]
+    return b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n%s" % (encoding, len(body), body)
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return c.compress(data) + c.flush()
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/multi-member", b"first member, second member"),
+    ("/raw-deflate", b"raw deflate, no zlib wrapper"),
+    ("/zlib-deflate", b"deflate with its zlib wrapper"),
+])
+@pytest.mark.parametrize("how", ["content", "read1"])
+def test_content_encodings_decoded_whole(how: str, path: str, expected: bytes,
+                                         raw_server: Callable[..., RawServer], session: Session) -> None:
+    server = raw_server(_serve_paths(_encoded))
+    if how == "content":
+        assert session.get(server.url(path)).content == expected
+    else:
+        resp = session.get(server.url(path), stream=True)
+        resp.raw.decode_content = True
+        assert b"".join(iter(lambda: resp.raw.read1(4), b"")) == expected
+    assert session.get(server.url("/zlib-deflate")).content == b"deflate with its zlib wrapper"
+    assert server.connections == 1
+
+
+def _trickles_empty_blocks(conn: socket.socket, server: RawServer) -> None:
+    # A gzip stream that keeps arriving but decodes to nothing: empty stored blocks, one every 0.1 s for 3 s.
+    _read_head(conn)
+    c = zlib.compressobj(6, zlib.DEFLATED, 31)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+    def chunk(data: bytes) -> None:
+        conn.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+
+    chunk(c.compress(b"") + c.flush(zlib.Z_SYNC_FLUSH))  # the gzip header and an empty block
+    for _ in range(30):
+        if server.stopped.wait(0.1):
+            return
+        chunk(b"\x00\x00\x00\xff\xff")  # an empty stored block, not the last
+    chunk(c.compress(b"data") + c.flush())
+    conn.sendall(b"0\r\n\r\n")
+    server.stopped.wait(10)
+
+
+def test_gzip_body_decoding_to_nothing_times_out(raw_server: Callable[..., RawServer], session: Session) -> None:
+    resp = session.get(raw_server(_trickles_empty_blocks).url(), stream=True, timeout=0.5)
+    resp.raw.decode_content = True
+    start = time.monotonic()
+    with pytest.raises(ReadTimedOut):
+        resp.raw.read1(1 << 16)
+    assert 0.4 < time.monotonic() - start < 2
+    assert resp.raw.closed
+
+
+def _ca(cn: str) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return _cert(cn, key, _name(cn), key, [x509.BasicConstraints(ca=True, path_length=None)])
+
+
+def test_ca_bundle_setting_naming_a_hashed_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # REQUESTS_CA_BUNDLE=/etc/ssl/certs: an OpenSSL hashed directory, every certificate a file and a HASH.0 link.
+    d = tmp_path / "certs"
+    d.mkdir()
+    for i, cn in enumerate(("dir CA one", "dir CA two")):
+        name = cn.replace(" ", "-") + ".pem"
+        (d / name).write_bytes(_pem(_ca(cn)))
+        (d / f"{i:08x}.0").symlink_to(name)  # as c_rehash links them
+    extra = tmp_path / "registry-ca.crt"
+    extra.write_bytes(_pem(_ca("certs.d CA")))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(d))
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    out = merged_bundle(None, [extra], tmp_path / "merged.pem")
+    found = [c.subject.rfc4514_string() for c in x509.load_pem_x509_certificates(out.read_bytes())]
+    assert sorted(found) == ["CN=certs.d CA", "CN=dir CA one", "CN=dir CA two"]
+    ssl.create_default_context(cafile=str(out))  # a bundle OpenSSL reads
+
+
+def _post_handshake_auth(pki: Pki, peers: list[object]) -> Callable[[socket.socket, RawServer], None]:
+    """A TLS 1.3 server that asks for the client certificate only once the request came (as Apache does for an
+    SSLVerifyClient in a <Location>), recording its subject in `peers`; 403 when it cannot ask."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(pki.server_cert, pki.server_key)
+    ctx.load_verify_locations(pki.ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.post_handshake_auth = True  # with CERT_REQUIRED: no certificate asked for in the handshake
+
+    def subject(tls: ssl.SSLSocket) -> object:
+        try:
+            return (tls.getpeercert() or {}).get("subject")
+        except ValueError:  # "handshake not done yet": the certificate asked for has not come yet
+            return None
+
+    def handle(conn: socket.socket, _: RawServer) -> None:
+        with ctx.wrap_socket(conn, server_side=True) as tls:
+            _read_head(tls)
+            assert subject(tls) is None  # none in the handshake
+            try:
+                tls.verify_client_post_handshake()
+            except ssl.SSLError as e:  # the client did not offer post-handshake authentication
+                body = str(e).encode()
+                tls.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                return
+            tls.settimeout(0.05)
+            deadline = time.monotonic() + 3
+            while subject(tls) is None and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    tls.recv(1)  # sends the CertificateRequest, then reads the client's answer to it
+            peers.append(subject(tls))
+            tls.settimeout(5)
+            tls.sendall(_ok())
+
+    return handle
+
+
+def test_client_certificate_asked_for_after_the_handshake(pki: Pki, raw_server: Callable[..., RawServer],
+                                                          session: Session) -> None:
+    peers: list[object] = []
+    server = raw_server(_post_handshake_auth(pki, peers))
+    resp = session.get(f"https://localhost:{server.port}/private", verify=pki.ca,
+                       cert=(pki.client_cert, pki.client_key), timeout=5)
+    assert (resp.status_code, resp.content) == (200, b"ok")
+    assert peers == [((("commonName", "copa-client"),),)]
+
+
+def test_keep_alive_with_more_than_1024_descriptors_open(origin: Origin, session: Session) -> None:
+    # select() cannot watch a descriptor past 1023: checking an idle connection with it discarded every one.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 1100 + 256
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            pytest.skip(f"the descriptor limit ({hard}) is too low")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    held = [os.open(os.devnull, os.O_RDONLY)]
+    try:
+        while held[-1] < 1100:  # every free number below taken: the connection's socket gets one past 1100
+            held.append(os.dup(held[0]))
+        for i in range(5):
+            assert session.get(origin.url(f"/{i}")).content == f"GET /{i}".encode()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert origin.connections == 1
+
+
+@pytest.mark.parametrize("token", ["abc\r\nX-Injected: 1", "abc\nX-Injected: 1", "t\u00e9\u20ac"],
+                         ids=["CRLF", "LF", "beyond latin-1"])
+def test_header_value_that_cannot_be_sent(token: str, origin: Origin, session: Session) -> None:
+    # An Authorization built from a token server's answer: refused as a WebError, never written in part.
+    with pytest.raises(InvalidRequest) as caught:
+        session.get(origin.url("/a"), headers={"Authorization": f"Bearer {token}"})
+    assert isinstance(caught.value, WebError)
+    assert is_permanent(caught.value)
+    assert session.get(origin.url("/b")).content == b"GET /b"
+    assert [s.path for s in origin.seen] == ["/b"]
+    assert "X-Injected" not in origin.seen[0].headers
+
+
+def test_socks_proxy_error_is_described_as_itself(session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("https_proxy", "socks5://127.0.0.1:1080")
+    with pytest.raises(InvalidURL) as caught:
+        session.get("https://localhost:1/")
+    assert describe_connection_error(caught.value) == str(caught.value)
+    assert "only http:// proxies are supported" in str(caught.value)
+    assert is_permanent(caught.value)  # no retries: the setting is wrong
+
+
+def _redirects_with_a_page(path: str) -> bytes:
+    if path == "/blob":
+        page = b'<a href="/cdn/blob">Temporary Redirect</a>.\n'
+        return b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /cdn/blob\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(page), page)
+    return _ok()
+
+
+def test_redirects_with_a_small_body_reuse_the_connection(raw_server: Callable[..., RawServer],
+                                                          session: Session) -> None:
+    lines: list[bytes] = []
+    server = raw_server(_serve_paths(_redirects_with_a_page, lines))
+    for _ in range(5):
+        assert session.get(server.url("/blob")).content == b"ok"
+    assert lines == [b"GET /blob HTTP/1.1", b"GET /cdn/blob HTTP/1.1"] * 5
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("code", ["301", "302"])
+def test_301_302_turn_put_into_get_without_body(code: str, origin: Origin, session: Session) -> None:
+    # As Go's http client (skopeo, containerd) does for any method but GET and HEAD, not only for POST.
+    resp = session.put(origin.url("/redirect", code=code, to="/next"), data=b"payload",
+                       headers={"Content-Type": "application/octet-stream"})
+    assert (resp.request.method, resp.content) == ("GET", b"GET /next")
+    first, second = origin.seen
+    assert (first.method, first.body) == ("PUT", b"payload")
+    assert (second.method, second.body) == ("GET", b"")
+    assert "Content-Length" not in second.headers and "Content-Type" not in second.headers
+
+
+@dataclass
+class _PortMapProxy(ForwardProxy):
+    """A forward proxy whose CONNECT tunnels, to whatever port, all lead to `to_port` on 127.0.0.1: a server seen
+    as https://localhost (port 443) and https://localhost:8443."""
+
+    to_port: int = 0
+
+    def _upstream(self, host: str, port: int) -> socket.socket:  # type: ignore[override]
+        return socket.create_connection(("127.0.0.1", self.to_port), timeout=5)
+
+
+@pytest.mark.parametrize(("start", "to", "kept"), [
+    ("https://localhost", "https://localhost:443", True),
+    ("https://localhost:443", "https://localhost", True),
+    ("https://localhost", "https://localhost:8443", False),
+])
+def test_authorization_on_redirect_to_the_default_port_spelled_out(
+        start: str, to: str, kept: bool, tls_origin: Origin, pki: Pki, session: Session,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = _PortMapProxy(to_port=tls_origin.port)  # nothing listens on 443 here: the proxy's tunnels lead there
+    try:
+        monkeypatch.setenv("https_proxy", proxy.url())
+        resp = session.get(f"{start}/redirect?{urlencode({'to': to + '/next'})}", auth=("u", "p"), verify=pki.ca)
+    finally:
+        proxy.server.stop()
+    assert resp.content == b"GET /next"
+    assert [s.headers["Authorization"] for s in tls_origin.seen] == [_basic("u:p"), _basic("u:p") if kept else None]

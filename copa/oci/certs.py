@@ -13,6 +13,7 @@ is one clear error instead of an OpenSSL message (or a password prompt) in the m
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import ssl
 from collections.abc import Sequence
@@ -153,26 +154,35 @@ def _system_bundle() -> str:
     return paths.cafile or paths.openssl_cafile
 
 
-def _bundle_files(path: Path) -> list[Path]:
-    """The files a CA setting names: the file itself, or a directory's certificates (an OpenSSL hashed directory
-    such as /etc/ssl/certs, where REQUESTS_CA_BUNDLE may point), each once however many links point to it."""
-    if not path.is_dir():
-        return [path]
-    found: dict[Path, Path] = {}
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def _directory_certificates(path: Path) -> bytes:
+    """The certificates of a CA directory (an OpenSSL hashed directory such as /etc/ssl/certs, where
+    REQUESTS_CA_BUNDLE may point), each once: such a directory holds every certificate as its own file, as hash
+    links to those, and as one bundle file besides."""
+    seen: dict[bytes, None] = {}
     for entry in sorted(path.iterdir()):
         hashed = len(entry.name) >= 10 and entry.name[8] == "." and entry.name[9:].isdigit()
         if (entry.suffix in (".pem", ".crt") or hashed) and entry.is_file():
-            found.setdefault(entry.resolve(), entry)
-    return list(found.values())
+            for block in _PEM_CERT.findall(entry.read_bytes()):
+                seen.setdefault(block, None)
+    return b"\n".join(seen) + b"\n"
 
 
 def merged_bundle(base: str | None, extra: Sequence[Path], dest: Path) -> Path:
     """One CA file: `base` (--ca-bundle, else the default roots, copa.web.tls.default_ca_bundle) plus `extra`."""
     hint = "check --ca-bundle and the certs.d directory"
-    sources = [*_bundle_files(Path(base or default_ca_bundle() or _system_bundle())), *extra]
+    first = Path(base or default_ca_bundle() or _system_bundle())
     try:
         with dest.open("wb") as out:
-            for source in sources:
+            if first.is_dir():
+                out.write(_directory_certificates(first))
+            else:
+                with first.open("rb") as f:
+                    shutil.copyfileobj(f, out)
+                out.write(b"\n")
+            for source in extra:
                 with source.open("rb") as f:
                     shutil.copyfileobj(f, out)
                 out.write(b"\n")
