@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from copa.errors import AuthError, RegistryError
+from copa.net import describe_connection_error
 from copa.oci.bodies import read_body
 from copa.oci.credentials import Credential
 from copa.web.errors import WebError
@@ -154,7 +155,8 @@ class Authenticator:
                                          stream=True)
         except WebError as e:
             raise RegistryError(
-                f"cannot reach token server {realm} for registry {self.registry}: {type(e).__name__}; check the network"
+                f"cannot reach token server {realm} for registry {self.registry}: {describe_connection_error(e)}; "
+                "check the network"
             ) from None
         if resp.status_code in (401, 403):
             resp.close()
