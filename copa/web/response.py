@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import json
 import re
 import time
 import zlib
@@ -285,21 +284,6 @@ class Response:
                                     f"{CONTENT_LIMIT >> 20} MiB, more than any document copa reads whole")
             self._content = bytes(out)
         return self._content
-
-    @property
-    def text(self) -> str:
-        charset = "utf-8"
-        for param in self.headers.get("Content-Type", "").split(";")[1:]:
-            key, _, value = param.strip().partition("=")
-            if key.lower() == "charset" and value:
-                charset = value.strip('"')
-        try:
-            return self.content.decode(charset, errors="replace")
-        except LookupError:
-            return self.content.decode("utf-8", errors="replace")
-
-    def json(self) -> Any:
-        return json.loads(self.content)
 
     @property
     def links(self) -> dict[str, dict[str, str]]:

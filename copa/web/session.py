@@ -164,12 +164,6 @@ class Session:
     def put(self, url: str, **kw: Any) -> Response:
         return self.request("PUT", url, **kw)
 
-    def patch(self, url: str, **kw: Any) -> Response:
-        return self.request("PATCH", url, **kw)
-
-    def delete(self, url: str, **kw: Any) -> Response:
-        return self.request("DELETE", url, **kw)
-
     def request(
         self,
         method: str,
