@@ -9,7 +9,6 @@ sending our credentials (Basic to the realm, or an OAuth2 refresh token), and th
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import threading
@@ -22,7 +21,7 @@ from copa.net import describe_connection_error
 from copa.oci.bodies import read_body
 from copa.oci.credentials import Credential
 from copa.web.errors import WebError
-from copa.web.session import Session
+from copa.web.session import Session, basic_authorization
 
 # A token answer is a small JSON object (real ones are a few KiB of JWT).
 _MAX_TOKEN_BODY = 1 << 20
@@ -108,8 +107,7 @@ class Authenticator:
                     f"registry {self.registry} requires credentials for repository {repository} "
                     "(401 UNAUTHORIZED): run docker login or set REGISTRY_AUTH_FILE"
                 )
-            raw = f"{cred.username}:{cred.password}".encode()
-            return "Basic " + base64.b64encode(raw).decode("ascii")
+            return basic_authorization(cred.username, cred.password)
         if self.challenge.scheme == "bearer":
             key = tuple(sorted(scopes))
             with self._lock:

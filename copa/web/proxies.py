@@ -81,10 +81,9 @@ def proxy_for(scheme: str, host: str, port: int) -> Proxy | None:
         raise InvalidURL(f"proxy setting {scheme}_proxy has no host; set it to http://HOST:PORT")
     authorization = None
     if parts.username is not None:
-        import base64
+        from copa.web.session import basic_authorization  # here: the session module imports this one
 
-        login = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-        authorization = "Basic " + base64.b64encode(login).decode("ascii")
+        authorization = basic_authorization(unquote(parts.username), unquote(parts.password or ""))
     try:
         proxy_port = parts.port or 80
     except ValueError:

@@ -106,7 +106,8 @@ def _replayable(body: Any) -> bool:
     return body is None or isinstance(body, (bytes, bytearray, memoryview))
 
 
-def _basic(user: str, password: str) -> str:
+def basic_authorization(user: str, password: str) -> str:
+    """An Authorization (or Proxy-Authorization) value for HTTP Basic auth."""
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
@@ -191,7 +192,7 @@ class Session:
         for k, v in (headers or {}).items():
             merged[k.lower()] = (k, v)
         if auth is not None:
-            merged["authorization"] = ("Authorization", _basic(*auth))
+            merged["authorization"] = ("Authorization", basic_authorization(*auth))
         verify = self.verify if verify is None else verify
         cert = self.cert if cert is None else cert
         start = _start_position(data)
