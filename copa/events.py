@@ -200,9 +200,14 @@ class _Counted(io.RawIOBase):
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        memoryview(buffer)[: len(data)] = data
-        return len(data)
+        readinto = getattr(self._inner, "readinto", None)
+        if readinto is None:
+            data = self.read(len(buffer))
+            memoryview(buffer)[: len(data)] = data
+            return len(data)
+        n: int = readinto(buffer) or 0
+        self._task.advance(n)
+        return n
 
     def close(self) -> None:
         try:

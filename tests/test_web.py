@@ -47,6 +47,7 @@ from copa.web.errors import (
     WebError,
 )
 from copa.web.proxies import proxy_for
+from copa.web.response import Response
 from copa.web.session import Session
 
 PAYLOAD = b"".join(b"layer %06d of a compressible body\n" % i for i in range(20000))  # ~700 KB
@@ -677,6 +678,23 @@ def test_reused_connection_dropped_with_a_generator_body_is_not_retried(origin: 
     assert origin.connections == 1
 
 
+@pytest.mark.parametrize("path", ["/big", "/chunked", "/gzip"])
+def test_readinto1_fills_the_callers_buffer_and_hands_the_connection_back(path: str, origin: Origin,
+                                                                          session: Session) -> None:
+    # Layers are read this way (copa.oci.registry): straight into the buffer for a sized body, through read1 for
+    # a chunked or encoded one; read to its end, the connection is used again.
+    expected = session.get(origin.url(path)).content
+    resp = session.get(origin.url(path), stream=True)
+    resp.raw.decode_content = True
+    read = _readinto1(resp)
+    chunks = list(iter(lambda: read(7000), b""))
+    assert max(map(len, chunks)) <= 7000
+    assert b"".join(chunks) == expected
+    assert resp.raw.closed
+    assert session.get(origin.url("/a")).content == b"GET /a"
+    assert origin.connections == 1
+
+
 def test_stream_closed_before_its_end_is_not_reused(origin: Origin, session: Session) -> None:
     resp = session.get(origin.url("/big"), stream=True)
     assert resp.raw.read1(100) == b"x" * 100
@@ -698,12 +716,20 @@ def _short_chunked(conn: socket.socket, _: RawServer) -> None:
     conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nonly part")
 
 
+def _readinto1(resp: Response) -> Callable[[int], bytes]:
+    def read(n: int) -> bytes:
+        buffer = bytearray(n)
+        return bytes(buffer[:resp.raw.readinto1(buffer)])
+
+    return read
+
+
 @pytest.mark.parametrize("handle", [_short_body, _short_chunked])
-@pytest.mark.parametrize("how", ["read1", "read"])
+@pytest.mark.parametrize("how", ["read1", "read", "readinto1"])
 def test_streamed_body_cut_short_raises(how: str, handle: Callable[[socket.socket, RawServer], None],
                                         raw_server: Callable[..., RawServer], session: Session) -> None:
     resp = session.get(raw_server(handle).url(), stream=True)
-    read = resp.raw.read1 if how == "read1" else resp.raw.read
+    read = {"read1": resp.raw.read1, "read": resp.raw.read, "readinto1": _readinto1(resp)}[how]
     with pytest.raises(BodyError):
         for _ in range(100):
             read(30)

@@ -69,12 +69,17 @@ class VerifyingReader(io.RawIOBase):
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         view = memoryview(buffer)
-        chunk = self._raw.read(len(view))
-        n = len(chunk)
+        readinto = getattr(self._raw, "readinto", None)
+        if readinto is not None:  # straight into the caller's buffer: a layer's bytes copied once less
+            n = readinto(view) or 0
+            chunk: bytes | memoryview = view[:n]
+        else:
+            chunk = self._raw.read(len(view))
+            n = len(chunk)
+            view[:n] = chunk
         if n == 0:
             self._finish()
             return 0
-        view[:n] = chunk
         self._hash.update(chunk)
         self._count += n
         if self._size is not None and self._count > self._size:

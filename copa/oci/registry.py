@@ -417,7 +417,7 @@ class _ResponseStream(io.RawIOBase):
         while True:
             try:
                 # read1: one socket read, so a body trickling a byte at a time comes back here to meet the deadline.
-                chunk = self._resp.raw.read1(len(view))
+                n = self._resp.raw.readinto1(view)
                 break
             except OSError as e:
                 failure: BaseException = e
@@ -439,8 +439,6 @@ class _ResponseStream(io.RawIOBase):
             else:
                 detail = failure.message if isinstance(failure, RegistryError) else describe_connection_error(failure)
                 raise RegistryError(f"lost the connection while reading {self._what} ({detail}); try again") from None
-        n = len(chunk)
-        view[:n] = chunk
         self._offset += n
         return n
 

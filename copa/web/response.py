@@ -8,7 +8,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from copa.web.errors import BodyError, ReadTimedOut, WebError
@@ -20,6 +20,7 @@ CONTENT_LIMIT = 64 << 20  # the most `content` reads (and a request without `str
 TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"
 # At most this much decoded data per decompression step: a small gzip body must not inflate into gigabytes at once.
 _INFLATE_STEP = 1 << 20
+_Chunk = TypeVar("_Chunk", bytes, memoryview)
 
 
 class Headers(Mapping[str, str]):
@@ -160,7 +161,7 @@ class Body:
             self._raw.close()
             release(reusable and not self._raw.will_close)
 
-    def _transport(self, read: Callable[[int], bytes], n: int) -> bytes:
+    def _transport(self, read: Callable[[int], _Chunk], n: int) -> _Chunk | bytes:
         if self._release is None:
             return b""
         expected = self._raw.length
@@ -214,6 +215,26 @@ class Body:
         if self.decode_content and self._encoded:
             return self._decoded(self._raw.read1, n)
         return self._transport(self._raw.read1, n)
+
+    def readinto1(self, buffer: bytearray | memoryview) -> int:
+        """At most one socket read, straight into `buffer`: a large body (a layer) is copied once, not once per
+        wrapper. A chunked or encoded body goes through read1."""
+        view = memoryview(buffer).cast("B")
+        raw = self._raw
+        if (self.decode_content and self._encoded) or raw.chunked or raw.length is None or raw.fp is None:
+            data = self.read1(len(view))
+            view[:len(data)] = data
+            return len(data)
+        want = min(len(view), raw.length)
+
+        def one(_: int) -> memoryview:
+            # http.client's read1 without its bytes object: the same bookkeeping of the length left.
+            assert raw.fp is not None and raw.length is not None
+            got = raw.fp.readinto1(view[:want])
+            raw.length -= got
+            return view[:got]
+
+        return len(self._transport(one, want))
 
     def read(self, n: int | None = -1) -> bytes:
         if n is None or n < 0:
