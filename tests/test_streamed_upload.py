@@ -5,8 +5,11 @@ image also passes tests/support/validate.py."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from tests.support.validate import validate
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
-SMALL_CHUNK = 64 << 10  # the one-package patch layer of these tests is a few hundred KiB: several chunks
+SMALL_START = 64 << 10  # the one-package patch layer of these tests is a few hundred KiB: streamed from here on
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +91,12 @@ def test_the_layer_streamed_while_written_is_the_layer_pushed(app: str, report: 
                                                               anon_registry: RunningRegistry, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COPA_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(registry, "STREAM_CHUNK", SMALL_CHUNK)
+    monkeypatch.setattr(registry, "STREAM_START", SMALL_START)
     ref = _patch(app, report, proxy, anon_registry, "1.0-streamed", tmp_path / "out")
     layer = _pushed_layer(ref)
     patches = [(p, s) for m, p, s in proxy.log if m == "PATCH"]
-    assert len(patches) >= 2 and all(s == 202 for _, s in patches), patches
-    # The session the chunks went to was closed with the layer's digest; the layer was not uploaded again.
+    assert len(patches) == 1 and patches[0][1] == 202, patches
+    # The session the body went to was closed with the layer's digest; the layer was not uploaded again.
     closes = [p for m, p, s in proxy.log if m == "PUT" and f"digest={layer.replace(':', '%3A')}" in p]
     assert len(closes) == 1, proxy.log
     sessions = {_session(p) for p, _ in patches}
@@ -106,7 +109,7 @@ def test_a_registry_refusing_chunks_gets_the_layer_whole(app: str, report: Path,
                                                          anon_registry: RunningRegistry, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COPA_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(registry, "STREAM_CHUNK", SMALL_CHUNK)
+    monkeypatch.setattr(registry, "STREAM_START", SMALL_START)
     proxy.add(Fault("500", r"/blobs/uploads/", "PATCH", count=1000))
     ref = _patch(app, report, proxy, anon_registry, "1.0-whole", tmp_path / "out")
     assert ("PATCH", 500) in [(m, s) for m, _, s in proxy.log], proxy.log
@@ -114,17 +117,17 @@ def test_a_registry_refusing_chunks_gets_the_layer_whole(app: str, report: Path,
     _check_pushed(ref, tmp_path / "copy")
 
 
-def test_a_layer_smaller_than_a_chunk_is_pushed_as_before(app: str, report: Path, proxy: FaultProxy,
+def test_a_small_layer_is_pushed_as_before(app: str, report: Path, proxy: FaultProxy,
                                                           anon_registry: RunningRegistry, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COPA_CACHE_DIR", str(tmp_path / "cache"))
     ref = _patch(app, report, proxy, anon_registry, "1.0-small", tmp_path / "out")
-    assert not [p for m, p, _ in proxy.log if m == "PATCH"], "a layer under STREAM_CHUNK opens no chunked upload"
+    assert not [p for m, p, _ in proxy.log if m == "PATCH"], "a layer under STREAM_START opens no upload session"
     _check_pushed(ref, tmp_path / "copy")
 
 
 def test_a_failed_write_leaves_nothing_to_close(anon_registry: RunningRegistry, tmp_path: Path) -> None:
-    """The layer's writing fails after chunks went up: the upload ends, and the push has no session to close."""
+    """The layer's writing fails after part of it went up: the upload ends, and the push has no session to close."""
     upload = StreamedUpload(RegistryClient(), Reference.parse(f"{anon_registry.host}/streamed/broken:1"), 4096)
 
     def broken() -> object:
@@ -134,3 +137,30 @@ def test_a_failed_write_leaves_nothing_to_close(anon_registry: RunningRegistry, 
     with pytest.raises(Exception, match="disk gone"):
         write_layer([big, Entry("b", big.kind, size=10, content=broken)], tmp_path, watch=upload)  # type: ignore[arg-type]
     assert upload.location() is None
+
+
+def test_the_body_goes_up_while_the_layer_is_written(anon_registry: RunningRegistry, tmp_path: Path) -> None:
+    """Straight to the registry (no proxy in between): the PATCH body follows the file as it is written (the second
+    entry is produced only once the registry has started receiving the first), the registry takes the chunked body,
+    and the session closes with the layer's digest: the blob the registry then serves is the file written."""
+    ref = Reference.parse(f"{anon_registry.host}/streamed/direct:1")
+    client = RegistryClient()
+    upload = StreamedUpload(client, ref, 64 << 10)
+    first = Entry.file("a", os.urandom(16 << 20))  # random: compressed, it passes the start at once
+
+    def after_upload_began() -> io.BytesIO:
+        deadline = time.monotonic() + 10
+        while upload._sent == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert upload._sent > 0, "nothing was sent while the layer was being written"
+        return io.BytesIO(b"second")
+
+    blob = write_layer([first, Entry("b", first.kind, size=6, content=after_upload_began)], tmp_path, watch=upload)
+    location = upload.location()
+    assert location is not None
+    resp = client.send("PUT", ref, registry._with_query(location, digest=str(blob.digest)),
+                       actions="pull,push", headers={"Content-Length": "0"}, data=b"")
+    assert resp.status_code == 201, resp.status_code
+    resp.close()
+    served = client.send("GET", ref, client.repo_url(ref, f"blobs/{blob.digest}")).content
+    assert served == blob.path.read_bytes()

@@ -406,6 +406,10 @@ class _ParallelGzip(io.RawIOBase):
         while len(self._buffer) >= _GZIP_BLOCK:
             self._submit(bytes(self._buffer[:_GZIP_BLOCK]))
             del self._buffer[:_GZIP_BLOCK]
+        # Blocks compressed already go to the file now, in order, not when the queue is full: a layer uploaded
+        # while it is written (copa.oci.registry.StreamedUpload) can only send what is in the file.
+        while self._pending and self._pending[0].done():
+            self._out.write(self._pending.popleft().result())
         return len(data)
 
     def _submit(self, block: bytes) -> None:

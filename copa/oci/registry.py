@@ -287,7 +287,7 @@ class RegistryClient:
         actions: str = "pull",
         extra_scopes: tuple[str, ...] = (),
         headers: dict[str, str] | None = None,
-        data: bytes | _SizedBody | None = None,
+        data: bytes | _SizedBody | Iterator[bytes] | None = None,
         stream: bool = False,
         retry: bool = True,
     ) -> Response:
@@ -309,7 +309,7 @@ class RegistryClient:
         actions: str,
         extra_scopes: tuple[str, ...],
         headers: dict[str, str] | None,
-        data: bytes | _SizedBody | None,
+        data: bytes | _SizedBody | Iterator[bytes] | None,
         stream: bool,
     ) -> Response:
         auth = self._authenticator(ref)
@@ -808,23 +808,36 @@ class _Pusher:
                 )
 
 
-# The piece of a streamed layer sent at a time: the writer gets ahead of the upload by at most about this much (the
-# file on disk holds the rest), and a layer smaller than one piece is not streamed at all but pushed as before.
-STREAM_CHUNK = 8 << 20
+# A patch layer this large is uploaded while it is written; a smaller one goes up whole once written (its upload
+# is a few milliseconds: an upload session opened for it would save nothing).
+STREAM_START = 1 << 20
+# The upload wakes once this much more of the file is flushed, and sends all of it there is, in reads of at most
+# _STREAM_READ: few large sends, for the thread needs the GIL for each while the writer's thread holds it for up
+# to its switch interval (with 256 KiB pieces the upload fell ~25 ms behind a 7 MB layer's write).
+_STREAM_PIECE = 256 << 10
+_STREAM_READ = 8 << 20
+
+
+class _Abandoned(Exception):
+    """The layer's writing failed: the streamed request is cut off, and its session left to expire."""
 
 
 class StreamedUpload:
-    """A layer uploaded while it is written (copa.oci.layer.LayerWatch): pieces of the growing file go to one upload
-    session of `target`'s repository as chunks (OCI distribution: PATCH with Content-Range), and `push` only
-    closes the session with the digest (PUT ?digest=) once the image is assembled. Anything that goes wrong here
-    (no chunked uploads, no push access, a dropped connection) just makes `location()` None: the push then uploads
-    the blob as it always does, and reports what goes wrong. Nothing is tagged by this: an unfinished session is
-    left for the registry to expire."""
+    """A layer uploaded while it is written (copa.oci.layer.LayerWatch): once `STREAM_START` bytes are written, an
+    upload session of `target`'s repository is opened and the growing file goes to it in one PATCH whose body
+    (chunked transfer coding) follows the file as the writer flushes it, as `docker push` sends every blob; `push`
+    then only closes the session with the digest (PUT ?digest=), which the registry checks. Anything that goes wrong
+    here (no push access, a registry or proxy that refuses such a body, a dropped connection) just makes
+    `location()` None: the push then uploads the blob whole, as always, and reports what goes wrong. Nothing is
+    tagged by this: an unfinished session is left for the registry to expire.
 
-    def __init__(self, client: RegistryClient, target: Reference, chunk: int | None = None) -> None:
+    (Chunks with Content-Range, one request per piece, were used before: a chunk had to be large, registries set
+    minimum chunk sizes (ECR's 5 MiB), so the last piece, up to a whole chunk, was still sent after the write.)"""
+
+    def __init__(self, client: RegistryClient, target: Reference, start: int | None = None) -> None:
         self._client = client
         self._target = target
-        self._chunk = chunk or STREAM_CHUNK
+        self._start = STREAM_START if start is None else start
         self._cond = threading.Condition()
         self._file: BinaryIO | None = None
         self._size = 0  # bytes of the file written and flushed so far
@@ -846,7 +859,7 @@ class StreamedUpload:
     def grew(self, size: int) -> None:
         with self._cond:
             self._size = size
-            if self._thread is None and self._file is not None and size >= self._chunk:
+            if self._thread is None and self._file is not None and size >= self._start:
                 self._thread = threading.Thread(target=self._run, name="copa-stream", daemon=True,
                                                  args=(contextvars.copy_context(),))
                 self._thread.start()
@@ -893,32 +906,45 @@ class StreamedUpload:
             if resp.status_code != 202 or not resp.location:
                 raise RegistryError(f"upload session: HTTP {resp.status_code}")
             location = urljoin(resp.url, resp.location)
-            # A registry that needs larger chunks says so (OCI distribution's OCI-Chunk-Min-Length).
-            least = resp.headers.get("OCI-Chunk-Min-Length", "")
-        chunk = max(self._chunk, int(least)) if least.isdigit() else self._chunk
+        # No Content-Length: the body is sent with chunked transfer coding, as long as the file grows.
+        resp = client.send("PATCH", target, location, actions="pull,push",
+                           headers={"Content-Type": "application/octet-stream"}, data=self._pieces(f), retry=False)
+        with resp:
+            if resp.status_code != 202 or not resp.location:
+                raise RegistryError(f"streamed upload: HTTP {resp.status_code}")
+            # What the registry holds: the close (PUT ?digest=) checks it against the layer's digest anyway.
+            held = _range_end(resp.headers.get("Range", ""))
+            if held is not None and held != self._sent:
+                raise RegistryError(f"streamed upload: the registry holds {held} of {self._sent} bytes")
+            self._location = urljoin(resp.url, resp.location)
+
+    def _pieces(self, f: BinaryIO) -> Iterator[bytes]:
+        """The file from the start, each piece once the writer has flushed it; ends with the layer."""
         while True:
             with self._cond:
-                while self._final is None and self._size - self._sent < chunk:
+                while self._final is None and self._size - self._sent < _STREAM_PIECE:
                     self._cond.wait()
                 final, size = self._final, self._size
             if final == -1:
-                return  # the layer was not written: nothing to finish
-            end = min(size, self._sent + chunk) if final is None else min(final, self._sent + chunk)
+                raise _Abandoned("the layer was not written")
+            end = size if final is None else final
             if end <= self._sent:
-                self._location = location
-                return  # everything sent (final, and nothing left)
+                return  # everything sent
             f.seek(self._sent)
-            # Streamed from the file, not read into memory: a chunk is 8 MiB.
-            body = _SizedBody(f, end - self._sent, "patch layer", False)
-            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(end - self._sent),
-                       "Content-Range": f"{self._sent}-{end - 1}"}
-            resp = client.send("PATCH", target, location, actions="pull,push", headers=headers, data=body,
-                               retry=False)
-            with resp:
-                if resp.status_code != 202 or not resp.location:
-                    raise RegistryError(f"chunk {self._sent}-{end - 1}: HTTP {resp.status_code}")
-                location = urljoin(resp.url, resp.location)
-            self._sent = end
+            while self._sent < end:
+                piece = f.read(min(end - self._sent, _STREAM_READ))
+                if not piece:
+                    raise _Abandoned("the layer file is shorter than written")
+                self._sent += len(piece)
+                yield piece
+
+
+def _range_end(value: str) -> int | None:
+    """The byte count a `Range: 0-N` answer says the session holds (N + 1), if it says."""
+    first, sep, last = value.partition("-")
+    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+        return None
+    return int(last) + 1
 
 
 def _mount_known(pusher: _Pusher, desc: Descriptor, homes: BlobHomes) -> bool:

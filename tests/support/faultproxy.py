@@ -71,9 +71,22 @@ class FaultProxy:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+            def _chunked(self) -> bytes:
+                out = bytearray()
+                while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                    out += self.rfile.read(size)
+                    self.rfile.readline()
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return bytes(out)
+
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length", "0") or 0)
-                body = self.rfile.read(length) if length else b""
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                    body = self._chunked()  # (a streamed upload's body: forwarded whole, with its length)
+                    length = len(body)
+                else:
+                    length = int(self.headers.get("Content-Length", "0") or 0)
+                    body = self.rfile.read(length) if length else b""
                 fault = proxy._take(self.command, self.path)
                 if fault is not None and fault.kind == "stall":
                     proxy.log.append((self.command, self.path, -1))
