@@ -141,3 +141,86 @@ def _other_key() -> apkrepo.RepoKey:
     return apkrepo.RepoKey("copa-test-other.rsa.pub", key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+# == the download ahead ===========================================================================================
+
+
+def _in_process(layout: Path, ref: str, report: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    from copa.cli import main
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1704067200")
+    return main(["patch", "-i", f"oci:{layout}:{ref}", "-r", str(report), "--oci-dir", str(tmp / "out"),
+                 "--cache-dir", str(tmp / "cache"), "--progress", "quiet"])
+
+
+def _patch_layer(out: Path) -> str:
+    import json
+
+    index = json.loads((out / "index.json").read_text())
+    manifest = json.loads((out / "blobs/sha256" / index["manifests"][0]["digest"].split(":")[1]).read_text())
+    return str(manifest["layers"][-1]["digest"])
+
+
+def test_the_reported_packages_are_downloaded_ahead_once(repo: ApkRepo, served: tuple[str, list[str]],
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the image is read, the reported package's build the verified index offers is downloaded into the
+    cache; the build finds it there (one download in all), and the layer is the one built without the download
+    ahead."""
+    import copa.pkg.apk.prefetch as prefetch
+
+    url, seen = served
+    layout, ref, report = _image(repo, url, tmp_path, repo.key)
+    ahead: list[str] = []
+    quietly = prefetch._quietly
+
+    def recording(fetcher: object, package_url: str, record: object) -> None:
+        ahead.append(package_url)
+        quietly(fetcher, package_url, record)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(prefetch, "_quietly", recording)
+    assert _in_process(layout, ref, report, tmp_path / "a", monkeypatch) == 0
+    package = f"/{apkrepo.ARCH}/{repo.package('zlib').path.name}"
+    assert [u.removeprefix(url) for u in ahead] == [package]
+    assert sorted(seen) == sorted([f"/{apkrepo.ARCH}/APKINDEX.tar.gz", package]), seen
+
+    # The same patch without the download ahead (a fresh cache): the same layer, byte for byte.
+    monkeypatch.setattr(prefetch.IndexPrefetch, "_download_ahead", lambda *a: None)
+    assert _in_process(layout, ref, report, tmp_path / "b", monkeypatch) == 0
+    assert _patch_layer(tmp_path / "a" / "out") == _patch_layer(tmp_path / "b" / "out")
+
+
+def test_nothing_is_downloaded_ahead_when_a_fix_is_missing(repo: ApkRepo, served: tuple[str, list[str]],
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report naming a version the index does not offer fails the plan (exit 7): nothing was downloaded for it."""
+    url, seen = served
+    layout, ref, _ = _image(repo, url, tmp_path, repo.key)
+    new = repo.package("zlib")
+    report = write_report(tmp_path / "beyond.json", {"zlib": (new.old_version or "", new.version + "9")},
+                          os_version="3.23.6", family="alpine")
+    assert _in_process(layout, ref, report, tmp_path, monkeypatch) == 7
+    assert seen == [f"/{apkrepo.ARCH}/APKINDEX.tar.gz"]
+
+
+def test_the_plan_takes_the_early_parse_only_under_its_own_keys(repo: ApkRepo) -> None:
+    """load_indexes takes the index the early download verified and parsed only when the plan's keys are the same;
+    under other keys it verifies the body itself (here: refused, for those keys did not sign it)."""
+    from copa.errors import CopaError
+    from copa.pkg.apk.index import read_apkindex
+    from copa.pkg.apk.prefetch import ApkAhead
+    from copa.pkg.apk.repos import load_indexes, repository_for
+    from copa.pkg.apk.signing import Keys
+
+    body = (repo.arch_dir / "APKINDEX.tar.gz").read_bytes()
+    base = "http://repo.example/main"
+    rep = repository_for(base, apkrepo.ARCH)
+    keys = Keys({repo.key.name: repo.key.public_pem})
+    parsed = read_apkindex(body, keys, False, base, "test index")
+    assert parsed.signed_by and parsed.records
+    early = ApkAhead({rep.index_url: body}, {rep.index_url: parsed}, keys)
+    ctx = SimpleNamespace(ahead=early, repos=RepositoryOptions())
+    [(_, taken)] = load_indexes(ctx, [rep], keys, None)  # type: ignore[arg-type]
+    assert taken is parsed
+    other = Keys({repo.key.name: _other_key().public_pem})
+    with pytest.raises(CopaError, match="signature"):
+        load_indexes(ctx, [rep], other, None)  # type: ignore[arg-type]

@@ -220,7 +220,7 @@ class Fetcher:
             return hit
         # Platforms patched at once ask for the same files (indexes, Architecture: all packages): one thread
         # downloads, the others wait for it and find the file in the cache.
-        with _inflight(item.sha256):
+        with inflight(item.sha256):
             hit = self.cache.lookup(item.sha256, item.size)
             if hit is not None:
                 return hit
@@ -242,7 +242,8 @@ _inflight_guard = threading.Lock()
 
 
 @contextmanager
-def _inflight(key: str) -> Iterator[None]:
+def inflight(key: str) -> Iterator[None]:
+    """Held while `key` (a file of the cache) is downloaded: a second download of it waits, then finds it there."""
     with _inflight_guard:
         lock = _inflight_locks.setdefault(key, threading.Lock())
     with lock:

@@ -29,7 +29,7 @@ from copa.pkg.apk.repos import (
 from copa.pkg.apk.signing import Keys
 from copa.pkg.apk.version import compare_versions
 from copa.pkg.base import ImageContext, LayerContent, Plan, Skip, Update, check_failures
-from copa.pkg.fetch import Fetcher
+from copa.pkg.fetch import Fetcher, inflight
 from copa.pkg.inventory import InstalledPackage as InventoryPackage
 from copa.report.model import OSInfo, Report
 
@@ -177,7 +177,7 @@ def _download_and_read(ctx: ImageContext, payload: _Payload) -> list[ApkContents
     def download(i: int) -> Path:
         record = records[i]
         url = repos[record.repository].package_url(payload.arch, record.filename)
-        return fetch_apk(fetcher, url, record, _what(record))
+        return fetch_apk(fetcher, url, record, package_what(record))
 
     with ThreadPoolExecutor(max_workers=fetcher.workers, thread_name_prefix="copa-fetch") as fetch_pool, \
             ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="copa-unpack") as read_pool:
@@ -185,23 +185,31 @@ def _download_and_read(ctx: ImageContext, payload: _Payload) -> list[ApkContents
 
         def read(i: int) -> ApkContents:
             return read_apk(fetched[i].result(), ctx.workdir / "apk-stage" / f"{i:04d}", payload.keys,
-                            expected=records[i].checksum, require_signature=False, what=_what(records[i]),
+                            expected=records[i].checksum, require_signature=False, what=package_what(records[i]),
                             vouched=records[i].repository in payload.vouched)
 
         reads = {i: read_pool.submit(read, i) for i in real}
     return [reads[i].result() if i in reads else ApkContents(r.identity, {}, {}, (), "") for i, r in enumerate(records)]
 
 
-def _what(record: ApkRecord) -> str:
+def package_what(record: ApkRecord) -> str:
     return f"{record.name}-{record.version}.apk"
 
 
 def fetch_apk(fetcher: Fetcher, url: str, record: ApkRecord, what: str) -> Path:
-    """The package file in the cache (keyed by its identity; the caller verifies it against C:)."""
+    """The package file in the cache (keyed by its identity; the caller verifies it against C:). A download of it
+    under way (the early download's, copa.pkg.apk.prefetch) is waited for, not repeated."""
     ident = record.identity.hex()
     final = fetcher.cache.named(f"apk/{ident}.apk")
     if final.is_file() and (not record.size or final.stat().st_size == record.size):
         return final
+    with inflight(f"apk/{ident}"):
+        if final.is_file() and (not record.size or final.stat().st_size == record.size):
+            return final
+        return _download_apk(fetcher, url, record, what, final)
+
+
+def _download_apk(fetcher: Fetcher, url: str, record: ApkRecord, what: str, final: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
 
     def consume(stream: BinaryIO) -> Path:

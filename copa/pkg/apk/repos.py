@@ -9,7 +9,7 @@ package is pinned to that tag.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -139,7 +139,10 @@ def load_indexes(ctx: ImageContext, repos: list[Repository], keys: Keys, fetcher
     from copa.pkg.apk.prefetch import ApkAhead
 
     # Bodies the early download fetched while the image was read (unverified, as any download: checked below).
-    early = ctx.ahead.indexes if isinstance(ctx.ahead, ApkAhead) else {}
+    ahead = ctx.ahead if isinstance(ctx.ahead, ApkAhead) else None
+    early = ahead.indexes if ahead is not None else {}
+    # And those it verified and parsed: taken only when verified with these very keys (the body is the one below).
+    parsed = ahead.parsed if ahead is not None and ahead.keys == keys else {}
 
     def fetch(repo: Repository) -> bytes:
         if repo.index_url in early:
@@ -157,5 +160,15 @@ def load_indexes(ctx: ImageContext, repos: list[Repository], keys: Keys, fetcher
         bodies = [f.result() for f in futures]
     else:
         bodies = [fetch(repo) for repo in repos]
-    return [(repo, read_apkindex(data, keys, ctx.repos.allow_unsigned, repo.url, f"apk index {repo.index_url}"))
-            for repo, data in zip(repos, bodies, strict=True)]
+    return [(repo, _index(parsed, repo, data, keys, ctx.repos.allow_unsigned)) for repo, data in zip(repos, bodies,
+                                                                                                      strict=True)]
+
+
+def _index(parsed: Mapping[str, RepositoryIndex], repo: Repository, data: bytes, keys: Keys,
+           allow_unsigned: bool) -> RepositoryIndex:
+    done = parsed.get(repo.index_url)
+    # The early parse verified a signature by one of `keys` (never an unsigned index) of the body `data` is, for
+    # the same repository URL: what read_apkindex would return here.
+    if done is not None and done.url == repo.url and done.signed_by:
+        return done
+    return read_apkindex(data, keys, allow_unsigned, repo.url, f"apk index {repo.index_url}")
