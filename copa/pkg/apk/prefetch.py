@@ -11,11 +11,12 @@ it.
 Then, on the same thread, each index is verified and parsed with the keys the image holds in /etc/apk/keys (or the
 --keyring files): the plan takes that parse (`ApkAhead.parsed`) only when its own keys are the very same and the
 body is the one it verifies, and parses it itself otherwise. With a report, the newest build of each reported
-package that such a verified index offers for the image's architecture is downloaded into the cache too (when the
-indexes offer every reported fix, or with --ignore-errors), three at a time: the build's `fetch_apk` then finds it
-there, or waits for the download under way. The build still verifies every package against the identity its own
-plan names (C:); a wrong guess (a pin, the world's constraints) costs a download, nothing else. Nothing is read
-ahead (decompressed, staged): a run whose patch layer is in the cache would throw that work away.
+package with a fixed version that such a verified index offers for the image's architecture is downloaded into
+the cache too (when the indexes offer every reported fix, or with --ignore-errors), three at a time: the build's
+`fetch_apk` then finds it there, or waits for the download under way. The build still verifies every package
+against the identity its own plan names (C:); a wrong guess (a pin, the world's constraints) costs a download,
+nothing else. Nothing is read ahead (decompressed, staged): a run whose patch layer is in the cache would throw
+that work away.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class IndexPrefetch:
             self._parse(etc, repos)
         finally:
             indexes.set()
-        if self._hints.packages and self._parsed:
+        if self._hints.fixed and self._parsed:
             try:
                 self._download_ahead(etc, repos)
             except (CopaError, OSError, ValueError) as e:  # a guess gone wrong: the build does the real work
@@ -130,7 +131,8 @@ class IndexPrefetch:
         arch = _apk_arch(etc, self._arch, self._variant)
         if arch is None:
             return
-        wanted = set(self._hints.packages)
+        # (A reported package with no fixed version yet is not upgraded: nothing to fetch for it.)
+        wanted = {name for name, _ in self._hints.fixed}
         best: dict[str, tuple[ApkRecord, Repository]] = {}
         for repo in repos:
             index = self._parsed.get(repo.index_url)
