@@ -8,6 +8,7 @@ kept so the installed database can be written with exactly the text the reposito
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -39,25 +40,33 @@ class Dependency:
         return f"{'!' if self.conflict else ''}{self.name}{tag}{self.op}{self.version}"
 
 
+# A dependency word: the name (up to the first operator character), the run of operator characters, the version.
+_DEPENDENCY = re.compile(r"([^<>=~]*)([<>=~]*)(.*)", re.DOTALL)
+# Parsed words by their text: an index repeats the same few thousand words (so:libc.musl-x86_64.so.1, /bin/sh) in
+# tens of thousands of records, and a Dependency is immutable, so one object serves them all.
+_PARSED: dict[str, Dependency] = {}
+_PARSED_MAX = 1 << 16
+
+
 def parse_dependency(word: str) -> Dependency:
+    known = _PARSED.get(word)
+    if known is not None:
+        return known
     conflict = word.startswith("!")
-    if conflict:
-        word = word[1:]
-    i = 0
-    while i < len(word) and word[i] not in _DEP_OPS:
-        i += 1
-    j = i
-    while j < len(word) and word[j] in _DEP_OPS:
-        j += 1
-    name, op, version = word[:i], word[i:j], word[j:]
+    m = _DEPENDENCY.fullmatch(word[1:] if conflict else word)
+    assert m is not None  # every string matches
+    name, op, version = m.groups()
     name, _, tag = name.partition("@")
     if not name or (op and not version) or (version and not op):
         raise ValueError(f"bad apk dependency {word!r}")
-    return Dependency(name, op, version, conflict, tag)
+    dep = Dependency(name, op, version, conflict, tag)
+    if len(_PARSED) < _PARSED_MAX:
+        _PARSED[word] = dep
+    return dep
 
 
 def parse_dependencies(text: str) -> tuple[Dependency, ...]:
-    return tuple(parse_dependency(w) for w in text.split())
+    return tuple(map(parse_dependency, text.split()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +128,7 @@ def encode_hash(raw: bytes) -> str:
 
 
 def record_from_lines(lines: list[tuple[str, str]], repository: str = "") -> ApkRecord:
-    f: dict[str, str] = {}
-    for key, value in lines:
-        f.setdefault(key, value)
+    f = dict(reversed(lines))  # the first line of a field wins
     if "P" not in f or "V" not in f:
         raise ValueError("record without P: or V:")
     return ApkRecord(
@@ -136,19 +143,17 @@ def record_from_lines(lines: list[tuple[str, str]], repository: str = "") -> Apk
     )
 
 
+# A field line: one character, a colon, the value (to the end of the line).
+_FIELD_LINE = re.compile(r"^([^\n]):([^\n]*)", re.MULTILINE)
+
+
 def split_records(text: str) -> Iterator[list[tuple[str, str]]]:
     """Blank-line separated blocks of `X:value` lines (a line without 'X:' is ignored, as apk does)."""
-    block: list[tuple[str, str]] = []
-    for line in text.split("\n"):
-        if not line:
-            if block:
-                yield block
-                block = []
-            continue
-        if len(line) >= 2 and line[1] == ":":
-            block.append((line[0], line[2:]))
-    if block:
-        yield block
+    for chunk in text.split("\n\n"):
+        # (A chunk may start with the newlines of a longer run of blank lines: they are empty lines, ignored.)
+        block: list[tuple[str, str]] = _FIELD_LINE.findall(chunk)
+        if block:
+            yield block
 
 
 def parse_index(text: str, repository: str = "", what: str = "APKINDEX") -> list[ApkRecord]:

@@ -151,7 +151,9 @@ def _has_name(name: str, provides: Iterable[Dependency], dep: Dependency) -> boo
     return name == dep.name or any(p.name == dep.name for p in provides)
 
 
-def _newest_first(records: Sequence[ApkRecord]) -> list[ApkRecord]:
+def _newest_first(records: list[ApkRecord]) -> list[ApkRecord]:
+    if len(records) == 1:
+        return records  # (most names: one build in one repository)
     seen: dict[tuple[str, str], ApkRecord] = {}
     for r in records:  # the first repository listing a version wins, as in apk
         seen.setdefault((r.name, r.version), r)
