@@ -815,7 +815,7 @@ STREAM_START = 1 << 20
 # _STREAM_READ: few large sends, for the thread needs the GIL for each while the writer's thread holds it for up
 # to its switch interval (with 256 KiB pieces the upload fell ~25 ms behind a 7 MB layer's write).
 _STREAM_PIECE = 256 << 10
-_STREAM_READ = 8 << 20
+_STREAM_READ = 4 << 20
 
 
 class _Abandoned(Exception):
