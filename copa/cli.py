@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from copa import __version__, events
 from copa.bulk import command as bulk
+from copa.codecache import install as compiled_dataclass_methods
 from copa.errors import CopaError, UsageError
 from copa.memory import fewer_collections, limit_malloc_arenas
 from copa.progress import Reporter, make_reporter
@@ -301,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         limit_malloc_arenas()  # before any thread starts (copa/memory.py)
         fewer_collections()
+        compiled_dataclass_methods()  # before the engine's modules are imported (copa/codecache.py)
         if args.command == "bulk" or (args.command == "patch" and args.config):
             sweep = True
             return bulk.run_sweep(args, options_from, _write_out)
