@@ -8,6 +8,8 @@ import random
 import tarfile
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from copa.oci.layer import _TarWriter
 
@@ -60,3 +62,31 @@ def test_content_shorter_than_declared_is_refused() -> None:
     info.size = 10
     with pytest.raises(UnsafePathError, match="shorter than its declared size"):
         _TarWriter(io.BytesIO()).add(info, io.BytesIO(b"12345"))
+
+
+# == the parallel gzip writer =====================================================================================
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from([0, 1, 511, 1 << 19, (1 << 20) - 1, 1 << 20, (1 << 20) + 7, 3 << 19]), max_size=6),
+       st.integers(min_value=0, max_value=2**32))
+def test_parallel_gzip_is_fixed_blocks_whatever_the_writes(cuts: list[int], seed: int) -> None:
+    """However the stream is cut into writes (bytes, bytearrays, views; empty ones; pieces across block
+    boundaries), the output is the gzip member of each fixed-size block of it, in order: what the layer's
+    determinism rests on."""
+    from isal import igzip
+
+    from copa.oci.layer import _GZIP_BLOCK, _GZIP_LEVEL, _ParallelGzip
+
+    rnd = random.Random(seed)
+    data = rnd.randbytes(sum(cuts))
+    out = io.BytesIO()
+    gz = _ParallelGzip(out)
+    pos = 0
+    for n in cuts:
+        piece = data[pos:pos + n]
+        gz.write(rnd.choice([bytes, bytearray, memoryview])(piece))
+        pos += n
+    gz.close()
+    blocks = [data[i:i + _GZIP_BLOCK] for i in range(0, len(data), _GZIP_BLOCK)] or [b""]
+    assert out.getvalue() == b"".join(igzip.compress(b, _GZIP_LEVEL, mtime=0) for b in blocks)

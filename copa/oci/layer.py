@@ -388,12 +388,17 @@ class _ParallelGzip(io.RawIOBase):
     Concatenated members are one valid gzip stream (RFC 1952) that every layer reader accepts; fixed block
     boundaries, mtime 0 and no file name keep the output identical for identical input. At most a few blocks
     are in flight, so memory stays bounded whatever the layer size.
+
+    The buffers written are kept (not copied) until their bytes are cut into blocks, each block joined from them
+    once: the caller must not change a buffer after writing it (_TarWriter hands over each one and starts anew).
+    Copying them into a growing buffer and slicing blocks out of it copied every byte of a layer three times.
     """
 
     def __init__(self, out: BinaryIO) -> None:
         super().__init__()
         self._out = out
-        self._buffer = bytearray()
+        self._parts: deque[memoryview] = deque()  # written, not yet in a block
+        self._held = 0  # their bytes
         self._workers = max(1, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="copa-gzip")
         self._pending: deque[Future[bytes]] = deque()
@@ -401,11 +406,28 @@ class _ParallelGzip(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
+    def _take(self, size: int) -> bytes:
+        """The next `size` held bytes (all of them, if fewer), as one block."""
+        pieces = []
+        while size and self._parts:
+            part = self._parts[0]
+            if len(part) <= size:
+                pieces.append(part)
+                self._parts.popleft()
+            else:
+                pieces.append(part[:size])
+                self._parts[0] = part[size:]
+            size -= len(pieces[-1])
+            self._held -= len(pieces[-1])
+        return b"".join(pieces)
+
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        self._buffer += data
-        while len(self._buffer) >= _GZIP_BLOCK:
-            self._submit(bytes(self._buffer[:_GZIP_BLOCK]))
-            del self._buffer[:_GZIP_BLOCK]
+        view = memoryview(data).cast("B")
+        if view:
+            self._parts.append(view)
+            self._held += len(view)
+        while self._held >= _GZIP_BLOCK:
+            self._submit(self._take(_GZIP_BLOCK))
         # Blocks compressed already go to the file now, in order, not when the queue is full: a layer uploaded
         # while it is written (copa.oci.registry.StreamedUpload) can only send what is in the file.
         while self._pending and self._pending[0].done():
@@ -420,16 +442,16 @@ class _ParallelGzip(io.RawIOBase):
     def abort(self) -> None:
         """Stop the workers and drop what is pending (after a failure: the output is discarded anyway)."""
         self._pending.clear()
-        self._buffer.clear()
+        self._parts.clear()
+        self._held = 0
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
         if self.closed:
             return
         try:
-            if self._buffer or not self._pending:
-                self._submit(bytes(self._buffer))
-                self._buffer.clear()
+            if self._held or not self._pending:
+                self._submit(self._take(self._held))
             while self._pending:
                 self._out.write(self._pending.popleft().result())
         finally:
@@ -480,8 +502,14 @@ class _TarWriter:
         self._offset = 0
 
     def _emit(self, data: bytes | bytearray | memoryview) -> None:
-        self._buf += data
         self._offset += len(data)
+        if len(data) >= self._FLUSH // 2:
+            # A large piece of a file's content goes out as it is (the reader made it for us and drops it): copied
+            # into the buffer it was one more copy of most of a layer's bytes.
+            self._flush()
+            self._out.write(data)
+            return
+        self._buf += data
         if len(self._buf) >= self._FLUSH:
             self._flush()
 
