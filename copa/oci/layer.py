@@ -399,6 +399,7 @@ class _ParallelGzip(io.RawIOBase):
         self._out = out
         self._parts: deque[memoryview] = deque()  # written, not yet in a block
         self._held = 0  # their bytes
+        self._blocks = 0  # submitted so far
         self._workers = max(1, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="copa-gzip")
         self._pending: deque[Future[bytes]] = deque()
@@ -435,6 +436,7 @@ class _ParallelGzip(io.RawIOBase):
         return len(data)
 
     def _submit(self, block: bytes) -> None:
+        self._blocks += 1
         self._pending.append(self._pool.submit(igzip.compress, block, _GZIP_LEVEL, mtime=0))
         while len(self._pending) > 2 * self._workers:
             self._out.write(self._pending.popleft().result())
@@ -450,7 +452,9 @@ class _ParallelGzip(io.RawIOBase):
         if self.closed:
             return
         try:
-            if self._held or not self._pending:
+            # The rest as the last block; an empty stream is one empty member. (Not "nothing pending": blocks
+            # already written out are not pending, and an extra empty member would make the bytes depend on timing.)
+            if self._held or not self._blocks:
                 self._submit(self._take(self._held))
             while self._pending:
                 self._out.write(self._pending.popleft().result())
