@@ -691,6 +691,12 @@ def test_an_iterable_body_goes_out_chunked_piece_by_piece(raw_server: Callable[.
     assert seen == [b"5\r\nhello\r\n" + b"%X\r\n" % len(big) + big + b"\r\n1\r\n!\r\n0\r\n\r\n"]
 
 
+def test_an_iterable_body_with_the_callers_transfer_encoding_is_framed_once(origin: Origin, session: Session) -> None:
+    resp = session.post(origin.url("/a"), data=iter([b"gener", b"ated"]), headers={"Transfer-Encoding": "chunked"})
+    assert resp.content == b"POST /a"
+    assert origin.seen[-1].body == b"generated"
+
+
 def test_reused_connection_dropped_with_a_generator_body_is_not_retried(origin: Origin, session: Session) -> None:
     session.get(origin.url("/a"))
     with pytest.raises(ConnectError, match="connection lost before the response"):

@@ -264,11 +264,12 @@ class Session:
         length = _content_length(data)
         if data is not None and length is not None and "content-length" not in headers:
             out["Content-Length"] = str(length)
-        # A file-like body of unknown length is framed by http.client, a block at a time. Chunks from an iterable
-        # are framed here and sent as they are: http.client's framing copies each into a new bytes object (an
-        # 8 MiB piece of a layer streamed while written: 8 MiB more resident).
-        encode_chunked = data is not None and length is None and hasattr(data, "read")
-        if data is not None and length is None and not encode_chunked and "transfer-encoding" not in headers:
+        # A file-like body of unknown length (or one whose caller set Transfer-Encoding) is framed by http.client, a
+        # block at a time. Chunks from an iterable are framed here and sent as they are: http.client's framing
+        # copies each into a new bytes object (an 8 MiB piece of a layer streamed while written: 8 MiB more resident).
+        encode_chunked = data is not None and length is None and (hasattr(data, "read")
+                                                                 or "transfer-encoding" in headers)
+        if data is not None and length is None and not encode_chunked:
             out["Transfer-Encoding"] = "chunked"
             data = _chunked(data)
         pool = self._pool(scheme, parts.hostname, port, proxy, verify, cert, timeout)
