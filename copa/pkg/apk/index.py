@@ -41,7 +41,7 @@ class Dependency:
 
 
 # A dependency word: the name (up to the first operator character), the run of operator characters, the version.
-_DEPENDENCY = re.compile(r"([^<>=~]*)([<>=~]*)(.*)", re.DOTALL)
+_DEPENDENCY = re.compile(f"([^{_DEP_OPS}]*)([{_DEP_OPS}]*)(.*)", re.DOTALL)
 # Parsed words by their text: an index repeats the same few thousand words (so:libc.musl-x86_64.so.1, /bin/sh) in
 # tens of thousands of records, and a Dependency is immutable, so one object serves them all.
 _PARSED: dict[str, Dependency] = {}
