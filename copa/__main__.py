@@ -1,3 +1,3 @@
-from copa.cli import main
+from copa.cli import run
 
-raise SystemExit(main())
+run()
