@@ -17,9 +17,10 @@ from copa import events
 from copa.errors import CopaError, UnsupportedImageError, UsageError
 from copa.oci.model import Index, Manifest
 from copa.oci.reference import Reference
-from copa.oci.registry import RegistryClient, RegistryOptions, StreamedUpload
+from copa.oci.registry import CheckedAhead, RegistryClient, RegistryOptions, StreamedUpload
 from copa.oci.transport import Opened, Outputs, Written, check_tag, open_image, plan_outputs, write_outputs
 from copa.pkg.options import RepositoryOptions
+from copa.scratch import Removals, scratch_dir
 from copa.targets import Reports, Target, platform_tag, read_reports, select
 
 # At the top: only what a patch needs up to its first registry request (the options, the reports, the registry
@@ -174,6 +175,8 @@ class _Done:
     os_release: OSRelease | None = None
     # The patch layer's digest and its upload started while it was written (the push closes that session).
     streamed: tuple[Digest, Callable[[], str | None]] | None = None
+    # Whether the push target holds this image's base layers, asked while it was patched (the push waits for it).
+    checked: CheckedAhead | None = None
 
 
 def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, compression: Compression,
@@ -197,10 +200,11 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
         from copa.oci.loaders import check_available  # only with -l: it loads subprocess and the archive writer
 
         check_available(outputs.loader, timeout=options.timeout)
-    with tempfile.TemporaryDirectory(prefix="copa-") as tmp:
+    # (Removals inside the directory's `with`: the staging directories it removes are in it.)
+    with tempfile.TemporaryDirectory(prefix="copa-") as tmp, Removals() as removals:
         # A patch layer bound for a registry goes up while it is written (copa.oci.registry.StreamedUpload).
         stream_to = (client, outputs.reference) if outputs is not None and outputs.push and outputs.reference else None
-        done = _patch_all(opened, targets, options, compression, Path(tmp), progress, multi, stream_to)
+        done = _patch_all(opened, targets, options, compression, Path(tmp), progress, multi, stream_to, removals)
         patched = [d.patched for d in done if d.patched is not None]
         written: tuple[Written, ...] = ()
         child_tags: list[tuple[str, Manifest]] = []
@@ -216,8 +220,10 @@ def _patch(options: PatchOptions, progress: Progress, client: RegistryClient, co
                         check_tag(tag, "per-platform tag")
                         child_tags.append((tag, d.patched.manifest))
             bundle = assemble(opened.source, root, patched, created=_created(), child_tags=child_tags)
+            checks = [d.checked for d in done if d.checked is not None]
             bundle = dataclasses.replace(bundle, mount_from=opened.reference,
-                                         streamed={d.streamed[0]: d.streamed[1] for d in done if d.streamed})
+                                         streamed={d.streamed[0]: d.streamed[1] for d in done if d.streamed},
+                                         checked=lambda: {k: v for c in checks for k, v in c.answers().items()})
             progress("writing " + ", ".join(
                 str(x) for x in (outputs.reference if outputs.push else None, outputs.oci_dir, outputs.output_tar,
                                  outputs.loader) if x is not None
@@ -323,7 +329,8 @@ def _result(opened: Opened, options: PatchOptions, done: list[_Done], written: t
 
 
 def _patch_all(opened: Opened, targets: list[Target], options: PatchOptions, compression: Compression,
-               tmp: Path, progress: Progress, multi: bool, stream_to: StreamTo = None) -> list[_Done]:
+               tmp: Path, progress: Progress, multi: bool, stream_to: StreamTo = None,
+               removals: Removals | None = None) -> list[_Done]:
     """Patch each target; several at once (threads: most of the time is I/O and inflating, which release the
     GIL). At most three at a time bounds memory: each holds its image's package database and captured files."""
     from concurrent.futures import ThreadPoolExecutor
@@ -334,7 +341,7 @@ def _patch_all(opened: Opened, targets: list[Target], options: PatchOptions, com
         try:
             # Progress of each platform (its steps, downloads, layers) is labelled with it, from every thread.
             with events.scope(str(target.platform) if multi else None):
-                return _patch_one(opened, target, options, compression, workdir, progress, stream_to)
+                return _patch_one(opened, target, options, compression, workdir, progress, stream_to, removals)
         except UnsupportedImageError as e:
             if target.explicit:
                 raise
@@ -359,7 +366,7 @@ def _patch_all(opened: Opened, targets: list[Target], options: PatchOptions, com
 
 
 def _patch_one(opened: Opened, target: Target, options: PatchOptions, compression: Compression, workdir: Path,
-               progress: Progress, stream_to: StreamTo = None) -> _Done:
+               progress: Progress, stream_to: StreamTo = None, removals: Removals | None = None) -> _Done:
     # (Loaded by _import_engine in the thread that started the patch: here they are look-ups.)
     from copa.oci.image import Image, is_docker
     from copa.oci.layercache import LayerCache
@@ -388,7 +395,14 @@ def _patch_one(opened: Opened, target: Target, options: PatchOptions, compressio
     prefetch = EarlyDownloads(options.repos, image.config.architecture or "amd64", image.config.variant,
                              make_fetcher(Path(options.cache_dir) if options.cache_dir else None, options.timeout,
                                           options.ca_bundle, options.repos), hints)
+    checked: CheckedAhead | None = None
+    handed_over = False
     try:
+        if stream_to is not None:
+            # Bound for a registry: whether it holds the layers the patched image keeps is asked now, not after the
+            # build (copa.oci.registry.CheckedAhead).
+            checked = CheckedAhead(stream_to[0], stream_to[1], opened.reference,
+                                   [layer.descriptor for layer in image.layers[:original.layers]])
         try:
             # What each layer holds is recorded by its blob's digest: a second image on the same base reads only its
             # own layers.
@@ -401,7 +415,8 @@ def _patch_one(opened: Opened, target: Target, options: PatchOptions, compressio
             _check_end_of_life(detected.os_release, options, progress)
         adapter = adapter_for(detected)
         report = target.report
-        with tempfile.TemporaryDirectory(prefix="adapter-", dir=workdir) as adapter_tmp:
+        # The adapter's staged files are removed while the image is pushed (copa.scratch).
+        with scratch_dir(workdir, "adapter-", removals) as adapter_tmp:
             ctx = ImageContext(
                 image=image,
                 layers=original.layers,
@@ -439,12 +454,15 @@ def _patch_one(opened: Opened, target: Target, options: PatchOptions, compressio
 
                 fixes = vex.fixes_of(updates, lambda n, v, a: adapter.purl(ctx, n, v, a, scanned))
             inventory = adapter.inventory(ctx, plan) if options.attach else ()
+            handed_over = True
             return _Done(target, "patched", os_name, updates, plan.skipped, unfixed, patched=patched, fixes=fixes,
                          streamed=(layer.digest, streamed.location) if streamed is not None else None,
-                         inventory=inventory, os_release=detected.os_release)
+                         inventory=inventory, os_release=detected.os_release, checked=checked)
 
     finally:
         prefetch.close()  # what it still reads ahead is not needed any more
+        if checked is not None and not handed_over:
+            checked.cancel()  # nothing of this image is pushed
 
 def _check_end_of_life(os_release: OSRelease, options: PatchOptions, progress: Progress) -> None:
     """--exit-on-eol: asked whenever the flag is set (Copacetic asks only without a report; its docs say always).

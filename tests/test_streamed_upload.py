@@ -18,7 +18,7 @@ import pytest
 import copa.oci.registry as registry
 from copa.cli import main
 from copa.oci.layer import Entry, write_layer
-from copa.oci.model import Manifest, parse_manifest
+from copa.oci.model import Descriptor, Manifest, parse_manifest
 from copa.oci.reference import Reference
 from copa.oci.registry import RegistryClient, RegistrySource, StreamedUpload
 from tests.support import images
@@ -68,6 +68,12 @@ def _pushed_layer(ref: str) -> str:
     return str(manifest.layers[-1].digest)
 
 
+def _base_layers(ref: str) -> tuple[Descriptor, ...]:
+    root = RegistrySource(RegistryClient(), Reference.parse(ref)).root()
+    assert isinstance(root, Manifest)
+    return root.layers
+
+
 def _written_layer(out: Path, tag: str) -> str:
     index = json.loads((out / "index.json").read_text())
     digest = next(m["digest"] for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"]
@@ -102,6 +108,15 @@ def test_the_layer_streamed_while_written_is_the_layer_pushed(app: str, report: 
     sessions = {_session(p) for p, _ in patches}
     assert sessions == {_session(closes[0])}, (sessions, closes)
     assert layer == _written_layer(tmp_path / "out", "1.0-streamed")
+    # Its bytes are in the session already: it is closed without asking whether the registry has the layer. The
+    # base layer was asked about once, before the layer was written (its upload session opened).
+    heads = [i for i, (m, p, _) in enumerate(proxy.log) if m == "HEAD" and "/blobs/" in p]
+    asked = [proxy.log[i][1].rsplit("/blobs/", 1)[1] for i in heads]
+    assert layer not in asked, proxy.log
+    base = [str(d.digest) for d in _base_layers(app)]
+    assert sorted(a for a in asked if a in base) == sorted(base), proxy.log
+    first_post = next(i for i, (m, p, _) in enumerate(proxy.log) if m == "POST" and "/blobs/uploads/" in p)
+    assert all(i < first_post for i, a in zip(heads, asked, strict=True) if a in base), proxy.log
     _check_pushed(ref, tmp_path / "copy")
 
 

@@ -238,6 +238,9 @@ class Bundle:
     # Blobs already sent to the registry sink's repository while they were written (copa.oci.registry's
     # StreamedUpload): the upload session to close, or None to upload the blob as usual.
     streamed: Mapping[Digest, Callable[[], str | None]] = field(default_factory=dict)
+    # Whether the registry sink's repository holds some of the blobs, asked while the patch was made (copa.oci.
+    # registry's CheckedAhead); called once, by the push.
+    checked: Callable[[], Mapping[Digest, bool]] | None = None
 
     def iter_blobs(self) -> Iterator[Descriptor]:
         seen: set[Digest] = set()

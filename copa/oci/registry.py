@@ -19,7 +19,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
@@ -681,34 +681,43 @@ def _with_query(url: str, **params: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}{query}"
 
 
+def _mount_source(mount: Reference | None, target: Reference) -> Reference | None:
+    """The repository blobs can be mounted from into `target`'s: another repository of the same registry."""
+    if mount is not None and mount.registry == target.registry and mount.repository != target.repository:
+        return mount
+    return None
+
+
+def _push_scopes(mount_from: Reference | None) -> tuple[str, ...]:
+    """The scopes a push asks for besides the target's pull and push: pull from the mount source."""
+    return (repository_scope(mount_from.repository, "pull"),) if mount_from is not None else ()
+
+
+def _blob_exists(client: RegistryClient, target: Reference, extra_scopes: tuple[str, ...], desc: Descriptor) -> bool:
+    resp = client.send("HEAD", target, client.repo_url(target, f"blobs/{desc.digest}"), actions="pull,push",
+                       extra_scopes=extra_scopes)
+    with resp:
+        if resp.status_code == 200:
+            return True
+        if resp.status_code == 404:
+            return False
+        raise client.fail(resp, target, f"blob {desc.digest}")
+
+
 class _Pusher:
     def __init__(self, client: RegistryClient, target: Reference, bundle: Bundle) -> None:
         self.client = client
         self.target = target
         self.bundle = bundle
         mount = bundle.mount_from
-        self.mount_from = (
-            mount
-            if isinstance(mount, Reference)
-            and mount.registry == target.registry
-            and mount.repository != target.repository
-            else None
-        )
-        self.extra_scopes = (
-            (repository_scope(self.mount_from.repository, "pull"),) if self.mount_from is not None else ()
-        )
+        self.mount_from = _mount_source(mount if isinstance(mount, Reference) else None, target)
+        self.extra_scopes = _push_scopes(self.mount_from)
 
     def send(self, method: str, url: str, **kw: Any) -> Response:
         return self.client.send(method, self.target, url, actions="pull,push", extra_scopes=self.extra_scopes, **kw)
 
     def blob_exists(self, desc: Descriptor) -> bool:
-        resp = self.send("HEAD", self.client.repo_url(self.target, f"blobs/{desc.digest}"))
-        with resp:
-            if resp.status_code == 200:
-                return True
-            if resp.status_code == 404:
-                return False
-            raise self.client.fail(resp, self.target, f"blob {desc.digest}")
+        return _blob_exists(self.client, self.target, self.extra_scopes, desc)
 
     def location(self, resp: Response, what: str) -> str:
         loc = resp.location or ""
@@ -939,6 +948,56 @@ class StreamedUpload:
                 yield piece
 
 
+class CheckedAhead:
+    """Whether the push target's repository holds `blobs` already (the base layers a patched image keeps), asked
+    while the patch is still being made: a HEAD each, a few at once, with the very scopes the push asks for, so
+    that its token is at hand too. The push then asks only about what it learns nothing of here (the new config
+    and patch layer): against a remote registry, one round trip fewer between the layer's end and the tag.
+
+    Nothing here fails the patch: a check that fails is no answer, and the push asks again. The checks run on
+    threads of their own that end with the last check (not a pool's, which would idle until shut down: the
+    command leaves its process quickest when no other thread is left, copa.cli.run)."""
+
+    def __init__(self, client: RegistryClient, target: Reference, mount_from: Reference | None,
+                 blobs: Sequence[Descriptor]) -> None:
+        self._client, self._target = client, target
+        self._scopes = _push_scopes(_mount_source(mount_from, target))  # the push's: one token serves both
+        self._todo = list({d.digest: d for d in blobs if not d.urls}.values())  # (foreign layers are not pushed)
+        self._lock = threading.Lock()
+        self._answers: dict[Digest, bool] = {}
+        self._threads = [threading.Thread(target=contextvars.copy_context().run, args=(self._work,),
+                                          name=f"copa-check_{i}")
+                         for i in range(min(len(self._todo), _PUSH_WORKERS))]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if not self._todo:
+                    return
+                desc = self._todo.pop()
+            try:
+                found = _blob_exists(self._client, self._target, self._scopes, desc)
+            except CopaError as e:
+                log.debug("early check of blob %s in %s: %s", desc.digest, self._target, e)
+                continue
+            with self._lock:
+                self._answers[desc.digest] = found
+
+    def answers(self) -> dict[Digest, bool]:
+        """Once every check has ended: the blobs known to be there (True) or not (False)."""
+        for thread in self._threads:
+            thread.join()
+        with self._lock:
+            return dict(self._answers)
+
+    def cancel(self) -> None:
+        """No push follows: the checks not yet started are dropped (those under way end on their own)."""
+        with self._lock:
+            self._todo.clear()
+
+
 def _range_end(value: str) -> int | None:
     """The byte count a `Range: 0-N` answer says the session holds (N + 1), if it says."""
     first, sep, last = value.partition("-")
@@ -983,8 +1042,9 @@ def push(client: RegistryClient, target: Reference, bundle: Bundle, homes: BlobH
 
         homes = BlobHomes.disabled()
     pusher = _Pusher(client, target, bundle)
+    known = bundle.checked() if bundle.checked is not None else {}
     # Foreign (non-distributable) layers stay where their urls point.
-    _each_blob(pusher, [d for d in bundle.iter_blobs() if not d.urls], homes)
+    _each_blob(pusher, [d for d in bundle.iter_blobs() if not d.urls], homes, known)
     for child in bundle.children:
         pusher.put_manifest(str(child.digest), child)
     for tag, manifest in bundle.child_tags:
@@ -1014,20 +1074,26 @@ def _finish_streamed(pusher: _Pusher, desc: Descriptor) -> bool:
 _PUSH_WORKERS = 4
 
 
-def _each_blob(pusher: _Pusher, blobs: list[Descriptor], homes: BlobHomes) -> None:
+def _each_blob(pusher: _Pusher, blobs: list[Descriptor], homes: BlobHomes, known: Mapping[Digest, bool]) -> None:
     """Push every blob of `blobs`, several at once; the first failure in blob order is raised once the blobs being
-    pushed have finished (those not yet started are not)."""
+    pushed have finished (those not yet started are not). `known`: whether the target holds a blob, where that was
+    asked already (CheckedAhead)."""
     target = pusher.target
 
     def one(desc: Descriptor) -> None:
         with events.task(events.Kind.PUSH, f"blob {desc.digest.hex[:12]}", desc.size) as task:
-            if pusher.blob_exists(desc):
-                task.done("exists")
-                homes.add(desc.digest, target.registry, target.repository)
-                return
-            if _finish_streamed(pusher, desc):
+            exists = known.get(desc.digest)
+            # A layer sent while it was written is in its upload session already: closing the session is the one
+            # round trip left, where asking first would add one whatever the answer.
+            if not exists and _finish_streamed(pusher, desc):
                 task.advance(desc.size)  # uploaded, while the layer was being written
                 task.done("streamed while written")
+                homes.add(desc.digest, target.registry, target.repository)
+                return
+            if exists is None:
+                exists = pusher.blob_exists(desc)
+            if exists:
+                task.done("exists")
                 homes.add(desc.digest, target.registry, target.repository)
                 return
             session = None
