@@ -11,7 +11,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,8 +23,7 @@ from copa.oci.reference import Reference
 from copa.oci.registry import RegistryClient, RegistryOptions, RegistrySource, push
 from copa.pkg import cache as cache_module
 from copa.pkg.cache import Cache
-from copa.web.response import Response
-from tests.support.registry import RunningRegistry
+from tests.support.registry import RunningRegistry, record
 
 FAST = RegistryOptions(retries=3, backoff=0.05, timeout=20)
 ENTRIES = [Entry("usr", Kind.DIR, 0o755), Entry("usr/lib", Kind.DIR, 0o755),
@@ -126,15 +124,6 @@ def test_concurrent_builders_build_once(tmp_path: Path) -> None:
 # -- pushed once: cross-repository mounts -------------------------------------------------------------------------
 
 
-def _record(client: RegistryClient) -> list[tuple[str, str, int]]:
-    log: list[tuple[str, str, int]] = []
-
-    def hook(resp: Response, *args: Any, **kwargs: Any) -> None:
-        log.append((resp.request.method or "", resp.request.url or "", resp.status_code))
-
-    client.session.hooks["response"].append(hook)
-    return log
-
 
 @pytest.fixture
 def client() -> Iterator[RegistryClient]:
@@ -174,7 +163,7 @@ def test_a_blob_pushed_once_is_mounted_into_the_next_repository(
     first = Reference.parse(f"{host}/homes/a-{uuid.uuid4().hex[:8]}:p")
     second = Reference.parse(f"{host}/homes/b-{uuid.uuid4().hex[:8]}:p")
     homes = BlobHomes(tmp_path / "cache" if shared else None)
-    log = _record(client)
+    log = record(client)
     push(client, first, _bundle(client, source_ref), homes)
     bundle = _bundle(client, source_ref)
     assert len(_uploads(log)) >= len(bundle.blobs), "the first push did not upload"
@@ -199,7 +188,7 @@ def test_a_stale_home_falls_back_to_an_upload(client: RegistryClient, anon_regis
     homes = BlobHomes(tmp_path / "cache")
     for desc in bundle.blobs:
         homes.add(desc.digest, host, "homes/never-pushed")
-    log = _record(client)
+    log = record(client)
     push(client, target, bundle, homes)
     assert len([e for e in log if e[0] == "POST" and "from=homes%2Fnever-pushed" in e[1]]) == len(bundle.blobs)
     assert len([e for e in _uploads(log) if e[0] == "PUT" and e[2] == 201]) == len(bundle.blobs)

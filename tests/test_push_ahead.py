@@ -9,7 +9,6 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,9 +16,8 @@ from copa.oci.image import Bundle, manifest_blobs
 from copa.oci.model import Manifest
 from copa.oci.reference import Reference
 from copa.oci.registry import CheckedAhead, RegistryClient, RegistryOptions, RegistrySource, push
-from copa.web.response import Response
 from tests.support.faultproxy import Fault, FaultProxy
-from tests.support.registry import RunningRegistry
+from tests.support.registry import RunningRegistry, record
 
 pytestmark = [pytest.mark.live]
 
@@ -39,15 +37,6 @@ def _heads(log: list[tuple[str, str, int]]) -> list[str]:
     """The blob digests asked about (HEAD), in order."""
     return [url.rsplit("/blobs/", 1)[1] for method, url, _ in log if method == "HEAD" and "/blobs/" in url]
 
-
-def _record(client: RegistryClient) -> list[tuple[str, str, int]]:
-    log: list[tuple[str, str, int]] = []
-
-    def hook(resp: Response, *args: Any, **kwargs: Any) -> None:
-        log.append((resp.request.method or "", resp.request.url or "", resp.status_code))
-
-    client.session.hooks["response"].append(hook)
-    return log
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +64,7 @@ def test_the_push_does_not_ask_again_what_was_asked_ahead(image: Reference, clie
                                                           tmp_path: Path) -> None:
     bundle, root = _bundle(RegistrySource(client, image), mount=True)
     target = image.with_tag("ahead")
-    log = _record(client)
+    log = record(client)
     ahead = CheckedAhead(client, target, image, root.layers)
     answers = ahead.answers()
     assert answers == {layer.digest: True for layer in root.layers}  # the target's repository is the source's
@@ -92,7 +81,7 @@ def test_a_blob_found_missing_is_uploaded_without_asking_again(anon_registry: Ru
     target = Reference.parse(f"{anon_registry.host}/ahead/dst-{uuid.uuid4().hex[:8]}:t")
     ahead = CheckedAhead(client, target, None, root.layers)
     assert ahead.answers() == {layer.digest: False for layer in root.layers}
-    log = _record(client)
+    log = record(client)
     push(client, target, dataclasses.replace(bundle, checked=ahead.answers))
     assert _heads(log) == [str(root.config.digest)], log
     uploads = [url for method, url, status in log if method == "PUT" and "/blobs/uploads/" in url and status == 201]

@@ -22,9 +22,8 @@ from copa.oci.image import Bundle, manifest_blobs
 from copa.oci.model import Descriptor, Index, Manifest, MediaType, Platform, parse_manifest
 from copa.oci.reference import Reference
 from copa.oci.registry import RegistryClient, RegistryOptions, RegistrySource, head_manifest, push, tag_exists
-from copa.web.response import Response
 from tests.support.faultproxy import Fault, FaultProxy
-from tests.support.registry import PASSWORD, USER, RunningRegistry, free_port
+from tests.support.registry import PASSWORD, USER, RunningRegistry, free_port, record
 
 FAST = RegistryOptions(retries=3, backoff=0.05, timeout=20)
 
@@ -87,16 +86,6 @@ def client() -> Iterator[RegistryClient]:
     with RegistryClient(FAST) as c:
         yield c
 
-
-def record(client: RegistryClient) -> list[tuple[str, str, int]]:
-    """Every response the client's session sees, as (method, url, status)."""
-    log: list[tuple[str, str, int]] = []
-
-    def hook(resp: Response, *args: Any, **kwargs: Any) -> None:
-        log.append((resp.request.method or "", resp.request.url or "", resp.status_code))
-
-    client.session.hooks["response"].append(hook)
-    return log
 
 
 @pytest.fixture(scope="module")

@@ -340,3 +340,14 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
 @pytest.fixture(scope="session")
 def tiny_layout() -> Path:
     return build_tiny_layout()
+
+
+def record(client: Any) -> list[tuple[str, str, int]]:
+    """Every response a copa RegistryClient's session sees from now on, as (method, url, status)."""
+    log: list[tuple[str, str, int]] = []
+
+    def hook(resp: Any, *args: Any, **kwargs: Any) -> None:
+        log.append((resp.request.method or "", resp.request.url or "", resp.status_code))
+
+    client.session.hooks["response"].append(hook)
+    return log
