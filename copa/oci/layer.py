@@ -30,6 +30,7 @@ from isal import igzip
 from copa import events
 from copa.errors import LocalIOError, UnsafePathError
 from copa.oci.digest import Digest
+from copa.openfiles import shared_descriptors
 
 WHITEOUT_PREFIX = ".wh."
 # ISA-L level 2: 15x faster than zlib's default 6 (which docker uses) for a layer ~12% larger; the patch layer's
@@ -332,7 +333,9 @@ def _write_layer(entries: Iterable[Entry], directory: Path, compression: Compres
     try:
         # Progress counts the file contents put into the layer (known up front), compression included in the time.
         content = sum(e.size for e in ordered if e.kind is Kind.FILE)
-        with os.fdopen(fd, "wb") as raw_out, events.task(events.Kind.LAYER_WRITE, "patch layer", content) as task:
+        # The contents are slices of a few spool files: one descriptor each while the layer is written (copa.openfiles).
+        with os.fdopen(fd, "wb") as raw_out, events.task(events.Kind.LAYER_WRITE, "patch layer", content) as task, \
+                shared_descriptors():
             if watch is not None:
                 watch.started(tmp)
             compressed = _HashingWriter(cast(BinaryIO, _Watched(raw_out, watch)) if watch is not None else raw_out)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import io
 import lzma
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
+
+from copa.openfiles import descriptor
 
 MAX_UNPACKED_BYTES = 16 << 30  # one package member, decompressed (and an rpm's files, as its header declares them)
 MAX_EXPANSION_RATIO = 250  # decompressed / compressed bytes, checked once past RATIO_FLOOR
@@ -53,25 +56,63 @@ class Bounded(io.RawIOBase):
                 return
 
 
-class _Slice(Bounded):
-    """A bounded view of an open file that closes the file when closed."""
+class _FileSlice(io.RawIOBase):
+    """`size` bytes of a file from `offset`, read with pread: no file position, so the descriptor may be one shared
+    by every slice of the file while a layer is written (copa.openfiles), and a read lands in the caller's buffer or
+    in the bytes returned, with no buffer in between. If the file ends first, the error `truncated` makes is raised;
+    without `truncated` the slice ends there."""
 
-    def __init__(self, f: BinaryIO, size: int, truncated: Callable[[], Exception] | None) -> None:
-        super().__init__(f, size, truncated)
-        self._file = f
+    def __init__(self, path: Path, offset: int, size: int, truncated: Callable[[], Exception] | None) -> None:
+        super().__init__()
+        self._fd, self._owned = descriptor(path)
+        self._pos, self.left, self._truncated = offset, size, truncated
+
+    def readable(self) -> bool:
+        return True
+
+    def _ended(self) -> None:
+        if self._truncated is not None:
+            raise self._truncated()
+        self.left = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        if self.left <= 0 or n == 0:
+            return b""
+        data = os.pread(self._fd, self.left if n is None or n < 0 else min(n, self.left), self._pos)
+        if not data:
+            self._ended()
+            return b""
+        self._pos += len(data)
+        self.left -= len(data)
+        return data
+
+    def readall(self) -> bytes:
+        parts = []
+        while self.left > 0 and (data := self.read()):
+            parts.append(data)
+        return b"".join(parts)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")[:max(0, self.left)]
+        if not view:
+            return 0
+        got = os.preadv(self._fd, [view], self._pos)
+        if not got:
+            self._ended()
+            return 0
+        self._pos += got
+        self.left -= got
+        return got
 
     def close(self) -> None:
-        try:
-            self._file.close()
-        finally:
-            super().close()
+        if not self.closed and self._owned:
+            os.close(self._fd)
+        super().close()
 
 
 def open_slice(path: Path, offset: int, size: int, truncated: Callable[[], Exception] | None = None) -> BinaryIO:
-    """`size` bytes of the file at `path` from `offset`, buffered; closing it closes the file."""
-    f = path.open("rb")
-    f.seek(offset)
-    return cast(BinaryIO, io.BufferedReader(_Slice(f, size, truncated), 1 << 16))
+    """`size` bytes of the file at `path` from `offset`; closing it releases the file."""
+    return cast(BinaryIO, _FileSlice(path, offset, size, truncated))
 
 
 def open_content(path: str, inline: bytes | None, staged: Path | None, offset: int, size: int,
