@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from debian.deb822 import Packages
 
+import copa.pkg.apt.packages as packages
+
 from copa.pkg.apt.packages import IndexText
 from copa.pkg.cache import Cache
 
 
-def _index(rng: random.Random, count: int) -> bytes:
+def _index(rng: random.Random, count: int, shuffled: float = 0.1) -> bytes:
     paragraphs = []
     for i in range(count):
         fields = [("Package", f"pkg{i}-{rng.choice(['a', 'lib', 'x.y+z'])}"),
@@ -28,10 +30,10 @@ def _index(rng: random.Random, count: int) -> bytes:
             fields.append(("Provides", provides))
         if rng.random() < 0.2:
             fields.append(("Depends", "libc6 (>= 2.36), virt3 | pkg1-a"))
-        if rng.random() < 0.1:
+        if rng.random() < shuffled:
             rng.shuffle(fields)  # Package need not be the first field
         paragraphs.append("\n".join(f"{k}: {v}" for k, v in fields))
-    separator = rng.choice(["\n\n", "\n\n\n"])
+    separator = rng.choice(["\n\n", "\n\n\n", "\n\n\n\n"])
     return (separator.join(paragraphs) + "\n").encode()
 
 
@@ -74,3 +76,28 @@ def test_provides_kept_in_the_cache(tmp_path: Path) -> None:
     # A damaged entry fails its sum: it is dropped and the pairs are found again.
     stored[0].write_bytes(b'[["evil","everything"]]')
     assert IndexText("t", path=path, cache=cache).provides() == first
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_later_look_ups_read_where_the_first_pass_found_the_names(seed: int, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first look-up by names notes where each paragraph starts; the later ones read only those paragraphs,
+    # unless a Package line somewhere does not start its paragraph. Oracle: deb822's names, and the rows of the
+    # paragraph walk (a callable `want`, which never uses the offsets).
+    rng = random.Random(seed)
+    shuffled = rng.choice([0.0, 0.0, 0.002])
+    data = _index(rng, rng.choice([3, 400, 2500]), shuffled)
+    _, names = _oracle(data)
+    monkeypatch.setattr(packages, "_BLOCK", rng.choice([300, 4096, 2 << 20]))  # blocks cut mid-index, or not
+    path = tmp_path / "Packages"
+    path.write_bytes(data)
+    for text in (IndexText("t", data=data), IndexText("t", path=path)):
+        first = set(rng.sample(names, min(len(names), 5)))
+        assert [r[0] for r in text.rows(first)] == [n for n in names if n in first]
+        indexed = text._where is not None
+        assert indexed == (not any(not line.startswith(b"Package:")
+                                   for line in [p.lstrip(b"\n") for p in data.split(b"\n\n")] if line))
+        for _ in range(4):
+            wanted = set(rng.sample(names, rng.randint(0, len(names)))) | {"not-in-the-index"}
+            assert list(text.rows(wanted)) == list(text.rows(wanted.__contains__))
+            assert [r[0] for r in text.rows(wanted)] == [n for n in names if n in wanted]

@@ -154,24 +154,36 @@ class IndexText:
         # With the cache (and a cached text), the Provides pairs are kept beside the text: they take a full pass to
         # find, and every later run on the same index (and the prefetch, ahead of the plan) can skip it.
         self._cache = cache if path is not None and path.name.startswith(_TEXT_PREFIX) else None
+        # Where each package's paragraphs start (offsets in the text), from the first pass that looked for names:
+        # a later look-up (the plan's, after the prefetch's) reads just those paragraphs instead of passing over
+        # the ~50 MB again. None until made, and for good when a Package line does not start its paragraph.
+        self._where: dict[bytes, int | list[int]] | None = None
+        self._unindexed = False
 
     def _blocks(self) -> Iterator[bytes]:
         """The text in blocks that each end at a paragraph boundary."""
+        for _offset, block in self._blocks_at():
+            yield block
+
+    def _blocks_at(self) -> Iterator[tuple[int, bytes]]:
+        """The blocks with the offset in the text each starts at."""
         if self._data is not None:
-            yield self._data
+            yield 0, self._data
             return
         assert self._path is not None
         pending = b""
+        offset = 0  # of `pending` in the text
         with self._path.open("rb") as f:
             while chunk := f.read(_BLOCK):
                 pending += chunk
                 cut = pending.rfind(b"\n\n")
                 if cut < 0:
                     continue
-                yield pending[: cut + 1]
+                yield offset, pending[: cut + 1]
                 pending = pending[cut + 2 :]
+                offset += cut + 2
         if pending.strip():
-            yield pending
+            yield offset, pending
 
     def rows(self, want: Callable[[str], bool] | AbstractSet[str] | None = None) -> Iterator[_Row]:
         """Parsed rows, in file order, of the paragraphs whose Package `want` accepts (all without it). A set
@@ -192,23 +204,65 @@ class IndexText:
     def _rows_named(self, wanted: AbstractSet[bytes]) -> Iterator[_Row]:
         """The rows of the paragraphs whose Package is in `wanted`. A patch wants a few dozen of ~60k names: the
         Package lines are found with one regex pass over each block, and only the wanted paragraphs are cut out
-        (splitting every paragraph took twice as long)."""
-        for block in self._blocks():
+        (splitting every paragraph took twice as long). That pass notes where every name's paragraphs start, and
+        later look-ups read only those."""
+        where = self._where
+        if where is not None:
+            yield from self._rows_at(sorted(at for n in wanted if (found := where.get(n)) is not None
+                                            for at in (found if isinstance(found, list) else (found,))))
+            return
+        where_new: dict[bytes, int | list[int]] | None = None if self._unindexed else {}
+        for offset, block in self._blocks_at():
+            if where_new is not None and not _lines_start_paragraphs(block):
+                where_new = None
             last = -1
             first = _PACKAGE_LINE.match(block)  # the block's first line; every other one follows a newline
             for m in itertools.chain((first,) if first is not None else (), _PACKAGE_AFTER_NEWLINE.finditer(block)):
-                if m.group(1) not in wanted:
+                name = m.group(1)
+                if where_new is not None:  # the paragraph's start: the line's, after the newline found before it
+                    at = offset + m.start() + (m.re is _PACKAGE_AFTER_NEWLINE)
+                    known = where_new.get(name)
+                    where_new[name] = at if known is None else [*(known if isinstance(known, list) else (known,)), at]
+                if name not in wanted:
                     continue
                 start, end = _paragraph_around(block, m.start() + (block[m.start()] == 0x0A))
                 if start == last:
                     continue  # a second Package line in one paragraph: the first one names it, as _package_name
                 last = start
                 para = block[start:end]
-                if _package_name(para) != m.group(1):
+                if _package_name(para) != name:
                     continue  # (that first line named another package)
                 row = _row(para.decode("utf-8", "replace"), self.what)
                 if row is not None:
                     yield row
+        if where_new is None:
+            self._unindexed = True
+        else:
+            self._where = where_new  # (one assignment: a look-up on another thread sees none or all of it)
+
+    def _rows_at(self, starts: Sequence[int]) -> Iterator[_Row]:
+        """The rows of the paragraphs that start at `starts` (ascending)."""
+        if not starts:
+            return
+        if self._data is not None:
+            data = self._data
+            for start in starts:
+                end = data.find(b"\n\n", start)
+                yield from self._row_of(data[start:len(data) if end < 0 else end])
+            return
+        assert self._path is not None
+        with self._path.open("rb") as f:
+            for start in starts:
+                f.seek(start)
+                para = b""
+                while (end := para.find(b"\n\n")) < 0 and (more := f.read(1 << 14)):
+                    para += more
+                yield from self._row_of(para if end < 0 else para[:end])
+
+    def _row_of(self, para: bytes) -> Iterator[_Row]:
+        row = _row(para.decode("utf-8", "replace"), self.what)
+        if row is not None:
+            yield row
 
     def _paragraphs(self) -> Iterator[bytes]:
         for block in self._blocks():
@@ -267,6 +321,14 @@ class IndexText:
                 if value:
                     found.append((name.decode("utf-8", "replace"), value))
         return found
+
+
+def _lines_start_paragraphs(block: bytes) -> bool:
+    """Whether every Package line of `block` starts its paragraph (deb822 allows it elsewhere; no index has it):
+    only then can a name's paragraph be found again from where its line is. A line after a newline starts one when
+    a blank line comes before it, or when it follows the blank lines this block was cut after; a line at the
+    block's start does (blocks are cut at blank lines)."""
+    return block.count(b"\n\nPackage:") == block.count(b"\nPackage:") - block.startswith(b"\nPackage:")
 
 
 def _paragraph_around(block: bytes, pos: int) -> tuple[int, int]:
