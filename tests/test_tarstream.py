@@ -12,8 +12,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from copa.oci.tarstream import TarFormatError, TarStream
+from copa.oci.tarstream import TarFormatError, TarStream, _checksum_ok
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 
@@ -202,3 +204,22 @@ def test_refusals() -> None:
         _ours(head[:1024] + bytes(1024))
     # The archive ends without end-of-archive blocks: what was written is read, as tarfile reads it.
     assert _ours(good[:-1024]) == _oracle(good[:-1024])
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=st.binary(min_size=512, max_size=512), which=st.sampled_from(["unsigned", "signed", "other"]),
+       bias=st.sampled_from([0, 0x80, 0xFF]))
+def test_the_header_checksum_is_the_plain_sum(body: bytes, which: str, bias: int) -> None:
+    # The checksum over C's unsigned bytes, or (old tars) signed ones; anything else is refused. Oracle: the
+    # definition, summed in Python. `bias` fills the block with high bytes, where the sums differ most.
+    block = bytearray(body)
+    if bias:
+        block[:] = bytes(b | bias for b in block)
+    block[148:156] = b" " * 8
+    unsigned = sum(block)
+    signed = sum(b - 256 if b > 127 else b for b in block)
+    stored = {"unsigned": unsigned, "signed": signed, "other": unsigned + 1}[which]
+    if stored < 0:
+        return  # an octal field holds no negative number
+    block[148:156] = b"%06o\0 " % stored
+    assert _checksum_ok(bytes(block)) == (stored in (unsigned, signed))

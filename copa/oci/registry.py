@@ -979,7 +979,7 @@ class CheckedAhead:
                 desc = self._todo.pop()
             try:
                 found = _blob_exists(self._client, self._target, self._scopes, desc)
-            except CopaError as e:
+            except Exception as e:  # whatever fails here only costs the round trip: the push asks again
                 log.debug("early check of blob %s in %s: %s", desc.digest, self._target, e)
                 continue
             with self._lock:

@@ -21,6 +21,7 @@ import io
 import re
 import struct
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
@@ -113,9 +114,17 @@ def _number(field_: bytes) -> int:
         raise TarFormatError("invalid header: a numeric field is not octal") from None
 
 
+def _byte_sum(data: bytes | memoryview) -> int:
+    """The sum of at most 256 bytes, in C: adler32's low half is 1 + that sum modulo 65521, which 256 bytes of at
+    most 255 never reach (sum() over a header's bytes was 2.2 us, a cold Debian patch's scan has ~10 000)."""
+    return (zlib.adler32(data) & 0xFFFF) - 1
+
+
 def _checksum_ok(block: bytes) -> bool:
     stored = _number(block[148:156])
-    unsigned = 256 + sum(block[:148]) + sum(block[156:])  # the checksum field counts as eight spaces
+    view = memoryview(block)
+    # The checksum field counts as eight spaces (256), its bytes not.
+    unsigned = 256 + _byte_sum(view[:256]) + _byte_sum(view[256:512]) - sum(block[148:156])
     if stored == unsigned:
         return True
     signed: int = 256 + sum(struct.unpack_from("148b", block)) + sum(struct.unpack_from("356b", block, 156))
