@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from copa.errors import LocalIOError, UnsafePathError
-from copa.oci.layer import Compression, Entry, Kind, write_layer
+from copa.oci.layer import Compression, Entry, Kind, ParentCheck, write_layer
 
 
 def _entries() -> list[Entry]:
@@ -126,3 +128,34 @@ def test_full_disk_is_a_local_error(tmp_path: Path) -> None:
         assert _gzip_workers() == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+_PARTS = st.sampled_from(["a", "b", "c"])
+_PATHS = st.lists(_PARTS, min_size=1, max_size=5).map("/".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(kinds=st.dictionaries(_PATHS, st.sampled_from(["dir", "file", "symlink", "fifo"]), max_size=12),
+       paths=st.lists(_PATHS, max_size=30))
+def test_parent_check_refuses_what_the_plain_walk_refuses(kinds: dict[str, str], paths: list[str]) -> None:
+    # The oracle: every ancestor looked up, every time. The check remembers directories found fine; the answer
+    # for each path, in any order, must not depend on that.
+    def plain(path: str) -> str | None:
+        parts = path.split("/")
+        for i in range(len(parts) - 1, 0, -1):
+            parent = "/".join(parts[:i])
+            kind = kinds.get(parent)
+            if kind is not None and kind != "dir":
+                return f"x /{path} would go below /{parent}, which is not a directory in the image (a {kind}); " \
+                       "refusing it"
+        return None
+
+    check = ParentCheck(kinds.get)
+    for path in paths:
+        expected = plain(path)
+        if expected is None:
+            check(path, "x")
+        else:
+            with pytest.raises(UnsafePathError) as e:
+                check(path, "x")
+            assert str(e.value) == expected

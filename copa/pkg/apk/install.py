@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from copa.errors import IntegrityError
-from copa.oci.layer import Entry, Kind, check_parents
+from copa.oci.layer import Entry, Kind, ParentCheck
 from copa.oci.rootfs import View
 from copa.pkg.apk.apkfile import ApkContents, DataFile
 from copa.pkg.apk.index import ApkRecord, decode_hash
@@ -70,6 +70,7 @@ class LayerPlan:
         self.mtime = mtime
         self.entries: dict[str, Entry] = {}
         self.owners = Owners(view)
+        self._check_parents = ParentCheck(self._kind)  # (the image's kinds, which the build never changes)
 
     def real(self, path: str) -> str:
         return self.view.resolve(path, follow_last=False)
@@ -82,7 +83,7 @@ class LayerPlan:
         return node.kind if node is not None else None
 
     def add_data(self, f: DataFile, path: str) -> None:
-        check_parents(path, self._kind, "package path")
+        self._check_parents(path, "package path")
         uid, gid = self.owners.of(f)
         if f.kind == "dir":
             if self.view.get(path) is None and path not in self.entries:

@@ -16,7 +16,7 @@ import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from copa.oci.layer import Entry, Kind, check_parents
+from copa.oci.layer import Entry, Kind, ParentCheck
 from copa.oci.rootfs import View
 from copa.pkg.dpkg.config import DpkgConfig
 from copa.pkg.dpkg.database import INFO, STATUS, STATUS_D, DpkgDatabase, info_name
@@ -56,6 +56,7 @@ class LayerPlan:
         self.mtime = mtime
         self.config = config or DpkgConfig()
         self.entries: dict[str, Entry] = {}
+        self._check_parents = ParentCheck(self._kind)  # (the image's kinds, which the build never changes)
         self.written: set[str] = set()
         self.kept_dirs: set[str] = set()  # real paths of directories an updated package's new version ships
         # real path -> (package path, package) of directories an old version owned and its new one does not ship
@@ -89,7 +90,7 @@ class LayerPlan:
         return node.kind if node is not None else None
 
     def add_file(self, f: DataFile, path: str, package: str) -> None:
-        check_parents(path, self._kind, f"{package}'s file")
+        self._check_parents(path, f"{package}'s file")
         kind = {"file": Kind.FILE, "symlink": Kind.SYMLINK, "hardlink": Kind.HARDLINK}[f.kind]
         # A hard link's target goes through diversions too (tarobject: namenodetouse on the link name).
         linkname = self.target(f.linkname, package) if f.kind == "hardlink" else f.linkname
@@ -97,7 +98,7 @@ class LayerPlan:
                        f.open if f.has_content else None, linkname, f.mtime, f.uname, f.gname))
 
     def add_dir(self, f: DataFile, path: str) -> None:
-        check_parents(path, self._kind, "a package directory")
+        self._check_parents(path, "a package directory")
         node = self.view.get(path)
         # dpkg leaves an existing directory (or a symlink standing in for one) as it is.
         if node is not None or path in self.entries:

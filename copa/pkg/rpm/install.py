@@ -22,7 +22,7 @@ import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from copa.oci.layer import Entry, Kind, check_parents
+from copa.oci.layer import Entry, Kind, ParentCheck
 from copa.oci.rootfs import View
 from copa.pkg.effects.model import Package
 from copa.pkg.rpm import caps
@@ -120,6 +120,10 @@ class LayerPlan:
     policy: InstallPolicy = field(default_factory=InstallPolicy)
     states: dict[str, list[int]] = field(default_factory=dict)  # per package (NEVRA): FILESTATES to record
     _sorted: list[str] | None = field(default=None, repr=False)
+    _check_parents: ParentCheck = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._check_parents = ParentCheck(self._kind)  # (the image's kinds, which the build never changes)
 
     @classmethod
     def of(cls, view: View, mtime: int, arch: str = "x86_64") -> LayerPlan:
@@ -151,7 +155,7 @@ class LayerPlan:
             self.entries.pop(path, None)
 
     def file_entry(self, f: RpmFile, path: str) -> Entry:
-        check_parents(path, self._kind, "package file")
+        self._check_parents(path, "package file")
         uid, gid = self.users.get(f.user, 0), self.groups.get(f.group, 0)
         mode = f.mode & 0o7777
         if f.kind == "dir":
