@@ -30,6 +30,7 @@ from isal import igzip
 from copa import events
 from copa.errors import LocalIOError, UnsafePathError
 from copa.oci.digest import Digest
+from copa.oci.tarstream import block_sum
 from copa.openfiles import shared_descriptors
 
 WHITEOUT_PREFIX = ".wh."
@@ -503,7 +504,7 @@ def _plain_header(info: tarfile.TarInfo) -> bytes | None:
         bytes(8 + 8 + 155 + 12),  # no device numbers, no ustar prefix; the block's padding
     ))
     # The checksum counts its own field as eight spaces; tarfile writes six octal digits, a NUL and keeps the space.
-    return head[:148] + b"%06o\0" % (sum(head)) + head[155:]
+    return head[:148] + b"%06o\0" % block_sum(head) + head[155:]
 
 
 class _TarWriter:

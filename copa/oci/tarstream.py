@@ -114,17 +114,18 @@ def _number(field_: bytes) -> int:
         raise TarFormatError("invalid header: a numeric field is not octal") from None
 
 
-def _byte_sum(data: bytes | memoryview) -> int:
-    """The sum of at most 256 bytes, in C: adler32's low half is 1 + that sum modulo 65521, which 256 bytes of at
-    most 255 never reach (sum() over a header's bytes was 2.2 us, a cold Debian patch's scan has ~10 000)."""
-    return (zlib.adler32(data) & 0xFFFF) - 1
+def block_sum(block: bytes | memoryview) -> int:
+    """The sum of a 512-byte block's bytes, in C: adler32's low half is 1 + the sum of its input modulo 65521,
+    which 256 bytes of at most 255 never reach, so each half's sum is exact (sum() over a header's bytes took 2.2 us,
+    and a cold Debian patch reads ~10 000 headers and writes ~5 000)."""
+    view = memoryview(block)
+    return (zlib.adler32(view[:256]) & 0xFFFF) + (zlib.adler32(view[256:512]) & 0xFFFF) - 2
 
 
 def _checksum_ok(block: bytes) -> bool:
     stored = _number(block[148:156])
-    view = memoryview(block)
     # The checksum field counts as eight spaces (256), its bytes not.
-    unsigned = 256 + _byte_sum(view[:256]) + _byte_sum(view[256:512]) - sum(block[148:156])
+    unsigned = 256 + block_sum(block) - sum(block[148:156])
     if stored == unsigned:
         return True
     signed: int = 256 + sum(struct.unpack_from("148b", block)) + sum(struct.unpack_from("356b", block, 156))
