@@ -11,7 +11,6 @@ import pytest
 from debian.deb822 import Packages
 
 import copa.pkg.apt.packages as packages
-
 from copa.pkg.apt.packages import IndexText
 from copa.pkg.cache import Cache
 
