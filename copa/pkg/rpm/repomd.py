@@ -13,6 +13,7 @@ before the parser sees it, so nothing is expanded or fetched; undefined entities
 from __future__ import annotations
 
 import bz2
+import functools
 import hashlib
 import io
 import json
@@ -37,7 +38,9 @@ from copa.errors import CopaError, IntegrityError, NotFoundError, RegistryError
 from copa.pkg.cache import Cache
 from copa.pkg.fetch import Fetcher, FetchItem
 from copa.pkg.openpgp import Keyring
+from copa.pkg.rpm import primaryscan
 from copa.pkg.rpm.deps import EQUAL, GREATER, LESS, Dep
+from copa.pkg.rpm.primaryscan import NotCanonical
 from copa.pkg.rpm.repos import RpmRepository, expand, mirror_url
 
 log = logging.getLogger(__name__)
@@ -760,7 +763,7 @@ def iter_filelists(stream: BinaryIO, what: str, want: Callable[[str], bool]) -> 
 # -------------------------------------------------------------------------------------------------------- indexes
 
 
-_ROWS_VERSION = 2  # 2: the providers index's values are NUL-joined names
+_ROWS_VERSION = 3  # 2: the providers index's values are NUL-joined names; 3: lines of [name, element] too
 # Package names in the providers index are joined by NUL (which XML cannot carry, so no name holds one): a dict of
 # str -> str is not tracked by the garbage collector, where one of lists (hundreds of thousands for a distribution's
 # primary) made the collector's full passes most of the parse (20k packages: 9.7 s of CPU, 3.5 s without them).
@@ -769,8 +772,54 @@ _ROW_JSON = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(row, se
 _ROW_NAME = re.compile(r'^\["((?:[^"\\]|\\.)*)"')
 
 
-def _from_row(line: str, loaded: LoadedRepomd) -> RpmPackage:
-    return _row_package(json.loads(line), loaded.repo.id, loaded.base_url)
+def _from_rows(lines: Iterable[str], loaded: LoadedRepomd) -> list[RpmPackage]:
+    """The packages of rows-file lines: rows as they are; [name, element] lines of a canonical primary by one
+    parse of their elements together (a parser per element would cost more than the parse)."""
+    rows: list[list[Any]] = []
+    elements: list[str] = []
+    for line in lines:
+        row = json.loads(line)
+        if len(row) == 2:
+            elements.append(row[1])
+        else:
+            rows.append(row)
+    if elements:
+        rows += element_rows(elements, f"{loaded.repo.description}: primary")
+    return [_row_package(r, loaded.repo.id, loaded.base_url) for r in rows]
+
+
+def element_rows(elements: Sequence[str], what: str) -> list[list[Any]]:
+    """The rows of <package> elements that `primaryscan` matched, by the expat reader, in the namespace context
+    the layout gives them (so the same rows as the reader's over the whole document)."""
+    document = f"{primaryscan.ROOT}{''.join(elements)}</metadata>".encode()
+    rows = list(iter_rows(io.BytesIO(document), what))
+    if len(rows) != len(elements):
+        raise IntegrityError(f"{what}: {len(elements)} kept package elements read as {len(rows)} packages; "
+                             "remove copa's cache (its derived/ directory) and run again")
+    return rows
+
+
+_PROVIDES_AT = _DEP_KINDS.index("provides") + 16  # a row's provides list
+
+
+def _rows_source(stream: BinaryIO, what: str) -> Iterator[tuple[str, list[str], str]]:
+    for row in iter_rows(stream, what):
+        yield row[0], [e[0] for e in row[_PROVIDES_AT]] + row[15], _ROW_JSON(row)
+
+
+def _canonical_source(stream: BinaryIO, _what: str) -> Iterator[tuple[str, tuple[str, ...], str]]:
+    for p in primaryscan.canonical_packages(stream):
+        yield p.name, p.capabilities, _ROW_JSON([p.name, p.element])
+
+
+def _write_lines(out: BinaryIO, lines: Iterable[str]) -> None:
+    batch: list[str] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) >= 256:
+            out.write(("\n".join(batch) + "\n").encode())
+            batch.clear()
+    out.write("\n".join(batch).encode())
 
 
 @dataclass(frozen=True)
@@ -842,27 +891,40 @@ class RepoIndex:
                 self._names = set(self._providers.pop("", "").split(_SEP)) - {""}
                 self._rows = rows
                 return
-        lines: list[str] = []
-        providers: dict[str, str] = {}
-        provides = _DEP_KINDS.index("provides") + 16
-        with open_decompressed(self.primary, entry, what) as stream:
-            for row in iter_rows(stream, what):
-                lines.append(_ROW_JSON(row))
-                name = row[0]
-                self._names.add(name)
-                for cap in {e[0] for e in row[provides]} | set(row[15]):
-                    known = providers.get(cap)
-                    if known is None:
-                        providers[cap] = name
-                    elif name not in known.split(_SEP):
-                        providers[cap] = known + _SEP + name
-        self._providers = providers
-        if self.cache is None:
-            self._lines = lines
-            return
-        self._rows = self.cache.write_named(key + ".rows", lambda out: out.write("\n".join(lines).encode()))
-        body = {"": _SEP.join(sorted(self._names)), **providers}
-        self.cache.write_named(key + ".provides", lambda out: out.write(json.dumps(body).encode()))
+        # createrepo_c's layout is indexed without making rows (a kept element is parsed when its package is asked
+        # for); a document in any other layout, by the expat reader's rows. Lines go to the cache as they come.
+        cache = self.cache
+        for source in (_canonical_source, _rows_source):
+            self._names, self._providers = set(), {}
+            try:
+                with open_decompressed(self.primary, entry, what) as stream:
+                    lines = self._indexed_lines(source(stream, what))
+                    if cache is None:
+                        self._lines = list(lines)
+                        return
+                    self._rows = cache.write_named(key + ".rows", functools.partial(_write_lines, lines=lines))
+                break
+            except NotCanonical:
+                log.debug("%s: not in createrepo_c's layout; read by the expat reader", what)
+        if cache is not None:
+            body = {"": _SEP.join(sorted(self._names)), **self._providers}
+            cache.write_named(key + ".provides", lambda out: out.write(json.dumps(body).encode()))
+
+    def _indexed_lines(self, packages: Iterable[tuple[str, Iterable[str], str]]) -> Iterator[str]:
+        """The rows file's lines of (name, provided capabilities, line), with the names and the providers index
+        taken on the way."""
+        providers = self._providers
+        for name, capabilities, line in packages:
+            self._names.add(name)
+            for cap in set(capabilities):
+                if not cap:  # (no capability; "" is the names' key in the cached index)
+                    continue
+                known = providers.get(cap)
+                if known is None:
+                    providers[cap] = name
+                elif name not in known.split(_SEP):
+                    providers[cap] = known + _SEP + name
+            yield line
 
     def _provider_names(self, capability: str) -> list[str]:
         found = self._providers.get(capability)
@@ -876,11 +938,9 @@ class RepoIndex:
             self._take(f, want)
 
     def _take(self, lines: Iterable[str], want: Callable[[str], bool]) -> None:
-        for line in lines:
-            m = _ROW_NAME.match(line)
-            if m and want(json.loads(f'"{m.group(1)}"')):
-                pkg = _from_row(line, self.loaded)
-                self._by_name.setdefault(pkg.name, []).append(pkg)
+        taken = [line for line in lines if (m := _ROW_NAME.match(line)) and want(json.loads(f'"{m.group(1)}"'))]
+        for pkg in _from_rows(taken, self.loaded):
+            self._by_name.setdefault(pkg.name, []).append(pkg)
 
     def warm(self) -> None:
         """Fill the parse cache only."""
