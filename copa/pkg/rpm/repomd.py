@@ -772,6 +772,21 @@ _ROW_JSON = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(row, se
 _ROW_NAME = re.compile(r'^\["((?:[^"\\]|\\.)*)"')
 
 
+def _line_name(line: str) -> str:
+    """The package name a rows-file line starts with."""
+    m = _ROW_NAME.match(line)
+    if m is None:
+        raise IntegrityError("a cached primary index line without a package name; remove copa's cache (its derived/ "
+                             "directory) and run again")
+    return _json_text(m.group(1))
+
+
+def _json_text(raw: str) -> str:
+    """A JSON string's text from between its quotes: as it is unless it holds an escape (json.loads, a few
+    microseconds a call, was most of a pass over 20 000 lines)."""
+    return json.loads(f'"{raw}"') if "\\" in raw else raw
+
+
 def _from_rows(lines: Iterable[str], loaded: LoadedRepomd) -> list[RpmPackage]:
     """The packages of rows-file lines: rows as they are; [name, element] lines of a canonical primary by one
     parse of their elements together (a parser per element would cost more than the parse)."""
@@ -833,6 +848,7 @@ class ParsedPrimary:
     providers: Mapping[str, str]  # capability or file -> NUL-joined package names
     rows: Path | None
     lines: tuple[str, ...] | None
+    where: Mapping[str, Sequence[int]] | None = None  # name -> its lines' places (RepoIndex._where)
 
 
 @dataclass
@@ -856,6 +872,8 @@ class RepoIndex:
     _complete: set[str] = field(default_factory=set)
     _rows: Path | None = None
     _lines: list[str] | None = None  # without a cache
+    # name -> where its lines are: byte offsets in the rows file, or indexes in _lines; None until known
+    _where: Mapping[str, Sequence[int]] | None = None
     _file_owners: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # path -> (name, pkgid)
     filelist_passes: int = 0
     # The same primary parsed by the prefetch; taken only when its key is this (verified) primary's checksum.
@@ -872,7 +890,7 @@ class RepoIndex:
     def parsed_primary(self) -> ParsedPrimary:
         """This index's parse, to be handed to another index of the same primary (after load or warm)."""
         return ParsedPrimary(self._key(), frozenset(self._names), self._providers, self._rows,
-                             tuple(self._lines) if self._lines is not None else None)
+                             tuple(self._lines) if self._lines is not None else None, self._where)
 
     def _parse(self) -> None:
         """primary.xml -> rows (to the cache when there is one) and the providers index."""
@@ -883,6 +901,7 @@ class RepoIndex:
         if done is not None:
             self._names, self._providers, self._rows = set(done.names), dict(done.providers), done.rows
             self._lines = list(done.lines) if done.lines is not None else None
+            self._where = done.where
             return
         if self.cache is not None:
             rows, index = self.cache.named(key + ".rows"), self.cache.named(key + ".provides")
@@ -895,10 +914,10 @@ class RepoIndex:
         # for); a document in any other layout, by the expat reader's rows. Lines go to the cache as they come.
         cache = self.cache
         for source in (_canonical_source, _rows_source):
-            self._names, self._providers = set(), {}
+            self._names, self._providers, self._where = set(), {}, {}
             try:
                 with open_decompressed(self.primary, entry, what) as stream:
-                    lines = self._indexed_lines(source(stream, what))
+                    lines = self._indexed_lines(source(stream, what), by_length=cache is not None)
                     if cache is None:
                         self._lines = list(lines)
                         return
@@ -910,12 +929,18 @@ class RepoIndex:
             body = {"": _SEP.join(sorted(self._names)), **self._providers}
             cache.write_named(key + ".provides", lambda out: out.write(json.dumps(body).encode()))
 
-    def _indexed_lines(self, packages: Iterable[tuple[str, Iterable[str], str]]) -> Iterator[str]:
-        """The rows file's lines of (name, provided capabilities, line), with the names and the providers index
-        taken on the way."""
+    def _indexed_lines(self, packages: Iterable[tuple[str, Iterable[str], str]], by_length: bool) -> Iterator[str]:
+        """The rows file's lines of (name, provided capabilities, line), with the names, the providers index and
+        where each name's lines are taken on the way (`by_length`: byte offsets in the file the lines are written
+        to, one newline after each; lines are ASCII, the JSON encoder's default; else indexes)."""
         providers = self._providers
+        where: dict[str, list[int]] = {}
+        self._where = where
+        position = 0
         for name, capabilities, line in packages:
             self._names.add(name)
+            where.setdefault(name, []).append(position)
+            position += len(line) + 1 if by_length else 1
             for cap in set(capabilities):
                 if not cap:  # (no capability; "" is the names' key in the cached index)
                     continue
@@ -931,15 +956,42 @@ class RepoIndex:
         return found.split(_SEP) if found else []
 
     def _scan(self, want: Callable[[str], bool]) -> None:
-        if self._rows is None:
-            self._take(self._lines or (), want)
+        """Decode the packages whose names `want` accepts: only their lines when it is known where they are
+        (after the parse here or the prefetch's, or a first pass), else by a pass over every line."""
+        where = self._where
+        if where is not None:
+            places = sorted(p for name, ps in where.items() if want(name) for p in ps)  # (in the document's order)
+            if self._rows is None:
+                lines = self._lines or []
+                self._take([lines[i] for i in places])
+                return
+            with self._rows.open("rb") as f:
+                taken = []
+                for place in places:
+                    f.seek(place)
+                    taken.append(f.readline().decode())
+            self._take(taken)
             return
-        with self._rows.open(encoding="utf-8") as f:  # line by line: the file is never held whole
-            self._take(f, want)
+        if self._rows is None:
+            self._take([line for line in self._lines or () if want(_line_name(line))])
+            return
+        # A first pass over the cached rows file (line by line: it is never held whole) notes every name's lines.
+        found: dict[str, list[int]] = {}
+        taken = []
+        position = 0
+        with self._rows.open("rb") as f:
+            for raw in f:
+                line = raw.decode()
+                name = _line_name(line)
+                found.setdefault(name, []).append(position)
+                position += len(raw)
+                if want(name):
+                    taken.append(line)
+        self._where = found
+        self._take(taken)
 
-    def _take(self, lines: Iterable[str], want: Callable[[str], bool]) -> None:
-        taken = [line for line in lines if (m := _ROW_NAME.match(line)) and want(json.loads(f'"{m.group(1)}"'))]
-        for pkg in _from_rows(taken, self.loaded):
+    def _take(self, lines: Iterable[str]) -> None:
+        for pkg in _from_rows(lines, self.loaded):
             self._by_name.setdefault(pkg.name, []).append(pkg)
 
     def warm(self) -> None:
