@@ -43,6 +43,7 @@ RSS < 150 MiB; first request < 150 ms. The last line printed holds the ratios ag
 line before it gives the same ratios by CPU time, which a loaded machine distorts less.
 
     .venv/bin/python benchmarks/bench_compare.py [--repeat N] [--image debian|alpine|rpm|all] [--rpm-updated N]
+                                                [--rpm-primary N]
 """
 
 from __future__ import annotations
@@ -549,9 +550,12 @@ def buildah_host_dnf(names: Sequence[str], env: dict[str, str]) -> BuildahUpgrad
 
 
 @contextlib.contextmanager
-def rpm_case(work: Path, reg: RunningRegistry, updated: int) -> Iterator[Case]:
+def rpm_case(work: Path, reg: RunningRegistry, updated: int, padding: int = 0) -> Iterator[Case]:
     """bench_rpm.py's hermetic setup: its image (no dnf inside) and its signed repository on 127.0.0.1, the
-    report naming the first `updated` packages that repository has a newer build of."""
+    report naming the first `updated` packages that repository has a newer build of; with `padding`, the
+    repository's primary also lists that many packages it does not hold (bench_primary.py: a distribution's
+    metadata, which copa and dnf must read)."""
+    import bench_primary
     import bench_rpm
 
     from tests.support.aptrepo import RepoServer
@@ -560,7 +564,12 @@ def rpm_case(work: Path, reg: RunningRegistry, updated: int) -> Iterator[Case]:
     names = tuple(bench_rpm.updated_names()[:updated])
     report = bench_rpm.trivy_report(work / "trivy.json", names)
     env = {**os.environ, "HOME": str(bench_rpm.rpm_home(work))}  # the rpm database path for the host's dnf
-    with RepoServer(pkgs.repo) as server:
+    served = pkgs.repo
+    if padding:
+        served = bench_primary.pad_repository(pkgs.repo, work / "padded-repo", padding, pkgs.key)
+        print(f"RPM repository: its primary also lists {padding} packages of createrepo_c's layout "
+              f"({sum(p.stat().st_size for p in (served / 'repodata').glob('*-primary.xml*')) >> 10} KiB)")
+    with RepoServer(served) as server:
         base, _ = bench_rpm.push_image(work, pkgs, server.url, reg)
         print(f"RPM image: {len(pkgs.old)} packages installed; the repository has {len(pkgs.new)} newer, "
               f"{bench_rpm.mib([pkgs.new[n] for n in names]):.1f} MiB of .rpm for the {len(names)} named. The image "
@@ -717,10 +726,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rpm-updated", type=int, default=10, metavar="N",
                         help="RPM: how many of the 50 packages with a newer build the report names (default 10: 2 big "
                              "and 8 small)")  # fmt: skip
+    parser.add_argument("--rpm-primary", type=int, default=0, metavar="N",
+                        help="RPM: the repository's primary also lists N packages it does not hold (a distribution's "
+                             "metadata: 5 000-70 000 packages; default 0)")  # fmt: skip
     args = parser.parse_args(argv)
     if not 1 <= args.rpm_updated <= 50:
         parser.error("--rpm-updated: between 1 and 50 (the repository has a newer build of 50 packages)")
-    cases: dict[str, CaseFactory] = {**CASES, "rpm": partial(rpm_case, updated=args.rpm_updated)}
+    cases: dict[str, CaseFactory] = {**CASES, "rpm": partial(rpm_case, updated=args.rpm_updated,
+                                                              padding=args.rpm_primary)}
     for tool, package in (("igzip", "isal"), ("buildah", "buildah"), ("curl", "curl"), ("xz", "xz-utils"),
                           ("zstd", "zstd"), ("skopeo", "skopeo"), ("rpm2cpio", "rpm2cpio")):  # fmt: skip
         if shutil.which(tool) is None:

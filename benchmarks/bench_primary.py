@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import os
 import random
 import re
 import shutil
@@ -30,7 +31,7 @@ from pathlib import Path
 from _measure import BENCH_CACHE, REPO, Measurement, measure, median, print_table
 
 from tests.support.rpmrepo import build_repo
-from tests.support.rpmtools import RpmSpec, rpm_spec
+from tests.support.rpmtools import GpgKey, RpmSpec, rpm_spec
 
 TEMPLATES = 8  # packages built by rpmbuild, whose elements are repeated
 
@@ -51,10 +52,7 @@ def primary(packages: int) -> Path:
     work = Path(tempfile.mkdtemp(prefix="bench-primary-"))
     try:
         repo = build_repo(work / "repo", [_spec(i) for i in range(TEMPLATES)])
-        source = next((repo.root / "repodata").glob("*-primary.xml.gz"))
-        text = gzip.decompress(source.read_bytes()).decode()
-        head, _, rest = text.partition("<package ")
-        elements = ["<package " + e for e in rest.rsplit("</metadata>", 1)[0].split("<package ")]
+        head, elements = _elements(next((repo.root / "repodata").glob("*-primary.xml.gz")))
         rnd = random.Random(13)
         parts = [re.sub(r'packages="\d+"', f'packages="{packages}"', head)]
         for n in range(packages):
@@ -73,6 +71,49 @@ def primary(packages: int) -> Path:
         return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _elements(path: Path) -> tuple[str, list[str]]:
+    """A primary's text before its first <package>, and its <package> elements as written."""
+    text = gzip.decompress(path.read_bytes()).decode()
+    head, _, rest = text.partition("<package ")
+    if not rest:
+        return head.rsplit("</metadata>", 1)[0], []
+    return head, ["<package " + e for e in rest.rsplit("</metadata>", 1)[0].split("<package ")]
+
+
+def replace_primary(repodata: Path, text: str, key: GpgKey | None) -> None:
+    """`text` as the repository's primary (modifyrepo_c, which compresses it and rewrites repomd.xml), repomd.xml
+    signed again when the repository was."""
+    with tempfile.TemporaryDirectory(dir=repodata.parent) as tmp:
+        plain = Path(tmp) / "primary.xml"  # (the name modifyrepo_c's file is named after)
+        plain.write_text(text)
+        for step in (["--remove", "primary"], ["--mdtype=primary", str(plain)]):
+            subprocess.run(["modifyrepo_c", *step, str(repodata)], check=True, capture_output=True)
+    if key is not None:
+        key.sign_detached(repodata / "repomd.xml")
+
+
+def _link_packages(src: str, dst: str) -> None:
+    """Packages hard-linked, metadata copied (modifyrepo_c and gpg rewrite it, which must not reach the source)."""
+    if src.endswith(".rpm"):
+        os.link(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
+def pad_repository(source: Path, dest: Path, extra: int, key: GpgKey | None) -> Path:
+    """A copy of the createrepo_c repository `source` (packages hard-linked) whose primary also lists `extra`
+    packages of `primary(extra)`, which are not in it (a distribution's repository, of which a patch downloads
+    a few): the size of the metadata a real repository makes copa and dnf read."""
+    shutil.copytree(source, dest, copy_function=_link_packages)
+    repodata = dest / "repodata"
+    own = next(repodata.glob("*-primary.xml*"))
+    head, elements = _elements(own)
+    _padding_head, padding = _elements(primary(extra))
+    text = re.sub(r'packages="\d+"', f'packages="{len(elements) + len(padding)}"', head)
+    replace_primary(repodata, text + "".join(elements) + "".join(padding) + "</metadata>\n", key)
+    return dest
 
 
 _INDEX = """
@@ -106,11 +147,7 @@ def main() -> int:
         repo = work / "repo"
         repo.mkdir()
         subprocess.run(["createrepo_c", "--quiet", "--no-database", str(repo)], check=True)
-        plain = work / "primary.xml"  # (modifyrepo_c compresses what it is given)
-        with gzip.open(path) as src, plain.open("wb") as dst:
-            shutil.copyfileobj(src, dst)
-        for step in (["--remove", "primary"], ["--mdtype=primary", str(plain)]):
-            subprocess.run(["modifyrepo_c", *step, str(repo / "repodata")], check=True, capture_output=True)
+        replace_primary(repo / "repodata", gzip.decompress(path.read_bytes()).decode(), None)
         python = sys.executable
         runs: dict[str, list[Measurement]] = {}
         for r in range(args.repeat):  # interleaved, so a slow spell of the machine hits every row alike
