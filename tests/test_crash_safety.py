@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -128,8 +129,11 @@ def _kill_at(env: Env, kill: Kill, argv: list[str], work: Path) -> str:
         env.reg_proxy.add(f)
     for f in kill.repo_faults:
         env.repo_proxy.add(f)
+    # The killed process's temporary directory (which nothing can remove after a SIGKILL) goes beside the test's
+    # own, not into the machine's /tmp.
+    tmp = Path(tempfile.mkdtemp(prefix="killed-tmp-", dir=work.parent))
     proc = subprocess.Popen([*argv, "--progress", "json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=RUN_ENV)
+                            text=True, env={**RUN_ENV, "TMPDIR": str(tmp)})
     hit = threading.Event()
     lines: list[str] = []
     labels: dict[object, object] = {}  # task id -> label: a "done" event names its task only by id
