@@ -914,7 +914,7 @@ class RepoIndex:
         # for); a document in any other layout, by the expat reader's rows. Lines go to the cache as they come.
         cache = self.cache
         for source in (_canonical_source, _rows_source):
-            self._names, self._providers, self._where = set(), {}, {}
+            self._names, self._providers = set(), {}  # (and _where, by _indexed_lines)
             try:
                 with open_decompressed(self.primary, entry, what) as stream:
                     lines = self._indexed_lines(source(stream, what), by_length=cache is not None)
