@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from copa.errors import IntegrityError
 from copa.pkg.apk.apkfile import CHECKSUM_PAX, read_apk
-from copa.pkg.apk.index import parse_dependency, read_apkindex, record_from_lines, split_records
+from copa.pkg.apk.index import parse_dependency, parse_index, read_apkindex, record_from_lines, split_records
 from copa.pkg.apk.signing import Keys
 
 KEY_NAME = "test@example.org-0001.rsa.pub"
@@ -292,6 +292,18 @@ _SEPARATOR = st.sampled_from(["\n", "\n\n", "\n\n\n", "\n \n", "\n\r\n"])
 @given(st.lists(st.tuples(_LINE, _SEPARATOR), max_size=30).map(lambda parts: "".join(a + b for a, b in parts)))
 def test_split_records_agrees_with_the_plain_reading(text: str) -> None:
     assert list(split_records(text)) == _plain_split(text)
+
+
+_RECORD = st.lists(_LINE.filter(bool), max_size=8).flatmap(
+    lambda extra: st.permutations(["P:p", "V:1.0-r0", *extra])).map("\n".join)  # (no blank line inside a record)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_RECORD, _SEPARATOR), max_size=8), st.sampled_from(["", "\n", "\n\n"]))
+def test_an_indexs_records_read_back_the_plain_readings_lines(records: list[tuple[str, str]], head: str) -> None:
+    """Records keep their text, not their lines: the lines read back from it are the plain reading's."""
+    text = head + "".join(r + "\n\n" + sep for r, sep in records)
+    assert [r.lines for r in parse_index(text, "http://r/")] == [tuple(b) for b in _plain_split(text)]
 
 
 @settings(max_examples=400, deadline=None)

@@ -90,8 +90,15 @@ class ApkRecord:
     provides: tuple[Dependency, ...] = ()  # p:
     install_if: tuple[Dependency, ...] = ()  # i:
     provider_priority: int | None = None  # k:
-    lines: tuple[tuple[str, str], ...] = ()  # the record's raw (field, value) lines in order
+    # The record's text ("X:value" lines) as the index has it: one string, where the (field, value) pairs `lines`
+    # gives were ~1 KB of tuples a record (25 000 records in main and community; only the chosen ones' are read).
+    text: str = ""
     repository: str = ""  # base URL of the repository it came from ("" for the installed database)
+
+    @property
+    def lines(self) -> tuple[tuple[str, str], ...]:
+        """The record's (field, value) lines in order (lines without a field ignored, as apk does)."""
+        return tuple(_FIELD_LINE.findall(self.text))
 
     @property
     def identity(self) -> bytes:
@@ -127,7 +134,8 @@ def encode_hash(raw: bytes) -> str:
     return prefix + base64.b64encode(raw).decode()
 
 
-def record_from_lines(lines: list[tuple[str, str]], repository: str = "") -> ApkRecord:
+def record_from_lines(lines: list[tuple[str, str]], repository: str = "", text: str | None = None) -> ApkRecord:
+    """The record of `lines`; `text`: the text they were read from, when there is one (else it is written)."""
     f = dict(reversed(lines))  # the first line of a field wins
     if "P" not in f or "V" not in f:
         raise ValueError("record without P: or V:")
@@ -139,7 +147,7 @@ def record_from_lines(lines: list[tuple[str, str]], repository: str = "") -> Apk
         depends=parse_dependencies(f.get("D", "")), provides=parse_dependencies(f.get("p", "")),
         install_if=parse_dependencies(f.get("i", "")),
         provider_priority=int(f["k"]) if f.get("k") else None,
-        lines=tuple(lines), repository=repository,
+        text=text if text is not None else "".join(f"{k}:{v}\n" for k, v in lines), repository=repository,
     )
 
 
@@ -149,18 +157,24 @@ _FIELD_LINE = re.compile(r"^([^\n]):([^\n]*)", re.MULTILINE)
 
 def split_records(text: str) -> Iterator[list[tuple[str, str]]]:
     """Blank-line separated blocks of `X:value` lines (a line without 'X:' is ignored, as apk does)."""
+    for block, _chunk in _blocks(text):
+        yield block
+
+
+def _blocks(text: str) -> Iterator[tuple[list[tuple[str, str]], str]]:
+    """Each record's lines, with the text they were read from."""
     for chunk in text.split("\n\n"):
         # (A chunk may start with the newlines of a longer run of blank lines: they are empty lines, ignored.)
         block: list[tuple[str, str]] = _FIELD_LINE.findall(chunk)
         if block:
-            yield block
+            yield block, chunk
 
 
 def parse_index(text: str, repository: str = "", what: str = "APKINDEX") -> list[ApkRecord]:
     out = []
-    for n, block in enumerate(split_records(text), 1):
+    for n, (block, chunk) in enumerate(_blocks(text), 1):
         try:
-            out.append(record_from_lines(block, repository))
+            out.append(record_from_lines(block, repository, chunk))
         except ValueError as e:
             raise IntegrityError(f"{what}: record {n} is malformed ({e}); the index is corrupt") from None
     return out
