@@ -43,7 +43,7 @@ RSS < 150 MiB; first request < 150 ms. The last line printed holds the ratios ag
 line before it gives the same ratios by CPU time, which a loaded machine distorts less.
 
     .venv/bin/python benchmarks/bench_compare.py [--repeat N] [--image debian|alpine|rpm|all] [--rpm-updated N]
-                                                [--rpm-primary N]
+                                                [--rpm-primary N] [--apk-index N]
 """
 
 from __future__ import annotations
@@ -503,9 +503,10 @@ def debian_case(work: Path, reg: RunningRegistry) -> Iterator[Case]:
 
 
 @contextlib.contextmanager
-def alpine_case(work: Path, reg: RunningRegistry) -> Iterator[Case]:
+def alpine_case(work: Path, reg: RunningRegistry, padding: int = 0) -> Iterator[Case]:
     """bench_alpine.py's hermetic setup: a signed repository on 127.0.0.1 holding a newer release of the image's
-    packages, and the image plus a layer trusting its key and listing only it."""
+    packages, and the image plus a layer trusting its key and listing only it; with `padding`, its APKINDEX also
+    lists that many packages it does not hold (bench_alpine.pad_index: the size of main + community)."""
     import bench_alpine
 
     from tests.support import alpine, apkrepo
@@ -513,6 +514,9 @@ def alpine_case(work: Path, reg: RunningRegistry) -> Iterator[Case]:
     base = alpine.alpine_rootfs()
     os_version = (base / "etc/alpine-release").read_text().strip()
     repo = bench_alpine.build_repo(base, work / "apk-repo")
+    if padding:
+        size = bench_alpine.pad_index(repo, padding)
+        print(f"Alpine repository: its APKINDEX also lists {padding} packages ({size >> 10} KiB)")
     keys = work / "apk-keys"
     repo.key.write_public(keys)
     fixes = {p.name: (p.old_version or "", p.version) for p in repo.packages}
@@ -726,6 +730,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rpm-updated", type=int, default=10, metavar="N",
                         help="RPM: how many of the 50 packages with a newer build the report names (default 10: 2 big "
                              "and 8 small)")  # fmt: skip
+    parser.add_argument("--apk-index", type=int, default=0, metavar="N",
+                        help="Alpine: the repository's APKINDEX also lists N packages it does not hold (main and "
+                             "community: ~25 000; default 0)")  # fmt: skip
     parser.add_argument("--rpm-primary", type=int, default=0, metavar="N",
                         help="RPM: the repository's primary also lists N packages it does not hold (a distribution's "
                              "metadata: 5 000-70 000 packages; default 0)")  # fmt: skip
@@ -733,7 +740,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.rpm_updated <= 50:
         parser.error("--rpm-updated: between 1 and 50 (the repository has a newer build of 50 packages)")
     cases: dict[str, CaseFactory] = {**CASES, "rpm": partial(rpm_case, updated=args.rpm_updated,
-                                                              padding=args.rpm_primary)}
+                                                              padding=args.rpm_primary),
+                                     "alpine": partial(alpine_case, padding=args.apk_index)}
     for tool, package in (("igzip", "isal"), ("buildah", "buildah"), ("curl", "curl"), ("xz", "xz-utils"),
                           ("zstd", "zstd"), ("skopeo", "skopeo"), ("rpm2cpio", "rpm2cpio")):  # fmt: skip
         if shutil.which(tool) is None:
