@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -18,7 +19,14 @@ from hypothesis import strategies as st
 
 from copa.errors import IntegrityError
 from copa.pkg.apk.apkfile import CHECKSUM_PAX, read_apk
-from copa.pkg.apk.index import parse_dependency, parse_index, read_apkindex, record_from_lines, split_records
+from copa.pkg.apk.index import (
+    ApkRecord,
+    parse_dependency,
+    parse_index,
+    read_apkindex,
+    record_from_lines,
+    split_records,
+)
 from copa.pkg.apk.signing import Keys
 
 KEY_NAME = "test@example.org-0001.rsa.pub"
@@ -339,3 +347,65 @@ def test_the_first_line_of_a_field_wins(lines: list[tuple[str, str]]) -> None:
     assert (rec.name, rec.version, rec.arch, rec.checksum) == (first["P"], first["V"], first.get("A", ""),
                                                                first.get("C", ""))
     assert rec.lines == tuple(lines)
+
+
+# == records made lazily (parse_index) against records read whole (record_from_lines) ==============================
+
+_VALUE_WORD = st.lists(st.sampled_from(["!", "@", "<", ">", "=", "~", "a", "b", "1", ".", "-r0", "so:", "é", "/"]),
+                       min_size=1, max_size=6).map("".join)
+_SPACE = st.sampled_from([" ", "  ", "\t", "\u00a0", "\x1c", "\u2003"])
+_DEPS = st.lists(st.tuples(_VALUE_WORD, _SPACE), max_size=4).map(lambda ws: "".join(w + s for w, s in ws).rstrip())
+_NUMBER = st.sampled_from(["", "0", "12", "+5", " 7", "1_0", "x", "٣", "²", "-1"])
+_FIELD = st.one_of(
+    st.tuples(st.sampled_from("DpiDp"), _DEPS),
+    st.tuples(st.sampled_from("SItk"), _NUMBER),
+    st.tuples(st.sampled_from("CATULomc"), st.sampled_from(["", "x86_64", "noarch", "Q1abc=", "a:b"])),
+)
+
+
+@st.composite
+def _index_text(draw: st.DrawFn) -> str:
+    records = []
+    for _ in range(draw(st.integers(1, 6))):
+        lines = [f"{k}:{v}" for k, v in draw(st.lists(_FIELD, max_size=8))]
+        if draw(st.integers(0, 9)):  # now and then a record without its name or version
+            lines += ["P:name" + str(len(records)), "V:1.0-r0"]
+        records.append("\n".join(draw(st.permutations(lines))))
+    return "\n\n".join(r for r in records if r) + "\n"
+
+
+def _read_whole(text: str) -> list[ApkRecord] | str:
+    """The index as parse_index read it before records were made lazily: every record whole, or the error."""
+    out = []
+    for n, block in enumerate(split_records(text), 1):
+        try:
+            out.append(record_from_lines(block, "http://r/"))
+        except ValueError as e:
+            return f"APKINDEX: record {n} is malformed ({e}); the index is corrupt"
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(_index_text(), st.sampled_from(["depends", "checksum", "provider_priority", "size", "repr"]))
+def test_records_made_lazily_are_the_records_read_whole(text: str, first: str) -> None:
+    """Every field of every record, whichever field is asked first, and the same error for the same index."""
+    whole = _read_whole(text)
+    try:
+        lazy = parse_index(text, "http://r/")
+    except IntegrityError as e:
+        assert str(e) == whole
+        return
+    assert not isinstance(whole, str), whole
+    assert len(lazy) == len(whole)
+    for made, read in zip(lazy, whole, strict=True):
+        repr(made) if first == "repr" else getattr(made, first)
+        assert [getattr(made, f.name) for f in dataclasses.fields(made) if f.name != "text"] == \
+            [getattr(read, f.name) for f in dataclasses.fields(read) if f.name != "text"]
+        assert made.lines == read.lines
+
+
+def test_a_field_a_record_does_not_have_is_still_an_attribute_error() -> None:
+    (record,) = parse_index("P:a\nV:1-r0\nD:b\n", "http://r/")
+    with pytest.raises(AttributeError):
+        record.nonexistent  # type: ignore[attr-defined]  # noqa: B018
+    assert record.depends == (parse_dependency("b"),)

@@ -11,6 +11,7 @@ import base64
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from copa.errors import IntegrityError
 from copa.pkg.apk.signing import Keys, find_signature, gunzip, split_members, tar_members, verify
@@ -171,13 +172,79 @@ def _blocks(text: str) -> Iterator[tuple[list[tuple[str, str]], str]]:
 
 
 def parse_index(text: str, repository: str = "", what: str = "APKINDEX") -> list[ApkRecord]:
+    """Every record of an index. Main and community hold ~25 000, of which a patch looks at a few hundred: a record
+    that cannot be refused (`_plain`) is made with only what every record is asked for (name, version, arch,
+    provides) and the rest is read from its text on first use (`_complete`); any other is read whole, so the first
+    bad record is the error it always was."""
     out = []
     for n, (block, chunk) in enumerate(_blocks(text), 1):
+        f = dict(reversed(block))  # the first line of a field wins
+        if "P" in f and "V" in f and _plain(f):
+            out.append(_indexed(f, chunk, repository))
+            continue
         try:
             out.append(record_from_lines(block, repository, chunk))
         except ValueError as e:
             raise IntegrityError(f"{what}: record {n} is malformed ({e}); the index is corrupt") from None
     return out
+
+
+# A dependency word parse_dependency takes: a name before any @tag, and an operator only with a version after it;
+# its parts as parse_dependency finds them (conflict mark, name, tag, operator, version). A leading "!" is always the
+# conflict mark (possessive: never given back to the name, as parse_dependency strips it before reading the name).
+_WORD = r"(!?+)([^<>=~@\s]+)(?:@([^<>=~\s]*))?(?:([<>=~]+)([^<>=~\s]\S*))?"
+_WORD_PLAIN = re.sub(r"\((?!\?)", "(?:", _WORD)
+_WORDS = re.compile(rf"\s*(?:{_WORD_PLAIN}(?:\s+{_WORD_PLAIN})*)?\s*")
+_WORD_PARTS = re.compile(_WORD)
+
+
+def _plain(f: dict[str, str]) -> bool:
+    """Whether record_from_lines takes these fields as they are: the numbers plain decimal digits (or empty) and
+    every dependency word one parse_dependency takes. (int() takes more, such as "+5": such a record is read whole,
+    which decides.)"""
+    for key in ("S", "I", "t", "k"):
+        value = f.get(key)
+        if value and not value.isdecimal():
+            return False
+    words = _WORDS.fullmatch
+    return all(words(f[key]) for key in ("D", "p", "i") if key in f)
+
+
+# The fields a record read from an index gets on first use (all but those every record is asked for).
+_LATER = ("checksum", "size", "installed_size", "description", "url", "license", "origin", "maintainer",
+          "build_time", "commit", "depends", "install_if", "provider_priority")
+
+
+def _indexed(f: dict[str, str], text: str, repository: str) -> ApkRecord:
+    record: ApkRecord = object.__new__(ApkRecord)
+    put = object.__setattr__  # (a frozen record is filled the way its own __init__ fills it)
+    put(record, "name", f["P"])
+    put(record, "version", f["V"])
+    put(record, "arch", f.get("A", ""))
+    # The provides, which every record is asked for: their words split by one pattern (they passed `_plain`), the
+    # same Dependency values parse_dependency makes (findall gives "" for a part a word does not have).
+    put(record, "provides", tuple(Dependency(name, op, version, conflict == "!", tag)
+                                  for conflict, name, tag, op, version in _WORD_PARTS.findall(f.get("p", ""))))
+    put(record, "text", text)
+    put(record, "repository", repository)
+    return record
+
+
+def _complete(record: ApkRecord, name: str) -> Any:
+    """`__getattr__` of ApkRecord, called only for a field not yet set (one of _LATER, on a record from
+    `_indexed`): every such field read from the record's text as record_from_lines reads it (which cannot fail:
+    the text passed `_refuses_nothing`)."""
+    if name not in _LATER:
+        raise AttributeError(name)
+    text = object.__getattribute__(record, "text")
+    whole = record_from_lines(_FIELD_LINE.findall(text), object.__getattribute__(record, "repository"), text)
+    for field_name in _LATER:
+        object.__setattr__(record, field_name, object.__getattribute__(whole, field_name))
+    return object.__getattribute__(whole, name)
+
+
+# Set after the class is made, not in its body, so that type checkers still refuse attributes it does not have.
+setattr(ApkRecord, "__getattr__", _complete)  # noqa: B010
 
 
 def format_record(lines: tuple[tuple[str, str], ...]) -> str:
