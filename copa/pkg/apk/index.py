@@ -72,7 +72,9 @@ def parse_dependencies(text: str) -> tuple[Dependency, ...]:
 
 @dataclass(frozen=True, slots=True)
 class ApkRecord:
-    """One package of an index (or of the installed database's header)."""
+    """One package of an index (or of the installed database's header). One read from an index may have only its
+    name, version, arch, provides, text and repository set at first; the other fields are read from its text when
+    first asked for (`parse_index`, `_complete`)."""
 
     checksum: str  # C: "Q1" + base64(sha1 of the control segment's gzip bytes)
     name: str  # P:
@@ -233,7 +235,7 @@ def _indexed(f: dict[str, str], text: str, repository: str) -> ApkRecord:
 def _complete(record: ApkRecord, name: str) -> Any:
     """`__getattr__` of ApkRecord, called only for a field not yet set (one of _LATER, on a record from
     `_indexed`): every such field read from the record's text as record_from_lines reads it (which cannot fail:
-    the text passed `_refuses_nothing`)."""
+    the fields passed `_plain`). Two threads doing this at once set the same values."""
     if name not in _LATER:
         raise AttributeError(name)
     text = object.__getattribute__(record, "text")
