@@ -14,6 +14,7 @@ import dataclasses
 import io
 import json
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,13 @@ def test_createrepo_c_primaries_are_scanned_as_the_reader_reads_them(repo: Path)
     assert "hello(a&b)" in hello and "/usr/bin/h&llo<x>" in hello
 
 
+def _records(rows: Path) -> list[str]:
+    """The records of an index's rows file, each ended by a NUL."""
+    *records, last = rows.read_text().split("\0")
+    assert last == "" and records
+    return records
+
+
 def _index(loaded: Any, primary: Path, cache: Cache | None) -> RepoIndex:
     return RepoIndex(loaded, primary, None, cache).load()
 
@@ -116,7 +124,7 @@ def test_the_index_answers_as_the_readers_rows_do_and_reads_back_from_the_cache(
     scanned = _index(loaded, primary, Cache(tmp_path / "c1"))
     rows_file = scanned._rows
     assert rows_file is not None
-    assert all(len(json.loads(line)) == 2 for line in rows_file.read_text().splitlines())  # (the scan's lines)
+    assert all(r.startswith('<package type="rpm">') for r in _records(rows_file))  # (the scan's elements)
     again = _index(loaded, primary, Cache(tmp_path / "c1"))  # from the cache
     bare = _index(loaded, primary, None)
 
@@ -126,7 +134,7 @@ def test_the_index_answers_as_the_readers_rows_do_and_reads_back_from_the_cache(
     monkeypatch.setattr(repomd, "_canonical_source", refuse)
     read = _index(loaded, primary, Cache(tmp_path / "c2"))
     assert read._rows is not None
-    assert all(len(json.loads(line)) > 2 for line in read._rows.read_text().splitlines())  # (the reader's rows)
+    assert all(len(json.loads(r)) > 2 for r in _records(read._rows))  # (the reader's rows)
     capabilities = {r.name for p in read for r in p.provides} | {f for p in read for f in p.files}
     assert len(capabilities) > 10
     for index in (scanned, again, bare):
@@ -235,6 +243,38 @@ def test_documents_in_the_layout_are_scanned_as_the_reader_reads_them(document: 
     assert scanned == reading
 
 
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_document())
+def test_an_index_gives_each_name_the_readers_packages_fresh_cached_and_without_a_cache(document: str) -> None:
+    """The index's records (elements with any characters, placed by byte offsets when parsed, found by a first pass
+    when read from the cache, or held in memory) read back as the reader's packages, name by name."""
+    body = document.encode()
+    reading = _by_reader(body)
+    assert not isinstance(reading, str), reading
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "primary.xml"
+        path.write_bytes(body)
+        loaded = _loaded_for(path)
+        expected: dict[str, list[Any]] = {}
+        for name, _caps, row in reading:
+            expected.setdefault(name, []).append(repomd._row_package(row, loaded.repo.id, loaded.base_url))
+        for cache in (Cache(Path(tmp) / "c"), Cache(Path(tmp) / "c"), None):
+            index = RepoIndex(loaded, path, lambda _n: False, cache).load()
+            assert index.names() == set(expected)
+            for name in sorted(expected, reverse=True):
+                assert list(index.versions(name)) == expected[name], name
+
+
+def test_a_rows_files_records_are_read_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = "\0".join(["<a>é</a>", "[1]", "", "x" * 20, "\U0001f600"]).encode() + b"\0"
+    monkeypatch.setattr(repomd, "_CHUNK", 3)
+    records = list(repomd._records(io.BytesIO(data)))
+    assert [r for _p, r in records] == data.split(b"\0")[:-1]
+    assert all(data[p:].startswith(r + b"\0") for p, r in records)
+    with pytest.raises(IntegrityError, match="remove copa's cache"):
+        list(repomd._records(io.BytesIO(data + b"cut")))
+
+
 # What a broken or rewritten document may carry that the layout does not: markup, references, other quoting,
 # characters XML forbids, pieces of the layout in the wrong place.
 FRAGMENTS = ["<", ">", "&", "&amp;", "&#65;", "&#x41;", "&nosuch;", "<!-- c -->", "<![CDATA[x]]>", "]]>", "\r", "\r\n",
@@ -300,7 +340,7 @@ def test_other_writers_layouts_are_left_to_the_reader_which_reads_them(
     path.write_bytes(body)
     index = RepoIndex(_loaded_for(path), path, None, Cache(tmp_path / "cache")).load()
     assert index._rows is not None
-    assert all(len(json.loads(line)) > 2 for line in index._rows.read_text().splitlines())
+    assert all(len(json.loads(r)) > 2 for r in _records(index._rows))
     assert index.names() == {n for n, _c, _r in reading}
     assert sorted(p.nevra for p in index) == sorted(
         repomd._row_package(r).nevra for _n, _c, r in reading)

@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import lzma
+import mmap
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
@@ -763,7 +764,12 @@ def iter_filelists(stream: BinaryIO, what: str, want: Callable[[str], bool]) -> 
 # -------------------------------------------------------------------------------------------------------- indexes
 
 
-_ROWS_VERSION = 3  # 2: the providers index's values are NUL-joined names; 3: lines of [name, element] too
+# 2: the providers index's values are NUL-joined names; 3: lines of [name, element] too; 4: records, each ended by
+# a NUL: a row's JSON, or the text of a package element the layout scan kept (JSON-encoding those was a fifth of a
+# distribution's scan, its quotes all escaped). Neither holds a NUL: JSON escapes control characters, and the scan
+# refuses a document with one.
+_ROWS_VERSION = 4
+_RECORD_END = "\0"
 # Package names in the providers index are joined by NUL (which XML cannot carry, so no name holds one): a dict of
 # str -> str is not tracked by the garbage collector, where one of lists (hundreds of thousands for a distribution's
 # primary) made the collector's full passes most of the parse (20k packages: 9.7 s of CPU, 3.5 s without them).
@@ -772,13 +778,32 @@ _ROW_JSON = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(row, se
 _ROW_NAME = re.compile(r'^\["((?:[^"\\]|\\.)*)"')
 
 
-def _line_name(line: str) -> str:
-    """The package name a rows-file line starts with."""
-    m = _ROW_NAME.match(line)
-    if m is None:
-        raise IntegrityError("a cached primary index line without a package name; remove copa's cache (its derived/ "
+def _record_name(record: str) -> str:
+    """The package name of a rows-file record."""
+    if record.startswith("<"):
+        name = primaryscan.element_name(record)
+    else:
+        m = _ROW_NAME.match(record)
+        name = _json_text(m.group(1)) if m is not None else None
+    if name is None:
+        raise IntegrityError("a cached primary index record without a package name; remove copa's cache (its "
+                             "derived/ directory) and run again")
+    return name
+
+
+def _records(f: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """A rows file's records with their byte offsets, read a chunk at a time (the file is never held whole)."""
+    position = 0
+    rest = b""
+    while chunk := f.read(_CHUNK):
+        parts = (rest + chunk).split(b"\0")
+        rest = parts.pop()
+        for part in parts:
+            yield position, part
+            position += len(part) + 1
+    if rest:
+        raise IntegrityError("a cached primary index ends inside a record; remove copa's cache (its derived/ "
                              "directory) and run again")
-    return _json_text(m.group(1))
 
 
 def _json_text(raw: str) -> str:
@@ -787,17 +812,16 @@ def _json_text(raw: str) -> str:
     return json.loads(f'"{raw}"') if "\\" in raw else raw
 
 
-def _from_rows(lines: Iterable[str], loaded: LoadedRepomd) -> list[RpmPackage]:
-    """The packages of rows-file lines: rows as they are; [name, element] lines of a canonical primary by one
-    parse of their elements together (a parser per element would cost more than the parse)."""
+def _from_rows(records: Iterable[str], loaded: LoadedRepomd) -> list[RpmPackage]:
+    """The packages of rows-file records: rows as they are; a canonical primary's elements by one parse of them
+    together (a parser per element would cost more than the parse)."""
     rows: list[list[Any]] = []
     elements: list[str] = []
-    for line in lines:
-        row = json.loads(line)
-        if len(row) == 2:
-            elements.append(row[1])
+    for record in records:
+        if record.startswith("<"):
+            elements.append(record)
         else:
-            rows.append(row)
+            rows.append(json.loads(record))
     if elements:
         rows += element_rows(elements, f"{loaded.repo.description}: primary")
     return [_row_package(r, loaded.repo.id, loaded.base_url) for r in rows]
@@ -824,17 +848,18 @@ def _rows_source(stream: BinaryIO, what: str) -> Iterator[tuple[str, list[str], 
 
 def _canonical_source(stream: BinaryIO, _what: str) -> Iterator[tuple[str, tuple[str, ...], str]]:
     for p in primaryscan.canonical_packages(stream):
-        yield p.name, p.capabilities, _ROW_JSON([p.name, p.element])
+        yield p.name, p.capabilities, p.element
 
 
-def _write_lines(out: BinaryIO, lines: Iterable[str]) -> None:
+def _write_records(out: BinaryIO, records: Iterable[str]) -> None:
     batch: list[str] = []
-    for line in lines:
-        batch.append(line)
+    for record in records:
+        batch.append(record)
         if len(batch) >= 256:
-            out.write(("\n".join(batch) + "\n").encode())
+            out.write((_RECORD_END.join(batch) + _RECORD_END).encode())
             batch.clear()
-    out.write("\n".join(batch).encode())
+    if batch:
+        out.write((_RECORD_END.join(batch) + _RECORD_END).encode())
 
 
 @dataclass(frozen=True)
@@ -847,17 +872,18 @@ class ParsedPrimary:
     names: frozenset[str]
     providers: Mapping[str, str]  # capability or file -> NUL-joined package names
     rows: Path | None
-    lines: tuple[str, ...] | None
-    where: Mapping[str, Sequence[int]] | None = None  # name -> its lines' places (RepoIndex._where)
+    records: tuple[str, ...] | None
+    where: Mapping[str, Sequence[int]] | None = None  # name -> its records' places (RepoIndex._where)
 
 
 @dataclass
 class RepoIndex:
     """One repository's packages by name.
 
-    primary.xml is parsed (streamed, ~4.6 s of CPU for 20k packages) once per checksum into a cache file of one JSON
-    line per package, and an index of every capability and primary file to the names providing it. A lookup scans
-    the lines (fast: a regex on each line's first field) and decodes only the names asked for; with `keep`, only
+    primary.xml is read (streamed) once per checksum into a cache file of one record per package (its element's
+    text, or the expat reader's row as JSON), and an index of every capability and primary file to the names
+    providing it. A lookup reads the records of the names asked for (their places are noted on the way; from a
+    cached file, by one pass reading each record's name) and decodes only those; with `keep`, only
     kept names are decoded at load time, and a later miss is one more scan that also takes the providers of what
     the decoded packages require, which a resolver asks about next."""
 
@@ -871,8 +897,8 @@ class RepoIndex:
     _providers: dict[str, str] = field(default_factory=dict)  # capability or file -> NUL-joined package names
     _complete: set[str] = field(default_factory=set)
     _rows: Path | None = None
-    _lines: list[str] | None = None  # without a cache
-    # name -> where its lines are: byte offsets in the rows file, or indexes in _lines; None until known
+    _records: list[str] | None = None  # without a cache
+    # name -> where its records are: byte offsets in the rows file, or indexes in _records; None until known
     _where: Mapping[str, Sequence[int]] | None = None
     _file_owners: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # path -> (name, pkgid)
     filelist_passes: int = 0
@@ -890,7 +916,7 @@ class RepoIndex:
     def parsed_primary(self) -> ParsedPrimary:
         """This index's parse, to be handed to another index of the same primary (after load or warm)."""
         return ParsedPrimary(self._key(), frozenset(self._names), self._providers, self._rows,
-                             tuple(self._lines) if self._lines is not None else None, self._where)
+                             tuple(self._records) if self._records is not None else None, self._where)
 
     def _parse(self) -> None:
         """primary.xml -> rows (to the cache when there is one) and the providers index."""
@@ -900,7 +926,7 @@ class RepoIndex:
         done = self.parsed.get(key)
         if done is not None:
             self._names, self._providers, self._rows = set(done.names), dict(done.providers), done.rows
-            self._lines = list(done.lines) if done.lines is not None else None
+            self._records = list(done.records) if done.records is not None else None
             self._where = done.where
             return
         if self.cache is not None:
@@ -911,17 +937,18 @@ class RepoIndex:
                 self._rows = rows
                 return
         # createrepo_c's layout is indexed without making rows (a kept element is parsed when its package is asked
-        # for); a document in any other layout, by the expat reader's rows. Lines go to the cache as they come.
+        # for); a document in any other layout, by the expat reader's rows. Records go to the cache as they come.
         cache = self.cache
         for source in (_canonical_source, _rows_source):
-            self._names, self._providers = set(), {}  # (and _where, by _indexed_lines)
+            self._names, self._providers = set(), {}  # (and _where, by _indexed_records)
             try:
                 with open_decompressed(self.primary, entry, what) as stream:
-                    lines = self._indexed_lines(source(stream, what), by_length=cache is not None)
+                    records = self._indexed_records(source(stream, what), by_length=cache is not None)
                     if cache is None:
-                        self._lines = list(lines)
+                        self._records = list(records)
                         return
-                    self._rows = cache.write_named(key + ".rows", functools.partial(_write_lines, lines=lines))
+                    self._rows = cache.write_named(key + ".rows",
+                                                   functools.partial(_write_records, records=records))
                 break
             except NotCanonical:
                 log.debug("%s: not in createrepo_c's layout; read by the expat reader", what)
@@ -929,18 +956,20 @@ class RepoIndex:
             body = {"": _SEP.join(sorted(self._names)), **self._providers}
             cache.write_named(key + ".provides", lambda out: out.write(json.dumps(body).encode()))
 
-    def _indexed_lines(self, packages: Iterable[tuple[str, Iterable[str], str]], by_length: bool) -> Iterator[str]:
-        """The rows file's lines of (name, provided capabilities, line), with the names, the providers index and
-        where each name's lines are taken on the way (`by_length`: byte offsets in the file the lines are written
-        to, one newline after each; lines are ASCII, the JSON encoder's default; else indexes)."""
+    def _indexed_records(self, packages: Iterable[tuple[str, Iterable[str], str]],
+                         by_length: bool) -> Iterator[str]:
+        """The rows file's records of (name, provided capabilities, record), with the names, the providers index and
+        where each name's records are taken on the way (`by_length`: byte offsets in the file the records are
+        written to, UTF-8 and one NUL after each; else indexes)."""
         providers = self._providers
         where: dict[str, list[int]] = {}
         self._where = where
         position = 0
-        for name, capabilities, line in packages:
+        for name, capabilities, record in packages:
             self._names.add(name)
             where.setdefault(name, []).append(position)
-            position += len(line) + 1 if by_length else 1
+            # (isascii is a flag's test: only an element with other characters is encoded to be measured)
+            position += ((len(record) if record.isascii() else len(record.encode())) + 1) if by_length else 1
             for cap in set(capabilities):
                 if not cap:  # (no capability; "" is the names' key in the cached index)
                     continue
@@ -949,49 +978,53 @@ class RepoIndex:
                     providers[cap] = name
                 elif name not in known.split(_SEP):
                     providers[cap] = known + _SEP + name
-            yield line
+            yield record
 
     def _provider_names(self, capability: str) -> list[str]:
         found = self._providers.get(capability)
         return found.split(_SEP) if found else []
 
     def _scan(self, want: Callable[[str], bool]) -> None:
-        """Decode the packages whose names `want` accepts: only their lines when it is known where they are
-        (after the parse here or the prefetch's, or a first pass), else by a pass over every line."""
+        """Decode the packages whose names `want` accepts: only their records when it is known where they are
+        (after the parse here or the prefetch's, or a first pass), else by a pass over every record."""
         where = self._where
         if where is not None:
             places = sorted(p for name, ps in where.items() if want(name) for p in ps)  # (in the document's order)
             if self._rows is None:
-                lines = self._lines or []
-                self._take([lines[i] for i in places])
+                records = self._records or []
+                self._take([records[i] for i in places])
                 return
-            with self._rows.open("rb") as f:
-                taken = []
+            if not places:
+                return
+            taken = []
+            # (mapped: only the pages of the records read are read)
+            with self._rows.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                 for place in places:
-                    f.seek(place)
-                    taken.append(f.readline().decode())
+                    end = mapped.find(b"\0", place)
+                    if end < 0:
+                        raise IntegrityError("a cached primary index ends inside a record; remove copa's cache "
+                                             "(its derived/ directory) and run again")
+                    taken.append(mapped[place:end].decode())
             self._take(taken)
             return
         if self._rows is None:
-            self._take([line for line in self._lines or () if want(_line_name(line))])
+            self._take([r for r in self._records or () if want(_record_name(r))])
             return
-        # A first pass over the cached rows file (line by line: it is never held whole) notes every name's lines.
+        # A first pass over the cached rows file notes every name's records.
         found: dict[str, list[int]] = {}
         taken = []
-        position = 0
         with self._rows.open("rb") as f:
-            for raw in f:
-                line = raw.decode()
-                name = _line_name(line)
+            for position, raw in _records(f):
+                record = raw.decode()
+                name = _record_name(record)
                 found.setdefault(name, []).append(position)
-                position += len(raw)
                 if want(name):
-                    taken.append(line)
+                    taken.append(record)
         self._where = found
         self._take(taken)
 
-    def _take(self, lines: Iterable[str]) -> None:
-        for pkg in _from_rows(lines, self.loaded):
+    def _take(self, records: Iterable[str]) -> None:
+        for pkg in _from_rows(records, self.loaded):
             self._by_name.setdefault(pkg.name, []).append(pkg)
 
     def warm(self) -> None:
