@@ -246,8 +246,8 @@ def test_documents_in_the_layout_are_scanned_as_the_reader_reads_them(document: 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_document())
 def test_an_index_gives_each_name_the_readers_packages_fresh_cached_and_without_a_cache(document: str) -> None:
-    """The index's records (elements with any characters, placed by byte offsets when parsed, found by a first pass
-    when read from the cache, or held in memory) read back as the reader's packages, name by name."""
+    """The index's records (elements with any characters, placed by byte offsets when parsed and as the cache keeps
+    them, or held in memory) read back as the reader's packages, name by name."""
     body = document.encode()
     reading = _by_reader(body)
     assert not isinstance(reading, str), reading
@@ -265,14 +265,17 @@ def test_an_index_gives_each_name_the_readers_packages_fresh_cached_and_without_
                 assert list(index.versions(name)) == expected[name], name
 
 
-def test_a_rows_files_records_are_read_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    data = "\0".join(["<a>é</a>", "[1]", "", "x" * 20, "\U0001f600"]).encode() + b"\0"
-    monkeypatch.setattr(repomd, "_CHUNK", 3)
-    records = list(repomd._records(io.BytesIO(data)))
-    assert [r for _p, r in records] == data.split(b"\0")[:-1]
-    assert all(data[p:].startswith(r + b"\0") for p, r in records)
-    with pytest.raises(IntegrityError, match="remove copa's cache"):
-        list(repomd._records(io.BytesIO(data + b"cut")))
+def test_a_cached_providers_index_cut_short_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "primary.xml"
+    path.write_text(SMALL)
+    RepoIndex(_loaded_for(path), path, None, Cache(tmp_path / "c")).load()
+    index = next((tmp_path / "c" / "derived").glob("*.provides"))
+    assert repomd._read_providers(index)[1].keys() == {"h&i"}
+    whole = index.read_bytes()
+    for cut in (1, 2, len(whole) // 2, len(whole) - 1):
+        index.write_bytes(whole[:cut])
+        with pytest.raises(IntegrityError, match="remove copa's cache"):
+            repomd._read_providers(index)
 
 
 # What a broken or rewritten document may carry that the layout does not: markup, references, other quoting,

@@ -98,16 +98,6 @@ def _unescape(value: str) -> str:
     return _REF.sub(lambda m: _UNESCAPE[m.group()], value) if "&" in value else value
 
 
-_ELEMENT_NAME = re.compile(r'<package type="rpm">[ \t\n]*<name>([^<]*)</name>')
-
-
-def element_name(element: str) -> str | None:
-    """The package name of an element `canonical_packages` kept (`Indexed.element`), as it gave it; None for
-    any other text."""
-    m = _ELEMENT_NAME.match(element)
-    return _unescape(m.group(1)).strip() if m is not None else None
-
-
 def _texts(stream: BinaryIO) -> Iterator[str]:
     """The document as strict UTF-8 text, chunk by chunk, with no character XML forbids (a byte-order mark is left
     to the expat reader)."""

@@ -13,9 +13,11 @@ before the parser sees it, so nothing is expanded or fetched; undefined entities
 from __future__ import annotations
 
 import bz2
+import codecs
 import functools
 import hashlib
 import io
+import itertools
 import json
 import logging
 import lzma
@@ -767,49 +769,22 @@ def iter_filelists(stream: BinaryIO, what: str, want: Callable[[str], bool]) -> 
 # 2: the providers index's values are NUL-joined names; 3: lines of [name, element] too; 4: records, each ended by
 # a NUL: a row's JSON, or the text of a package element the layout scan kept (JSON-encoding those was a fifth of a
 # distribution's scan, its quotes all escaped). Neither holds a NUL: JSON escapes control characters, and the scan
-# refuses a document with one.
-_ROWS_VERSION = 4
+# refuses a document with one. 5: the providers index as _FIELD_END-ended fields, with each name's places.
+_ROWS_VERSION = 5
 _RECORD_END = "\0"
 # Package names in the providers index are joined by NUL (which XML cannot carry, so no name holds one): a dict of
 # str -> str is not tracked by the garbage collector, where one of lists (hundreds of thousands for a distribution's
 # primary) made the collector's full passes most of the parse (20k packages: 9.7 s of CPU, 3.5 s without them).
 _SEP = "\0"
+# The cached providers index is keys and values, each ended by \x01 (which XML 1.0 cannot carry, not even as a
+# reference, so no capability or name holds one), read back by splits into a dict: a JSON dump and load of it were
+# 0.12 and 0.22 s for 20k packages (0.02 and 0.12 s so), the dump on a cold patch's critical path. Keys no
+# capability can be: "" holds the names (NUL-joined, sorted), _PLACES each name's record offsets in the rows file in
+# the same order (so that a warm run reads the records it wants without a pass over the whole rows file).
+_FIELD_END = "\x01"
+_PLACES = "\x02"
+_COUNT = "\x03"  # how many capabilities follow (a file cut between fields would otherwise read as a shorter index)
 _ROW_JSON = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(row, separators=...), one encoder
-_ROW_NAME = re.compile(r'^\["((?:[^"\\]|\\.)*)"')
-
-
-def _record_name(record: str) -> str:
-    """The package name of a rows-file record."""
-    if record.startswith("<"):
-        name = primaryscan.element_name(record)
-    else:
-        m = _ROW_NAME.match(record)
-        name = _json_text(m.group(1)) if m is not None else None
-    if name is None:
-        raise IntegrityError("a cached primary index record without a package name; remove copa's cache (its "
-                             "derived/ directory) and run again")
-    return name
-
-
-def _records(f: BinaryIO) -> Iterator[tuple[int, bytes]]:
-    """A rows file's records with their byte offsets, read a chunk at a time (the file is never held whole)."""
-    position = 0
-    rest = b""
-    while chunk := f.read(_CHUNK):
-        parts = (rest + chunk).split(b"\0")
-        rest = parts.pop()
-        for part in parts:
-            yield position, part
-            position += len(part) + 1
-    if rest:
-        raise IntegrityError("a cached primary index ends inside a record; remove copa's cache (its derived/ "
-                             "directory) and run again")
-
-
-def _json_text(raw: str) -> str:
-    """A JSON string's text from between its quotes: as it is unless it holds an escape (json.loads, a few
-    microseconds a call, was most of a pass over 20 000 lines)."""
-    return json.loads(f'"{raw}"') if "\\" in raw else raw
 
 
 def _from_rows(records: Iterable[str], loaded: LoadedRepomd) -> list[RpmPackage]:
@@ -862,6 +837,51 @@ def _write_records(out: BinaryIO, records: Iterable[str]) -> None:
         out.write((_RECORD_END.join(batch) + _RECORD_END).encode())
 
 
+def _write_providers(out: BinaryIO, providers: Mapping[str, str], where: Mapping[str, Sequence[int]]) -> None:
+    ordered = sorted(where)
+    places = _SEP.join(",".join(map(str, where[n])) for n in ordered)
+    head = ["", _SEP.join(ordered), _PLACES, places, _COUNT, str(len(providers))]
+    pairs = itertools.chain.from_iterable(providers.items())
+    # (in batches: the whole text at once would be a second copy of the index in memory, twice over encoded)
+    fields = itertools.chain(head, pairs)
+    while batch := list(itertools.islice(fields, 8192)):
+        out.write((_FIELD_END.join(batch) + _FIELD_END).encode())
+
+
+def _fields(path: Path) -> Iterator[str]:
+    """A cached providers index's fields, read a chunk at a time (a list of them all would cost more memory than
+    the index they make)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    rest = ""
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            parts = (rest + decoder.decode(chunk)).split(_FIELD_END)
+            rest = parts.pop()
+            yield from parts
+    if rest or decoder.decode(b"", final=True):
+        raise _cut_short(path)
+
+
+def _cut_short(path: Path) -> IntegrityError:
+    return IntegrityError(f"{path}: a cached providers index cut short; remove copa's cache (its derived/ directory) "
+                          "and run again")
+
+
+def _read_providers(path: Path) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """The providers index and each name's record offsets, from the cache."""
+    fields = _fields(path)
+    try:
+        providers = dict(zip(fields, fields, strict=True))  # (an odd count is a ValueError)
+    except (UnicodeDecodeError, ValueError):
+        raise _cut_short(path) from None
+    joined, places, count = providers.pop("", None), providers.pop(_PLACES, None), providers.pop(_COUNT, "")
+    ordered = joined.split(_SEP) if joined else []
+    offsets = places.split(_SEP) if places else []
+    if joined is None or places is None or len(offsets) != len(ordered) or count != str(len(providers)):
+        raise _cut_short(path)
+    return providers, {n: [int(p) for p in o.split(",")] for n, o in zip(ordered, offsets, strict=True)}
+
+
 @dataclass(frozen=True)
 class ParsedPrimary:
     """What parsing one primary (by its checksum, `key`) leaves in memory: every package name, the providers index
@@ -873,7 +893,7 @@ class ParsedPrimary:
     providers: Mapping[str, str]  # capability or file -> NUL-joined package names
     rows: Path | None
     records: tuple[str, ...] | None
-    where: Mapping[str, Sequence[int]] | None = None  # name -> its records' places (RepoIndex._where)
+    where: Mapping[str, Sequence[int]]  # name -> its records' places (RepoIndex._where)
 
 
 @dataclass
@@ -898,8 +918,8 @@ class RepoIndex:
     _complete: set[str] = field(default_factory=set)
     _rows: Path | None = None
     _records: list[str] | None = None  # without a cache
-    # name -> where its records are: byte offsets in the rows file, or indexes in _records; None until known
-    _where: Mapping[str, Sequence[int]] | None = None
+    # name -> where its records are: byte offsets in the rows file, or indexes in _records (known once parsed)
+    _where: Mapping[str, Sequence[int]] = field(default_factory=dict)
     _file_owners: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # path -> (name, pkgid)
     filelist_passes: int = 0
     # The same primary parsed by the prefetch; taken only when its key is this (verified) primary's checksum.
@@ -932,9 +952,9 @@ class RepoIndex:
         if self.cache is not None:
             rows, index = self.cache.named(key + ".rows"), self.cache.named(key + ".provides")
             if rows.is_file() and index.is_file():
-                self._providers = json.loads(index.read_text())
-                self._names = set(self._providers.pop("", "").split(_SEP)) - {""}
                 self._rows = rows
+                self._providers, self._where = _read_providers(index)
+                self._names = set(self._where)
                 return
         # createrepo_c's layout is indexed without making rows (a kept element is parsed when its package is asked
         # for); a document in any other layout, by the expat reader's rows. Records go to the cache as they come.
@@ -953,8 +973,8 @@ class RepoIndex:
             except NotCanonical:
                 log.debug("%s: not in createrepo_c's layout; read by the expat reader", what)
         if cache is not None:
-            body = {"": _SEP.join(sorted(self._names)), **self._providers}
-            cache.write_named(key + ".provides", lambda out: out.write(json.dumps(body).encode()))
+            cache.write_named(key + ".provides",
+                              functools.partial(_write_providers, providers=self._providers, where=self._where))
 
     def _indexed_records(self, packages: Iterable[tuple[str, Iterable[str], str]],
                          by_length: bool) -> Iterator[str]:
@@ -985,42 +1005,23 @@ class RepoIndex:
         return found.split(_SEP) if found else []
 
     def _scan(self, want: Callable[[str], bool]) -> None:
-        """Decode the packages whose names `want` accepts: only their records when it is known where they are
-        (after the parse here or the prefetch's, or a first pass), else by a pass over every record."""
-        where = self._where
-        if where is not None:
-            places = sorted(p for name, ps in where.items() if want(name) for p in ps)  # (in the document's order)
-            if self._rows is None:
-                records = self._records or []
-                self._take([records[i] for i in places])
-                return
-            if not places:
-                return
-            taken = []
-            # (mapped: only the pages of the records read are read)
-            with self._rows.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                for place in places:
-                    end = mapped.find(b"\0", place)
-                    if end < 0:
-                        raise IntegrityError("a cached primary index ends inside a record; remove copa's cache "
-                                             "(its derived/ directory) and run again")
-                    taken.append(mapped[place:end].decode())
-            self._take(taken)
-            return
+        """Decode the packages whose names `want` accepts, from their records only."""
+        places = sorted(p for name, ps in self._where.items() if want(name) for p in ps)  # (in the document's order)
         if self._rows is None:
-            self._take([r for r in self._records or () if want(_record_name(r))])
+            records = self._records or []
+            self._take([records[i] for i in places])
             return
-        # A first pass over the cached rows file notes every name's records.
-        found: dict[str, list[int]] = {}
+        if not places:
+            return
         taken = []
-        with self._rows.open("rb") as f:
-            for position, raw in _records(f):
-                record = raw.decode()
-                name = _record_name(record)
-                found.setdefault(name, []).append(position)
-                if want(name):
-                    taken.append(record)
-        self._where = found
+        # (mapped: only the pages of the records read are read)
+        with self._rows.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            for place in places:
+                end = mapped.find(b"\0", place)
+                if end < 0:
+                    raise IntegrityError("a cached primary index ends inside a record; remove copa's cache (its "
+                                         "derived/ directory) and run again")
+                taken.append(mapped[place:end].decode())
         self._take(taken)
 
     def _take(self, records: Iterable[str]) -> None:
