@@ -247,7 +247,8 @@ def test_documents_in_the_layout_are_scanned_as_the_reader_reads_them(document: 
 @given(_document())
 def test_an_index_gives_each_name_the_readers_packages_fresh_cached_and_without_a_cache(document: str) -> None:
     """The index's records (elements with any characters, placed by byte offsets when parsed and as the cache keeps
-    them, or held in memory) read back as the reader's packages, name by name."""
+    them, or held in memory) read back as the reader's packages, name by name; the providers index names the
+    packages that provide each capability, in the reader's order."""
     body = document.encode()
     reading = _by_reader(body)
     assert not isinstance(reading, str), reading
@@ -256,11 +257,17 @@ def test_an_index_gives_each_name_the_readers_packages_fresh_cached_and_without_
         path.write_bytes(body)
         loaded = _loaded_for(path)
         expected: dict[str, list[Any]] = {}
-        for name, _caps, row in reading:
+        providers: dict[str, list[str]] = {}  # capability -> the names providing it, once each, in document order
+        for name, caps, row in reading:
             expected.setdefault(name, []).append(repomd._row_package(row, loaded.repo.id, loaded.base_url))
+            for cap in caps:
+                if cap and name not in providers.setdefault(cap, []):
+                    providers[cap].append(name)
         for cache in (Cache(Path(tmp) / "c"), Cache(Path(tmp) / "c"), None):
             index = RepoIndex(loaded, path, lambda _n: False, cache).load()
             assert index.names() == set(expected)
+            assert {cap: index._provider_names(cap) for cap in providers} == providers
+            assert index._providers.keys() == providers.keys()
             for name in sorted(expected, reverse=True):
                 assert list(index.versions(name)) == expected[name], name
 
