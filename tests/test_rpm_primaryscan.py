@@ -28,6 +28,7 @@ from copa.errors import IntegrityError
 from copa.pkg.cache import Cache
 from copa.pkg.fetch import make_fetcher
 from copa.pkg.openpgp import Keyring
+from copa.pkg.rpm import primaryscan
 from copa.pkg.rpm.primaryscan import NotCanonical, canonical_packages
 from copa.pkg.rpm.repomd import RepoIndex, element_rows, fetch_entry, fetch_repomd, iter_rows
 from copa.pkg.rpm.repos import RpmRepository
@@ -270,6 +271,33 @@ def test_an_index_gives_each_name_the_readers_packages_fresh_cached_and_without_
             assert index._providers.keys() == providers.keys()
             for name in sorted(expected, reverse=True):
                 assert list(index.versions(name)) == expected[name], name
+
+
+@pytest.mark.parametrize("extra", ["<rpm:provides/>", '<rpm:provides><rpm:entry name="other"/></rpm:provides>',
+                                   "<rpm:provides></rpm:provides>"])
+@pytest.mark.parametrize("before", [True, False])
+def test_the_last_provides_list_counts_as_in_the_readers_row(extra: str, before: bool) -> None:
+    listed = "    <rpm:provides>\n"
+    at = SMALL.index(listed) if before else SMALL.index("</rpm:provides>") + len("</rpm:provides>")
+    body = (SMALL[:at] + extra + SMALL[at:]).encode()
+    reading = _by_reader(body)
+    assert not isinstance(reading, str), reading
+    assert _by_scan(body) == reading
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4, 5, 1 << 20])
+def test_chunks_of_any_size_scan_alike_and_a_closing_cdata_mark_anywhere_is_refused(
+        chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The document is checked as it is decoded, chunk by chunk: the same packages whatever the chunks, and "]]>"
+    found across their edges too: in an attribute value (where XML allows it and the reader takes it) the scan
+    leaves the document to the reader."""
+    monkeypatch.setattr(primaryscan, "_CHUNK", chunk)
+    body = SMALL.encode()
+    assert _by_scan(body) == _by_reader(body)
+    for pad in range(6):  # (the mark at every place against the chunks' edges)
+        marked = SMALL.replace('href="h.rpm"', f'href="h{"x" * pad}]]>.rpm"').encode()
+        assert not isinstance(_by_reader(marked), str)
+        assert _by_scan(marked) is None, pad
 
 
 def test_a_cached_providers_index_cut_short_is_refused(tmp_path: Path) -> None:

@@ -85,9 +85,7 @@ _ROOT_TAG = re.compile("<metadata[^>]*>")
 _END = re.compile(rf"{_WS}</metadata>{_WS}")
 # XML 1.0 forbids C0 controls but tab, newline and CR; a CR is normalised by a parser, so it is not read here.
 _CONTROLS = bytes(b for b in range(0x20) if b not in b"\t\n")
-# Within a matched package (so every "<" starts one of the layout's tags): the last provides list, its entries'
-# names, the files.
-_PROVIDES = re.compile(r"<rpm:provides>((?:[^<]*<rpm:entry )*[^<]*)</rpm:provides>|<rpm:provides/>")
+# Within a matched package (so every "<" starts one of the layout's tags): the provides entries' names, the files.
 _ENTRY_NAME = re.compile(r'<rpm:entry name="([^"]*)"')
 _FILE = re.compile(r'<file(?: type="[^"]*")?>([^<]+)</file>')
 _UNESCAPE = {"&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&apos;": "'"}
@@ -99,18 +97,21 @@ def _unescape(value: str) -> str:
 
 
 def _texts(stream: BinaryIO) -> Iterator[str]:
-    """The document as strict UTF-8 text, chunk by chunk, with no character XML forbids (a byte-order mark is left
-    to the expat reader)."""
+    """The document as strict UTF-8 text, chunk by chunk, with no character XML forbids and no "]]>" (which the
+    layout never holds: a text may not, and an attribute value that does is left to the expat reader; a byte-order
+    mark is left to it too)."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     first = True
+    tail = ""  # (the end of the chunk before: a "]]>" across two chunks)
     try:
         while chunk := stream.read(_CHUNK):
             if (first and chunk.startswith(b"\xef\xbb\xbf")) or len(chunk.translate(None, _CONTROLS)) != len(chunk):
                 raise NotCanonical
             first = False
             text = decoder.decode(chunk)
-            if "\ufffe" in text or "\uffff" in text:
+            if "\ufffe" in text or "\uffff" in text or "]]>" in tail + text[:2] or "]]>" in text:
                 raise NotCanonical
+            tail = (tail + text)[-2:]
             yield text
         yield decoder.decode(b"", final=True)
     except UnicodeDecodeError:
@@ -120,8 +121,9 @@ def _texts(stream: BinaryIO) -> Iterator[str]:
 def _indexed(m: re.Match[str]) -> Indexed:
     head, name, tail, body = m.group(1, 2, 3, 4)
     escaped = "&" in head or "&" in body
-    lists = _PROVIDES.findall(body)
-    caps = _ENTRY_NAME.findall(lists[-1]) if lists else []  # (the last list counts, as in a row)
+    # The last provides list counts, as in a row (every "<" here starts one of the layout's tags).
+    full, empty = body.rfind("<rpm:provides>"), body.rfind("<rpm:provides/>")
+    caps = _ENTRY_NAME.findall(body, full, body.find("</rpm:provides>", full)) if full > empty else []
     caps += _FILE.findall(body)
     if escaped:
         name, caps = _unescape(name), [_unescape(c) for c in caps]
@@ -159,7 +161,7 @@ def canonical_packages(stream: BinaryIO) -> Iterator[Indexed]:
             continue
         end += len("</package>")
         m = _PACKAGE.fullmatch(buffer, pos, end)
-        if m is None or buffer.find("]]>", pos, end) >= 0:
+        if m is None:
             raise NotCanonical
         yield _indexed(m)
         pos = end
