@@ -204,12 +204,17 @@ def _plain(f: dict[str, str]) -> bool:
     """Whether record_from_lines takes these fields as they are: the numbers plain decimal digits (or empty) and
     every dependency word one parse_dependency takes. (int() takes more, such as "+5": such a record is read whole,
     which decides.)"""
+    get = f.get
     for key in ("S", "I", "t", "k"):
-        value = f.get(key)
+        value = get(key)
         if value and not value.isdecimal():
             return False
     words = _WORDS.fullmatch
-    return all(words(f[key]) for key in ("D", "p", "i") if key in f)
+    for key in ("D", "p", "i"):  # (a loop, not all() over a generator: this runs for every record of an index)
+        value = get(key)
+        if value is not None and words(value) is None:
+            return False
+    return True
 
 
 # The fields a record read from an index gets on first use (all but those every record is asked for).
@@ -225,8 +230,10 @@ def _indexed(f: dict[str, str], text: str, repository: str) -> ApkRecord:
     put(record, "arch", f.get("A", ""))
     # The provides, which every record is asked for: their words split by one pattern (they passed `_plain`), the
     # same Dependency values parse_dependency makes (findall gives "" for a part a word does not have).
-    put(record, "provides", tuple(Dependency(name, op, version, conflict == "!", tag)
-                                  for conflict, name, tag, op, version in _WORD_PARTS.findall(f.get("p", ""))))
+    provides = f.get("p")
+    put(record, "provides", tuple([Dependency(name, op, version, conflict == "!", tag)
+                                   for conflict, name, tag, op, version in _WORD_PARTS.findall(provides)])
+        if provides else ())
     put(record, "text", text)
     put(record, "repository", repository)
     return record
