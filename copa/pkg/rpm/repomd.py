@@ -922,10 +922,10 @@ class RepoIndex:
 
     primary.xml is read (streamed) once per checksum into a cache file of one record per package (its element's
     text, or the expat reader's row as JSON), and an index of every capability and primary file to the names
-    providing it. A lookup reads the records of the names asked for (their places are noted on the way; from a
-    cached file, by one pass reading each record's name) and decodes only those; with `keep`, only
-    kept names are decoded at load time, and a later miss is one more scan that also takes the providers of what
-    the decoded packages require, which a resolver asks about next."""
+    providing it, with each name's record offsets. A lookup reads the records of the names asked for, by those
+    offsets, and decodes only those; with `keep`, only kept names are decoded at load time, and a later miss is one
+    more read that also takes the providers of what the decoded packages require, which a resolver asks about
+    next."""
 
     loaded: LoadedRepomd
     primary: Path  # the verified, compressed primary in the cache
