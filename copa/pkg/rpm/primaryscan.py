@@ -111,7 +111,7 @@ def _texts(stream: BinaryIO) -> Iterator[str]:
             text = decoder.decode(chunk)
             if "\ufffe" in text or "\uffff" in text or "]]>" in tail + text[:2] or "]]>" in text:
                 raise NotCanonical
-            tail = (tail + text)[-2:]
+            tail = (tail + text[-2:])[-2:]
             yield text
         yield decoder.decode(b"", final=True)
     except UnicodeDecodeError:
