@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,7 +150,7 @@ def record_from_lines(lines: list[tuple[str, str]], repository: str = "", text: 
         depends=parse_dependencies(f.get("D", "")), provides=parse_dependencies(f.get("p", "")),
         install_if=parse_dependencies(f.get("i", "")),
         provider_priority=int(f["k"]) if f.get("k") else None,
-        text=text if text is not None else "".join(f"{k}:{v}\n" for k, v in lines), repository=repository,
+        text=text if text is not None else format_record(lines), repository=repository,
     )
 
 
@@ -256,7 +256,7 @@ def _complete(record: ApkRecord, name: str) -> Any:
 setattr(ApkRecord, "__getattr__", _complete)  # noqa: B010
 
 
-def format_record(lines: tuple[tuple[str, str], ...]) -> str:
+def format_record(lines: Iterable[tuple[str, str]]) -> str:
     return "".join(f"{k}:{v}\n" for k, v in lines)
 
 
