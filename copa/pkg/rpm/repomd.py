@@ -827,15 +827,16 @@ def _canonical_source(stream: BinaryIO, _what: str) -> Iterator[tuple[str, tuple
         yield p.name, p.capabilities, p.element
 
 
+def _write_ended(out: BinaryIO, items: Iterable[str], end: str, batch: int) -> None:
+    """Each item followed by `end`, UTF-8, `batch` items a write (the whole text at once would be a second copy of
+    what is written, in memory, twice over once encoded)."""
+    it = iter(items)
+    while chunk := list(itertools.islice(it, batch)):
+        out.write((end.join(chunk) + end).encode())
+
+
 def _write_records(out: BinaryIO, records: Iterable[str]) -> None:
-    batch: list[str] = []
-    for record in records:
-        batch.append(record)
-        if len(batch) >= 256:
-            out.write((_RECORD_END.join(batch) + _RECORD_END).encode())
-            batch.clear()
-    if batch:
-        out.write((_RECORD_END.join(batch) + _RECORD_END).encode())
+    _write_ended(out, records, _RECORD_END, 256)
 
 
 def _providers_index(capabilities: list[str], owners: list[str]) -> dict[str, str]:
@@ -861,11 +862,7 @@ def _write_providers(out: BinaryIO, providers: Mapping[str, str], where: Mapping
     ordered = sorted(where)
     places = _SEP.join(",".join(map(str, where[n])) for n in ordered)
     head = ["", _SEP.join(ordered), _PLACES, places, _COUNT, str(len(providers))]
-    pairs = itertools.chain.from_iterable(providers.items())
-    # (in batches: the whole text at once would be a second copy of the index in memory, twice over encoded)
-    fields = itertools.chain(head, pairs)
-    while batch := list(itertools.islice(fields, 8192)):
-        out.write((_FIELD_END.join(batch) + _FIELD_END).encode())
+    _write_ended(out, itertools.chain(head, itertools.chain.from_iterable(providers.items())), _FIELD_END, 8192)
 
 
 def _fields(path: Path) -> Iterator[str]:
